@@ -1,0 +1,36 @@
+"""Locate the system PETSc/SLEPc and select parallel HDF5 before anything imports them.
+
+petsc4py and slepc4py as packaged by Debian only import when PETSC_DIR/SLEPC_DIR name
+one of the installed builds; Debian's h5py only picks its MPI build when it sees an MPI
+launcher. Doing both here, once, spares every user and script from exporting them.
+Values already set in the environment always win (modules, Spack, a site build).
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+_DEBIAN_PETSC = "/usr/lib/petscdir/petsc*/x86_64-linux-gnu-real"
+_DEBIAN_SLEPC = "/usr/lib/slepcdir/slepc*/x86_64-linux-gnu-real"
+
+
+def _newest(pattern: str) -> str | None:
+    found = sorted(glob.glob(pattern))
+    return found[-1] if found else None
+
+
+def configure_environment() -> None:
+    if "PETSC_DIR" not in os.environ:
+        d = _newest(_DEBIAN_PETSC)
+        if d:
+            os.environ["PETSC_DIR"] = d
+    if "SLEPC_DIR" not in os.environ:
+        d = _newest(_DEBIAN_SLEPC)
+        if d:
+            os.environ["SLEPC_DIR"] = d
+    # Debian's h5py chooses its MPI build only under a launcher; a singleton run
+    # (plain `ddrom ...`) must write the same collective files.
+    os.environ.setdefault("H5PY_ALWAYS_USE_MPI", "1")
+    # One BLAS thread per rank unless the user asks otherwise: ranks are the parallelism.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
