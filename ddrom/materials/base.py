@@ -1,0 +1,151 @@
+"""The constitutive-law interface and the table of named laws.
+
+Every law is vectorized over ``n`` integration points: one call of
+:meth:`Material.update` integrates one time step at all points of a rank (no Python
+loop over points). Strains and stresses are Mandel 6-vectors (see
+:mod:`ddrom.materials.tensors`); tangents are ``(n, 6, 6)`` matrices in that basis.
+
+Laws are looked up by name in :data:`LAWS` (filled by :func:`register_law`), so that a
+new law (or a compiled plugin) is added by registering a factory, without touching
+:func:`from_config`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ddrom.parallel.errors import DdromError
+
+
+class ReturnMappingError(DdromError):
+    """The local (per-point) integration did not converge; callers may cut the time step."""
+
+
+@dataclass
+class Response:
+    """Result of one constitutive update at ``n`` points.
+
+    Attributes
+    ----------
+    stress : numpy.ndarray
+        ``(n, 6)`` Cauchy stress (Mandel) at the end of the step.
+    state : numpy.ndarray
+        ``(n, n_state)`` internal state at the end of the step (a new array).
+    tangent : numpy.ndarray or None
+        ``(n, 6, 6)`` consistent (algorithmic) tangent ``d stress / d eps`` of the
+        discrete update at fixed temperature and state_old, Mandel basis; ``None``
+        when not requested.
+    """
+
+    stress: np.ndarray
+    state: np.ndarray
+    tangent: np.ndarray | None
+
+
+class Material(ABC):
+    """A constitutive law, vectorized over integration points.
+
+    Attributes
+    ----------
+    name : str
+        Law name as written in the case file (``"elastic"``, ``"chaboche"`` ...).
+    n_state : int
+        Number of internal variables per point.
+    state_names : list of str
+        Names of the ``n_state`` columns of the state array.
+    """
+
+    name: str
+    n_state: int
+    state_names: list[str]
+
+    def initial_state(self, n: int) -> np.ndarray:
+        """Internal state of a virgin material at ``n`` points: zeros ``(n, n_state)``."""
+        return np.zeros((n, self.n_state))
+
+    @abstractmethod
+    def update(self, eps: np.ndarray, state_old: np.ndarray, T_old: np.ndarray, T_new: np.ndarray,
+               dt: float, tangent: bool = True) -> Response:
+        """Integrate one time step at every point.
+
+        Parameters
+        ----------
+        eps : (n, 6) array
+            Total strain at the end of the step (Mandel).
+        state_old : (n, n_state) array
+            Internal state at the start of the step (not modified).
+        T_old, T_new : (n,) arrays or scalars
+            Temperature at the start and at the end of the step. Parameters are
+            evaluated at ``T_new`` (implicit scheme).
+        dt : float
+            Time step (used by rate-dependent laws only).
+        tangent : bool
+            Whether to compute the consistent tangent.
+        """
+
+    def cumulated_plastic_strain(self, state: np.ndarray) -> np.ndarray:
+        """Cumulated plastic strain ``p`` at each point, shape ``(n,)``; zeros for elastic laws."""
+        return np.zeros(np.asarray(state).shape[0])
+
+    @abstractmethod
+    def to_dict(self) -> dict:
+        """Parameters as a case-file table; ``from_config(m.to_dict())`` rebuilds an equal law."""
+
+    # -- helpers shared by the laws ---------------------------------------------------------
+    def _check_inputs(self, eps: np.ndarray, state_old: np.ndarray,
+                      T_new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``eps (n,6)``, ``state_old (n,n_state)`` and ``T_new (n,)`` as float arrays."""
+        eps = np.asarray(eps, dtype=float)
+        if eps.ndim != 2 or eps.shape[1] != 6:
+            raise DdromError(f"material '{self.name}': eps must have shape (n, 6), got {eps.shape}")
+        n = eps.shape[0]
+        state_old = np.asarray(state_old, dtype=float)
+        if state_old.shape != (n, self.n_state):
+            raise DdromError(f"material '{self.name}': state must have shape {(n, self.n_state)},"
+                             f" got {state_old.shape}")
+        T = np.asarray(T_new, dtype=float)
+        if T.size == 1:
+            T = np.full(n, float(T.reshape(())))
+        elif T.shape != (n,):
+            raise DdromError(f"material '{self.name}': T_new must be a scalar or have shape ({n},),"
+                             f" got {T.shape}")
+        return eps, state_old, T
+
+
+#: Table of named laws: law name -> factory ``f(cfg) -> Material``.
+LAWS: dict[str, Callable[[Mapping[str, Any]], Material]] = {}
+
+
+def register_law(*names: str) -> Callable:
+    """Class/function decorator: register a factory ``f(cfg) -> Material`` under ``names``."""
+    def deco(factory):
+        for nm in names:
+            if nm in LAWS:
+                raise ValueError(f"material law '{nm}' registered twice")
+            LAWS[nm] = factory
+        return factory
+    return deco
+
+
+def from_config(cfg: Mapping[str, Any]) -> Material:
+    """Build a law from the case file's ``[material]`` table.
+
+    ``cfg["law"]`` selects the factory in :data:`LAWS`; every other key is a parameter
+    of that law (a number or a temperature table), validated by the law.
+
+    Raises
+    ------
+    DdromError
+        Missing or unknown ``law``, or invalid parameters (the message names the key).
+    """
+    if not isinstance(cfg, Mapping):
+        raise DdromError(f"[material] must be a table, got {type(cfg).__name__}")
+    law = cfg.get("law")
+    if law is None:
+        raise DdromError(f"[material]: missing key 'law' (one of {sorted(LAWS)})")
+    if law not in LAWS:
+        raise DdromError(f"[material]: unknown law {law!r}; available laws: {sorted(LAWS)}")
+    return LAWS[law](cfg)
