@@ -1,0 +1,405 @@
+"""Physics-informed clustering, local bases and the a priori criterion, all from C = S^T M S."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from ddrom.parallel import DdromError
+from ddrom.reduction import clustering as cl
+from ddrom.reduction import criterion as cr
+from ddrom.reduction.kmedoids import (alternating_kmedoids, canonical_labels, kernel_kmeans,
+                                      pam)
+
+
+# ----------------------------------------------------------------------------- data
+def weighted_gram(S: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return S.T @ (w[:, None] * S)
+
+
+def regimes_data(seed: int = 0, n: int = 80, n_regimes: int = 3, sims_per_regime: int = 4,
+                 steps: int = 6, eps: float = 0.1):
+    """Snapshots that are scaled copies of a few directions: the distinct-regimes case.
+
+    Regime r lives in span{d_r, P_r} (3-D, mutually orthogonal across regimes): each
+    snapshot is ``A_sim * t/T * (d_r + eps P_r xi_t)``; the simulation amplitudes
+    A_sim span four orders of magnitude (1e-2 .. 1e2). Returns S (n, m), the
+    simulation of each column, the regime of each column, the regime of each sim.
+    """
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, 3 * n_regimes)))
+    amps = 10.0 ** rng.uniform(-2, 2, n_regimes * sims_per_regime)
+    cols, sims, reg = [], [], []
+    s = 0
+    for r in range(n_regimes):
+        d, P = Q[:, 3 * r], Q[:, 3 * r + 1:3 * r + 3]
+        for _ in range(sims_per_regime):
+            for t in range(1, steps + 1):
+                cols.append(amps[s] * (t / steps) * (d + eps * P @ rng.standard_normal(2)))
+                sims.append(s)
+                reg.append(r)
+            s += 1
+    reg = np.array(reg)
+    sims = np.array(sims)
+    return np.array(cols).T, sims, reg, reg[np.unique(sims, return_index=True)[1]]
+
+
+def same_partition(a, b) -> bool:
+    return np.array_equal(canonical_labels(a), canonical_labels(b))
+
+
+# ------------------------------------------------------------------ dissimilarities
+def test_snapshot_dissimilarities_match_explicit_vectors():
+    rng = np.random.default_rng(1)
+    n, m = 30, 12
+    S = rng.standard_normal((n, m)) * 10.0 ** rng.uniform(-2, 2, m)
+    w = rng.uniform(0.5, 2.0, n)                      # diagonal inner product M
+    C = weighted_gram(S, w)
+    De = cl.dissimilarity(C, "euclidean")
+    Da = cl.dissimilarity(C, "angle")
+    for i, j in itertools.product(range(m), repeat=2):
+        diff = S[:, i] - S[:, j]
+        assert De[i, j] == pytest.approx(np.sqrt(diff @ (w * diff)), rel=1e-10, abs=1e-300)
+        # |sin| = relative M-norm error of projecting s_i onto span{s_j}
+        u, v = S[:, i], S[:, j]
+        r = u - (u @ (w * v)) / (v @ (w * v)) * v
+        ref = np.sqrt(r @ (w * r) / (u @ (w * u)))
+        assert Da[i, j] == pytest.approx(ref, abs=1e-9)
+    assert np.all(np.diag(De) == 0) and np.all(np.diag(Da) == 0)
+
+
+def test_angle_is_scale_invariant_and_euclidean_is_not():
+    rng = np.random.default_rng(2)
+    S = rng.standard_normal((25, 10))
+    a = 10.0 ** rng.uniform(-6, 6, 10)
+    C, Cs = S.T @ S, (S * a).T @ (S * a)
+    np.testing.assert_allclose(cl.angle(Cs), cl.angle(C), atol=1e-10)
+    assert np.max(np.abs(cl.euclidean(Cs) - cl.euclidean(C))) > 1.0
+
+
+def _sim_matrix(seed=3, n=20, sizes=(3, 4, 5, 2), rank_deficient=True):
+    rng = np.random.default_rng(seed)
+    blocks = [rng.standard_normal((n, s)) for s in sizes]
+    if rank_deficient:  # a column that is a combination of the others: rank 3 of 4
+        blocks[1][:, 3] = blocks[1][:, 0] - 2.0 * blocks[1][:, 1]
+    S = np.hstack(blocks)
+    sims = np.repeat(np.arange(len(sizes)), sizes)
+    return S, sims, blocks
+
+
+def test_grassmann_distances_match_scipy_subspace_angles():
+    S, sims, blocks = _sim_matrix()
+    w = np.random.default_rng(4).uniform(0.5, 2.0, S.shape[0])
+    C = weighted_gram(S, w)
+    Gmax = cl.dissimilarity(C, "grassmann_max", sims=sims)
+    Grss = cl.dissimilarity(C, "grassmann_rss", sims=sims)
+    sq = np.sqrt(w)[:, None]  # the M inner product is the Euclidean one of M^1/2 S
+    for a, b in itertools.product(range(len(blocks)), repeat=2):
+        th = scipy.linalg.subspace_angles(sq * blocks[a], sq * blocks[b])
+        ref_max = np.sin(th.max()) if a != b else 0.0
+        ref_rss = np.sqrt(np.sum(np.sin(th) ** 2)) if a != b else 0.0
+        assert Gmax[a, b] == pytest.approx(ref_max, abs=1e-8)
+        assert Grss[a, b] == pytest.approx(ref_rss, abs=1e-8)
+    cos = cl.principal_cosines(C, np.flatnonzero(sims == 1), np.flatnonzero(sims == 2))
+    assert cos.size == 3  # rank of the deficient simulation
+    np.testing.assert_allclose(
+        np.sort(cos), np.sort(np.cos(scipy.linalg.subspace_angles(sq * blocks[1], sq * blocks[2]))),
+        atol=1e-10)
+
+
+def test_grassmann_is_zero_for_the_same_span_at_any_scale():
+    rng = np.random.default_rng(5)
+    B = rng.standard_normal((15, 3))
+    S = np.hstack([B, 1e4 * B @ rng.standard_normal((3, 4)), rng.standard_normal((15, 3))])
+    sims = np.array([0] * 3 + [1] * 4 + [2] * 3)
+    G = cl.grassmann_max(S.T @ S, sims)
+    assert G[0, 1] < 1e-7 and G[0, 2] > 0.3
+
+
+def test_grassmann_needs_a_truncation_on_noisy_data():
+    S, sims, reg, sim_reg = regimes_data(seed=6)
+    rng = np.random.default_rng(6)
+    S = S + 1e-5 * np.abs(S).max(axis=0) * rng.standard_normal(S.shape)  # 1e-5 relative noise
+    C = S.T @ S
+    # full spans: the noise directions are nearly orthogonal between simulations
+    assert cl.grassmann_max(C, sims).min(initial=1.0, where=~np.eye(12, dtype=bool)) > 0.9
+    # truncated to the POD at 1e-3 (or 3 modes) each span is its regime again
+    for opts in ({"sv_rtol": 1e-3}, {"max_dim": 3}):
+        c = cl.cluster(C, 3, dissimilarity="grassmann_max", sims=sims, **opts)
+        assert same_partition(c.labels, sim_reg)
+        D = cl.dissimilarity(C, "grassmann_max", sims=sims, **opts)
+        assert D[sim_reg[:, None] == sim_reg[None, :]].max() < 1e-3
+
+
+def test_dissimilarity_table_is_extensible():
+    assert {"euclidean", "angle", "grassmann_max", "grassmann_rss",
+            "euclidean_trajectory"} <= set(cl.DISSIMILARITIES)
+    cl.register_dissimilarity(cl.Dissimilarity(
+        "cosine_test", "snapshot", lambda C, **_: 1.0 - np.abs(cl.angle(C) - 1.0), "test"))
+    try:
+        C = np.eye(3)
+        np.testing.assert_allclose(cl.dissimilarity(C, "cosine_test"), 1 - np.abs(cl.angle(C) - 1))
+    finally:
+        del cl.DISSIMILARITIES["cosine_test"]
+
+
+# ----------------------------------------------------------------------- k-medoids
+def _brute_force_kmedoids(D, k):
+    best = min(itertools.combinations(range(D.shape[0]), k),
+               key=lambda med: D[:, list(med)].min(axis=1).sum())
+    return np.array(best), D[:, list(best)].min(axis=1).sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pam_finds_the_brute_force_optimum(seed):
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.normal(c, 0.8, (5, 2)) for c in ([0, 0], [3, 0], [0, 3])])
+    X = np.vstack([X, rng.uniform(-1, 4, (2, 2))])   # two stragglers: not trivial
+    D = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+    med, cost = _brute_force_kmedoids(D, 3)
+    res = pam(D, 3)
+    assert res.cost == pytest.approx(cost, rel=1e-14)
+    np.testing.assert_array_equal(res.medoids, np.sort(med))
+    np.testing.assert_array_equal(res.labels, np.argmin(D[:, res.medoids], axis=1))
+    alt = alternating_kmedoids(D, 3, seed=seed, n_init=10)
+    assert alt.cost == pytest.approx(cost, rel=1e-14)
+
+
+def test_kmedoids_are_deterministic():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((60, 4))
+    D = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+    a, b = pam(D, 5), pam(D.copy(), 5)
+    np.testing.assert_array_equal(a.medoids, b.medoids)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    c, d = alternating_kmedoids(D, 5, seed=11), alternating_kmedoids(D, 5, seed=11)
+    np.testing.assert_array_equal(c.labels, d.labels)
+    # PAM is at least as good as the greedy BUILD alone
+    assert a.cost <= alternating_kmedoids(D, 5, init="build").cost + 1e-12
+
+
+def test_kernel_kmeans_from_C_equals_sklearn_kmeans_on_vectors():
+    KMeans = pytest.importorskip("sklearn.cluster").KMeans
+    rng = np.random.default_rng(8)
+    centres = np.array([[5, 0, 0, 0, 0], [0, 5, 0, 0, 0], [0, 0, 5, 0, 0], [-5, -5, 0, 0, 0.0]])
+    X = np.vstack([rng.normal(c, 0.5, (12, 5)) for c in centres])
+    X = X[rng.permutation(X.shape[0])]
+    C = X @ X.T                                        # the columns of S are the points
+    ours = cl.cluster(C, 4, dissimilarity="euclidean", method="kmeans", seed=3)
+    ref = KMeans(4, n_init=10, random_state=0).fit(X)
+    assert same_partition(ours.labels, ref.labels_)
+    assert ours.cost == pytest.approx(ref.inertia_, rel=1e-10)
+    again = kernel_kmeans(C, 4, seed=3)
+    np.testing.assert_array_equal(again.labels, ours.labels)
+
+
+# --------------------------------------------------------------------- local bases
+def test_local_pod_coefficients_and_projection_errors_match_explicit():
+    rng = np.random.default_rng(9)
+    n, m = 40, 25
+    S = rng.standard_normal((n, 8)) @ rng.standard_normal((8, m)) * np.linspace(1, 3, m)
+    S += 1e-3 * rng.standard_normal((n, m))
+    w = rng.uniform(0.5, 2.0, n)
+    C = weighted_gram(S, w)
+    sq = np.sqrt(w)[:, None]
+    cols = np.array([0, 3, 4, 7, 8, 11, 15, 16, 20, 24])
+    N = 4
+    W, sigma = cl.local_pod_coefficients(C, cols, N)
+    Psi = S[:, cols] @ W                                # the distributed modes: one matmul
+    np.testing.assert_allclose(Psi.T @ (w[:, None] * Psi), np.eye(N), atol=1e-12)
+    np.testing.assert_allclose(sigma, np.linalg.svd(sq * S[:, cols], compute_uv=False)[:N],
+                               rtol=1e-10)
+    # explicit M-orthogonal projection of every column by least squares
+    B = sq * Psi
+    coef = np.linalg.lstsq(B, sq * S, rcond=None)[0]
+    explicit = ((sq * S - B @ coef) ** 2).sum(axis=0)
+    from_C = cr.projection_errors_sq(C, cols, W, np.arange(m))
+    np.testing.assert_allclose(from_C / np.diag(C), explicit / np.diag(C), atol=1e-10)
+    # all basis sizes at once, and per-simulation relative errors
+    sims = np.arange(m) // 5
+    Ns = [1, 2, 4]
+    cum = cr.cumulative_errors_sq(C, cols, W, np.arange(m), Ns)
+    for i, Nn in enumerate(Ns):
+        Bn = B[:, :Nn]
+        r = sq * S - Bn @ np.linalg.lstsq(Bn, sq * S, rcond=None)[0]
+        e2 = (r ** 2).sum(axis=0)
+        np.testing.assert_allclose(cum[i] / np.diag(C), e2 / np.diag(C), atol=1e-10)
+        rel = cr.relative_errors_by_simulation(C, cum[i], sims)
+        ref = [np.sqrt(e2[sims == a].sum() / (S[:, sims == a] ** 2 * w[:, None]).sum())
+               for a in range(5)]
+        np.testing.assert_allclose(rel, ref, rtol=1e-8)
+    # the global basis is the POD of everything
+    Wg, sg = cl.global_pod_coefficients(C, 6)
+    np.testing.assert_allclose(sg, np.linalg.svd(sq * S, compute_uv=False)[:6], rtol=1e-10)
+
+
+def test_local_bases_of_a_clustering_are_orthonormal():
+    S, sims, reg, _ = regimes_data()
+    C = S.T @ S
+    c = cl.cluster(C, 3, dissimilarity="angle")
+    for cols, W, s in cl.local_bases(C, c, 2):
+        Psi = S[:, cols] @ W
+        np.testing.assert_allclose(Psi.T @ Psi, np.eye(W.shape[1]), atol=1e-10)
+
+
+# ---------------------------------------------------------- the distinct-regimes claim
+def test_angle_clustering_recovers_regimes_and_beats_euclidean_kmeans():
+    S, sims, reg, sim_reg = regimes_data()
+    C = S.T @ S
+    ang = cl.cluster(C, 3, dissimilarity="angle", method="pam")
+    alt = cl.cluster(C, 3, dissimilarity="angle", method="alternating", seed=0)
+    grs = cl.cluster(C, 3, dissimilarity="grassmann_max", sims=sims)
+    euc = cl.cluster(C, 3, dissimilarity="euclidean", method="kmeans", seed=0)
+    etr = cl.cluster(C, 3, dissimilarity="euclidean_trajectory", method="kmeans", sims=sims)
+    assert same_partition(ang.labels, reg)
+    assert same_partition(alt.labels, reg)
+    assert same_partition(grs.labels, sim_reg)
+    assert same_partition(grs.column_labels, reg)
+    # Euclidean k-means clusters by amplitude: one cluster holds all the small
+    # snapshots of every regime
+    for c in (euc, etr):
+        mixed = [np.unique(reg[c.column_labels == q]).size for q in range(3)]
+        assert max(mixed) == 3
+    Ns = [1, 2, 3]
+    e_ang = cr.clustering_errors(C, ang, Ns, sims)[0].mean(axis=1)
+    e_grs = cr.clustering_errors(C, grs, Ns, sims)[0].mean(axis=1)
+    e_euc = cr.clustering_errors(C, euc, Ns, sims)[0].mean(axis=1)
+    e_etr = cr.clustering_errors(C, etr, Ns, sims)[0].mean(axis=1)
+    e_glb = cr.clustering_errors(C, None, Ns, sims)[0].mean(axis=1)
+    # the numbers of this seeded case (k = 3): mean relative projection error per N
+    np.testing.assert_allclose(e_ang[:2], [0.158057, 0.093984], rtol=1e-5)
+    np.testing.assert_allclose(e_euc[:2], [0.591409, 0.320531], rtol=1e-5)
+    np.testing.assert_allclose(e_etr[:2], [0.623586, 0.345220], rtol=1e-5)
+    np.testing.assert_allclose(e_glb, [0.705764, 0.425684, 0.158057], rtol=1e-5)
+    assert e_ang[2] < 1e-7                   # each regime is 3-D: exact with N = 3
+    np.testing.assert_allclose(e_grs, e_ang, rtol=1e-10, atol=1e-7)
+    assert np.all(e_ang < 0.35 * e_euc[:3]) and np.all(e_ang < 0.35 * e_etr[:3])
+
+
+def test_efficiency_table_recommender_and_plot(tmp_path):
+    S, sims, reg, _ = regimes_data()
+    C = S.T @ S
+    table = cr.efficiency_table(C, sims, [1, 2, 3], [1, 2, 3, 4], dissimilarity="grassmann_max",
+                                n_rows=S.shape[0])
+    assert len(table) == 12
+    row = {(r["k"], r["N"]): r for r in table}
+    assert row[(1, 2)]["mean_local"] == row[(1, 2)]["mean_global"] == pytest.approx(0.425684,
+                                                                                     rel=1e-5)
+    assert row[(3, 3)]["max_local"] < 1e-7 and row[(3, 3)]["max_global"] > 0.2
+    assert row[(3, 3)]["cluster_sizes"] == [24, 24, 24]
+    assert row[(3, 3)]["modes_total"] == 9
+    # cost model: sum_c m_c^3 + 2 n m_c N_c + n N_c^2 (beta = 1)
+    n = S.shape[0]
+    assert row[(3, 2)]["offline_flops"] == pytest.approx(3 * (24 ** 3 + 2 * n * 24 * 2 + n * 4))
+    assert row[(1, 2)]["offline_ratio"] == 1.0
+    rec = cr.recommend(table, 1e-3)
+    assert rec["local_pays_off"] and (rec["choice"]["k"], rec["choice"]["N"]) == (3, 3)
+    assert rec["global_N"] is None
+    assert cr.recommend(table, 1e-3, budget=0.01)["choice"] is None
+    # N = 1 already meets the target globally: local bases cannot reduce N
+    easy = cr.recommend(table, 0.8, metric="mean")
+    assert not easy["local_pays_off"] and easy["global_N"] == 1 and easy["choice"]["k"] == 1
+    # at 0.3 the global basis needs N = 3, local bases N = 1
+    mid = cr.recommend(table, 0.3, metric="mean")
+    assert mid["local_pays_off"] and mid["global_N"] == 3
+    assert (mid["choice"]["k"], mid["choice"]["N"]) == (3, 1)
+    text = cr.format_table(table)
+    assert text.count("\n") == 13
+    png = cr.plot_efficiency(table, str(tmp_path / "eff.png"), title="regimes")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ online classifiers
+def test_online_classifiers_pick_the_regime():
+    S, sims, reg, sim_reg = regimes_data()
+    C = S.T @ S
+    grs = cl.cluster(C, 3, dissimilarity="grassmann_max", sims=sims)
+    # parameters per simulation: load direction (defines the regime) and amplitude
+    rng = np.random.default_rng(12)
+    theta = sim_reg * 2.0 + rng.uniform(-0.3, 0.3, sim_reg.size)
+    amp = rng.uniform(1.0, 100.0, sim_reg.size)
+    P = np.column_stack([theta, amp / 100.0])
+    nm = cl.NearestMedoidClassifier(scale=None).fit(P, grs.medoids, grs.labels)
+    new = np.array([[0.1, 0.5], [2.2, 0.1], [3.9, 0.9]])
+    expected = grs.labels[[int(np.flatnonzero(sim_reg == r)[0]) for r in (0, 1, 2)]]
+    np.testing.assert_array_equal(nm.predict(new), expected)
+    pytest.importorskip("sklearn")
+    feats = np.column_stack([np.cos(theta), np.sin(theta)])
+    knn = cl.KNNClassifier(n_neighbors=3).fit(feats, grs.labels)
+    np.testing.assert_array_equal(
+        knn.predict(np.column_stack([np.cos(new[:, 0]), np.sin(new[:, 0])])), expected)
+
+
+# ------------------------------------------------------------------------ bad input
+def test_bad_input_names_the_object():
+    C = np.eye(4)
+    bad = C.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(DdromError, match=r"Gram matrix C: .*NaN"):
+        cl.cluster(bad, 2)
+    with pytest.raises(DdromError, match=r"displacement Gram.*not symmetric"):
+        cl.cluster(C + np.triu(np.ones((4, 4)), 1), 2, gram_name="displacement Gram")
+    with pytest.raises(DdromError, match=r"cannot make 5 non-empty clusters of 4 snapshots"):
+        cl.cluster(C, 5)
+    with pytest.raises(DdromError, match=r"cannot make 3 non-empty clusters of 2 simulations"):
+        cl.cluster(C, 3, dissimilarity="grassmann_max", sims=[0, 0, 1, 1])
+    with pytest.raises(DdromError, match="at least 1"):
+        cl.cluster(C, 0)
+    zero = np.diag([1.0, 0.0, 2.0])
+    with pytest.raises(DdromError, match=r"zero norm \(1\)"):
+        cl.dissimilarity(zero, "angle")
+    with pytest.raises(DdromError, match="unknown dissimilarity 'cosine'"):
+        cl.dissimilarity(C, "cosine")
+    with pytest.raises(DdromError, match="k-means needs a Euclidean"):
+        cl.cluster(C, 2, dissimilarity="angle", method="kmeans")
+    with pytest.raises(DdromError, match="one simulation label per snapshot"):
+        cl.dissimilarity(C, "grassmann_rss", sims=[0, 1])
+    with pytest.raises(DdromError, match=r"cluster 2: 5 modes requested from 4 snapshots"):
+        cl.local_pod_coefficients(C, [0, 1, 2, 3], 5, name="cluster 2")
+    with pytest.raises(DdromError, match="empty set of snapshots"):
+        cl.local_pod_coefficients(C, [], 1)
+    with pytest.raises(DdromError, match="negative diagonal"):
+        cl.check_gram(-np.eye(2))
+    with pytest.raises(DdromError, match="different numbers of snapshots"):
+        cl.dissimilarity(C, "euclidean_trajectory", sims=[0, 0, 0, 1])
+
+
+# ------------------------------------------------------------------------ parallel
+@pytest.mark.mpi
+def test_clustering_from_a_distributed_gram_is_partition_invariant():
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    S, sims, reg, _ = regimes_data(seed=21, n=101)
+    w = np.random.default_rng(22).uniform(0.5, 2.0, S.shape[0])  # diagonal M, rows distributed
+    # uneven row partition: rank r owns a share proportional to r + 1
+    shares = np.arange(1, comm.size + 1)
+    bounds = np.concatenate([[0], np.cumsum(shares)]) * S.shape[0] // shares.sum()
+    lo, hi = bounds[comm.rank], bounds[comm.rank + 1]
+    S_loc, w_loc = S[lo:hi], w[lo:hi]
+    C = np.empty((S.shape[1],) * 2)
+    comm.Allreduce(weighted_gram(S_loc, w_loc), C, op=MPI.SUM)   # the one reduction
+    C = cl.agree(C, comm)
+    C_serial = weighted_gram(S, w)
+    np.testing.assert_allclose(C, C_serial, rtol=1e-12, atol=1e-12 * np.abs(C_serial).max())
+    for name, method in [("angle", "pam"), ("grassmann_rss", "pam"),
+                         ("euclidean", "kmeans"), ("angle", "alternating")]:
+        got = cl.cluster(C, 3, dissimilarity=name, method=method, sims=sims, seed=4)
+        ref = cl.cluster(C_serial, 3, dissimilarity=name, method=method, sims=sims, seed=4)
+        np.testing.assert_array_equal(got.column_labels, ref.column_labels)
+        all_labels = comm.allgather(got.column_labels)
+        assert all(np.array_equal(all_labels[0], x) for x in all_labels)
+    assert same_partition(cl.cluster(C, 3, dissimilarity="angle").labels, reg)
+    # the local modes are one local matmul; their global Gram is the identity
+    W, _ = cl.local_pod_coefficients(C, np.flatnonzero(reg == 1), 3)
+    Psi_loc = S_loc[:, reg == 1] @ W
+    G = comm.allreduce(Psi_loc.T @ (w_loc[:, None] * Psi_loc), op=MPI.SUM)
+    np.testing.assert_allclose(G, np.eye(3), atol=1e-10)
+    t = cr.efficiency_table(C, sims, [1, 3], [1, 2], dissimilarity="grassmann_max", n_rows=101)
+    t_ref = cr.efficiency_table(C_serial, sims, [1, 3], [1, 2], dissimilarity="grassmann_max",
+                                n_rows=101)
+    for a, b in zip(t, t_ref):
+        assert a["mean_local"] == pytest.approx(b["mean_local"], rel=1e-10, abs=1e-12)
