@@ -119,7 +119,7 @@ def boundary_facets(mesh: Mesh) -> np.ndarray:
     bad = np.flatnonzero(counts > 2)
     if bad.size:
         cells = np.unique(np.flatnonzero(np.isin(ids, bad[:5])) // nf)
-        raise DdromError(f"invalid mesh: {bad.size} faces are shared by more than two cells "
+        raise DdromError(f"invalid mesh: {bad.size} face(s) shared by more than two cells "
                          f"(duplicated or overlapping cells), e.g. in cells {cells[:6].tolist()}")
     flat = np.flatnonzero(counts[ids] == 1)
     return np.column_stack([flat // nf, flat % nf]).astype(np.int64)

@@ -39,8 +39,9 @@ Writing (:func:`write_mesh`):
   ``nodes:<name>`` (int8, 1 = member).
 * Gmsh ``.msh`` (format 2.2) is written with one
 physical group per region (a surface element per facet of each region, so overlapping
-regions repeat elements, as Gmsh itself does) and the volume as physical group
-``domain``.
+regions repeat elements, as Gmsh itself does), a physical point group per node set
+(named ``<name>:nodes`` if a facet set has the same name, as meshio keeps one physical
+group per name) and the volume as physical group ``domain``.
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ FLAG_PREFIX = "region:"
 #: prefixes of the XDMF face bit masks (cell data) and node flags (point data)
 MASK_PREFIX = "facets:"
 NODE_PREFIX = "nodes:"
+#: suffix of a Gmsh physical point group holding the node set of the same name as a facet set
+NODE_SUFFIX = ":nodes"
 _VOLUME_TYPES = ("tetra", "hexahedron")
 
 
@@ -113,7 +116,7 @@ def read_mesh(path: str | Path, regions: Mapping[str, Selector] | None = None, *
     meshio = _meshio()
     try:
         m = meshio.read(str(p))
-    except Exception as exc:  # noqa: BLE001 - meshio raises many types for corrupt files
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - meshio raises many types (even SystemExit)
         raise DdromError(f"cannot read mesh file {p}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
     try:
         mesh, file_ids = _from_meshio(m, str(p))
@@ -226,6 +229,8 @@ def _from_meshio(m: Any, name: str) -> tuple[Mesh, np.ndarray]:
                 if hit.size:
                     mesh.facet_sets[rname] = np.unique(hit, axis=0)
             else:
+                if rname.endswith(NODE_SUFFIX) and d == 0:
+                    rname = rname[: -len(NODE_SUFFIX)]
                 nodes = np.concatenate([r.ravel() for r in rows])
                 nodes = np.unique(nodes[nodes >= 0])
                 if nodes.size:
@@ -259,7 +264,9 @@ def write_mesh(mesh: Mesh, path: str | Path) -> None:
         for t, n in enumerate(nnames, start=len(fnames) + 1):
             cells.append(("vertex", mesh.node_sets[n][:, None]))
             phys.append(np.full(mesh.node_sets[n].size, t))
-            field_data[n] = np.array([t, 0])
+            # meshio keeps one (tag, dim) per physical name: a node set named like a facet set
+            # is written as "<name>:nodes" (read back as "<name>")
+            field_data[n + NODE_SUFFIX if n in mesh.facet_sets else n] = np.array([t, 0])
         tv = len(fnames) + len(nnames) + 1
         cells.append((mesh.cell_type, mesh.cells))
         phys.append(np.full(mesh.n_cells, tv))
