@@ -403,3 +403,11 @@ def test_clustering_from_a_distributed_gram_is_partition_invariant():
                                 n_rows=101)
     for a, b in zip(t, t_ref):
         assert a["mean_local"] == pytest.approx(b["mean_local"], rel=1e-10, abs=1e-12)
+
+
+def test_knn_without_scikit_learn_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)   # makes `import sklearn` fail
+    with pytest.raises(DdromError, match="pip install scikit-learn"):
+        cl.KNNClassifier().fit(np.eye(3), [0, 1, 1])
