@@ -50,7 +50,7 @@ import numpy as np
 from ddrom.materials.base import Material, Response, ReturnMappingError, register_law
 from ddrom.materials.elastic import check_thermal_keys, elastic_specs, moduli, thermal_strain_trace
 from ddrom.materials.parameters import Spec, nonnegative, parse_parameters, positive
-from ddrom.materials.tensors import IDENTITY, P_DEV, isotropic_stiffness, von_mises
+from ddrom.materials.tensors import IDENTITY, add_isotropic, dev, isotropic_stiffness, von_mises_deviator
 from ddrom.parallel.errors import DdromError
 
 _COMPONENTS = ["11", "22", "33", "12", "23", "13"]
@@ -163,7 +163,8 @@ class Chaboche(Material):
         n = eps.shape[0]
         P = self.params
         Kb, G = moduli(P, T)
-        epsp_old, X_old, p_old = state_old[:, :6], state_old[:, 6:12], state_old[:, 12]
+        # X is deviatoric by construction; projecting once lets every norm below skip dev()
+        epsp_old, X_old, p_old = state_old[:, :6], dev(state_old[:, 6:12]), state_old[:, 12]
 
         # total form: trial deviator from the total strain, volumetric part is elastic
         tr_eps = eps[:, 0] + eps[:, 1] + eps[:, 2]
@@ -172,7 +173,7 @@ class Chaboche(Material):
 
         sy, H = P["sigma_y"](T), P["H"](T)
         R = sy + H * p_old
-        J_eta = von_mises(s_tr - X_old)
+        J_eta = von_mises_deviator(s_tr - X_old)
         f_tr = J_eta - R
         plastic = f_tr > YIELD_RTOL * (J_eta + R)
 
@@ -183,16 +184,16 @@ class Chaboche(Material):
 
         idx = np.flatnonzero(plastic)
         if idx.size:
-            self._plastic_points(idx, s_tr, X_old, epsp_old, p_old, G, T, f_tr, dt, stress, state, D)
+            self._plastic_points(idx, s_tr, X_old, epsp_old, p_old, Kb, G, T, f_tr, dt, stress, state, D)
         return Response(stress, state, D)
 
     # -- the return map on the plastic points ------------------------------------------------
-    def _plastic_points(self, idx, s_tr_all, X_old_all, epsp_old_all, p_old_all, G_all, T_all,
+    def _plastic_points(self, idx, s_tr_all, X_old_all, epsp_old_all, p_old_all, Kb_all, G_all, T_all,
                         f_tr_all, dt, stress, state, D) -> None:
         P = self.params
         T = T_all[idx]
         m = idx.size
-        s_tr, X_old, G = s_tr_all[idx], X_old_all[idx], G_all[idx]
+        s_tr, X_old, G, Kb_p = s_tr_all[idx], X_old_all[idx], G_all[idx], Kb_all[idx]
         p_old, f_tr = p_old_all[idx], f_tr_all[idx]
         C, gam, H, sy = P["C"](T, m), P["gamma"](T, m), P["H"](T, m), P["sigma_y"](T, m)
 
@@ -201,7 +202,7 @@ class Chaboche(Material):
             a = 1.0 / (1.0 + gam[k] * dp)
             Xk = X_old[k]
             xi = s_tr[k] - a[:, None] * Xk
-            Jxi = von_mises(xi)
+            Jxi = von_mises_deviator(xi)
             nrm = 1.5 * xi / Jxi[:, None]
             g = Jxi - (3.0 * G[k] + C[k] * a) * dp - H[k] * (p_old[k] + dp) - sy[k]
             dg = (gam[k] * a * a) * np.einsum("ij,ij->i", nrm, Xk) - 3.0 * G[k] - C[k] * a * a - H[k]
@@ -211,7 +212,7 @@ class Chaboche(Material):
         everyone = np.arange(m)
         # g(hi) <= 0 since J(xi) <= J(s_tr) + J(X_old) for every dp >= 0
         x0 = f_tr / (3.0 * G + C + H)
-        hi = np.maximum((von_mises(s_tr) + von_mises(X_old) - H * p_old - sy) / (3.0 * G + H), x0)
+        hi = np.maximum((von_mises_deviator(s_tr) + von_mises_deviator(X_old) - H * p_old - sy) / (3.0 * G + H), x0)
         dp = safeguarded_newton(g_ri, x0, np.zeros(m), hi, what=f"material '{self.name}'")
         _, dg_ri = g_ri(dp, everyone)
         inv_gdp = 1.0 / dg_ri
@@ -226,7 +227,7 @@ class Chaboche(Material):
         # final state from dp
         a = 1.0 / (1.0 + gam * dp)
         xi = s_tr - a[:, None] * X_old
-        Jxi = von_mises(xi)
+        Jxi = von_mises_deviator(xi)
         nrm = 1.5 * xi / Jxi[:, None]
         stress[idx] -= (2.0 * G * dp)[:, None] * nrm
         state[idx, :6] = epsp_old_all[idx] + dp[:, None] * nrm
@@ -239,10 +240,10 @@ class Chaboche(Material):
             v = (gam * a * a)[:, None] * X_old
             Nv_ = (1.5 / Jxi)[:, None] * (v - (2.0 / 3.0) * np.einsum("ij,ij->i", nrm, v)[:, None] * nrm)
             w = nrm + dp[:, None] * Nv_
-            Dp = D[idx]
-            Dp -= c1[:, None, None] * P_DEV
-            Dp += ((2.0 / 3.0) * c1)[:, None, None] * np.einsum("ij,ik->ijk", nrm, nrm)
-            Dp += (G2 * inv_gdp)[:, None, None] * np.einsum("ij,ik->ijk", w, nrm)
+            # D = 3K P_sph + (2G - c1) P_dev + ((2/3) c1 n + (4G^2/g_dp) w) (x) n: one outer product
+            left = ((2.0 / 3.0) * c1)[:, None] * nrm + (G2 * inv_gdp)[:, None] * w
+            Dp = left[:, :, None] * nrm[:, None, :]
+            add_isotropic(Dp, Kb_p, 2.0 * G - c1)
             D[idx] = Dp
 
     def _viscous(self, vis, dp_ri, K, N, f_tr, dt, g_ri):

@@ -51,11 +51,37 @@ def von_mises(a: np.ndarray) -> np.ndarray:
 J = von_mises
 
 
+def von_mises_deviator(d: np.ndarray) -> np.ndarray:
+    """``sqrt(3/2 d:d)`` for tensors already deviatoric (skips the projection of :func:`von_mises`)."""
+    return np.sqrt(1.5 * np.einsum("...i,...i->...", d, d))
+
+
+_ONES_BLOCK = np.outer(IDENTITY, IDENTITY)
+
+
+def add_isotropic(D: np.ndarray, bulk: np.ndarray, shear2: np.ndarray) -> np.ndarray:
+    """In place ``D += 3 bulk P_sph + shear2 P_dev`` for ``D`` of shape ``(n, 6, 6)``; returns ``D``.
+
+    Uses ``3K P_sph + 2G P_dev = (K - 2G/3) I (x) I + 2G I4`` entry-wise (normal 3x3
+    block, then a strided view of the diagonal): broadcasting against ``P_sph``/``P_dev``
+    would allocate ``(n, 6, 6)`` temporaries, which dominates the cost for large ``n``.
+    """
+    D[:, :3, :3] += (bulk - shear2 / 3.0)[:, None, None]
+    diag = D.reshape(D.shape[0], 36)[:, ::7]
+    diag += shear2[:, None]
+    return D
+
+
 def isotropic_stiffness(bulk: np.ndarray, shear: np.ndarray) -> np.ndarray:
-    """Isotropic elastic stiffness ``3K P_sph + 2G P_dev`` for arrays of moduli, shape ``(n, 6, 6)``."""
-    bulk = np.asarray(bulk, dtype=float)[..., None, None]
-    shear = np.asarray(shear, dtype=float)[..., None, None]
-    return 3.0 * bulk * P_SPH + 2.0 * shear * P_DEV
+    """Isotropic elastic stiffness ``3K P_sph + 2G P_dev`` for arrays of moduli ``(n,)``, shape ``(n, 6, 6)``."""
+    bulk = np.atleast_1d(np.asarray(bulk, dtype=float))
+    shear2 = 2.0 * np.atleast_1d(np.asarray(shear, dtype=float))
+    D = np.empty((bulk.size, 6, 6))
+    # one contiguous pass for (K - 2G/3) I (x) I, then the diagonal (a strided view)
+    np.multiply((bulk - shear2 / 3.0)[:, None, None], _ONES_BLOCK, out=D)
+    diag = D.reshape(bulk.size, 36)[:, ::7]
+    diag += shear2[:, None]
+    return D
 
 
 def to_mandel(t: np.ndarray) -> np.ndarray:
