@@ -371,3 +371,32 @@ def test_bad_update_inputs():
         m.update(np.zeros((3, 6)), m.initial_state(2), 0, 0, 1.0)
     with pytest.raises(DdromError, match="T_new"):
         m.update(np.zeros((3, 6)), m.initial_state(3), 0, np.zeros(2), 1.0)
+
+
+def test_viscosity_table_switches_to_rate_independent_where_K_is_zero():
+    base = {"E": E, "nu": NU, "sigma_y": 200.0, "H": 2000.0, "C": 10000.0, "gamma": 80.0}
+    mixed = from_config({"law": "chaboche", **base, "K": {"T": [100.0, 200.0], "value": [0.0, 50.0]}, "N": 3.0})
+    ri = from_config({"law": "j2", **base})
+    vp = from_config({"law": "chaboche", **base, "K": 50.0, "N": 3.0})
+    eps = np.random.default_rng(7).normal(size=(6, 6)) * 4e-3
+    T = np.array([0.0, 50.0, 100.0, 300.0, 400.0, 500.0])
+    r = mixed.update(eps, mixed.initial_state(6), T, T, 0.1)
+    r_ri = ri.update(eps, ri.initial_state(6), T, T, 0.1)
+    r_vp = vp.update(eps, vp.initial_state(6), T, T, 0.1)
+    np.testing.assert_allclose(r.stress[:3], r_ri.stress[:3], rtol=1e-12)
+    np.testing.assert_allclose(r.stress[3:], r_vp.stress[3:], rtol=1e-12)
+    assert np.all(r.state[:, 12] > 0)
+
+
+@pytest.mark.parametrize("law", ["j2", "chaboche"])
+def test_repeating_a_converged_step_is_stationary(law):
+    """Rate-independent: re-running the update from the converged state at the same strain
+    changes nothing (the point is on the yield surface, dp = 0 to round-off)."""
+    cfg = {"law": law, "E": E, "nu": NU, "sigma_y": 200.0, "H": 1000.0, "C": 30000.0, "gamma": 100.0}
+    mat = from_config(cfg)
+    eps = np.random.default_rng(2).normal(size=(30, 6)) * 5e-3
+    r1 = mat.update(eps, mat.initial_state(30), 0, 0, 1.0)
+    assert np.all(r1.state[:, 12] > 0)
+    r2 = mat.update(eps, r1.state, 0, 0, 1.0)
+    np.testing.assert_allclose(r2.stress, r1.stress, rtol=0, atol=1e-9 * np.abs(r1.stress).max())
+    np.testing.assert_allclose(r2.state[:, 12], r1.state[:, 12], rtol=1e-12)

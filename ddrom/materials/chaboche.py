@@ -160,7 +160,6 @@ class Chaboche(Material):
         dt = float(dt)
         if not dt >= 0.0:
             raise DdromError(f"material '{self.name}': time step dt must be >= 0, got {dt}")
-        n = eps.shape[0]
         P = self.params
         Kb, G = moduli(P, T)
         # X is deviatoric by construction; projecting once lets every norm below skip dev()
