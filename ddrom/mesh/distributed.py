@@ -1,0 +1,222 @@
+"""One subdomain per rank: cells, owned and ghost nodes, global numbering, natural ordering.
+
+Numbering
+---------
+* PETSc numbering of nodes: the nodes owned by rank r are the contiguous range
+  ``node_range`` (rank-major). DOF ``3*g + c`` is component c of node g, so DOFs are
+  contiguous per rank too.
+* Natural numbering: the node and cell ids of the serial mesh (file or generator).
+  It does not depend on the number of ranks, so files are written in it
+  (:class:`NaturalMap`), and a file written on 3 ranks is read on 1 or 2.
+* Local node arrays hold the owned nodes first (``n_owned``), then the ghosts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from ddrom.mesh.reference import CELL_TYPES, FACE_TYPES, FACES
+from ddrom.parallel import DdromError, as_mpi, as_petsc, check_all
+
+
+@dataclass
+class DistributedMesh:
+    comm: Any
+    cell_type: str
+    cells: np.ndarray            # (ne, k) local node indices
+    cell_natural: np.ndarray     # (ne,) natural cell ids
+    coords: np.ndarray           # (nn, 3) local nodes: owned then ghosts
+    node_global: np.ndarray      # (nn,) PETSc node numbers
+    node_natural: np.ndarray     # (nn,) natural node ids
+    n_owned: int
+    node_range: tuple[int, int]
+    cell_range: tuple[int, int]  # rank-major cell numbering (for integration-point layouts)
+    n_nodes_global: int
+    n_cells_global: int
+    facet_sets: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (F,2) local cell, face
+    node_sets: dict[str, np.ndarray] = field(default_factory=dict)   # name -> local node indices
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def mpi(self):
+        return as_mpi(self.comm)
+
+    @property
+    def ref(self):
+        return CELL_TYPES[self.cell_type]
+
+    @property
+    def n_cells(self) -> int:
+        return self.cells.shape[0]
+
+    @property
+    def n_local_nodes(self) -> int:
+        return self.coords.shape[0]
+
+    @property
+    def n_qp(self) -> int:
+        return len(self.ref.qw)
+
+    @property
+    def ghost_global(self) -> np.ndarray:
+        return self.node_global[self.n_owned:]
+
+    def region_names(self) -> list[str]:
+        return sorted(set(self.facet_sets) | set(self.node_sets))
+
+    def region_nodes(self, name: str) -> np.ndarray:
+        """Local node indices (owned and ghost) of a region, from its node or facet set."""
+        parts = []
+        if name in self.node_sets:
+            parts.append(self.node_sets[name])
+        if name in self.facet_sets:
+            fs = self.facet_sets[name]
+            faces = np.asarray(FACES[self.cell_type])
+            parts.append(self.cells[fs[:, 0][:, None], faces[fs[:, 1]]].ravel())
+        if not parts:
+            raise DdromError(f"unknown region {name!r}; the mesh has {self.region_names()}")
+        return np.unique(np.concatenate(parts)).astype(np.int64)
+
+    # --------------------------------------------------------------- geometry
+    @cached_property
+    def geometry(self) -> tuple[np.ndarray, np.ndarray]:
+        """Shape-function gradients dN/dx (ne, nq, k, 3) and weights w*detJ (ne, nq).
+
+        Raises DdromError (collectively) on inverted or degenerate cells.
+        """
+        ref = self.ref
+        dNr = ref.dshape(ref.qp)                               # (nq, k, 3)
+        X = self.coords[self.cells]                            # (ne, k, 3)
+        J = np.einsum("qka,ekb->eqba", dNr, X)                 # dx_b/dxi_a as (b, a)
+        det = np.linalg.det(J)
+        bad = det <= 0
+        nbad = int(bad.any(axis=1).sum())
+        first = self.cell_natural[bad.any(axis=1)][:5].tolist()
+        total_bad = self.mpi.allreduce(nbad)
+        check_all(self.comm, total_bad == 0,
+                  f"mesh has {total_bad} inverted or degenerate cells (non-positive Jacobian), "
+                  f"e.g. cells {self.mpi.allreduce(first)[:5]}")
+        Jinv = np.linalg.inv(J)                                # (ne,nq,a,b): dxi_a/dx_b
+        dN = np.einsum("qka,eqab->eqkb", dNr, Jinv)
+        return dN, det * ref.qw[None, :]
+
+    def qp_coordinates(self) -> np.ndarray:
+        """(ne, nq, 3) physical coordinates of the integration points."""
+        N = self.ref.shape(self.ref.qp)
+        return np.einsum("qk,ekd->eqd", N, self.coords[self.cells])
+
+    def facet_geometry(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Face quadrature of region ``name`` on this rank.
+
+        Returns
+        -------
+        nodes : (F, nf) local node indices of each face
+        N : (nqf, nf) face shape functions at the face quadrature points
+        xq : (F, nqf, 3) physical quadrature points
+        nw : (F, nqf, 3) outward unit normal times w*dA
+        """
+        fs = self.facet_sets.get(name)
+        if fs is None:
+            raise DdromError(f"region {name!r} has no boundary faces; the mesh's facet regions are "
+                             f"{sorted(self.facet_sets)}")
+        faces = np.asarray(FACES[self.cell_type])
+        fref = FACE_TYPES[self.ref.face_type]
+        nodes = self.cells[fs[:, 0][:, None], faces[fs[:, 1]]]
+        N = fref.shape(fref.qp)
+        dN = fref.dshape(fref.qp)                              # (nqf, nf, 2)
+        X = self.coords[nodes]                                 # (F, nf, 3)
+        xq = np.einsum("qk,fkd->fqd", N, X)
+        t = np.einsum("qka,fkd->fqad", dN, X)
+        n = np.cross(t[:, :, 0], t[:, :, 1])                   # area-weighted normal
+        # Orient outward whatever the face node order: away from the cell centroid.
+        cc = self.coords[self.cells[fs[:, 0]]].mean(axis=1)
+        sgn = np.sign(np.einsum("fqd,fqd->fq", n, xq - cc[:, None, :]))
+        nw = n * (sgn * fref.qw[None, :])[:, :, None]
+        return nodes, N, xq, nw
+
+    # ------------------------------------------------------------------- DOFs
+    def create_vector(self, bs: int = 3):
+        """A ghosted PETSc vector with ``bs`` components per node (owned + ghost storage)."""
+        from petsc4py import PETSc
+
+        return PETSc.Vec().createGhost(self.ghost_global.astype(PETSc.IntType),
+                                       size=(bs * self.n_owned, PETSc.DECIDE), bsize=bs,
+                                       comm=as_petsc(self.comm))
+
+    @cached_property
+    def natural_nodes(self) -> "NaturalMap":
+        return NaturalMap(self.comm, self.node_natural[: self.n_owned], self.n_nodes_global,
+                          self.node_range[0])
+
+    @cached_property
+    def natural_cells(self) -> "NaturalMap":
+        return NaturalMap(self.comm, self.cell_natural, self.n_cells_global, self.cell_range[0])
+
+    def summary(self) -> dict[str, Any]:
+        c = self.mpi
+        cells = c.allgather(self.n_cells)
+        owned = c.allgather(self.n_owned)
+        ghosts = c.allgather(self.n_local_nodes - self.n_owned)
+        return {"cell_type": self.cell_type, "cells": self.n_cells_global, "nodes": self.n_nodes_global,
+                "dofs": 3 * self.n_nodes_global, "ranks": c.size, "cells_per_rank": cells,
+                "owned_nodes_per_rank": owned, "ghost_nodes_per_rank": ghosts}
+
+
+class NaturalMap:
+    """Moves per-item blocks between the rank-major (PETSc) layout and the natural layout.
+
+    In the natural layout, rank r holds the contiguous slice ``natural_range`` of the
+    items sorted by natural id: exactly what a collective HDF5 hyperslab write wants.
+    The move is one PETSc VecScatter per block size (created once, reused).
+    """
+
+    def __init__(self, comm: Any, owned_natural: np.ndarray, n_global: int, first: int):
+        c = as_mpi(comm)
+        self.comm = comm
+        self.owned_natural = np.asarray(owned_natural, dtype=np.int64)
+        self.n_owned = len(self.owned_natural)
+        self.n_global = n_global
+        self.first = first
+        lo, hi = n_global * c.rank // c.size, n_global * (c.rank + 1) // c.size
+        self.natural_range = (lo, hi)
+        self._scatters: dict[int, Any] = {}
+
+    def _scatter(self, bs: int):
+        if bs not in self._scatters:
+            from petsc4py import PETSc
+
+            pc = as_petsc(self.comm)
+            lo, hi = self.natural_range
+            x = PETSc.Vec().createMPI((bs * self.n_owned, bs * self.n_global), comm=pc)
+            y = PETSc.Vec().createMPI((bs * (hi - lo), bs * self.n_global), comm=pc)
+            isx = PETSc.IS().createStride(bs * self.n_owned, first=bs * self.first, step=1, comm=pc)
+            isy = PETSc.IS().createBlock(bs, self.owned_natural.astype(PETSc.IntType), comm=pc)
+            self._scatters[bs] = (PETSc.Scatter().create(x, isx, y, isy), x, y)
+        return self._scatters[bs]
+
+    def to_natural(self, owned: np.ndarray) -> np.ndarray:
+        """Rank-major owned items (n_owned, ...) -> this rank's natural slice (n_nat, ...)."""
+        from petsc4py import PETSc
+
+        owned = np.asarray(owned, dtype=np.float64)
+        tail = owned.shape[1:]
+        bs = int(np.prod(tail)) if tail else 1
+        sc, x, y = self._scatter(bs)
+        x.array[:] = owned.reshape(-1)
+        sc.scatter(x, y, PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
+        return y.array.copy().reshape((-1,) + tail)
+
+    def from_natural(self, natural: np.ndarray) -> np.ndarray:
+        """This rank's natural slice (n_nat, ...) -> rank-major owned items (n_owned, ...)."""
+        from petsc4py import PETSc
+
+        natural = np.asarray(natural, dtype=np.float64)
+        tail = natural.shape[1:]
+        bs = int(np.prod(tail)) if tail else 1
+        sc, x, y = self._scatter(bs)
+        y.array[:] = natural.reshape(-1)
+        sc.scatter(y, x, PETSc.InsertMode.INSERT, PETSc.ScatterMode.REVERSE)
+        return x.array.copy().reshape((-1,) + tail)

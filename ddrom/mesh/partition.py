@@ -1,0 +1,112 @@
+"""Graph partitioning of the cells into one part per rank.
+
+The dual graph (cells adjacent through a face) is built on the rank that holds the
+serial mesh, its rows are spread in contiguous blocks, and PETSc's MatPartitioning
+(PTScotch by default, any type through ``-mat_partitioning_type``) partitions it in
+parallel. ``block`` (contiguous cell ranges) and ``rcb`` (recursive coordinate
+bisection) need no graph library and serve as fallbacks and for tests.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ddrom.mesh.reference import FACES
+from ddrom.parallel import as_mpi, as_petsc
+
+
+def dual_graph(cells: np.ndarray, cell_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, indices) of the cell graph: an edge per interior face."""
+    faces = np.asarray(FACES[cell_type])
+    nc, nf = cells.shape[0], faces.shape[0]
+    fn = np.sort(cells[:, faces].reshape(nc * nf, -1), axis=1)
+    _, inv, counts = np.unique(fn, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    owner = np.repeat(np.arange(nc), nf)
+    interior = counts[inv] == 2
+    order = np.argsort(inv[interior], kind="stable")
+    pairs = owner[interior][order].reshape(-1, 2)
+    a = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    b = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    o = np.lexsort((b, a))
+    indptr = np.zeros(nc + 1, dtype=np.int64)
+    np.cumsum(np.bincount(a, minlength=nc), out=indptr[1:])
+    return indptr, b[o]
+
+
+def _petsc_partition(comm: Any, graph: tuple[np.ndarray, np.ndarray] | None, n_cells: int,
+                     method: str) -> np.ndarray | None:
+    """Partition a graph held on rank 0 with PETSc MatPartitioning; parts returned on rank 0."""
+    from petsc4py import PETSc
+
+    c = as_mpi(comm)
+    size = c.size
+    bounds = [n_cells * r // size for r in range(size + 1)]
+    if c.rank == 0:
+        indptr, indices = graph
+        chunks = []
+        for r in range(size):
+            lo, hi = bounds[r], bounds[r + 1]
+            ip = indptr[lo:hi + 1]
+            chunks.append((ip - ip[0], indices[ip[0]:ip[-1]]))
+    else:
+        chunks = None
+    ip, idx = c.scatter(chunks, root=0)
+    nloc = bounds[c.rank + 1] - bounds[c.rank]
+    adj = PETSc.Mat().createAIJ(size=((nloc, n_cells), (nloc, n_cells)),
+                                csr=(ip.astype(PETSc.IntType), idx.astype(PETSc.IntType),
+                                     np.ones(len(idx))), comm=as_petsc(c))
+    adj.assemble()
+    part = PETSc.MatPartitioning().create(as_petsc(c))
+    part.setAdjacency(adj)
+    part.setType(method)
+    part.setFromOptions()  # -mat_partitioning_type overrides
+    is_ = PETSc.IS()
+    part.apply(is_)
+    mine = is_.getIndices().astype(np.int64)
+    is_.destroy(); part.destroy(); adj.destroy()
+    gathered = c.gather(mine, root=0)
+    return np.concatenate(gathered) if c.rank == 0 else None
+
+
+def _rcb(centroids: np.ndarray, nparts: int) -> np.ndarray:
+    """Recursive coordinate bisection along the longest extent, with proportional splits."""
+    parts = np.zeros(len(centroids), dtype=np.int64)
+    stack = [(np.arange(len(centroids)), 0, nparts)]
+    while stack:
+        idx, first, n = stack.pop()
+        if n == 1:
+            parts[idx] = first
+            continue
+        pts = centroids[idx]
+        axis = int(np.argmax(pts.max(axis=0) - pts.min(axis=0)))
+        nleft = n // 2
+        k = len(idx) * nleft // n
+        order = np.argsort(pts[:, axis], kind="stable")
+        stack.append((idx[order[:k]], first, nleft))
+        stack.append((idx[order[k:]], first + nleft, n - nleft))
+    return parts
+
+
+def partition_cells(comm: Any, points: np.ndarray | None, cells: np.ndarray | None,
+                    cell_type: str | None, method: str = "ptscotch") -> np.ndarray | None:
+    """Part (rank) of every cell, computed collectively; returned on rank 0 only.
+
+    Parameters
+    ----------
+    method : {"ptscotch", "block", "rcb"} or any PETSc MatPartitioning type
+        PETSc types run in parallel on the dual graph.
+    """
+    c = as_mpi(comm)
+    n_cells = c.bcast(cells.shape[0] if c.rank == 0 else None, root=0)
+    if c.size == 1:
+        return np.zeros(n_cells, dtype=np.int64) if c.rank == 0 else None
+    local: dict[str, Callable[[], np.ndarray]] = {
+        "block": lambda: (np.arange(n_cells) * c.size) // max(n_cells, 1),
+        "rcb": lambda: _rcb(points[cells].mean(axis=1), c.size),
+    }
+    if method in local:
+        return local[method]() if c.rank == 0 else None
+    graph = dual_graph(cells, cell_type) if c.rank == 0 else None
+    return _petsc_partition(c, graph, n_cells, method)
