@@ -11,12 +11,12 @@ Selectors
 ---------
 A region is chosen by a *selector*, tested on node coordinates:
 
-* a string expression in ``x, y, z`` such as ``"abs(x - 1) < tol and y > 0"``. It is parsed
-  with :mod:`ast` and interpreted by a small evaluator (never ``eval``): only numbers, the
-  names ``x, y, z, tol, pi``, arithmetic, comparisons (chained comparisons allowed),
-  ``and``/``or``/``not`` (applied elementwise) and the functions ``abs, sqrt, sin, cos, tan,
-  arctan2, minimum, maximum, isclose, logical_and, logical_or, logical_not, near`` are
-  accepted. ``near(a, b)`` is ``|a - b| <= tol``.
+* a string expression in ``x, y, z`` such as ``"abs(x - 1) < tol and y > 0"``: a
+  :class:`ddrom.expressions.Expression` (parsed with :mod:`ast`, never ``eval``) in the
+  names ``x, y, z, tol`` (and ``pi``) with arithmetic, comparisons (chained comparisons
+  allowed), ``and``/``or``/``not`` (applied elementwise), the functions of
+  :data:`ddrom.expressions.FUNCTIONS` (``abs, sqrt, sin, cos, arctan2, minimum, maximum,
+  isclose, logical_and, ...``) and ``near(a, b)``, which is ``|a - b| <= tol``.
 * a dict whose entries are all required (intersection):
 
   - ``{"x": v}`` (or ``"y"``, ``"z"``): the plane ``x == v`` within ``tol``;
@@ -35,12 +35,12 @@ candidates; a node selection considers every node of the mesh (interior ones inc
 """
 from __future__ import annotations
 
-import ast
 import logging
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 
+from ddrom.expressions import Expression
 from ddrom.mesh.mesh import Mesh
 from ddrom.mesh.reference import CELL_TYPES, FACE_TYPES, FACES
 from ddrom.parallel.errors import DdromError
@@ -165,86 +165,15 @@ def match_faces(mesh: Mesh, face_rows: np.ndarray, candidates: np.ndarray | None
 
 
 # ------------------------------------------------------------------------- selectors
-_FUNCS: dict[str, Callable[..., Any]] = {
-    "abs": np.abs, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tan": np.tan,
-    "arctan2": np.arctan2, "minimum": np.minimum, "maximum": np.maximum,
-    "isclose": np.isclose, "logical_and": np.logical_and, "logical_or": np.logical_or,
-    "logical_not": np.logical_not,
-}
-_BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
-           ast.Pow: np.power, ast.Mod: np.mod, ast.BitAnd: np.logical_and, ast.BitOr: np.logical_or}
-_CMPOPS = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal,
-           ast.Eq: np.equal, ast.NotEq: np.not_equal}
-_MAX_EXPR = 2000
+#: names a selector expression may use besides the constant ``pi``
+SELECTOR_NAMES = ("x", "y", "z", "tol")
 
 
-def _evaluate(expr: str, names: dict[str, Any]) -> Any:
-    """Interpret a restricted numpy expression (no ``eval``, no attribute access, no builtins)."""
-    if not isinstance(expr, str) or len(expr) > _MAX_EXPR:
-        raise DdromError(f"selector expression must be a string of at most {_MAX_EXPR} characters")
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise DdromError(f"selector {expr!r}: syntax error: {exc.msg}") from None
-    tol = names["tol"]
-    funcs = dict(_FUNCS, near=lambda a, b: np.abs(np.subtract(a, b)) <= tol)
-
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant):
-            if isinstance(node.value, bool):
-                return np.bool_(node.value)
-            if isinstance(node.value, (int, float)):
-                return np.float64(node.value)   # floats only: no unbounded Python integers
-            raise DdromError(f"selector {expr!r}: constant {node.value!r} is not a number")
-        if isinstance(node, ast.Name):
-            if node.id in names:
-                return names[node.id]
-            raise DdromError(f"selector {expr!r}: unknown name {node.id!r} "
-                             f"(allowed: {', '.join(sorted(names))}, and functions {', '.join(sorted(funcs))})")
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp):
-            v = ev(node.operand)
-            if isinstance(node.op, ast.USub):
-                return np.negative(v)
-            if isinstance(node.op, ast.UAdd):
-                return v
-            if isinstance(node.op, (ast.Not, ast.Invert)):
-                return np.logical_not(v)
-        if isinstance(node, ast.BoolOp):
-            f = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
-            vals = [ev(v) for v in node.values]
-            out = vals[0]
-            for v in vals[1:]:
-                out = f(out, v)
-            return out
-        if isinstance(node, ast.Compare):
-            left = ev(node.left)
-            out = np.bool_(True)
-            for op, comp in zip(node.ops, node.comparators):
-                if type(op) not in _CMPOPS:
-                    break
-                right = ev(comp)
-                out = np.logical_and(out, _CMPOPS[type(op)](left, right))
-                left = right
-            else:
-                return out
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in funcs:
-            args = [ev(a) for a in node.args]
-            kwargs = {kw.arg: ev(kw.value) for kw in node.keywords if kw.arg is not None}
-            if len(kwargs) != len(node.keywords):
-                raise DdromError(f"selector {expr!r}: ** arguments are not allowed")
-            try:
-                return funcs[node.func.id](*args, **kwargs)
-            except TypeError as exc:
-                raise DdromError(f"selector {expr!r}: {node.func.id}(): {exc}") from None
-        raise DdromError(f"selector {expr!r}: unsupported syntax {ast.unparse(node)!r} "
-                         f"({type(node).__name__})")
-
-    with np.errstate(all="ignore"):
-        return ev(tree)
+def selector_expression(text: str, tol: float) -> Expression:
+    """Parse a string selector: an :class:`~ddrom.expressions.Expression` in ``x, y, z, tol``
+    with the extra function ``near(a, b) = |a - b| <= tol``."""
+    return Expression(text, SELECTOR_NAMES, {"near": lambda a, b: np.abs(np.subtract(a, b)) <= tol},
+                      what="selector")
 
 
 def _mesh_tol(mesh: Mesh) -> float:
@@ -268,9 +197,7 @@ def point_mask(points: np.ndarray, selector: Selector, tol: float) -> np.ndarray
     """Boolean mask of the points (..., 3) that satisfy a selector (see module doc)."""
     x, y, z = points[..., 0], points[..., 1], points[..., 2]
     if isinstance(selector, str):
-        names = {"x": x, "y": y, "z": z, "tol": tol, "pi": np.pi}
-        val = _evaluate(selector, names)
-        val = np.asarray(val)
+        val = np.asarray(selector_expression(selector, tol)(x=x, y=y, z=z, tol=tol))
         if val.dtype != bool:
             raise DdromError(f"selector {selector!r} is not a condition (it gives {val.dtype} values, "
                              "not true/false): use a comparison such as 'abs(x) < tol'")
