@@ -61,6 +61,8 @@ class Material(ABC):
     name: str
     n_state: int
     state_names: list[str]
+    #: True when the consistent tangent is symmetric (the HF solver then defaults to CG).
+    symmetric_tangent: bool = True
 
     def initial_state(self, n: int) -> np.ndarray:
         """Internal state of a virgin material at ``n`` points: zeros ``(n, n_state)``."""

@@ -148,6 +148,8 @@ class Chaboche(Material):
         check_thermal_keys(law, cfg)
         self.params = parse_parameters(law, cfg, _specs(law))
         self.viscous = "K" in self.params and bool(np.any(self.params["K"].nodal_values > 0))
+        self.symmetric_tangent = not ("gamma" in self.params
+                                      and bool(np.any(self.params["gamma"].nodal_values > 0)))
 
     def to_dict(self) -> dict:
         return {"law": self.name, **{k: p.to_config() for k, p in self.params.items()}}

@@ -1,0 +1,324 @@
+"""Parallel high-fidelity solver: quasi-static Newton-Raphson with the consistent tangent.
+
+One time step solves r(u) = f_int(sigma(u)) - f_ext(t) = 0 on the free DOFs, the
+Dirichlet DOFs being set to their values at the end of the step beforehand (so the
+Newton corrections vanish there). Each linear system is solved by a PETSc KSP (CG or
+GMRES with GAMG and the rigid-body near-null space by default; every knob from the
+options database). A backtracking line search guards each Newton update; a step that
+does not converge is cut into halves, up to ``max_cutbacks`` times, before the solver
+gives up with a message naming the step, the iteration and the residual.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from ddrom.hf.assembly import Assembler
+from ddrom.hf.loads import Loads, evaluate
+from ddrom.materials import Material, ReturnMappingError
+from ddrom.mesh.distributed import DistributedMesh
+from ddrom.parallel import DdromError, Timers, as_mpi, as_petsc
+
+
+class NotConverged(Exception):
+    """Raised inside a step; turned into cut-backs, then into a DdromError."""
+
+
+@dataclass
+class SolverOptions:
+    """Newton options. Convergence: ||r_free|| <= rtol * max(||f_ext||, ||f_int||) + atol."""
+
+    rtol: float = 1e-8
+    atol: float = 1e-12
+    max_iterations: int = 25
+    line_search: bool = True
+    max_cutbacks: int = 6
+    bbar: bool = True
+    petsc_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class State:
+    """The converged state at time ``t`` on this rank."""
+
+    t: float
+    u: np.ndarray          # (3 * n_local_nodes,) owned then ghost DOFs
+    stress: np.ndarray     # (ne, nq, 6)
+    internal: np.ndarray   # (ne * nq, n_state)
+    T: np.ndarray          # (ne, nq) temperature
+
+    def owned_displacement(self, n_owned: int) -> np.ndarray:
+        return self.u[: 3 * n_owned].reshape(-1, 3)
+
+
+@dataclass
+class StepInfo:
+    newton_iterations: int = 0
+    ksp_iterations: int = 0
+    cutbacks: int = 0
+    residual: float = 0.0
+
+
+# Defaults written into the options database unless the user (command line or case) set them.
+_DEFAULT_PETSC = {
+    "pc_type": "gamg",
+    "pc_gamg_reuse_interpolation": "true",
+    "ksp_rtol": "1e-10",
+    "ksp_max_it": "2000",
+}
+
+
+class HFSolver:
+    """Quasi-static small-strain solver on a :class:`DistributedMesh`.
+
+    Objects (matrix with its exact pattern, KSP, vectors, geometry) are created once
+    and reused for every step and every simulation of a sweep.
+    """
+
+    def __init__(self, dmesh: DistributedMesh, material: Material, loads: Loads,
+                 options: SolverOptions | None = None, timers: Timers | None = None):
+        from petsc4py import PETSc
+
+        self.dm = dmesh
+        self.comm = dmesh.comm
+        self.material = material
+        self.options = options or SolverOptions()
+        self.timers = timers or Timers()
+        self.asm = Assembler(dmesh, bbar=self.options.bbar)
+        self.xq = dmesh.qp_coordinates()
+        self.A = self.asm.create_matrix()
+        self.x = self.A.createVecRight()
+        self.b = self.A.createVecLeft()
+        self.gvec = dmesh.create_vector(3)
+        self._setup_ksp(PETSc)
+        self.set_loads(loads)
+
+    # ----------------------------------------------------------------- set-up
+    def _setup_ksp(self, PETSc) -> None:
+        opts = PETSc.Options()
+        defaults = dict(_DEFAULT_PETSC)
+        defaults["ksp_type"] = "cg" if self.material.symmetric_tangent else "gmres"
+        for k, v in {**defaults, **{k.lstrip("-"): v for k, v in self.options.petsc_options.items()}}.items():
+            user_set = opts.hasName(k) and k not in self._case_set
+            if not user_set:
+                opts.setValue(k, str(v).lower() if isinstance(v, bool) else str(v))
+                self._case_set.add(k)
+        coords = PETSc.Vec().createMPI((3 * self.dm.n_owned, 3 * self.dm.n_nodes_global), bsize=3,
+                                       comm=as_petsc(self.comm))
+        coords.array[:] = self.dm.coords[: self.dm.n_owned].ravel()
+        self.nullspace = PETSc.NullSpace().createRigidBody(coords)
+        self.A.setNearNullSpace(self.nullspace)
+        self.ksp = PETSc.KSP().create(comm=as_petsc(self.comm))
+        self.ksp.setOperators(self.A)
+        self.ksp.setFromOptions()
+
+    _case_set: set[str] = set()
+
+    def set_loads(self, loads: Loads) -> None:
+        """Use new loads (a new parameter of a sweep): only the load data change."""
+        dm = self.dm
+        unknown = sorted(r for r in loads.all_regions() if r not in dm.region_names())
+        if unknown:
+            raise DdromError(f"loads refer to unknown regions {unknown}; the mesh has {dm.region_names()}")
+        self.loads = loads
+        fixed = np.zeros(3 * dm.n_local_nodes, dtype=bool)
+        self._dirichlet = []
+        for d in loads.dirichlet:
+            nodes = dm.region_nodes(d.region)
+            for c in d.components:
+                dofs = 3 * nodes + int(c)
+                fixed[dofs] = True
+                self._dirichlet.append((dofs, nodes, d.value))
+        self.fixed = fixed
+        nfixed = as_mpi(self.comm).allreduce(int(fixed[: 3 * dm.n_owned].sum()))
+        if nfixed == 0:
+            raise DdromError("no Dirichlet condition: the problem has rigid-body motions")
+        self._facets = {name: dm.facet_geometry(name) for name in loads.boundary_regions()}
+
+    # ------------------------------------------------------------- evaluators
+    def temperature(self, t: float) -> np.ndarray:
+        x = self.xq
+        return evaluate(self.loads.temperature, x.shape[:2], x=x[..., 0], y=x[..., 1], z=x[..., 2], t=t)
+
+    def dirichlet_values(self, u: np.ndarray, t: float) -> None:
+        """Set the Dirichlet DOFs of the local vector ``u`` to their values at time t."""
+        X = self.dm.coords
+        for dofs, nodes, value in self._dirichlet:
+            x = X[nodes]
+            u[dofs] = evaluate(value, (len(nodes),), x=x[:, 0], y=x[:, 1], z=x[:, 2], t=t)
+
+    def external_force(self, t: float) -> np.ndarray:
+        """Local (owned+ghost) contributions of f_ext(t)."""
+        f = np.zeros(self.asm.n_local_dofs)
+        L = self.loads
+        for p in L.pressure:
+            nodes, N, xq, nw = self._facets[p.region]
+            val = evaluate(p.value, xq.shape[:2], x=xq[..., 0], y=xq[..., 1], z=xq[..., 2], t=t)
+            f += self.asm.surface_load(nodes, N, -val[..., None] * nw)
+        for tr in L.traction:
+            nodes, N, xq, nw = self._facets[tr.region]
+            dA = np.linalg.norm(nw, axis=-1)
+            vec = np.stack([evaluate(c, xq.shape[:2], x=xq[..., 0], y=xq[..., 1], z=xq[..., 2], t=t)
+                            for c in tr.vector], axis=-1)
+            f += self.asm.surface_load(nodes, N, vec * dA[..., None])
+        x = self.xq
+        body = np.zeros(x.shape)
+        for b in L.body:
+            body += np.stack([evaluate(c, x.shape[:2], x=x[..., 0], y=x[..., 1], z=x[..., 2], t=t)
+                              for c in b.vector], axis=-1)
+        for cf in L.centrifugal:
+            body += cf.force(x, t)
+        if L.body or L.centrifugal:
+            f += self.asm.volume_load(body)
+        return f
+
+    # ------------------------------------------------------------ parallel ops
+    def _sum_to_owned(self, local: np.ndarray) -> np.ndarray:
+        """Sum local contributions over ranks; returns the owned entries (and updates ghosts)."""
+        from petsc4py import PETSc
+
+        g = self.gvec
+        with g.localForm() as lf:
+            lf.array[:] = local
+        g.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
+        return g.array.copy()
+
+    def _owned_to_local(self, owned: np.ndarray) -> np.ndarray:
+        from petsc4py import PETSc
+
+        g = self.gvec
+        g.array[:] = owned
+        g.ghostUpdate(PETSc.InsertMode.INSERT_VALUES, PETSc.ScatterMode.FORWARD)
+        with g.localForm() as lf:
+            return lf.array.copy()
+
+    def _norm(self, owned: np.ndarray) -> float:
+        return math.sqrt(as_mpi(self.comm).allreduce(float(owned @ owned)))
+
+    # ------------------------------------------------------------------- state
+    def initial_state(self, t0: float = 0.0) -> State:
+        """Zero displacement and internal variables, stresses of the thermal state at t0
+        (computed, not assumed zero, so that a non-reference initial temperature is consistent)."""
+        ne, nq = self.dm.n_cells, self.dm.n_qp
+        u = np.zeros(self.asm.n_local_dofs)
+        T = np.array(self.temperature(t0), dtype=float)
+        internal = self.material.initial_state(ne * nq)
+        resp = self.material.update(np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
+                                    tangent=False)
+        return State(t0, u, resp.stress.reshape(ne, nq, 6), resp.state, T)
+
+    def _evaluate(self, u: np.ndarray, old: State, T: np.ndarray, dt: float, tangent: bool):
+        """Material update at all points; collective failure flag so all ranks agree."""
+        ne, nq = self.dm.n_cells, self.dm.n_qp
+        eps = self.asm.strains(u).reshape(ne * nq, 6)
+        resp, msg = None, None
+        try:
+            with self.timers("constitutive"):
+                resp = self.material.update(eps, old.internal, old.T.ravel(), T.ravel(), dt, tangent=tangent)
+            if not np.all(np.isfinite(resp.stress)):
+                msg = "non-finite stress"
+        except ReturnMappingError as exc:
+            msg = str(exc)
+        bad = as_mpi(self.comm).allreduce(1 if msg else 0)
+        if bad:
+            raise NotConverged(msg or "constitutive update failed on another rank")
+        return resp
+
+    def _residual(self, u, old, T, dt, fext_owned, tangent=True):
+        resp = self._evaluate(u, old, T, dt, tangent)
+        ne, nq = self.dm.n_cells, self.dm.n_qp
+        with self.timers("assembly"):
+            fint = self._sum_to_owned(self.asm.internal_force(resp.stress.reshape(ne, nq, 6)))
+        r = fint - fext_owned
+        ref = max(self._norm(fint), self._norm(fext_owned))
+        r[self.fixed[: 3 * self.dm.n_owned]] = 0.0
+        return resp, r, ref
+
+    # ------------------------------------------------------------------ Newton
+    def _newton(self, old: State, t: float, info: StepInfo) -> State:
+        from petsc4py import PETSc
+
+        opt = self.options
+        dt = t - old.t
+        ne, nq = self.dm.n_cells, self.dm.n_qp
+        u = old.u.copy()
+        self.dirichlet_values(u, t)
+        T = np.array(self.temperature(t), dtype=float)
+        fext = self._sum_to_owned(self.external_force(t))
+        resp, r, ref = self._residual(u, old, T, dt, fext)
+        norm = self._norm(r)
+        nown = 3 * self.dm.n_owned
+        for it in range(opt.max_iterations + 1):
+            info.residual = norm / max(ref, 1e-300)
+            if not math.isfinite(norm):
+                raise NotConverged(f"residual is not finite at iteration {it}")
+            if norm <= opt.rtol * ref + opt.atol:
+                info.newton_iterations += it
+                return State(t, u, resp.stress.reshape(ne, nq, 6), resp.state, T)
+            if it == opt.max_iterations:
+                break
+            with self.timers("assembly"):
+                self.asm.assemble_matrix(self.A, resp.tangent.reshape(ne, nq, 6, 6), self.fixed)
+            self.b.array[:] = -r
+            with self.timers("linear_solve"):
+                self.ksp.setOperators(self.A)
+                self.ksp.solve(self.b, self.x)
+            reason = self.ksp.getConvergedReason()
+            info.ksp_iterations += self.ksp.getIterationNumber()
+            if reason < 0:
+                raise NotConverged(f"linear solver failed ({_ksp_reason(reason)}) at iteration {it}")
+            du = self._owned_to_local(self.x.array)
+            alpha = 1.0
+            while True:
+                u_try = u + alpha * du
+                try:
+                    resp_t, r_t, ref_t = self._residual(u_try, old, T, dt, fext)
+                    norm_t = self._norm(r_t)
+                except NotConverged:
+                    norm_t = math.inf
+                if (not opt.line_search or norm_t <= (1.0 - 1e-4 * alpha) * norm
+                        or alpha < 1.0 / 16):
+                    break
+                alpha *= 0.5
+            if not math.isfinite(norm_t):
+                raise NotConverged(f"update at iteration {it} gives a non-finite residual")
+            u, resp, r, ref, norm = u_try, resp_t, r_t, ref_t, norm_t
+        raise NotConverged(f"no convergence in {opt.max_iterations} iterations "
+                           f"(relative residual {norm / max(ref, 1e-300):.3e})")
+
+    def step(self, old: State, t: float, step_index: int | None = None) -> tuple[State, StepInfo]:
+        """Advance from ``old`` to time ``t``, cutting the increment on failure."""
+        info = StepInfo()
+        pending = [t]
+        cur = old
+        depth = {t: 0}
+        last_error = ""
+        while pending:
+            target = pending[-1]
+            try:
+                cur = self._newton(cur, target, info)
+                pending.pop()
+            except NotConverged as exc:
+                last_error = str(exc)
+                level = depth[target]
+                if level >= self.options.max_cutbacks:
+                    where = f"step {step_index} " if step_index is not None else ""
+                    raise DdromError(
+                        f"HF Newton diverged at {where}(t = {target:.6g}, from t = {cur.t:.6g}) after "
+                        f"{info.cutbacks} cut-backs: {last_error}") from None
+                info.cutbacks += 1
+                mid = 0.5 * (cur.t + target)
+                depth[mid] = level + 1
+                depth[target] = level + 1
+                pending.append(mid)
+        return cur, info
+
+
+def _ksp_reason(reason: int) -> str:
+    from petsc4py import PETSc
+
+    names = {v: k for k, v in vars(PETSc.KSP.ConvergedReason).items() if isinstance(v, int)}
+    return names.get(reason, str(reason))
