@@ -307,8 +307,9 @@ class HFSolver:
                 if level >= self.options.max_cutbacks:
                     where = f"step {step_index} " if step_index is not None else ""
                     raise DdromError(
-                        f"HF Newton diverged at {where}(t = {target:.6g}, from t = {cur.t:.6g}) after "
-                        f"{info.cutbacks} cut-backs: {last_error}") from None
+                        f"HF Newton diverged at {where}(to t = {t:.6g}; failing increment "
+                        f"{cur.t:.6g} -> {target:.6g} after {info.cutbacks} cut-backs): {last_error}"
+                    ) from None
                 info.cutbacks += 1
                 mid = 0.5 * (cur.t + target)
                 depth[mid] = level + 1

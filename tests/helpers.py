@@ -1,0 +1,35 @@
+"""Shared helpers for tests: identical data for every number of ranks."""
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+import ddrom  # noqa: F401  (environment for petsc4py/h5py)
+from ddrom.mesh.distribute import distribute
+
+
+def distributed(make_mesh, comm=MPI.COMM_WORLD, partitioner="ptscotch"):
+    """Build the serial mesh on rank 0 only and distribute it."""
+    mesh = make_mesh() if comm.rank == 0 else None
+    return distribute(mesh, comm, partitioner=partitioner)
+
+
+def gather_natural(nmap, owned: np.ndarray, comm) -> np.ndarray:
+    """TESTS ONLY: the whole field in natural order on every rank."""
+    part = nmap.to_natural(owned)
+    return np.concatenate(comm.allgather(part))
+
+
+def distort(mesh, amount: float, seed: int = 0):
+    """Move interior nodes randomly (deterministic, on the serial mesh)."""
+    from ddrom.mesh.boundary import boundary_facets
+    from ddrom.mesh.reference import FACES
+
+    fs = boundary_facets(mesh)
+    faces = np.asarray(FACES[mesh.cell_type])
+    bnodes = np.unique(mesh.cells[fs[:, 0][:, None], faces[fs[:, 1]]])
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(-amount, amount, mesh.points.shape)
+    d[bnodes] = 0.0
+    mesh.points = mesh.points + d
+    return mesh

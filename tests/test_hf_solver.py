@@ -1,0 +1,161 @@
+"""Verification of the parallel HF solver (run at 1 and 3 ranks)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from ddrom.hf.loads import Dirichlet, Loads, Pressure, Traction, BodyForce, Centrifugal
+from ddrom.hf.solver import HFSolver, SolverOptions
+from ddrom.materials import from_config
+from ddrom.mesh.boundary import boundary_facets
+from ddrom.mesh.generators import box, hex_to_tet
+from ddrom.parallel import DdromError
+from helpers import distributed, distort, gather_natural
+
+ELASTIC = {"law": "elastic", "E": 200e3, "nu": 0.3}
+TIGHT = SolverOptions(rtol=1e-11, atol=1e-14, petsc_options={"ksp_rtol": 1e-13})
+
+
+def _with_boundary(mesh):
+    mesh.node_sets["boundary"] = np.unique(np.concatenate([mesh.nodes_of(n) for n in mesh.facet_sets]))
+    return mesh
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("cell_type,bbar", [("hexahedron", False), ("hexahedron", True), ("tetra", False)])
+def test_patch_test_linear_field_is_exact(cell_type, bbar):
+    """Impose u = G x + c on the boundary of a distorted mesh: the interior reproduces it."""
+    G = np.array([[1e-3, 2e-4, -3e-4], [5e-4, -2e-3, 1e-4], [-1e-4, 3e-4, 1.5e-3]])
+    c0 = np.array([1e-3, -2e-3, 5e-4])
+
+    def make():
+        m = box(1.0, 1.2, 0.8, 4, 3, 5)
+        m = distort(m, 0.06, seed=3)
+        if cell_type == "tetra":
+            m = hex_to_tet(m)
+        return _with_boundary(m)
+
+    dm = distributed(make)
+    comps = [Dirichlet("boundary", (i,), (lambda i: lambda x, y, z, t, **k: t * (G[i, 0] * x + G[i, 1] * y
+                                                                                   + G[i, 2] * z + c0[i]))(i))
+             for i in range(3)]
+    s = HFSolver(dm, from_config(ELASTIC), Loads(dirichlet=comps),
+                 SolverOptions(rtol=1e-12, atol=1e-14, bbar=bbar, petsc_options={"ksp_rtol": 1e-14}))
+    st, info = s.step(s.initial_state(), 1.0)
+    X = dm.coords[: dm.n_owned]
+    exact = X @ G.T + c0
+    err = MPI.COMM_WORLD.allreduce(np.abs(st.owned_displacement(dm.n_owned) - exact).max(), op=MPI.MAX)
+    assert err < 1e-11
+    # constant stress = C : G_sym everywhere
+    eps = 0.5 * (G + G.T)
+    E, nu = 200e3, 0.3
+    lam, mu = E * nu / ((1 + nu) * (1 - 2 * nu)), E / (2 * (1 + nu))
+    sig = lam * np.trace(eps) * np.eye(3) + 2 * mu * eps
+    s2 = np.sqrt(2)
+    mandel = np.array([sig[0, 0], sig[1, 1], sig[2, 2], s2 * sig[0, 1], s2 * sig[1, 2], s2 * sig[0, 2]])
+    serr = MPI.COMM_WORLD.allreduce(np.abs(st.stress - mandel).max(), op=MPI.MAX)
+    assert serr < 1e-7 * np.abs(mandel).max()
+
+
+def _tip_deflection(nx, ny, P=1.0, cell_type="hexahedron"):
+    L, h, E = 10.0, 1.0, 1000.0
+
+    def make():
+        m = box(L, h, h, nx, ny, ny)
+        return hex_to_tet(m) if cell_type == "tetra" else m
+
+    dm = distributed(make)
+    loads = Loads(dirichlet=[Dirichlet("xmin")], traction=[Traction("xmax", (0.0, 0.0, -P / h**2))])
+    s = HFSolver(dm, from_config({"law": "elastic", "E": E, "nu": 0.0}), loads, TIGHT)
+    st, _ = s.step(s.initial_state(), 1.0)
+    u = st.owned_displacement(dm.n_owned)
+    tip = np.isclose(dm.coords[: dm.n_owned, 0], L)
+    comm = MPI.COMM_WORLD
+    return comm.allreduce(u[tip, 2].sum()) / comm.allreduce(int(tip.sum()))
+
+
+@pytest.mark.mpi
+def test_cantilever_converges_to_beam_theory():
+    # Timoshenko: P L^3 / (3 E I) + P L / (k G A), nu = 0, k = 5/6
+    L, h, E, P = 10.0, 1.0, 1000.0, 1.0
+    ref = -(P * L**3 / (3 * E * h**4 / 12) + P * L / (5 / 6 * E / 2 * h * h))
+    errs = [abs(_tip_deflection(nx, ny) / ref - 1) for nx, ny in [(10, 1), (20, 2), (40, 4)]]
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 0.02
+    # The order of convergence of the trilinear hexahedron in bending is at least 1.
+    assert errs[1] / errs[2] > 2.0
+
+
+def _plastic_case(comm, partitioner="ptscotch"):
+    mat = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 2000.0, "C": 20e3,
+           "gamma": 100.0, "K": 50.0, "N": 5.0, "alpha": 1.2e-5, "T_ref": 20.0}
+    dm = distributed(lambda: box(2.0, 1.0, 0.5, 8, 5, 3), comm, partitioner)
+    loads = Loads(
+        dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                   Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 4e-3 * np.sin(np.pi * t / 2) * (1 + 0.2 * y))],
+        temperature=lambda x, y, z, t, **k: 20 + 300 * x * t)
+    s = HFSolver(dm, from_config(mat), loads, TIGHT)
+    st = s.initial_state()
+    for k, t in enumerate([0.5, 1.0, 1.5, 2.0, 2.5]):
+        st, _ = s.step(st, t, k)
+    u = gather_natural(dm.natural_nodes, st.owned_displacement(dm.n_owned), comm)
+    p = s.material.cumulated_plastic_strain(st.internal).reshape(dm.n_cells, -1)
+    pn = gather_natural(dm.natural_cells, p, comm)
+    return u, pn
+
+
+@pytest.mark.mpi
+def test_partition_invariance_plastic():
+    world = MPI.COMM_WORLD
+    u_all, p_all = _plastic_case(world)
+    assert p_all.max() > 1e-3, "the case must be plastic"
+    u_one, p_one = _plastic_case(MPI.COMM_SELF)
+    assert np.abs(u_all - u_one).max() <= 1e-8 * np.abs(u_one).max()
+    assert np.abs(p_all - p_one).max() <= 1e-8 * np.abs(p_one).max()
+    if world.size >= 3:
+        sub = world.Split(0 if world.rank < 2 else 1, world.rank)
+        u_two, p_two = _plastic_case(sub, partitioner="rcb")
+        assert np.abs(u_two - u_one).max() <= 1e-8 * np.abs(u_one).max()
+        assert np.abs(p_two - p_one).max() <= 1e-8 * np.abs(p_one).max()
+        sub.Free()
+
+
+@pytest.mark.mpi
+def test_pressure_and_body_loads_balance_reactions():
+    """Total applied force equals the integral of the loads (pressure, traction, gravity, centrifugal)."""
+    dm = distributed(lambda: box(1.0, 2.0, 0.5, 3, 4, 2))
+    rho, g, w = 7.8e-9, 9810.0, 100.0
+    loads = Loads(dirichlet=[Dirichlet("xmin")],
+                  pressure=[Pressure("xmax", 5.0)],
+                  traction=[Traction("ymax", (0.0, 0.0, 2.0))],
+                  body=[BodyForce((0.0, 0.0, -rho * g))],
+                  centrifugal=[Centrifugal(omega=w, density=rho, axis=(0, 0, 1), center=(0, 0, 0))])
+    s = HFSolver(dm, from_config(ELASTIC), loads, TIGHT)
+    f = s._sum_to_owned(s.external_force(1.0)).reshape(-1, 3)
+    total = MPI.COMM_WORLD.allreduce(f.sum(axis=0))
+    # pressure on x = 1 (area 1), outward normal +x: -5; traction on y=2 face (area 0.5): +1 in z;
+    # gravity -rho g V (V = 1); centrifugal x-resultant rho w^2 * int x dV = rho w^2 * 0.5 * V
+    np.testing.assert_allclose(total, [-5.0 + rho * w * w * 0.5, rho * w * w * 1.0, 1.0 - rho * g],
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.mpi
+def test_divergence_is_reported_on_every_rank():
+    """Perfect plasticity pulled beyond the limit load: the Newton cannot converge."""
+    dm = distributed(lambda: box(1.0, 1.0, 1.0, 2, 2, 2))
+    mat = from_config({"law": "j2", "E": 200e3, "nu": 0.3, "sigma_y": 100.0, "H": 0.0, "C": 0.0})
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,))],
+                  traction=[Traction("xmax", (lambda t, **k: 300.0 * t, 0.0, 0.0))])
+    s = HFSolver(dm, mat, loads, SolverOptions(max_iterations=8, max_cutbacks=2))
+    with pytest.raises(DdromError, match=r"diverged at step 0 \(to t = 1; failing increment .* cut-backs\)"):
+        s.step(s.initial_state(), 1.0, 0)
+
+
+@pytest.mark.mpi
+def test_unknown_region_and_no_dirichlet_are_errors():
+    dm = distributed(lambda: box(1.0, 1.0, 1.0, 2, 2, 2))
+    with pytest.raises(DdromError, match="unknown regions"):
+        HFSolver(dm, from_config(ELASTIC), Loads(dirichlet=[Dirichlet("left")]))
+    with pytest.raises(DdromError, match="rigid-body"):
+        HFSolver(dm, from_config(ELASTIC), Loads(traction=[Traction("xmax", (1.0, 0, 0))]))
