@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ddrom.mesh.reference import CELL_TYPES, FACE_TYPES, FACES
-from ddrom.parallel import DdromError, as_mpi, as_petsc, check_all
+from ddrom.parallel import CollectiveError, as_mpi, as_petsc, check_all
 
 
 @dataclass
@@ -77,7 +77,7 @@ class DistributedMesh:
             faces = np.asarray(FACES[self.cell_type])
             parts.append(self.cells[fs[:, 0][:, None], faces[fs[:, 1]]].ravel())
         if not parts:
-            raise DdromError(f"unknown region {name!r}; the mesh has {self.region_names()}")
+            raise CollectiveError(f"unknown region {name!r}; the mesh has {self.region_names()}")
         return np.unique(np.concatenate(parts)).astype(np.int64)
 
     # --------------------------------------------------------------- geometry
@@ -85,7 +85,7 @@ class DistributedMesh:
     def geometry(self) -> tuple[np.ndarray, np.ndarray]:
         """Shape-function gradients dN/dx (ne, nq, k, 3) and weights w*detJ (ne, nq).
 
-        Raises DdromError (collectively) on inverted or degenerate cells.
+        Raises CollectiveError on inverted or degenerate cells.
         """
         ref = self.ref
         dNr = ref.dshape(ref.qp)                               # (nq, k, 3)
@@ -120,7 +120,7 @@ class DistributedMesh:
         """
         fs = self.facet_sets.get(name)
         if fs is None:
-            raise DdromError(f"region {name!r} has no boundary faces; the mesh's facet regions are "
+            raise CollectiveError(f"region {name!r} has no boundary faces; the mesh's facet regions are "
                              f"{sorted(self.facet_sets)}")
         faces = np.asarray(FACES[self.cell_type])
         fref = FACE_TYPES[self.ref.face_type]

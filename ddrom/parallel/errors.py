@@ -20,8 +20,16 @@ class DdromError(Exception):
     """An error whose message is meant for the user (bad input, divergence, ...)."""
 
 
+class CollectiveError(DdromError):
+    """A DdromError raised identically on every rank of the communicator.
+
+    The CLI prints it once (rank 0) and every rank exits non-zero on its own; any other
+    error may have been raised on some ranks only, so the CLI aborts the whole job.
+    """
+
+
 def raise_collective(comm: Any, message: str | None) -> None:
-    """Raise ``DdromError`` on every rank if any rank passes a non-empty message.
+    """Raise :class:`CollectiveError` on every rank if any rank passes a non-empty message.
 
     The message of the lowest failing rank is the one shown (the same on all ranks).
     """
@@ -29,7 +37,7 @@ def raise_collective(comm: Any, message: str | None) -> None:
     failed = c.allreduce(c.rank if message else c.size, op=_min())
     if failed < c.size:
         msg = c.bcast(message, root=failed)
-        raise DdromError(msg)
+        raise CollectiveError(msg)
 
 
 def check_all(comm: Any, ok: bool, message: str) -> None:

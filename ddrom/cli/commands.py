@@ -1,0 +1,64 @@
+"""The table of ``ddrom`` subcommands: name -> (help, add_arguments, run)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
+
+from ddrom.parallel.log import rank0_print
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH ('-' for stdout)")
+
+
+def _emit_json(args: Any, comm: Any, payload: dict) -> None:
+    if not getattr(args, "json", None) or comm.rank != 0:
+        return
+    text = json.dumps(payload, indent=2, default=str)
+    if args.json == "-":
+        print(text, flush=True)
+    else:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+
+
+# ------------------------------------------------------------------------ info
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="PATH", help="write as JSON to PATH ('-' for stdout)")
+
+
+def _info_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.info import collect, format_info
+
+    info = collect(comm)
+    if args.json:
+        _emit_json(args, comm, info)
+    else:
+        rank0_print(comm, format_info(info))
+    return 0
+
+
+# -------------------------------------------------------------------------- hf
+def _hf_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("case", help="case file (TOML)")
+    p.add_argument("--which", choices=["training", "test", "all"], default="training",
+                   help="which parameter set to compute (default: training)")
+    p.add_argument("--restart", action="store_true",
+                   help="recompute everything instead of resuming an interrupted sweep")
+    _add_common(p)
+
+
+def _hf_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.pipeline import hf_sweep
+
+    summary = hf_sweep(args.case, comm, which=args.which, resume=not args.restart, quiet=args.quiet)
+    _emit_json(args, comm, summary)
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "info": ("versions of Python, MPI, PETSc, SLEPc, h5py; parallel capabilities", _info_args, _info_run),
+    "hf": ("compute the high-fidelity parameter sweep of a case into its snapshot store", _hf_args, _hf_run),
+}
