@@ -1,0 +1,138 @@
+"""Stages of the ddrom pipeline as the commands run them (HF sweep, ...).
+
+Each stage reads the case, does collective work on the communicator it is given, and
+returns a JSON-able summary (rank 0 prints it).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ddrom
+from ddrom.cli.build import (build_loads, build_mesh, build_solver_options, build_times,
+                             load_case_collectively, sanity_check_regions)
+from ddrom.parallel import Progress, Timers, as_mpi, collective, rank0_print
+
+
+def store_path(case: Any, which: str) -> Path:
+    return Path(case.output_dir) / f"hf_{which}.h5"
+
+
+def _points(case: Any, which: str) -> list[tuple[str, dict]]:
+    pts = case.training_parameters() if which == "training" else case.test_parameters()
+    prefix = "train" if which == "training" else "test"
+    return [(f"{prefix}_{i:03d}", dict(p)) for i, p in enumerate(pts)]
+
+
+def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = True,
+             quiet: bool = False) -> dict[str, Any]:
+    """Compute every HF simulation of a parameter set into its snapshot store.
+
+    With ``resume``, simulations already complete in an interrupted store are kept and
+    only the others are (re)computed; the store appears at its final path only once
+    every simulation is complete.
+    """
+    c = as_mpi(comm)
+    case = load_case_collectively(case_path, comm)
+    sets = ["training", "test"] if which == "all" else [which]
+    timers = Timers()
+    with timers("mesh"):
+        dm = build_mesh(case, comm)
+    sanity_check_regions(case, dm)
+    summary: dict[str, Any] = {"case": str(case.path), "ranks": c.size, "ddrom_version": ddrom.__version__,
+                               "mesh": dm.summary(), "sets": {}}
+    rank0_print(comm, f"ddrom hf: {case.path.name}: {dm.n_cells_global} {dm.cell_type} cells, "
+                      f"{3 * dm.n_nodes_global} DOFs on {c.size} rank(s)")
+    for s in sets:
+        summary["sets"][s] = _sweep_set(case, dm, s, resume, quiet, timers, comm)
+    summary["timers"] = timers.summary(comm)
+    return summary
+
+
+def _sweep_set(case, dm, which, resume, quiet, timers, comm) -> dict[str, Any]:
+    from ddrom.hf.solver import HFSolver
+    from ddrom.io.store import SnapshotStore
+    from ddrom.materials import from_config
+
+    c = as_mpi(comm)
+    points = _points(case, which)
+    if not points:
+        return {"simulations": 0}
+    path = store_path(case, which)
+    times = build_times(case)
+    material = from_config(case.raw["material"])
+    options = build_solver_options(case)
+    provenance = {"case": str(case.path), "case_hash": case.hash, "which": which,
+                  "times": times.tolist(), "material": material.to_dict()}
+    partial = Path(str(path) + ".partial")
+    exists = c.bcast(partial.exists() if c.rank == 0 else None, root=0)
+    store = None
+    if resume and exists:
+        store = SnapshotStore.open(path, comm, mode="a", dmesh=dm)
+        if store.case_hash != case.hash:
+            store.close()
+            store = None
+            rank0_print(comm, f"  {partial.name}: written by another version of the case file; starting over")
+    if store is None:
+        if c.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        c.Barrier()
+        store = SnapshotStore.create(path, dm, state_names=material.state_names, case_hash=case.hash,
+                                     provenance=provenance, comm=comm)
+    done = {s.name for s in store.simulations() if s.complete}
+    solver = None
+    results = []
+    for isim, (name, params) in enumerate(points):
+        if name in done:
+            results.append({"name": name, "params": params, "skipped": True})
+            continue
+        loads = build_loads(case, params)
+        if solver is None:
+            with timers("setup"):
+                solver = HFSolver(dm, material, loads, options, timers=timers)
+        else:
+            solver.set_loads(loads)
+        writer = store.add_simulation(name, params, n_steps=len(times) - 1)
+        t0 = time.perf_counter()
+        st = solver.initial_state(times[0])
+        _write(writer, 0, st, solver, dm)
+        newton = ksp = cuts = 0
+        desc = f"{which} {isim + 1}/{len(points)} {name}"
+        with Progress(comm, total=len(times) - 1, desc=desc, quiet=quiet) as bar:
+            for k in range(1, len(times)):
+                with timers("solve"):
+                    st, info = solver.step(st, float(times[k]), k)
+                newton += info.newton_iterations
+                ksp += info.ksp_iterations
+                cuts += info.cutbacks
+                with timers("write"):
+                    _write(writer, k, st, solver, dm)
+                bar.update(1, newton=info.newton_iterations, ksp=info.ksp_iterations)
+        writer.finish()
+        sec = c.allreduce(time.perf_counter() - t0, op=_max())
+        p = solver.material.cumulated_plastic_strain(st.internal)
+        pmax = c.allreduce(float(p.max()) if p.size else 0.0, op=_max())
+        results.append({"name": name, "params": params, "seconds": sec, "newton_iterations": newton,
+                        "ksp_iterations": ksp, "cutbacks": cuts, "max_plastic_strain": pmax})
+        rank0_print(comm, f"  {name} {params}: {sec:.1f} s, {newton} Newton iterations, "
+                          f"{ksp} KSP iterations, {cuts} cut-backs, max p = {pmax:.3e}")
+    store.finalize()
+    return {"store": str(path), "simulations": len(points),
+            "computed": sum(1 for r in results if not r.get("skipped")),
+            "resumed_skipped": sum(1 for r in results if r.get("skipped")), "runs": results}
+
+
+def _write(writer, k, st, solver, dm) -> None:
+    ne, nq = dm.n_cells, dm.n_qp
+    p = solver.material.cumulated_plastic_strain(st.internal).reshape(ne, nq)
+    state = st.internal.reshape(ne, nq, -1) if st.internal.shape[1] else None
+    writer.write_step(k, st.t, st.owned_displacement(dm.n_owned), st.stress, p, state)
+
+
+def _max():
+    from mpi4py import MPI
+
+    return MPI.MAX
