@@ -439,8 +439,9 @@ class Expression:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         kind = " (called as a function)" if function else ""
         allowed = ", ".join(sorted(self.names | set(CONSTANTS)))
-        return (f"unknown name {name!r}{kind}{hint}; allowed names: {allowed}; "
-                f"functions: {', '.join(sorted(self.functions))}")
+        if function:
+            return f"unknown name {name!r}{kind}{hint}; functions: {', '.join(sorted(self.functions))}"
+        return f"unknown name {name!r}{hint}; allowed names: {allowed}"
 
 
 def as_expression(value: Any, names: Iterable[str] = (), functions: Mapping[str, Callable] | None = None,
