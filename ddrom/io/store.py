@@ -1,0 +1,865 @@
+"""The parallel snapshot store: one HDF5 file, written collectively, in natural numbering.
+
+Layout (schema ``ddrom-snapshots``, version :data:`SCHEMA_VERSION`)
+-------------------------------------------------------------------
+``/`` attributes
+    ``schema``, ``schema_version``, ``ddrom_version``, ``case_hash`` (given by the caller),
+    ``created`` (ISO 8601, UTC), ``provenance`` (JSON string) and ``complete`` (set last,
+    by :meth:`SnapshotStore.finalize`).
+``/mesh``
+    ``points`` (N, 3) float64 and ``cells`` (M, k) int64 in the natural (serial) numbering;
+    attributes ``cell_type``, ``n_qp``, ``state_names``; ``node_sets/<name>`` (P,) sorted
+    natural node ids and ``facet_sets/<name>`` (F, 2) natural ``(cell, local face)`` pairs
+    sorted by cell then face.
+``/simulations/<name>``
+    attributes ``params`` (JSON), ``index`` (creation order), ``n_steps``, ``last_step``
+    and ``complete`` (set by :meth:`SimulationWriter.finish`); datasets, all time-major
+    with ``nt = n_steps + 1`` (step 0 is t = 0) and chunked by time step:
+    ``time`` (nt,), ``displacement`` (nt, N, 3), ``stress`` (nt, M, nq, 6) in Mandel
+    notation, ``p`` (nt, M, nq) cumulated plastic strain, ``state`` (nt, M, nq, n_state)
+    internal variables, and for ParaView the cell averages ``p_cell`` (nt, M) and
+    ``von_mises_cell`` (nt, M).
+
+Because every array is in the natural numbering, the file does not depend on the number
+of ranks that wrote it: a store written on 3 ranks is read on 1 or 2. Each rank writes
+and reads the contiguous natural slice given by :class:`~ddrom.mesh.distributed.NaturalMap`
+with one collective hyperslab transfer per dataset; no mesh-size array is ever gathered.
+
+Crash safety: the file is written under ``<path>.partial`` and renamed to ``<path>`` by
+:meth:`SnapshotStore.finalize` after ``complete`` is set and the file closed, so a file at
+the final path is always complete. Reopening with ``mode="a"`` moves a final file back to
+``.partial`` for the time of the session.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+import ddrom
+from ddrom.mesh.reference import CELL_TYPES, FACES
+from ddrom.parallel import DdromError, as_mpi, check_all, collective, raise_collective
+
+SCHEMA = "ddrom-snapshots"
+SCHEMA_VERSION = 1
+PARTIAL_SUFFIX = ".partial"
+QP_FIELDS = ("stress", "p", "state")
+FIELDS = ("displacement",) + QP_FIELDS
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+_CHUNK_ELEMS = 1 << 23          # at most 64 MiB of float64 per chunk
+_COORD_RTOL = 1e-9              # relative to the bounding-box diagonal in check_mesh
+
+
+# ------------------------------------------------------------------------ helpers
+def _h5py():
+    import h5py
+
+    if not h5py.get_config().mpi:
+        raise DdromError("the snapshot store needs h5py built with MPI (parallel HDF5); "
+                         "import ddrom before h5py (it sets H5PY_ALWAYS_USE_MPI) or install "
+                         "a parallel h5py (Debian: python3-h5py-mpi)")
+    return h5py
+
+
+def _dxpl():
+    from h5py import h5fd, h5p
+
+    p = h5p.create(h5p.DATASET_XFER)
+    p.set_dxpl_mpio(h5fd.MPIO_COLLECTIVE)
+    return p
+
+
+def _spaces(dset, start: Sequence[int], count: Sequence[int]):
+    """File and memory dataspaces for the block ``start:start+count`` (empty if any count is 0)."""
+    from h5py import h5s
+
+    fspace = dset.id.get_space()
+    mspace = h5s.create_simple(tuple(int(c) for c in count))
+    if all(c > 0 for c in count):
+        fspace.select_hyperslab(tuple(int(s) for s in start), tuple(int(c) for c in count))
+    else:
+        # An empty selection still takes part in the collective transfer (h5py's
+        # __setitem__ would return early and leave the other ranks waiting).
+        fspace.select_none()
+        mspace.select_none()
+    return fspace, mspace
+
+
+def _write(dset, start: Sequence[int], data: np.ndarray) -> None:
+    """Collective write of ``data`` at ``start`` (every rank calls, possibly with empty data)."""
+    data = np.ascontiguousarray(data, dtype=dset.dtype)
+    if 0 in dset.shape:      # no storage at all (e.g. no internal variables); same on every rank
+        return
+    fspace, mspace = _spaces(dset, start, data.shape)
+    dset.id.write(mspace, fspace, data, dxpl=_dxpl())
+
+
+def _read(dset, start: Sequence[int], count: Sequence[int]) -> np.ndarray:
+    """Collective read of the block ``start:start+count``."""
+    out = np.empty(tuple(int(c) for c in count), dtype=dset.dtype)
+    if 0 in dset.shape:
+        return out
+    fspace, mspace = _spaces(dset, start, count)
+    dset.id.read(mspace, fspace, out, dxpl=_dxpl())
+    return out
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """One time step per chunk, split along the rows if a step exceeds _CHUNK_ELEMS."""
+    if any(s == 0 for s in shape):
+        return None
+    tail = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    rows = max(1, min(shape[1], _CHUNK_ELEMS // tail)) if len(shape) > 1 else 1
+    return (1,) + ((rows,) + tuple(shape[2:]) if len(shape) > 1 else ())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _to_json(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, sort_keys=True, default=_json_default, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise DdromError(f"{what} must be JSON-serializable (finite numbers, strings, lists, "
+                         f"dicts): {exc}") from None
+
+
+def _same_everywhere(comm, value: Any, what: str) -> None:
+    """Collective check that the arguments of a collective call agree on every rank."""
+    c = as_mpi(comm)
+    ref = c.bcast(value, root=0)
+    check_all(c, ref == value, f"{what} differs between ranks: every rank must pass the same value")
+
+
+def von_mises(stress: np.ndarray) -> np.ndarray:
+    """Von Mises stress sqrt(3/2 s:s), s = deviator, of Mandel stresses (..., 6)."""
+    s = np.array(stress, dtype=np.float64, copy=True)
+    tr = s[..., :3].sum(axis=-1, keepdims=True) / 3.0
+    s[..., :3] -= tr
+    return np.sqrt(1.5 * np.einsum("...i,...i->...", s, s))
+
+
+def _cell_weights(dmesh, chunk: int = 65536) -> np.ndarray:
+    """w_q * det J (ne, nq), computed by blocks of cells (only the (ne, nq) result is kept)."""
+    ref = dmesh.ref
+    dNr = ref.dshape(ref.qp)
+    out = np.empty((dmesh.n_cells, len(ref.qw)))
+    for a in range(0, dmesh.n_cells, chunk):
+        X = dmesh.coords[dmesh.cells[a:a + chunk]]
+        J = np.einsum("qka,ekb->eqba", dNr, X)
+        out[a:a + chunk] = np.abs(np.linalg.det(J)) * ref.qw[None, :]
+    return out
+
+
+@dataclass(frozen=True)
+class SimulationInfo:
+    """What the store knows of one simulation (identical on every rank)."""
+
+    name: str
+    params: dict
+    complete: bool
+    n_steps: int
+    index: int
+    last_step: int      # highest step written so far (-1: none)
+
+
+# ----------------------------------------------------------- rank-0 validation
+def _inspect(file: str, require_complete: bool) -> dict:
+    """Open ``file`` serially (rank 0 only) and check schema and structure.
+
+    Returns the metadata every rank needs; raises DdromError naming the file and the reason.
+    """
+    h5py = _h5py()
+    where = f"snapshot store {file}"
+    if not os.path.exists(file):
+        raise DdromError(f"{where}: file not found")
+    try:
+        is_h5 = h5py.is_hdf5(file)
+    except Exception as exc:  # noqa: BLE001 - permissions, a directory, ...
+        raise DdromError(f"{where}: cannot be read ({exc})") from None
+    if not is_h5:
+        raise DdromError(f"{where}: not an HDF5 file")
+    try:
+        with h5py.File(file, "r") as f:
+            return _read_meta(f, where, require_complete)
+    except DdromError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - HDF5 reports truncation/corruption as OSError/KeyError
+        raise DdromError(f"{where}: cannot be read, the file is truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _attr(obj, name: str, where: str):
+    if name not in obj.attrs:
+        raise DdromError(f"{where}: attribute {name!r} missing in {obj.name}")
+    v = obj.attrs[name]
+    if isinstance(v, bytes):
+        v = v.decode()
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _read_meta(f, where: str, require_complete: bool) -> dict:
+    schema = f.attrs.get("schema")
+    if isinstance(schema, bytes):
+        schema = schema.decode()
+    if schema != SCHEMA:
+        raise DdromError(f"{where}: not a ddrom snapshot store (root attribute schema is "
+                         f"{schema!r}, expected {SCHEMA!r})")
+    version = _attr(f, "schema_version", where)
+    if version != SCHEMA_VERSION:
+        raise DdromError(f"{where}: schema version {version}, this ddrom "
+                         f"({ddrom.__version__}) reads version {SCHEMA_VERSION}")
+    complete = bool(_attr(f, "complete", where))
+    if require_complete and not complete:
+        raise DdromError(f"{where}: the store is incomplete (complete=False): the run that wrote "
+                         "it was interrupted or did not call finalize()")
+    if "mesh" not in f or "simulations" not in f:
+        raise DdromError(f"{where}: group /mesh or /simulations missing")
+    m = f["mesh"]
+    cell_type = str(_attr(m, "cell_type", where))
+    if cell_type not in CELL_TYPES:
+        raise DdromError(f"{where}: unknown cell type {cell_type!r}")
+    k = CELL_TYPES[cell_type].n_nodes
+    n_nodes, dim = m["points"].shape
+    n_cells, kk = m["cells"].shape
+    if dim != 3 or kk != k:
+        raise DdromError(f"{where}: /mesh/points {m['points'].shape} or /mesh/cells "
+                         f"{m['cells'].shape} do not fit {cell_type}")
+    nq = int(_attr(m, "n_qp", where))
+    state_names = [s.decode() if isinstance(s, bytes) else str(s) for s in _attr(m, "state_names", where)]
+    ns = len(state_names)
+    shapes = {"time": (), "displacement": (n_nodes, 3), "stress": (n_cells, nq, 6),
+              "p": (n_cells, nq), "state": (n_cells, nq, ns), "p_cell": (n_cells,),
+              "von_mises_cell": (n_cells,)}
+    sims = {}
+    for name, g in f["simulations"].items():
+        n_steps = int(_attr(g, "n_steps", where))
+        for ds, tail in shapes.items():
+            if ds not in g:
+                raise DdromError(f"{where}: simulation {name!r} has no dataset {ds!r}")
+            if g[ds].shape != (n_steps + 1,) + tail:
+                raise DdromError(f"{where}: simulation {name!r}: {ds} has shape {g[ds].shape}, "
+                                 f"expected {(n_steps + 1,) + tail}")
+        sims[name] = dict(params=json.loads(_attr(g, "params", where)), n_steps=n_steps,
+                          index=int(_attr(g, "index", where)), complete=bool(_attr(g, "complete", where)),
+                          last_step=int(_attr(g, "last_step", where)))
+    return dict(cell_type=cell_type, n_nodes=n_nodes, n_cells=n_cells, n_qp=nq,
+                state_names=state_names, complete=complete, sims=sims,
+                case_hash=str(f.attrs.get("case_hash", "")))
+
+
+# ------------------------------------------------------------------- the store
+class SnapshotStore:
+    """A snapshot store opened on a communicator (see the module docstring for the layout).
+
+    Every method is collective: all ranks of ``comm`` call it with the same arguments.
+    Errors (bad file, mismatched mesh, NaN in the data, ...) are raised as the same
+    :class:`~ddrom.parallel.DdromError` on every rank.
+    """
+
+    def __init__(self, comm: Any, path: str, file: str, f, meta: dict, writable: bool):
+        self.comm = as_mpi(comm)
+        self.path = path              # final path
+        self.file = file              # the file actually open (path or path.partial)
+        self._f = f
+        self._meta = meta
+        self.writable = writable
+        self._dmesh = None
+        self._checked: set[int] = set()
+
+    # ------------------------------------------------------------- properties
+    @property
+    def cell_type(self) -> str:
+        return self._meta["cell_type"]
+
+    @property
+    def n_nodes(self) -> int:
+        return self._meta["n_nodes"]
+
+    @property
+    def n_cells(self) -> int:
+        return self._meta["n_cells"]
+
+    @property
+    def n_qp(self) -> int:
+        return self._meta["n_qp"]
+
+    @property
+    def state_names(self) -> list[str]:
+        return list(self._meta["state_names"])
+
+    @property
+    def case_hash(self) -> str:
+        return self._meta.get("case_hash", "")
+
+    @property
+    def is_open(self) -> bool:
+        return self._f is not None
+
+    def _where(self) -> str:
+        return f"snapshot store {self.file}"
+
+    def _file(self):
+        if self._f is None:
+            raise DdromError(f"{self._where()} is closed")
+        return self._f
+
+    # ----------------------------------------------------------------- create
+    @classmethod
+    def create(cls, path: str | os.PathLike, dmesh, *, state_names: Sequence[str],
+               case_hash: str = "", provenance: dict | None = None, comm: Any) -> "SnapshotStore":
+        """Create a new store for ``dmesh`` (collective).
+
+        The file is written as ``path + ".partial"`` (an existing one is overwritten) and
+        only appears at ``path`` when :meth:`finalize` succeeds; an existing file at
+        ``path`` stays untouched until then.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Final path of the ``.h5`` file.
+        dmesh : DistributedMesh
+            The distributed mesh the snapshots live on (written to /mesh in natural order).
+        state_names : sequence of str
+            Names of the material internal variables (last axis of ``state``).
+        case_hash : str
+            SHA-256 of the case file, stored for provenance.
+        provenance : dict, optional
+            JSON-serializable description of the run, stored with the software versions.
+        comm : communicator
+        """
+        h5py = _h5py()
+        c = as_mpi(comm)
+        path = os.fspath(path)
+        partial = path + PARTIAL_SUFFIX
+        state_names = [str(s) for s in state_names]
+        _same_everywhere(c, (path, state_names, case_hash), "SnapshotStore.create arguments")
+        check_all(c, dmesh.n_nodes_global == c.allreduce(dmesh.n_owned),
+                  "SnapshotStore.create: the distributed mesh is inconsistent (owned nodes)")
+        msg, header = None, None
+        if c.rank == 0:
+            try:
+                parent = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(parent):
+                    raise DdromError(f"snapshot store {path}: directory {parent} does not exist")
+                prov = {"software": {"ddrom": ddrom.__version__, "python": platform.python_version(),
+                                     "numpy": np.__version__, "h5py": h5py.version.version,
+                                     "hdf5": h5py.version.hdf5_version},
+                        "mpi_ranks": c.size, "host": platform.node()}
+                if provenance:
+                    prov.update(provenance)
+                header = dict(created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                              provenance=_to_json(prov, "provenance"))
+            except DdromError as exc:
+                msg = str(exc)
+        raise_collective(c, msg)
+        header = c.bcast(header, root=0)
+        with collective(c, f"snapshot store {partial}: cannot create"):
+            f = h5py.File(partial, "w", driver="mpio", comm=c)
+        meta = dict(cell_type=dmesh.cell_type, n_nodes=dmesh.n_nodes_global, n_cells=dmesh.n_cells_global,
+                    n_qp=dmesh.n_qp, state_names=state_names, complete=False, sims={}, case_hash=case_hash)
+        store = cls(c, path, partial, f, meta, writable=True)
+        f.attrs["schema"] = SCHEMA
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["ddrom_version"] = ddrom.__version__
+        f.attrs["case_hash"] = case_hash
+        f.attrs["created"] = header["created"]
+        f.attrs["provenance"] = header["provenance"]
+        f.attrs["complete"] = False
+        store._write_mesh(dmesh)
+        f.create_group("simulations")
+        f.flush()
+        store._dmesh = dmesh
+        store._checked.add(id(dmesh))
+        return store
+
+    def _write_mesh(self, dmesh) -> None:
+        f = self._file()
+        c = self.comm
+        m = f.create_group("mesh")
+        m.attrs["cell_type"] = dmesh.cell_type
+        m.attrs["n_qp"] = dmesh.n_qp
+        m.attrs["state_names"] = np.array(self._meta["state_names"], dtype=_h5py().string_dtype())
+        nn, nc = dmesh.natural_nodes, dmesh.natural_cells
+        k = dmesh.cells.shape[1]
+        pts = m.create_dataset("points", (dmesh.n_nodes_global, 3), dtype="f8")
+        _write(pts, (nn.natural_range[0], 0), nn.to_natural(dmesh.coords[: dmesh.n_owned]))
+        conn = nc.to_natural(dmesh.node_natural[dmesh.cells].astype(np.float64))
+        cells = m.create_dataset("cells", (dmesh.n_cells_global, k), dtype="i8")
+        _write(cells, (nc.natural_range[0], 0), np.rint(conn).astype(np.int64))
+
+        def write_ids(group, name: str, ids: np.ndarray) -> None:
+            # The natural slices are contiguous and rank-ordered, so concatenating the
+            # ranks' sorted ids gives the globally sorted list at offset = exclusive scan.
+            counts = c.allgather(len(ids))
+            d = group.create_dataset(name, (sum(counts),) + ids.shape[1:], dtype="i8")
+            _write(d, (sum(counts[: c.rank]),) + (0,) * (ids.ndim - 1), ids)
+
+        ns = m.create_group("node_sets")
+        for name in sorted(dmesh.node_sets):
+            local = dmesh.node_sets[name]
+            mask = np.zeros(dmesh.n_owned)
+            mask[local[local < dmesh.n_owned]] = 1.0     # each node is counted by its owner
+            nat = nn.to_natural(mask)
+            write_ids(ns, name, nn.natural_range[0] + np.flatnonzero(nat > 0.5))
+        fs = m.create_group("facet_sets")
+        nfaces = len(FACES[dmesh.cell_type])
+        for name in sorted(dmesh.facet_sets):
+            pairs = dmesh.facet_sets[name]
+            bits = np.zeros((dmesh.n_cells, nfaces))
+            bits[pairs[:, 0], pairs[:, 1]] = 1.0
+            nat = nc.to_natural(bits) > 0.5
+            cell, face = np.nonzero(nat)                 # row-major: sorted by cell, then face
+            write_ids(fs, name, np.column_stack([cell + nc.natural_range[0], face]).astype(np.int64))
+
+    # ------------------------------------------------------------------- open
+    @classmethod
+    def open(cls, path: str | os.PathLike, comm: Any, mode: str = "r", dmesh=None) -> "SnapshotStore":
+        """Open an existing store (collective).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Final path of the store.
+        mode : {"r", "a"}
+            ``"r"``: read a finalized store (``complete`` must be true). ``"a"``: resume or
+            extend: opens ``path + ".partial"`` if present (an interrupted run), else moves
+            the finalized ``path`` to ``.partial`` until the next :meth:`finalize`.
+        dmesh : DistributedMesh, optional
+            If given, :meth:`check_mesh` is called (needed before writing).
+
+        Raises
+        ------
+        DdromError
+            On every rank, naming the file and the reason: missing file, not HDF5,
+            truncated or corrupt, not a ddrom store, another schema version, incomplete
+            store (mode ``"r"``).
+        """
+        h5py = _h5py()
+        c = as_mpi(comm)
+        path = os.fspath(path)
+        partial = path + PARTIAL_SUFFIX
+        if mode not in ("r", "a"):
+            raise DdromError(f"SnapshotStore.open: mode must be 'r' or 'a', got {mode!r}")
+        msg, info = None, None
+        if c.rank == 0:
+            try:
+                if mode == "a" and os.path.exists(partial):
+                    file = partial
+                elif os.path.exists(path):
+                    file = path
+                elif os.path.exists(partial):
+                    raise DdromError(f"snapshot store {path}: file not found; an incomplete store "
+                                     f"{partial} exists (interrupted run): resume it with mode 'a'")
+                else:
+                    raise DdromError(f"snapshot store {path}: file not found")
+                meta = _inspect(file, require_complete=(mode == "r"))
+                if mode == "a" and file == path:
+                    # Never modify a file at the final path: it must stay complete.
+                    os.replace(path, partial)
+                    xdmf = os.path.splitext(path)[0] + ".xdmf"
+                    if os.path.exists(xdmf):
+                        os.remove(xdmf)
+                    file = partial
+                info = (file, meta)
+            except DdromError as exc:
+                msg = str(exc)
+            except OSError as exc:
+                msg = f"snapshot store {path}: {exc}"
+        raise_collective(c, msg)
+        file, meta = c.bcast(info, root=0)
+        with collective(c, f"snapshot store {file}: cannot open"):
+            f = h5py.File(file, "r" if mode == "r" else "r+", driver="mpio", comm=c)
+        store = cls(c, path, file, f, meta, writable=(mode == "a"))
+        if mode == "a":
+            f.attrs["complete"] = False
+            f.flush()
+        if dmesh is not None:
+            store.check_mesh(dmesh)
+        return store
+
+    # ------------------------------------------------------------------- mesh
+    def check_mesh(self, dmesh, rtol: float = _COORD_RTOL) -> None:
+        """Check that ``dmesh`` is the mesh of the store, and bind it for writing.
+
+        Compares the cell type, the numbers of nodes, cells and integration points, the
+        connectivity (exactly) and the coordinates: max |x_file - x_mesh| <= rtol * D,
+        D the diagonal of the stored bounding box. Raises DdromError on every rank.
+        """
+        c = self.comm
+        f = self._file()
+        where = self._where()
+        m = self._meta
+        check_all(c, dmesh.cell_type == m["cell_type"],
+                  f"{where}: mesh mismatch: the store has {m['cell_type']} cells, the mesh {dmesh.cell_type}")
+        check_all(c, (dmesh.n_nodes_global, dmesh.n_cells_global) == (m["n_nodes"], m["n_cells"]),
+                  f"{where}: mesh mismatch: the store has {m['n_nodes']} nodes and {m['n_cells']} cells, "
+                  f"the mesh {dmesh.n_nodes_global} nodes and {dmesh.n_cells_global} cells")
+        check_all(c, dmesh.n_qp == m["n_qp"],
+                  f"{where}: mesh mismatch: {m['n_qp']} integration points per cell in the store, "
+                  f"{dmesh.n_qp} in the mesh")
+        nn, nc = dmesh.natural_nodes, dmesh.natural_cells
+        lo, hi = nn.natural_range
+        stored = _read(f["mesh/points"], (lo, 0), (hi - lo, 3))
+        mine = nn.to_natural(dmesh.coords[: dmesh.n_owned])
+        box = np.concatenate([stored.min(axis=0), -stored.max(axis=0)]) if len(stored) else np.full(6, np.inf)
+        c.Allreduce(box.copy(), box, op=_op("MIN"))
+        diag = float(np.linalg.norm(-box[3:] - box[:3]))
+        err = c.allreduce(float(np.abs(stored - mine).max()) if len(stored) else 0.0, op=_op("MAX"))
+        check_all(c, err <= rtol * max(diag, np.finfo(float).tiny),
+                  f"{where}: mesh mismatch: node coordinates differ by up to {err:.3e} "
+                  f"(tolerance {rtol:g} x bounding-box diagonal {diag:.3e})")
+        lo, hi = nc.natural_range
+        k = dmesh.cells.shape[1]
+        conn = _read(f["mesh/cells"], (lo, 0), (hi - lo, k))
+        mine = np.rint(nc.to_natural(dmesh.node_natural[dmesh.cells].astype(np.float64))).astype(np.int64)
+        bad = c.allreduce(int((conn != mine).any(axis=1).sum()))
+        check_all(c, bad == 0, f"{where}: mesh mismatch: {bad} cells have a different connectivity")
+        self._dmesh = dmesh
+        self._checked.add(id(dmesh))
+
+    def _ensure_mesh(self, dmesh) -> None:
+        if id(dmesh) not in self._checked:
+            self.check_mesh(dmesh)
+
+    # ------------------------------------------------------------ simulations
+    def simulations(self) -> list[SimulationInfo]:
+        """The simulations of the store, in creation order (``index``)."""
+        f = self._file()
+        out = []
+        for name, g in f["simulations"].items():
+            a = g.attrs
+            out.append(SimulationInfo(name=name, params=json.loads(a["params"]),
+                                      complete=bool(a["complete"]), n_steps=int(a["n_steps"]),
+                                      index=int(a["index"]), last_step=int(a["last_step"])))
+        return sorted(out, key=lambda s: s.index)
+
+    def _sim(self, name: str):
+        f = self._file()
+        if name not in f["simulations"]:
+            raise DdromError(f"{self._where()}: no simulation {name!r} (it has "
+                             f"{[s.name for s in self.simulations()]})")
+        return f["simulations"][name]
+
+    def add_simulation(self, name: str, params: dict, n_steps: int,
+                       overwrite_incomplete: bool = True) -> "SimulationWriter":
+        """Create simulation ``name`` with ``n_steps + 1`` output steps (step 0 is t = 0).
+
+        An incomplete simulation of that name (an interrupted run) is replaced if
+        ``overwrite_incomplete`` (keeping its index), else DdromError; a complete one is
+        never replaced (DdromError).
+        """
+        c = self.comm
+        where = self._where()
+        if not self.writable:
+            raise DdromError(f"{where} is open read-only; open it with mode 'a' to add simulations")
+        if self._dmesh is None:
+            raise DdromError(f"{where}: call check_mesh(dmesh) (or open(..., dmesh=...)) before writing")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise DdromError(f"simulation name {name!r}: use letters, digits and _ . + - "
+                             "(it becomes an HDF5 group and an XDMF path)")
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
+            raise DdromError(f"simulation {name!r}: n_steps must be an integer >= 0, got {n_steps!r}")
+        n_steps = int(n_steps)
+        params_json = _to_json(params, f"parameters of simulation {name!r}")
+        _same_everywhere(c, (name, params_json, n_steps, bool(overwrite_incomplete)),
+                         "SnapshotStore.add_simulation arguments")
+        f = self._file()
+        sims = {s.name: s for s in self.simulations()}
+        index = max((s.index for s in sims.values()), default=-1) + 1
+        if name in sims:
+            old = sims[name]
+            if old.complete:
+                raise DdromError(f"{where}: simulation {name!r} is already complete")
+            if not overwrite_incomplete:
+                raise DdromError(f"{where}: simulation {name!r} exists and is incomplete "
+                                 "(overwrite_incomplete=False)")
+            index = old.index
+            del f["simulations"][name]
+        g = f["simulations"].create_group(name)
+        g.attrs["params"] = params_json
+        g.attrs["index"] = index
+        g.attrs["n_steps"] = n_steps
+        g.attrs["last_step"] = -1
+        g.attrs["complete"] = False
+        nt, N, M, nq = n_steps + 1, self.n_nodes, self.n_cells, self.n_qp
+        shapes = {"time": (nt,), "displacement": (nt, N, 3), "stress": (nt, M, nq, 6),
+                  "p": (nt, M, nq), "state": (nt, M, nq, len(self.state_names)),
+                  "p_cell": (nt, M), "von_mises_cell": (nt, M)}
+        for ds, shape in shapes.items():
+            # No fill value: parallel HDF5 would write it at allocation, doubling the I/O.
+            g.create_dataset(ds, shape, dtype="f8", chunks=_chunks(shape) if ds != "time" else None)
+        f.flush()
+        return SimulationWriter(self, name, n_steps)
+
+    # ----------------------------------------------------------------- finish
+    def finalize(self) -> None:
+        """Mark the store complete, close it, rename ``.partial`` to the final path (rank 0,
+        after a barrier) and write the XDMF sidecar ``<path without .h5>.xdmf``."""
+        c = self.comm
+        f = self._file()
+        if not self.writable:
+            raise DdromError(f"{self._where()} is open read-only; nothing to finalize")
+        f.attrs["complete"] = True        # set last: the file is complete once this is on disk
+        f.flush()
+        f.close()
+        self._f = None
+        c.Barrier()
+        msg = None
+        if c.rank == 0:
+            try:
+                os.replace(self.file, self.path)
+            except OSError as exc:
+                msg = f"snapshot store {self.file}: cannot rename to {self.path}: {exc}"
+        raise_collective(c, msg)
+        self.file = self.path
+        msg = None
+        if c.rank == 0:
+            try:
+                from ddrom.io.xdmf import write_store_xdmf
+
+                write_store_xdmf(self.path)
+            except Exception as exc:  # noqa: BLE001 - reported on every rank
+                msg = f"snapshot store {self.path}: cannot write the XDMF sidecar: {exc}"
+        raise_collective(c, msg)
+
+    def close(self) -> None:
+        """Close the file without finalizing (collective). A ``.partial`` file stays resumable."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> "SnapshotStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- reading
+    def _step_ok(self, g, name: str, step: int) -> int:
+        n_steps, last = int(g.attrs["n_steps"]), int(g.attrs["last_step"])
+        complete = bool(g.attrs["complete"])
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step <= n_steps:
+            raise DdromError(f"{self._where()}: simulation {name!r} has steps 0..{n_steps}, got {step!r}")
+        if not complete and step > last:
+            raise DdromError(f"{self._where()}: simulation {name!r} is incomplete and step {step} "
+                             f"was not written (last written: {last})")
+        return int(step)
+
+    def read_times(self, sim: str) -> np.ndarray:
+        """(n_steps + 1,) output times of ``sim`` (on every rank)."""
+        d = self._sim(sim)["time"]
+        out = _read(d, (0,), d.shape)
+        return out
+
+    def read_displacement(self, sim: str, step: int, dmesh) -> np.ndarray:
+        """(n_owned, 3) displacement of this rank's owned nodes (rank-major order)."""
+        self._ensure_mesh(dmesh)
+        g = self._sim(sim)
+        step = self._step_ok(g, sim, step)
+        nn = dmesh.natural_nodes
+        lo, hi = nn.natural_range
+        return nn.from_natural(_read(g["displacement"], (step, lo, 0), (1, hi - lo, 3))[0])
+
+    def read_qp(self, sim: str, field: str, step: int, dmesh) -> np.ndarray:
+        """(ne_local, nq, ...) integration-point field ``stress``, ``p`` or ``state`` of the local cells."""
+        self._ensure_mesh(dmesh)
+        if field not in QP_FIELDS:
+            raise DdromError(f"unknown integration-point field {field!r} (expected one of {QP_FIELDS})")
+        g = self._sim(sim)
+        step = self._step_ok(g, sim, step)
+        d = g[field]
+        nc = dmesh.natural_cells
+        lo, hi = nc.natural_range
+        nat = _read(d, (step, lo) + (0,) * (d.ndim - 2), (1, hi - lo) + d.shape[2:])[0]
+        if nat.size == 0 and d.shape[-1] == 0:
+            return np.zeros((dmesh.n_cells,) + d.shape[2:])
+        return nc.from_natural(nat)
+
+    def _select(self, sims: Iterable[str] | None, steps: Iterable[int] | None) -> list[tuple[str, list[int]]]:
+        infos = {s.name: s for s in self.simulations()}
+        if sims is None:
+            names = [s.name for s in sorted(infos.values(), key=lambda s: s.index) if s.complete]
+        else:
+            names = [sims] if isinstance(sims, str) else list(sims)
+        out = []
+        for name in names:
+            g = self._sim(name)
+            n_steps = int(g.attrs["n_steps"])
+            ks = list(range(n_steps + 1)) if steps is None else [int(k) for k in steps]
+            out.append((name, [self._step_ok(g, name, k) for k in ks]))
+        return out
+
+    def snapshot_labels(self, sims: Iterable[str] | None = None,
+                        steps: Iterable[int] | None = None) -> list[tuple[str, int]]:
+        """The ``(simulation, step)`` of each column of :meth:`read_block` with the same arguments."""
+        return [(name, k) for name, ks in self._select(sims, steps) for k in ks]
+
+    def read_block(self, field: str, dmesh, sims: Iterable[str] | None = None,
+                   steps: Iterable[int] | None = None) -> np.ndarray:
+        """Local rows of the snapshot matrix of ``field``, one column per (simulation, step).
+
+        Parameters
+        ----------
+        field : {"displacement", "stress", "p", "state"}
+        dmesh : DistributedMesh
+            Any distribution of the store's mesh (checked once).
+        sims : iterable of str, optional
+            Default: every complete simulation, in creation order.
+        steps : iterable of int, optional
+            Steps taken from each simulation (default all, 0..n_steps, t = 0 included).
+
+        Returns
+        -------
+        (n_rows, m) ndarray
+            ``displacement``: rows are the owned DOFs ``3 i + c`` of the owned nodes i in
+            rank-major (PETSc) order, i.e. ``n_owned * 3`` rows, the layout of the owned
+            part of a PETSc vector. Integration-point fields: rows are the local cells
+            times ``nq`` (times the components), flattened in C order (cell, qp, comp).
+            Columns ordered simulation-major, as listed by :meth:`snapshot_labels`.
+        """
+        self._ensure_mesh(dmesh)
+        if field not in FIELDS:
+            raise DdromError(f"unknown snapshot field {field!r} (expected one of {FIELDS})")
+        sel = self._select(sims, steps)
+        nmap = dmesh.natural_nodes if field == "displacement" else dmesh.natural_cells
+        lo, hi = nmap.natural_range
+        n_local = dmesh.n_owned if field == "displacement" else dmesh.n_cells
+        cols = []
+        for name, ks in sel:
+            d = self._sim(name)[field]
+            tail = d.shape[2:]
+            # one collective read per run of consecutive steps
+            runs = np.split(np.asarray(ks, dtype=np.int64),
+                            np.flatnonzero(np.diff(np.asarray(ks, dtype=np.int64)) != 1) + 1) if ks else []
+            for run in runs:
+                nat = _read(d, (int(run[0]), lo) + (0,) * len(tail), (len(run), hi - lo) + tail)
+                for j in range(len(run)):
+                    if int(np.prod(tail, dtype=np.int64)) == 0:
+                        cols.append(np.zeros(0))
+                    else:
+                        cols.append(nmap.from_natural(nat[j]).reshape(-1))
+        width = n_local * int(np.prod(self._sim(sel[0][0])[field].shape[2:], dtype=np.int64)) if sel else 0
+        if not cols:
+            return np.zeros((width, 0))
+        return np.column_stack(cols) if width else np.zeros((0, len(cols)))
+
+
+def _op(name: str):
+    from mpi4py import MPI
+
+    return getattr(MPI, name)
+
+
+# ------------------------------------------------------------------- the writer
+class SimulationWriter:
+    """Writes the output steps of one simulation (collective calls on the store's communicator)."""
+
+    def __init__(self, store: SnapshotStore, name: str, n_steps: int):
+        self.store = store
+        self.name = name
+        self.n_steps = n_steps
+        self._written: set[int] = set()
+        self._weights = None
+
+    @property
+    def complete(self) -> bool:
+        return len(self._written) == self.n_steps + 1
+
+    def write_step(self, k: int, t: float, u_owned: np.ndarray, stress: np.ndarray,
+                   p: np.ndarray, state: np.ndarray | None) -> None:
+        """Write output step ``k`` at time ``t`` (collective).
+
+        Parameters
+        ----------
+        k : int
+            Output step, 0 <= k <= n_steps.
+        t : float
+        u_owned : (n_owned, 3)
+            Displacement of the owned nodes (rank-major order, as the first ``n_owned``
+            local nodes of the distributed mesh).
+        stress : (ne, nq, 6)
+            Mandel stress at the integration points of the local cells.
+        p : (ne, nq)
+            Cumulated plastic strain.
+        state : (ne, nq, n_state) or None
+            Internal variables (None allowed when the store has no state names).
+
+        The cell averages written for ParaView are volume averages over the integration
+        points, sum_q w_q detJ_q f_q / sum_q w_q detJ_q, of p and of the von Mises stress
+        sqrt(3/2 s:s). Non-finite values anywhere raise DdromError on every rank before
+        anything is written.
+        """
+        st = self.store
+        c = st.comm
+        dm = st._dmesh
+        f = st._file()
+        ns = len(st.state_names)
+        ne, nq = dm.n_cells, dm.n_qp
+        where = f"snapshot store {st.file}, simulation {self.name!r}, step {k}"
+        with collective(c, where):
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= self.n_steps:
+                raise DdromError(f"{where}: step must be an integer in 0..{self.n_steps}")
+            if state is None:
+                state = np.zeros((ne, nq, 0))
+            arrays = {"time": np.asarray(t, dtype=np.float64),
+                      "displacement": np.asarray(u_owned, dtype=np.float64),
+                      "stress": np.asarray(stress, dtype=np.float64),
+                      "p": np.asarray(p, dtype=np.float64),
+                      "state": np.asarray(state, dtype=np.float64)}
+            expected = {"time": (), "displacement": (dm.n_owned, 3), "stress": (ne, nq, 6),
+                        "p": (ne, nq), "state": (ne, nq, ns)}
+            for key, a in arrays.items():
+                if a.shape != expected[key]:
+                    raise DdromError(f"{where}: {key} has shape {a.shape}, expected {expected[key]}")
+                bad = int(np.count_nonzero(~np.isfinite(a)))
+                if bad:
+                    raise DdromError(f"{where}: {key} has {bad} non-finite values (NaN/Inf); "
+                                     "refusing to store them")
+        if self._weights is None:
+            self._weights = _cell_weights(dm)
+        w = self._weights
+        vol = w.sum(axis=1)
+        p_cell = (w * arrays["p"]).sum(axis=1) / vol
+        vm_cell = (w * von_mises(arrays["stress"])).sum(axis=1) / vol
+        g = f["simulations"][self.name]
+        nn, nc = dm.natural_nodes, dm.natural_cells
+        lo, _ = nn.natural_range
+        _write(g["displacement"], (k, lo, 0), nn.to_natural(arrays["displacement"])[None])
+        lo, _ = nc.natural_range
+        for key in ("stress", "p", "state"):
+            a = arrays[key]
+            # a state without internal variables has nothing to move (empty collective write)
+            nat = nc.to_natural(a) if a.shape[-1] else np.zeros((0,) + a.shape[1:])
+            _write(g[key], (k, lo) + (0,) * (a.ndim - 1), nat[None])
+        _write(g["p_cell"], (k, lo), nc.to_natural(p_cell)[None])
+        _write(g["von_mises_cell"], (k, lo), nc.to_natural(vm_cell)[None])
+        _write(g["time"], (k,), arrays["time"].reshape(1) if c.rank == 0 else np.zeros(0))
+        self._written.add(int(k))
+        g.attrs["last_step"] = max(int(g.attrs["last_step"]), int(k))
+        f.flush()        # a resumed run must find the steps already written readable
+
+    def finish(self) -> None:
+        """Mark the simulation complete (collective); every step must have been written."""
+        st = self.store
+        missing = sorted(set(range(self.n_steps + 1)) - self._written)
+        if missing:
+            raise DdromError(f"snapshot store {st.file}, simulation {self.name!r}: steps "
+                             f"{missing[:10]}{'...' if len(missing) > 10 else ''} were not written")
+        f = st._file()
+        f["simulations"][self.name].attrs["complete"] = True
+        f.flush()

@@ -1,0 +1,432 @@
+"""Parallel snapshot store (ddrom.io.store) and its XDMF sidecar (ddrom.io.xdmf).
+
+Every test is collective (mpi-marked, run at 1 and 3 ranks). The synthetic fields are
+functions of natural node coordinates and natural cell ids, so the expected values are
+the same for every number of ranks and every partition. The serial mesh and the full
+expected arrays exist on rank 0 IN TESTS ONLY, to check the file contents.
+"""
+import os
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ddrom  # noqa: F401  (environment before h5py/petsc4py)
+import h5py
+from ddrom.io import SnapshotStore, read_data_item, von_mises
+from ddrom.io.store import SCHEMA_VERSION
+from ddrom.mesh import CELL_TYPES, Mesh
+from ddrom.mesh.distribute import distribute
+from ddrom.mesh.generators import box
+from ddrom.parallel import DdromError
+
+pytestmark = pytest.mark.mpi
+COMM = MPI.COMM_WORLD
+STATE = ["alpha_11", "alpha_22", "r"]
+N_STEPS = 3
+SIMS = {"train_0": {"T": 300.0, "load": [1.0, 2.0]}, "train_1": {"T": 450.5, "load": [0.5, -1.0]}}
+
+
+# ------------------------------------------------------------------ meshes, data
+def serial_mesh(kind: str) -> Mesh:
+    """Small meshes with a node set, a facet set and (hex) distorted interior nodes."""
+    if kind == "hex":
+        m = box(1.0, 0.6, 1.2, 4, 3, 5)
+        X = m.points
+        inner = np.all((X > 1e-9) & (X < np.array([1.0, 0.6, 1.2]) - 1e-9), axis=1)
+        # distort so that integration-point weights differ within a cell
+        X[inner] += 0.04 * np.sin(7.0 * X[inner][:, [1, 2, 0]])
+    else:
+        m = box(1.0, 1.0, 0.5, 2, 2, 3, cell_type="tetra")
+    m.node_sets["probe"] = np.flatnonzero(m.points[:, 0] + m.points[:, 1] < 0.51).astype(np.int64)
+    return m
+
+
+def make_dmesh(kind: str, comm=COMM, partitioner: str = "ptscotch"):
+    return distribute(serial_mesh(kind) if comm.rank == 0 else None, comm, partitioner)
+
+
+def u_field(X: np.ndarray, s: int, k: int) -> np.ndarray:
+    x, y, z = X.T
+    return np.column_stack([np.sin(2 * x + s) * k, y * z + 0.1 * k * s, np.cos(z - s) * (k + 1)])
+
+
+def qp_fields(cell_nat: np.ndarray, nq: int, s: int, k: int):
+    e = cell_nat[:, None, None].astype(float)
+    q = np.arange(nq)[None, :, None]
+    stress = 100.0 * np.sin(0.37 * e + 1.1 * q + 0.23 * np.arange(6) + s + 0.5 * k)
+    p = 0.01 * (cell_nat[:, None] + np.arange(nq)[None, :]) * k + 1e-3 * s
+    state = np.cos(e + 3.0 * q + 7.0 * np.arange(len(STATE)) + s * k)
+    return stress, p, state
+
+
+def times(s: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0 + s, N_STEPS + 1)
+
+
+def write_sims(store, dmesh, sims=SIMS, finish=True):
+    for s, (name, params) in enumerate(sims.items()):
+        w = store.add_simulation(name, params, N_STEPS)
+        for k in range(N_STEPS + 1):
+            stress, p, state = qp_fields(dmesh.cell_natural, dmesh.n_qp, s, k)
+            w.write_step(k, times(s)[k], u_field(dmesh.coords[: dmesh.n_owned], s, k), stress, p, state)
+        if finish:
+            w.finish()
+
+
+def write_store(path, kind="hex", partitioner="ptscotch", comm=COMM):
+    dm = make_dmesh(kind, comm, partitioner)
+    st = SnapshotStore.create(path, dm, state_names=STATE, case_hash="ab" * 32,
+                              provenance={"case": "unit test"}, comm=comm)
+    write_sims(st, dm)
+    st.finalize()
+    return dm
+
+
+@pytest.fixture
+def tmpdir_shared():
+    """A temporary folder shared by all ranks (created by rank 0, removed at the end)."""
+    d = COMM.bcast(tempfile.mkdtemp(prefix="ddrom_store_") if COMM.rank == 0 else None, root=0)
+    yield d
+    COMM.Barrier()
+    if COMM.rank == 0:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def qp_weights(mesh: Mesh) -> np.ndarray:
+    """w_q det J (M, nq) of the serial mesh (independent of the store's code)."""
+    ref = CELL_TYPES[mesh.cell_type]
+    J = np.einsum("qka,ekb->eqab", ref.dshape(ref.qp), mesh.points[mesh.cells])
+    return np.linalg.det(J) * ref.qw
+
+
+# ------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("kind", ["hex", "tet"])
+def test_roundtrip_contents_and_reads(kind, tmpdir_shared):
+    path = os.path.join(tmpdir_shared, f"snap_{kind}.h5")
+    dm = make_dmesh(kind)
+    st = SnapshotStore.create(path, dm, state_names=STATE, case_hash="c0ffee", comm=COMM)
+    write_sims(st, dm)
+    # nothing at the final path before finalize(), on any rank
+    assert not os.path.exists(path) and os.path.exists(path + ".partial")
+    COMM.Barrier()
+    st.finalize()
+    assert os.path.exists(path) and not os.path.exists(path + ".partial")
+    assert os.path.exists(os.path.join(tmpdir_shared, f"snap_{kind}.xdmf"))
+
+    st = SnapshotStore.open(path, COMM, dmesh=dm)
+    info = st.simulations()
+    assert [(i.name, i.params, i.complete, i.n_steps, i.index, i.last_step) for i in info] == \
+        [(n, p, True, N_STEPS, j, N_STEPS) for j, (n, p) in enumerate(SIMS.items())]
+    assert st.case_hash == "c0ffee" and st.state_names == STATE
+    X = dm.coords[: dm.n_owned]
+    for s, name in enumerate(SIMS):
+        np.testing.assert_array_equal(st.read_times(name), times(s))
+        for k in range(N_STEPS + 1):
+            np.testing.assert_array_equal(st.read_displacement(name, k, dm), u_field(X, s, k))
+            ref = qp_fields(dm.cell_natural, dm.n_qp, s, k)
+            for field, r in zip(("stress", "p", "state"), ref):
+                np.testing.assert_array_equal(st.read_qp(name, field, k, dm), r)
+    # snapshot blocks: owned DOFs 3 i + c in rank-major order, columns sim-major
+    B = st.read_block("displacement", dm)
+    assert B.shape == (3 * dm.n_owned, len(SIMS) * (N_STEPS + 1))
+    assert st.snapshot_labels() == [(n, k) for n in SIMS for k in range(N_STEPS + 1)]
+    for j, (s, k) in enumerate((s, k) for s in range(len(SIMS)) for k in range(N_STEPS + 1)):
+        np.testing.assert_array_equal(B[:, j], u_field(X, s, k).ravel())
+    Bs = st.read_block("stress", dm, sims=["train_1"], steps=[3, 1, 2])
+    assert Bs.shape == (dm.n_cells * dm.n_qp * 6, 3)
+    for j, k in enumerate([3, 1, 2]):
+        np.testing.assert_array_equal(Bs[:, j], qp_fields(dm.cell_natural, dm.n_qp, 1, k)[0].ravel())
+    Bq = st.read_block("state", dm, steps=[2])
+    np.testing.assert_array_equal(Bq[:, 1], qp_fields(dm.cell_natural, dm.n_qp, 1, 2)[2].ravel())
+    st.close()
+
+    # file contents in natural numbering (rank 0, serial h5py): independent of the rank count
+    if COMM.rank == 0:
+        mesh = serial_mesh(kind)
+        w = qp_weights(mesh)
+        assert np.all(w > 0)
+        with h5py.File(path, "r") as f:
+            assert f.attrs["schema"] == "ddrom-snapshots" and f.attrs["schema_version"] == SCHEMA_VERSION
+            assert bool(f.attrs["complete"]) and f.attrs["ddrom_version"] == ddrom.__version__
+            assert '"mpi_ranks": %d' % COMM.size in f.attrs["provenance"]
+            np.testing.assert_array_equal(f["mesh/points"][...], mesh.points)
+            np.testing.assert_array_equal(f["mesh/cells"][...], mesh.cells)
+            assert f["mesh"].attrs["cell_type"] == mesh.cell_type
+            assert list(f["mesh"].attrs["state_names"]) == STATE
+            np.testing.assert_array_equal(f["mesh/node_sets/probe"][...], mesh.node_sets["probe"])
+            assert sorted(f["mesh/facet_sets"]) == sorted(mesh.facet_sets)
+            for name, fs in mesh.facet_sets.items():
+                order = np.lexsort((fs[:, 1], fs[:, 0]))
+                np.testing.assert_array_equal(f["mesh/facet_sets"][name][...], fs[order])
+            nq = w.shape[1]
+            for s, name in enumerate(SIMS):
+                g = f["simulations"][name]
+                assert g["displacement"].chunks[0] == 1       # chunked by time step
+                for k in range(N_STEPS + 1):
+                    np.testing.assert_array_equal(g["displacement"][k], u_field(mesh.points, s, k))
+                    stress, p, state = qp_fields(np.arange(mesh.n_cells), nq, s, k)
+                    np.testing.assert_array_equal(g["stress"][k], stress)
+                    np.testing.assert_array_equal(g["p"][k], p)
+                    np.testing.assert_array_equal(g["state"][k], state)
+                    np.testing.assert_allclose(g["p_cell"][k], (w * p).sum(1) / w.sum(1), rtol=1e-13)
+                    np.testing.assert_allclose(g["von_mises_cell"][k],
+                                               (w * von_mises(stress)).sum(1) / w.sum(1), rtol=1e-13)
+            if kind == "hex":    # the weights matter: the plain mean differs on distorted cells
+                assert np.abs((w * p).sum(1) / w.sum(1) - p.mean(1)).max() > 1e-6
+
+
+def test_von_mises_formula():
+    # uniaxial sigma: vm = |sigma|; pure shear tau (Mandel sqrt2*tau): vm = sqrt(3) tau
+    np.testing.assert_allclose(von_mises(np.array([5.0, 0, 0, 0, 0, 0])), 5.0, rtol=1e-15)
+    np.testing.assert_allclose(von_mises(np.array([0, 0, 0, np.sqrt(2) * 2.0, 0, 0])), np.sqrt(3) * 2.0,
+                               rtol=1e-15)
+    np.testing.assert_allclose(von_mises(np.array([7.0, 7.0, 7.0, 0, 0, 0])), 0.0, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["hex", "tet"])
+def test_xdmf_sidecar(kind, tmpdir_shared):
+    path = os.path.join(tmpdir_shared, "s.h5")
+    write_store(path, kind)
+    if COMM.rank == 0:
+        mesh = serial_mesh(kind)
+        root = ET.parse(os.path.join(tmpdir_shared, "s.xdmf")).getroot()
+        assert root.tag == "Xdmf" and root.get("Version") == "3.0"
+        (domain,) = list(root)
+        colls = list(domain)
+        assert [c.get("Name") for c in colls] == list(SIMS)
+        with h5py.File(path, "r") as f:
+            for s, coll in enumerate(colls):
+                assert coll.get("GridType") == "Collection" and coll.get("CollectionType") == "Temporal"
+                grids = coll.findall("Grid")
+                assert len(grids) == N_STEPS + 1
+                for k, grid in enumerate(grids):
+                    assert float(grid.find("Time").get("Value")) == times(s)[k]
+                    topo = grid.find("Topology")
+                    assert topo.get("TopologyType") == {"hex": "Hexahedron", "tet": "Tetrahedron"}[kind]
+                    assert int(topo.get("NumberOfElements")) == mesh.n_cells
+                    np.testing.assert_array_equal(read_data_item(topo[0], tmpdir_shared), mesh.cells)
+                    np.testing.assert_array_equal(read_data_item(grid.find("Geometry")[0], tmpdir_shared),
+                                                  mesh.points)
+                    att = {a.get("Name"): a for a in grid.findall("Attribute")}
+                    assert sorted(att) == ["displacement", "p_cell", "von_mises_cell"]
+                    assert (att["displacement"].get("Center"), att["displacement"].get("AttributeType")) == \
+                        ("Node", "Vector")
+                    assert att["p_cell"].get("Center") == "Cell"
+                    item = att["displacement"][0]
+                    assert item.get("ItemType") == "HyperSlab"
+                    u = read_data_item(item, tmpdir_shared).reshape(-1, 3)
+                    np.testing.assert_array_equal(u, u_field(mesh.points, s, k))
+                    g = f["simulations"][list(SIMS)[s]]
+                    for name in ("p_cell", "von_mises_cell"):
+                        v = read_data_item(att[name][0], tmpdir_shared).ravel()
+                        np.testing.assert_array_equal(v, g[name][k])
+    COMM.Barrier()
+
+
+def test_written_on_all_ranks_read_on_fewer_and_other_partitions(tmpdir_shared):
+    """Write on every rank; read on 1..size ranks (sub-communicators) and other partitioners."""
+    path = os.path.join(tmpdir_shared, "w.h5")
+    write_store(path, "hex", partitioner="block")
+    path2 = os.path.join(tmpdir_shared, "w2.h5")
+    write_store(path2, "hex", partitioner="rcb")
+    for n in range(1, COMM.size + 1):
+        sub = COMM.Split(0 if COMM.rank < n else MPI.UNDEFINED, COMM.rank)
+        if sub != MPI.COMM_NULL:
+            for part in ("ptscotch", "rcb"):
+                dm = make_dmesh("hex", sub, part)
+                with SnapshotStore.open(path, sub, dmesh=dm) as st:
+                    X = dm.coords[: dm.n_owned]
+                    B = st.read_block("displacement", dm, sims=["train_1"])
+                    for k in range(N_STEPS + 1):
+                        np.testing.assert_array_equal(B[:, k], u_field(X, 1, k).ravel())
+                    P = st.read_block("p", dm, steps=[N_STEPS])
+                    np.testing.assert_array_equal(P[:, 0], qp_fields(dm.cell_natural, dm.n_qp, 0, N_STEPS)[1].ravel())
+            sub.Free()
+        COMM.Barrier()
+    # the files written with two partitions are identical, bit for bit, dataset by dataset
+    if COMM.rank == 0:
+        with h5py.File(path, "r") as a, h5py.File(path2, "r") as b:
+            names = []
+            a.visit(names.append)
+            dsets = [n for n in names if isinstance(a[n], h5py.Dataset)]
+            assert len(dsets) > 20
+            for n in dsets:
+                np.testing.assert_array_equal(a[n][...], b[n][...], err_msg=n)
+    COMM.Barrier()
+
+
+def test_resume_incomplete_simulation(tmpdir_shared):
+    path = os.path.join(tmpdir_shared, "r.h5")
+    dm = make_dmesh("hex")
+    st = SnapshotStore.create(path, dm, state_names=STATE, comm=COMM)
+    write_sims(st, dm, {"train_0": SIMS["train_0"]})
+    w = st.add_simulation("train_1", SIMS["train_1"], N_STEPS)
+    stress, p, state = qp_fields(dm.cell_natural, dm.n_qp, 1, 0)
+    w.write_step(0, 0.0, np.full((dm.n_owned, 3), 99.0), stress, p, state)   # wrong data, then "crash"
+    with pytest.raises(DdromError, match="steps \\[1, 2, 3\\] were not written"):
+        w.finish()
+    st.close()
+    assert not os.path.exists(path)
+    with pytest.raises(DdromError, match="interrupted run"):
+        SnapshotStore.open(path, COMM)
+
+    st = SnapshotStore.open(path, COMM, mode="a")
+    with pytest.raises(DdromError, match="check_mesh"):
+        st.add_simulation("train_1", SIMS["train_1"], N_STEPS)
+    info = {i.name: i for i in st.simulations()}
+    assert info["train_0"].complete and not info["train_1"].complete
+    assert info["train_1"].last_step == 0 and info["train_1"].index == 1
+    with pytest.raises(DdromError, match="step 2 was not written"):
+        st.read_displacement("train_1", 2, dm)
+    np.testing.assert_array_equal(st.read_displacement("train_1", 0, dm), 99.0)
+    st.check_mesh(dm)
+    with pytest.raises(DdromError, match="already complete"):
+        st.add_simulation("train_0", SIMS["train_0"], N_STEPS)
+    with pytest.raises(DdromError, match="overwrite_incomplete=False"):
+        st.add_simulation("train_1", SIMS["train_1"], N_STEPS, overwrite_incomplete=False)
+    write_sims(st, dm, {"train_1": SIMS["train_1"]})
+    st.finalize()
+
+    st = SnapshotStore.open(path, COMM, dmesh=dm)
+    info = st.simulations()
+    assert [(i.name, i.complete, i.index) for i in info] == [("train_0", True, 0), ("train_1", True, 1)]
+    X = dm.coords[: dm.n_owned]
+    np.testing.assert_array_equal(st.read_displacement("train_1", 0, dm), u_field(X, 0, 0))
+    st.close()
+
+    # reopening a finalized store for appending moves it back to .partial until finalize()
+    st = SnapshotStore.open(path, COMM, mode="a", dmesh=dm)
+    assert not os.path.exists(path) and os.path.exists(path + ".partial")
+    write_sims(st, dm, {"test_0": {"T": 1.0}})
+    st.finalize()
+    with SnapshotStore.open(path, COMM) as st:
+        assert [i.name for i in st.simulations()] == ["train_0", "train_1", "test_0"]
+        assert st.read_block("p", dm).shape[1] == 3 * (N_STEPS + 1)
+
+
+def _copy(src, dst, edit=None):
+    if COMM.rank == 0:
+        shutil.copy(src, dst)
+        if edit is not None:
+            edit(dst)
+    COMM.Barrier()
+
+
+def _set_attr(name, value, group="/"):
+    def edit(p):
+        with h5py.File(p, "r+") as f:
+            f[group].attrs[name] = value
+    return edit
+
+
+def _truncate(p):
+    os.truncate(p, os.path.getsize(p) // 2)
+
+
+def _garbage(p):
+    with open(p, "wb") as f:
+        f.write(np.random.default_rng(0).bytes(4096))
+
+
+def _other_hdf5(p):
+    os.remove(p)
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(3)
+
+
+def _drop_dataset(p):
+    with h5py.File(p, "r+") as f:
+        del f["simulations/train_1/stress"]
+
+
+BAD = {
+    "schema_version": (_set_attr("schema_version", SCHEMA_VERSION + 1), "schema version 2"),
+    "incomplete": (_set_attr("complete", False), "incomplete"),
+    "truncated": (_truncate, "truncated or corrupt"),
+    "garbage": (_garbage, "not an HDF5 file"),
+    "other_hdf5": (_other_hdf5, "not a ddrom snapshot store"),
+    "malformed": (_drop_dataset, "has no dataset 'stress'"),
+    "missing": (os.remove, "file not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_files_raise_on_every_rank(case, tmpdir_shared):
+    good = os.path.join(tmpdir_shared, "good.h5")
+    write_store(good, "tet")
+    bad = os.path.join(tmpdir_shared, f"bad_{case}.h5")
+    edit, pattern = BAD[case]
+    _copy(good, bad, edit)
+    with pytest.raises(DdromError, match=pattern) as exc:
+        SnapshotStore.open(bad, COMM)
+    assert bad in str(exc.value)
+    if case == "incomplete":        # resumable though
+        SnapshotStore.open(bad, COMM, mode="a").close()
+
+
+def test_mismatched_mesh(tmpdir_shared):
+    path = os.path.join(tmpdir_shared, "m.h5")
+    write_store(path, "hex")
+    with SnapshotStore.open(path, COMM) as st:
+        other = distribute(box(1.0, 0.6, 1.2, 4, 3, 5) if COMM.rank == 0 else None, COMM)  # not distorted
+        with pytest.raises(DdromError, match="m.h5: mesh mismatch: node coordinates differ by up to"):
+            st.check_mesh(other)
+        with pytest.raises(DdromError, match="mesh mismatch: the store has 120 nodes and 60 cells"):
+            st.read_block("displacement", distribute(box(nx=2, ny=2, nz=2) if COMM.rank == 0 else None, COMM))
+        with pytest.raises(DdromError, match="mesh mismatch: the store has hexahedron cells"):
+            st.check_mesh(make_dmesh("tet"))
+        st.check_mesh(make_dmesh("hex", partitioner="rcb"))     # same mesh, another partition: fine
+
+
+def test_non_finite_and_bad_shapes_rejected_everywhere(tmpdir_shared):
+    path = os.path.join(tmpdir_shared, "n.h5")
+    dm = make_dmesh("hex")
+    st = SnapshotStore.create(path, dm, state_names=STATE, comm=COMM)
+    w = st.add_simulation("s", {}, 1)
+    stress, p, state = qp_fields(dm.cell_natural, dm.n_qp, 0, 1)
+    u = u_field(dm.coords[: dm.n_owned], 0, 1)
+    if COMM.rank == COMM.size - 1:      # only the last rank has the bad value
+        stress[0, 0, 2] = np.nan
+    with pytest.raises(DdromError, match="stress has 1 non-finite values"):
+        w.write_step(1, 0.5, u, stress, p, state)
+    with pytest.raises(DdromError, match=r"displacement has shape \(\d+, 2\)"):
+        w.write_step(1, 0.5, u[:, :2], p=p, stress=np.zeros_like(stress), state=state)
+    with pytest.raises(DdromError, match="step must be an integer in 0..1"):
+        w.write_step(2, 0.5, u, np.zeros_like(stress), p, state)
+    assert st.simulations()[0].last_step == -1
+    with pytest.raises(DdromError, match="simulation name"):
+        st.add_simulation("a/b", {}, 1)
+    with pytest.raises(DdromError, match="JSON-serializable"):
+        st.add_simulation("c", {"x": object()}, 1)
+    st.close()
+    assert not os.path.exists(path)
+    with SnapshotStore.open(path, COMM, mode="a") as st:       # read-only stores refuse writes
+        pass
+    st = SnapshotStore.open(path, COMM, mode="a")
+    st.finalize()
+    with SnapshotStore.open(path, COMM) as st:
+        with pytest.raises(DdromError, match="read-only"):
+            st.add_simulation("d", {}, 1)
+        with pytest.raises(DdromError, match="no simulation 'zz'"):
+            st.read_times("zz")
+
+
+def test_store_without_internal_variables(tmpdir_shared):
+    path = os.path.join(tmpdir_shared, "e.h5")
+    dm = make_dmesh("tet")
+    st = SnapshotStore.create(path, dm, state_names=[], comm=COMM)
+    w = st.add_simulation("elastic", {"E": 2.0e5}, 1)
+    for k in range(2):
+        stress, p, _ = qp_fields(dm.cell_natural, dm.n_qp, 0, k)
+        w.write_step(k, float(k), u_field(dm.coords[: dm.n_owned], 0, k), stress, p, None)
+    w.finish()
+    st.finalize()
+    with SnapshotStore.open(path, COMM, dmesh=dm) as st:
+        assert st.read_qp("elastic", "state", 1, dm).shape == (dm.n_cells, dm.n_qp, 0)
+        assert st.read_block("state", dm).shape == (0, 2)
+        np.testing.assert_array_equal(st.read_block("p", dm)[:, 1],
+                                      qp_fields(dm.cell_natural, dm.n_qp, 0, 1)[1].ravel())
