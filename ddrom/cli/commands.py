@@ -47,13 +47,17 @@ def _hf_args(p: argparse.ArgumentParser) -> None:
                    help="which parameter set to compute (default: training)")
     p.add_argument("--restart", action="store_true",
                    help="recompute everything instead of resuming an interrupted sweep")
+    p.add_argument("--max-simulations", type=int, metavar="N",
+                   help="stop after computing N simulations (split a sweep over several jobs; "
+                        "run again to resume)")
     _add_common(p)
 
 
 def _hf_run(args: Any, comm: Any) -> int:
     from ddrom.cli.pipeline import hf_sweep
 
-    summary = hf_sweep(args.case, comm, which=args.which, resume=not args.restart, quiet=args.quiet)
+    summary = hf_sweep(args.case, comm, which=args.which, resume=not args.restart, quiet=args.quiet,
+                       max_simulations=args.max_simulations)
     _emit_json(args, comm, summary)
     return 0
 

@@ -28,12 +28,13 @@ def _points(case: Any, which: str) -> list[tuple[str, dict]]:
 
 
 def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = True,
-             quiet: bool = False) -> dict[str, Any]:
+             quiet: bool = False, max_simulations: int | None = None) -> dict[str, Any]:
     """Compute every HF simulation of a parameter set into its snapshot store.
 
     With ``resume``, simulations already complete in an interrupted store are kept and
     only the others are (re)computed; the store appears at its final path only once
-    every simulation is complete.
+    every simulation is complete. ``max_simulations`` stops after computing that many
+    (a sweep split over several batch jobs); the store then stays ``.partial``.
     """
     c = as_mpi(comm)
     case = load_case_collectively(case_path, comm)
@@ -47,12 +48,29 @@ def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = 
     rank0_print(comm, f"ddrom hf: {case.path.name}: {dm.n_cells_global} {dm.cell_type} cells, "
                       f"{3 * dm.n_nodes_global} DOFs on {c.size} rank(s)")
     for s in sets:
-        summary["sets"][s] = _sweep_set(case, dm, s, resume, quiet, timers, comm)
+        summary["sets"][s] = _sweep_set(case, dm, s, resume, quiet, timers, comm, max_simulations)
     summary["timers"] = timers.summary(comm)
     return summary
 
 
-def _sweep_set(case, dm, which, resume, quiet, timers, comm) -> dict[str, Any]:
+def _up_to_date(path: Path, case: Any, comm: Any) -> bool:
+    """A complete store of this very case file exists at the final path."""
+    from ddrom.io.store import SnapshotStore
+    from ddrom.parallel import DdromError
+
+    c = as_mpi(comm)
+    if not c.bcast(path.exists() if c.rank == 0 else None, root=0):
+        return False
+    try:
+        store = SnapshotStore.open(path, comm, mode="r")
+    except DdromError:
+        return False   # unreadable or of another schema: recompute it
+    ok = store.case_hash == case.hash
+    store.close()
+    return ok
+
+
+def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=None) -> dict[str, Any]:
     from ddrom.hf.solver import HFSolver
     from ddrom.io.store import SnapshotStore
     from ddrom.materials import from_config
@@ -67,6 +85,10 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm) -> dict[str, Any]:
     options = build_solver_options(case)
     provenance = {"case": str(case.path), "case_hash": case.hash, "which": which,
                   "times": times.tolist(), "material": material.to_dict()}
+    if resume and _up_to_date(path, case, comm):
+        rank0_print(comm, f"  {path.name}: complete and up to date (use --restart to recompute)")
+        return {"store": str(path), "simulations": len(points), "computed": 0,
+                "resumed_skipped": len(points), "runs": []}
     partial = Path(str(path) + ".partial")
     exists = c.bcast(partial.exists() if c.rank == 0 else None, root=0)
     store = None
@@ -85,10 +107,14 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm) -> dict[str, Any]:
     done = {s.name for s in store.simulations() if s.complete}
     solver = None
     results = []
+    computed = 0
     for isim, (name, params) in enumerate(points):
         if name in done:
             results.append({"name": name, "params": params, "skipped": True})
             continue
+        if max_simulations is not None and computed >= max_simulations:
+            break
+        computed += 1
         loads = build_loads(case, params)
         if solver is None:
             with timers("setup"):
@@ -119,8 +145,15 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm) -> dict[str, Any]:
                         "ksp_iterations": ksp, "cutbacks": cuts, "max_plastic_strain": pmax})
         rank0_print(comm, f"  {name} {params}: {sec:.1f} s, {newton} Newton iterations, "
                           f"{ksp} KSP iterations, {cuts} cut-backs, max p = {pmax:.3e}")
-    store.finalize()
-    return {"store": str(path), "simulations": len(points),
+    complete = len(results) == len(points)
+    if complete:
+        store.finalize()
+    else:
+        store.close()
+        rank0_print(comm, f"  stopped after {computed} simulation(s); {len(points) - len(results)} left "
+                          f"(run the same command again to resume)")
+    return {"store": str(path) if complete else str(path) + ".partial", "simulations": len(points),
+            "complete": complete,
             "computed": sum(1 for r in results if not r.get("skipped")),
             "resumed_skipped": sum(1 for r in results if r.get("skipped")), "runs": results}
 
