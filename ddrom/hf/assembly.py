@@ -165,8 +165,13 @@ class Assembler:
     def element_matrices(self, tangent: np.ndarray, sl: slice) -> np.ndarray:
         """K_e = sum_q w B^T D B for the cells in ``sl``: (nc, 3k, 3k)."""
         B = self.b_matrices(sl)
-        DB = np.matmul(tangent[sl], B)                                   # (nc,nq,6,3k)
-        return np.einsum("eqij,eqik,eq->ejk", B, DB, self.wdet[sl], optimize=True)
+        nc, nq = B.shape[:2]
+        wDB = np.matmul(tangent[sl], B)                                  # (nc,nq,6,3k)
+        wDB *= self.wdet[sl][:, :, None, None]
+        # One (3k x 6nq) @ (6nq x 3k) product per cell: matmul calls BLAS per cell and is
+        # ~5x faster than the equivalent three-operand einsum (no batched BLAS path).
+        Bt = np.ascontiguousarray(B.reshape(nc, nq * 6, -1).transpose(0, 2, 1))
+        return np.matmul(Bt, wDB.reshape(nc, nq * 6, -1))
 
     def assemble_matrix(self, A, tangent: np.ndarray, fixed_local: np.ndarray | None = None) -> None:
         """Assemble the tangent stiffness into ``A`` (zeroed first).
