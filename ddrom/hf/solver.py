@@ -20,7 +20,7 @@ from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import Loads, evaluate
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
-from ddrom.parallel import DdromError, Timers, as_mpi, as_petsc
+from ddrom.parallel import CollectiveError, Timers, as_mpi, as_petsc
 
 
 class NotConverged(Exception):
@@ -120,9 +120,10 @@ class HFSolver:
     def set_loads(self, loads: Loads) -> None:
         """Use new loads (a new parameter of a sweep): only the load data change."""
         dm = self.dm
+        # Region names are known to every rank (empty sets included): a collective decision.
         unknown = sorted(r for r in loads.all_regions() if r not in dm.region_names())
         if unknown:
-            raise DdromError(f"loads refer to unknown regions {unknown}; the mesh has {dm.region_names()}")
+            raise CollectiveError(f"loads refer to unknown regions {unknown}; the mesh has {dm.region_names()}")
         self.loads = loads
         fixed = np.zeros(3 * dm.n_local_nodes, dtype=bool)
         self._dirichlet = []
@@ -135,7 +136,7 @@ class HFSolver:
         self.fixed = fixed
         nfixed = as_mpi(self.comm).allreduce(int(fixed[: 3 * dm.n_owned].sum()))
         if nfixed == 0:
-            raise DdromError("no Dirichlet condition: the problem has rigid-body motions")
+            raise CollectiveError("no Dirichlet condition: the problem has rigid-body motions")
         self._facets = {name: dm.facet_geometry(name) for name in loads.boundary_regions()}
 
     # ------------------------------------------------------------- evaluators
@@ -306,7 +307,7 @@ class HFSolver:
                 level = depth[target]
                 if level >= self.options.max_cutbacks:
                     where = f"step {step_index} " if step_index is not None else ""
-                    raise DdromError(
+                    raise CollectiveError(
                         f"HF Newton diverged at {where}(to t = {t:.6g}; failing increment "
                         f"{cur.t:.6g} -> {target:.6g} after {info.cutbacks} cut-backs): {last_error}"
                     ) from None
