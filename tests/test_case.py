@@ -66,7 +66,7 @@ def test_base_case_defaults_and_helpers(tmp_path):
     assert raw["loads"]["pressure"] == [] and raw["loads"]["traction"] == []
     assert raw["temperature"] == {"T_ref": 20.0, "expression": 20.0}
     assert raw["solver"] == {"newton_rtol": 1e-8, "newton_atol": 1e-12, "max_iterations": 25, "line_search": True,
-                             "max_cutbacks": 6, "petsc_options": {}, "element_technology": "auto"}
+                             "max_cutbacks": 6, "petsc_options": {}, "element_technology": "bbar"}
     assert raw["rom"]["pod_tol"] == 1e-4 and "max_modes" not in raw["rom"]
     assert case.parameter_names == ["A", "B"] and case.default_parameters() == {"A": 1.5}
     assert case.test_parameters() == [] and case.warnings == []

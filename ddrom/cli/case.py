@@ -581,7 +581,7 @@ SCHEMA = Table({
         "line_search": Key(Bool(), True),
         "max_cutbacks": Key(Int(ge=0), 6),
         "petsc_options": Key(MapOf(Scalar(), key_check=_petsc_key), {}),
-        "element_technology": Key(Str(choices=("auto", "full", "bbar")), "auto"),
+        "element_technology": Key(Str(choices=("full", "bbar")), "bbar"),
     }), {}),
     "rom": Key(Table({
         "pod_tol": Key(Num(gt=0, lt=1), 1e-4),
