@@ -57,7 +57,11 @@ def _bind(expr: Expression, params: Mapping[str, float]):
     return lambda **kw: expr.evaluate({**fixed, **kw})
 
 
-def _expr(value: Any, names: set[str], what: str) -> Expression:
+def _expr(case: Any, value: Any, names: set[str], what: str) -> Expression:
+    """The expression compiled when the case was validated (compiled here if absent)."""
+    compiled = getattr(case, "expressions", {}).get(what)
+    if compiled is not None:
+        return compiled
     return value if isinstance(value, Expression) else Expression(value, names, what=what)
 
 
@@ -69,41 +73,38 @@ def build_loads(case: Any, params: Mapping[str, float]) -> Loads:
     for i, d in enumerate(L.get("dirichlet", [])):
         comps = tuple(_COMPONENT[c] for c in d.get("components", ["x", "y", "z"]))
         out.dirichlet.append(Dirichlet(d["region"], comps,
-                                       _bind(_expr(d.get("value", 0.0), names, f"loads.dirichlet[{i}].value"),
+                                       _bind(_expr(case, d.get("value", 0.0), names, f"loads.dirichlet[{i}].value"),
                                              params)))
     for i, p in enumerate(L.get("pressure", [])):
-        out.pressure.append(Pressure(p["region"], _bind(_expr(p["value"], names, f"loads.pressure[{i}].value"),
+        out.pressure.append(Pressure(p["region"], _bind(_expr(case, p["value"], names, f"loads.pressure[{i}].value"),
                                                         params)))
     for i, tr in enumerate(L.get("traction", [])):
-        vec = [_bind(_expr(v, names, f"loads.traction[{i}].vector[{j}]"), params)
+        vec = [_bind(_expr(case, v, names, f"loads.traction[{i}].vector[{j}]"), params)
                for j, v in enumerate(tr["vector"])]
         out.traction.append(Traction(tr["region"], vec))
     if L.get("body_force"):
-        vec = [_bind(_expr(v, names, f"loads.body_force.vector[{j}]"), params)
+        vec = [_bind(_expr(case, v, names, f"loads.body_force.vector[{j}]"), params)
                for j, v in enumerate(L["body_force"]["vector"])]
         out.body.append(BodyForce(vec))
     if L.get("centrifugal"):
         cf = L["centrifugal"]
-        om = _bind(_expr(cf["omega"], names, "loads.centrifugal.omega"), params)
+        om = _bind(_expr(case, cf["omega"], names, "loads.centrifugal.omega"), params)
         out.centrifugal.append(Centrifugal(om, float(cf["density"]), tuple(cf.get("axis", (0, 0, 1))),
                                            tuple(cf.get("center", (0, 0, 0)))))
     temp = case.raw.get("temperature", {})
+    if temp.get("file"):
+        from ddrom.parallel import CollectiveError
+
+        raise CollectiveError(f"{case.path}: temperature.file is not supported by the HF solver yet; "
+                              "give temperature.expression")
     if "expression" in temp:
-        out.temperature = _bind(_expr(temp["expression"], names, "temperature.expression"), params)
-    elif "value" in temp:
-        out.temperature = float(temp["value"])
+        out.temperature = _bind(_expr(case, temp["expression"], names, "temperature.expression"), params)
     return out
 
 
 def build_times(case: Any) -> np.ndarray:
-    """Time instants t_0 = 0 < t_1 < ... < t_n of the case."""
-    tcfg = case.raw["time"]
-    if tcfg.get("times") is not None:
-        times = np.asarray(tcfg["times"], dtype=float)
-        return times if times[0] == 0.0 else np.concatenate([[0.0], times])
-    t_end = float(tcfg["t_end"])
-    n = int(tcfg["n_steps"]) if tcfg.get("n_steps") else int(round(t_end / float(tcfg["dt"])))
-    return np.linspace(0.0, t_end, n + 1)
+    """Time instants t_0 = 0 < t_1 < ... < t_n of the case (the case's step end times after 0)."""
+    return np.concatenate([[0.0], case.times()])
 
 
 def build_solver_options(case: Any) -> SolverOptions:
