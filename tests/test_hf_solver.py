@@ -132,7 +132,7 @@ def test_pressure_and_body_loads_balance_reactions():
                   body=[BodyForce((0.0, 0.0, -rho * g))],
                   centrifugal=[Centrifugal(omega=w, density=rho, axis=(0, 0, 1), center=(0, 0, 0))])
     s = HFSolver(dm, from_config(ELASTIC), loads, TIGHT)
-    f = s._sum_to_owned(s.external_force(1.0)).reshape(-1, 3)
+    f = s.sum_to_owned(s.external_force(1.0)).reshape(-1, 3)
     total = MPI.COMM_WORLD.allreduce(f.sum(axis=0))
     # pressure on x = 1 (area 1), outward normal +x: -5; traction on y=2 face (area 0.5): +1 in z;
     # gravity -rho g V (V = 1); centrifugal x-resultant rho w^2 * int x dV = rho w^2 * 0.5 * V

@@ -76,6 +76,15 @@ class Assembler:
             B += (_M[:, None] / 3.0)[None, None] * (divbar - div)[:, :, None, :]
         return B
 
+    def b_at(self, cells: np.ndarray, qps: np.ndarray) -> np.ndarray:
+        """B (or B-bar) matrices (K, 6, 3k) at selected integration points (local cell, qp)."""
+        B = _b_matrices(self.dN[cells, qps])
+        if self.bbar:
+            div = self.dN[cells, qps].reshape(len(cells), -1)
+            divbar = self.dNbar[cells].reshape(len(cells), -1)
+            B += (_M[:, None] / 3.0)[None] * (divbar - div)[:, None, :]
+        return B
+
     def _chunks(self):
         ne = self.dm.n_cells
         for s in range(0, ne, self.chunk):

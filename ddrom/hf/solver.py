@@ -177,7 +177,7 @@ class HFSolver:
         return f
 
     # ------------------------------------------------------------ parallel ops
-    def _sum_to_owned(self, local: np.ndarray) -> np.ndarray:
+    def sum_to_owned(self, local: np.ndarray) -> np.ndarray:
         """Sum local contributions over ranks; returns the owned entries (and updates ghosts)."""
         from petsc4py import PETSc
 
@@ -187,7 +187,7 @@ class HFSolver:
         g.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
         return g.array.copy()
 
-    def _owned_to_local(self, owned: np.ndarray) -> np.ndarray:
+    def owned_to_local(self, owned: np.ndarray) -> np.ndarray:
         from petsc4py import PETSc
 
         g = self.gvec
@@ -232,7 +232,7 @@ class HFSolver:
         resp = self._evaluate(u, old, T, dt, tangent)
         ne, nq = self.dm.n_cells, self.dm.n_qp
         with self.timers("assembly"):
-            fint = self._sum_to_owned(self.asm.internal_force(resp.stress.reshape(ne, nq, 6)))
+            fint = self.sum_to_owned(self.asm.internal_force(resp.stress.reshape(ne, nq, 6)))
         r = fint - fext_owned
         ref = max(self._norm(fint), self._norm(fext_owned))
         r[self.fixed[: 3 * self.dm.n_owned]] = 0.0
@@ -248,7 +248,7 @@ class HFSolver:
         u = old.u.copy()
         self.dirichlet_values(u, t)
         T = np.array(self.temperature(t), dtype=float)
-        fext = self._sum_to_owned(self.external_force(t))
+        fext = self.sum_to_owned(self.external_force(t))
         resp, r, ref = self._residual(u, old, T, dt, fext)
         norm = self._norm(r)
         nown = 3 * self.dm.n_owned
@@ -271,7 +271,7 @@ class HFSolver:
             info.ksp_iterations += self.ksp.getIterationNumber()
             if reason < 0:
                 raise NotConverged(f"linear solver failed ({_ksp_reason(reason)}) at iteration {it}")
-            du = self._owned_to_local(self.x.array)
+            du = self.owned_to_local(self.x.array)
             alpha = 1.0
             while True:
                 u_try = u + alpha * du
