@@ -739,24 +739,22 @@ class SnapshotStore:
         nmap = dmesh.natural_nodes if field == "displacement" else dmesh.natural_cells
         lo, hi = nmap.natural_range
         n_local = dmesh.n_owned if field == "displacement" else dmesh.n_cells
-        cols = []
+        nq = self.n_qp
+        tail = {"displacement": (3,), "stress": (nq, 6), "p": (nq,), "state": (nq, len(self.state_names))}[field]
+        width = n_local * int(np.prod(tail, dtype=np.int64))
+        out = np.empty((width, sum(len(ks) for _, ks in sel)))
+        j = 0
         for name, ks in sel:
             d = self._sim(name)[field]
-            tail = d.shape[2:]
+            ks = np.asarray(ks, dtype=np.int64)
             # one collective read per run of consecutive steps
-            runs = np.split(np.asarray(ks, dtype=np.int64),
-                            np.flatnonzero(np.diff(np.asarray(ks, dtype=np.int64)) != 1) + 1) if ks else []
-            for run in runs:
+            for run in np.split(ks, np.flatnonzero(np.diff(ks) != 1) + 1) if len(ks) else []:
                 nat = _read(d, (int(run[0]), lo) + (0,) * len(tail), (len(run), hi - lo) + tail)
-                for j in range(len(run)):
-                    if int(np.prod(tail, dtype=np.int64)) == 0:
-                        cols.append(np.zeros(0))
-                    else:
-                        cols.append(nmap.from_natural(nat[j]).reshape(-1))
-        width = n_local * int(np.prod(self._sim(sel[0][0])[field].shape[2:], dtype=np.int64)) if sel else 0
-        if not cols:
-            return np.zeros((width, 0))
-        return np.column_stack(cols) if width else np.zeros((0, len(cols)))
+                for i in range(len(run)):
+                    if width:
+                        out[:, j] = nmap.from_natural(nat[i]).reshape(-1)
+                    j += 1
+        return out
 
 
 def _op(name: str):
