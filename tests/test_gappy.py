@@ -82,7 +82,7 @@ def setup(comm, ncomp=1, N=10, seed=0, replicated_basis=False):
     if replicated_basis:
         U = np.linalg.svd(S, full_matrices=False)[0][:, :N]
         return gid, local_rows(U, gid, ncomp), S
-    Phi_loc, sig = snapshot_pod(local_rows(S, gid, ncomp), comm, N)
+    Phi_loc, _ = snapshot_pod(local_rows(S, gid, ncomp), comm, N)
     return gid, Phi_loc, S
 
 
@@ -145,28 +145,60 @@ def test_qdeim_equals_scipy_pivoted_qr_and_is_well_conditioned():
 
 
 @pytest.mark.mpi
-def test_qdeim_greedy_volume_reference_multicomponent():
-    """Stress (6 comps): point selection = greedy max deflated block norm (reference
-    computed here serially on the gathered basis, by explicit projection)."""
+@pytest.mark.parametrize("nc,N,exclude", [(6, 14, []), (1, 10, [17, 300, 401]),
+                                          (6, 20, [250, 9])])
+def test_qdeim_equals_greedy_reference_multicomponent_and_exclude(nc, N, exclude):
+    """Point selection = greedy max deflated block norm, after the ``exclude`` points
+    (reference computed here serially on the gathered basis, by explicit projection)."""
     comm = MPI.COMM_WORLD
-    nc, N = 6, 14
     gid, Phi_loc, _ = setup(comm, ncomp=nc, N=N)
-    ids = qdeim_points(Phi_loc, gid, comm, ncomp=nc)
+    ids = qdeim_points(Phi_loc, gid, comm, ncomp=nc, exclude=exclude)
     Phi = gather_global(Phi_loc, gid, comm, nc).reshape(G, nc, N)
-    # reference greedy: orthonormal basis of the sampled rows via SVD, projection
-    chosen = []
-    Q = np.zeros((N, 0))
+
+    def span(pts):
+        if not pts:
+            return np.zeros((N, 0))
+        U, s, _ = np.linalg.svd(Phi[pts].reshape(-1, N).T, full_matrices=False)
+        return U[:, s > 1e-10 * s[0]]
+
+    chosen = list(exclude)
+    Q = span(chosen)
     while Q.shape[1] < N:
         R = Phi - Phi @ Q @ Q.T
         sc = (R ** 2).sum(axis=(1, 2))
         sc[chosen] = -1
         chosen.append(int(np.argmax(sc)))
-        U, s, _ = np.linalg.svd(Phi[chosen].reshape(-1, N).T, full_matrices=False)
-        Q = U[:, s > 1e-10 * s[0]]
+        Q = span(chosen)
     np.testing.assert_array_equal(ids, chosen)
-    assert ids.size == int(np.ceil(N / nc))       # generic data: each point adds 6 dirs
+    if not exclude:
+        assert ids.size == int(np.ceil(N / nc))   # generic data: each point adds nc dirs
     Phi_I = Phi[ids].reshape(-1, N)
     assert np.linalg.matrix_rank(Phi_I) == N
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nc,N", [(1, 8), (6, 10)])
+def test_oversampling_is_greedy_max_volume(nc, N):
+    """Phase 2 = greedy max of det(Phi_I^T Phi_I) (brute-force reference on the gathered
+    basis; 20 extra points also exercise the periodic recomputation of the downdates)."""
+    comm = MPI.COMM_WORLD
+    gid, Phi_loc, _ = setup(comm, ncomp=nc, N=N)
+    base = qdeim_points(Phi_loc, gid, comm, ncomp=nc)
+    ids = qdeim_points(Phi_loc, gid, comm, ncomp=nc, n_extra=base.size + 20)
+    np.testing.assert_array_equal(ids[:base.size], base)
+    Phi = gather_global(Phi_loc, gid, comm, nc).reshape(G, nc, N)
+    chosen = list(base)
+    for _ in range(20):
+        A = np.einsum("gin,gim->nm", Phi[chosen], Phi[chosen])
+        Ainv = np.linalg.inv(A)
+        M = np.einsum("gin,nm,gjm->gij", Phi, Ainv, Phi)
+        sc = np.linalg.slogdet(M + np.eye(nc))[1]
+        sc[chosen] = -np.inf
+        chosen.append(int(np.argmax(sc)))
+    np.testing.assert_array_equal(ids, chosen)
+    vol = [np.linalg.slogdet(np.einsum("gin,gim->nm", Phi[ids[:k]], Phi[ids[:k]]))[1]
+           for k in range(base.size, ids.size + 1)]
+    assert np.all(np.diff(vol) > 0)
 
 
 # ----------------------------------------------------------------------------- Gappy fit
