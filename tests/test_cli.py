@@ -1,0 +1,131 @@
+"""End-to-end tests of the ddrom command under mpirun at 1 and 3 ranks (subprocesses)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DDROM = str(Path(sys.executable).parent / "ddrom")
+TINY = (ROOT / "cases" / "tiny.toml").read_text()
+
+
+def run(np_: int, *args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    # A clean MPI environment: this test process may itself be an MPI singleton.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_COMM", "PMIX_", "OMPI_MCA_ess",
+                                                                      "OMPI_MCA_orte", "OMPI_FILE"))}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = ["mpirun", "-n", str(np_), "--oversubscribe", DDROM, *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_case(tmp: Path, text: str, name: str = "case.toml") -> Path:
+    p = tmp / name
+    p.write_text(text)
+    return p
+
+
+def test_version_and_info():
+    r = run(1, "--version")
+    assert r.returncode == 0 and re.match(r"ddrom \d+\.\d+\.\d+", r.stdout)
+    r = run(3, "info", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)   # printed once, by rank 0
+    assert info["ranks"] == 3 and info["h5py_parallel"] is True
+    assert info["petsc"].startswith("3.") and info["slepc"]
+    assert info["petsc_external_packages"]["ptscotch"] is True
+
+
+def _read_u(path: Path) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return np.stack([f[f"simulations/{n}/displacement"][...] for n in sorted(f["simulations"])])
+
+
+@pytest.mark.parametrize("np_", [1, 3])
+def test_hf_sweep_tiny_and_resume(tmp_path, np_):
+    case = write_case(tmp_path, TINY)
+    r = run(np_, "hf", str(case), "--quiet", "--max-simulations", "1", "--json", str(tmp_path / "a.json"))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out" / "tiny"
+    assert not (out / "hf_training.h5").exists(), "an incomplete sweep must not look complete"
+    assert (out / "hf_training.h5.partial").exists()
+    r = run(np_, "hf", str(case), "--quiet", "--json", str(tmp_path / "b.json"))
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "b.json").read_text())["sets"]["training"]
+    assert s["computed"] == 1 and s["resumed_skipped"] == 1 and s["complete"]
+    assert (out / "hf_training.h5").exists() and not (out / "hf_training.h5.partial").exists()
+    assert (out / "hf_training.xdmf").exists()
+    u = _read_u(out / "hf_training.h5")
+    # u_x at x = 1 equals the imposed u_max * t on the last step of each simulation
+    assert np.isclose(u[:, -1, :, 0].max(), 0.008) and np.isclose(u[0, -1, :, 0].max(), 0.002)
+    # a third run finds everything up to date
+    r = run(np_, "hf", str(case), "--quiet", "--json", str(tmp_path / "c.json"))
+    assert json.loads((tmp_path / "c.json").read_text())["sets"]["training"]["computed"] == 0
+
+
+def test_hf_results_equal_across_rank_counts(tmp_path):
+    plastic = TINY.replace('law = "elastic"', 'law = "chaboche"\nsigma_y = 150.0\nH = 1000.0\nC = 1e4\n'
+                                              'gamma = 50.0\nK = 100.0\nN = 4.0') \
+                  .replace("nx = 2, ny = 2, nz = 2", "nx = 4, ny = 3, nz = 3")
+    res = []
+    for np_ in (1, 3):
+        d = tmp_path / f"np{np_}"
+        d.mkdir()
+        case = write_case(d, plastic)
+        r = run(np_, "hf", str(case), "--quiet")
+        assert r.returncode == 0, r.stderr
+        res.append(_read_u(d / "out" / "tiny" / "hf_training.h5"))
+    assert np.abs(res[0] - res[1]).max() <= 1e-8 * np.abs(res[0]).max()
+
+
+BAD_CASES = {
+    "unknown_key": (TINY.replace("[time]", "[time]\nn_stepz = 3"), r"time\.n_stepz.*n_steps"),
+    "missing_mesh_file": (re.sub(r'generator = "box"\nargs = .*\n', 'file = "nowhere.msh"\n', TINY),
+                          r"mesh\.file.*nowhere\.msh"),
+    "wrong_type": (TINY.replace("E = 200e3", 'E = "hard"'), r"material.*E"),
+    "diverging": (TINY.replace('law = "elastic"', 'law = "j2"\nsigma_y = 100.0\nH = 0.0\nC = 0.0')
+                  .replace('value = "u_max * ramp(t, 1)" }', 'value = 0.0 }')
+                  .replace('{ region = "xmax", components = ["x"], value = 0.0 },', '')
+                  + '\n[[loads.traction]]\nregion = "xmax"\nvector = ["300 * t", 0, 0]\n'
+                  + '\n[solver]\nmax_iterations = 6\nmax_cutbacks = 1\n', r"diverged at step 1"),
+}
+
+
+@pytest.mark.parametrize("np_", [1, 3])
+@pytest.mark.parametrize("kind", sorted(BAD_CASES))
+def test_bad_input_one_message_nonzero_exit(tmp_path, np_, kind):
+    text, pattern = BAD_CASES[kind]
+    case = write_case(tmp_path, text)
+    r = run(np_, "hf", str(case), "--quiet")
+    assert r.returncode != 0
+    headers = [ln for ln in r.stderr.splitlines() if ln.startswith("ddrom hf: error")]
+    assert len(headers) == 1, r.stderr          # one message, not one per rank
+    assert re.search(pattern, r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and "MPI_ABORT" not in r.stderr
+    assert not (tmp_path / "out" / "tiny" / "hf_training.h5").exists()
+
+
+@pytest.mark.parametrize("np_", [1, 3])
+def test_inverted_mesh_file_is_reported(tmp_path, np_):
+    import meshio
+
+    from ddrom.mesh.generators import box
+
+    m = box(1, 1, 1, 2, 2, 2)
+    cells = m.cells.copy()
+    cells[3] = cells[3][[4, 5, 6, 7, 0, 1, 2, 3]]      # mirror one hexahedron: negative Jacobian
+    meshio.write(tmp_path / "bad.vtu", meshio.Mesh(m.points, [("hexahedron", cells)]))
+    text = re.sub(r'generator = "box"\nargs = .*\n', 'file = "bad.vtu"\nregions = { xmin = { x = 0.0 }, '
+                  'xmax = { x = 1.0 }, ymin = { y = 0.0 }, zmin = { z = 0.0 } }\n', TINY)
+    r = run(np_, "hf", str(write_case(tmp_path, text)), "--quiet")
+    assert r.returncode != 0
+    headers = [ln for ln in r.stderr.splitlines() if ln.startswith("ddrom hf: error")]
+    assert len(headers) == 1 and re.search(r"inverted", r.stderr), r.stderr
