@@ -62,7 +62,63 @@ def _hf_run(args: Any, comm: Any) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- ROM stages
+def _case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("case", help="case file (TOML)")
+    _add_common(p)
+
+
+def _offline_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.rom_pipeline import offline
+
+    _emit_json(args, comm, offline(args.case, comm, quiet=args.quiet))
+    return 0
+
+
+def _online_args(p: argparse.ArgumentParser) -> None:
+    _case_args(p)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="run this parameter point instead of the test set (repeatable)")
+
+
+def _parse_params(items: list[str]) -> list[dict] | None:
+    from ddrom.parallel import CollectiveError
+
+    if not items:
+        return None
+    point = {}
+    for it in items:
+        name, _, value = it.partition("=")
+        try:
+            point[name.strip()] = float(value)
+        except ValueError:
+            raise CollectiveError(f"--param {it!r}: expected NAME=VALUE with a number") from None
+    return [point]
+
+
+def _online_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.rom_pipeline import online
+
+    res = online(args.case, comm, _parse_params(args.param), quiet=args.quiet)
+    _emit_json(args, comm, {"runs": [{"name": n, "params": p, "seconds": r.seconds,
+                                      "newton_iterations": r.newton_iterations,
+                                      "max_indicator": float(np.nanmax(r.indicator)) if np.isfinite(r.indicator).any() else None} for n, p, r in res["runs"]]})
+    return 0
+
+
+def _run_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.rom_pipeline import run
+
+    _emit_json(args, comm, run(args.case, comm, quiet=args.quiet))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("versions of Python, MPI, PETSc, SLEPc, h5py; parallel capabilities", _info_args, _info_run),
     "hf": ("compute the high-fidelity parameter sweep of a case into its snapshot store", _hf_args, _hf_run),
+    "offline": ("training snapshot store -> ROM file (POD, ECM, Gappy-POD, reduced operators)",
+                _case_args, _offline_run),
+    "online": ("run the ROM on the test parameters (or --param NAME=VALUE ...)", _online_args, _online_run),
+    "run": ("HF training sweep, offline, online on the test parameters, HF reference and comparison "
+            "(writes summary.json)", _case_args, _run_run),
 }

@@ -80,8 +80,8 @@ class Assembler:
         """B (or B-bar) matrices (K, 6, 3k) at selected integration points (local cell, qp)."""
         B = _b_matrices(self.dN[cells, qps])
         if self.bbar:
-            div = self.dN[cells, qps].reshape(len(cells), -1)
-            divbar = self.dNbar[cells].reshape(len(cells), -1)
+            div = self.dN[cells, qps].reshape(len(cells), 3 * self.k)
+            divbar = self.dNbar[cells].reshape(len(cells), 3 * self.k)
             B += (_M[:, None] / 3.0)[None] * (divbar - div)[:, None, :]
         return B
 

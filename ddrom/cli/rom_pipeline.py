@@ -1,0 +1,280 @@
+"""ROM stages of the pipeline: ``offline``, ``online``, and ``run`` (everything + comparison)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ddrom
+from ddrom.cli.build import (build_loads, build_mesh, build_solver_options, build_times,
+                             load_case_collectively, sanity_check_regions)
+from ddrom.cli.pipeline import hf_sweep, store_path
+from ddrom.parallel import CollectiveError, Timers, as_mpi, rank0_print
+
+
+def rom_path(case: Any) -> Path:
+    return Path(case.output_dir) / "rom.h5"
+
+
+def _offline_options(case: Any):
+    from ddrom.rom.offline import OfflineOptions
+
+    r = case.raw.get("rom", {})
+    return OfflineOptions(pod_tol=float(r.get("pod_tol", 1e-4)), ecm_tol=float(r.get("ecm_tol", 1e-6)),
+                          stress_tol=float(r.get("stress_tol", 1e-5)), p_tol=float(r.get("p_tol", 1e-4)),
+                          max_modes=r.get("max_modes"), pod_method=r.get("pod_method"))
+
+
+def _hf_context(case: Any, comm: Any, timers: Timers):
+    """Mesh, material and an HF solver set up with the loads of the first training point."""
+    from ddrom.hf.solver import HFSolver
+    from ddrom.materials import from_config
+
+    with timers("mesh"):
+        dm = build_mesh(case, comm)
+    sanity_check_regions(case, dm)
+    pts = case.training_parameters() or [case.default_parameters()]
+    solver = HFSolver(dm, from_config(case.raw["material"]), build_loads(case, pts[0]),
+                      build_solver_options(case), timers=timers)
+    return dm, solver
+
+
+def offline(case_path: str, comm: Any, quiet: bool = False, case=None, context=None) -> dict[str, Any]:
+    """Training store -> ROM file (POD, ECM, Gappy-POD, reduced operators)."""
+    from ddrom.io.store import SnapshotStore
+    from ddrom.rom.model import save_model
+    from ddrom.rom.offline import build_reduced_model
+
+    case = case or load_case_collectively(case_path, comm)
+    timers = Timers()
+    dm, solver = context or _hf_context(case, comm, timers)
+    spath = store_path(case, "training")
+    store = SnapshotStore.open(spath, comm, mode="r", dmesh=dm)
+    if store.case_hash != case.config_hash:
+        store.close()
+        raise CollectiveError(f"{spath} was computed from another version of the case file; "
+                              f"run `ddrom hf {case.path}` again")
+    opts = _offline_options(case)
+    t0 = time.perf_counter()
+    model, bases = build_reduced_model(case, solver, store, opts, timers)
+    store.close()
+    path = rom_path(case)
+    with timers("write"):
+        save_model(path, model, comm, case_hash=case.config_hash,
+                   provenance={"case": str(case.path), "ranks": as_mpi(comm).size,
+                               "store": str(spath), "options": vars(opts)},
+                   bases=bases)
+    seconds = as_mpi(comm).allreduce(time.perf_counter() - t0, op=_max())
+    summary = {"rom": str(path), "seconds": seconds, **model.info, "timers": timers.summary(comm)}
+    _plot_sigma(case, model, comm)
+    rank0_print(comm, _offline_table(summary))
+    return summary
+
+
+def _offline_table(s: dict) -> str:
+    t = s["timers"]
+    rows = [("modes (displacement)", s["n_modes"]), ("stress modes (ECM columns)", s["n_stress_modes"]),
+            ("reduced points (ECM)", s["n_reduced_points"]), ("extra Gappy points", s["n_gappy_extra_points"]),
+            ("plastic-strain modes", s["n_p_modes"]),
+            ("tolerances pod/ecm/stress/p", f"{s['pod_tol']:g}/{s['ecm_tol']:g}/{s['stress_tol']:g}/{s['p_tol']:g}")]
+    rows += [(f"time {k} (s)", f"{v['seconds']:.2f}") for k, v in t.items()]
+    w = max(len(r[0]) for r in rows)
+    return "ddrom offline: " + s["rom"] + "\n" + "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
+
+
+def _plot_sigma(case, model, comm) -> None:
+    if as_mpi(comm).rank != 0:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    s = model.sigma_u[model.sigma_u > 0]
+    ax.semilogy(np.arange(1, len(s) + 1), s / s[0], ".-", label="displacement")
+    if model.gappy is not None:
+        sp = model.gappy.sigma
+        ax.semilogy(np.arange(1, len(sp) + 1), sp / sp[0], ".-", label="cumulated plastic strain (kept)")
+    ax.axvline(model.n_modes, color="gray", ls=":", label=f"N = {model.n_modes}")
+    ax.set_xlabel("index i")
+    ax.set_ylabel(r"$\sigma_i / \sigma_1$")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out = Path(case.output_dir) / "singular_values.png"
+    fig.savefig(str(out) + ".tmp.png", dpi=120)
+    os.replace(str(out) + ".tmp.png", out)
+    plt.close(fig)
+
+
+def online(case_path: str, comm: Any, params_list: list[dict] | None = None, quiet: bool = False,
+           case=None) -> dict[str, Any]:
+    """Run the ROM on the test parameters (or the given ones); results in online_<name>.npz."""
+    from ddrom.rom.model import load_model
+    from ddrom.rom.online import ReducedSolver
+
+    case = case or load_case_collectively(case_path, comm)
+    model = load_model(rom_path(case), comm)
+    if params_list is None:
+        points = [(f"test_{i:03d}", p) for i, p in enumerate(case.test_parameters())]
+    else:
+        points = [(f"param_{i:03d}", p) for i, p in enumerate(params_list)]
+    _warn_out_of_range(model, points, comm)
+    runs = []
+    for name, params in points:
+        res = ReducedSolver(model, params).run()
+        runs.append((name, params, res))
+        rank0_print(comm, f"  ROM {name} {params}: {res.seconds * 1e3:.1f} ms, {len(res.times) - 1} steps, "
+                          f"{res.newton_iterations} Newton iterations, max indicator "
+                          f"{_fmt_max(res.indicator)}")
+        if as_mpi(comm).rank == 0:
+            out = Path(case.output_dir) / f"online_{name}.npz"
+            np.savez(str(out) + ".tmp.npz", times=res.times, q=res.q, indicator=res.indicator,
+                     p_samples=res.p_samples, dirichlet=res.dirichlet, params=json.dumps(params))
+            os.replace(str(out) + ".tmp.npz", out)
+    return {"runs": runs, "model": model}
+
+
+def _warn_out_of_range(model, points, comm) -> None:
+    for name, params in points:
+        for k, v in params.items():
+            rng = model.parameters.get(k, {})
+            if "min" in rng and not (rng["min"] <= v <= rng["max"]):
+                rank0_print(comm, f"  warning: {name}: {k} = {v} is outside the training range "
+                                  f"[{rng['min']}, {rng['max']}]")
+
+
+def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
+    """HF training sweep, offline, online on the test parameters, HF reference, comparison."""
+    from ddrom.io.store import SnapshotStore
+    from ddrom.rom.model import load_bases
+
+    c = as_mpi(comm)
+    case = load_case_collectively(case_path, comm)
+    hf_train = hf_sweep(case_path, comm, which="training", quiet=quiet)
+    timers = Timers()
+    context = _hf_context(case, comm, timers)
+    dm, solver = context
+    off = offline(case_path, comm, quiet=quiet, case=case, context=context)
+    hf_test = hf_sweep(case_path, comm, which="test", quiet=quiet)
+    on = online(case_path, comm, quiet=quiet, case=case)
+    model = on["model"]
+    bases = load_bases(rom_path(case), dm, ["displacement", "p", "stress"] if model.gappy is not None
+                       else ["displacement", "stress"])
+    store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
+    errors = [_compare(case, dm, solver, model, bases, store, name, params, res)
+              for name, params, res in on["runs"]]
+    store.close()
+    hf_secs = [r["seconds"] for r in _runs(hf_test, "test") if "seconds" in r] or \
+              [r["seconds"] for r in _runs(hf_train, "training") if "seconds" in r]
+    rom_secs = [res.seconds for _, _, res in on["runs"]]
+    summary = {
+        "case": str(case.path), "ranks": c.size, "ddrom_version": ddrom.__version__,
+        "hf_seconds_per_simulation": float(np.mean(hf_secs)) if hf_secs else None,
+        "rom_seconds_per_simulation": float(np.mean(rom_secs)) if rom_secs else None,
+        "speedup": (float(np.mean(hf_secs)) / float(np.mean(rom_secs))) if hf_secs and rom_secs else None,
+        "rel_error_displacement": max((e["displacement"] for e in errors), default=None),
+        "rel_error_plastic_strain": max((e["plastic_strain"] for e in errors), default=None),
+        "rel_error_stress": max((e["stress"] for e in errors), default=None),
+        "n_modes": model.n_modes, "n_reduced_points": model.n_points,
+        "n_sample_points": int(len(model.weights)),
+        "per_test_parameter": errors, "offline_seconds": off["seconds"],
+        "mesh": dm.summary(),
+    }
+    if c.rank == 0:
+        out = Path(case.output_dir) / "summary.json"
+        tmp = str(out) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2, default=_json_default)
+        os.replace(tmp, out)
+    rank0_print(comm, _run_table(summary))
+    return summary
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _runs(sweep: dict, which: str) -> list[dict]:
+    return sweep.get("sets", {}).get(which, {}).get("runs", [])
+
+
+def _run_table(s: dict) -> str:
+    f = lambda v: "n/a" if v is None else (f"{v:.3e}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = [("ranks", s["ranks"]), ("modes", s["n_modes"]), ("reduced points", s["n_reduced_points"]),
+            ("HF s/simulation", f(s["hf_seconds_per_simulation"])),
+            ("ROM s/simulation", f(s["rom_seconds_per_simulation"])), ("speedup", f(s["speedup"])),
+            ("rel. error displacement", f(s["rel_error_displacement"])),
+            ("rel. error plastic strain", f(s["rel_error_plastic_strain"])),
+            ("rel. error stress", f(s["rel_error_stress"]))]
+    return "ddrom run summary\n" + "\n".join(f"  {k:<26} {v}" for k, v in rows)
+
+
+def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:
+    """Relative space-time L2 errors of the ROM against the HF reference (distributed)."""
+    from ddrom.cli.build import build_loads
+
+    c = as_mpi(dm.comm)
+    nown = 3 * dm.n_owned
+    solver.set_loads(build_loads(case, params))
+    from ddrom.rom.operators import lifting_fields
+
+    chi = np.column_stack(lifting_fields(solver))[:nown] if model.E_lift.shape[1] else np.zeros((nown, 0))
+    Phi = bases["displacement"]
+    ne, nq = dm.n_cells, dm.n_qp
+    w = solver.asm.wdet.ravel()
+    from ddrom.rom.operators import local_points
+
+    where, cells, qps = local_points(dm, model.point_gids)
+    num = {"displacement": 0.0, "plastic_strain": 0.0, "stress": 0.0}
+    den = dict.fromkeys(num, 0.0)
+    Psi = bases["stress"].reshape(ne * nq, 6, -1)
+    rows_s = np.zeros((len(model.point_gids), 6, Psi.shape[-1]))
+    rows_s[where] = Psi.reshape(ne, nq, 6, -1)[cells, qps]
+    PsiI = c.allreduce(rows_s).reshape(-1, Psi.shape[-1])
+    for k in range(len(res.times)):
+        u_hf = store.read_displacement(name, k, dm).reshape(-1)
+        u_rom = Phi @ res.q[k] + chi @ res.dirichlet[k]
+        num["displacement"] += float(np.sum((u_rom - u_hf) ** 2))
+        den["displacement"] += float(np.sum(u_hf ** 2))
+        p_hf = store.read_qp(name, "p", k, dm).reshape(-1)
+        if "p" in bases:
+            a = np.linalg.lstsq(model.gappy.basis_at_samples, res.p_samples[k], rcond=None)[0]
+            p_rom = bases["p"] @ a
+        else:
+            p_rom = np.zeros_like(p_hf)
+        num["plastic_strain"] += float(np.sum(w * (p_rom - p_hf) ** 2))
+        den["plastic_strain"] += float(np.sum(w * p_hf ** 2))
+        s_hf = store.read_qp(name, "stress", k, dm).reshape(ne * nq, 6)
+        b = np.linalg.lstsq(PsiI, res.stress_samples[k].reshape(-1), rcond=None)[0]
+        s_rom = (Psi @ b)
+        num["stress"] += float(np.sum(w[:, None] * (s_rom - s_hf) ** 2))
+        den["stress"] += float(np.sum(w[:, None] * s_hf ** 2))
+    out = {"name": name, "params": params}
+    for key in num:
+        n, d = c.allreduce(num[key]), c.allreduce(den[key])
+        out[key] = math.sqrt(n / d) if d > 0 else (0.0 if n == 0 else math.inf)
+    rank0_print(dm.comm, f"  {name}: relative errors u {out['displacement']:.2e}, "
+                         f"p {out['plastic_strain']:.2e}, stress {out['stress']:.2e}")
+    return out
+
+
+def _max():
+    from mpi4py import MPI
+
+    return MPI.MAX
+
+
+def _fmt_max(values: np.ndarray) -> str:
+    finite = values[np.isfinite(values)]
+    return f"{finite.max():.2e}" if finite.size else "n/a (no plastic strain in training)"

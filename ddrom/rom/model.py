@@ -1,0 +1,206 @@
+"""The reduced model: every replicated array the online stage needs, and the ROM file.
+
+A ROM file is one HDF5 file, self-contained and independent of the number of ranks:
+
+``/`` attrs
+    schema ``ddrom-rom``, schema_version, ddrom_version, case_hash, provenance (JSON).
+``/online``
+    The reduced model proper (replicated, small): strain operators ``E`` (K, N, 6) at the
+    K sample points, lifting strains ``E_lift`` (K, D, 6), weights ``w`` (K,) (zero at
+    points only sampled for Gappy-POD), coordinates ``xyz`` (K, 3), natural point ids,
+    load terms, Gappy data, material, expressions (texts), parameters, times.
+``/bases``
+    The distributed bases in natural numbering (``displacement`` (3 N_nodes, N) rows in
+    natural node order; ``p`` (G, Np) rows in natural point order) for reconstruction
+    of full fields, read back on any number of ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+import ddrom
+from ddrom.parallel import CollectiveError, as_mpi, raise_collective
+
+SCHEMA = "ddrom-rom"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LoadData:
+    kind: str
+    expression: str
+    coeff: np.ndarray            # (J, N)
+    xyz: np.ndarray | None       # (J, 3) or None (spatially constant)
+
+
+@dataclass
+class GappyData:
+    sample_index: np.ndarray     # (S,) indices into the K points
+    basis_at_samples: np.ndarray  # (S, Np) Phi_I
+    sigma: np.ndarray            # singular values of the p snapshots
+
+
+@dataclass
+class ReducedModel:
+    E: np.ndarray                # (K, N, 6)
+    E_lift: np.ndarray           # (K, D, 6)
+    weights: np.ndarray          # (K,)
+    xyz: np.ndarray              # (K, 3)
+    point_gids: np.ndarray       # (K,) natural ids
+    dirichlet: list[str]         # D expressions of t and parameters
+    loads: list[LoadData]
+    temperature: str
+    material: dict
+    parameters: dict[str, dict]  # name -> {min, max, default?}
+    times: np.ndarray            # (nt,) incl. 0
+    sigma_u: np.ndarray          # singular values of the displacement snapshots
+    gappy: GappyData | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_modes(self) -> int:
+        return self.E.shape[1]
+
+    @property
+    def n_points(self) -> int:
+        return int(np.count_nonzero(self.weights))
+
+
+def _write_model(g, m: ReducedModel) -> None:
+    for name in ("E", "E_lift", "weights", "xyz", "point_gids", "times", "sigma_u"):
+        g.create_dataset(name, data=getattr(m, name))
+    g.attrs["dirichlet"] = json.dumps(m.dirichlet)
+    g.attrs["temperature"] = m.temperature
+    g.attrs["material"] = json.dumps(m.material)
+    g.attrs["parameters"] = json.dumps(m.parameters)
+    g.attrs["info"] = json.dumps(m.info, default=str)
+    lg = g.create_group("loads")
+    for i, L in enumerate(m.loads):
+        t = lg.create_group(f"{i:03d}")
+        t.attrs["kind"] = L.kind
+        t.attrs["expression"] = L.expression
+        t.create_dataset("coeff", data=L.coeff)
+        if L.xyz is not None:
+            t.create_dataset("xyz", data=L.xyz)
+    if m.gappy is not None:
+        gg = g.create_group("gappy")
+        for name, v in asdict(m.gappy).items():
+            gg.create_dataset(name, data=v)
+
+
+def _read_model(g) -> ReducedModel:
+    loads = []
+    for key in sorted(g["loads"]):
+        t = g["loads"][key]
+        loads.append(LoadData(str(t.attrs["kind"]), str(t.attrs["expression"]), t["coeff"][...],
+                              t["xyz"][...] if "xyz" in t else None))
+    gappy = None
+    if "gappy" in g:
+        gg = g["gappy"]
+        gappy = GappyData(**{k: gg[k][...] for k in gg})
+    return ReducedModel(
+        E=g["E"][...], E_lift=g["E_lift"][...], weights=g["weights"][...], xyz=g["xyz"][...],
+        point_gids=g["point_gids"][...], dirichlet=json.loads(g.attrs["dirichlet"]), loads=loads,
+        temperature=str(g.attrs["temperature"]), material=json.loads(g.attrs["material"]),
+        parameters=json.loads(g.attrs["parameters"]), times=g["times"][...], sigma_u=g["sigma_u"][...],
+        gappy=gappy, info=json.loads(g.attrs["info"]))
+
+
+def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_hash: str = "",
+               provenance: dict | None = None, bases: dict[str, tuple[Any, np.ndarray]] | None = None) -> None:
+    """Write the ROM file (collective): ``path.partial`` first, renamed when complete.
+
+    ``bases``: name -> (NaturalMap, owned rows (n_owned, bs, ncols)) written in natural order.
+    """
+    import h5py
+
+    c = as_mpi(comm)
+    tmp = str(path) + ".partial"
+    msg = None
+    try:
+        with h5py.File(tmp, "w", driver="mpio", comm=c) as f:
+            f.attrs["schema"] = SCHEMA
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["ddrom_version"] = ddrom.__version__
+            f.attrs["case_hash"] = case_hash
+            f.attrs["provenance"] = json.dumps(provenance or {}, default=str)
+            # Small replicated data: identical on every rank; every rank makes the same
+            # (collective) metadata calls and the same data is written.
+            _write_model(f.create_group("online"), model)
+            if bases:
+                bg = f.create_group("bases")
+                for name, (nmap, owned) in bases.items():
+                    nat = nmap.to_natural(owned)                      # (n_nat, bs, ncols)
+                    ds = bg.create_dataset(name, shape=(nmap.n_global,) + owned.shape[1:], dtype="f8")
+                    lo, hi = nmap.natural_range
+                    with ds.collective:
+                        ds[lo:hi] = nat
+            f.attrs["complete"] = True
+    except Exception as exc:  # noqa: BLE001
+        msg = f"writing ROM file {path}: {type(exc).__name__}: {exc}"
+    raise_collective(c, msg)
+    c.Barrier()
+    if c.rank == 0:
+        os.replace(tmp, path)
+    c.Barrier()
+
+
+def load_model(path: str | os.PathLike, comm: Any) -> ReducedModel:
+    """Read the reduced model (every rank reads the small /online group)."""
+    import h5py
+
+    c = as_mpi(comm)
+    model, msg = None, None
+    if c.rank == 0:
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("schema") != SCHEMA:
+                    msg = f"{path}: not a ddrom ROM file"
+                elif int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+                    msg = (f"{path}: ROM file schema version {f.attrs.get('schema_version')} "
+                           f"(this ddrom reads {SCHEMA_VERSION})")
+                elif not f.attrs.get("complete", False):
+                    msg = f"{path}: incomplete ROM file"
+                else:
+                    model = _read_model(f["online"])
+        except FileNotFoundError:
+            msg = f"ROM file {path} does not exist (run `ddrom offline` first)"
+        except (OSError, KeyError) as exc:
+            msg = f"{path}: unreadable or truncated ROM file ({exc})"
+    raise_collective(c, msg)
+    return c.bcast(model, root=0)
+
+
+def load_bases(path: str | os.PathLike, dmesh: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """Read distributed bases of a ROM file into the current distribution (owned rows).
+
+    ``displacement`` -> (3 n_owned, N); integration-point bases -> (ne * nq * ncomp, Np).
+    """
+    import h5py
+
+    c = as_mpi(dmesh.comm)
+    out, msg = {}, None
+    try:
+        with h5py.File(path, "r", driver="mpio", comm=c) as f:
+            if "bases" not in f:
+                raise KeyError("no /bases group")
+            for name in names:
+                ds = f["bases"][name]
+                nmap = dmesh.natural_nodes if name == "displacement" else dmesh.natural_cells
+                if ds.shape[0] != nmap.n_global:
+                    raise ValueError(f"basis {name!r} has {ds.shape[0]} rows, the mesh has {nmap.n_global} "
+                                     f"{'nodes' if name == 'displacement' else 'cells'} (ROM built on another mesh?)")
+                lo, hi = nmap.natural_range
+                with ds.collective:
+                    nat = ds[lo:hi]
+                owned = nmap.from_natural(nat)
+                out[name] = owned.reshape(-1, ds.shape[-1])
+    except Exception as exc:  # noqa: BLE001
+        msg = f"{path}: cannot read the bases: {type(exc).__name__}: {exc}"
+    raise_collective(c, msg)
+    return out

@@ -1,0 +1,134 @@
+"""Offline stage: snapshot store -> reduced model (POD, ECM, Gappy-POD, reduced operators).
+
+1. POD of the displacement snapshots with their prescribed DOFs zeroed (= u - lifting),
+   truncated at ``pod_tol`` (relative energy: l2_err = pod_tol ||S||_F).
+2. POD of the stress snapshots in the quadrature-weighted inner product: a compressed
+   stress basis Psi (so that the ECM integrand has N x r columns, not N x m).
+3. ECM on the integrand eps(phi_k) : psi_j at every integration point (plus the constant):
+   K reduced points and positive weights, identical for any number of ranks.
+4. Gappy-POD of the cumulated plastic strain: POD basis Phi_p; samples = reduced points
+   plus Q-DEIM points (constitutive law also evaluated there, with weight 0).
+5. Reduced operators at the sample points, lifting strains, projected loads.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ddrom.hf.solver import HFSolver
+from ddrom.parallel import Timers, as_mpi, check_all
+from ddrom.rom.model import GappyData, LoadData, ReducedModel
+from ddrom.rom.operators import (all_mode_strains, lifting_fields, local_points, mode_values_local,
+                                 natural_point_ids, point_coordinates, reduced_load_terms, strain_operators)
+
+
+@dataclass
+class OfflineOptions:
+    pod_tol: float = 1e-4          # relative energy tolerance of the displacement POD
+    stress_tol: float = 1e-5       # relative tolerance of the stress compression
+    ecm_tol: float = 1e-6          # relative tolerance of the ECM integrals
+    p_tol: float = 1e-4            # relative tolerance of the plastic-strain POD
+    max_modes: int | None = None
+    pod_method: str | None = None
+
+
+def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: OfflineOptions,
+                        timers: Timers | None = None) -> tuple[ReducedModel, dict]:
+    """Build the reduced model from the training store; returns it and the distributed bases."""
+    from ddrom.reduction import Diagonal, Euclidean, l2_err_from_relative, pod
+    from ddrom.reduction.ecm import ecm
+    from ddrom.reduction.gappy import qdeim_points
+
+    timers = timers or Timers()
+    dm = solver.dm
+    comm = solver.comm
+    kw = {"method": options.pod_method} if options.pod_method else {}
+    nown = 3 * dm.n_owned
+    # 1. displacement POD (prescribed DOFs zeroed: u - lifting)
+    with timers("pod_displacement"):
+        U = store.read_block("displacement", dm)
+        U[solver.fixed[:nown]] = 0.0
+        r_u = pod(U, comm, Euclidean(), l2_err=l2_err_from_relative(options.pod_tol, U, comm),
+                  rtol=1e-12, modes=options.max_modes, name="displacement snapshots", **kw)
+        del U
+    Phi = r_u.modes_loc
+    N = Phi.shape[1]
+    check_all(comm, N > 0, "the displacement snapshots are all zero: nothing to reduce")
+    modes_local = mode_values_local(solver, Phi)
+    # 2. stress compression in the quadrature inner product
+    ne, nq = dm.n_cells, dm.n_qp
+    w_qp = solver.asm.wdet.ravel()
+    with timers("pod_stress"):
+        Sig = store.read_block("stress", dm)                                   # (ne*nq*6, m)
+        r_s = pod(Sig, comm, Diagonal(np.repeat(w_qp, 6)), rtol=1e-12,
+                  l2_err=l2_err_from_relative(options.stress_tol, Sig, comm, Diagonal(np.repeat(w_qp, 6))),
+                  name="stress snapshots", **kw)
+        del Sig
+    Psi = r_s.modes_loc.reshape(ne * nq, 6, -1)
+    # 3. ECM
+    with timers("ecm"):
+        Eall = all_mode_strains(solver, modes_local)                           # (G, N, 6)
+        A = np.einsum("gkc,gcj->gkj", Eall, Psi).reshape(ne * nq, -1)
+        del Eall
+        gids = natural_point_ids(dm)
+        ecm_res = ecm(A, w_qp, gids, comm, tol=options.ecm_tol)
+        del A
+    red_gids = np.asarray(ecm_res.point_gids, dtype=np.int64)
+    red_w = np.asarray(ecm_res.weights, dtype=float)
+    # 4. Gappy-POD of p
+    gappy = None
+    extra = np.zeros(0, dtype=np.int64)
+    with timers("gappy"):
+        P = store.read_block("p", dm)                                          # (G, m)
+        pn = as_mpi(comm).allreduce(float(np.sum(P * P)))
+        if pn > 0:
+            r_p = pod(P, comm, Diagonal(w_qp), rtol=1e-12,
+                      l2_err=l2_err_from_relative(options.p_tol, P, comm, Diagonal(w_qp)),
+                      name="plastic strain snapshots", **kw)
+            Phip = r_p.modes_loc
+            # Oversample (n_extra = Np points beyond the ECM ones): with exactly Np samples the
+            # fit interpolates and the residual indicator would be identically zero.
+            samples = np.asarray(qdeim_points(Phip, gids, comm, exclude=red_gids, n_extra=Phip.shape[1]),
+                                 dtype=np.int64)
+            extra = np.setdiff1d(samples, red_gids)
+        del P
+    all_gids = np.concatenate([red_gids, np.sort(extra)])
+    weights = np.concatenate([red_w, np.zeros(len(extra))])
+    if pn > 0:
+        where, cells, qps = local_points(dm, all_gids)
+        rows = np.zeros((len(all_gids), Phip.shape[1]))
+        rows[where] = Phip.reshape(ne, nq, -1)[cells, qps]
+        PhiI = as_mpi(comm).allreduce(rows)
+        gappy = GappyData(sample_index=np.arange(len(all_gids)), basis_at_samples=PhiI, sigma=r_p.sigma)
+    # 5. operators
+    with timers("operators"):
+        E = strain_operators(solver, modes_local, all_gids)
+        lifts = lifting_fields(solver)
+        E_lift = np.stack([strain_operators(solver, chi[:, None], all_gids)[:, 0, :] for chi in lifts], axis=1) \
+            if lifts else np.zeros((len(all_gids), 0, 6))
+        xyz = point_coordinates(solver, all_gids)
+        terms = reduced_load_terms(solver, case, modes_local)
+    dirichlet = []
+    raw = case.raw.get("loads", {})
+    for i, d in enumerate(raw.get("dirichlet", [])):
+        text = case.expressions[f"loads.dirichlet[{i}].value"].text
+        dirichlet += [text] * len(d.get("components", [0, 1, 2]))
+    params = {k: dict(v) for k, v in case.raw.get("parameters", {}).items()}
+    model = ReducedModel(
+        E=E, E_lift=E_lift, weights=weights, xyz=xyz, point_gids=all_gids, dirichlet=dirichlet,
+        loads=[LoadData(t.kind, case.expressions[t.source].text, t.coeff, t.xyz) for t in terms],
+        temperature=case.expressions["temperature.expression"].text,
+        material=dict(case.raw["material"]), parameters=params,
+        times=np.concatenate([[0.0], case.times()]), sigma_u=r_u.sigma_all, gappy=gappy,
+        info={"n_modes": N, "n_reduced_points": int(len(red_gids)), "n_gappy_extra_points": int(len(extra)),
+              "n_stress_modes": int(r_s.n_modes), "n_p_modes": int(gappy.basis_at_samples.shape[1]) if gappy else 0,
+              "pod_tol": options.pod_tol, "ecm_tol": options.ecm_tol, "stress_tol": options.stress_tol,
+              "p_tol": options.p_tol, "pod_method": r_u.method, "ecm_iterations": getattr(ecm_res, "n_iterations", None)})
+    bases = {"displacement": (dm.natural_nodes, Phi.reshape(dm.n_owned, 3, N))}
+    if gappy is not None:
+        bases["p"] = (dm.natural_cells, Phip.reshape(ne, nq, -1))
+    bases["stress"] = (dm.natural_cells, r_s.modes_loc.reshape(ne, nq * 6, -1))
+    return model, bases

@@ -1,0 +1,219 @@
+"""Online reduced Newton solver: cost per step independent of the mesh size.
+
+With K sample points (reduced quadrature points plus the points only sampled for
+Gappy-POD, whose weights are zero), N modes and D Dirichlet conditions, one Newton
+iteration is::
+
+    eps_g   = sum_d v_d(t) E_lift[g, d] + sum_k q_k E[g, k]          (K x (N + D) x 6)
+    sigma_g, D_g, state_g = material(eps_g, state_g^old, T(x_g, t))   (K points)
+    F_k     = sum_g w_g E[g, k] . sigma_g - F_ext,k(t)               (one contraction)
+    K_kl    = sum_g w_g E[g, k] . D_g E[g, l]                        (one contraction)
+
+no operation of size n (DOFs) or G (integration points). The march is replicated on
+every rank (it is small); several ROM runs may share an allocation on sub-communicators.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ddrom.expressions import Expression
+from ddrom.materials import ReturnMappingError, from_config
+from ddrom.parallel import DdromError
+from ddrom.rom.model import ReducedModel
+
+
+class OnlineDivergence(DdromError):
+    """The reduced Newton did not converge (after cut-backs)."""
+
+
+@dataclass
+class OnlineOptions:
+    rtol: float = 1e-8
+    atol: float = 1e-12
+    max_iterations: int = 25
+    line_search: bool = True
+    max_cutbacks: int = 6
+
+
+@dataclass
+class OnlineResult:
+    times: np.ndarray
+    q: np.ndarray                     # (nt, N) reduced coordinates
+    p_samples: np.ndarray             # (nt, K) cumulated plastic strain at the sample points
+    stress_samples: np.ndarray        # (nt, K, 6)
+    dirichlet: np.ndarray             # (nt, D) values of the lifting
+    indicator: np.ndarray             # (nt,) Gappy residual of p (nan when no Gappy data)
+    newton_iterations: int = 0
+    cutbacks: int = 0
+    seconds: float = 0.0
+    step_seconds: list = field(default_factory=list)
+
+
+class ReducedSolver:
+    """March a :class:`ReducedModel` in time for one parameter point."""
+
+    def __init__(self, model: ReducedModel, params: Mapping[str, float], options: OnlineOptions | None = None):
+        self.m = model
+        self.params = {k: float(v) for k, v in params.items()}
+        self.options = options or OnlineOptions()
+        names = {"x", "y", "z", "t"} | set(model.parameters)
+        missing = sorted(set(model.parameters) - set(self.params))
+        for name in missing:
+            default = model.parameters[name].get("default")
+            if default is None:
+                raise DdromError(f"parameter {name!r} has no value and no default")
+            self.params[name] = float(default)
+        self.material = from_config(model.material)
+        self.dirichlet = [Expression(e, names, what=f"dirichlet[{i}]") for i, e in enumerate(model.dirichlet)]
+        self.loads = [(Expression(L.expression, names, what=L.kind), L) for L in model.loads]
+        self.temperature = Expression(model.temperature, names, what="temperature")
+        x = model.xyz
+        self._xyz_env = {"x": x[:, 0], "y": x[:, 1], "z": x[:, 2]}
+        self.w = model.weights
+        self.E = model.E                                           # (K, N, 6)
+        self.Ew = model.E * model.weights[:, None, None]
+        if model.gappy is not None:
+            g = model.gappy
+            self._gappy_Q, self._gappy_R = np.linalg.qr(g.basis_at_samples)
+            self._gappy_idx = g.sample_index
+
+    # ------------------------------------------------------------------ data
+    def _env(self, t: float) -> dict:
+        return {**self.params, "t": t}
+
+    def dirichlet_values(self, t: float) -> np.ndarray:
+        env = self._env(t)
+        return np.array([float(np.asarray(e.evaluate(env))) for e in self.dirichlet])
+
+    def external_force(self, t: float) -> np.ndarray:
+        F = np.zeros(self.m.n_modes)
+        env = self._env(t)
+        for expr, L in self.loads:
+            if L.kind == "centrifugal":
+                w = float(np.asarray(expr.evaluate(env)))
+                F += w * w * L.coeff[0]
+            elif L.xyz is None:
+                F += float(np.asarray(expr.evaluate(env))) * L.coeff[0]
+            else:
+                vals = expr.evaluate({**env, "x": L.xyz[:, 0], "y": L.xyz[:, 1], "z": L.xyz[:, 2]},
+                                     shape=(len(L.xyz),))
+                F += vals @ L.coeff
+        return F
+
+    def temperature_at_points(self, t: float) -> np.ndarray:
+        return np.array(self.temperature.evaluate({**self._env(t), **self._xyz_env}, shape=(len(self.w),)),
+                        dtype=float)
+
+    def indicator(self, p: np.ndarray) -> float:
+        """Relative residual of the Gappy-POD fit of p at its sample points."""
+        if self.m.gappy is None:
+            return math.nan
+        pI = p[self._gappy_idx]
+        nrm = float(np.linalg.norm(pI))
+        if nrm == 0.0:
+            return 0.0
+        res = pI - self._gappy_Q @ (self._gappy_Q.T @ pI)
+        return float(np.linalg.norm(res)) / nrm
+
+    # ---------------------------------------------------------------- march
+    def _strains(self, q: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.einsum("gkc,k->gc", self.E, q) + np.einsum("gdc,d->gc", self.m.E_lift, v)
+
+    def _residual(self, q, v, state_old, T_old, T, dt, fext):
+        try:
+            resp = self.material.update(self._strains(q, v), state_old, T_old, T, dt, tangent=True)
+        except ReturnMappingError as exc:
+            return None, None, None, str(exc)
+        fint = np.einsum("gkc,gc->k", self.Ew, resp.stress)
+        return resp, fint - fext, max(np.linalg.norm(fint), np.linalg.norm(fext)), None
+
+    def _newton(self, q, state, T_old, t_old, t, info):
+        opt = self.options
+        dt = t - t_old
+        v = self.dirichlet_values(t)
+        T = self.temperature_at_points(t)
+        fext = self.external_force(t)
+        resp, r, ref, err = self._residual(q, v, state, T_old, T, dt, fext)
+        if err:
+            return None, err
+        norm = np.linalg.norm(r)
+        for it in range(opt.max_iterations + 1):
+            if not math.isfinite(norm):
+                return None, f"non-finite residual at iteration {it}"
+            if norm <= opt.rtol * ref + opt.atol:
+                info["newton"] += it
+                return (q, resp, T, v), None
+            if it == opt.max_iterations:
+                break
+            Kt = np.einsum("gkc,gcd,gld->kl", self.Ew, resp.tangent, self.E, optimize=True)
+            try:
+                dq = np.linalg.solve(Kt, -r)
+            except np.linalg.LinAlgError:
+                return None, f"singular reduced tangent at iteration {it}"
+            alpha = 1.0
+            while True:
+                q_try = q + alpha * dq
+                resp_t, r_t, ref_t, err = self._residual(q_try, v, state, T_old, T, dt, fext)
+                norm_t = np.linalg.norm(r_t) if err is None else math.inf
+                if not opt.line_search or norm_t <= (1 - 1e-4 * alpha) * norm or alpha < 1 / 16:
+                    break
+                alpha *= 0.5
+            if not math.isfinite(norm_t):
+                return None, f"update at iteration {it} fails ({err or 'non-finite residual'})"
+            q, resp, r, ref, norm = q_try, resp_t, r_t, ref_t, norm_t
+        return None, f"no convergence in {opt.max_iterations} iterations (relative residual {norm / ref:.3e})"
+
+    def run(self, times: np.ndarray | None = None) -> OnlineResult:
+        """March over ``times`` (default: the model's), t_0 being the initial state."""
+        times = np.asarray(self.m.times if times is None else times, dtype=float)
+        K, N = len(self.w), self.m.n_modes
+        t0 = time.perf_counter()
+        q = np.zeros(N)
+        state = self.material.initial_state(K)
+        T = self.temperature_at_points(times[0])
+        resp0 = self.material.update(self._strains(q, self.dirichlet_values(times[0])), state, T, T, 0.0,
+                                     tangent=False)
+        state = resp0.state
+        nt = len(times)
+        out = OnlineResult(times, np.zeros((nt, N)), np.zeros((nt, K)), np.zeros((nt, K, 6)),
+                           np.zeros((nt, len(self.dirichlet))), np.full(nt, math.nan))
+        out.dirichlet[0] = self.dirichlet_values(times[0])
+        out.stress_samples[0] = resp0.stress
+        out.p_samples[0] = self.material.cumulated_plastic_strain(state)
+        out.indicator[0] = self.indicator(out.p_samples[0])
+        info = {"newton": 0, "cutbacks": 0}
+        cur_t = times[0]
+        for k in range(1, nt):
+            ts = time.perf_counter()
+            pending, depth = [times[k]], {times[k]: 0}
+            while pending:
+                target = pending[-1]
+                res, err = self._newton(q, state, T, cur_t, target, info)
+                if res is not None:
+                    q, resp, T, v = res
+                    state = resp.state
+                    cur_t = target
+                    pending.pop()
+                    continue
+                if depth[target] >= self.options.max_cutbacks:
+                    raise OnlineDivergence(f"reduced Newton diverged at step {k} (t = {times[k]:.6g}; "
+                                           f"increment {cur_t:.6g} -> {target:.6g}): {err}")
+                info["cutbacks"] += 1
+                mid = 0.5 * (cur_t + target)
+                depth[mid] = depth[target] = depth[target] + 1
+                pending.append(mid)
+            out.q[k] = q
+            out.dirichlet[k] = v
+            out.stress_samples[k] = resp.stress
+            out.p_samples[k] = self.material.cumulated_plastic_strain(state)
+            out.indicator[k] = self.indicator(out.p_samples[k])
+            out.step_seconds.append(time.perf_counter() - ts)
+        out.newton_iterations = info["newton"]
+        out.cutbacks = info["cutbacks"]
+        out.seconds = time.perf_counter() - t0
+        return out
