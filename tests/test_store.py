@@ -404,10 +404,21 @@ BAD = {
 }
 
 
+@pytest.fixture(scope="module")
+def good_store():
+    """One valid store for all bad-file cases (each case edits its own copy)."""
+    d = COMM.bcast(tempfile.mkdtemp(prefix="ddrom_good_") if COMM.rank == 0 else None, root=0)
+    path = os.path.join(d, "good.h5")
+    write_store(path, "tet")
+    yield path
+    idle_barrier()
+    if COMM.rank == 0:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_files_raise_on_every_rank(case, tmpdir_shared):
-    good = os.path.join(tmpdir_shared, "good.h5")
-    write_store(good, "tet")
+def test_bad_files_raise_on_every_rank(case, good_store, tmpdir_shared):
+    good = good_store
     bad = os.path.join(tmpdir_shared, f"bad_{case}.h5")
     edit, pattern = BAD[case]
     on_rank0(lambda: (shutil.copy(good, bad), edit(bad)))
