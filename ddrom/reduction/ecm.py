@@ -1,0 +1,634 @@
+"""Distributed empirical cubature method (ECM): a reduced quadrature with non-negative weights.
+
+Data model
+----------
+Each rank owns some integration points (rows): ``A_loc`` (``G_local x c``) holds the
+integrand functions (columns) at those points, ``w_loc`` the full quadrature weights
+and ``gid_loc`` the GLOBAL ids of the points (natural ids ``cell_natural * nq + q``).
+The ids are the identity of the chosen points and break ties, so that the result
+does not depend on how the points are distributed.
+
+Problem (Hernandez, Caicedo & Ferrer, CMAME 2017)
+--------------------------------------------------
+Exact integrals ``b = A^T w`` (``b_j = sum_g w_g A_gj``). With the constant column
+appended (``add_constant=True``), ``A <- [A, s 1]``: the reduced rule then also
+integrates the constant, i.e. ``sum_k omega_k = V = sum_g w_g`` (the volume) to the
+tolerance. The scale ``s = sqrt(mean_j ||A_j||_W^2 / V)`` (``||f||_W^2 = sum_g w_g
+f_g^2``) gives the constant column the RMS weighted norm of the other columns (it is
+``1/sqrt(V)`` for W-orthonormal columns, e.g. from :func:`integrand_matrix_columns`),
+so that it weighs in the residual like the others. Find points ``Z`` (``K`` of them)
+and weights ``omega >= 0`` with::
+
+    ||J^T omega - b||_2 <= tol ||b||_2,      J = A[Z, :]   (K x c)
+
+The columns are used as given (NOT normalized): they define the norm in which the
+integration error is measured. For an integrand ``f = A c`` in their span, the error
+of the reduced rule is ``|c^T (J^T omega - b)| <= ||c|| tol ||b||``. To weigh all
+directions of a large set of integrands equally, compress them first with
+:func:`integrand_matrix_columns` (W-orthonormal columns).
+
+Greedy (Lawson-Hanson with a normalized entering rule)
+------------------------------------------------------
+``r = b``; repeat while ``||r|| > tol ||b||``:
+
+1. candidate ``g* = argmax_g <A_g, r> / ||A_g||`` over the points not in ``Z`` with a
+   positive correlation (a point with ``<A_g, r> <= 0`` cannot decrease the residual
+   with a non-negative weight). The ROWS are normalized so that the test measures the
+   angle between a point's integrand vector and the residual, not its magnitude (the
+   classic ECM choice). Rows of norm zero are never candidates.
+2. ``Z <- Z + {g*}``; ``omega = argmin_{omega >= 0} ||J^T omega - b||`` by Lawson-Hanson
+   (:mod:`ddrom.reduction.nnls`) warm-started from the previous solution: its passive
+   set and the QR factorization of ``J^T`` restricted to it are kept and updated.
+3. Points whose weight went to zero leave ``Z`` (they may be chosen again later);
+   ``r = b - J^T omega``.
+
+Since ``<A_g*, r> > 0`` is the NNLS gradient of the new column, each step strictly
+decreases ``||r||`` in exact arithmetic and the passive columns stay linearly
+independent: ``K <= rank <= c (+1 with the constant)``. Safeguards for round-off: a
+point that the NNLS rejects at once (numerically dependent on ``Z``) is excluded from
+the candidates until the next successful step; the loop also stops when no candidate
+has a positive correlation, at ``max_points``, or after ``max_iterations``
+(``result.converged`` tells; it does not raise).
+
+Distribution and determinism
+----------------------------
+* ``b``, the volume and the column norms are sums over all points computed by an
+  EXACT-then-rounded reproducible summation (:func:`reproducible_colsum`: integer
+  accumulation of fixed-point digits, one int64 allreduce), so they are bitwise
+  identical for any number of ranks and any partition.
+* Scores ``<A_g, r>/||A_g||`` are computed row by row with numpy's per-row pairwise
+  sum (elementwise products then ``sum(axis=1)``), which depends only on the row's
+  values, not on its position in the local array (a BLAS ``gemv`` may round a row
+  differently depending on where it falls in its blocking).
+* The argmax is ONE ``allreduce`` of the record ``(score, -gid, rank)`` with ``MAX``
+  (lexicographic): the largest score, ties broken by the smallest global id.
+* The owner broadcasts the chosen row (``Bcast`` from the owner); the NNLS is solved
+  redundantly on every rank on identical data.
+
+Hence the selected points and weights are the same bits on 1, 2, 3... ranks (given
+the same integrand values), and two runs give the same result.
+
+Warm start and imposed points
+-----------------------------
+``initial_points`` (global ids): the greedy starts from the NNLS solution on these
+points (initial passive set), e.g. the current points when the basis is enriched.
+``zero_weight_points``: returned in the point set with weight 0 (unless the greedy
+selected them anyway), and not used in the integration: the sample points that
+Gappy-POD needs on top of the cubature points.
+
+Result ordering: ``point_gids`` are sorted by global id (ascending);
+``selection_history`` keeps the order in which the greedy picked points.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+
+from ddrom.parallel import DdromError, Timers, as_mpi, check_all, collective
+from ddrom.reduction.nnls import LawsonHanson
+
+NNLS_METHODS = ("lawson-hanson", "scipy")
+
+
+# ============================================================================ results
+@dataclass
+class ECMResult:
+    """Reduced quadrature (identical on every rank except ``local_index``).
+
+    Attributes
+    ----------
+    point_gids : (K,) int64, global ids sorted ascending (cubature points and
+        imposed zero-weight points).
+    weights : (K,) float, ``>= 0``; exactly 0 for the imposed points.
+    rows : (K, c) integrand values at the points (the columns as passed, without
+        the appended constant column), replicated.
+    owners : (K,) rank owning each point.
+    local_index : (K,) index of the point in this rank's arrays, -1 if not owned here.
+    zero_weight : (K,) True for imposed points (``zero_weight_points``) that are not
+        cubature points.
+    integrals : (c,) exact integrals ``A^T w`` of the given columns.
+    volume : ``sum(w)``.
+    constant_scale : value ``s`` of the appended constant column (0 if none).
+    residual_history : ``||r|| / ||b||`` at the start and after each greedy iteration.
+    selection_history : global id picked at each greedy iteration.
+    n_iterations, converged, stop_reason, relative_residual : as named.
+    timings : seconds per stage on this rank (``setup``, ``scores``, ``argmax_reduce``,
+        ``row_bcast``, ``nnls``).
+    """
+
+    point_gids: np.ndarray
+    weights: np.ndarray
+    rows: np.ndarray
+    owners: np.ndarray
+    local_index: np.ndarray
+    zero_weight: np.ndarray
+    integrals: np.ndarray
+    volume: float
+    constant_scale: float
+    residual_history: np.ndarray
+    selection_history: np.ndarray
+    n_iterations: int
+    converged: bool
+    stop_reason: str
+    relative_residual: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def n_points(self) -> int:
+        """Number of cubature points (positive weight)."""
+        return int(np.count_nonzero(~self.zero_weight))
+
+    @property
+    def owned(self) -> np.ndarray:
+        """(K,) True for the points owned by this rank."""
+        return self.local_index >= 0
+
+    def integrate(self, values: np.ndarray) -> np.ndarray:
+        """Reduced integral ``sum_k omega_k f(x_k)`` of values at the points (K, ...)."""
+        return np.tensordot(self.weights, np.asarray(values), axes=(0, 0))
+
+
+@dataclass
+class IntegrandBasis:
+    """Compressed integrand columns from :func:`integrand_matrix_columns`.
+
+    ``columns_loc = A_loc @ V`` (scaled) or ``A_loc @ V / sigma`` (orthonormal), with
+    ``sigma`` the kept singular values and ``sigma_all`` all of them.
+    """
+
+    columns_loc: np.ndarray
+    sigma: np.ndarray
+    V: np.ndarray
+    sigma_all: np.ndarray
+
+
+# ============================================================================ helpers
+def reproducible_colsum(X_loc: np.ndarray, comm: Any) -> np.ndarray:
+    """Column sums over the rows of all ranks, bitwise independent of the partition.
+
+    Each entry ``x`` of column ``j`` is split exactly into three fixed-point digits on a
+    grid fixed by ``E_j`` with ``max_g |x_gj| < 2^E_j`` (one ``MAX`` allreduce, exact)::
+
+        x = q1 2^(E-b) + q2 2^(E-2b) + q3 2^(E-3b) + t,   q_i integers, |q_i| <= 2^b
+
+    with ``b = 62 - ceil(log2 G)`` bits (at most 50) so that integer sums cannot
+    overflow int64. The integer digits are summed exactly (int64, in any order: one
+    ``SUM`` allreduce) and the result ``sum_i Q_i 2^(E-ib)`` is rounded once to double.
+    The discarded tails ``|t| <= 2^(E-3b-1)`` (``~1e-38 max|x|`` for a million rows)
+    are dropped deterministically per entry. The result is therefore the correctly
+    rounded sum of the truncated entries: the same bits for any number of ranks.
+    Cost: about ten vectorized passes over ``X`` and two small allreduces.
+    """
+    X = np.asarray(X_loc, dtype=float)
+    return _reproducible_colsum_chunks(lambda i0, i1: X[i0:i1], X.shape[0], X.shape[1], comm)
+
+
+def _reproducible_colsum_chunks(chunk, nloc: int, ncol: int, comm: Any) -> np.ndarray:
+    """:func:`reproducible_colsum` of a matrix produced by blocks of rows ``chunk(i0, i1)``
+    (called twice per block: the matrix is never formed)."""
+    from mpi4py import MPI
+
+    c = as_mpi(comm)
+    step = max(1, (1 << 17) // max(ncol, 1))
+    amax = np.zeros(ncol)
+    for i0 in range(0, nloc, step):
+        np.maximum(amax, np.abs(chunk(i0, min(i0 + step, nloc))).max(axis=0), out=amax)
+    c.Allreduce(MPI.IN_PLACE, amax, op=MPI.MAX)
+    n = c.allreduce(nloc, op=MPI.SUM)
+    bits = int(min(50, 62 - math.ceil(math.log2(max(n, 2)))))
+    _, E = np.frexp(amax)                              # amax < 2^E (amax = 0: E = 0)
+    E = E.astype(np.int64)
+    nb = 3
+    digits = np.zeros((nb, ncol), dtype=np.int64)
+    for i0 in range(0, nloc, step):
+        R = np.array(chunk(i0, min(i0 + step, nloc)), dtype=float)
+        for k in range(nb):
+            e = bits * (k + 1) - E                     # scale R by 2^e: |R 2^e| < 2^bits
+            Q = np.rint(np.ldexp(R, e))
+            digits[k] += Q.astype(np.int64).sum(axis=0)
+            R -= np.ldexp(Q, -e)                       # exact: the remainder is representable
+    c.Allreduce(MPI.IN_PLACE, digits, op=MPI.SUM)
+    out = np.empty(ncol)
+    for j in range(ncol):
+        total = 0
+        for k in range(nb):                            # exact in Python integers
+            total = (total << bits) + int(digits[k, j])
+        out[j] = math.ldexp(float(total), int(E[j]) - nb * bits) if total else 0.0
+    return out
+
+
+def _row_dots(A: np.ndarray, v: np.ndarray, extra: float, chunk: int) -> np.ndarray:
+    """``A_g . v + extra`` per row with numpy's per-row pairwise sum (position-independent)."""
+    out = np.empty(A.shape[0])
+    for i0 in range(0, A.shape[0], chunk):
+        blk = A[i0:i0 + chunk]
+        out[i0:i0 + chunk] = np.multiply(blk, v).sum(axis=1) + extra
+    return out
+
+
+class _Located:
+    """Owners, local indices and replicated rows of given global ids."""
+
+    def __init__(self, owners, local_index, rows):
+        self.owners, self.local_index, self.rows = owners, local_index, rows
+
+
+def _locate(gids: np.ndarray, gid_sorted: np.ndarray, order: np.ndarray, A_loc: np.ndarray,
+            comm, what: str) -> _Located:
+    """Find the owner of each global id (one allreduce) and replicate its row (one more)."""
+    from mpi4py import MPI
+
+    k = gids.size
+    pos = np.searchsorted(gid_sorted, gids)
+    pos_c = np.minimum(pos, max(gid_sorted.size - 1, 0))
+    found = (pos < gid_sorted.size) & (gid_sorted[pos_c] == gids) if gid_sorted.size else \
+        np.zeros(k, dtype=bool)
+    lidx = np.where(found, order[pos_c] if gid_sorted.size else 0, -1)
+    owner = np.where(found, comm.rank, -1).astype(np.int64)
+    count = found.astype(np.int64)
+    cnt = np.empty_like(count)
+    comm.Allreduce(count, cnt, op=MPI.SUM)
+    own = np.empty_like(owner)
+    comm.Allreduce(owner, own, op=MPI.MAX)
+    missing = gids[cnt == 0]
+    dup = gids[cnt > 1]
+    check_all(comm, missing.size == 0,
+              f"{what}: global point ids not found on any rank: {missing[:10].tolist()}")
+    check_all(comm, dup.size == 0,
+              f"{what}: global point ids owned by several ranks: {dup[:10].tolist()}")
+    rows = np.zeros((k, A_loc.shape[1]))
+    if found.any():
+        rows[found] = A_loc[lidx[found]]
+    comm.Allreduce(MPI.IN_PLACE, rows, op=MPI.SUM)     # one non-zero term per entry: exact
+    return _Located(own.astype(int), lidx.astype(int), rows)
+
+
+def _as_gid_list(x, what: str) -> np.ndarray:
+    if x is None:
+        return np.zeros(0, dtype=np.int64)
+    a = np.asarray(x)
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise DdromError(f"{what} must be a 1-D array of integer global point ids")
+    a = a.astype(np.int64)
+    if np.unique(a).size != a.size:
+        raise DdromError(f"{what} contains repeated global ids")
+    return a
+
+
+# ============================================================================ validation
+def _validate(A_loc, w_loc, gid_loc, comm, tol, max_points, max_iterations, nnls,
+              initial_points, zero_weight_points):
+    with collective(comm, "ecm"):
+        A = np.asarray(A_loc)
+        if A.ndim != 2:
+            raise DdromError(f"ecm: A_loc must be 2-D (points x columns), got shape {A.shape}")
+        if not np.issubdtype(A.dtype, np.number) or np.iscomplexobj(A):
+            raise DdromError("ecm: A_loc must be a real array")
+        w = np.asarray(w_loc)
+        gid = np.asarray(gid_loc)
+        if w.shape != (A.shape[0],):
+            raise DdromError(f"ecm: w_loc has shape {w.shape}, expected ({A.shape[0]},) "
+                             "(one weight per local point)")
+        if gid.shape != (A.shape[0],):
+            raise DdromError(f"ecm: gid_loc has shape {gid.shape}, expected ({A.shape[0]},)")
+        if A.shape[0] and not np.issubdtype(gid.dtype, np.integer):
+            raise DdromError("ecm: gid_loc must hold integer global point ids")
+        if not np.all(np.isfinite(A)):
+            raise DdromError("ecm: A_loc contains NaN or infinite values")
+        if not np.all(np.isfinite(w)) or (w.size and w.min() < 0):
+            raise DdromError("ecm: w_loc must be finite and non-negative")
+        if gid.size and gid.min() < 0:
+            raise DdromError("ecm: gid_loc must be non-negative")
+        if gid.size and np.unique(gid).size != gid.size:
+            raise DdromError("ecm: gid_loc contains repeated global ids")
+        if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and 0 < tol < 1):
+            raise DdromError(f"ecm: tol must be in (0, 1), got {tol!r}")
+        if max_points is not None and (int(max_points) != max_points or max_points < 1):
+            raise DdromError(f"ecm: max_points must be a positive integer, got {max_points!r}")
+        if max_iterations is not None and (int(max_iterations) != max_iterations
+                                           or max_iterations < 0):
+            raise DdromError(f"ecm: max_iterations must be >= 0, got {max_iterations!r}")
+        if nnls not in NNLS_METHODS:
+            raise DdromError(f"ecm: unknown nnls method {nnls!r}; choose from {NNLS_METHODS}")
+        init = _as_gid_list(initial_points, "ecm: initial_points")
+        zero = _as_gid_list(zero_weight_points, "ecm: zero_weight_points")
+    ncols = A.shape[1]
+    lo, hi = comm.allreduce(ncols, op=_op("MIN")), comm.allreduce(ncols, op=_op("MAX"))
+    check_all(comm, lo == hi, f"ecm: the number of integrand columns differs between ranks "
+                              f"({lo} to {hi})")
+    check_all(comm, ncols >= 1, "ecm: A_loc has no column")
+    for name, arr in (("initial_points", init), ("zero_weight_points", zero)):
+        ref = comm.bcast(arr, root=0)
+        check_all(comm, np.array_equal(ref, arr), f"ecm: {name} differ between ranks")
+    return (np.ascontiguousarray(A, dtype=float), np.asarray(w, dtype=float),
+            gid.astype(np.int64), init, zero)
+
+
+def _op(name):
+    from mpi4py import MPI
+
+    return getattr(MPI, name)
+
+
+# ============================================================================ ECM
+def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
+        tol: float = 1e-8, max_points: int | None = None, add_constant: bool = True,
+        initial_points: Any = None, zero_weight_points: Any = None,
+        nnls: str = "lawson-hanson", max_iterations: int | None = None,
+        timers: Timers | None = None) -> ECMResult:
+    """Empirical cubature: few points and non-negative weights integrating the columns.
+
+    Parameters
+    ----------
+    A_loc : (G_local, c) integrand values at this rank's points.
+    w_loc : (G_local,) quadrature weights (>= 0).
+    gid_loc : (G_local,) int global ids of these points (unique over all ranks).
+    comm : communicator (mpi4py or PETSc).
+    tol : relative tolerance on the integrals, ``||J^T omega - b|| <= tol ||b||``
+        (``b`` including the constant column when ``add_constant``).
+    max_points : cap on the number of cubature points (default: none beyond the
+        structural ``c + add_constant``).
+    add_constant : append the constant function (so that ``sum(omega) = sum(w)``).
+    initial_points : global ids to start from (warm start).
+    zero_weight_points : global ids returned with weight 0 (not integrated).
+    nnls : ``"lawson-hanson"`` (warm-started, default) or ``"scipy"``
+        (``scipy.optimize.nnls`` from scratch at every iteration; for comparison).
+    max_iterations : cap on greedy iterations (default ``4 (c + 1) + 10``).
+    timers : optional :class:`~ddrom.parallel.Timers` accumulating the stage times.
+
+    Returns
+    -------
+    ECMResult (module docstring for the algorithm and the determinism guarantees).
+
+    Raises
+    ------
+    DdromError on every rank for bad input (non-finite values, mismatched shapes,
+    ``tol`` outside (0, 1), unknown or duplicated ids, zero total weight).
+    """
+    from mpi4py import MPI
+
+    c = as_mpi(comm)
+    A, w, gid, init, zero = _validate(A_loc, w_loc, gid_loc, c, tol, max_points,
+                                      max_iterations, nnls, initial_points,
+                                      zero_weight_points)
+    tm: dict[str, float] = {k: 0.0 for k in ("setup", "scores", "argmax_reduce",
+                                            "row_bcast", "nnls")}
+    t0 = time.perf_counter()
+    G, nc = A.shape
+    nce = nc + int(bool(add_constant))
+    chunk = max(1, (1 << 16) // nc)
+
+    # --- exact integrals, volume and weighted column norms: one reproducible sum
+    def products(i0: int, i1: int) -> np.ndarray:
+        a, ww = A[i0:i1], w[i0:i1, None]
+        wa = ww * a
+        return np.hstack([wa, wa * a, ww])
+
+    sums = _reproducible_colsum_chunks(products, G, 2 * nc + 1, c)
+    integrals, norms2, volume = sums[:nc], sums[nc:2 * nc], float(sums[2 * nc])
+    check_all(c, volume > 0, "ecm: the quadrature weights sum to zero")
+    if add_constant:
+        s = math.sqrt(float(np.mean(norms2)) / volume) if np.any(norms2 > 0) else \
+            1.0 / math.sqrt(volume)
+        b = np.concatenate([integrals, [s * volume]])
+    else:
+        s = 0.0
+        b = integrals.copy()
+    bnorm = float(np.linalg.norm(b))
+    # row norms of [A_g, s], per row (position-independent)
+    rn2 = np.empty(G)
+    for i0 in range(0, G, chunk):
+        blk = A[i0:i0 + chunk]
+        rn2[i0:i0 + chunk] = np.multiply(blk, blk).sum(axis=1) + s * s
+    rownorm = np.sqrt(rn2)
+    del rn2
+    blocked = rownorm == 0.0                     # never candidates (cannot help)
+    rownorm[blocked] = 1.0
+    order = np.argsort(gid, kind="stable")
+    gid_sorted = gid[order]
+
+    def ext(rows: np.ndarray) -> np.ndarray:
+        """Rows with the constant column appended."""
+        return np.hstack([rows, np.full((rows.shape[0], 1), s)]) if add_constant else rows.copy()
+
+    # --- selected set Z (in the pool order of the NNLS solver)
+    sel_gid: list[int] = []
+    sel_owner: list[int] = []
+    sel_lidx: list[int] = []                     # index on this rank, -1 if not owned
+    sel_rows: list[np.ndarray] = []
+    lh = LawsonHanson(b)
+    omega = np.zeros(0)
+    tm["setup"] += time.perf_counter() - t0
+
+    if init.size:
+        t1 = time.perf_counter()
+        loc = _locate(init, gid_sorted, order, A, c, "ecm: initial_points")
+        tm["row_bcast"] += time.perf_counter() - t1
+        for i in range(init.size):
+            sel_gid.append(int(init[i]))
+            sel_owner.append(int(loc.owners[i]))
+            sel_lidx.append(int(loc.local_index[i]) if loc.owners[i] == c.rank else -1)
+            sel_rows.append(ext(loc.rows[i:i + 1])[0])
+        t1 = time.perf_counter()
+        if nnls == "lawson-hanson":
+            lh.add_columns(np.array(sel_rows).T)
+            lh.set_passive(np.arange(init.size))
+            omega = lh.solve().x
+        else:
+            omega = scipy.optimize.nnls(np.array(sel_rows).T, b, maxiter=50 * nce)[0]
+        tm["nnls"] += time.perf_counter() - t1
+
+    def drop_zeros() -> None:
+        nonlocal omega
+        keep = omega > 0
+        if keep.all():
+            return
+        for i in np.flatnonzero(~keep):
+            if sel_lidx[i] >= 0:
+                selected_mask[sel_lidx[i]] = False
+        if nnls == "lawson-hanson":
+            lh.remove_columns(~keep)
+        for lst in (sel_gid, sel_owner, sel_lidx, sel_rows):
+            lst[:] = [v for v, k in zip(lst, keep) if k]
+        omega = omega[keep]
+
+    selected_mask = np.zeros(G, dtype=bool)
+    for li in sel_lidx:
+        if li >= 0:
+            selected_mask[li] = True
+    drop_zeros()
+
+    def residual() -> np.ndarray:
+        return b - np.array(sel_rows).T @ omega if sel_rows else b.copy()
+
+    r = residual()
+    rel = float(np.linalg.norm(r)) / bnorm if bnorm > 0 else 0.0
+    history = [rel]
+    picks: list[int] = []
+    tabu: list[int] = []                         # local indices rejected since last success
+    max_iter = 4 * (nce + 1) + 10 if max_iterations is None else int(max_iterations)
+    cap = nce if max_points is None else min(int(max_points), nce)
+    it = 0
+    stop = "converged"
+    row = np.empty(nc)
+    while rel > tol:
+        if it >= max_iter:
+            stop = "max_iterations"
+            break
+        if len(sel_gid) >= cap:
+            stop = "max_points"
+            break
+        # 1. local scores and one global argmax reduction
+        t1 = time.perf_counter()
+        best = (-math.inf, 0, c.rank)
+        if G:
+            sc = _row_dots(A, r[:nc], s * r[nc] if add_constant else 0.0, chunk) / rownorm
+            sc[blocked | selected_mask] = -math.inf
+            m = sc.max()
+            if m > 0:
+                ties = np.flatnonzero(sc == m)
+                i = int(ties[np.argmin(gid[ties])])
+                best = (float(m), -int(gid[i]), c.rank)
+        t2 = time.perf_counter()
+        best = c.allreduce(best, op=MPI.MAX)
+        t3 = time.perf_counter()
+        tm["scores"] += t2 - t1
+        tm["argmax_reduce"] += t3 - t2
+        if not best[0] > 0:
+            stop = "no_positive_correlation"
+            break
+        it += 1
+        g, owner = -best[1], best[2]
+        # 2. the owner broadcasts the chosen row
+        li = -1
+        if owner == c.rank:
+            li = int(order[np.searchsorted(gid_sorted, g)])
+            row[:] = A[li]
+            selected_mask[li] = True
+        c.Bcast(row, root=owner)
+        t4 = time.perf_counter()
+        tm["row_bcast"] += t4 - t3
+        sel_gid.append(g)
+        sel_owner.append(owner)
+        sel_lidx.append(li)
+        sel_rows.append(ext(row[None, :])[0])
+        picks.append(g)
+        # 3. NNLS on the selected points, warm-started
+        if nnls == "lawson-hanson":
+            lh.add_columns(sel_rows[-1])
+            omega = lh.solve().x
+        else:
+            omega = scipy.optimize.nnls(np.array(sel_rows).T, b, maxiter=50 * nce)[0]
+        tm["nnls"] += time.perf_counter() - t4
+        if omega[-1] > 0:
+            for t in tabu:                       # the residual changed: retry them later
+                blocked[t] = False
+            tabu.clear()
+        elif li >= 0:
+            blocked[li] = True                   # numerically useless now: not again soon
+            tabu.append(li)
+        drop_zeros()
+        r = residual()
+        rel = float(np.linalg.norm(r)) / bnorm
+        history.append(rel)
+    for t in tabu:
+        blocked[t] = False
+
+    # --- assemble the result: cubature points + imposed zero-weight points, by gid
+    t1 = time.perf_counter()
+    zmask = ~np.isin(zero, np.asarray(sel_gid, dtype=np.int64))
+    zero_new = zero[zmask]
+    if zero_new.size:
+        loc = _locate(zero_new, gid_sorted, order, A, c, "ecm: zero_weight_points")
+        z_rows, z_own, z_lidx = loc.rows, loc.owners, loc.local_index
+    else:
+        z_rows, z_own, z_lidx = np.zeros((0, nc)), np.zeros(0, int), np.zeros(0, int)
+    tm["row_bcast"] += time.perf_counter() - t1
+    all_gid = np.concatenate([np.asarray(sel_gid, dtype=np.int64), zero_new])
+    all_w = np.concatenate([omega, np.zeros(zero_new.size)])
+    all_rows = np.vstack([np.array(sel_rows)[:, :nc] if sel_rows else np.zeros((0, nc)),
+                          z_rows])
+    all_own = np.concatenate([np.asarray(sel_owner, dtype=int), z_own])
+    all_lidx = np.concatenate([np.asarray(sel_lidx, dtype=int),
+                               np.where(z_own == c.rank, z_lidx, -1)])
+    all_zero = np.concatenate([np.zeros(len(sel_gid), dtype=bool),
+                               np.ones(zero_new.size, dtype=bool)])
+    p = np.argsort(all_gid, kind="stable")
+    if timers is not None:
+        for k, v in tm.items():
+            timers.add(f"ecm.{k}", v, 0)
+    if len(sel_gid) > nce:   # excluded by construction (independent passive columns)
+        raise DdromError(f"ecm: internal error, {len(sel_gid)} points for {nce} columns")
+    return ECMResult(
+        point_gids=all_gid[p], weights=all_w[p], rows=all_rows[p], owners=all_own[p],
+        local_index=all_lidx[p], zero_weight=all_zero[p], integrals=integrals,
+        volume=volume, constant_scale=s, residual_history=np.array(history),
+        selection_history=np.asarray(picks, dtype=np.int64), n_iterations=it,
+        converged=rel <= tol, stop_reason=stop if rel > tol else "converged",
+        relative_residual=rel, timings=tm)
+
+
+# ============================================================================ compression
+def integrand_matrix_columns(A_loc: np.ndarray, w_loc: np.ndarray, comm: Any, *,
+                             tol: float = 1e-10, max_columns: int | None = None,
+                             scaled: bool = False) -> IntegrandBasis:
+    """Compress many integrand columns to a W-orthonormal basis of their span.
+
+    Method of snapshots: ``C = A^T W A`` (``c x c``, local products summed by ONE
+    allreduce), ``C = V diag(sigma^2) V^T`` (redundantly on every rank), and the kept
+    columns are ``U = A V_N diag(1/sigma_N)`` (``U^T W U = I`` up to ``eps sigma_1^2 /
+    sigma_N^2``), or ``A V_N`` when ``scaled`` (columns weighted by their energy).
+
+    Truncation: the smallest ``N`` with ``sqrt(sum_{i>N} sigma_i^2) <= tol
+    sqrt(sum_i sigma_i^2)`` (the W-Frobenius projection error of the columns,
+    relative), capped by ``max_columns``. Forming ``C`` squares the condition number:
+    singular values below ``sqrt(c eps) sigma_1`` (``~1e-7 sigma_1`` for 100 columns)
+    are not resolved and are always discarded, whatever ``tol``.
+    Eigenvector signs are fixed (largest-magnitude component positive) so the
+    result is deterministic; across rank counts it agrees to round-off (``C`` is a
+    sum in a partition-dependent order).
+    """
+    from mpi4py import MPI
+
+    c = as_mpi(comm)
+    with collective(c, "integrand_matrix_columns"):
+        A = np.asarray(A_loc, dtype=float)
+        w = np.asarray(w_loc, dtype=float)
+        if A.ndim != 2 or w.shape != (A.shape[0],):
+            raise DdromError(f"integrand_matrix_columns: A_loc {A.shape} and w_loc {w.shape} "
+                             "do not match (points x columns, points)")
+        if not (np.all(np.isfinite(A)) and np.all(np.isfinite(w)) and (w.size == 0 or
+                                                                      w.min() >= 0)):
+            raise DdromError("integrand_matrix_columns: non-finite values or negative weights")
+        if not (0 < tol < 1):
+            raise DdromError(f"integrand_matrix_columns: tol must be in (0, 1), got {tol!r}")
+    C = A.T @ (w[:, None] * A)
+    c.Allreduce(MPI.IN_PLACE, C, op=MPI.SUM)
+    lam, V = np.linalg.eigh(C)
+    lam, V = lam[::-1], V[:, ::-1]
+    sigma_all = np.sqrt(np.clip(lam, 0.0, None))
+    if sigma_all[0] == 0:
+        raise DdromError("integrand_matrix_columns: all integrand columns are zero")
+    tail = np.sqrt(np.concatenate([np.cumsum((sigma_all ** 2)[::-1])[::-1][1:], [0.0]]))
+    total = math.sqrt(float(np.sum(sigma_all ** 2)))
+    N = int(np.argmax(tail <= tol * total)) + 1
+    N = min(N, int(np.count_nonzero(sigma_all > math.sqrt(C.shape[0] * EPS_) * sigma_all[0])))
+    if max_columns is not None:
+        N = min(N, int(max_columns))
+    N = max(N, 1)
+    V = V[:, :N].copy()
+    piv = np.argmax(np.abs(V), axis=0)
+    V *= np.sign(V[piv, np.arange(N)])
+    sig = sigma_all[:N]
+    Vs = V if scaled else V / sig
+    return IntegrandBasis(columns_loc=A @ Vs, sigma=sig, V=V, sigma_all=sigma_all)
+
+
+EPS_ = float(np.finfo(float).eps)
