@@ -28,7 +28,11 @@ with one collective hyperslab transfer per dataset; no mesh-size array is ever g
 Crash safety: the file is written under ``<path>.partial`` and renamed to ``<path>`` by
 :meth:`SnapshotStore.finalize` after ``complete`` is set and the file closed, so a file at
 the final path is always complete. Reopening with ``mode="a"`` moves a final file back to
-``.partial`` for the time of the session.
+``.partial`` for the time of the session. The file is flushed when a simulation is added
+and when it is finished (not per step: the fsync costs more than the write), so an
+interrupted sweep resumes with its finished simulations; an unfinished one is rewritten.
+Datasets are created without fill (unwritten steps hold no meaningful values: trust
+``complete`` / ``last_step``), and replacing an incomplete simulation does not shrink the file.
 """
 from __future__ import annotations
 
@@ -595,13 +599,15 @@ class SnapshotStore:
             raise DdromError(f"{where} is open read-only; open it with mode 'a' to add simulations")
         if self._dmesh is None:
             raise DdromError(f"{where}: call check_mesh(dmesh) (or open(..., dmesh=...)) before writing")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise DdromError(f"simulation name {name!r}: use letters, digits and _ . + - "
-                             "(it becomes an HDF5 group and an XDMF path)")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
-            raise DdromError(f"simulation {name!r}: n_steps must be an integer >= 0, got {n_steps!r}")
+        params_json = None
+        with collective(c, "add_simulation"):   # a rank with other arguments must not hang the rest
+            if not isinstance(name, str) or not _NAME_RE.match(name):
+                raise DdromError(f"simulation name {name!r}: use letters, digits and _ . + - "
+                                 "(it becomes an HDF5 group and an XDMF path)")
+            if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 0:
+                raise DdromError(f"simulation {name!r}: n_steps must be an integer >= 0, got {n_steps!r}")
+            params_json = _to_json(params, f"parameters of simulation {name!r}")
         n_steps = int(n_steps)
-        params_json = _to_json(params, f"parameters of simulation {name!r}")
         _same_everywhere(c, (name, params_json, n_steps, bool(overwrite_incomplete)),
                          "SnapshotStore.add_simulation arguments")
         f = self._file()
