@@ -28,7 +28,8 @@ def _points(case: Any, which: str) -> list[tuple[str, dict]]:
 
 
 def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = True,
-             quiet: bool = False, max_simulations: int | None = None) -> dict[str, Any]:
+             quiet: bool = False, max_simulations: int | None = None, case: Any = None,
+             dm: Any = None) -> dict[str, Any]:
     """Compute every HF simulation of a parameter set into its snapshot store.
 
     With ``resume``, simulations already complete in an interrupted store are kept and
@@ -37,12 +38,13 @@ def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = 
     (a sweep split over several batch jobs); the store then stays ``.partial``.
     """
     c = as_mpi(comm)
-    case = load_case_collectively(case_path, comm)
+    case = case or load_case_collectively(case_path, comm)
     sets = ["training", "test"] if which == "all" else [which]
     timers = Timers()
-    with timers("mesh"):
-        dm = build_mesh(case, comm)
-    sanity_check_regions(case, dm)
+    if dm is None:
+        with timers("mesh"):
+            dm = build_mesh(case, comm)
+        sanity_check_regions(case, dm)
     summary: dict[str, Any] = {"case": str(case.path), "ranks": c.size, "ddrom_version": ddrom.__version__,
                                "mesh": dm.summary(), "sets": {}}
     rank0_print(comm, f"ddrom hf: {case.path.name}: {dm.n_cells_global} {dm.cell_type} cells, "

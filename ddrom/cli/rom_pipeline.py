@@ -157,12 +157,12 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
 
     c = as_mpi(comm)
     case = load_case_collectively(case_path, comm)
-    hf_train = hf_sweep(case_path, comm, which="training", quiet=quiet)
     timers = Timers()
     context = _hf_context(case, comm, timers)
     dm, solver = context
+    hf_train = hf_sweep(case_path, comm, which="training", quiet=quiet, case=case, dm=dm)
     off = offline(case_path, comm, quiet=quiet, case=case, context=context)
-    hf_test = hf_sweep(case_path, comm, which="test", quiet=quiet)
+    hf_test = hf_sweep(case_path, comm, which="test", quiet=quiet, case=case, dm=dm)
     on = online(case_path, comm, quiet=quiet, case=case)
     model = on["model"]
     bases = load_bases(rom_path(case), dm, ["displacement", "p", "stress"] if model.gappy is not None
