@@ -163,12 +163,15 @@ def test_row_scores_do_not_depend_on_position():
     from ddrom.reduction.ecm import _row_dots
 
     rng = np.random.default_rng(2)
-    A = rng.standard_normal((257, 37))
-    v = rng.standard_normal(37)
-    full = _row_dots(A, v, 0.5, 64)
-    for off in (1, 3, 7, 100):
-        part = _row_dots(np.ascontiguousarray(A[off:]), v, 0.5, 13)
-        assert np.array_equal(part, full[off:])
+    for nc in (5, 37, 64, 201):
+        A = rng.standard_normal((1000, nc))
+        v = rng.standard_normal(nc)
+        full = _row_dots(A, v, 0.5, 64)
+        for off in list(range(1, 17)) + [100, 333]:
+            for chunk in (1, 13, 256):
+                part = _row_dots(np.ascontiguousarray(A[off:]), v, 0.5, chunk)
+                assert np.array_equal(part, full[off:])
+                assert np.array_equal(_row_dots(A[off:], v, 0.5, chunk), full[off:])
 
 
 # ----------------------------------------------------------------------------- ECM

@@ -13,10 +13,13 @@ Problem (Hernandez, Caicedo & Ferrer, CMAME 2017)
 Exact integrals ``b = A^T w`` (``b_j = sum_g w_g A_gj``). With the constant column
 appended (``add_constant=True``), ``A <- [A, s 1]``: the reduced rule then also
 integrates the constant, i.e. ``sum_k omega_k = V = sum_g w_g`` (the volume) to the
-tolerance. The scale ``s = sqrt(mean_j ||A_j||_W^2 / V)`` (``||f||_W^2 = sum_g w_g
-f_g^2``) gives the constant column the RMS weighted norm of the other columns (it is
-``1/sqrt(V)`` for W-orthonormal columns, e.g. from :func:`integrand_matrix_columns`),
-so that it weighs in the residual like the others. Find points ``Z`` (``K`` of them)
+tolerance. The scale ``s``, ``sqrt(mean_j ||A_j||_W^2 / V)`` (``||f||_W^2 = sum_g w_g
+f_g^2``) rounded to the nearest power of two, gives the constant column about the RMS
+weighted norm of the other columns (``~1/sqrt(V)`` for W-orthonormal columns, e.g.
+from :func:`integrand_matrix_columns`), so that it weighs in the residual like the
+others. (The rounding makes ``s`` the same for any partition although the norms are
+summed in a partition-dependent order; only a value within round-off of a rounding
+boundary, ``~1e-16`` relative, could differ.) Find points ``Z`` (``K`` of them)
 and weights ``omega >= 0`` with::
 
     ||J^T omega - b||_2 <= tol ||b||_2,      J = A[Z, :]   (K x c)
@@ -48,22 +51,24 @@ independent: ``K <= rank <= c (+1 with the constant)``. Safeguards for round-off
 point that the NNLS rejects at once (numerically dependent on ``Z``) is excluded from
 the candidates until the next successful step; the loop also stops when no candidate
 has a positive correlation, at ``max_points``, or after ``max_iterations``
-(``result.converged`` tells; it does not raise).
+(``result.converged`` and ``result.stop_reason`` tell; it does not raise).
 
 Distribution and determinism
 ----------------------------
-* ``b``, the volume and the column norms are sums over all points computed by an
-  EXACT-then-rounded reproducible summation (:func:`reproducible_colsum`: integer
-  accumulation of fixed-point digits, one int64 allreduce), so they are bitwise
-  identical for any number of ranks and any partition.
-* Scores ``<A_g, r>/||A_g||`` are computed row by row with numpy's per-row pairwise
-  sum (elementwise products then ``sum(axis=1)``), which depends only on the row's
-  values, not on its position in the local array (a BLAS ``gemv`` may round a row
-  differently depending on where it falls in its blocking).
+* ``b`` and the volume are sums over all points computed by an exact-then-rounded
+  reproducible summation (:func:`reproducible_colsum`: integer accumulation of
+  fixed-point digits, one int64 allreduce), so they are bitwise identical for any
+  number of ranks and any partition (a plain allreduce is not, and the test with a
+  symmetric Gauss rule then picks mirror-image points at 3 ranks: measured).
+* Scores ``<A_g, r>/||A_g||`` are computed row by row by numpy's ``einsum`` loop,
+  whose result depends only on the row's values, not on its position in the local
+  array (a BLAS ``gemv`` rounds a row differently depending on where it falls in its
+  blocking; measured).
 * The argmax is ONE ``allreduce`` of the record ``(score, -gid, rank)`` with ``MAX``
   (lexicographic): the largest score, ties broken by the smallest global id.
 * The owner broadcasts the chosen row (``Bcast`` from the owner); the NNLS is solved
-  redundantly on every rank on identical data.
+  redundantly on every rank on identical data, with BLAS limited to one thread
+  (threadpoolctl) so that every rank, at any rank count, rounds the same way.
 
 Hence the selected points and weights are the same bits on 1, 2, 3... ranks (given
 the same integrand values), and two runs give the same result.
@@ -171,18 +176,19 @@ class IntegrandBasis:
 def reproducible_colsum(X_loc: np.ndarray, comm: Any) -> np.ndarray:
     """Column sums over the rows of all ranks, bitwise independent of the partition.
 
-    Each entry ``x`` of column ``j`` is split exactly into three fixed-point digits on a
+    Each entry ``x`` of column ``j`` is split exactly into two fixed-point digits on a
     grid fixed by ``E_j`` with ``max_g |x_gj| < 2^E_j`` (one ``MAX`` allreduce, exact)::
 
-        x = q1 2^(E-b) + q2 2^(E-2b) + q3 2^(E-3b) + t,   q_i integers, |q_i| <= 2^b
+        x = q1 2^(E-b) + q2 2^(E-2b) + t,     q_i integers, |q_i| <= 2^b
 
-    with ``b = 62 - ceil(log2 G)`` bits (at most 50) so that integer sums cannot
-    overflow int64. The integer digits are summed exactly (int64, in any order: one
-    ``SUM`` allreduce) and the result ``sum_i Q_i 2^(E-ib)`` is rounded once to double.
-    The discarded tails ``|t| <= 2^(E-3b-1)`` (``~1e-38 max|x|`` for a million rows)
-    are dropped deterministically per entry. The result is therefore the correctly
-    rounded sum of the truncated entries: the same bits for any number of ranks.
-    Cost: about ten vectorized passes over ``X`` and two small allreduces.
+    with ``b = min(50, 62 - ceil(log2 G))`` bits (42 for a million rows) so that integer
+    sums cannot overflow int64. The digits are summed exactly (in float by blocks
+    small enough to be exact, then in int64; across ranks by one int64 ``SUM``
+    allreduce, exact in any order) and ``Q1 2^(E-b) + Q2 2^(E-2b)`` is rounded once to
+    double. The tails ``|t| <= 2^(E-2b-1)`` (``~2e-26 max|x|`` for a million rows) are
+    dropped deterministically, entry by entry. The result is thus the correctly rounded
+    sum of the truncated entries: the same bits for any number of ranks.
+    Cost: about a dozen vectorized passes over ``X`` and two small allreduces.
     """
     X = np.asarray(X_loc, dtype=float)
     return _reproducible_colsum_chunks(lambda i0, i1: X[i0:i1], X.shape[0], X.shape[1], comm)
@@ -194,24 +200,27 @@ def _reproducible_colsum_chunks(chunk, nloc: int, ncol: int, comm: Any) -> np.nd
     from mpi4py import MPI
 
     c = as_mpi(comm)
-    step = max(1, (1 << 17) // max(ncol, 1))
+    n = c.allreduce(nloc, op=MPI.SUM)
+    bits = int(min(50, 62 - math.ceil(math.log2(max(n, 2)))))
+    # rows per block: the float sum of a block of digits (|q| <= 2^bits) stays exact
+    step = int(max(1, min(2 ** (53 - bits), (1 << 20) // max(ncol, 1))))
     amax = np.zeros(ncol)
     for i0 in range(0, nloc, step):
         np.maximum(amax, np.abs(chunk(i0, min(i0 + step, nloc))).max(axis=0), out=amax)
     c.Allreduce(MPI.IN_PLACE, amax, op=MPI.MAX)
-    n = c.allreduce(nloc, op=MPI.SUM)
-    bits = int(min(50, 62 - math.ceil(math.log2(max(n, 2)))))
     _, E = np.frexp(amax)                              # amax < 2^E (amax = 0: E = 0)
     E = E.astype(np.int64)
-    nb = 3
+    nb = 2
+    up = [np.ldexp(1.0, bits * (k + 1) - E) for k in range(nb)]     # powers of two:
+    down = [np.ldexp(1.0, E - bits * (k + 1)) for k in range(nb)]   # products are exact
     digits = np.zeros((nb, ncol), dtype=np.int64)
     for i0 in range(0, nloc, step):
         R = np.array(chunk(i0, min(i0 + step, nloc)), dtype=float)
         for k in range(nb):
-            e = bits * (k + 1) - E                     # scale R by 2^e: |R 2^e| < 2^bits
-            Q = np.rint(np.ldexp(R, e))
-            digits[k] += Q.astype(np.int64).sum(axis=0)
-            R -= np.ldexp(Q, -e)                       # exact: the remainder is representable
+            Q = np.rint(R * up[k])                     # |Q| <= 2^bits
+            digits[k] += Q.sum(axis=0).astype(np.int64)
+            if k + 1 < nb:
+                R -= Q * down[k]                       # exact: the remainder is representable
     c.Allreduce(MPI.IN_PLACE, digits, op=MPI.SUM)
     out = np.empty(ncol)
     for j in range(ncol):
@@ -223,11 +232,20 @@ def _reproducible_colsum_chunks(chunk, nloc: int, ncol: int, comm: Any) -> np.nd
 
 
 def _row_dots(A: np.ndarray, v: np.ndarray, extra: float, chunk: int) -> np.ndarray:
-    """``A_g . v + extra`` per row with numpy's per-row pairwise sum (position-independent)."""
+    """``A_g . v + extra`` for every row, the same bits wherever the row sits in ``A``.
+
+    numpy's ``einsum`` (C loop, no BLAS) computes each output entry by one SIMD dot
+    product over the row, independent of the row's position and of the other rows.
+    A BLAS ``gemv`` is not: OpenBLAS rounds a row differently depending on its offset
+    in the matrix (measured: hundreds of 1-ulp mismatches on 5000 rows), which would
+    make near-ties, hence the selected points, depend on the partition.
+    ``tests/test_ecm.py::test_row_scores_do_not_depend_on_position`` guards this.
+    """
     out = np.empty(A.shape[0])
     for i0 in range(0, A.shape[0], chunk):
-        blk = A[i0:i0 + chunk]
-        out[i0:i0 + chunk] = np.multiply(blk, v).sum(axis=1) + extra
+        np.einsum("ij,j->i", A[i0:i0 + chunk], v, out=out[i0:i0 + chunk])
+    if extra:
+        out += extra
     return out
 
 
@@ -378,6 +396,43 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     A, w, gid, init, zero = _validate(A_loc, w_loc, gid_loc, c, tol, max_points,
                                       max_iterations, nnls, initial_points,
                                       zero_weight_points)
+    with _one_blas_thread():
+        return _ecm(A, w, gid, init, zero, c, tol=tol, max_points=max_points,
+                    add_constant=add_constant, nnls=nnls, max_iterations=max_iterations,
+                    timers=timers)
+
+
+def _one_blas_thread():
+    """Single-threaded BLAS for the small replicated algebra (NNLS, residual).
+
+    The ranks must take identical decisions from identical data, and a run at another
+    rank count must too; but OpenBLAS picks its thread count from the process's CPU
+    affinity (which mpirun sets differently for different rank counts) and a threaded
+    gemv rounds differently from a sequential one. The big per-point work (scores)
+    does not use BLAS, so nothing is lost. No-op if threadpoolctl is not installed.
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:                                   # scanning the loaded libraries: once
+            from threadpoolctl import ThreadpoolController
+
+            _CONTROLLER = ThreadpoolController()
+        except ImportError:  # pragma: no cover
+            _CONTROLLER = False
+    if _CONTROLLER is False:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+_CONTROLLER = None
+
+
+def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_iterations,
+         timers) -> ECMResult:
+    from mpi4py import MPI
+
     tm: dict[str, float] = {k: 0.0 for k in ("setup", "scores", "argmax_reduce",
                                             "row_bcast", "nnls")}
     t0 = time.perf_counter()
@@ -385,18 +440,23 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     nce = nc + int(bool(add_constant))
     chunk = max(1, (1 << 16) // nc)
 
-    # --- exact integrals, volume and weighted column norms: one reproducible sum
+    # --- exact integrals and volume: one reproducible sum
     def products(i0: int, i1: int) -> np.ndarray:
-        a, ww = A[i0:i1], w[i0:i1, None]
-        wa = ww * a
-        return np.hstack([wa, wa * a, ww])
+        return np.hstack([w[i0:i1, None] * A[i0:i1], w[i0:i1, None]])
 
-    sums = _reproducible_colsum_chunks(products, G, 2 * nc + 1, c)
-    integrals, norms2, volume = sums[:nc], sums[nc:2 * nc], float(sums[2 * nc])
+    sums = _reproducible_colsum_chunks(products, G, nc + 1, c)
+    integrals, volume = sums[:nc], float(sums[nc])
     check_all(c, volume > 0, "ecm: the quadrature weights sum to zero")
     if add_constant:
-        s = math.sqrt(float(np.mean(norms2)) / volume) if np.any(norms2 > 0) else \
-            1.0 / math.sqrt(volume)
+        # weighted column norms by a plain allreduce: only their order of magnitude is
+        # used, rounded to a power of two (partition-independent, exact scaling)
+        norms2 = np.zeros(nc)
+        for i0 in range(0, G, chunk):
+            blk = A[i0:i0 + chunk]
+            norms2 += np.einsum("ij,ij,i->j", blk, blk, w[i0:i0 + chunk])
+        c.Allreduce(MPI.IN_PLACE, norms2, op=MPI.SUM)
+        rms = math.sqrt(float(np.mean(norms2)) / volume)
+        s = 2.0 ** round(math.log2(rms)) if rms > 0 else 2.0 ** round(-0.5 * math.log2(volume))
         b = np.concatenate([integrals, [s * volume]])
     else:
         s = 0.0
@@ -406,8 +466,8 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     rn2 = np.empty(G)
     for i0 in range(0, G, chunk):
         blk = A[i0:i0 + chunk]
-        rn2[i0:i0 + chunk] = np.multiply(blk, blk).sum(axis=1) + s * s
-    rownorm = np.sqrt(rn2)
+        np.einsum("ij,ij->i", blk, blk, out=rn2[i0:i0 + chunk])
+    rownorm = np.sqrt(rn2 + s * s)
     del rn2
     blocked = rownorm == 0.0                     # never candidates (cannot help)
     rownorm[blocked] = 1.0
@@ -483,7 +543,7 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
             stop = "max_iterations"
             break
         if len(sel_gid) >= cap:
-            stop = "max_points"
+            stop = "max_points" if max_points is not None else "full_rank"
             break
         # 1. local scores and one global argmax reduction
         t1 = time.perf_counter()

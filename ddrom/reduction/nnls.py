@@ -153,8 +153,8 @@ class LawsonHanson:
         return sla.solve_triangular(self.R[:k, :k], qtb, check_finite=False)
 
     def residual(self) -> np.ndarray:
-        P = self.passive
-        return self.b - self.cols[:, P] @ self.x[P] if P else self.b.copy()
+        # x is zero outside the passive set (invariant): no need to gather columns
+        return self.b - self.cols @ self.x
 
     # ----------------------------------------------------------------- algorithm
     def _inner(self, z: np.ndarray) -> None:
