@@ -1,0 +1,554 @@
+"""Distributed proper orthogonal decomposition (POD) of row-distributed snapshots.
+
+The snapshot matrix ``S`` (``n x m``, ``m`` snapshots) is held by rows: each rank
+passes its rows ``S_loc`` (``n_local x m``), the union of the rows of all ranks is
+every row once (owned DOFs, owned integration points). With an inner product
+``M`` (:mod:`ddrom.reduction.inner`) the POD is the SVD of ``S`` as a map from
+``(R^m, Euclidean)`` to ``(R^n, M)``::
+
+    S = Psi diag(sigma) Vh,    Psi^T M Psi = I,   Vh Vh^T = I,
+
+i.e. the SVD of ``M^{1/2} S``. :func:`pod` returns the leading ``N`` modes (local
+rows ``modes_loc``), their singular values and all the computed singular values.
+
+Methods (table :data:`POD_METHODS`, selected by name)
+-----------------------------------------------------
+``"snapshots"``
+    Method of snapshots: ``C = S^T M S`` (``m x m``, local contributions summed by
+    ONE allreduce), ``C = V Lambda V^T`` (LAPACK ``syevr``, redundantly on every
+    rank), ``sigma = sqrt(lambda)``, ``Psi = S V Sigma^{-1}`` (local), then
+    re-orthonormalization of ``Psi`` in the ``M`` inner product by Cholesky-QR
+    passes (``G = Psi^T M Psi = R^T R``, ``Psi <- Psi R^{-1}``) until
+    ``max|Psi^T M Psi - I| <= orth_tol`` (two passes in practice: Cholesky-QR2;
+    a shifted first pass when ``G`` is not numerically positive definite).
+    Accuracy: forming ``C`` squares the condition number; eigenvalues carry an
+    absolute error ``~eps lambda_1``, so ``|sigma_i - sigma_i^exact| <~ 1e-8 sigma_1``
+    (``sqrt(eps) sigma_1``) and nothing below ``sqrt(eps) sigma_1 ~ 1.5e-8 sigma_1``
+    is resolved: such modes are never returned, whatever ``rtol``.
+``"tsqr"``
+    Tall-skinny QR then SVD of the small triangular factor. For the Euclidean and
+    diagonal inner products, the rows ``W = M^{1/2} S`` are factored by a local
+    Householder QR on every rank and the ``R`` factors are combined up a binary
+    tree over the ranks (mpi4py point-to-point; ``log2(p)`` levels, a QR of two
+    stacked ``m x m`` factors per level); ``R = U_R Sigma Vh`` (LAPACK on the root);
+    ``U_R`` goes back down the tree and ``Psi = M^{-1/2} Q U_R``. Backward stable:
+    ``|sigma_i - sigma_i^exact| <~ eps sigma_1`` and modes orthonormal to ``~eps``,
+    rank-deficient snapshots included.
+    For a general sparse ``M`` (:class:`~ddrom.reduction.inner.PetscMatrix`) there is
+    no ``M^{1/2}``: the QR is done in the ``M`` inner product by classical
+    Gram-Schmidt applied twice per column ("twice is enough", CGS2: orthogonality
+    and ``||S - QR|| = O(eps ||S||)`` like Householder), then the SVD of ``R``. It
+    costs 3 ``M`` products and 3 small allreduces per column and is BLAS-2 bound:
+    expect it to be several times slower than the Householder tree. Columns whose
+    residual after the two passes is below ``eps ||s_j||_M`` are dependent and dropped.
+``"slepc"``
+    SLEPc's SVD of the row-distributed dense PETSc matrix ``M^{1/2} S`` (Euclidean or
+    diagonal ``M`` only). Solver and settings come from the PETSc options database
+    with the prefix ``options_prefix`` (default ``ddrom_pod_``, e.g.
+    ``-ddrom_pod_svd_type trlanczos``). Without such an option the solver is
+    ``scalapack`` (a dense distributed SVD, LAPACK-class accuracy) when PETSc has
+    ScaLAPACK, ``trlanczos`` otherwise; the convergence test is set to
+    ``||r|| <= tol ||A||`` (``SVD_CONV_NORM``, tol ``1e-14``) because the default
+    relative test can never converge for ``sigma_i ~ 1e-12 sigma_1``. Do not use
+    ``-svd_type lapack`` on big matrices: it gathers the matrix and forms a full
+    ``n x n`` left factor.
+
+Default method (:data:`DEFAULT_METHOD`) = ``"tsqr"``, chosen by measurement with
+``benchmarks/pod_methods.py`` (2e5 x 200, 1 and 2 ranks): it is the fastest of the
+accurate methods by a wide margin (SLEPc's ScaLAPACK and Lanczos solvers were
+3-6x slower than TSQR), and it resolves the whole spectrum. ``"snapshots"`` is
+several times faster still (it runs at the speed of a BLAS ``syrk``) and is the
+right choice when only modes above ``~1e-7 sigma_1`` are wanted and time matters;
+it is not the default because it silently loses everything below ``1e-8 sigma_1``.
+See the docstring of the benchmark and ``docs`` for the numbers.
+
+Truncation (:func:`truncate`, pyMOR's ``pod`` semantics)
+--------------------------------------------------------
+With ``sigma_1 >= sigma_2 >= ...`` all the computed singular values::
+
+    N1 = #{ i : sigma_i >= max(rtol * sigma_1, atol) }       (and sigma_i > 0)
+    N2 = min { N : sum_{i>N} sigma_i^2 <= l2_err^2 }
+    N  = min(N1, N2, modes)                                  (modes=None: no cap)
+
+``sum_{i>N} sigma_i^2 = ||S - Psi_N Psi_N^T M S||_F^2`` (``M``-Frobenius norm, summed
+over snapshots) is the projection error of the snapshots on the basis, so ``l2_err``
+bounds it. The papers' relative energy tolerance ``eps`` (discarded energy
+``sum_{i>N} sigma_i^2 / sum_i sigma_i^2 <= eps^2``) is ``l2_err = eps ||S||_F``:
+see :func:`l2_err_from_relative`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import scipy.linalg as sla
+
+from ddrom.parallel import DdromError, as_mpi, check_all
+
+# PETSc/SLEPc are initialized here, at import, i.e. collectively on every rank of
+# COMM_WORLD: a first import inside a call on a sub-communicator (PetscInitialize is
+# collective over COMM_WORLD) would deadlock the ranks outside it.
+import slepc4py  # noqa: E402
+
+slepc4py.init()
+from petsc4py import PETSc  # noqa: E402
+from slepc4py import SLEPc  # noqa: E402
+from ddrom.reduction.inner import Euclidean, InnerProduct, allreduce_sum
+
+__all__ = [
+    "PODResult", "pod", "truncate", "l2_err_from_relative", "frobenius_norm",
+    "POD_METHODS", "DEFAULT_METHOD", "register_pod_method", "validate_snapshots",
+    "reorthonormalize", "cgs2",
+]
+
+EPS = np.finfo(np.float64).eps
+#: The method of snapshots does not resolve singular values below this times sigma_1.
+SNAPSHOTS_FLOOR = np.sqrt(EPS)
+_TAG = 7301
+
+
+@dataclass
+class PODResult:
+    """Result of :func:`pod`.
+
+    Attributes
+    ----------
+    modes_loc
+        This rank's rows of the ``N`` modes, shape ``(n_local, N)``, ``M``-orthonormal.
+    sigma
+        The ``N`` singular values kept (decreasing).
+    sigma_all
+        Every singular value the method computed (``min(n, m)`` values; for
+        ``"snapshots"`` the values below ``1e-8 sigma_1`` are noise).
+    method
+        Name of the method used.
+    vh
+        Right singular vectors, ``(N, m)``, replicated: ``S ~ Psi diag(sigma) vh``.
+    info
+        Diagnostics: ``orth_err = max|Psi^T M Psi - I|``, ``l2_err`` (the projection
+        error ``sqrt(sum_{i>N} sigma_i^2)``), ``reorth_passes``, ``seconds``, ...
+    """
+
+    modes_loc: np.ndarray
+    sigma: np.ndarray
+    sigma_all: np.ndarray
+    method: str
+    vh: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_modes(self) -> int:
+        return int(self.sigma.shape[0])
+
+
+# ------------------------------------------------------------------------ truncation
+def truncate(sigma: Any, rtol: float = 1e-7, atol: float = 0.0, l2_err: float = 0.0,
+             modes: int | None = None) -> int:
+    """Number of modes to keep, with the semantics of pyMOR's ``pod``.
+
+    ``N = min(N1, N2, modes)`` with ``N1 = #{i : sigma_i >= max(rtol sigma_1, atol),
+    sigma_i > 0}`` and ``N2 = min{N : sum_{i>N} sigma_i^2 <= l2_err^2}``.
+
+    Parameters
+    ----------
+    sigma
+        All singular values, in decreasing order.
+    rtol, atol
+        Relative (to ``sigma_1``) and absolute cut-off on the singular values.
+    l2_err
+        Bound on the discarded energy ``sqrt(sum_{i>N} sigma_i^2)``, i.e. on the
+        Frobenius norm of the projection error of all snapshots.
+    modes
+        Maximum number of modes (``None``: no cap).
+    """
+    s = np.asarray(sigma, dtype=np.float64).ravel()
+    if s.size == 0:
+        return 0
+    tol = max(rtol * s[0], atol)
+    n1 = int(np.count_nonzero((s >= tol) & (s > 0)))
+    tails = np.concatenate((np.cumsum(s[::-1] ** 2)[::-1], [0.0]))
+    n2 = int(np.nonzero(tails <= l2_err ** 2)[0][0])
+    n = min(n1, n2)
+    if modes is not None:
+        n = min(n, int(modes))
+    return n
+
+
+def frobenius_norm(S_loc: np.ndarray, comm: Any = None, inner: InnerProduct | None = None
+                   ) -> float:
+    """``||S||_F`` in the ``M`` inner product: ``sqrt(sum_j ||s_j||_M^2)`` (one allreduce)."""
+    inner = inner or Euclidean()
+    return float(np.sqrt(np.sum(inner.norms(S_loc, comm) ** 2)))
+
+
+def l2_err_from_relative(eps: float, S_loc: np.ndarray | None = None, comm: Any = None,
+                         inner: InnerProduct | None = None, sigma_all: Any = None) -> float:
+    """``l2_err = eps ||S||_F`` for the papers' relative energy tolerance ``eps``.
+
+    The papers keep the smallest N with ``sum_{i>N} sigma_i^2 <= eps^2 sum_i sigma_i^2``;
+    since ``sum_i sigma_i^2 = ||S||_F^2`` this is :func:`truncate` with
+    ``l2_err = eps ||S||_F``. ``||S||_F`` comes from ``sigma_all`` (all singular
+    values) if given, else from the snapshots (one allreduce).
+    """
+    if sigma_all is not None:
+        return float(eps * np.sqrt(np.sum(np.asarray(sigma_all, dtype=float) ** 2)))
+    if S_loc is None:
+        raise DdromError("l2_err_from_relative: give the snapshots or all the singular values")
+    return float(eps * frobenius_norm(S_loc, comm, inner))
+
+
+# ------------------------------------------------------------------------ validation
+def validate_snapshots(S_loc: Any, comm: Any, inner: InnerProduct, name: str = "snapshots",
+                       modes: int | None = None) -> tuple[np.ndarray, int, int]:
+    """Collective checks of a snapshot block; returns ``(S_loc as float64, n_global, m)``.
+
+    Raises :class:`DdromError` naming ``name`` on every rank if: the block is not 2-D,
+    ranks disagree on ``m``, the block is empty (``m == 0`` or ``n == 0``), an entry is
+    NaN/Inf (the offending global columns are listed), ``modes`` exceeds the number
+    of snapshots, or the inner product does not fit the rows.
+    """
+    from mpi4py import MPI
+
+    c = as_mpi(comm)
+    try:
+        S = np.asarray(S_loc, dtype=np.float64)
+        ok = S.ndim == 2
+    except (TypeError, ValueError):
+        S, ok = None, False
+    check_all(c, ok, f"POD of {name!r}: the snapshot block must be a 2-D array of floats"
+                     " (n_local rows, m snapshots) on every rank")
+    n_loc, m = S.shape
+    mmin, mmax = c.allreduce(m, op=MPI.MIN), c.allreduce(m, op=MPI.MAX)
+    check_all(c, mmin == mmax,
+              f"POD of {name!r}: ranks hold different numbers of snapshots ({mmin}..{mmax})")
+    n = c.allreduce(n_loc, op=MPI.SUM)
+    check_all(c, m > 0 and n > 0, f"POD of {name!r}: empty snapshot block ({n} rows x {m} snapshots)")
+    bad = np.zeros(m, dtype=np.float64)
+    if n_loc:
+        bad = (~np.isfinite(S).all(axis=0)).astype(np.float64)
+    bad = allreduce_sum(bad, c)
+    cols = np.nonzero(bad)[0]
+    check_all(c, cols.size == 0,
+              f"POD of {name!r}: {cols.size} snapshot(s) contain NaN or Inf (columns "
+              f"{cols[:10].tolist()}{' ...' if cols.size > 10 else ''})")
+    if modes is not None:
+        check_all(c, 0 <= int(modes) <= min(m, n),
+                  f"POD of {name!r}: {modes} modes requested but only {m} snapshots of "
+                  f"{n} rows (at most {min(m, n)} modes)")
+    inner.check(n_loc, c, name)
+    return S, n, m
+
+
+# ------------------------------------------------------------- re-orthonormalization
+def reorthonormalize(Psi: np.ndarray, inner: InnerProduct, comm: Any, orth_tol: float = 1e-12,
+                     max_passes: int = 3, n_global: int | None = None
+                     ) -> tuple[np.ndarray, float, int]:
+    """Cholesky-QR passes in the ``M`` inner product until ``max|Psi^T M Psi - I| <= orth_tol``.
+
+    Each pass: ``G = Psi^T M Psi`` (one allreduce), ``G = R^T R``, ``Psi <- Psi R^{-1}``.
+    Two passes (Cholesky-QR2) give orthonormality to ``O(eps)`` once ``cond(Psi) <~ 1e8``;
+    if ``G`` is not numerically positive definite the pass is shifted,
+    ``G + s I`` with ``s = 11 (n N + N(N+1)) eps ||G||_2`` (Fukaya et al., shifted
+    Cholesky-QR3), which always succeeds and brings ``cond`` down to ``~1e8``.
+    ``R`` is upper triangular so mode ``k`` only mixes with modes ``< k``.
+
+    Returns ``(Psi, orth_err, passes)``; ``orth_err`` is measured after the last pass.
+    """
+    N = Psi.shape[1]
+    if N == 0:
+        return Psi, 0.0, 0
+    passes = 0
+    while True:
+        G = inner.gram(Psi, None, comm)
+        err = float(np.max(np.abs(G - np.eye(N))))
+        if err <= orth_tol or passes >= max_passes:
+            return Psi, err, passes
+        try:
+            R = np.linalg.cholesky(G).T
+        except np.linalg.LinAlgError:
+            n = n_global if n_global is not None else Psi.shape[0]
+            shift = 11.0 * (n * N + N * (N + 1)) * EPS * np.linalg.norm(G, 2)
+            R = np.linalg.cholesky(G + shift * np.eye(N)).T
+        Psi = sla.solve_triangular(R, Psi.T, trans="T", lower=False).T
+        passes += 1
+
+
+# ------------------------------------------------------------------------- CGS2
+def cgs2(B_loc: np.ndarray, inner: InnerProduct, comm: Any, Q_loc: np.ndarray | None = None,
+         drop_rtol: float = EPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``M``-orthonormalize the columns of ``B`` against ``Q`` and each other (CGS twice).
+
+    For each column ``b_j`` in turn: two passes of classical Gram-Schmidt against
+    all the current basis vectors (``h = Q^T M v`` and ``||v||_M`` in one allreduce per
+    pass), then ``rho = ||v||_M``; ``v / rho`` is appended unless
+    ``rho <= drop_rtol ||b_j||_M`` (``b_j`` dependent on the basis: dropped).
+
+    Returns ``(Q_new_loc, C, R)`` with ``B = Q C + Q_new R`` up to round-off and the
+    dropped residuals: ``C`` is ``k x b`` (``k`` = columns of the given ``Q``), ``R``
+    is ``r x b``, ``r`` the number of new vectors.
+    """
+    B = np.asarray(B_loc, dtype=np.float64)
+    if B.ndim == 1:
+        B = B[:, None]
+    n_loc, b = B.shape
+    k = 0 if Q_loc is None else Q_loc.shape[1]
+    Qall = np.empty((n_loc, k + b))
+    if k:
+        Qall[:, :k] = Q_loc
+    H = np.zeros((k + b, b))
+    r = 0
+    for j in range(b):
+        v = B[:, j].copy()
+        ncur = k + r
+        Qc = Qall[:, :ncur]
+        norm0 = None
+        for _ in range(2):
+            Mv = inner.apply(v).ravel()
+            loc = np.empty(ncur + 1)
+            loc[:ncur] = Qc.T @ Mv
+            loc[ncur] = v @ Mv
+            glob = allreduce_sum(loc, comm)
+            if norm0 is None:
+                norm0 = np.sqrt(max(glob[ncur], 0.0))
+            h = glob[:ncur]
+            v -= Qc @ h
+            H[:ncur, j] += h
+        Mv = inner.apply(v).ravel()
+        rho = float(np.sqrt(max(allreduce_sum(np.array([v @ Mv]), comm)[0], 0.0)))
+        if rho > drop_rtol * norm0 and rho > 0.0:
+            Qall[:, ncur] = v / rho
+            H[ncur, j] = rho
+            r += 1
+    return Qall[:, k:k + r].copy(), H[:k], H[k:k + r]
+
+
+# ------------------------------------------------------------------------ methods
+def _select(sigma_all, rtol, atol, l2_err, modes, floor=0.0):
+    N = truncate(sigma_all, rtol, atol, l2_err, modes)
+    if floor > 0 and sigma_all.size:
+        N = min(N, int(np.count_nonzero(sigma_all > floor * sigma_all[0])))
+    return N
+
+
+def _pod_snapshots(S, comm, inner, n, opts):
+    C = inner.gram(S, None, comm)
+    lam, V = sla.eigh(C, overwrite_a=True)
+    lam, V = lam[::-1], V[:, ::-1]
+    sigma_all = np.sqrt(np.clip(lam, 0.0, None))
+    N = _select(sigma_all, opts["rtol"], opts["atol"], opts["l2_err"], opts["modes"],
+                floor=SNAPSHOTS_FLOOR)
+    Psi = S @ (V[:, :N] / sigma_all[:N])
+    return sigma_all, Psi, V[:, :N].T.copy(), {"floor": SNAPSHOTS_FLOOR}
+
+
+def _qr_r(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reduced QR that accepts zero rows (an empty rank)."""
+    if W.shape[0] == 0:
+        return np.zeros((0, 0)), np.zeros((0, W.shape[1]))
+    return np.linalg.qr(W)
+
+
+def _tsqr_tree(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int]):
+    """Householder TSQR over a binary tree of ranks, SVD of R on rank 0, modes back down.
+
+    Returns ``(sigma_all, U_loc (n_loc x N), Vh (N x m))`` with ``W = U diag(s) Vh``.
+    """
+    c = as_mpi(comm)
+    rank, size = c.rank, c.size
+    m = W.shape[1]
+    Q, R = _qr_r(W)
+    levels = []          # (partner, Q of the stacked QR, rows of my part)
+    parent = None
+    step = 1
+    while step < size:
+        if rank % (2 * step) == 0:
+            partner = rank + step
+            if partner < size:
+                Rp = c.recv(source=partner, tag=_TAG)
+                mine = R.shape[0]
+                Qn, R = _qr_r(np.vstack([R, Rp]))
+                levels.append((partner, Qn, mine))
+        else:
+            parent = rank - step
+            c.send(R, dest=parent, tag=_TAG)
+            break
+        step *= 2
+    if rank == 0:
+        Ur, s, Vh = np.linalg.svd(R, full_matrices=False) if R.shape[0] else (
+            np.zeros((0, 0)), np.zeros(0), np.zeros((0, m)))
+        N = select(s)
+        Y = Ur[:, :N]
+        payload = (s, Vh[:N], N)
+    else:
+        payload = None
+    s, Vh, N = c.bcast(payload, root=0)
+    if rank != 0:
+        Y = c.recv(source=parent, tag=_TAG + 1)
+    for partner, Qn, mine in reversed(levels):
+        Z = Qn @ Y
+        c.send(Z[mine:], dest=partner, tag=_TAG + 1)
+        Y = Z[:mine]
+    U = Q @ Y if Q.shape[1] else np.zeros((W.shape[0], N))
+    return s, U, Vh
+
+
+def _pod_tsqr(S, comm, inner, n, opts):
+    sel = lambda s: _select(s, opts["rtol"], opts["atol"], opts["l2_err"], opts["modes"])  # noqa: E731
+    if inner.diagonal:
+        scale = inner.row_scale
+        W = S if scale is None else S * scale[:, None]
+        s, U, Vh = _tsqr_tree(W, comm, sel)
+        if scale is not None:
+            U = U / scale[:, None]
+        return s, U, Vh, {"variant": "householder-tree"}
+    # General sparse M: QR in the M inner product by CGS2, then SVD of R (replicated).
+    Q, _, R = cgs2(S, inner, comm, drop_rtol=EPS)
+    Ur, s, Vh = np.linalg.svd(R, full_matrices=False)
+    N = sel(s)
+    return s, Q @ Ur[:, :N], Vh[:N], {"variant": "cgs2-M", "rank": Q.shape[1]}
+
+
+def _pod_slepc(S, comm, inner, n, opts):
+    from ddrom.parallel import as_petsc
+
+    if not inner.diagonal:
+        raise DdromError(f"POD of {opts['name']!r}: method 'slepc' needs a Euclidean or "
+                         f"diagonal inner product, not {inner!r}; use method='tsqr'")
+    scale = inner.row_scale
+    W = S if scale is None else S * scale[:, None]
+    n_loc, m = W.shape
+    pcomm = as_petsc(comm)
+    A = PETSc.Mat().createDense(size=((n_loc, n), (None, m)), array=np.asfortranarray(W),
+                                comm=pcomm)
+    A.assemble()
+    svd = SLEPc.SVD().create(pcomm)
+    prefix = opts["options_prefix"]
+    svd.setOptionsPrefix(prefix)
+    svd.setOperators(A)
+    k = min(n, m)
+    svd.setDimensions(nsv=k)
+    odb = PETSc.Options()
+    if not odb.hasName(f"{prefix}svd_type"):
+        svd.setType(SLEPc.SVD.Type.SCALAPACK if PETSc.Sys.hasExternalPackage("scalapack")
+                    else SLEPc.SVD.Type.TRLANCZOS)
+    svd.setTolerances(tol=1e-14, max_it=max(100, 10 * k))
+    svd.setConvergenceTest(SLEPc.SVD.Conv.NORM)
+    svd.setFromOptions()
+    svd.solve()
+    nconv = svd.getConverged()
+    if nconv < k:
+        check_all(comm, False, f"POD of {opts['name']!r}: SLEPc SVD ({svd.getType()}) "
+                               f"converged {nconv} of {k} singular triplets")
+    s = np.array([svd.getValue(i) for i in range(k)])
+    order = np.argsort(-s, kind="stable")
+    s = s[order]
+    N = _select(s, opts["rtol"], opts["atol"], opts["l2_err"], opts["modes"])
+    vR, vL = A.createVecs()
+    U = np.empty((n_loc, N))
+    Vh = np.empty((N, m))
+    for j in range(N):
+        svd.getSingularTriplet(int(order[j]), vL, vR)
+        U[:, j] = vL.getArray()
+        sc, vall = PETSc.Scatter.toAll(vR)
+        sc.scatter(vR, vall, addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+        Vh[j] = vall.getArray()
+        sc.destroy()
+        vall.destroy()
+    typ = svd.getType()
+    for o in (svd, A, vL, vR):
+        o.destroy()
+    if scale is not None:
+        U = U / scale[:, None]
+    return s, U, Vh, {"svd_type": typ}
+
+
+#: Table of POD methods: name -> function(S_loc, comm, inner, n_global, opts) returning
+#: (sigma_all, modes_loc (n_local x N), vh (N x m), info dict).
+POD_METHODS: dict[str, Callable] = {
+    "snapshots": _pod_snapshots,
+    "tsqr": _pod_tsqr,
+    "slepc": _pod_slepc,
+}
+
+#: Chosen by measurement (benchmarks/pod_methods.py): the fastest accurate method.
+DEFAULT_METHOD = "tsqr"
+
+
+def register_pod_method(name: str, func: Callable) -> None:
+    """Add a method to :data:`POD_METHODS` (same signature as the built-in ones)."""
+    POD_METHODS[name] = func
+
+
+# --------------------------------------------------------------------------- pod
+def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
+        method: str = DEFAULT_METHOD, rtol: float = 1e-7, atol: float = 0.0,
+        l2_err: float = 0.0, modes: int | None = None, orth_tol: float = 1e-12,
+        name: str = "snapshots", options_prefix: str = "ddrom_pod_") -> PODResult:
+    """POD of row-distributed snapshots in the inner product ``inner``.
+
+    Computes ``S = Psi diag(sigma) Vh`` with ``Psi^T M Psi = I`` (see the module
+    docstring for the methods and their accuracy) and keeps ``N`` modes chosen by
+    :func:`truncate` (pyMOR semantics)::
+
+        N = min( #{sigma_i >= max(rtol sigma_1, atol)},
+                 min{N : sum_{i>N} sigma_i^2 <= l2_err^2},  modes )
+
+    The papers' relative energy tolerance ``eps`` is ``l2_err = eps ||S||_F``
+    (:func:`l2_err_from_relative`). After the method, the modes are re-orthonormalized
+    by Cholesky-QR passes if ``max|Psi^T M Psi - I| > orth_tol`` (always needed for
+    ``"snapshots"``, a no-op check for the accurate methods).
+
+    Parameters
+    ----------
+    S_loc
+        This rank's rows of the snapshots, ``(n_local, m)``; ranks may own 0 rows.
+    comm
+        Communicator (mpi4py or PETSc; None = COMM_WORLD).
+    inner
+        :class:`~ddrom.reduction.inner.Euclidean` (default), ``Diagonal`` or ``PetscMatrix``.
+    method
+        A key of :data:`POD_METHODS`: ``"tsqr"`` (default), ``"snapshots"``, ``"slepc"``.
+    rtol, atol, l2_err, modes
+        Truncation, see :func:`truncate`.
+    orth_tol
+        Target of ``max|Psi^T M Psi - I|``.
+    name
+        Name of the snapshot set in error messages.
+    options_prefix
+        PETSc options prefix of the SLEPc solver (method ``"slepc"``).
+
+    Raises
+    ------
+    DdromError
+        On every rank: unknown method, NaN/Inf in the snapshots, empty block, more
+        modes than snapshots, inner product not matching the rows.
+    """
+    t0 = time.perf_counter()
+    c = as_mpi(comm)
+    inner = inner if inner is not None else Euclidean()
+    if method not in POD_METHODS:
+        raise DdromError(f"POD of {name!r}: unknown method {method!r}; "
+                         f"choose one of {sorted(POD_METHODS)}")
+    S, n, m = validate_snapshots(S_loc, c, inner, name, modes)
+    opts = dict(rtol=rtol, atol=atol, l2_err=l2_err, modes=modes, name=name,
+                options_prefix=options_prefix)
+    sigma_all, Psi, vh, info = POD_METHODS[method](S, c, inner, n, opts)
+    N = Psi.shape[1]
+    t1 = time.perf_counter()
+    Psi, orth_err, passes = reorthonormalize(Psi, inner, c, orth_tol, n_global=n)
+    # Deterministic signs, independent of the partition: the largest |entry| of each
+    # right singular vector (replicated) is made positive.
+    if N:
+        idx = np.argmax(np.abs(vh), axis=1)
+        sgn = np.sign(vh[np.arange(N), idx])
+        sgn[sgn == 0] = 1.0
+        Psi = Psi * sgn
+        vh = vh * sgn[:, None]
+    info.update(orth_err=orth_err, reorth_passes=passes,
+                l2_err=float(np.sqrt(np.sum(sigma_all[N:] ** 2))),
+                n_rows=n, n_snapshots=m, seconds=time.perf_counter() - t0,
+                seconds_reorth=time.perf_counter() - t1)
+    return PODResult(modes_loc=Psi, sigma=sigma_all[:N].copy(), sigma_all=sigma_all,
+                     method=method, vh=vh, info=info)
