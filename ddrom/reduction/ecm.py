@@ -98,6 +98,7 @@ from ddrom.parallel import DdromError, Timers, as_mpi, check_all, collective
 from ddrom.reduction.nnls import LawsonHanson
 
 NNLS_METHODS = ("lawson-hanson", "scipy")
+EPS_ = float(np.finfo(float).eps)
 
 
 # ============================================================================ results
@@ -690,5 +691,3 @@ def integrand_matrix_columns(A_loc: np.ndarray, w_loc: np.ndarray, comm: Any, *,
     Vs = V if scaled else V / sig
     return IntegrandBasis(columns_loc=A @ Vs, sigma=sig, V=V, sigma_all=sigma_all)
 
-
-EPS_ = float(np.finfo(float).eps)
