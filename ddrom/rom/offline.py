@@ -76,6 +76,11 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
         gids = natural_point_ids(dm)
         ecm_res = ecm(A, w_qp, gids, comm, tol=options.ecm_tol)
         del A
+    if not ecm_res.converged:
+        from ddrom.parallel import get_logger
+
+        get_logger(comm).warning(f"ECM stopped ({ecm_res.stop_reason}) at relative residual "
+                                 f"{ecm_res.relative_residual:.2e} > ecm_tol = {options.ecm_tol:g}")
     red_gids = np.asarray(ecm_res.point_gids, dtype=np.int64)
     red_w = np.asarray(ecm_res.weights, dtype=float)
     # 4. Gappy-POD of p
@@ -126,7 +131,8 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
         info={"n_modes": N, "n_reduced_points": int(len(red_gids)), "n_gappy_extra_points": int(len(extra)),
               "n_stress_modes": int(r_s.n_modes), "n_p_modes": int(gappy.basis_at_samples.shape[1]) if gappy else 0,
               "pod_tol": options.pod_tol, "ecm_tol": options.ecm_tol, "stress_tol": options.stress_tol,
-              "p_tol": options.p_tol, "pod_method": r_u.method, "ecm_iterations": getattr(ecm_res, "n_iterations", None)})
+              "p_tol": options.p_tol, "pod_method": r_u.method, "ecm_iterations": ecm_res.n_iterations,
+              "ecm_relative_residual": float(ecm_res.relative_residual), "ecm_converged": bool(ecm_res.converged)})
     bases = {"displacement": (dm.natural_nodes, Phi.reshape(dm.n_owned, 3, N))}
     if gappy is not None:
         bases["p"] = (dm.natural_cells, Phip.reshape(ne, nq, -1))
