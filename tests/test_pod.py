@@ -184,7 +184,9 @@ def test_partition_invariance(method):
         k = min(r.sigma.size, ref.sigma.size)
         if k < (15 if method == "snapshots" else 29):
             problems.append(f"p={p}: only {k} modes")
-        tol = 1e-9 if method == "snapshots" else 20 * EPS
+        # "Round-off" of the method of snapshots is its documented ~1e-8 sigma_1 (the
+        # values near its sqrt(eps) floor move by ~1e-9 sigma_1 with the partition).
+        tol = 1e-8 if method == "snapshots" else 20 * EPS
         ds = np.max(np.abs(r.sigma[:k] - ref.sigma[:k])) / ref.sigma[0]
         if ds > tol:
             problems.append(f"p={p}: sigma differ by {ds:.2e} sigma_1")
