@@ -95,8 +95,8 @@ def safeguarded_newton(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray,
     -------
     numpy.ndarray
         Roots, to ``rtol`` relative: a point stops when its last Newton step (inside the
-        bracket) is ``<= rtol |x|``, when ``fun`` is exactly 0, or when its bracket is
-        narrower than ``rtol * hi``. Steps leaving the bracket are replaced by bisection.
+        bracket) is ``<= rtol max(|x|, |hi_0|)``, when ``fun`` is exactly 0, or when its
+        bracket is narrower than that (``hi_0`` the initial upper end). Steps leaving the bracket are replaced by bisection.
 
     Raises
     ------
@@ -104,6 +104,10 @@ def safeguarded_newton(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray,
         If some points have not converged after ``maxit`` iterations.
     """
     x, lo, hi = x0.astype(float), lo.astype(float), hi.astype(float)
+    # Tolerances are relative to the initial bracket as well: for a tiny root (dp ~ 1e-7)
+    # round-off in fun floors the Newton step above rtol |x| and the iterate would
+    # alternate between two floats until maxit.
+    scale0 = np.abs(hi).copy()
     act = np.arange(x.size)
     for _ in range(maxit):
         if act.size == 0:
@@ -122,7 +126,8 @@ def safeguarded_newton(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray,
         zero = v == 0
         xn = np.where(zero, xa, xn)
         x[act] = xn
-        done = zero | (newton_ok & (np.abs(xn - xa) <= rtol * np.abs(xn))) | (ha - la <= rtol * ha)
+        scale = np.maximum(np.abs(xn), scale0[act])
+        done = zero | (newton_ok & (np.abs(xn - xa) <= rtol * scale)) | (ha - la <= rtol * scale)
         act = act[~done]
     if act.size:
         raise ReturnMappingError(f"{what}: local Newton did not converge at {act.size} point(s)"

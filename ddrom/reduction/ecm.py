@@ -64,8 +64,8 @@ Distribution and determinism
   whose result depends only on the row's values, not on its position in the local
   array (a BLAS ``gemv`` rounds a row differently depending on where it falls in its
   blocking; measured).
-* The argmax is ONE ``allreduce`` of the record ``(score, -gid, rank)`` with ``MAX``
-  (lexicographic): the largest score, ties broken by the smallest global id.
+* The argmax is three scalar ``allreduce``: the largest score, then the smallest
+  global id among the near-ties (scores within ``tie_rtol`` of the best), then its owner.
 * The owner broadcasts the chosen row (``Bcast`` from the owner); the NNLS is solved
   redundantly on every rank on identical data, with BLAS limited to one thread
   (threadpoolctl) so that every rank, at any rank count, rounds the same way.
@@ -361,7 +361,7 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         tol: float = 1e-8, max_points: int | None = None, add_constant: bool = True,
         initial_points: Any = None, zero_weight_points: Any = None,
         nnls: str = "lawson-hanson", max_iterations: int | None = None,
-        timers: Timers | None = None) -> ECMResult:
+        tie_rtol: float = 1e-6, timers: Timers | None = None) -> ECMResult:
     """Empirical cubature: few points and non-negative weights integrating the columns.
 
     Parameters
@@ -380,6 +380,9 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     nnls : ``"lawson-hanson"`` (warm-started, default) or ``"scipy"``
         (``scipy.optimize.nnls`` from scratch at every iteration; for comparison).
     max_iterations : cap on greedy iterations (default ``4 (c + 1) + 10``).
+    tie_rtol : candidates whose score is within ``tie_rtol`` (relative) of the best are
+        tied and the smallest global id wins: round-off differences between partitions
+        (e.g. on the mirror points of a symmetric part) then cannot change the choice.
     timers : optional :class:`~ddrom.parallel.Timers` accumulating the stage times.
 
     Returns
@@ -400,7 +403,7 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     with _one_blas_thread():
         return _ecm(A, w, gid, init, zero, c, tol=tol, max_points=max_points,
                     add_constant=add_constant, nnls=nnls, max_iterations=max_iterations,
-                    timers=timers)
+                    tie_rtol=tie_rtol, timers=timers)
 
 
 def _one_blas_thread():
@@ -431,7 +434,7 @@ _CONTROLLER = None
 
 
 def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_iterations,
-         timers) -> ECMResult:
+         tie_rtol, timers) -> ECMResult:
     from mpi4py import MPI
 
     tm: dict[str, float] = {k: 0.0 for k in ("setup", "scores", "argmax_reduce",
@@ -549,16 +552,22 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         # 1. local scores and one global argmax reduction
         t1 = time.perf_counter()
         best = (-math.inf, 0, c.rank)
+        m = -math.inf
         if G:
             sc = _row_dots(A, r[:nc], s * r[nc] if add_constant else 0.0, chunk) / rownorm
             sc[blocked | selected_mask] = -math.inf
-            m = sc.max()
-            if m > 0:
-                ties = np.flatnonzero(sc == m)
-                i = int(ties[np.argmin(gid[ties])])
-                best = (float(m), -int(gid[i]), c.rank)
+            m = float(sc.max())
         t2 = time.perf_counter()
-        best = c.allreduce(best, op=MPI.MAX)
+        m_glob = c.allreduce(m, op=MPI.MAX)
+        if m_glob > 0:
+            # Near-ties (scores within tie_rtol of the best: mirror points of a symmetric
+            # part, whose scores differ by round-off that depends on the partition) go to
+            # the smallest global id, so the choice does not depend on the partition.
+            cand = (gid[sc >= m_glob * (1.0 - tie_rtol)] if G else gid[:0])
+            gmin = int(cand.min()) if cand.size else np.iinfo(np.int64).max
+            gbest = c.allreduce(gmin, op=MPI.MIN)
+            owner = c.allreduce(c.rank if gmin == gbest else c.size, op=MPI.MIN)
+            best = (m_glob, -gbest, owner)
         t3 = time.perf_counter()
         tm["scores"] += t2 - t1
         tm["argmax_reduce"] += t3 - t2
