@@ -1,0 +1,166 @@
+"""Hyper-reduced ROM end to end (HF sweep -> offline -> online), at 1 and 3 ranks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ddrom  # noqa: F401
+from ddrom.parallel import DdromError
+
+CASE = """
+[case]
+name = "{name}"
+
+[mesh]
+generator = "box"
+args = {{ lx = 4.0, ly = 1.0, lz = 1.0, nx = 8, ny = 2, nz = 2 }}
+
+[material]
+{material}
+
+[parameters]
+A = {{ min = 0.5, max = 2.0, default = 1.0 }}
+
+[time]
+t_end = 2.0
+n_steps = 4
+
+[loads]
+dirichlet = [
+  {{ region = "xmin", components = ["x", "y", "z"] }},
+]
+traction = [
+  {{ region = "xmax", vector = ["{sx} * A * tri(t, 2)", 0.0, "-{sz} * A * ramp(t, 1)"] }},
+]
+
+[temperature]
+expression = "20 + 100 * x * ramp(t, 1)"
+
+[solver]
+newton_rtol = 1e-11
+petsc_options = {{ ksp_rtol = 1e-14 }}
+
+[rom]
+pod_tol = {pod_tol}
+ecm_tol = {ecm_tol}
+
+[training]
+values = [{training}]
+
+[test]
+values = [{test}]
+"""
+ELASTIC = 'law = "elastic"\nE = 200e3\nnu = 0.3\nalpha = 1.2e-5\nT_ref = 20.0'
+PLASTIC = ('law = "chaboche"\nE = 200e3\nnu = 0.3\nsigma_y = 120.0\nH = 2000.0\nC = 20e3\ngamma = 100.0\n'
+           'K = 80.0\nN = 5.0\nalpha = 1.2e-5\nT_ref = 20.0')
+
+
+def _case(tmp: Path, comm, name: str, material: str, sx=40.0, sz=2.0, pod_tol=1e-10, ecm_tol=1e-10,
+          training=(0.5, 2.0), test=(1.3,)) -> str:
+    path = tmp / f"{name}.toml"
+    if comm.rank == 0:
+        tr = ", ".join(f"{{ A = {a} }}" for a in training)
+        te = ", ".join(f"{{ A = {a} }}" for a in test)
+        path.write_text(CASE.format(name=name, material=material, sx=sx, sz=sz, pod_tol=pod_tol, ecm_tol=ecm_tol,
+                                    training=tr, test=te))
+    comm.Barrier()
+    return str(path)
+
+
+@pytest.fixture
+def shared_tmp(tmp_path):
+    comm = MPI.COMM_WORLD
+    return Path(comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0))
+
+
+@pytest.mark.mpi
+def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
+    """Linear case: every snapshot is a combination of the load's two time patterns, so a
+    new amplitude is in the span: the ROM reproduces HF to solver tolerance."""
+    from ddrom.cli.rom_pipeline import run
+
+    comm = MPI.COMM_WORLD
+    s = run(_case(shared_tmp, comm, "elastic", ELASTIC), comm, quiet=True)
+    assert s["n_modes"] <= 3                      # traction x, traction z, thermal: 3 patterns
+    assert s["rel_error_displacement"] < 1e-8
+    assert s["rel_error_stress"] < 1e-7
+    assert s["n_reduced_points"] <= s["n_modes"] * 3 + 1
+
+
+@pytest.mark.mpi
+def test_plastic_rom_training_and_test_parameters(shared_tmp):
+    from ddrom.cli.pipeline import hf_sweep
+    from ddrom.cli.rom_pipeline import offline, online, run
+    from ddrom.rom.model import load_model
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "plastic", PLASTIC, sx=90.0, sz=3.0, pod_tol=1e-7, ecm_tol=1e-8,
+                 training=(0.5, 1.0, 1.5, 2.0), test=(2.0, 1.3))
+    s = run(path, comm, quiet=True)
+    on_training, off_training = s["per_test_parameter"]
+    # A training parameter: errors at the level of the POD/ECM tolerances
+    assert on_training["displacement"] < 1e-5, on_training
+    assert on_training["stress"] < 1e-3, on_training
+    assert on_training["plastic_strain"] < 1e-3, on_training
+    # Between training points the plastic zone changes shape: the displacement stays accurate
+    assert off_training["displacement"] < 1e-2, off_training
+    m = load_model(Path(path).parent / "out" / "plastic" / "rom.h5", comm)
+    assert m.gappy is not None and np.all(m.weights >= 0)
+    # the sum of the reduced weights is the volume (constant function integrated)
+    assert abs(m.weights.sum() - 4.0) < 1e-6 * 4.0
+    # the online result of a training parameter sits on the training manifold: small indicator
+    res = online(path, comm, [{"A": 2.0}], quiet=True)["runs"][0][2]
+    assert np.all(np.isfinite(res.q)) and np.nanmax(res.indicator) < 1e-3
+
+
+@pytest.mark.mpi
+def test_rom_file_and_online_results_partition_invariant(shared_tmp):
+    """The ROM built on all ranks equals the one built on rank 0 alone (COMM_SELF)."""
+    from ddrom.cli.pipeline import hf_sweep
+    from ddrom.cli.rom_pipeline import offline, online
+
+    world = MPI.COMM_WORLD
+    par = _case(shared_tmp, world, "par", PLASTIC, pod_tol=1e-6, ecm_tol=1e-8)
+    ser = _case(shared_tmp, world, "ser", PLASTIC, pod_tol=1e-6, ecm_tol=1e-8)
+    hf_sweep(par, world, quiet=True)
+    offline(par, world, quiet=True)
+    res_par = online(par, world, quiet=True)["runs"][0][2]
+    # PETSc objects on the world communicator must be destroyed collectively, before
+    # rank 0 works alone (their destruction would otherwise wait for the other ranks).
+    import gc
+
+    gc.collect()
+    if world.rank == 0:
+        hf_sweep(ser, MPI.COMM_SELF, quiet=True)
+        offline(ser, MPI.COMM_SELF, quiet=True)
+        res_ser = online(ser, MPI.COMM_SELF, quiet=True)["runs"][0][2]
+        with h5py.File(shared_tmp / "out" / "par" / "rom.h5", "r") as fp, \
+                h5py.File(shared_tmp / "out" / "ser" / "rom.h5", "r") as fs:
+            np.testing.assert_array_equal(fp["online/point_gids"][...], fs["online/point_gids"][...])
+            # the HF snapshots agree to the solver tolerance (1e-11), the weights to the
+            # NNLS conditioning times that
+            np.testing.assert_allclose(fp["online/weights"][...], fs["online/weights"][...], rtol=1e-6)
+            # modes are defined up to sign: compare |E|
+            np.testing.assert_allclose(np.abs(fp["online/E"][...]), np.abs(fs["online/E"][...]),
+                                       rtol=1e-6, atol=1e-9 * np.abs(fs["online/E"][...]).max())
+        np.testing.assert_allclose(res_par.p_samples, res_ser.p_samples, rtol=1e-6, atol=1e-12)
+    world.Barrier()
+
+
+@pytest.mark.mpi
+def test_bad_rom_files(shared_tmp):
+    from ddrom.rom.model import load_model
+
+    comm = MPI.COMM_WORLD
+    bad = shared_tmp / "garbage.h5"
+    if comm.rank == 0:
+        bad.write_bytes(b"not an hdf5 file at all" * 10)
+    comm.Barrier()
+    with pytest.raises(DdromError, match="unreadable or truncated"):
+        load_model(bad, comm)
+    with pytest.raises(DdromError, match="does not exist"):
+        load_model(shared_tmp / "nope.h5", comm)
