@@ -42,7 +42,7 @@ expression = "20 + 100 * x * ramp(t, 1)"
 
 [solver]
 newton_rtol = 1e-11
-petsc_options = {{ ksp_rtol = 1e-14 }}
+petsc_options = {{ ksp_rtol = 1e-12 }}
 
 [rom]
 pod_tol = {pod_tol}
