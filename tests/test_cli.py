@@ -129,3 +129,28 @@ def test_inverted_mesh_file_is_reported(tmp_path, np_):
     assert r.returncode != 0
     headers = [ln for ln in r.stderr.splitlines() if ln.startswith("ddrom hf: error")]
     assert len(headers) == 1 and re.search(r"inverted", r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("np_", [1, 3])
+def test_run_pipeline_and_cluster(tmp_path, np_):
+    """`ddrom run` (HF, offline, online, HF reference, comparison) then `ddrom cluster`."""
+    case = write_case(tmp_path, TINY.replace("values = [{ u_max = 0.002 }, { u_max = 0.008 }]",
+                                             "values = [{ u_max = 0.002 }, { u_max = 0.004 }, { u_max = 0.008 }]"))
+    r = run(np_, "run", str(case), "--quiet")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "out" / "tiny" / "summary.json").read_text())
+    for key in ("hf_seconds_per_simulation", "rom_seconds_per_simulation", "speedup", "rel_error_displacement",
+                "rel_error_plastic_strain", "rel_error_stress", "n_modes", "n_reduced_points", "ranks",
+                "ddrom_version"):
+        assert key in s, key
+    assert s["ranks"] == np_ and s["rel_error_displacement"] < 1e-8 and s["n_modes"] == 1
+    assert (tmp_path / "out" / "tiny" / "rom.h5").exists()
+    assert (tmp_path / "out" / "tiny" / "singular_values.png").exists()
+    r = run(np_, "online", str(case), "--param", "u_max=0.006", "--json", str(tmp_path / "on.json"))
+    assert r.returncode == 0, r.stderr
+    on = json.loads((tmp_path / "on.json").read_text())
+    assert on["runs"][0]["params"] == {"u_max": 0.006}
+    r = run(np_, "cluster", str(case), "--quiet", "--json", str(tmp_path / "cl.json"))
+    assert r.returncode == 0, r.stderr
+    cl = json.loads((tmp_path / "cl.json").read_text())
+    assert cl["simulations"] == 3 and {row["k"] for row in cl["table"]} == {1, 2, 3}

@@ -99,10 +99,16 @@ def _parse_params(items: list[str]) -> list[dict] | None:
 def _online_run(args: Any, comm: Any) -> int:
     from ddrom.cli.rom_pipeline import online
 
+    import numpy as np
+
     res = online(args.case, comm, _parse_params(args.param), quiet=args.quiet)
-    _emit_json(args, comm, {"runs": [{"name": n, "params": p, "seconds": r.seconds,
-                                      "newton_iterations": r.newton_iterations,
-                                      "max_indicator": float(np.nanmax(r.indicator)) if np.isfinite(r.indicator).any() else None} for n, p, r in res["runs"]]})
+    runs = []
+    for name, params, r in res["runs"]:
+        finite = r.indicator[np.isfinite(r.indicator)]
+        runs.append({"name": name, "params": params, "seconds": r.seconds,
+                     "newton_iterations": r.newton_iterations,
+                     "max_indicator": float(finite.max()) if finite.size else None})
+    _emit_json(args, comm, {"runs": runs})
     return 0
 
 
@@ -113,11 +119,31 @@ def _run_run(args: Any, comm: Any) -> int:
     return 0
 
 
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    _case_args(p)
+    p.add_argument("--clusters", type=int, nargs="+", metavar="K", help="numbers of clusters (default 1..4)")
+    p.add_argument("--modes", type=int, nargs="+", metavar="N", help="basis sizes (default 1, 2, 4, ... 32)")
+    p.add_argument("--dissimilarity", default="grassmann_max",
+                   help="grassmann_max | grassmann_rss | euclidean_trajectory (default grassmann_max)")
+    p.add_argument("--error-target", type=float, help="relative projection error wanted (recommendation)")
+    p.add_argument("--budget", type=float, help="offline cost budget relative to the global basis")
+
+
+def _cluster_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.rom_pipeline import cluster_report
+
+    _emit_json(args, comm, cluster_report(args.case, comm, args.clusters, args.modes, args.dissimilarity,
+                                          args.error_target, args.budget, quiet=args.quiet))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("versions of Python, MPI, PETSc, SLEPc, h5py; parallel capabilities", _info_args, _info_run),
     "hf": ("compute the high-fidelity parameter sweep of a case into its snapshot store", _hf_args, _hf_run),
     "offline": ("training snapshot store -> ROM file (POD, ECM, Gappy-POD, reduced operators)",
                 _case_args, _offline_run),
+    "cluster": ("a priori criterion: local (clustered) vs global bases on the training snapshots",
+                _cluster_args, _cluster_run),
     "online": ("run the ROM on the test parameters (or --param NAME=VALUE ...)", _online_args, _online_run),
     "run": ("HF training sweep, offline, online on the test parameters, HF reference and comparison "
             "(writes summary.json)", _case_args, _run_run),
