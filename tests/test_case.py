@@ -112,12 +112,12 @@ def test_demo_and_tiny_cases_validate():
     T = demo.expression("temperature.expression")
     np.testing.assert_allclose(T(x=0.0, y=0.0, z=0.0, t=20.0, T_max=800.0), 800.0)
     np.testing.assert_allclose(T(x=0.0, y=0.0, z=0.0, t=0.0, T_max=800.0), 20.0)
-    # the mesh arguments give the advertised size (4416 nodes) and the named regions exist
+    # a small mesh (`make demo` runs in minutes on 2 ranks) whose load regions exist
     from ddrom.mesh.boundary import add_regions
     from ddrom.mesh.generators import generate
     mesh = add_regions(generate(demo.raw["mesh"]["generator"], **demo.raw["mesh"]["args"]),
                        demo.raw["mesh"]["regions"])
-    assert 3000 <= mesh.n_nodes <= 6000
+    assert 1000 <= mesh.n_nodes <= 6000
     used = {d["region"] for d in demo.raw["loads"]["dirichlet"] + demo.raw["loads"]["traction"]}
     assert used <= set(mesh.region_names())
     tiny = load_case(CASES / "tiny.toml")
