@@ -720,6 +720,8 @@ class Case:
         SHA-256 of the canonical JSON of :attr:`raw` (sorted keys): the same for files that
         differ only by comments, formatting, key order or explicitly written defaults.
         Results record it to tell which configuration produced them.
+    hf_hash : str
+        The same without the ``[rom]`` table: what the HF snapshot stores depend on.
     warnings : list of str
         Non-fatal findings (unknown ``[rom]`` keys, test points outside the training box...),
         each with its path; the CLI prints them on rank 0.
@@ -737,6 +739,7 @@ class Case:
     warnings: list[str]
     expressions: dict[str, Expression]
     _points: dict[str, list[dict[str, float]]] = field(repr=False, default_factory=dict)
+    hf_hash: str = ""
 
     @property
     def name(self) -> str:
@@ -850,6 +853,11 @@ def load_case(path: str | Path) -> Case:
         lines = "\n".join(f"  - {e}" for e in errors)
         raise DdromError(f"{path.name}: {len(errors)} error(s) in the case file:\n{lines}")
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    # What the HF results depend on: everything but the ROM settings, so that tuning the
+    # ROM tolerances does not invalidate (and recompute) the snapshot stores.
+    hf_raw = {k: v for k, v in raw.items() if k != "rom"}
+    hf_canonical = json.dumps(hf_raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return Case(path=path, folder=path.parent, raw=raw, hash=hashlib.sha256(data_bytes).hexdigest(),
                 config_hash=hashlib.sha256(canonical.encode()).hexdigest(), warnings=warnings,
-                expressions=expressions, _points=points)
+                expressions=expressions, _points=points,
+                hf_hash=hashlib.sha256(hf_canonical.encode()).hexdigest())

@@ -67,7 +67,7 @@ def _up_to_date(path: Path, case: Any, comm: Any) -> bool:
         store = SnapshotStore.open(path, comm, mode="r")
     except DdromError:
         return False   # unreadable or of another schema: recompute it
-    ok = store.case_hash == case.config_hash
+    ok = store.case_hash == case.hf_hash
     store.close()
     return ok
 
@@ -85,7 +85,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
     times = build_times(case)
     material = from_config(case.raw["material"])
     options = build_solver_options(case)
-    provenance = {"case": str(case.path), "case_hash": case.config_hash, "case_file_sha256": case.hash,
+    provenance = {"case": str(case.path), "case_hash": case.hf_hash, "case_file_sha256": case.hash,
                   "which": which, "times": times.tolist(), "material": material.to_dict()}
     if resume and _up_to_date(path, case, comm):
         rank0_print(comm, f"  {path.name}: complete and up to date (use --restart to recompute)")
@@ -96,7 +96,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
     store = None
     if resume and exists:
         store = SnapshotStore.open(path, comm, mode="a", dmesh=dm)
-        if store.case_hash != case.config_hash:
+        if store.case_hash != case.hf_hash:
             store.close()
             store = None
             rank0_print(comm, f"  {partial.name}: written by another version of the case file; starting over")
@@ -104,7 +104,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
         if c.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
         c.Barrier()
-        store = SnapshotStore.create(path, dm, state_names=material.state_names, case_hash=case.config_hash,
+        store = SnapshotStore.create(path, dm, state_names=material.state_names, case_hash=case.hf_hash,
                                      provenance=provenance, comm=comm)
     done = {s.name for s in store.simulations() if s.complete}
     solver = None

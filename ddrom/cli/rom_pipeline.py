@@ -55,7 +55,7 @@ def offline(case_path: str, comm: Any, quiet: bool = False, case=None, context=N
     dm, solver = context or _hf_context(case, comm, timers)
     spath = store_path(case, "training")
     store = SnapshotStore.open(spath, comm, mode="r", dmesh=dm)
-    if store.case_hash != case.config_hash:
+    if store.case_hash != case.hf_hash:
         store.close()
         raise CollectiveError(f"{spath} was computed from another version of the case file; "
                               f"run `ddrom hf {case.path}` again")
