@@ -154,3 +154,34 @@ def test_run_pipeline_and_cluster(tmp_path, np_):
     assert r.returncode == 0, r.stderr
     cl = json.loads((tmp_path / "cl.json").read_text())
     assert cl["simulations"] == 3 and {row["k"] for row in cl["table"]} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("np_", [1, 3])
+def test_temperature_from_file(tmp_path, np_):
+    """A nodal temperature field read from a VTU (scaled in time) gives the same HF answer as
+    the equivalent expression."""
+    import meshio
+
+    from ddrom.mesh.generators import box
+
+    m = box(1.0, 1.0, 1.0, 2, 2, 2)
+    T = 20.0 + 300.0 * m.points[:, 0]                     # linear in x: exact at the qps
+    meshio.write(tmp_path / "temp.vtu", meshio.Mesh(m.points, [("hexahedron", m.cells)], point_data={"T": T}))
+    thermo = TINY.replace("nu = 0.3", "nu = 0.3\nalpha = 1.2e-5\nT_ref = 20.0")
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "temp.vtu").write_bytes((tmp_path / "temp.vtu").read_bytes())
+    write_case(a, thermo + '\n[temperature]\nfile = "temp.vtu"\nfield = "T"\nscale = "ramp(t, 1)"\n')
+    write_case(b, thermo + '\n[temperature]\nexpression = "20 + 300 * x * ramp(t, 1)"\n')
+    for d in (a, b):
+        r = run(np_, "hf", str(d / "case.toml"), "--quiet")
+        assert r.returncode == 0, r.stderr
+    ua, ub = _read_u(a / "out" / "tiny" / "hf_training.h5"), _read_u(b / "out" / "tiny" / "hf_training.h5")
+    assert np.abs(ub).max() > 1e-4
+    np.testing.assert_allclose(ua, ub, rtol=0, atol=1e-10 * np.abs(ub).max())
+    # a field name that is not in the file: one clear message
+    write_case(a, thermo + '\n[temperature]\nfile = "temp.vtu"\nfield = "Temp"\n', name="bad.toml")
+    r = run(np_, "hf", str(a / "bad.toml"), "--quiet")
+    assert r.returncode != 0 and "no point field 'Temp'" in r.stderr and "Traceback" not in r.stderr

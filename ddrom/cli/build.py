@@ -65,8 +65,12 @@ def _expr(case: Any, value: Any, names: set[str], what: str) -> Expression:
     return value if isinstance(value, Expression) else Expression(value, names, what=what)
 
 
-def build_loads(case: Any, params: Mapping[str, float]) -> Loads:
-    """The loads of one parameter point (expressions compiled once, parameters bound)."""
+def build_loads(case: Any, params: Mapping[str, float], dm: DistributedMesh | None = None) -> Loads:
+    """The loads of one parameter point (expressions compiled once, parameters bound).
+
+    ``dm`` is needed only for a temperature read from a file (values at this rank's
+    integration points).
+    """
     L = case.raw.get("loads", {})
     names = set(SPACE_TIME) | set(case.parameter_names)
     out = Loads()
@@ -93,13 +97,74 @@ def build_loads(case: Any, params: Mapping[str, float]) -> Loads:
                                            tuple(cf.get("center", (0, 0, 0)))))
     temp = case.raw.get("temperature", {})
     if temp.get("file"):
-        from ddrom.parallel import CollectiveError
+        if dm is None:
+            from ddrom.parallel import CollectiveError
 
-        raise CollectiveError(f"{case.path}: temperature.file is not supported by the HF solver yet; "
-                              "give temperature.expression")
+            raise CollectiveError(f"{case.path}: temperature.file needs the distributed mesh")
+        T_qp = temperature_from_file(case, dm)
+        T_ref = float(temp.get("T_ref", 20.0))
+        scale = _bind(_expr(case, temp.get("scale", 1.0), names, "temperature.scale"), params)
+        if not callable(scale):
+            s0 = float(scale)
+            scale = lambda **kw: s0  # noqa: E731
+        out.temperature = lambda t, **kw: T_ref + float(np.asarray(scale(t=t))) * (T_qp - T_ref)
+        return out
     if "expression" in temp:
         out.temperature = _bind(_expr(case, temp["expression"], names, "temperature.expression"), params)
     return out
+
+
+def temperature_from_file(case: Any, dm: DistributedMesh) -> np.ndarray:
+    """A nodal temperature field of a file, at this rank's integration points (ne, nq).
+
+    Rank 0 reads the file (meshio; the field is point data on the case mesh's nodes, in
+    their order) and sends each rank its natural slice; nothing of the mesh size stays
+    on rank 0. Cached on the case (read once per mesh).
+    """
+    cache = case.__dict__.setdefault("_temperature_cache", {})
+    if id(dm) in cache:
+        return cache[id(dm)]
+    from ddrom.parallel import CollectiveError
+
+    c = as_mpi(dm.comm)
+    temp = case.raw["temperature"]
+    path = case.folder / temp["file"]
+    values, msg = None, None
+    if c.rank == 0:
+        try:
+            import meshio
+
+            m = meshio.read(path)
+            if temp["field"] not in m.point_data:
+                msg = (f"temperature.file {path}: no point field {temp['field']!r} "
+                       f"(fields: {sorted(m.point_data)})")
+            else:
+                values = np.asarray(m.point_data[temp["field"]], dtype=float).reshape(len(m.points), -1)[:, 0]
+                if len(values) != dm.n_nodes_global:
+                    msg = (f"temperature.file {path}: {len(values)} nodal values, the mesh has "
+                           f"{dm.n_nodes_global} nodes")
+                elif not np.all(np.isfinite(values)):
+                    msg = f"temperature.file {path}: the field {temp['field']!r} has NaN or Inf values"
+        except Exception as exc:  # noqa: BLE001
+            msg = f"temperature.file {path}: cannot read it ({type(exc).__name__}: {exc})"
+    raise_collective(c, msg)
+    nmap = dm.natural_nodes
+    bounds = c.allgather(nmap.natural_range)
+    chunk = c.scatter([values[lo:hi] for lo, hi in bounds] if c.rank == 0 else None, root=0)
+    del values
+    owned = nmap.from_natural(chunk)
+    from petsc4py import PETSc
+
+    g = dm.create_vector(1)
+    g.array[:] = owned
+    g.ghostUpdate(PETSc.InsertMode.INSERT_VALUES, PETSc.ScatterMode.FORWARD)
+    with g.localForm() as lf:
+        local = lf.array.copy()
+    g.destroy()
+    N = dm.ref.shape(dm.ref.qp)                                    # (nq, k)
+    T_qp = np.einsum("qk,ek->eq", N, local[dm.cells])
+    cache[id(dm)] = T_qp
+    return T_qp
 
 
 def build_times(case: Any) -> np.ndarray:

@@ -572,6 +572,7 @@ SCHEMA = Table({
         "expression": Key(Expr(_XYZT)),
         "file": Key(File()),
         "field": Key(Str()),
+        "scale": Key(Expr(("t",)), 1.0),
         "T_ref": Key(Num(), 20.0),
     }, at_most_one=[("expression", "file")], requires={"file": "field", "field": "file"}), {}),
     "solver": Key(Table({

@@ -117,7 +117,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
         if max_simulations is not None and computed >= max_simulations:
             break
         computed += 1
-        loads = build_loads(case, params)
+        loads = build_loads(case, params, dm)
         if solver is None:
             with timers("setup"):
                 solver = HFSolver(dm, material, loads, options, timers=timers)

@@ -39,7 +39,7 @@ def _hf_context(case: Any, comm: Any, timers: Timers):
         dm = build_mesh(case, comm)
     sanity_check_regions(case, dm)
     pts = case.training_parameters() or [case.default_parameters()]
-    solver = HFSolver(dm, from_config(case.raw["material"]), build_loads(case, pts[0]),
+    solver = HFSolver(dm, from_config(case.raw["material"]), build_loads(case, pts[0], dm),
                       build_solver_options(case), timers=timers)
     return dm, solver
 
@@ -226,7 +226,7 @@ def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:
 
     c = as_mpi(dm.comm)
     nown = 3 * dm.n_owned
-    solver.set_loads(build_loads(case, params))
+    solver.set_loads(build_loads(case, params, dm))
     from ddrom.rom.operators import lifting_fields
 
     chi = np.column_stack(lifting_fields(solver))[:nown] if model.E_lift.shape[1] else np.zeros((nown, 0))

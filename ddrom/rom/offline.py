@@ -44,6 +44,11 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
 
     timers = timers or Timers()
     dm = solver.dm
+    if case.raw.get("temperature", {}).get("file"):
+        from ddrom.parallel import CollectiveError
+
+        raise CollectiveError(f"{case.path}: the ROM does not take a temperature file yet "
+                              "(temperature.file works for `ddrom hf`); give temperature.expression")
     comm = solver.comm
     kw = {"method": options.pod_method} if options.pod_method else {}
     nown = 3 * dm.n_owned
