@@ -18,13 +18,10 @@ import numpy as np
 
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import Loads, evaluate
+from ddrom.hf.stepping import CutbacksExhausted, NotConverged, advance
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import CollectiveError, Timers, as_mpi, as_petsc
-
-
-class NotConverged(Exception):
-    """Raised inside a step; turned into cut-backs, then into a DdromError."""
 
 
 @dataclass
@@ -293,30 +290,15 @@ class HFSolver:
     def step(self, old: State, t: float, step_index: int | None = None) -> tuple[State, StepInfo]:
         """Advance from ``old`` to time ``t``, cutting the increment on failure."""
         info = StepInfo()
-        pending = [t]
-        cur = old
-        depth = {t: 0}
-        last_error = ""
-        while pending:
-            target = pending[-1]
-            try:
-                cur = self._newton(cur, target, info)
-                pending.pop()
-            except NotConverged as exc:
-                last_error = str(exc)
-                level = depth[target]
-                if level >= self.options.max_cutbacks:
-                    where = f"step {step_index} " if step_index is not None else ""
-                    raise CollectiveError(
-                        f"HF Newton diverged at {where}(to t = {t:.6g}; failing increment "
-                        f"{cur.t:.6g} -> {target:.6g} after {info.cutbacks} cut-backs): {last_error}"
-                    ) from None
-                info.cutbacks += 1
-                mid = 0.5 * (cur.t + target)
-                depth[mid] = level + 1
-                depth[target] = level + 1
-                pending.append(mid)
-        return cur, info
+        try:
+            st, info.cutbacks = advance(old, lambda s: s.t, t, lambda s, tn: self._newton(s, tn, info),
+                                        self.options.max_cutbacks)
+        except CutbacksExhausted as exc:
+            where = f"step {step_index} " if step_index is not None else ""
+            raise CollectiveError(
+                f"HF Newton diverged at {where}(to t = {t:.6g}; failing increment "
+                f"{exc.t_from:.6g} -> {exc.t_to:.6g} after {exc.cutbacks} cut-backs): {exc}") from None
+        return st, info
 
 
 def _ksp_reason(reason: int) -> str:

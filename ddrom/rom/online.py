@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ddrom.expressions import Expression
+from ddrom.hf.stepping import CutbacksExhausted, NotConverged, advance
 from ddrom.materials import ReturnMappingError, from_config
 from ddrom.parallel import DdromError
 from ddrom.rom.model import ReducedModel
@@ -193,26 +194,24 @@ class ReducedSolver:
         out.p_samples[0] = self.material.cumulated_plastic_strain(state)
         out.indicator[0] = self.indicator(out.p_samples[0])
         info = {"newton": 0, "cutbacks": 0}
-        cur_t = times[0]
+        cur = (times[0], q, state, T, None, None)       # (t, q, state, T, response, lifting values)
+
+        def attempt(c, t_new):
+            res, err = self._newton(c[1], c[2], c[3], c[0], t_new, info)
+            if res is None:
+                raise NotConverged(err)
+            q_, resp_, T_, v_ = res
+            return (t_new, q_, resp_.state, T_, resp_, v_)
+
         for k in range(1, nt):
             ts = time.perf_counter()
-            pending, depth = [times[k]], {times[k]: 0}
-            while pending:
-                target = pending[-1]
-                res, err = self._newton(q, state, T, cur_t, target, info)
-                if res is not None:
-                    q, resp, T, v = res
-                    state = resp.state
-                    cur_t = target
-                    pending.pop()
-                    continue
-                if depth[target] >= self.options.max_cutbacks:
-                    raise OnlineDivergence(f"reduced Newton diverged at step {k} (t = {times[k]:.6g}; "
-                                           f"increment {cur_t:.6g} -> {target:.6g}): {err}")
-                info["cutbacks"] += 1
-                mid = 0.5 * (cur_t + target)
-                depth[mid] = depth[target] = depth[target] + 1
-                pending.append(mid)
+            try:
+                cur, cuts = advance(cur, lambda c: c[0], float(times[k]), attempt, self.options.max_cutbacks)
+            except CutbacksExhausted as exc:
+                raise OnlineDivergence(f"reduced Newton diverged at step {k} (t = {times[k]:.6g}; "
+                                       f"increment {exc.t_from:.6g} -> {exc.t_to:.6g}): {exc}") from None
+            info["cutbacks"] += cuts
+            _, q, state, T, resp, v = cur
             out.q[k] = q
             out.dirichlet[k] = v
             out.stress_samples[k] = resp.stress
