@@ -160,8 +160,13 @@ def angle(C: np.ndarray, **_: Any) -> np.ndarray:
     d = np.diag(C).copy()
     _check_nonzero_columns(d, "snapshot columns")
     inv = 1.0 / np.sqrt(d)
-    D = C * inv[:, None]              # cosines, then sines, in place
-    D *= inv[None, :]
+    # cosines C_ij (inv_i inv_j), then sines, in place. The scale is the outer product
+    # (commutative, so bitwise symmetric) applied in one multiplication: (C_ij inv_i) inv_j
+    # and (C_ji inv_j) inv_i round differently, and for nearly parallel snapshots (cos^2 ~
+    # 1 - 1e-16) the sqrt(1 - cos^2) turns that last bit into an asymmetry of ~1e-8,
+    # which k-medoids rejects as a non-symmetric dissimilarity.
+    D = np.multiply.outer(inv, inv)
+    D *= C
     np.square(D, out=D)
     np.clip(D, 0.0, 1.0, out=D)
     np.subtract(1.0, D, out=D)
