@@ -64,7 +64,7 @@ def test_base_case_defaults_and_helpers(tmp_path):
     assert raw["loads"]["dirichlet"][0] == {"region": "xmin", "components": [0, 1, 2], "value": 0.0}
     assert raw["loads"]["dirichlet"][1]["components"] == [0]
     assert raw["loads"]["pressure"] == [] and raw["loads"]["traction"] == []
-    assert raw["temperature"] == {"T_ref": 20.0, "expression": 20.0}
+    assert raw["temperature"] == {"T_ref": 20.0, "expression": 20.0, "scale": 1.0}
     assert raw["solver"] == {"newton_rtol": 1e-8, "newton_atol": 1e-12, "max_iterations": 25, "line_search": True,
                              "max_cutbacks": 6, "petsc_options": {}, "element_technology": "bbar"}
     assert raw["rom"]["pod_tol"] == 1e-4 and "max_modes" not in raw["rom"]
