@@ -164,3 +164,20 @@ def test_bad_rom_files(shared_tmp):
         load_model(bad, comm)
     with pytest.raises(DdromError, match="does not exist"):
         load_model(shared_tmp / "nope.h5", comm)
+
+
+@pytest.mark.mpi
+def test_rom_bases_of_another_mesh_are_refused(shared_tmp):
+    from ddrom.cli.pipeline import hf_sweep
+    from ddrom.cli.rom_pipeline import offline
+    from ddrom.mesh.generators import box
+    from ddrom.rom.model import load_bases
+    from helpers import distributed
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "basesmesh", ELASTIC)
+    hf_sweep(path, comm, quiet=True)
+    offline(path, comm, quiet=True)
+    other = distributed(lambda: box(4.0, 1.0, 1.0, 9, 2, 2))
+    with pytest.raises(DdromError, match=r"basis .displacement. has 81 rows, the mesh has 90 nodes \(ROM built on another mesh\?\)"):
+        load_bases(shared_tmp / "out" / "basesmesh" / "rom.h5", other, ["displacement"])
