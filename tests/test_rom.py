@@ -47,6 +47,7 @@ petsc_options = {{ ksp_rtol = 1e-12 }}
 [rom]
 pod_tol = {pod_tol}
 ecm_tol = {ecm_tol}
+{extra_rom}
 
 [training]
 values = [{training}]
@@ -60,13 +61,13 @@ PLASTIC = ('law = "chaboche"\nE = 200e3\nnu = 0.3\nsigma_y = 120.0\nH = 2000.0\n
 
 
 def _case(tmp: Path, comm, name: str, material: str, sx=40.0, sz=2.0, pod_tol=1e-10, ecm_tol=1e-10,
-          training=(0.5, 2.0), test=(1.3,)) -> str:
+          training=(0.5, 2.0), test=(1.3,), extra_rom="") -> str:
     path = tmp / f"{name}.toml"
     if comm.rank == 0:
         tr = ", ".join(f"{{ A = {a} }}" for a in training)
         te = ", ".join(f"{{ A = {a} }}" for a in test)
         path.write_text(CASE.format(name=name, material=material, sx=sx, sz=sz, pod_tol=pod_tol, ecm_tol=ecm_tol,
-                                    training=tr, test=te))
+                                    training=tr, test=te, extra_rom=extra_rom))
     comm.Barrier()
     return str(path)
 
@@ -181,3 +182,28 @@ def test_rom_bases_of_another_mesh_are_refused(shared_tmp):
     other = distributed(lambda: box(4.0, 1.0, 1.0, 9, 2, 2))
     with pytest.raises(DdromError, match=r"basis .displacement. has 81 rows, the mesh has 90 nodes \(ROM built on another mesh\?\)"):
         load_bases(shared_tmp / "out" / "basesmesh" / "rom.h5", other, ["displacement"])
+
+
+@pytest.mark.mpi
+def test_local_bases_picked_by_the_classifier(shared_tmp):
+    """Two regimes (load along +x then along -z dominated): two local ROMs, the classifier picks
+    by nearest medoid in parameter space, and the local ROM is exact on its own training point."""
+    from ddrom.cli.rom_pipeline import run
+    from ddrom.rom.model import load_classifier
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "local", ELASTIC, pod_tol=1e-10, ecm_tol=1e-10,
+                 training=(0.5, 0.6, 1.9, 2.0), test=(0.55, 2.0), extra_rom="n_clusters = 2")
+    s = run(path, comm, quiet=True)
+    clf = load_classifier(Path(path).parent / "out" / "local" / "rom.h5", comm)
+    assert clf is not None and len(set(clf["labels"])) == 2
+    low, high = s["per_test_parameter"]
+    # each test point takes the cluster of the medoid nearest in parameter space
+    A = np.array([p["A"] for p in clf["params"]])
+    medoid_A = A[clf["medoids"]]
+    labels = np.asarray(clf["labels"])
+    for res, a in ((low, 0.55), (high, 2.0)):
+        nearest = clf["medoids"][int(np.argmin(np.abs(medoid_A - a)))]
+        assert res["cluster"] == labels[nearest]
+    # linear case: every local basis spans the load patterns, the ROM is exact
+    assert low["displacement"] < 1e-8 and high["displacement"] < 1e-8

@@ -25,8 +25,8 @@ def _offline_options(case: Any):
     from ddrom.rom.offline import OfflineOptions
 
     r = case.raw.get("rom", {})
-    return OfflineOptions(pod_tol=float(r.get("pod_tol", 1e-4)), ecm_tol=float(r.get("ecm_tol", 1e-6)),
-                          stress_tol=float(r.get("stress_tol", 1e-5)), p_tol=float(r.get("p_tol", 1e-4)),
+    return OfflineOptions(pod_tol=float(r.get("pod_tol", 1e-4)), ecm_tol=float(r.get("ecm_tol", 1e-4)),
+                          stress_tol=float(r.get("stress_tol", 1e-5)), p_tol=float(r.get("dual_pod_tol", 1e-4)),
                           max_modes=r.get("max_modes"), pod_method=r.get("pod_method"))
 
 
@@ -62,13 +62,27 @@ def offline(case_path: str, comm: Any, quiet: bool = False, case=None, context=N
     opts = _offline_options(case)
     t0 = time.perf_counter()
     model, bases = build_reduced_model(case, solver, store, opts, timers)
+    local, classifier = [], None
+    k = int(case.raw.get("rom", {}).get("n_clusters", 1))
+    if k > 1:
+        from ddrom.rom.offline import cluster_simulations
+
+        with timers("clustering"):
+            classifier = cluster_simulations(solver, store, k)
+        classifier["method"] = case.raw["rom"].get("classifier", "nearest_medoid")
+        for ic in range(k):
+            sims = [n for n, lab in zip(classifier["names"], classifier["labels"]) if lab == ic]
+            local.append(build_reduced_model(case, solver, store, opts, timers, sims=sims))
+        rank0_print(comm, "  local bases: " + ", ".join(
+            f"cluster {ic}: {len(m.info['simulations'])} simulations, {m.n_modes} modes, {m.n_points} points"
+            for ic, (m, _) in enumerate(local)))
     store.close()
     path = rom_path(case)
     with timers("write"):
         save_model(path, model, comm, case_hash=case.config_hash,
                    provenance={"case": str(case.path), "ranks": as_mpi(comm).size,
                                "store": str(spath), "options": vars(opts)},
-                   bases=bases)
+                   bases=bases, local=local, classifier=classifier)
     seconds = as_mpi(comm).allreduce(time.perf_counter() - t0, op=_max())
     summary = {"rom": str(path), "seconds": seconds, **model.info, "timers": timers.summary(comm)}
     _plot_sigma(case, model, comm)
@@ -121,6 +135,7 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
 
     case = case or load_case_collectively(case_path, comm)
     model = load_model(rom_path(case), comm)
+    pick = _local_basis_picker(rom_path(case), comm)
     if params_list is None:
         points = [(f"test_{i:03d}", p) for i, p in enumerate(case.test_parameters())]
     else:
@@ -128,7 +143,10 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
     _warn_out_of_range(model, points, comm)
     runs = []
     for name, params in points:
-        res = ReducedSolver(model, params).run()
+        cl = pick(params) if pick else None
+        m = model if cl is None else load_model(rom_path(case), comm, local=cl)
+        res = ReducedSolver(m, params).run()
+        res.cluster = cl
         runs.append((name, params, res))
         rank0_print(comm, f"  ROM {name} {params}: {res.seconds * 1e3:.1f} ms, {len(res.times) - 1} steps, "
                           f"{res.newton_iterations} Newton iterations, max indicator "
@@ -139,6 +157,25 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
                      p_samples=res.p_samples, dirichlet=res.dirichlet, params=json.dumps(params))
             os.replace(str(out) + ".tmp.npz", out)
     return {"runs": runs, "model": model}
+
+
+def _local_basis_picker(path, comm):
+    """A function params -> local model index, from the ROM file's classifier (None if no local bases)."""
+    from ddrom.rom.model import load_classifier
+
+    data = load_classifier(path, comm)
+    if not data:
+        return None
+    from ddrom.reduction.clustering import KNNClassifier, NearestMedoidClassifier
+
+    names = sorted(data["params"][0])
+    P = np.array([[p[n] for n in names] for p in data["params"]], dtype=float)
+    labels = np.asarray(data["labels"])
+    if data.get("method") == "knn":
+        clf = KNNClassifier(n_neighbors=min(3, len(P))).fit(P, labels)
+    else:
+        clf = NearestMedoidClassifier().fit(P, data["medoids"], labels)
+    return lambda params: int(clf.predict(np.array([[float(params[n]) for n in names]]))[0])
 
 
 def _warn_out_of_range(model, points, comm) -> None:
@@ -153,7 +190,7 @@ def _warn_out_of_range(model, points, comm) -> None:
 def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
     """HF training sweep, offline, online on the test parameters, HF reference, comparison."""
     from ddrom.io.store import SnapshotStore
-    from ddrom.rom.model import load_bases
+    from ddrom.rom.model import load_bases, load_model
 
     c = as_mpi(comm)
     case = load_case_collectively(case_path, comm)
@@ -165,11 +202,16 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
     hf_test = hf_sweep(case_path, comm, which="test", quiet=quiet, case=case, dm=dm)
     on = online(case_path, comm, quiet=quiet, case=case)
     model = on["model"]
-    bases = load_bases(rom_path(case), dm, ["displacement", "p", "stress"] if model.gappy is not None
-                       else ["displacement", "stress"])
     store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
-    errors = [_compare(case, dm, solver, model, bases, store, name, params, res)
-              for name, params, res in on["runs"]]
+    errors = []
+    for name, params, res in on["runs"]:
+        cl = res.cluster
+        m = model if cl is None else load_model(rom_path(case), comm, local=cl)
+        bases = load_bases(rom_path(case), dm, ["displacement", "p", "stress"] if m.gappy is not None
+                           else ["displacement", "stress"], group="bases" if cl is None else f"local/{cl:03d}/bases")
+        errors.append(_compare(case, dm, solver, m, bases, store, name, params, res))
+        errors[-1]["cluster"] = cl
+        errors[-1]["n_modes"] = m.n_modes
     store.close()
     hf_secs = [r["seconds"] for r in _runs(hf_test, "test") if "seconds" in r] or \
               [r["seconds"] for r in _runs(hf_train, "training") if "seconds" in r]

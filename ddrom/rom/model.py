@@ -111,11 +111,24 @@ def _read_model(g) -> ReducedModel:
         gappy=gappy, info=json.loads(g.attrs["info"]))
 
 
+def _write_bases(f, group: str, bases: dict) -> None:
+    bg = f.create_group(group)
+    for name, (nmap, owned) in bases.items():
+        nat = nmap.to_natural(owned)                      # (n_nat, bs, ncols)
+        ds = bg.create_dataset(name, shape=(nmap.n_global,) + owned.shape[1:], dtype="f8")
+        lo, hi = nmap.natural_range
+        with ds.collective:
+            ds[lo:hi] = nat
+
+
 def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_hash: str = "",
-               provenance: dict | None = None, bases: dict[str, tuple[Any, np.ndarray]] | None = None) -> None:
+               provenance: dict | None = None, bases: dict[str, tuple[Any, np.ndarray]] | None = None,
+               local: list[tuple[ReducedModel, dict]] | None = None, classifier: dict | None = None) -> None:
     """Write the ROM file (collective): ``path.partial`` first, renamed when complete.
 
     ``bases``: name -> (NaturalMap, owned rows (n_owned, bs, ncols)) written in natural order.
+    ``local``: one (model, bases) per cluster (local bases), with the ``classifier`` data
+    (training parameters, cluster labels, medoids) that picks one online.
     """
     import h5py
 
@@ -133,13 +146,14 @@ def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_
             # (collective) metadata calls and the same data is written.
             _write_model(f.create_group("online"), model)
             if bases:
-                bg = f.create_group("bases")
-                for name, (nmap, owned) in bases.items():
-                    nat = nmap.to_natural(owned)                      # (n_nat, bs, ncols)
-                    ds = bg.create_dataset(name, shape=(nmap.n_global,) + owned.shape[1:], dtype="f8")
-                    lo, hi = nmap.natural_range
-                    with ds.collective:
-                        ds[lo:hi] = nat
+                _write_bases(f, "bases", bases)
+            for ic, (m_c, b_c) in enumerate(local or []):
+                g = f.create_group(f"local/{ic:03d}")
+                _write_model(g.create_group("online"), m_c)
+                _write_bases(f, f"local/{ic:03d}/bases", b_c)
+            if classifier is not None:
+                f.attrs["classifier"] = json.dumps(classifier, default=str)
+            f.attrs["n_local"] = len(local or [])
             f.attrs["complete"] = True
     except Exception as exc:  # noqa: BLE001
         msg = f"writing ROM file {path}: {type(exc).__name__}: {exc}"
@@ -150,8 +164,8 @@ def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_
     c.Barrier()
 
 
-def load_model(path: str | os.PathLike, comm: Any) -> ReducedModel:
-    """Read the reduced model (every rank reads the small /online group)."""
+def load_model(path: str | os.PathLike, comm: Any, local: int | None = None) -> ReducedModel:
+    """Read the reduced model (every rank reads the small /online group), or local model ``local``."""
     import h5py
 
     c = as_mpi(comm)
@@ -166,6 +180,8 @@ def load_model(path: str | os.PathLike, comm: Any) -> ReducedModel:
                            f"(this ddrom reads {SCHEMA_VERSION})")
                 elif not f.attrs.get("complete", False):
                     msg = f"{path}: incomplete ROM file"
+                elif local is not None:
+                    model = _read_model(f[f"local/{local:03d}/online"])
                 else:
                     model = _read_model(f["online"])
         except FileNotFoundError:
@@ -176,7 +192,21 @@ def load_model(path: str | os.PathLike, comm: Any) -> ReducedModel:
     return c.bcast(model, root=0)
 
 
-def load_bases(path: str | os.PathLike, dmesh: Any, names: list[str]) -> dict[str, np.ndarray]:
+def load_classifier(path: str | os.PathLike, comm: Any) -> dict | None:
+    """The local-basis classifier data of a ROM file (None when it has no local bases)."""
+    import h5py
+
+    c = as_mpi(comm)
+    data = None
+    if c.rank == 0:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("n_local", 0)) > 0:
+                data = json.loads(f.attrs["classifier"])
+    return c.bcast(data, root=0)
+
+
+def load_bases(path: str | os.PathLike, dmesh: Any, names: list[str], group: str = "bases"
+               ) -> dict[str, np.ndarray]:
     """Read distributed bases of a ROM file into the current distribution (owned rows).
 
     ``displacement`` -> (3 n_owned, N); integration-point bases -> (ne * nq * ncomp, Np).
@@ -187,10 +217,10 @@ def load_bases(path: str | os.PathLike, dmesh: Any, names: list[str]) -> dict[st
     out, msg = {}, None
     try:
         with h5py.File(path, "r", driver="mpio", comm=c) as f:
-            if "bases" not in f:
-                raise KeyError("no /bases group")
+            if group not in f:
+                raise KeyError(f"no /{group} group")
             for name in names:
-                ds = f["bases"][name]
+                ds = f[group][name]
                 nmap = dmesh.natural_nodes if name == "displacement" else dmesh.natural_cells
                 if ds.shape[0] != nmap.n_global:
                     raise ValueError(f"basis {name!r} has {ds.shape[0]} rows, the mesh has {nmap.n_global} "

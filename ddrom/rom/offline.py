@@ -36,8 +36,12 @@ class OfflineOptions:
 
 
 def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: OfflineOptions,
-                        timers: Timers | None = None) -> tuple[ReducedModel, dict]:
-    """Build the reduced model from the training store; returns it and the distributed bases."""
+                        timers: Timers | None = None, sims: list[str] | None = None
+                        ) -> tuple[ReducedModel, dict]:
+    """Build the reduced model from the training store; returns it and the distributed bases.
+
+    ``sims`` restricts the snapshots to some simulations (a local basis of a cluster).
+    """
     from ddrom.reduction import Diagonal, Euclidean, l2_err_from_relative, pod
     from ddrom.reduction.ecm import ecm
     from ddrom.reduction.gappy import qdeim_points
@@ -54,7 +58,7 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
     nown = 3 * dm.n_owned
     # 1. displacement POD (prescribed DOFs zeroed: u - lifting)
     with timers("pod_displacement"):
-        U = store.read_block("displacement", dm)
+        U = store.read_block("displacement", dm, sims=sims)
         U[solver.fixed[:nown]] = 0.0
         r_u = pod(U, comm, Euclidean(), l2_err=l2_err_from_relative(options.pod_tol, U, comm),
                   rtol=1e-12, modes=options.max_modes, name="displacement snapshots", **kw)
@@ -67,7 +71,7 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
     ne, nq = dm.n_cells, dm.n_qp
     w_qp = solver.asm.wdet.ravel()
     with timers("pod_stress"):
-        Sig = store.read_block("stress", dm)                                   # (ne*nq*6, m)
+        Sig = store.read_block("stress", dm, sims=sims)                        # (ne*nq*6, m)
         r_s = pod(Sig, comm, Diagonal(np.repeat(w_qp, 6)), rtol=1e-12,
                   l2_err=l2_err_from_relative(options.stress_tol, Sig, comm, Diagonal(np.repeat(w_qp, 6))),
                   name="stress snapshots", **kw)
@@ -92,7 +96,7 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
     gappy = None
     extra = np.zeros(0, dtype=np.int64)
     with timers("gappy"):
-        P = store.read_block("p", dm)                                          # (G, m)
+        P = store.read_block("p", dm, sims=sims)                               # (G, m)
         pn = as_mpi(comm).allreduce(float(np.sum(P * P)))
         if pn > 0:
             r_p = pod(P, comm, Diagonal(w_qp), rtol=1e-12,
@@ -138,8 +142,41 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
               "pod_tol": options.pod_tol, "ecm_tol": options.ecm_tol, "stress_tol": options.stress_tol,
               "p_tol": options.p_tol, "pod_method": r_u.method, "ecm_iterations": ecm_res.n_iterations,
               "ecm_relative_residual": float(ecm_res.relative_residual), "ecm_converged": bool(ecm_res.converged)})
+    model.info["simulations"] = list(sims) if sims is not None else [s.name for s in store.simulations()
+                                                                      if s.complete]
     bases = {"displacement": (dm.natural_nodes, Phi.reshape(dm.n_owned, 3, N))}
     if gappy is not None:
         bases["p"] = (dm.natural_cells, Phip.reshape(ne, nq, -1))
     bases["stress"] = (dm.natural_cells, r_s.modes_loc.reshape(ne, nq * 6, -1))
     return model, bases
+
+
+def cluster_simulations(solver: HFSolver, store: Any, n_clusters: int, dissimilarity: str = "grassmann_max"
+                        ) -> dict:
+    """Group the training simulations into ``n_clusters`` regimes (physics-informed local bases).
+
+    One distributed Gram matrix of the displacement snapshots (t = 0 excluded, prescribed
+    DOFs zeroed), then k-medoids (PAM) on the Grassmann dissimilarity of the simulations'
+    subspaces, replicated and deterministic.
+    """
+    from ddrom.reduction import Euclidean
+    from ddrom.reduction.clustering import cluster
+
+    dm = solver.dm
+    infos = [s for s in store.simulations() if s.complete]
+    names = [s.name for s in infos]
+    check_all(solver.comm, n_clusters <= len(names),
+              f"rom.n_clusters = {n_clusters} exceeds the {len(names)} training simulations")
+    steps = range(1, infos[0].n_steps + 1)
+    U = store.read_block("displacement", dm, sims=names, steps=steps)
+    U[solver.fixed[: 3 * dm.n_owned]] = 0.0
+    C = Euclidean().gram(U, comm=solver.comm)
+    del U
+    labels = [lab[0] for lab in store.snapshot_labels(sims=names, steps=steps)]
+    cl = cluster(C, n_clusters, dissimilarity=dissimilarity, method="pam", sims=labels)
+    order = [list(cl.sim_names).index(n) for n in names]
+    sim_labels = np.asarray(cl.labels)[order]
+    medoid_names = [str(cl.sim_names[i]) for i in cl.medoids]
+    params = [s.params for s in infos]
+    return {"names": names, "labels": sim_labels.tolist(), "medoids": [names.index(m) for m in medoid_names],
+            "params": params, "dissimilarity": dissimilarity}

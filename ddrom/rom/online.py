@@ -54,6 +54,7 @@ class OnlineResult:
     cutbacks: int = 0
     seconds: float = 0.0
     step_seconds: list = field(default_factory=list)
+    cluster: int | None = None          # local basis used (None: the global one)
 
 
 class ReducedSolver:
