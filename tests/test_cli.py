@@ -146,10 +146,22 @@ def test_run_pipeline_and_cluster(tmp_path, np_):
     assert s["ranks"] == np_ and s["rel_error_displacement"] < 1e-8 and s["n_modes"] == 1
     assert (tmp_path / "out" / "tiny" / "rom.h5").exists()
     assert (tmp_path / "out" / "tiny" / "singular_values.png").exists()
-    r = run(np_, "online", str(case), "--param", "u_max=0.006", "--json", str(tmp_path / "on.json"))
+    r = run(np_, "online", str(case), "--param", "u_max=0.006", "--fields", "--json", str(tmp_path / "on.json"))
     assert r.returncode == 0, r.stderr
     on = json.loads((tmp_path / "on.json").read_text())
     assert on["runs"][0]["params"] == {"u_max": 0.006}
+    # reconstructed fields: u_x = u_max * x at the last step (linear elastic, exact)
+    import h5py
+
+    with h5py.File(tmp_path / "out" / "tiny" / "rom_fields.h5", "r") as f:
+        X = f["mesh/points"][...]
+        u = f["simulations/param_000/displacement"][-1]
+    np.testing.assert_allclose(u[:, 0], 0.006 * X[:, 0], atol=1e-10)
+    assert (tmp_path / "out" / "tiny" / "rom_fields.xdmf").exists()
+    # a case whose material differs from the ROM's
+    other = write_case(tmp_path, TINY.replace("E = 200e3", "E = 210e3"), name="case.toml")
+    r = run(np_, "online", str(other), "--quiet")
+    assert r.returncode != 0 and "another material" in r.stderr and "Traceback" not in r.stderr
     r = run(np_, "cluster", str(case), "--quiet", "--json", str(tmp_path / "cl.json"))
     assert r.returncode == 0, r.stderr
     cl = json.loads((tmp_path / "cl.json").read_text())

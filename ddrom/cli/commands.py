@@ -79,6 +79,8 @@ def _online_args(p: argparse.ArgumentParser) -> None:
     _case_args(p)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="run this parameter point instead of the test set (repeatable)")
+    p.add_argument("--fields", action="store_true",
+                   help="reconstruct the full fields in parallel and write rom_fields.h5 + .xdmf")
 
 
 def _parse_params(items: list[str]) -> list[dict] | None:
@@ -101,7 +103,7 @@ def _online_run(args: Any, comm: Any) -> int:
 
     import numpy as np
 
-    res = online(args.case, comm, _parse_params(args.param), quiet=args.quiet)
+    res = online(args.case, comm, _parse_params(args.param), quiet=args.quiet, fields=args.fields)
     runs = []
     for name, params, r in res["runs"]:
         finite = r.indicator[np.isfinite(r.indicator)]

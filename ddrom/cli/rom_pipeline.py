@@ -128,13 +128,20 @@ def _plot_sigma(case, model, comm) -> None:
 
 
 def online(case_path: str, comm: Any, params_list: list[dict] | None = None, quiet: bool = False,
-           case=None) -> dict[str, Any]:
-    """Run the ROM on the test parameters (or the given ones); results in online_<name>.npz."""
+           case=None, fields: bool = False) -> dict[str, Any]:
+    """Run the ROM on the test parameters (or the given ones); results in online_<name>.npz.
+
+    With ``fields``, the full fields (displacement, cumulated plastic strain, stress) are
+    reconstructed in parallel afterwards and written as ``rom_fields.h5`` + XDMF.
+    """
     from ddrom.rom.model import load_model
     from ddrom.rom.online import ReducedSolver
 
     case = case or load_case_collectively(case_path, comm)
     model = load_model(rom_path(case), comm)
+    if json.dumps(model.material, sort_keys=True) != json.dumps(case.raw["material"], sort_keys=True):
+        raise CollectiveError(f"{rom_path(case)}: the ROM was built with another material than the one of "
+                              f"{case.path.name} (rebuild it with `ddrom offline`)")
     pick = _local_basis_picker(rom_path(case), comm)
     if params_list is None:
         points = [(f"test_{i:03d}", p) for i, p in enumerate(case.test_parameters())]
@@ -156,7 +163,51 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
             np.savez(str(out) + ".tmp.npz", times=res.times, q=res.q, indicator=res.indicator,
                      p_samples=res.p_samples, dirichlet=res.dirichlet, params=json.dumps(params))
             os.replace(str(out) + ".tmp.npz", out)
+    if fields:
+        write_fields(case, comm, runs, model)
     return {"runs": runs, "model": model}
+
+
+def write_fields(case: Any, comm: Any, runs: list, model: Any) -> Path:
+    """Reconstruct the full fields of ROM runs in parallel; write them as a snapshot store + XDMF."""
+    from ddrom.io.store import SnapshotStore
+    from ddrom.rom.model import load_bases, load_model
+    from ddrom.rom.operators import lifting_fields, local_points
+
+    timers = Timers()
+    dm, solver = _hf_context(case, comm, timers)
+    path = Path(case.output_dir) / "rom_fields.h5"
+    store = SnapshotStore.create(path, dm, state_names=[], case_hash=case.hf_hash,
+                                 provenance={"case": str(case.path), "kind": "ROM reconstruction"}, comm=comm)
+    ne, nq = dm.n_cells, dm.n_qp
+    c = as_mpi(comm)
+    for name, params, res in runs:
+        m = model if res.cluster is None else load_model(rom_path(case), comm, local=res.cluster)
+        group = "bases" if res.cluster is None else f"local/{res.cluster:03d}/bases"
+        bases = load_bases(rom_path(case), dm, ["displacement", "stress"] + (["p"] if m.gappy else []), group)
+        solver.set_loads(build_loads(case, params, dm))
+        chi = (np.column_stack(lifting_fields(solver))[: 3 * dm.n_owned] if m.E_lift.shape[1]
+               else np.zeros((3 * dm.n_owned, 0)))
+        Psi = bases["stress"]
+        where, cells, qps = local_points(dm, m.point_gids)
+        rows = np.zeros((len(m.point_gids), 6, Psi.shape[-1]))
+        rows[where] = Psi.reshape(ne, nq, 6, -1)[cells, qps]
+        PsiI = c.allreduce(rows).reshape(-1, Psi.shape[-1])
+        writer = store.add_simulation(name, params, n_steps=len(res.times) - 1)
+        for k, t in enumerate(res.times):
+            u = (bases["displacement"] @ res.q[k] + chi @ res.dirichlet[k]).reshape(-1, 3)
+            if m.gappy is not None:
+                a = np.linalg.lstsq(m.gappy.basis_at_samples, res.p_samples[k], rcond=None)[0]
+                p = (bases["p"] @ a).reshape(ne, nq)
+            else:
+                p = np.zeros((ne, nq))
+            b = np.linalg.lstsq(PsiI, res.stress_samples[k].reshape(-1), rcond=None)[0]
+            sig = (Psi @ b).reshape(ne, nq, 6)
+            writer.write_step(k, float(t), u, sig, p, None)
+        writer.finish()
+    store.finalize()
+    rank0_print(comm, f"  reconstructed fields: {path} (+ .xdmf for ParaView)")
+    return path
 
 
 def _local_basis_picker(path, comm):
