@@ -18,21 +18,16 @@ import numpy as np
 
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import Loads, evaluate
-from ddrom.hf.stepping import CutbacksExhausted, NotConverged, advance
+from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import CollectiveError, Timers, as_mpi, as_petsc
 
 
 @dataclass
-class SolverOptions:
-    """Newton options. Convergence: ||r_free|| <= rtol * max(||f_ext||, ||f_int||) + atol."""
+class SolverOptions(NewtonOptions):
+    """HF options. Convergence: ||r_free|| <= rtol * max(||f_ext||, ||f_int||) + atol."""
 
-    rtol: float = 1e-8
-    atol: float = 1e-12
-    max_iterations: int = 25
-    line_search: bool = True
-    max_cutbacks: int = 6
     bbar: bool = True
     petsc_options: dict[str, Any] = field(default_factory=dict)
 

@@ -1,7 +1,22 @@
 """Time-step cut-back shared by the HF and the reduced solvers."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
+
+
+@dataclass
+class NewtonOptions:
+    """Options of a Newton march with line search and cut-backs (HF and reduced solvers).
+
+    Convergence: ``||r|| <= rtol * ref + atol`` (``ref`` as each solver defines it).
+    """
+
+    rtol: float = 1e-8
+    atol: float = 1e-12
+    max_iterations: int = 25
+    line_search: bool = True
+    max_cutbacks: int = 6
 
 
 class NotConverged(Exception):

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ddrom.expressions import Expression
-from ddrom.hf.stepping import CutbacksExhausted, NotConverged, advance
+from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import ReturnMappingError, from_config
 from ddrom.parallel import DdromError
 from ddrom.rom.model import ReducedModel
@@ -33,13 +33,7 @@ class OnlineDivergence(DdromError):
     """The reduced Newton did not converge (after cut-backs)."""
 
 
-@dataclass
-class OnlineOptions:
-    rtol: float = 1e-8
-    atol: float = 1e-12
-    max_iterations: int = 25
-    line_search: bool = True
-    max_cutbacks: int = 6
+OnlineOptions = NewtonOptions
 
 
 @dataclass
