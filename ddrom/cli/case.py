@@ -658,9 +658,13 @@ def _sample(kind: str, spec: dict, params: dict[str, dict], ctx: _Context) -> li
 
 def _check_material(raw: dict, ctx: _Context) -> None:
     from ddrom.materials import from_config
+    from ddrom.materials.plugin import resolve_paths
     mat = raw.get("material")
     if not isinstance(mat, dict):
         return
+    # a plugin library path is relative to the case folder: made absolute here, so that every
+    # from_config(case.raw["material"]) (HF, replay, ROM file read elsewhere) finds it
+    mat.update(resolve_paths(mat, ctx.folder))
     try:
         from_config(mat)
     except DdromError as exc:

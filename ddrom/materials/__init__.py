@@ -2,11 +2,12 @@
 
 ``from_config(cfg)`` builds a law from the case file's ``[material]`` table, looked up by
 ``cfg["law"]`` in the table :data:`LAWS` (``"elastic"``, ``"chaboche"``, ``"j2"``,
-``"norton"``); see :mod:`ddrom.materials.base` for the interface.
+``"norton"``, ``"umat"`` for a compiled plugin); see :mod:`ddrom.materials.base` for the interface.
 """
 from ddrom.materials.base import LAWS, Material, Response, ReturnMappingError, from_config, register_law
 from ddrom.materials import elastic as _elastic  # noqa: F401  (registers "elastic")
 from ddrom.materials import chaboche as _chaboche  # noqa: F401  (registers "chaboche", "j2", "norton")
+from ddrom.materials import plugin as _plugin  # noqa: F401  (registers "umat")
 from ddrom.materials.chaboche import Chaboche
 from ddrom.materials.elastic import Elastic
 
