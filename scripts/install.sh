@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ddrom needs on a Debian 12 machine, idempotently:
-#  - the HPC stack from Debian packages (MPI, PETSc, SLEPc, petsc4py, slepc4py, mpi4py, parallel h5py)
+#  - the HPC stack from Debian packages (MPI, PETSc, SLEPc, petsc4py, slepc4py, mpi4py, parallel h5py),
+#    and cmake + gfortran for the compiled material plugins (cmake/, tested by tests/test_plugins.py)
 #  - a venv with system site packages holding ddrom (editable) and the PyPI dependencies.
 # Quick when everything is already there. VENV (default .venv) and EXTRAS (default test) can be set.
 set -euo pipefail
@@ -8,7 +9,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-test}
 DEB_PKGS="openmpi-bin libopenmpi-dev python3-mpi4py python3-petsc4py python3-slepc4py python3-h5py-mpi \
-python3-numpy python3-scipy libopenblas0-pthread python3-venv python3-pip"
+python3-numpy python3-scipy libopenblas0-pthread python3-venv python3-pip \
+cmake gfortran"
 
 missing=""
 for p in $DEB_PKGS; do
