@@ -100,7 +100,7 @@ def test_demo_and_tiny_cases_validate():
     assert demo.raw["mesh"]["generator"] == "plate_with_hole"
     assert demo.parameter_names == ["T_max", "S_max"]
     tr, te = demo.training_parameters(), demo.test_parameters()
-    assert 4 <= len(tr) <= 6 and len(te) == 2
+    assert 4 <= len(tr) <= 12 and len(te) == 2
     p = demo.raw["parameters"]
     for pt in tr + te:
         assert all(p[n]["min"] <= v <= p[n]["max"] for n, v in pt.items())
