@@ -68,6 +68,9 @@ _SQRT2 = np.sqrt(2.0)
 _PERM = np.array([0, 1, 2, 3, 5, 4])
 _W = np.array([1.0, 1.0, 1.0, _SQRT2, _SQRT2, _SQRT2])
 _WW = np.outer(_W, _W)
+#: Flat index in a point's 36 DDSDDE doubles of Mandel entry (a, b): DDSDDE(P_a, P_b) at P_a + 6 P_b.
+_TAKE = (_PERM[:, None] + 6 * _PERM[None, :]).ravel()
+_WW_FLAT = _WW.ravel()
 
 
 def mandel_to_voigt_strain(e: np.ndarray) -> np.ndarray:
@@ -93,7 +96,11 @@ def voigt_to_mandel_strain(e: np.ndarray) -> np.ndarray:
 def ddsdde_to_mandel(raw: np.ndarray) -> np.ndarray:
     """Per-point DDSDDE as returned in memory, ``(n, 6, 6)`` C view of column-major
     ``DDSDDE(i, j)`` (so ``raw[:, j, i]``), -> Mandel tangent ``D[a, b] = w_a w_b DDSDDE(P_a, P_b)``."""
-    return raw[:, _PERM[None, :], _PERM[:, None]] * _WW
+    n = raw.shape[0]
+    # one gather along a flat axis (np.take) is ~3x faster than 2-D fancy indexing
+    out = np.take(raw.reshape(n, 36), _TAKE, axis=1)
+    out *= _WW_FLAT
+    return out.reshape(n, 6, 6)
 
 
 def _err(key: str, msg: str) -> DdromError:
