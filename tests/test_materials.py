@@ -446,3 +446,17 @@ def test_return_map_converges_for_tiny_plastic_increments():
     r = mat.update(eps, state, T, T, 1.0)
     dp = r.state[:, 12] - state[:, 12]
     assert np.all(dp >= 0) and np.all(dp < 1e-12)
+
+
+def test_return_map_converges_barely_past_yield():
+    """Regression: a trial overstress of ~1e-11 MPa (dp ~ 2e-16) alternated between two floats."""
+    m = from_config({"law": "j2", "E": 200e3, "nu": 0.3, "sigma_y": 250.0, "H": 1500.0, "alpha": 1.2e-5,
+                     "T_ref": 20.0})
+    eps = np.array([[-4.5621371464678699e-03, 3.0023369832027874e-03, 3.2050627511506576e-03,
+                     -9.5479874747107958e-05, 9.9201805218793269e-05, -6.0210285311994077e-05]])
+    st = np.array([[-4.0018087741143359e-03, 1.9215324519895715e-03, 2.0802763221247642e-03,
+                    -7.4765260434245045e-05, 7.7679708130833308e-05, -4.7147502801994689e-05,
+                    0, 0, 0, 0, 0, 0, 4.0040110616950128e-03]])
+    T = np.array([115.01070762071886])
+    r = m.update(eps, st, T, T, 0.0078125)
+    assert 0 <= r.state[0, 12] - st[0, 12] < 1e-14

@@ -261,6 +261,16 @@ class HFSolver:
                 self.ksp.solve(self.b, self.x)
             reason = self.ksp.getConvergedReason()
             info.ksp_iterations += self.ksp.getIterationNumber()
+            if reason < 0 and self.ksp.getType() == "cg":
+                # CG breaks down when the preconditioned tangent is not positive definite
+                # (GAMG's estimates on a plastic tangent): retry this solve with GMRES rather
+                # than cut the step, which would change the HF load path.
+                self.ksp.setType("gmres")
+                with self.timers("linear_solve"):
+                    self.ksp.solve(self.b, self.x)
+                reason = self.ksp.getConvergedReason()
+                info.ksp_iterations += self.ksp.getIterationNumber()
+                self.ksp.setType("cg")
             if reason < 0:
                 raise NotConverged(f"linear solver failed ({_ksp_reason(reason)}) at iteration {it}")
             du = self.owned_to_local(self.x.array)

@@ -80,7 +80,8 @@ def _specs(law: str) -> dict[str, Spec]:
 
 def safeguarded_newton(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
                        x0: np.ndarray, lo: np.ndarray, hi: np.ndarray, rtol: float = RTOL,
-                       maxit: int = MAXIT, what: str = "return mapping") -> np.ndarray:
+                       maxit: int = MAXIT, what: str = "return mapping",
+                       ftol: np.ndarray | None = None) -> np.ndarray:
     """Vectorized Newton for decreasing scalar functions, protected by bisection.
 
     Parameters
@@ -96,7 +97,9 @@ def safeguarded_newton(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray,
     numpy.ndarray
         Roots, to ``rtol`` relative: a point stops when its last Newton step (inside the
         bracket) is ``<= rtol max(|x|, |hi_0|)``, when ``fun`` is exactly 0, or when its
-        bracket is narrower than that (``hi_0`` the initial upper end). Steps leaving the bracket are replaced by bisection.
+        bracket is narrower than that (``hi_0`` the initial upper end), or when
+        ``|fun| <= ftol`` (the round-off level of the function, given by the caller: for
+        a point barely past yield the root is ~1e-16 and only this test can stop it). Steps leaving the bracket are replaced by bisection.
 
     Raises
     ------
@@ -123,7 +126,7 @@ def safeguarded_newton(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray,
         # inclusive: a converged Newton iterate may land exactly on the end just updated
         newton_ok = np.isfinite(xn) & (xn >= la) & (xn <= ha)
         xn = np.where(newton_ok, xn, 0.5 * (la + ha))
-        zero = v == 0
+        zero = v == 0 if ftol is None else np.abs(v) <= ftol[act]
         xn = np.where(zero, xa, xn)
         x[act] = xn
         scale = np.maximum(np.abs(xn), scale0[act])
@@ -219,7 +222,10 @@ class Chaboche(Material):
         # g(hi) <= 0 since J(xi) <= J(s_tr) + J(X_old) for every dp >= 0
         x0 = f_tr / (3.0 * G + C + H)
         hi = np.maximum((von_mises_deviator(s_tr) + von_mises_deviator(X_old) - H * p_old - sy) / (3.0 * G + H), x0)
-        dp = safeguarded_newton(g_ri, x0, np.zeros(m), hi, what=f"material '{self.name}'")
+        # |g| at round-off level of the stresses it is made of: converged whatever dp
+        ftol = 64.0 * np.finfo(float).eps * (von_mises_deviator(s_tr) + von_mises_deviator(X_old) + sy
+                                              + H * p_old)
+        dp = safeguarded_newton(g_ri, x0, np.zeros(m), hi, what=f"material '{self.name}'", ftol=ftol)
         _, dg_ri = g_ri(dp, everyone)
         inv_gdp = 1.0 / dg_ri
 
