@@ -594,6 +594,7 @@ SCHEMA = Table({
         "n_clusters": Key(Int(ge=1), 1),
         "classifier": Key(Str(choices=("nearest_medoid", "knn")), "nearest_medoid"),
         "indicator_tol": Key(Num(gt=0)),
+        "indicator_target": Key(Num(gt=0, lt=1), 1e-2),
     }, unknown="warn"), {}),
     "training": Key(_sampling_table("training")),
     "test": Key(_sampling_table("test")),

@@ -89,8 +89,12 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
                   "which": which, "times": times.tolist(), "material": material.to_dict()}
     if resume and _up_to_date(path, case, comm):
         rank0_print(comm, f"  {path.name}: complete and up to date (use --restart to recompute)")
+        store = SnapshotStore.open(path, comm, mode="r")
+        runs = [{"name": name, "params": params, "skipped": True, "seconds": store.metadata(name, "hf_seconds")}
+                for name, params in points]
+        store.close()
         return {"store": str(path), "simulations": len(points), "computed": 0,
-                "resumed_skipped": len(points), "runs": []}
+                "resumed_skipped": len(points), "complete": True, "runs": runs}
     partial = Path(str(path) + ".partial")
     exists = c.bcast(partial.exists() if c.rank == 0 else None, root=0)
     store = None
@@ -112,7 +116,8 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
     computed = 0
     for isim, (name, params) in enumerate(points):
         if name in done:
-            results.append({"name": name, "params": params, "skipped": True})
+            results.append({"name": name, "params": params, "skipped": True,
+                            "seconds": store.metadata(name, "hf_seconds")})
             continue
         if max_simulations is not None and computed >= max_simulations:
             break
@@ -141,6 +146,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
                 bar.update(1, newton=info.newton_iterations, ksp=info.ksp_iterations)
         writer.finish()
         sec = c.allreduce(time.perf_counter() - t0, op=_max())
+        store.set_metadata(name, "hf_seconds", sec)
         p = solver.material.cumulated_plastic_strain(st.internal)
         pmax = c.allreduce(float(p.max()) if p.size else 0.0, op=_max())
         results.append({"name": name, "params": params, "seconds": sec, "newton_iterations": newton,

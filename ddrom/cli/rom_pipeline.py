@@ -264,8 +264,12 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
         errors[-1]["cluster"] = cl
         errors[-1]["n_modes"] = m.n_modes
     store.close()
-    hf_secs = [r["seconds"] for r in _runs(hf_test, "test") if "seconds" in r] or \
-              [r["seconds"] for r in _runs(hf_train, "training") if "seconds" in r]
+    calibration = calibrate_indicator(errors, case.raw.get("rom", {}).get("indicator_target", 1e-2))
+    if c.rank == 0 and calibration.get("pairs", 0) > 0:
+        _plot_calibration(case, errors, calibration)
+        _store_calibration(rom_path(case), calibration)
+    hf_secs = [r["seconds"] for r in _runs(hf_test, "test") if r.get("seconds")] or \
+              [r["seconds"] for r in _runs(hf_train, "training") if r.get("seconds")]
     rom_secs = [res.seconds for _, _, res in on["runs"]]
     summary = {
         "case": str(case.path), "ranks": c.size, "ddrom_version": ddrom.__version__,
@@ -278,6 +282,7 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
         "n_modes": model.n_modes, "n_reduced_points": model.n_points,
         "n_sample_points": int(len(model.weights)),
         "per_test_parameter": errors, "offline_seconds": off["seconds"],
+        "indicator_calibration": calibration,
         "mesh": dm.summary(),
     }
     if c.rank == 0:
@@ -330,6 +335,7 @@ def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:
 
     where, cells, qps = local_points(dm, model.point_gids)
     num = {"displacement": 0.0, "plastic_strain": 0.0, "stress": 0.0}
+    step_err = []            # per step (error^2, norm^2) of p on this rank, for the indicator calibration
     den = dict.fromkeys(num, 0.0)
     Psi = bases["stress"].reshape(ne * nq, 6, -1)
     rows_s = np.zeros((len(model.point_gids), 6, Psi.shape[-1]))
@@ -346,14 +352,21 @@ def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:
             p_rom = bases["p"] @ a
         else:
             p_rom = np.zeros_like(p_hf)
-        num["plastic_strain"] += float(np.sum(w * (p_rom - p_hf) ** 2))
-        den["plastic_strain"] += float(np.sum(w * p_hf ** 2))
+        e2, n2 = float(np.sum(w * (p_rom - p_hf) ** 2)), float(np.sum(w * p_hf ** 2))
+        num["plastic_strain"] += e2
+        den["plastic_strain"] += n2
+        step_err.append((e2, n2))
         s_hf = store.read_qp(name, "stress", k, dm).reshape(ne * nq, 6)
         b = np.linalg.lstsq(PsiI, res.stress_samples[k].reshape(-1), rcond=None)[0]
         s_rom = (Psi @ b)
         num["stress"] += float(np.sum(w[:, None] * (s_rom - s_hf) ** 2))
         den["stress"] += float(np.sum(w[:, None] * s_hf ** 2))
     out = {"name": name, "params": params}
+    # per-step relative error of p (true error) next to the indicator of that step
+    se = np.array(c.allreduce(np.array(step_err)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["p_error_per_step"] = np.where(se[:, 1] > 0, np.sqrt(se[:, 0] / se[:, 1]), np.nan).tolist()
+    out["indicator_per_step"] = [float(v) for v in res.indicator]
     for key in num:
         n, d = c.allreduce(num[key]), c.allreduce(den[key])
         out[key] = math.sqrt(n / d) if d > 0 else (0.0 if n == 0 else math.inf)
@@ -421,3 +434,61 @@ def cluster_report(case_path: str, comm: Any, ks: list[int] | None = None, Ns: l
     if "recommendation" in out:
         rank0_print(comm, "  " + out["recommendation"]["message"])
     return out
+
+
+def calibrate_indicator(errors: list[dict], target: float) -> dict:
+    """Fit log(true p error) = a + b log(indicator) over the (step, test parameter) pairs.
+
+    Returns the Pearson correlation of the logs, the fit, and the indicator tolerance that
+    corresponds to the error target (``exp((log target - a) / b)``). Steps where the HF
+    plastic strain or the indicator vanish carry no information and are left out.
+    """
+    x, y = [], []
+    for e in errors:
+        for ind, err in zip(e["indicator_per_step"], e["p_error_per_step"]):
+            if ind is not None and err is not None and np.isfinite(ind) and np.isfinite(err) \
+                    and ind > 0 and err > 0:
+                x.append(math.log(ind))
+                y.append(math.log(err))
+    out: dict[str, Any] = {"pairs": len(x), "error_target": float(target)}
+    if len(x) < 3 or np.ptp(x) == 0:
+        out["message"] = "too few informative (indicator, error) pairs to calibrate"
+        return out
+    x, y = np.array(x), np.array(y)
+    b, a = np.polyfit(x, y, 1)
+    out.update(pearson_log=float(np.corrcoef(x, y)[0, 1]), slope=float(b), intercept=float(a))
+    out["indicator_tolerance"] = float(math.exp((math.log(target) - a) / b)) if b > 0 else None
+    return out
+
+
+def _plot_calibration(case, errors, cal) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for e in errors:
+        ax.loglog(e["indicator_per_step"], e["p_error_per_step"], "o", ms=4, label=e["name"])
+    if "slope" in cal:
+        xs = np.logspace(np.log10(max(min(v for e in errors for v in e["indicator_per_step"] if v and v > 0), 1e-16)),
+                         np.log10(max(v for e in errors for v in e["indicator_per_step"] if v)), 50)
+        ax.loglog(xs, np.exp(cal["intercept"]) * xs ** cal["slope"], "k--",
+                  label=f"fit, r = {cal['pearson_log']:.2f}")
+    ax.set_xlabel("indicator (Gappy residual of p)")
+    ax.set_ylabel("true relative error of p")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out = Path(case.output_dir) / "indicator_calibration.png"
+    fig.savefig(str(out) + ".tmp.png", dpi=120)
+    os.replace(str(out) + ".tmp.png", out)
+    plt.close(fig)
+
+
+def _store_calibration(path, cal) -> None:
+    """Record the calibration in the ROM file (rank 0; a small attribute)."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        f.attrs["indicator_calibration"] = json.dumps(cal)

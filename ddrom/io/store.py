@@ -585,6 +585,15 @@ class SnapshotStore:
                              f"{[s.name for s in self.simulations()]})")
         return f["simulations"][name]
 
+    def set_metadata(self, name: str, key: str, value: Any) -> None:
+        """Attach a JSON-able value to simulation ``name`` (collective; the same value on every rank)."""
+        self._sim(name).attrs[f"meta_{key}"] = _to_json(value, f"metadata {key!r}")
+
+    def metadata(self, name: str, key: str, default: Any = None) -> Any:
+        """A value attached by :meth:`set_metadata` (``default`` if absent)."""
+        raw = self._sim(name).attrs.get(f"meta_{key}")
+        return default if raw is None else json.loads(raw)
+
     def add_simulation(self, name: str, params: dict, n_steps: int,
                        overwrite_incomplete: bool = True) -> "SimulationWriter":
         """Create simulation ``name`` with ``n_steps + 1`` output steps (step 0 is t = 0).
