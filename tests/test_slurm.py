@@ -230,7 +230,8 @@ def ddrom_venv() -> Path:
 
 
 def submit_pipeline(slurm: Slurm, work: Path, case: Path, **variables: str) -> list[tuple[str, str]]:
-    env = dict(slurm.env, DDROM=str(ddrom_venv()), LAUNCHER="mpirun", LOG_DIR=str(work / "logs"), **variables)
+    env = {**slurm.env, "DDROM": str(ddrom_venv()), "LAUNCHER": "mpirun", "LOG_DIR": str(work / "logs"),
+           **variables}
     r = slurm.run(str(JOBSCRIPTS / "pipeline.sh"), str(case), cwd=work, env=env)
     jobs = [tuple(line.split()) for line in r.stdout.splitlines() if line.strip()]
     assert jobs and all(len(j) == 2 and j[1].isdigit() for j in jobs), r.stdout
@@ -316,3 +317,34 @@ def test_job_script_needs_a_case(tmp_path):
     r = subprocess.run([str(JOBSCRIPTS / "pipeline.sh"), str(tmp_path / "missing.toml")], cwd=tmp_path,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "no case file" in r.stderr
+
+
+def test_online_packed_in_one_allocation(slurm, tmp_path):
+    """Packed online mode: 3 independent 1-rank ROM runs side by side in one 2-task allocation,
+    launched with srun where SLURM has a PMIx plugin (else mpirun)."""
+    case = tmp_path / "tiny.toml"
+    shutil.copy(REPO / "cases" / "tiny.toml", case)
+    params = tmp_path / "params.txt"
+    params.write_text("u_max=0.002\nu_max=0.005\nu_max=0.009\n")
+    launcher = {}
+    r = slurm.run("srun", "--mpi=list", check=False)
+    if "pmix" in r.stdout + r.stderr:
+        launcher = dict(LAUNCHER="srun", SRUN_FLAGS="--mpi=pmix")
+    jobs = submit_pipeline(slurm, tmp_path, case, NTASKS="2", PARAM_FILE=str(params), ONLINE_MODE="packed",
+                           NTASKS_ONLINE="2", RANKS_PER_RUN="1", **launcher)
+    recs = slurm.wait_terminal([j for _, j in jobs], PIPELINE_TIMEOUT)
+    logs = tmp_path / "logs"
+    for stage, j in jobs:
+        rec = recs[j][0]
+        log = logs / f"ddrom-{stage}-{j}.out"
+        assert rec["JobState"] == "COMPLETED", (stage, launcher, rec["ExitCode"],
+                                                log.read_text() if log.exists() else "(no log)")
+    # under srun too, the HF job is one 2-rank MPI run (not two singletons)
+    assert "81 DOFs on 2 rank(s)" in (logs / f"ddrom-hf-{jobs[0][1]}.out").read_text()
+    text = (logs / f"ddrom-online-{jobs[-1][1]}.out").read_text()
+    assert "3 points, 2 run(s) of 1 rank(s) at a time" in text
+    for k, u in ((1, 0.002), (2, 0.005), (3, 0.009)):
+        res = json.loads((logs / "online-results" / f"point_{k:04d}.json").read_text())["runs"]
+        assert res[0]["params"] == {"u_max": u}
+        assert (logs / "online-results" / f"point_{k:04d}.rc").read_text().strip() == "0"
+    print(f"\npacked online with {launcher.get('LAUNCHER', 'mpirun')}: ok")
