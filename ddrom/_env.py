@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 _DEBIAN_PETSC = "/usr/lib/petscdir/petsc*/x86_64-linux-gnu-real"
 _DEBIAN_SLEPC = "/usr/lib/slepcdir/slepc*/x86_64-linux-gnu-real"
@@ -28,6 +29,14 @@ def configure_environment() -> None:
         d = _newest(_DEBIAN_SLEPC)
         if d:
             os.environ["SLEPC_DIR"] = d
+    # Debian's petsc4py/slepc4py are found through .pth files evaluated at interpreter
+    # start-up, from PETSC_DIR or the /usr/lib/petsc alternative (which only the -dev
+    # packages create): add their folders here too, so the runtime packages suffice.
+    for var in ("PETSC_DIR", "SLEPC_DIR"):
+        if os.environ.get(var):
+            site = os.path.join(os.environ[var], "lib", "python3", "dist-packages")
+            if os.path.isdir(site) and site not in sys.path:
+                sys.path.append(site)
     # Debian's h5py chooses its MPI build only under a launcher; a singleton run
     # (plain `ddrom ...`) must write the same collective files.
     os.environ.setdefault("H5PY_ALWAYS_USE_MPI", "1")

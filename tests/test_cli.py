@@ -155,7 +155,7 @@ def test_run_pipeline_and_cluster(tmp_path, np_):
 
     with h5py.File(tmp_path / "out" / "tiny" / "rom_fields.h5", "r") as f:
         X = f["mesh/points"][...]
-        u = f["simulations/param_000/displacement"][-1]
+        u = f["simulations/param_u_max_0.006/displacement"][-1]
     np.testing.assert_allclose(u[:, 0], 0.006 * X[:, 0], atol=1e-10)
     assert (tmp_path / "out" / "tiny" / "rom_fields.xdmf").exists()
     # a case whose material differs from the ROM's

@@ -288,8 +288,9 @@ def test_pipeline_on_slurm(slurm, tmp_path):
         res = json.loads((logs / "online-results" / f"point_{k:04d}.json").read_text())["runs"]
         assert len(res) == 1 and res[0]["params"] == {"u_max": u}
         assert res[0]["newton_iterations"] >= 1
-    traj = np.load(out / "online_param_000.npz")
-    assert np.all(np.isfinite(traj["q"])) and json.loads(str(traj["params"]))["u_max"] in (0.003, 0.007)
+    for u in (0.003, 0.007):          # one trajectory per point (named by its values)
+        traj = np.load(out / f"online_param_u_max_{u:g}.npz")
+        assert np.all(np.isfinite(traj["q"])) and json.loads(str(traj["params"]))["u_max"] == u
 
 
 def test_failing_job_stops_the_pipeline(slurm, tmp_path):

@@ -146,7 +146,8 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
     if params_list is None:
         points = [(f"test_{i:03d}", p) for i, p in enumerate(case.test_parameters())]
     else:
-        points = [(f"param_{i:03d}", p) for i, p in enumerate(params_list)]
+        # named by their values, so that runs of different points (job arrays) never collide
+        points = [("param_" + "_".join(f"{k}_{v:g}" for k, v in sorted(p.items())), p) for p in params_list]
     _warn_out_of_range(model, points, comm)
     runs = []
     for name, params in points:
