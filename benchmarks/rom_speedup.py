@@ -113,12 +113,12 @@ def main() -> None:
     model = load_model(out_dir / "rom.h5", comm)
     load_s = time.perf_counter() - t1
     test_params = [p["params"] for p in s["per_test_parameter"]]
-    secs, steps_s, newton = [], [], []
+    secs, step_means, newton = [], [], []
     for _ in range(args.repeat):
         for p in test_params:
             res = ReducedSolver(model, p).run()
             secs.append(res.seconds)
-            steps_s += res.step_seconds
+            step_means.append(float(np.mean(res.step_seconds)))   # plastic steps cost ~20x elastic ones
             newton.append(res.newton_iterations)
     rom_med = float(np.median(secs))
     best = best_approximation(path, out_dir, contexts[0], comm)
@@ -141,7 +141,7 @@ def main() -> None:
         "hf_training_runs": hf_train["sets"]["training"]["runs"],
         "rom_seconds_per_simulation": s["rom_seconds_per_simulation"],
         "rom_seconds_median": rom_med, "rom_seconds_all": secs,
-        "rom_step_seconds_median": float(np.median(steps_s)),
+        "rom_step_seconds_median": float(np.median(step_means)),
         "rom_newton_iterations": newton[0] if newton else None,
         "rom_model_load_seconds": load_s,
         "speedup_run": s["speedup"],
@@ -217,7 +217,7 @@ def table(r: dict) -> str:
         ("HF solver s/simulation (no write)", f"{r['hf_solve_seconds_per_simulation']:.2f}"),
         ("ROM s/simulation (run)", f"{r['rom_seconds_per_simulation']:.4f}"),
         ("ROM s/simulation (median of repeats)", f"{r['rom_seconds_median']:.4f}"),
-        ("ROM s/step (median)", f"{r['rom_step_seconds_median']:.5f}"),
+        ("ROM s/step (median of the mean)", f"{r['rom_step_seconds_median']:.5f}"),
         ("speedup (run)", f"{r['speedup_run']:.0f}"),
         ("speedup (HF run / ROM median)", f"{r['speedup_median']:.0f}"),
         ("speedup (HF solver / ROM median)", f"{r['speedup_solver_only']:.0f}"),
