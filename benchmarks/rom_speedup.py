@@ -46,7 +46,7 @@ import ddrom  # noqa: E402  (sets PETSC_DIR before petsc4py)
 from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _rom_case import dofs_of, m_for_dofs, mesh_args, parse_points, write_case  # noqa: E402
+from _rom_case import m_for_dofs, mesh_args, parse_points, write_case  # noqa: E402
 
 
 def _capture(module, name: str, store: list):
