@@ -86,7 +86,8 @@ def offline(case_path: str, comm: Any, quiet: bool = False, case=None, context=N
     seconds = as_mpi(comm).allreduce(time.perf_counter() - t0, op=_max())
     summary = {"rom": str(path), "seconds": seconds, **model.info, "timers": timers.summary(comm)}
     _plot_sigma(case, model, comm)
-    rank0_print(comm, _offline_table(summary))
+    if not quiet:
+        rank0_print(comm, _offline_table(summary))
     return summary
 
 
