@@ -33,3 +33,22 @@ def distort(mesh, amount: float, seed: int = 0):
     d[bnodes] = 0.0
     mesh.points = mesh.points + d
     return mesh
+
+
+def cuts(n: int, size: int) -> np.ndarray:
+    """Uneven row partition: shares 1, 3, 2, 5, 4, ... (rank 0 gets the fewest rows)."""
+    shares = np.array([1, 3, 2, 5, 4, 6, 7, 8][:size], dtype=float) if size <= 8 else np.ones(size)
+    c = np.concatenate(([0], np.round(np.cumsum(shares) / shares.sum() * n))).astype(int)
+    c[-1] = n
+    return c
+
+
+def local(A: np.ndarray, comm) -> np.ndarray:
+    """This rank's rows of a matrix known on every rank (uneven partition)."""
+    c = cuts(A.shape[0], comm.size)
+    return A[c[comm.rank]:c[comm.rank + 1]]
+
+
+def gather(A_loc: np.ndarray, comm) -> np.ndarray:
+    """TESTS ONLY: the whole row-distributed matrix on every rank."""
+    return np.vstack(comm.allgather(A_loc))

@@ -38,21 +38,7 @@ def synthetic(n, m, decades=14.0, seed=0, graded=False):
     return (U * s) @ V.T, s
 
 
-def cuts(n, size):
-    """Uneven row partition: shares 1, 3, 2, 5, 4, ... (rank 0 gets the fewest rows)."""
-    shares = np.array([1, 3, 2, 5, 4, 6, 7, 8][:size], dtype=float) if size <= 8 else np.ones(size)
-    c = np.concatenate(([0], np.round(np.cumsum(shares) / shares.sum() * n))).astype(int)
-    c[-1] = n
-    return c
-
-
-def local(A, comm):
-    c = cuts(A.shape[0], comm.size)
-    return A[c[comm.rank]:c[comm.rank + 1]]
-
-
-def gather(A_loc, comm):
-    return np.vstack(comm.allgather(A_loc))
+from helpers import cuts, gather, local  # noqa: E402  (uneven row partitions)
 
 
 def lapack_sigma(S, w=None):

@@ -11,20 +11,7 @@ from ddrom.reduction import Diagonal, Euclidean, pod
 from ddrom.reduction.streaming import IncrementalPOD, hapod
 
 
-def cuts(n, size):
-    shares = np.array([1, 3, 2, 5, 4, 6, 7, 8][:size], dtype=float)
-    c = np.concatenate(([0], np.round(np.cumsum(shares) / shares.sum() * n))).astype(int)
-    c[-1] = n
-    return c
-
-
-def local(A, comm):
-    c = cuts(A.shape[0], comm.size)
-    return A[c[comm.rank]:c[comm.rank + 1]]
-
-
-def gather(A_loc, comm):
-    return np.vstack(comm.allgather(A_loc))
+from helpers import cuts, gather, local  # noqa: E402  (uneven row partitions)
 
 
 def trajectory(n=600, m=240, seed=0):
