@@ -207,3 +207,20 @@ def test_local_bases_picked_by_the_classifier(shared_tmp):
         assert res["cluster"] == labels[nearest]
     # linear case: every local basis spans the load patterns, the ROM is exact
     assert low["displacement"] < 1e-8 and high["displacement"] < 1e-8
+
+
+@pytest.mark.mpi
+def test_streaming_pod_offline_matches_batch(shared_tmp):
+    """pod_method = "streaming" (one time step at a time from the store) gives the same ROM
+    accuracy as the batch POD on the plastic case."""
+    from ddrom.cli.rom_pipeline import run
+
+    comm = MPI.COMM_WORLD
+    errs = {}
+    for method in ("tsqr", "streaming"):
+        path = _case(shared_tmp, comm, f"pod_{method}", PLASTIC, sx=90.0, sz=3.0, pod_tol=1e-7, ecm_tol=1e-8,
+                     training=(0.5, 1.0, 1.5, 2.0), test=(2.0,), extra_rom=f'pod_method = "{method}"')
+        s = run(path, comm, quiet=True)
+        errs[method] = (s["n_modes"], s["rel_error_displacement"])
+    assert abs(errs["streaming"][0] - errs["tsqr"][0]) <= 1
+    assert errs["streaming"][1] < 1e-5 and errs["tsqr"][1] < 1e-5

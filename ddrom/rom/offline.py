@@ -54,15 +54,19 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
         raise CollectiveError(f"{case.path}: the ROM does not take a temperature file yet "
                               "(temperature.file works for `ddrom hf`); give temperature.expression")
     comm = solver.comm
-    kw = {"method": options.pod_method} if options.pod_method else {}
+    # the streaming method applies to the displacement; the other PODs use the default
+    kw = {"method": options.pod_method} if options.pod_method not in (None, "streaming") else {}
     nown = 3 * dm.n_owned
     # 1. displacement POD (prescribed DOFs zeroed: u - lifting)
     with timers("pod_displacement"):
-        U = store.read_block("displacement", dm, sims=sims)
-        U[solver.fixed[:nown]] = 0.0
-        r_u = pod(U, comm, Euclidean(), l2_err=l2_err_from_relative(options.pod_tol, U, comm),
-                  rtol=1e-12, modes=options.max_modes, name="displacement snapshots", **kw)
-        del U
+        if options.pod_method == "streaming":
+            r_u = _streaming_displacement_pod(solver, store, sims, options)
+        else:
+            U = store.read_block("displacement", dm, sims=sims)
+            U[solver.fixed[:nown]] = 0.0
+            r_u = pod(U, comm, Euclidean(), l2_err=l2_err_from_relative(options.pod_tol, U, comm),
+                      rtol=1e-12, modes=options.max_modes, name="displacement snapshots", **kw)
+            del U
     Phi = r_u.modes_loc
     N = Phi.shape[1]
     check_all(comm, N > 0, "the displacement snapshots are all zero: nothing to reduce")
@@ -149,6 +153,25 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
         bases["p"] = (dm.natural_cells, Phip.reshape(ne, nq, -1))
     bases["stress"] = (dm.natural_cells, r_s.modes_loc.reshape(ne, nq * 6, -1))
     return model, bases
+
+
+def _streaming_displacement_pod(solver: HFSolver, store: Any, sims: list[str] | None,
+                                options: OfflineOptions):
+    """Incremental POD fed one time step at a time from the store: memory O(n N), not O(n m)."""
+    from ddrom.reduction import Euclidean
+    from ddrom.reduction.streaming import IncrementalPOD
+
+    dm = solver.dm
+    fixed = solver.fixed[: 3 * dm.n_owned]
+    ipod = IncrementalPOD(solver.comm, Euclidean(), eps=options.pod_tol, max_modes=options.max_modes,
+                          name="displacement snapshots")
+    infos = [s for s in store.simulations() if s.complete and (sims is None or s.name in sims)]
+    for info in infos:
+        for k in range(info.n_steps + 1):
+            u = store.read_displacement(info.name, k, dm).reshape(-1).copy()
+            u[fixed] = 0.0
+            ipod.update(u[:, None])
+    return ipod.result()
 
 
 def cluster_simulations(solver: HFSolver, store: Any, n_clusters: int, dissimilarity: str = "grassmann_max"
