@@ -25,12 +25,15 @@ import numpy as np
 from ddrom.expressions import Expression
 from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import ReturnMappingError, from_config
-from ddrom.parallel import DdromError
+from ddrom.parallel import CollectiveError, DdromError
 from ddrom.rom.model import ReducedModel
 
 
-class OnlineDivergence(DdromError):
-    """The reduced Newton did not converge (after cut-backs)."""
+class OnlineDivergence(CollectiveError):
+    """The reduced Newton did not converge (after cut-backs).
+
+    Collective: the march is replicated, so every rank reaches the same verdict.
+    """
 
 
 OnlineOptions = NewtonOptions
