@@ -158,6 +158,10 @@ def test_run_pipeline_and_cluster(tmp_path, np_):
         u = f["simulations/param_u_max_0.006/displacement"][-1]
     np.testing.assert_allclose(u[:, 0], 0.006 * X[:, 0], atol=1e-10)
     assert (tmp_path / "out" / "tiny" / "rom_fields.xdmf").exists()
+    # a parameter outside the declared range: a warning (the indicator machinery decides), not an error
+    r = run(np_, "online", str(case), "--param", "u_max=0.02", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout + r.stderr).count("u_max = 0.02 is outside the training range [0.001, 0.01]") == 1
     # a case whose material differs from the ROM's
     other = write_case(tmp_path, TINY.replace("E = 200e3", "E = 210e3"), name="case.toml")
     r = run(np_, "online", str(other), "--quiet")
