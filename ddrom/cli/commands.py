@@ -139,9 +139,53 @@ def _cluster_run(args: Any, comm: Any) -> int:
     return 0
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="output folder of a run (out/<case name>)")
+    _add_common(p)
+
+
+def _report_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.report import report
+
+    out = report(args.output_dir, comm)
+    if not args.quiet:
+        rank0_print(comm, f"ddrom report: wrote {out['report']} ({len(out['pngs'])} figures)")
+    _emit_json(args, comm, out)
+    return 0
+
+
+# ---------------------------------------------------------------------- import
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("case", help="case file (TOML)")
+    p.add_argument("--series", required=True, metavar="FILE_OR_PATTERN",
+                   help="displacement time series: .xdmf, .pvd, or a glob of VTU files (quoted; natural order)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="parameter values of this simulation (repeatable; missing ones take their default)")
+    p.add_argument("--field", default="displacement", help="point field holding the displacement")
+    p.add_argument("--name", help="simulation name (default: the matching training point, else import_NNN)")
+    p.add_argument("--coord-rtol", type=float, metavar="TOL",
+                   help="node coordinate tolerance relative to the mesh diagonal (default 1e-6)")
+    p.add_argument("--finalize", action="store_true",
+                   help="finalize the training store now (it is finalized anyway once every training "
+                        "point is imported)")
+    _add_common(p)
+
+
+def _import_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.importing import import_series
+
+    params = _parse_params(args.param) or [{}]
+    _emit_json(args, comm, import_series(args.case, comm, args.series, params[0], field=args.field,
+                                         finalize=args.finalize, name=args.name, coord_rtol=args.coord_rtol,
+                                         quiet=args.quiet))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("versions of Python, MPI, PETSc, SLEPc, h5py; parallel capabilities", _info_args, _info_run),
     "hf": ("compute the high-fidelity parameter sweep of a case into its snapshot store", _hf_args, _hf_run),
+    "import": ("import another solver's displacement series as a training simulation (material replay)",
+               _import_args, _import_run),
     "offline": ("training snapshot store -> ROM file (POD, ECM, Gappy-POD, reduced operators)",
                 _case_args, _offline_run),
     "cluster": ("a priori criterion: local (clustered) vs global bases on the training snapshots",
@@ -149,4 +193,5 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "online": ("run the ROM on the test parameters (or --param NAME=VALUE ...)", _online_args, _online_run),
     "run": ("HF training sweep, offline, online on the test parameters, HF reference and comparison "
             "(writes summary.json)", _case_args, _run_run),
+    "report": ("Markdown + PNG report of a run: OUTPUT_DIR/report/report.md", _report_args, _report_run),
 }

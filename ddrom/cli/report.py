@@ -1,0 +1,396 @@
+"""``ddrom report OUTPUT_DIR``: a Markdown + PNG report of a run, readable without the code.
+
+Reads what ``ddrom run`` (and optionally ``ddrom cluster``) left in a case's output folder:
+``summary.json``, ``rom.h5``, the snapshot stores (for the mesh node cloud),
+``online_<name>.npz`` and ``cluster_criterion.png``. Writes ``OUTPUT_DIR/report/report.md``
+with its PNGs next to it. Every file is written under a temporary name and renamed, so an
+interrupted report never leaves a half-written file behind a valid name.
+
+Serial (rank 0 only): everything read here is small (reduced quantities, per-step error
+lists, the node coordinates for one scatter plot).
+
+Number format: every float in the tables is written ``f"{v:.3e}"`` (``n/a`` when missing),
+so a number from ``summary.json`` can be found verbatim in the Markdown.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddrom.parallel import CollectiveError
+
+
+def fmt(v: Any) -> str:
+    """Format a table value: floats as ``%.3e``, ``None``/NaN as ``n/a``, the rest with ``str``."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        return "n/a" if not math.isfinite(float(v)) else f"{float(v):.3e}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _figure(figsize=(6.0, 4.0)):
+    # The Agg canvas directly: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> str:
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path.name
+
+
+def _positive(a) -> np.ndarray:
+    """Float array with NaN where the value is missing, non-finite or <= 0 (not drawable in log scale)."""
+    x = np.array([np.nan if v is None else float(v) for v in a], dtype=float)
+    x[~np.isfinite(x) | (x <= 0)] = np.nan
+    return x
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Raise :class:`CollectiveError` unless ``output_dir`` is a ddrom output folder.
+
+    A ddrom output folder holds ``summary.json`` (from ``ddrom run``) or ``rom.h5``
+    (from ``ddrom offline``). Call it on every rank: it only reads the file system.
+    """
+    d = Path(output_dir)
+    if not d.is_dir():
+        raise CollectiveError(f"{d}: no such directory (expected a ddrom output folder such as out/<case>)")
+    if not (d / "summary.json").is_file() and not (d / "rom.h5").is_file():
+        raise CollectiveError(f"{d}: not a ddrom output folder (no summary.json or rom.h5 in it); "
+                              "run `ddrom run CASE` first and pass its output folder, e.g. out/<case name>")
+    return d
+
+
+def _read_rom(path: Path) -> dict[str, Any]:
+    import h5py
+
+    out: dict[str, Any] = {}
+    if not path.is_file():
+        return out
+    with h5py.File(path, "r") as f:
+        on = f.get("online")
+        if on is not None:
+            for key in ("sigma_u", "weights", "xyz"):
+                if key in on:
+                    out[key] = on[key][...]
+            if "gappy/sigma" in on:
+                out["gappy_sigma"] = on["gappy/sigma"][...]
+            if "info" in on.attrs:
+                out["info"] = json.loads(on.attrs["info"])
+        out["n_local"] = int(f.attrs.get("n_local", 0))
+        out["local"] = []
+        for ic in range(out["n_local"]):
+            g = f.get(f"local/{ic:03d}/online")
+            if g is not None and "xyz" in g:
+                out["local"].append({"xyz": g["xyz"][...],
+                                     "info": json.loads(g.attrs["info"]) if "info" in g.attrs else {}})
+    return out
+
+
+def _read_mesh_points(d: Path) -> np.ndarray | None:
+    import h5py
+
+    for name in ("hf_training.h5", "hf_test.h5"):
+        p = d / name
+        if p.is_file():
+            try:
+                with h5py.File(p, "r") as f:
+                    if "mesh/points" in f:
+                        return f["mesh/points"][...]
+            except OSError:
+                continue
+    return None
+
+
+# --------------------------------------------------------------------- plots
+def _plot_singular_values(rom: dict, n_modes: int | None, path: Path) -> str:
+    fig = _figure()
+    ax = fig.add_subplot(111)
+    s = np.asarray(rom["sigma_u"], dtype=float)
+    ax.semilogy(np.arange(1, len(s) + 1), np.maximum(s / s[0], 1e-17), "o-", ms=3, label="displacement POD")
+    if "gappy_sigma" in rom and len(rom["gappy_sigma"]):
+        g = np.asarray(rom["gappy_sigma"], dtype=float)
+        ax.semilogy(np.arange(1, len(g) + 1), np.maximum(g / g[0], 1e-17), "s-", ms=3,
+                    label="plastic strain p (Gappy-POD)")
+    if n_modes:
+        ax.axvline(n_modes, color="k", ls="--", lw=1, label=f"modes kept: {n_modes}")
+    ax.set_xlabel("index i")
+    ax.set_ylabel(r"$\sigma_i / \sigma_1$")
+    ax.set_title("Singular value decay")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _bbox_edges(ax, lo, hi) -> None:
+    import itertools
+
+    corners = np.array(list(itertools.product(*zip(lo, hi))))
+    for i, j in itertools.combinations(range(8), 2):
+        if np.count_nonzero(corners[i] != corners[j]) == 1:
+            ax.plot(*corners[[i, j]].T, color="0.6", lw=0.8)
+
+
+def _plot_reduced_points(rom: dict, mesh_points: np.ndarray | None, path: Path) -> str:
+    fig = _figure((6.5, 5.5))
+    ax = fig.add_subplot(111, projection="3d")
+    xyz = np.asarray(rom["xyz"], dtype=float)
+    if mesh_points is not None:
+        pts = mesh_points
+        if len(pts) > 20000:                      # a readable cloud, not a black blob
+            pts = pts[np.random.default_rng(0).choice(len(pts), 20000, replace=False)]
+        ax.scatter(*pts.T, s=2, c="0.45", alpha=0.35, depthshade=False, label=f"mesh nodes ({len(mesh_points)})")
+        lo, hi = mesh_points.min(axis=0), mesh_points.max(axis=0)
+    else:
+        lo, hi = xyz.min(axis=0), xyz.max(axis=0)
+    _bbox_edges(ax, lo, hi)
+    ext = np.maximum(hi - lo, 1e-12)
+    ax.set_box_aspect(np.maximum(ext, 0.2 * ext.max()))   # true proportions, thin directions kept visible
+    w = np.asarray(rom.get("weights", np.ones(len(xyz))), dtype=float)
+    n_ecm = int(np.count_nonzero(w > 0))
+    size = 8 + 40 * (np.abs(w) / np.abs(w).max() if np.abs(w).max() > 0 else 0 * w)
+    ecm = w > 0
+    ax.scatter(*xyz[ecm].T, s=size[ecm], c="tab:red", depthshade=False, label=f"ECM points ({n_ecm})")
+    if np.any(~ecm):
+        ax.scatter(*xyz[~ecm].T, s=12, c="tab:blue", marker="^", depthshade=False,
+                   label=f"extra Gappy samples ({int(np.count_nonzero(~ecm))})")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel("z")
+    ax.set_title("Reduced integration points on the mesh\n(marker size ~ ECM weight)")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
+def _plot_test_parameter(e: dict, times: np.ndarray | None, path: Path) -> str:
+    ind = _positive(e.get("indicator_per_step", []))
+    err = _positive(e.get("p_error_per_step", []))
+    n = max(len(ind), len(err))
+    t = times if times is not None and len(times) == n else np.arange(n, dtype=float)
+    fig = _figure((6.0, 3.8))
+    ax = fig.add_subplot(111)
+    drawn = False
+    if len(err) and np.any(np.isfinite(err)):
+        ax.semilogy(t[: len(err)], err, "o-", ms=3, label="true relative error of p (vs HF)")
+        drawn = True
+    if len(ind) and np.any(np.isfinite(ind)):
+        ax.semilogy(t[: len(ind)], ind, "s--", ms=3, label="indicator (Gappy residual of p)")
+        drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no plastic strain: indicator and p error undefined",
+                ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("time" if times is not None and len(times) == n else "step")
+    ax.set_ylabel("relative error / indicator")
+    ax.set_title(f"{e['name']} {e.get('params', '')}")
+    ax.grid(True, which="both", alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _plot_calibration(errors: list[dict], cal: dict, path: Path) -> str | None:
+    fig = _figure((5.5, 4.5))
+    ax = fig.add_subplot(111)
+    xs_all = []
+    for e in errors:
+        x, y = _positive(e.get("indicator_per_step", [])), _positive(e.get("p_error_per_step", []))
+        n = min(len(x), len(y))
+        ok = np.isfinite(x[:n]) & np.isfinite(y[:n])
+        if ok.any():
+            ax.loglog(x[:n][ok], y[:n][ok], "o", ms=4, label=e["name"])
+            xs_all.append(x[:n][ok])
+    if not xs_all:
+        return None
+    if "slope" in cal:
+        xs = np.concatenate(xs_all)
+        g = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 50)
+        ax.loglog(g, np.exp(cal["intercept"]) * g ** cal["slope"], "k--",
+                  label=f"fit log e = {cal['intercept']:.2f} + {cal['slope']:.2f} log i, r = {cal['pearson_log']:.2f}")
+        if cal.get("indicator_tolerance"):
+            ax.axhline(cal["error_target"], color="tab:gray", lw=0.8)
+            ax.axvline(cal["indicator_tolerance"], color="tab:gray", lw=0.8,
+                       label=f"target {cal['error_target']:.0e} -> tolerance {cal['indicator_tolerance']:.2e}")
+    ax.set_xlabel("indicator (Gappy residual of p)")
+    ax.set_ylabel("true relative error of p")
+    ax.set_title("Indicator vs true error (one point per step)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------- report
+def write_report(output_dir: str | Path) -> Path:
+    """Write ``output_dir/report/report.md`` and its PNGs; return the path of report.md.
+
+    Serial: call on one rank. Sections without data (no summary.json, no plastic
+    strain, no ``ddrom cluster`` run) say so instead of failing.
+    """
+    d = check_output_dir(output_dir)
+    rdir = d / "report"
+    rdir.mkdir(exist_ok=True)
+    summary: dict[str, Any] = {}
+    if (d / "summary.json").is_file():
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except ValueError as exc:
+            raise CollectiveError(f"{d / 'summary.json'}: not valid JSON ({exc})") from None
+    rom = _read_rom(d / "rom.h5")
+    errors = summary.get("per_test_parameter", [])
+    n_modes = summary.get("n_modes", rom.get("info", {}).get("n_modes"))
+    md: list[str] = [f"# ddrom report: {d.resolve().name}", ""]
+    if summary:
+        md += [f"Case file `{summary.get('case')}`, {summary.get('ranks')} MPI rank(s), "
+               f"ddrom {summary.get('ddrom_version')}. Output folder `{d.resolve()}`.", ""]
+    else:
+        md += ["No `summary.json` in this folder (`ddrom run` did not complete): ROM-only report.", ""]
+
+    # ---- summary
+    md += ["## Summary", ""]
+    rows = [["speedup (HF time / ROM time per simulation)", summary.get("speedup")],
+            ["max relative error, displacement", summary.get("rel_error_displacement")],
+            ["max relative error, plastic strain p", summary.get("rel_error_plastic_strain")],
+            ["max relative error, stress", summary.get("rel_error_stress")],
+            ["displacement modes", n_modes],
+            ["reduced integration points (ECM)", summary.get("n_reduced_points", rom.get("info", {}).get(
+                "n_reduced_points"))],
+            ["sample points (ECM + Gappy)", summary.get("n_sample_points")]]
+    md += [_table(["quantity", "value"], rows), "",
+           "Errors are relative space-time L2 errors of the ROM against the HF reference, the "
+           "maximum over the test parameters.", ""]
+    mesh = summary.get("mesh")
+    if mesh:
+        md += ["Mesh: " + ", ".join(f"{k} {fmt(mesh[k])}" for k in ("cell_type", "cells", "nodes", "dofs", "ranks")
+                                    if k in mesh), ""]
+
+    # ---- timings
+    md += ["## Timings and speedup", ""]
+    trows = [["HF seconds per simulation", summary.get("hf_seconds_per_simulation")],
+             ["ROM seconds per simulation", summary.get("rom_seconds_per_simulation")],
+             ["speedup", summary.get("speedup")],
+             ["offline seconds (POD, ECM, Gappy, operators)", summary.get("offline_seconds")]]
+    for name, v in sorted((summary.get("timers") or {}).items()):
+        trows.append([f"timer: {name}", v.get("max", v.get("seconds")) if isinstance(v, dict) else v])
+    md += [_table(["stage", "value"], trows), ""]
+
+    # ---- singular values
+    md += ["## Singular value decay", ""]
+    if "sigma_u" in rom and len(rom["sigma_u"]):
+        png = _plot_singular_values(rom, n_modes, rdir / "singular_values.png")
+        s = np.asarray(rom["sigma_u"], dtype=float)
+        tail = s[n_modes] / s[0] if n_modes and n_modes < len(s) else None
+        md += [f"![singular values]({png})", "",
+               f"{len(s)} displacement singular values, {n_modes} modes kept; first discarded "
+               f"sigma_i/sigma_1 = {fmt(tail)}.", ""]
+    else:
+        md += ["No `rom.h5` with singular values in this folder.", ""]
+
+    # ---- reduced points
+    md += ["## Reduced points on the mesh", ""]
+    if "xyz" in rom and len(rom["xyz"]):
+        png = _plot_reduced_points(rom, _read_mesh_points(d), rdir / "reduced_points.png")
+        md += [f"![reduced points]({png})", "",
+               f"{len(rom['xyz'])} sample points: the ECM integration points (red, size ~ weight) where "
+               "the constitutive law is evaluated online, and extra Gappy-POD samples (blue), if any.", ""]
+    else:
+        md += ["No reduced points (`/online/xyz`) in `rom.h5`.", ""]
+
+    # ---- errors per test parameter
+    md += ["## ROM vs HF error per test parameter", ""]
+    if errors:
+        rows = [[e["name"], json.dumps(e.get("params", {})), e.get("displacement"), e.get("plastic_strain"),
+                 e.get("stress"), e.get("n_modes"), e.get("cluster")] for e in errors]
+        md += [_table(["test", "parameters", "error u", "error p", "error stress", "modes", "cluster"], rows), ""]
+        md += ["Per step: the true relative error of p (ROM vs HF) and the a posteriori indicator "
+               "(residual of the Gappy-POD fit of p at the sample points), against time.", ""]
+        for e in errors:
+            times = None
+            npz = d / f"online_{e['name']}.npz"
+            if npz.is_file():
+                with np.load(npz) as z:
+                    times = z["times"] if "times" in z else None
+            png = _plot_test_parameter(e, times, rdir / f"error_{e['name']}.png")
+            md += [f"### {e['name']}", "", f"![error over time for {e['name']}]({png})", ""]
+    else:
+        md += ["No test-parameter comparison (run `ddrom run`).", ""]
+
+    # ---- calibration
+    md += ["## Indicator vs true error (calibration)", ""]
+    cal = summary.get("indicator_calibration") or {}
+    png = _plot_calibration(errors, cal, rdir / "indicator_calibration.png") if errors else None
+    if png:
+        md += [f"![indicator calibration]({png})", ""]
+    if cal:
+        md += [_table(["quantity", "value"], [
+            ["(indicator, error) pairs", cal.get("pairs")],
+            ["Pearson correlation of the logs", cal.get("pearson_log")],
+            ["slope b in log e = a + b log i", cal.get("slope")],
+            ["intercept a", cal.get("intercept")],
+            ["error target", cal.get("error_target")],
+            ["indicator tolerance for the target", cal.get("indicator_tolerance")]]), ""]
+        if cal.get("message"):
+            md += [f"Note: {cal['message']}.", ""]
+    else:
+        md += ["No calibration in `summary.json`.", ""]
+
+    # ---- clusters
+    md += ["## Clusters and the a priori criterion", ""]
+    crit = d / "cluster_criterion.png"
+    if rom.get("n_local"):
+        crows = [[ic, c["info"].get("n_modes"), c["info"].get("n_reduced_points", len(c["xyz"])),
+                  ", ".join(c["info"].get("simulations", []))] for ic, c in enumerate(rom["local"])]
+        md += [f"The ROM uses {rom['n_local']} local bases (one per cluster of training simulations):", "",
+               _table(["cluster", "modes", "reduced points", "training simulations"], crows), ""]
+    else:
+        md += ["The ROM uses one global basis.", ""]
+    if crit.is_file():
+        tmp = rdir / "cluster_criterion.png.tmp.png"
+        shutil.copyfile(crit, tmp)
+        os.replace(tmp, rdir / "cluster_criterion.png")
+        md += ["![cluster criterion](cluster_criterion.png)", "",
+               "From `ddrom cluster`: relative projection error of the training snapshots with local "
+               "(clustered) bases versus one global basis, against the basis size N.", ""]
+    else:
+        md += ["`ddrom cluster` has not been run on this case (no `cluster_criterion.png`).", ""]
+
+    out = rdir / "report.md"
+    tmp = rdir / "report.md.tmp"
+    tmp.write_text("\n".join(md))
+    os.replace(tmp, out)
+    return out
+
+
+def report(output_dir: str, comm: Any) -> dict[str, Any]:
+    """Collective entry point: rank 0 writes the report, the other ranks wait.
+
+    Raises :class:`CollectiveError` on every rank if ``output_dir`` is not a ddrom output
+    folder or the report cannot be written.
+    """
+    from ddrom.parallel import as_mpi, collective
+
+    c = as_mpi(comm)
+    path = None
+    with collective(comm, "ddrom report"):
+        if c.rank == 0:
+            path = write_report(output_dir)
+    path = c.bcast(str(path) if path else None, root=0)
+    return {"report": path, "pngs": sorted(str(p) for p in Path(path).parent.glob("*.png"))}
