@@ -364,34 +364,6 @@ def _qr_r(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.qr(W)
 
 
-def _qr_factored(W: np.ndarray) -> tuple[Any, np.ndarray]:
-    """Householder QR of the local rows kept in LAPACK's factored form (geqrf).
-
-    Q is never formed (that would double the cost, ``orgqr``): it is applied to the few
-    kept columns afterwards by :func:`_apply_q`. Returns ``((h, tau) or None, R)``.
-    """
-    if W.shape[0] == 0:
-        return None, np.zeros((0, W.shape[1]))
-    (h, tau), R = sla.qr(W, mode="raw", check_finite=False)
-    k = min(W.shape)
-    return (h, tau), R[:k]
-
-
-def _apply_q(fact: Any, Y: np.ndarray, n_rows: int) -> np.ndarray:
-    """``Q @ Y`` for the factored Q of :func:`_qr_factored` (LAPACK ormqr)."""
-    if fact is None or n_rows == 0:
-        return np.zeros((n_rows, Y.shape[1]))
-    h, tau = fact
-    C = np.zeros((n_rows, Y.shape[1]), order="F")
-    C[: Y.shape[0]] = Y
-    if Y.shape[1] == 0:
-        return C
-    cq, _, info = sla.lapack.dormqr("L", "N", h, tau, C, lwork=max(1, 64 * Y.shape[1]), overwrite_c=1)
-    if info != 0:
-        raise DdromError(f"tsqr: LAPACK ormqr failed (info = {info})")
-    return np.ascontiguousarray(cq)
-
-
 def _tsqr_tree(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int]):
     """Householder TSQR over a binary tree of ranks, SVD of R on rank 0, modes back down.
 
@@ -400,7 +372,7 @@ def _tsqr_tree(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int]):
     c = as_mpi(comm)
     rank, size = c.rank, c.size
     m = W.shape[1]
-    fact, R = _qr_factored(W)
+    Q, R = _qr_r(W)
     levels = []          # (partner, Q of the stacked QR, rows of my part)
     parent = None
     step = 1
@@ -432,7 +404,7 @@ def _tsqr_tree(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int]):
         Z = Qn @ Y
         c.send(Z[mine:], dest=partner, tag=_TAG + 1)
         Y = Z[:mine]
-    U = _apply_q(fact, Y, W.shape[0])
+    U = Q @ Y if Q.shape[1] else np.zeros((W.shape[0], N))
     return s, U, Vh
 
 
