@@ -36,13 +36,21 @@ __all__ = ["InnerProduct", "Euclidean", "Diagonal", "PetscMatrix", "allreduce_su
 
 
 def allreduce_sum(x: np.ndarray, comm: Any) -> np.ndarray:
-    """Sum a float64 array over the ranks of ``comm`` in place (one ``Allreduce``)."""
+    """Sum a float64 array over the ranks of ``comm`` (one ``Allreduce``), the same bits everywhere.
+
+    MPI does not promise that every rank gets bitwise the same sum (with 3 ranks, recursive
+    doubling adds in rank-dependent orders): rank 0's result is broadcast, so that the
+    small replicated computations that follow (eigh, Cholesky, and the decisions taken on
+    them, e.g. one more re-orthonormalization pass) are identical on every rank. Without
+    it one rank could take an extra collective step and the others would wait forever.
+    """
     from mpi4py import MPI
 
     c = as_mpi(comm)
     x = np.ascontiguousarray(x, dtype=np.float64)
     if c.size > 1:
         c.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+        c.Bcast(x, root=0)
     return x
 
 
