@@ -15,11 +15,11 @@ logdir=$(mktemp -d)
 status=0
 
 echo "=== tests on 1 rank ==="
-timeout 3000 "$PY" -m pytest --with-mpi -q "$@" || status=$?
+timeout 1500 "$PY" -m pytest --with-mpi -q "$@" || status=$?
 [ $status -eq 5 ] && status=0   # no test selected is not a failure of this stage
 
 echo "=== mpi tests on $NP ranks ==="
-timeout 3000 mpirun -n "$NP" --oversubscribe bash -c '
+timeout 1500 mpirun -n "$NP" --oversubscribe bash -c '
   if [ "$OMPI_COMM_WORLD_RANK" = 0 ]; then exec "$0" -m pytest --with-mpi -m mpi -q -p no:cacheprovider "$@";
   else exec "$0" -m pytest --with-mpi -m mpi -q -p no:cacheprovider "$@" > "'"$logdir"'/rank$OMPI_COMM_WORLD_RANK.log" 2>&1; fi' \
   "$PY" "$@"
