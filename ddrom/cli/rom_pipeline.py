@@ -170,41 +170,62 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
     return {"runs": runs, "model": model}
 
 
+class _Reconstruction:
+    """Full fields of a ROM run on this rank: u = Phi q + sum_d v_d chi_d, p by Gappy-POD,
+    stress by least squares on the stress basis at the sample points (one allreduce)."""
+
+    def __init__(self, dm, solver, model, bases):
+        from ddrom.rom.operators import lifting_fields, local_points
+
+        nown = 3 * dm.n_owned
+        ne, nq = dm.n_cells, dm.n_qp
+        self.model, self.bases, self.shape = model, bases, (ne, nq)
+        self.chi = (np.column_stack(lifting_fields(solver))[:nown] if model.E_lift.shape[1]
+                    else np.zeros((nown, 0)))
+        self.Psi = bases["stress"].reshape(ne * nq * 6, -1)
+        where, cells, qps = local_points(dm, model.point_gids)
+        rows = np.zeros((len(model.point_gids), 6, self.Psi.shape[-1]))
+        rows[where] = self.Psi.reshape(ne, nq, 6, -1)[cells, qps]
+        self.PsiI = as_mpi(dm.comm).allreduce(rows).reshape(-1, self.Psi.shape[-1])
+
+    def displacement(self, res, k) -> np.ndarray:
+        """Owned DOFs (3 n_owned,)."""
+        return self.bases["displacement"] @ res.q[k] + self.chi @ res.dirichlet[k]
+
+    def plastic_strain(self, res, k) -> np.ndarray:
+        """(ne * nq,); zero when the training had no plastic strain (no Gappy data)."""
+        if "p" not in self.bases or self.model.gappy is None:
+            return np.zeros(self.shape[0] * self.shape[1])
+        a = np.linalg.lstsq(self.model.gappy.basis_at_samples, res.p_samples[k], rcond=None)[0]
+        return self.bases["p"] @ a
+
+    def stress(self, res, k) -> np.ndarray:
+        """(ne * nq, 6)."""
+        b = np.linalg.lstsq(self.PsiI, res.stress_samples[k].reshape(-1), rcond=None)[0]
+        return (self.Psi @ b).reshape(-1, 6)
+
+
 def write_fields(case: Any, comm: Any, runs: list, model: Any) -> Path:
     """Reconstruct the full fields of ROM runs in parallel; write them as a snapshot store + XDMF."""
     from ddrom.io.store import SnapshotStore
     from ddrom.rom.model import load_bases, load_model
-    from ddrom.rom.operators import lifting_fields, local_points
-
     timers = Timers()
     dm, solver = _hf_context(case, comm, timers)
     path = Path(case.output_dir) / "rom_fields.h5"
     store = SnapshotStore.create(path, dm, state_names=[], case_hash=case.hf_hash,
                                  provenance={"case": str(case.path), "kind": "ROM reconstruction"}, comm=comm)
     ne, nq = dm.n_cells, dm.n_qp
-    c = as_mpi(comm)
     for name, params, res in runs:
         m = model if res.cluster is None else load_model(rom_path(case), comm, local=res.cluster)
         group = "bases" if res.cluster is None else f"local/{res.cluster:03d}/bases"
         bases = load_bases(rom_path(case), dm, ["displacement", "stress"] + (["p"] if m.gappy else []), group)
         solver.set_loads(build_loads(case, params, dm))
-        chi = (np.column_stack(lifting_fields(solver))[: 3 * dm.n_owned] if m.E_lift.shape[1]
-               else np.zeros((3 * dm.n_owned, 0)))
-        Psi = bases["stress"]
-        where, cells, qps = local_points(dm, m.point_gids)
-        rows = np.zeros((len(m.point_gids), 6, Psi.shape[-1]))
-        rows[where] = Psi.reshape(ne, nq, 6, -1)[cells, qps]
-        PsiI = c.allreduce(rows).reshape(-1, Psi.shape[-1])
+        rec = _Reconstruction(dm, solver, m, bases)
         writer = store.add_simulation(name, params, n_steps=len(res.times) - 1)
         for k, t in enumerate(res.times):
-            u = (bases["displacement"] @ res.q[k] + chi @ res.dirichlet[k]).reshape(-1, 3)
-            if m.gappy is not None:
-                a = np.linalg.lstsq(m.gappy.basis_at_samples, res.p_samples[k], rcond=None)[0]
-                p = (bases["p"] @ a).reshape(ne, nq)
-            else:
-                p = np.zeros((ne, nq))
-            b = np.linalg.lstsq(PsiI, res.stress_samples[k].reshape(-1), rcond=None)[0]
-            sig = (Psi @ b).reshape(ne, nq, 6)
+            u = rec.displacement(res, k).reshape(-1, 3)
+            p = rec.plastic_strain(res, k).reshape(ne, nq)
+            sig = rec.stress(res, k).reshape(ne, nq, 6)
             writer.write_step(k, float(t), u, sig, p, None)
         writer.finish()
     store.finalize()
@@ -325,42 +346,26 @@ def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:
     from ddrom.cli.build import build_loads
 
     c = as_mpi(dm.comm)
-    nown = 3 * dm.n_owned
     solver.set_loads(build_loads(case, params, dm))
-    from ddrom.rom.operators import lifting_fields
-
-    chi = np.column_stack(lifting_fields(solver))[:nown] if model.E_lift.shape[1] else np.zeros((nown, 0))
-    Phi = bases["displacement"]
+    rec = _Reconstruction(dm, solver, model, bases)
     ne, nq = dm.n_cells, dm.n_qp
     w = solver.asm.wdet.ravel()
-    from ddrom.rom.operators import local_points
-
-    where, cells, qps = local_points(dm, model.point_gids)
     num = {"displacement": 0.0, "plastic_strain": 0.0, "stress": 0.0}
-    step_err = []            # per step (error^2, norm^2) of p on this rank, for the indicator calibration
     den = dict.fromkeys(num, 0.0)
-    Psi = bases["stress"].reshape(ne * nq, 6, -1)
-    rows_s = np.zeros((len(model.point_gids), 6, Psi.shape[-1]))
-    rows_s[where] = Psi.reshape(ne, nq, 6, -1)[cells, qps]
-    PsiI = c.allreduce(rows_s).reshape(-1, Psi.shape[-1])
+    step_err = []            # per step (error^2, norm^2) of p on this rank, for the indicator calibration
     for k in range(len(res.times)):
         u_hf = store.read_displacement(name, k, dm).reshape(-1)
-        u_rom = Phi @ res.q[k] + chi @ res.dirichlet[k]
+        u_rom = rec.displacement(res, k)
         num["displacement"] += float(np.sum((u_rom - u_hf) ** 2))
         den["displacement"] += float(np.sum(u_hf ** 2))
         p_hf = store.read_qp(name, "p", k, dm).reshape(-1)
-        if "p" in bases:
-            a = np.linalg.lstsq(model.gappy.basis_at_samples, res.p_samples[k], rcond=None)[0]
-            p_rom = bases["p"] @ a
-        else:
-            p_rom = np.zeros_like(p_hf)
+        p_rom = rec.plastic_strain(res, k)
         e2, n2 = float(np.sum(w * (p_rom - p_hf) ** 2)), float(np.sum(w * p_hf ** 2))
         num["plastic_strain"] += e2
         den["plastic_strain"] += n2
         step_err.append((e2, n2))
         s_hf = store.read_qp(name, "stress", k, dm).reshape(ne * nq, 6)
-        b = np.linalg.lstsq(PsiI, res.stress_samples[k].reshape(-1), rcond=None)[0]
-        s_rom = (Psi @ b)
+        s_rom = rec.stress(res, k)
         num["stress"] += float(np.sum(w[:, None] * (s_rom - s_hf) ** 2))
         den["stress"] += float(np.sum(w[:, None] * s_hf ** 2))
     out = {"name": name, "params": params}
