@@ -2,9 +2,10 @@
 from ddrom.parallel.comm import as_mpi, as_petsc, world
 from ddrom.parallel.errors import CollectiveError, DdromError, check_all, collective, raise_collective
 from ddrom.parallel.log import Progress, get_logger, rank0_print
+from ddrom.parallel.stages import StagePrinter
 from ddrom.parallel.timers import Timers
 
 __all__ = [
     "as_mpi", "as_petsc", "world", "CollectiveError", "DdromError", "collective", "check_all",
-    "raise_collective", "Progress", "get_logger", "rank0_print", "Timers",
+    "raise_collective", "Progress", "get_logger", "rank0_print", "Timers", "StagePrinter",
 ]

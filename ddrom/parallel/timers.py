@@ -14,7 +14,15 @@ class Timers:
 
     ``with timers("assembly"): ...`` adds the elapsed time to "assembly".
     :meth:`summary` returns, per stage, the maximum over ranks (the time the job waited).
+
+    :attr:`listeners` (class-wide) receive ``stage_start(name)`` and
+    ``stage_end(name, seconds)`` for every timed stage of every instance, e.g. a
+    :class:`~ddrom.parallel.stages.StagePrinter` that shows a command's progress on
+    rank 0 without the library code knowing about it.
     """
+
+    #: Objects notified of every stage start/end (see :class:`~ddrom.parallel.stages.StagePrinter`).
+    listeners: list = []
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
@@ -22,12 +30,17 @@ class Timers:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        for lis in Timers.listeners:
+            lis.stage_start(name)
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.seconds[name] += dt
             self.calls[name] += 1
+            for lis in Timers.listeners:
+                lis.stage_end(name, dt)
 
     def add(self, name: str, seconds: float, calls: int = 1) -> None:
         self.seconds[name] += seconds

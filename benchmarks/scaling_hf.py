@@ -1,0 +1,130 @@
+"""Strong and weak scaling of the HF Newton iteration (constitutive, assembly, linear solve).
+
+One command, launched serially; it runs ``mpirun -n P`` itself for each rank count
+(default 1 2 3 4; beyond the cores of the machine the runs are oversubscribed and
+flagged ``P*`` in the tables) and prints one table per kind of scaling::
+
+    .venv/bin/python benchmarks/scaling_hf.py --json benchmarks/results/scaling_hf.json
+
+The problem and the phase timing are those of ``benchmarks/hf_newton.py`` (imported, not
+copied): unit cube of n^3 trilinear hexahedra (3 (n+1)^3 DOFs), symmetry planes, a
+non-uniform stretch beyond yield imposed on xmax in ``--steps`` load steps (default 1:
+elastic to plastic at every point), Chaboche J2 + Armstrong-Frederick, ddrom's
+``HFSolver`` with its defaults (B-bar, Newton + line search, GMRES + GAMG with the
+rigid-body near-null space). Per Newton iteration, max over ranks:
+
+* constitutive: strains at the points + ``Material.update`` with tangent (every residual
+  evaluation of the iteration, line search included);
+* matrix: ``Assembler.assemble_matrix`` (local element matrices + MatSetValues, the
+  off-process rows sent at assembly end);
+* residual: internal force + its ghost sum;
+* solve: ``KSPSolve`` (GMRES + GAMG; the first solve of a run includes the GAMG set-up);
+* total: wall time of the load steps / Newton iterations.
+
+Strong scaling: one mesh (``--strong-n``, default 30: 89,373 DOFs) at every P,
+``speed-up = T(1)/T(P)``, ``efficiency = speed-up / P``. Weak scaling: about the same
+number of cells per rank, ``n(P) = round(n1 P^(1/3))`` (``--weak-n1``, default 20:
+27,783 DOFs at 1 rank), ``efficiency = T(1)/T(P)`` of the time per Newton iteration, and
+the same per KSP iteration (the GAMG iteration count grows with the mesh). The load
+average before and after each launch is in the tables: the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import scaling_common as sc  # noqa: E402
+
+PHASES = ["constitutive", "matrix", "residual", "solve", "total"]
+
+
+def worker(out: str, sizes: list[int], steps: int) -> None:
+    import ddrom  # noqa: F401  (PETSc environment)
+    from mpi4py import MPI
+
+    import hf_newton
+
+    comm = MPI.COMM_WORLD
+    rows = [hf_newton.run_size(n, steps, comm) for n in sizes]
+    if comm.rank == 0:
+        with open(out, "w") as f:
+            json.dump({"rows": rows}, f)
+
+
+def weak_n(n1: int, ranks: int) -> int:
+    return int(round(n1 * ranks ** (1.0 / 3.0)))
+
+
+def _row(r: dict, base: dict, ranks: int, strong: bool, launch: dict) -> list:
+    p = r["per_iteration_seconds"]
+    t, t1 = p["total"], base["per_iteration_seconds"]["total"]
+    ksp_t = p["solve"] / r["ksp_iterations_per_solve"]
+    ksp_t1 = base["per_iteration_seconds"]["solve"] / base["ksp_iterations_per_solve"]
+    row = [sc.tag(ranks), r["dofs"], r["dofs"] // ranks, r["newton_iterations"],
+           round(r["ksp_iterations_per_solve"], 1)]
+    row += [p[k] for k in PHASES]
+    if strong:
+        row += [t1 / t, t1 / (ranks * t)]
+        row += [base["per_iteration_seconds"][k] / (ranks * p[k]) for k in ("constitutive", "matrix", "solve")]
+    else:
+        row += [t1 / t, ksp_t1 / ksp_t]
+        row += [base["per_iteration_seconds"][k] / p[k] for k in ("constitutive", "matrix")]
+    row += [round(r["setup_seconds"]["distribute"], 2), sc.fmt_load(launch)]
+    return row
+
+
+def report(results: dict) -> str:
+    runs = results["runs"]
+    out = [f"HF Newton scaling (Chaboche J2+AF, {results['steps']} load step(s), GMRES + GAMG); "
+           f"seconds per Newton iteration, max over ranks; {results['meta']['cores']} cores, "
+           "P* = oversubscribed; load = 1-min load average before->after the launch"]
+    strong = [(run["launch"], next(r for r in run["rows"] if r["n"] == results["strong_n"])) for run in runs]
+    base = strong[0][1]
+    out.append(f"\nStrong scaling, n = {results['strong_n']} ({base['dofs']:,} DOFs):")
+    hdr = ["P", "DOFs", "DOFs/rank", "Newton its", "KSP/solve"] + PHASES + [
+        "speed-up", "efficiency", "eff. constitutive", "eff. matrix", "eff. solve", "distribute s", "load"]
+    out.append(sc.table(hdr, [_row(r, base, lc["ranks"], True, lc) for lc, r in strong]))
+    weak = [(run["launch"], next(r for r in run["rows"] if r["n"] == weak_n(results["weak_n1"], run["launch"]["ranks"])))
+            for run in runs]
+    base = weak[0][1]
+    out.append(f"\nWeak scaling, n(P) = round({results['weak_n1']} P^(1/3)) (~{base['dofs']:,} DOFs per rank):")
+    hdr = ["P", "DOFs", "DOFs/rank", "Newton its", "KSP/solve"] + PHASES + [
+        "efficiency", "eff. per KSP it", "eff. constitutive", "eff. matrix", "distribute s", "load"]
+    out.append(sc.table(hdr, [_row(r, base, lc["ranks"], False, lc) for lc, r in weak]))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 4], help="rank counts (first = base)")
+    ap.add_argument("--strong-n", type=int, default=30, help="cells per edge of the strong-scaling mesh")
+    ap.add_argument("--weak-n1", type=int, default=20, help="cells per edge of the weak-scaling mesh at 1 rank")
+    ap.add_argument("--steps", type=int, default=1, help="load steps per run")
+    ap.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
+    ap.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", type=int, nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.sizes, args.steps)
+        return
+    results = {"benchmark": "scaling_hf", "meta": sc.meta(), "steps": args.steps,
+               "strong_n": args.strong_n, "weak_n1": args.weak_n1, "runs": []}
+    for p in args.ranks:
+        sizes = sorted({args.strong_n, weak_n(args.weak_n1, p)})
+        print(f"[scaling_hf] {p} rank(s), n = {sizes} ...", file=sys.stderr, flush=True)
+        results["runs"].append(sc.launch(os.path.abspath(__file__), p,
+                                         ["--sizes", *sizes, "--steps", args.steps]))
+    results["meta"]["load_end"] = sc.loadavg()
+    text = report(results)
+    results["table"] = text
+    print(text)
+    sc.write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
