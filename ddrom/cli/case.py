@@ -595,6 +595,13 @@ SCHEMA = Table({
         "classifier": Key(Str(choices=("nearest_medoid", "knn")), "nearest_medoid"),
         "indicator_tol": Key(Num(gt=0)),
         "indicator_target": Key(Num(gt=0, lt=1), 1e-2),
+        "enrichment": Key(Table({
+            "enabled": Key(Bool(), False),
+            "indicator_tol": Key(Num(gt=0)),
+            "max_enrichments": Key(Int(ge=0), 10),
+            "basis_tol": Key(Num(gt=0, lt=1), 1e-6),
+            "ecm_tol": Key(Num(gt=0, lt=1)),
+        }), {}),
     }, unknown="warn"), {}),
     "training": Key(_sampling_table("training")),
     "test": Key(_sampling_table("test")),

@@ -129,11 +129,17 @@ def _plot_sigma(case, model, comm) -> None:
 
 
 def online(case_path: str, comm: Any, params_list: list[dict] | None = None, quiet: bool = False,
-           case=None, fields: bool = False) -> dict[str, Any]:
+           case=None, fields: bool = False, enrich: bool | None = None, indicator_tol: float | None = None,
+           max_enrichments: int | None = None, save_rom: str | None = None, context=None) -> dict[str, Any]:
     """Run the ROM on the test parameters (or the given ones); results in online_<name>.npz.
 
     With ``fields``, the full fields (displacement, cumulated plastic strain, stress) are
     reconstructed in parallel afterwards and written as ``rom_fields.h5`` + XDMF.
+
+    Enrichment (``enrich``, default ``[rom.enrichment] enabled``): a step whose indicator
+    exceeds the tolerance is recomputed by the HF solver on all ranks and the ROM is
+    enriched (:mod:`ddrom.rom.enrichment`); an enriched ROM is saved as
+    ``rom_enriched_<name>.h5`` (or ``save_rom`` for a single parameter point).
     """
     from ddrom.rom.model import load_model
     from ddrom.rom.online import ReducedSolver
@@ -150,32 +156,121 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
         # named by their values, so that runs of different points (job arrays) never collide
         points = [("param_" + "_".join(f"{k}_{v:g}" for k, v in sorted(p.items())), p) for p in params_list]
     _warn_out_of_range(model, points, comm)
+    eopts = _enrichment_options(case, comm, enrich, indicator_tol, max_enrichments)
+    if save_rom is not None and len(points) != 1:
+        raise CollectiveError(f"--save-rom names one file but there are {len(points)} parameter points")
+    timers = Timers()
+    if eopts is not None:
+        dm, solver = context or _hf_context(case, comm, timers)
     runs = []
     for name, params in points:
         cl = pick(params) if pick else None
         m = model if cl is None else load_model(rom_path(case), comm, local=cl)
-        res = ReducedSolver(m, params).run()
+        enricher = None
+        if eopts is not None:
+            from ddrom.rom.enrichment import Enricher
+            from ddrom.rom.model import load_bases
+
+            solver.set_loads(build_loads(case, params, dm))
+            bases = load_bases(rom_path(case), dm, ["displacement", "stress"] + (["p"] if m.gappy else []),
+                               "bases" if cl is None else f"local/{cl:03d}/bases")
+            enricher = Enricher(case, solver, m, bases, eopts, timers=timers)
+        res = ReducedSolver(m, params).run(enricher=enricher)
         res.cluster = cl
+        if enricher is not None and res.n_enrichments:
+            res.bases = enricher.bases_owned()
+            _save_enriched(case, comm, res, enricher, Path(save_rom) if save_rom else
+                           Path(case.output_dir) / f"rom_enriched_{name}.h5", params)
         runs.append((name, params, res))
+        extra = (f", {res.n_enrichments} enrichments ({res.enrichment_seconds:.2f} s, {res.model.n_modes} modes)"
+                 if enricher is not None else "")
         rank0_print(comm, f"  ROM {name} {params}: {res.seconds * 1e3:.1f} ms, {len(res.times) - 1} steps, "
                           f"{res.newton_iterations} Newton iterations, max indicator "
-                          f"{_fmt_max(res.indicator)}")
+                          f"{_fmt_max(res.indicator)}{extra}")
+        for ev in res.enrichments if not quiet else []:
+            rank0_print(comm, f"    enrichment at step {ev['step']} (t = {ev['t']:g}): indicator "
+                              f"{ev['indicator_before']:.2e} -> {ev['indicator_after']:.2e}, +{ev['modes_added']} "
+                              f"mode(s), +{ev['points_added']}/-{ev['points_removed']} points, "
+                              f"{ev['replayed_steps']} steps replayed, {ev['seconds']:.2f} s")
         if as_mpi(comm).rank == 0:
             out = Path(case.output_dir) / f"online_{name}.npz"
             np.savez(str(out) + ".tmp.npz", times=res.times, q=res.q, indicator=res.indicator,
-                     p_samples=res.p_samples, dirichlet=res.dirichlet, params=json.dumps(params))
+                     p_coeff=res.p_coeff, stress_coeff=res.stress_coeff, dirichlet=res.dirichlet,
+                     params=json.dumps(params), enrichments=json.dumps(res.enrichments))
             os.replace(str(out) + ".tmp.npz", out)
     if fields:
         write_fields(case, comm, runs, model)
-    return {"runs": runs, "model": model}
+    return {"runs": runs, "model": model, "enrichment": eopts}
+
+
+def _enrichment_options(case: Any, comm: Any, enrich: bool | None, indicator_tol: float | None,
+                        max_enrichments: int | None):
+    """EnrichmentOptions from the command line, ``[rom.enrichment]`` and the ROM file (None: off).
+
+    The tolerance is, in order: ``indicator_tol`` given here, ``[rom.enrichment]
+    indicator_tol``, ``[rom] indicator_tol``, the calibrated tolerance stored in the ROM
+    file by ``ddrom run`` (for ``[rom] indicator_target``).
+    """
+    from ddrom.rom.enrichment import EnrichmentOptions
+
+    rom = case.raw.get("rom", {})
+    cfg = rom.get("enrichment", {})
+    on = cfg.get("enabled", False) if enrich is None else enrich
+    if not on:
+        return None
+    tol = indicator_tol or cfg.get("indicator_tol") or rom.get("indicator_tol")
+    if tol is None:
+        tol = _stored_tolerance(rom_path(case), comm)
+    if tol is None:
+        raise CollectiveError(f"{case.path.name}: enrichment needs an indicator tolerance: set "
+                              "[rom.enrichment] indicator_tol (or [rom] indicator_tol), or run `ddrom run` "
+                              "once to calibrate it")
+    return EnrichmentOptions(tolerance=float(tol),
+                             max_enrichments=int(max_enrichments if max_enrichments is not None
+                                                 else cfg.get("max_enrichments", 10)),
+                             basis_tol=float(cfg.get("basis_tol", 1e-6)),
+                             ecm_tol=float(cfg["ecm_tol"]) if "ecm_tol" in cfg else None)
+
+
+def _stored_tolerance(path, comm) -> float | None:
+    import h5py
+
+    tol = None
+    if as_mpi(comm).rank == 0:
+        with h5py.File(path, "r") as f:
+            cal = json.loads(f.attrs.get("indicator_calibration", "{}"))
+        tol = cal.get("indicator_tolerance")
+    return as_mpi(comm).bcast(tol, root=0)
+
+
+def _save_enriched(case, comm, res, enricher, path: Path, params) -> None:
+    from ddrom.rom.model import save_model
+
+    save_model(path, res.model, comm, case_hash=case.config_hash,
+               provenance={"case": str(case.path), "ranks": as_mpi(comm).size, "enriched_from": str(rom_path(case)),
+                           "parameters": params, "enrichments": res.enrichments},
+               bases=enricher.bases())
+    rank0_print(comm, f"  enriched ROM: {path}")
+
+
+def _run_bases(case, dm, model, res):
+    """(model, owned bases) a run ended with: the enriched ones in memory, else the ROM file's."""
+    from ddrom.rom.model import load_bases, load_model
+
+    if getattr(res, "bases", None) is not None:
+        return res.model, res.bases
+    cl = res.cluster
+    m = model if cl is None else load_model(rom_path(case), dm.comm, local=cl)
+    names = ["displacement", "stress"] + (["p"] if m.gappy is not None else [])
+    return m, load_bases(rom_path(case), dm, names, "bases" if cl is None else f"local/{cl:03d}/bases")
 
 
 class _Reconstruction:
-    """Full fields of a ROM run on this rank: u = Phi q + sum_d v_d chi_d, p by Gappy-POD,
-    stress by least squares on the stress basis at the sample points (one allreduce)."""
+    """Full fields of a ROM run on this rank: u = Phi q + sum_d v_d chi_d, p = Phi_p a and
+    stress = Psi b with the coefficients the online march recorded (bases of the final model)."""
 
     def __init__(self, dm, solver, model, bases):
-        from ddrom.rom.operators import lifting_fields, local_points
+        from ddrom.rom.operators import lifting_fields
 
         nown = 3 * dm.n_owned
         ne, nq = dm.n_cells, dm.n_qp
@@ -183,10 +278,6 @@ class _Reconstruction:
         self.chi = (np.column_stack(lifting_fields(solver))[:nown] if model.E_lift.shape[1]
                     else np.zeros((nown, 0)))
         self.Psi = bases["stress"].reshape(ne * nq * 6, -1)
-        where, cells, qps = local_points(dm, model.point_gids)
-        rows = np.zeros((len(model.point_gids), 6, self.Psi.shape[-1]))
-        rows[where] = self.Psi.reshape(ne, nq, 6, -1)[cells, qps]
-        self.PsiI = as_mpi(dm.comm).allreduce(rows).reshape(-1, self.Psi.shape[-1])
 
     def displacement(self, res, k) -> np.ndarray:
         """Owned DOFs (3 n_owned,)."""
@@ -194,21 +285,19 @@ class _Reconstruction:
 
     def plastic_strain(self, res, k) -> np.ndarray:
         """(ne * nq,); zero when the training had no plastic strain (no Gappy data)."""
-        if "p" not in self.bases or self.model.gappy is None:
+        if "p" not in self.bases or res.p_coeff.shape[1] == 0:
             return np.zeros(self.shape[0] * self.shape[1])
-        a = np.linalg.lstsq(self.model.gappy.basis_at_samples, res.p_samples[k], rcond=None)[0]
-        return self.bases["p"] @ a
+        return self.bases["p"] @ res.p_coeff[k]
 
     def stress(self, res, k) -> np.ndarray:
         """(ne * nq, 6)."""
-        b = np.linalg.lstsq(self.PsiI, res.stress_samples[k].reshape(-1), rcond=None)[0]
-        return (self.Psi @ b).reshape(-1, 6)
+        return (self.Psi @ res.stress_coeff[k]).reshape(-1, 6)
 
 
 def write_fields(case: Any, comm: Any, runs: list, model: Any) -> Path:
     """Reconstruct the full fields of ROM runs in parallel; write them as a snapshot store + XDMF."""
     from ddrom.io.store import SnapshotStore
-    from ddrom.rom.model import load_bases, load_model
+
     timers = Timers()
     dm, solver = _hf_context(case, comm, timers)
     path = Path(case.output_dir) / "rom_fields.h5"
@@ -216,9 +305,7 @@ def write_fields(case: Any, comm: Any, runs: list, model: Any) -> Path:
                                  provenance={"case": str(case.path), "kind": "ROM reconstruction"}, comm=comm)
     ne, nq = dm.n_cells, dm.n_qp
     for name, params, res in runs:
-        m = model if res.cluster is None else load_model(rom_path(case), comm, local=res.cluster)
-        group = "bases" if res.cluster is None else f"local/{res.cluster:03d}/bases"
-        bases = load_bases(rom_path(case), dm, ["displacement", "stress"] + (["p"] if m.gappy else []), group)
+        m, bases = _run_bases(case, dm, model, res)
         solver.set_loads(build_loads(case, params, dm))
         rec = _Reconstruction(dm, solver, m, bases)
         writer = store.add_simulation(name, params, n_steps=len(res.times) - 1)
@@ -262,9 +349,12 @@ def _warn_out_of_range(model, points, comm) -> None:
 
 
 def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
-    """HF training sweep, offline, online on the test parameters, HF reference, comparison."""
+    """HF training sweep, offline, online on the test parameters, HF reference, comparison.
+
+    The indicator is calibrated on the plain ROM runs; with ``[rom.enrichment] enabled``
+    the test parameters are then run again with enrichment and compared too.
+    """
     from ddrom.io.store import SnapshotStore
-    from ddrom.rom.model import load_bases, load_model
 
     c = as_mpi(comm)
     case = load_case_collectively(case_path, comm)
@@ -274,25 +364,40 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
     hf_train = hf_sweep(case_path, comm, which="training", quiet=quiet, case=case, dm=dm)
     off = offline(case_path, comm, quiet=quiet, case=case, context=context)
     hf_test = hf_sweep(case_path, comm, which="test", quiet=quiet, case=case, dm=dm)
-    on = online(case_path, comm, quiet=quiet, case=case)
+    on = online(case_path, comm, quiet=quiet, case=case, enrich=False)
     model = on["model"]
     store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
-    errors = []
-    for name, params, res in on["runs"]:
-        cl = res.cluster
-        m = model if cl is None else load_model(rom_path(case), comm, local=cl)
-        bases = load_bases(rom_path(case), dm, ["displacement", "p", "stress"] if m.gappy is not None
-                           else ["displacement", "stress"], group="bases" if cl is None else f"local/{cl:03d}/bases")
-        errors.append(_compare(case, dm, solver, m, bases, store, name, params, res))
-        errors[-1]["cluster"] = cl
-        errors[-1]["n_modes"] = m.n_modes
-    store.close()
+    errors = [_compare_run(case, dm, solver, model, store, name, params, res) for name, params, res in on["runs"]]
     calibration = calibrate_indicator(errors, case.raw.get("rom", {}).get("indicator_target", 1e-2))
     if c.rank == 0 and calibration.get("pairs", 0) > 0:
         _plot_calibration(case, errors, calibration)
         _store_calibration(rom_path(case), calibration)
-    hf_secs = [r["seconds"] for r in _runs(hf_test, "test") if r.get("seconds")] or \
-              [r["seconds"] for r in _runs(hf_train, "training") if r.get("seconds")]
+    c.Barrier()
+    hf_test_secs = {r["name"]: r["seconds"] for r in _runs(hf_test, "test") if r.get("seconds")}
+    enrichment = None
+    if case.raw.get("rom", {}).get("enrichment", {}).get("enabled", False):
+        on_e = online(case_path, comm, quiet=quiet, case=case, enrich=True, context=context)
+        err_e = [_compare_run(case, dm, solver, model, store, name, params, res)
+                 for name, params, res in on_e["runs"]]
+        for e, (name, _, res) in zip(err_e, on_e["runs"]):
+            e.update(n_enrichments=res.n_enrichments, enrichment_seconds=res.enrichment_seconds,
+                     rom_seconds=res.seconds, events=res.enrichments, hf_seconds=hf_test_secs.get(name))
+            e["cost_ratio_to_hf"] = (res.seconds / hf_test_secs[name]) if hf_test_secs.get(name) else None
+        enrichment = {
+            "indicator_tolerance": on_e["enrichment"].tolerance,
+            "max_enrichments": on_e["enrichment"].max_enrichments,
+            "n_enrichments": int(sum(e["n_enrichments"] for e in err_e)),
+            "enrichment_seconds": float(sum(e["enrichment_seconds"] for e in err_e)),
+            "rel_error_displacement": max(e["displacement"] for e in err_e),
+            "rel_error_plastic_strain": max(e["plastic_strain"] for e in err_e),
+            "rel_error_stress": max(e["stress"] for e in err_e),
+            "per_test_parameter": err_e,
+        }
+        if c.rank == 0:
+            _plot_enrichment(case, errors, err_e, enrichment)
+    store.close()
+    hf_secs = list(hf_test_secs.values()) or \
+        [r["seconds"] for r in _runs(hf_train, "training") if r.get("seconds")]
     rom_secs = [res.seconds for _, _, res in on["runs"]]
     summary = {
         "case": str(case.path), "ranks": c.size, "ddrom_version": ddrom.__version__,
@@ -306,6 +411,9 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
         "n_sample_points": int(len(model.weights)),
         "per_test_parameter": errors, "offline_seconds": off["seconds"],
         "indicator_calibration": calibration,
+        "n_enrichments": enrichment["n_enrichments"] if enrichment else 0,
+        "enrichment_seconds": enrichment["enrichment_seconds"] if enrichment else 0.0,
+        "enrichment": enrichment,
         "mesh": dm.summary(),
     }
     if c.rank == 0:
@@ -316,6 +424,43 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
         os.replace(tmp, out)
     rank0_print(comm, _run_table(summary))
     return summary
+
+
+def _compare_run(case, dm, solver, model, store, name, params, res) -> dict:
+    m, bases = _run_bases(case, dm, model, res)
+    out = _compare(case, dm, solver, m, bases, store, name, params, res)
+    out["cluster"] = res.cluster
+    out["n_modes"] = m.n_modes
+    return out
+
+
+def _plot_enrichment(case, plain: list[dict], enriched: list[dict], summary: dict) -> None:
+    """Indicator and true error of p against the step, without and with enrichment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(plain)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), squeeze=False)
+    for ax, e0, e1 in zip(axes[0], plain, enriched):
+        k = np.arange(len(e0["indicator_per_step"]))
+        ax.semilogy(k, e0["indicator_per_step"], "C0--", label="indicator, ROM")
+        ax.semilogy(k, e0["p_error_per_step"], "C0-", label="true error of p, ROM")
+        ax.semilogy(k, e1["indicator_per_step"], "C1--", label="indicator, enriched ROM")
+        ax.semilogy(k, e1["p_error_per_step"], "C1-", label="true error of p, enriched ROM")
+        for ev in e1.get("events", []):
+            ax.axvline(ev["step"], color="C1", alpha=0.3)
+        ax.axhline(summary["indicator_tolerance"], color="gray", ls=":", label="indicator tolerance")
+        ax.set_title(f"{e0['name']} {e0['params']}", fontsize=8)
+        ax.set_xlabel("time step")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(case.output_dir) / "enrichment.png"
+    fig.savefig(str(out) + ".tmp.png", dpi=120)
+    os.replace(str(out) + ".tmp.png", out)
+    plt.close(fig)
 
 
 def _json_default(o):
@@ -338,7 +483,13 @@ def _run_table(s: dict) -> str:
             ("rel. error displacement", f(s["rel_error_displacement"])),
             ("rel. error plastic strain", f(s["rel_error_plastic_strain"])),
             ("rel. error stress", f(s["rel_error_stress"]))]
-    return "ddrom run summary\n" + "\n".join(f"  {k:<26} {v}" for k, v in rows)
+    if s.get("enrichment"):
+        e = s["enrichment"]
+        rows += [("enrichments", e["n_enrichments"]), ("enrichment s", f(e["enrichment_seconds"])),
+                 ("enriched error displacement", f(e["rel_error_displacement"])),
+                 ("enriched error plastic strain", f(e["rel_error_plastic_strain"])),
+                 ("enriched error stress", f(e["rel_error_stress"]))]
+    return "ddrom run summary\n" + "\n".join(f"  {k:<30} {v}" for k, v in rows)
 
 
 def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:

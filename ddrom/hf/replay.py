@@ -49,9 +49,11 @@ class Replayer:
         Use the B-bar strains (must match the solver that produced the displacements).
     """
 
-    def __init__(self, dm: DistributedMesh, material: Material, temperature: Any, bbar: bool = True):
+    def __init__(self, dm: DistributedMesh, material: Material, temperature: Any, bbar: bool = True,
+                 assembler: Assembler | None = None):
         self.dm, self.material, self._temperature = dm, material, temperature
-        self.asm = Assembler(dm, bbar=bbar)
+        # an HF solver's assembler can be shared (same mesh and element technology)
+        self.asm = assembler if assembler is not None else Assembler(dm, bbar=bbar)
         self.xq = dm.qp_coordinates()
         self.gvec = dm.create_vector(3)
         self.state: ReplayState | None = None

@@ -8,7 +8,7 @@ A ROM file is one HDF5 file, self-contained and independent of the number of ran
     The reduced model proper (replicated, small): strain operators ``E`` (K, N, 6) at the
     K sample points, lifting strains ``E_lift`` (K, D, 6), weights ``w`` (K,) (zero at
     points only sampled for Gappy-POD), coordinates ``xyz`` (K, 3), natural point ids,
-    load terms, Gappy data, material, expressions (texts), parameters, times.
+    the stress basis at the points ``stress_at_samples`` (K, 6, Ns), load terms, Gappy data, material, expressions (texts), parameters, times.
 ``/bases``
     The distributed bases in natural numbering (``displacement`` (3 N_nodes, N) rows in
     natural node order; ``p`` (G, Np) rows in natural point order) for reconstruction
@@ -27,7 +27,7 @@ import ddrom
 from ddrom.parallel import CollectiveError, as_mpi, raise_collective
 
 SCHEMA = "ddrom-rom"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2     # 2: stress basis at the sample points (online stress coefficients)
 
 
 @dataclass
@@ -60,6 +60,7 @@ class ReducedModel:
     times: np.ndarray            # (nt,) incl. 0
     sigma_u: np.ndarray          # singular values of the displacement snapshots
     gappy: GappyData | None = None
+    stress_at_samples: np.ndarray | None = None   # (K, 6, Ns) stress basis at the sample points
     info: dict = field(default_factory=dict)
 
     @property
@@ -72,7 +73,7 @@ class ReducedModel:
 
 
 def _write_model(g, m: ReducedModel) -> None:
-    for name in ("E", "E_lift", "weights", "xyz", "point_gids", "times", "sigma_u"):
+    for name in ("E", "E_lift", "weights", "xyz", "point_gids", "times", "sigma_u", "stress_at_samples"):
         g.create_dataset(name, data=getattr(m, name))
     g.attrs["dirichlet"] = json.dumps(m.dirichlet)
     g.attrs["temperature"] = m.temperature
@@ -108,7 +109,7 @@ def _read_model(g) -> ReducedModel:
         point_gids=g["point_gids"][...], dirichlet=json.loads(g.attrs["dirichlet"]), loads=loads,
         temperature=str(g.attrs["temperature"]), material=json.loads(g.attrs["material"]),
         parameters=json.loads(g.attrs["parameters"]), times=g["times"][...], sigma_u=g["sigma_u"][...],
-        gappy=gappy, info=json.loads(g.attrs["info"]))
+        gappy=gappy, stress_at_samples=g["stress_at_samples"][...], info=json.loads(g.attrs["info"]))
 
 
 def _write_bases(f, group: str, bases: dict) -> None:

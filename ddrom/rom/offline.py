@@ -9,6 +9,9 @@
 4. Gappy-POD of the cumulated plastic strain: POD basis Phi_p; samples = reduced points
    plus Q-DEIM points (constitutive law also evaluated there, with weight 0).
 5. Reduced operators at the sample points, lifting strains, projected loads.
+
+Steps 3-5 (:func:`hyper_reduce`) work from distributed bases only, so the online
+enrichment (:mod:`ddrom.rom.enrichment`) reruns them on its enriched bases.
 """
 from __future__ import annotations
 
@@ -43,8 +46,6 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
     ``sims`` restricts the snapshots to some simulations (a local basis of a cluster).
     """
     from ddrom.reduction import Diagonal, Euclidean, l2_err_from_relative, pod
-    from ddrom.reduction.ecm import ecm
-    from ddrom.reduction.gappy import qdeim_points
 
     timers = timers or Timers()
     dm = solver.dm
@@ -68,11 +69,8 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
                       rtol=1e-12, modes=options.max_modes, name="displacement snapshots", **kw)
             del U
     Phi = r_u.modes_loc
-    N = Phi.shape[1]
-    check_all(comm, N > 0, "the displacement snapshots are all zero: nothing to reduce")
-    modes_local = mode_values_local(solver, Phi)
+    check_all(comm, Phi.shape[1] > 0, "the displacement snapshots are all zero: nothing to reduce")
     # 2. stress compression in the quadrature inner product
-    ne, nq = dm.n_cells, dm.n_qp
     w_qp = solver.asm.wdet.ravel()
     with timers("pod_stress"):
         Sig = store.read_block("stress", dm, sims=sims)                        # (ne*nq*6, m)
@@ -80,47 +78,93 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
                   l2_err=l2_err_from_relative(options.stress_tol, Sig, comm, Diagonal(np.repeat(w_qp, 6))),
                   name="stress snapshots", **kw)
         del Sig
-    Psi = r_s.modes_loc.reshape(ne * nq, 6, -1)
+    # 4a. POD of p (its Gappy samples are chosen with the ECM points, in hyper_reduce)
+    with timers("pod_p"):
+        P = store.read_block("p", dm, sims=sims)                               # (G, m)
+        pn = as_mpi(comm).allreduce(float(np.sum(P * P)))
+        Phip, sigma_p = None, None
+        if pn > 0:
+            r_p = pod(P, comm, Diagonal(w_qp), rtol=1e-12,
+                      l2_err=l2_err_from_relative(options.p_tol, P, comm, Diagonal(w_qp)),
+                      name="plastic strain snapshots", **kw)
+            Phip, sigma_p = r_p.modes_loc, r_p.sigma
+        del P
+    model = hyper_reduce(case, solver, Phi, r_s.modes_loc, Phip, ecm_tol=options.ecm_tol, timers=timers,
+                         sigma_u=r_u.sigma_all, sigma_p=sigma_p)
+    model.info.update({"pod_tol": options.pod_tol, "stress_tol": options.stress_tol, "p_tol": options.p_tol,
+                       "pod_method": r_u.method})
+    model.info["simulations"] = list(sims) if sims is not None else [s.name for s in store.simulations()
+                                                                      if s.complete]
+    return model, distributed_bases(dm, Phi, r_s.modes_loc, Phip)
+
+
+def distributed_bases(dm: Any, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None) -> dict:
+    """The bases in the form :func:`~ddrom.rom.model.save_model` writes (owned rows + natural map)."""
+    ne, nq = dm.n_cells, dm.n_qp
+    bases = {"displacement": (dm.natural_nodes, Phi.reshape(dm.n_owned, 3, -1))}
+    if Phip is not None:
+        bases["p"] = (dm.natural_cells, Phip.reshape(ne, nq, -1))
+    bases["stress"] = (dm.natural_cells, Psi.reshape(ne, nq * 6, -1))
+    return bases
+
+
+def hyper_reduce(case: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None, *,
+                 ecm_tol: float, sigma_u: np.ndarray, sigma_p: np.ndarray | None = None,
+                 ecm_initial: np.ndarray | None = None, timers: Timers | None = None) -> ReducedModel:
+    """Steps 3-5 from distributed bases: ECM, Gappy samples, reduced operators.
+
+    ``Phi`` (3 n_owned, N) displacement modes (zero on prescribed DOFs), ``Psi``
+    (ne nq 6, Ns) stress modes, ``Phip`` (ne nq, Np) plastic-strain modes or None.
+    ``ecm_initial``: global point ids to warm-start the ECM from (enrichment).
+    Shared by the offline stage and the online enrichment, which calls it with the
+    enriched bases.
+    """
+    from ddrom.reduction.ecm import ecm
+    from ddrom.reduction.gappy import qdeim_points
+
+    timers = timers or Timers()
+    dm, comm = solver.dm, solver.comm
+    ne, nq = dm.n_cells, dm.n_qp
+    N = Phi.shape[1]
+    w_qp = solver.asm.wdet.ravel()
+    modes_local = mode_values_local(solver, Phi)
+    Psi3 = Psi.reshape(ne * nq, 6, -1)
+    gids = natural_point_ids(dm)
     # 3. ECM
     with timers("ecm"):
         Eall = all_mode_strains(solver, modes_local)                           # (G, N, 6)
-        A = np.einsum("gkc,gcj->gkj", Eall, Psi).reshape(ne * nq, -1)
+        A = np.einsum("gkc,gcj->gkj", Eall, Psi3).reshape(ne * nq, -1)
         del Eall
-        gids = natural_point_ids(dm)
-        ecm_res = ecm(A, w_qp, gids, comm, tol=options.ecm_tol)
+        ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial)
         del A
     if not ecm_res.converged:
         from ddrom.parallel import get_logger
 
         get_logger(comm).warning(f"ECM stopped ({ecm_res.stop_reason}) at relative residual "
-                                 f"{ecm_res.relative_residual:.2e} > ecm_tol = {options.ecm_tol:g}")
+                                 f"{ecm_res.relative_residual:.2e} > ecm_tol = {ecm_tol:g}")
     red_gids = np.asarray(ecm_res.point_gids, dtype=np.int64)
     red_w = np.asarray(ecm_res.weights, dtype=float)
-    # 4. Gappy-POD of p
+    # 4b. Gappy samples of p: the ECM points plus Q-DEIM points
     gappy = None
     extra = np.zeros(0, dtype=np.int64)
-    with timers("gappy"):
-        P = store.read_block("p", dm, sims=sims)                               # (G, m)
-        pn = as_mpi(comm).allreduce(float(np.sum(P * P)))
-        if pn > 0:
-            r_p = pod(P, comm, Diagonal(w_qp), rtol=1e-12,
-                      l2_err=l2_err_from_relative(options.p_tol, P, comm, Diagonal(w_qp)),
-                      name="plastic strain snapshots", **kw)
-            Phip = r_p.modes_loc
+    if Phip is not None:
+        with timers("gappy"):
             # Oversample (n_extra = Np points beyond the ECM ones): with exactly Np samples the
             # fit interpolates and the residual indicator would be identically zero.
             samples = np.asarray(qdeim_points(Phip, gids, comm, exclude=red_gids, n_extra=Phip.shape[1]),
                                  dtype=np.int64)
             extra = np.setdiff1d(samples, red_gids)
-        del P
     all_gids = np.concatenate([red_gids, np.sort(extra)])
     weights = np.concatenate([red_w, np.zeros(len(extra))])
-    if pn > 0:
-        where, cells, qps = local_points(dm, all_gids)
+    where, cells, qps = local_points(dm, all_gids)
+    if Phip is not None:
         rows = np.zeros((len(all_gids), Phip.shape[1]))
         rows[where] = Phip.reshape(ne, nq, -1)[cells, qps]
-        PhiI = as_mpi(comm).allreduce(rows)
-        gappy = GappyData(sample_index=np.arange(len(all_gids)), basis_at_samples=PhiI, sigma=r_p.sigma)
+        gappy = GappyData(sample_index=np.arange(len(all_gids)), basis_at_samples=as_mpi(comm).allreduce(rows),
+                          sigma=np.asarray(sigma_p if sigma_p is not None else []))
+    srows = np.zeros((len(all_gids), 6, Psi3.shape[-1]))
+    srows[where] = Psi3.reshape(ne, nq, 6, -1)[cells, qps]
+    stress_at_samples = as_mpi(comm).allreduce(srows)
     # 5. operators
     with timers("operators"):
         E = strain_operators(solver, modes_local, all_gids)
@@ -135,24 +179,17 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
         text = case.expressions[f"loads.dirichlet[{i}].value"].text
         dirichlet += [text] * len(d.get("components", [0, 1, 2]))
     params = {k: dict(v) for k, v in case.raw.get("parameters", {}).items()}
-    model = ReducedModel(
+    return ReducedModel(
         E=E, E_lift=E_lift, weights=weights, xyz=xyz, point_gids=all_gids, dirichlet=dirichlet,
         loads=[LoadData(t.kind, case.expressions[t.source].text, t.coeff, t.xyz) for t in terms],
         temperature=case.expressions["temperature.expression"].text,
         material=dict(case.raw["material"]), parameters=params,
-        times=np.concatenate([[0.0], case.times()]), sigma_u=r_u.sigma_all, gappy=gappy,
+        times=np.concatenate([[0.0], case.times()]), sigma_u=np.asarray(sigma_u), gappy=gappy,
+        stress_at_samples=stress_at_samples,
         info={"n_modes": N, "n_reduced_points": int(len(red_gids)), "n_gappy_extra_points": int(len(extra)),
-              "n_stress_modes": int(r_s.n_modes), "n_p_modes": int(gappy.basis_at_samples.shape[1]) if gappy else 0,
-              "pod_tol": options.pod_tol, "ecm_tol": options.ecm_tol, "stress_tol": options.stress_tol,
-              "p_tol": options.p_tol, "pod_method": r_u.method, "ecm_iterations": ecm_res.n_iterations,
+              "n_stress_modes": int(Psi3.shape[-1]), "n_p_modes": int(Phip.shape[1]) if Phip is not None else 0,
+              "ecm_tol": ecm_tol, "ecm_iterations": ecm_res.n_iterations,
               "ecm_relative_residual": float(ecm_res.relative_residual), "ecm_converged": bool(ecm_res.converged)})
-    model.info["simulations"] = list(sims) if sims is not None else [s.name for s in store.simulations()
-                                                                      if s.complete]
-    bases = {"displacement": (dm.natural_nodes, Phi.reshape(dm.n_owned, 3, N))}
-    if gappy is not None:
-        bases["p"] = (dm.natural_cells, Phip.reshape(ne, nq, -1))
-    bases["stress"] = (dm.natural_cells, r_s.modes_loc.reshape(ne, nq * 6, -1))
-    return model, bases
 
 
 def _streaming_displacement_pod(solver: HFSolver, store: Any, sims: list[str] | None,

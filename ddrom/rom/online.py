@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+import scipy.linalg
 
 from ddrom.expressions import Expression
 from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
@@ -41,24 +42,49 @@ OnlineOptions = NewtonOptions
 
 @dataclass
 class OnlineResult:
+    """A reduced march; with enrichment, coefficients refer to the final (enriched) bases.
+
+    Enrichment only appends modes, so the coefficients of a step taken before a mode
+    existed are padded with zeros and every row of ``q``, ``p_coeff`` and
+    ``stress_coeff`` reconstructs its step with the final bases.
+    """
+
     times: np.ndarray
     q: np.ndarray                     # (nt, N) reduced coordinates
-    p_samples: np.ndarray             # (nt, K) cumulated plastic strain at the sample points
-    stress_samples: np.ndarray        # (nt, K, 6)
+    p_coeff: np.ndarray               # (nt, Np) Gappy-POD coefficients of p (p ~ Phi_p a)
+    stress_coeff: np.ndarray          # (nt, Ns) stress coefficients (least squares at the samples)
     dirichlet: np.ndarray             # (nt, D) values of the lifting
     indicator: np.ndarray             # (nt,) Gappy residual of p (nan when no Gappy data)
+    p_samples: list = field(default_factory=list)       # per step: p at the model's sample points
+    stress_samples: list = field(default_factory=list)  # per step: (K, 6)
     newton_iterations: int = 0
     cutbacks: int = 0
     seconds: float = 0.0
     step_seconds: list = field(default_factory=list)
     cluster: int | None = None          # local basis used (None: the global one)
+    enrichments: list = field(default_factory=list)     # one dict per enrichment event
+    model: ReducedModel | None = None   # the model at the end of the march (enriched or not)
+    bases: dict | None = None           # enriched distributed bases (owned rows), None if not enriched
+
+    @property
+    def n_enrichments(self) -> int:
+        return len(self.enrichments)
+
+    @property
+    def enrichment_seconds(self) -> float:
+        return float(sum(e["seconds"] for e in self.enrichments))
 
 
 class ReducedSolver:
-    """March a :class:`ReducedModel` in time for one parameter point."""
+    """March a :class:`ReducedModel` in time for one parameter point.
+
+    With an ``enricher`` (:class:`ddrom.rom.enrichment.Enricher`), a step whose indicator
+    exceeds the enricher's tolerance, or at which the reduced Newton fails, is recomputed
+    by one HF step on all ranks; the march resumes from the HF state with the enriched
+    model.
+    """
 
     def __init__(self, model: ReducedModel, params: Mapping[str, float], options: OnlineOptions | None = None):
-        self.m = model
         self.params = {k: float(v) for k, v in params.items()}
         self.options = options or OnlineOptions()
         names = {"x", "y", "z", "t"} | set(model.parameters)
@@ -70,17 +96,27 @@ class ReducedSolver:
             self.params[name] = float(default)
         self.material = from_config(model.material)
         self.dirichlet = [Expression(e, names, what=f"dirichlet[{i}]") for i, e in enumerate(model.dirichlet)]
-        self.loads = [(Expression(L.expression, names, what=L.kind), L) for L in model.loads]
         self.temperature = Expression(model.temperature, names, what="temperature")
+        self._names = names
+        self.bind(model)
+
+    def bind(self, model: ReducedModel) -> None:
+        """Use ``model`` from now on (its points, modes and operators; the same physics)."""
+        self.m = model
+        self.loads = [(Expression(L.expression, self._names, what=L.kind), L) for L in model.loads]
         x = model.xyz
         self._xyz_env = {"x": x[:, 0], "y": x[:, 1], "z": x[:, 2]}
         self.w = model.weights
         self.E = model.E                                           # (K, N, 6)
         self.Ew = model.E * model.weights[:, None, None]
+        self._gappy_Q = None
         if model.gappy is not None:
             g = model.gappy
             self._gappy_Q, self._gappy_R = np.linalg.qr(g.basis_at_samples)
             self._gappy_idx = g.sample_index
+        # least-squares stress coefficients from the K sampled stresses: one small matvec per step
+        S = model.stress_at_samples
+        self._stress_pinv = np.linalg.pinv(S.reshape(-1, S.shape[-1])) if S is not None else None
 
     # ------------------------------------------------------------------ data
     def _env(self, t: float) -> dict:
@@ -111,7 +147,7 @@ class ReducedSolver:
 
     def indicator(self, p: np.ndarray) -> float:
         """Relative residual of the Gappy-POD fit of p at its sample points."""
-        if self.m.gappy is None:
+        if self._gappy_Q is None:
             return math.nan
         pI = p[self._gappy_idx]
         nrm = float(np.linalg.norm(pI))
@@ -119,6 +155,17 @@ class ReducedSolver:
             return 0.0
         res = pI - self._gappy_Q @ (self._gappy_Q.T @ pI)
         return float(np.linalg.norm(res)) / nrm
+
+    def p_coefficients(self, p: np.ndarray) -> np.ndarray:
+        """a = argmin ||Phi_I a - p_I|| (empty without Gappy data)."""
+        if self._gappy_Q is None:
+            return np.zeros(0)
+        return scipy.linalg.solve_triangular(self._gappy_R, self._gappy_Q.T @ p[self._gappy_idx])
+
+    def stress_coefficients(self, stress: np.ndarray) -> np.ndarray:
+        if self._stress_pinv is None:
+            return np.zeros(0)
+        return self._stress_pinv @ stress.reshape(-1)
 
     # ---------------------------------------------------------------- march
     def _strains(self, q: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -173,26 +220,39 @@ class ReducedSolver:
             q, resp, r, ref, norm = q_try, resp_t, r_t, ref_t, norm_t
         return None, f"no convergence in {opt.max_iterations} iterations (relative residual {norm / ref:.3e})"
 
-    def run(self, times: np.ndarray | None = None) -> OnlineResult:
-        """March over ``times`` (default: the model's), t_0 being the initial state."""
+    def run(self, times: np.ndarray | None = None, enricher: Any = None) -> OnlineResult:
+        """March over ``times`` (default: the model's), t_0 being the initial state.
+
+        ``enricher``: optional :class:`ddrom.rom.enrichment.Enricher` (collective: all
+        ranks march the same replicated steps and take the same decisions).
+        """
         times = np.asarray(self.m.times if times is None else times, dtype=float)
-        K, N = len(self.w), self.m.n_modes
         t0 = time.perf_counter()
-        q = np.zeros(N)
-        state = self.material.initial_state(K)
+        q = np.zeros(self.m.n_modes)
+        state = self.material.initial_state(len(self.w))
         T = self.temperature_at_points(times[0])
-        resp0 = self.material.update(self._strains(q, self.dirichlet_values(times[0])), state, T, T, 0.0,
-                                     tangent=False)
+        v0 = self.dirichlet_values(times[0])
+        resp0 = self.material.update(self._strains(q, v0), state, T, T, 0.0, tangent=False)
         state = resp0.state
         nt = len(times)
-        out = OnlineResult(times, np.zeros((nt, N)), np.zeros((nt, K)), np.zeros((nt, K, 6)),
-                           np.zeros((nt, len(self.dirichlet))), np.full(nt, math.nan))
-        out.dirichlet[0] = self.dirichlet_values(times[0])
-        out.stress_samples[0] = resp0.stress
-        out.p_samples[0] = self.material.cumulated_plastic_strain(state)
-        out.indicator[0] = self.indicator(out.p_samples[0])
+        rows: dict[str, list] = {"q": [], "p": [], "s": [], "v": [], "ind": []}
+        out = OnlineResult(times, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
+
+        def record(q_, state_, stress_, v_) -> float:
+            p_ = self.material.cumulated_plastic_strain(state_)
+            ind = self.indicator(p_)
+            rows["q"].append(q_)
+            rows["p"].append(self.p_coefficients(p_))
+            rows["s"].append(self.stress_coefficients(stress_))
+            rows["v"].append(v_)
+            rows["ind"].append(ind)
+            out.p_samples.append(p_)
+            out.stress_samples.append(stress_)
+            return ind
+
+        record(q, state, resp0.stress, v0)
         info = {"newton": 0, "cutbacks": 0}
-        cur = (times[0], q, state, T, None, None)       # (t, q, state, T, response, lifting values)
+        cur = (times[0], q, state, T, None, v0)       # (t, q, state, T, response, lifting values)
 
         def attempt(c, t_new):
             res, err = self._newton(c[1], c[2], c[3], c[0], t_new, info)
@@ -203,20 +263,53 @@ class ReducedSolver:
 
         for k in range(1, nt):
             ts = time.perf_counter()
+            failure = None
             try:
-                cur, cuts = advance(cur, lambda c: c[0], float(times[k]), attempt, self.options.max_cutbacks)
+                new, cuts = advance(cur, lambda c: c[0], float(times[k]), attempt, self.options.max_cutbacks)
+                info["cutbacks"] += cuts
             except CutbacksExhausted as exc:
-                raise OnlineDivergence(f"reduced Newton diverged at step {k} (t = {times[k]:.6g}; "
-                                       f"increment {exc.t_from:.6g} -> {exc.t_to:.6g}): {exc}") from None
-            info["cutbacks"] += cuts
-            _, q, state, T, resp, v = cur
-            out.q[k] = q
-            out.dirichlet[k] = v
-            out.stress_samples[k] = resp.stress
-            out.p_samples[k] = self.material.cumulated_plastic_strain(state)
-            out.indicator[k] = self.indicator(out.p_samples[k])
+                failure = (f"reduced Newton diverged at step {k} (t = {times[k]:.6g}; "
+                           f"increment {exc.t_from:.6g} -> {exc.t_to:.6g}): {exc}")
+            if failure is None:
+                _, q, state, T, resp, v = new
+                ind = record(q, state, resp.stress, v)
+                trigger = enricher is not None and enricher.wants(ind)
+                reason = f"indicator {ind:.3e} > {enricher.tolerance:.3e}" if trigger else None
+            else:
+                if enricher is None or not enricher.can_enrich():
+                    raise OnlineDivergence(failure)
+                trigger, reason, ind = True, failure, math.nan
+            if trigger:
+                if failure is None:
+                    for key in rows:
+                        rows[key].pop()
+                    out.p_samples.pop()
+                    out.stress_samples.pop()
+                v = self.dirichlet_values(float(times[k]))
+                model, q, state, T, stress, event = enricher.enrich(k, times, rows["q"], rows["v"], v,
+                                                                    reason=reason)
+                self.bind(model)
+                event["indicator_before"] = ind
+                event["indicator_after"] = record(q, state, stress, v)
+                out.enrichments.append(event)
+            cur = (float(times[k]), q, state, T, None, v)
             out.step_seconds.append(time.perf_counter() - ts)
+        out.q = _pad(rows["q"])
+        out.p_coeff = _pad(rows["p"])
+        out.stress_coeff = _pad(rows["s"])
+        out.dirichlet = np.array(rows["v"]).reshape(nt, -1)
+        out.indicator = np.array(rows["ind"], dtype=float)
         out.newton_iterations = info["newton"]
         out.cutbacks = info["cutbacks"]
         out.seconds = time.perf_counter() - t0
+        out.model = self.m
         return out
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    """Stack coefficient vectors of growing length (appended modes), zero-padded."""
+    n = max((len(r) for r in rows), default=0)
+    out = np.zeros((len(rows), n))
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out

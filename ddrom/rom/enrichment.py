@@ -1,0 +1,243 @@
+"""Adaptive enrichment: the ROM repairs itself with high-fidelity steps on the parallel backend.
+
+When the error indicator of step ``k`` exceeds its tolerance (or the reduced Newton
+fails at step ``k``), :meth:`Enricher.enrich`
+
+1. rebuilds the HF state at ``t_{k-1}``: displacement ``u = Phi q + sum_d v_d chi_d`` from
+   the basis, internal variables by **replaying the constitutive law** at every
+   integration point along the reconstructed history since the last HF state (the
+   initial state or the previous enrichment). Replay rather than Gappy-POD because the
+   law needs the whole internal state (plastic strain tensor, back stress, p), of which
+   Gappy-POD reconstructs only p; and at the ROM's own sample points the replay gives
+   exactly the ROM's internal variables (same strains, same law), so the HF step starts
+   from the state the ROM believes in. Cost: one vectorized material update per replayed
+   step, no solve (measured in ``benchmarks/adaptive_enrichment.py``);
+2. computes one HF time step ``t_{k-1} -> t_k`` with the distributed PETSc Newton solver
+   (all ranks, cut-backs as in an HF run);
+3. appends the new displacement ``u_k - lifting`` to the basis by Gram-Schmidt twice in
+   the POD inner product (Euclidean on the free DOFs) if its relative residual exceeds
+   ``basis_tol``; the same for the stress (quadrature-weighted) and p (weighted) bases;
+4. reruns the ECM warm-started from the current reduced points, the Gappy sample
+   selection and the reduced operators (:func:`ddrom.rom.offline.hyper_reduce`);
+5. returns the new model and the HF state at ``t_k`` restricted to the new sample
+   points: the march resumes from the HF solution at ``t_k``.
+
+Every rank takes part in the HF step and in the updates; no rank holds a global field.
+The HF state at ``t_k`` becomes the start of the next replay.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ddrom.hf.replay import Replayer, ReplayState
+from ddrom.hf.solver import HFSolver, State
+from ddrom.parallel import CollectiveError, Timers, as_mpi
+from ddrom.reduction.inner import allreduce_sum
+from ddrom.rom.model import ReducedModel
+from ddrom.rom.offline import distributed_bases, hyper_reduce
+from ddrom.rom.operators import lifting_fields, local_points
+
+
+@dataclass
+class EnrichmentOptions:
+    """Options of the adaptive enrichment.
+
+    tolerance : indicator value above which a step is recomputed by the HF solver.
+    max_enrichments : at most this many HF steps per run (then the ROM goes on alone).
+    basis_tol : a snapshot is appended to a basis when ``||x - B B^T x|| > basis_tol ||x||``
+        (norms in that basis' inner product) after two Gram-Schmidt passes.
+    ecm_tol : tolerance of the warm-started ECM (default: the model's).
+    """
+
+    tolerance: float
+    max_enrichments: int = 10
+    basis_tol: float = 1e-6
+    ecm_tol: float | None = None
+
+
+def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None, comm: Any,
+                       tol: float) -> tuple[np.ndarray, bool, float]:
+    """Append ``x`` to the row-distributed basis ``B`` (orthonormal in ``<a, b> = sum w a b``).
+
+    Classical Gram-Schmidt twice (one allreduce of ``B^T W r`` per pass, which is what
+    makes it "twice is enough" accurate); the new direction is kept when its relative
+    residual ``||r|| / ||x||`` exceeds ``tol``. Returns (basis, appended, relative residual),
+    the same on every rank (sums broadcast from rank 0).
+    """
+    w = np.ones(len(x)) if weights is None else weights
+
+    def dot(a, b):
+        return allreduce_sum(np.atleast_1d(a.T @ (w * b) if a.ndim == 2 else np.dot(a, w * b)), comm)
+
+    nx = math.sqrt(float(dot(x, x)[0]))
+    if nx == 0.0:
+        return B, False, 0.0
+    r = x.astype(float).copy()
+    for _ in range(2):
+        if B.shape[1]:
+            r -= B @ dot(B, r)
+    nr = math.sqrt(float(dot(r, r)[0]))
+    if nr <= tol * nx:
+        return B, False, nr / nx
+    return np.column_stack([B, r / nr]), True, nr / nx
+
+
+class Enricher:
+    """Enrichment of one ROM run (one parameter point) on the HF backend.
+
+    Parameters
+    ----------
+    case : the case (loads, material, expressions) the ROM was built from.
+    solver : HF solver on the distributed mesh, with the loads of this parameter point.
+    model : the reduced model the run starts with.
+    bases : its distributed bases (:func:`ddrom.rom.model.load_bases`): ``displacement``
+        (3 n_owned, N), ``stress`` (ne nq 6, Ns), ``p`` (ne nq, Np) if any.
+    options : :class:`EnrichmentOptions`.
+    """
+
+    def __init__(self, case: Any, solver: HFSolver, model: ReducedModel, bases: dict[str, np.ndarray],
+                 options: EnrichmentOptions, timers: Timers | None = None):
+        self.case, self.solver, self.model, self.options = case, solver, model, options
+        self.dm, self.comm = solver.dm, solver.comm
+        self.timers = timers or Timers()
+        dm = self.dm
+        nown = 3 * dm.n_owned
+        self.Phi = np.array(bases["displacement"], dtype=float)
+        self.Psi = np.array(bases["stress"], dtype=float)
+        self.Phip = np.array(bases["p"], dtype=float) if "p" in bases else None
+        lifts = lifting_fields(solver)
+        self.chi = np.column_stack(lifts)[:nown] if lifts else np.zeros((nown, 0))
+        self.fixed = solver.fixed[:nown]
+        self.w_qp = solver.asm.wdet.ravel()
+        self.replayer = Replayer(dm, solver.material, solver.loads.temperature, assembler=solver.asm)
+        self._start: tuple[int, State] | None = None       # last HF state (step, state); None: t_0
+        self.events: list[dict] = []
+
+    @property
+    def tolerance(self) -> float:
+        return self.options.tolerance
+
+    def can_enrich(self) -> bool:
+        return len(self.events) < self.options.max_enrichments
+
+    def wants(self, indicator: float) -> bool:
+        """True when the indicator (replicated) exceeds the tolerance and budget remains."""
+        return bool(np.isfinite(indicator) and indicator > self.options.tolerance and self.can_enrich())
+
+    def bases(self) -> dict:
+        """The current (enriched) bases for :func:`ddrom.rom.model.save_model`."""
+        return distributed_bases(self.dm, self.Phi, self.Psi, self.Phip)
+
+    def bases_owned(self) -> dict[str, np.ndarray]:
+        """The current bases as :func:`ddrom.rom.model.load_bases` returns them."""
+        out = {"displacement": self.Phi, "stress": self.Psi}
+        if self.Phip is not None:
+            out["p"] = self.Phip
+        return out
+
+    # ------------------------------------------------------------------ steps
+    def _displacement(self, q: np.ndarray, v: np.ndarray) -> np.ndarray:
+        N = len(q)
+        return self.Phi[:, :N] @ q + self.chi @ v
+
+    def _state_before(self, k: int, times: np.ndarray, q_hist: list, v_hist: list) -> tuple[State, int]:
+        """HF state at t_{k-1}: from the last HF state, replay along the ROM history."""
+        solver, rp = self.solver, self.replayer
+        if self._start is None:
+            first, rp.state = 0, None
+        else:
+            k0, st = self._start
+            first = k0 + 1
+            rp.state = ReplayState(st.t, st.stress, self.solver.material.cumulated_plastic_strain(st.internal),
+                                   st.internal, st.T)
+        for j in range(first, k):
+            rp.step(float(times[j]), self._displacement(q_hist[j], v_hist[j]), j)
+        r = rp.state
+        u = solver.owned_to_local(self._displacement(q_hist[k - 1], v_hist[k - 1]))
+        return State(float(times[k - 1]), u, r.stress, r.internal, r.T), max(0, k - first)
+
+    def _at_points(self, values: np.ndarray, gids: np.ndarray) -> np.ndarray:
+        """Rows of a per-point field (ne * nq, ...) at global point ids, replicated (one allreduce)."""
+        dm = self.dm
+        where, cells, qps = local_points(dm, gids)
+        v = values.reshape((dm.n_cells, dm.n_qp) + values.shape[1:])
+        out = np.zeros((len(gids),) + values.shape[1:])
+        out[where] = v[cells, qps]
+        return as_mpi(self.comm).allreduce(out)
+
+    def enrich(self, k: int, times: np.ndarray, q_hist: list, v_hist: list, v_new: np.ndarray,
+               reason: str = "") -> tuple[ReducedModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """One enrichment at step ``k`` (collective).
+
+        ``q_hist``, ``v_hist``: reduced coordinates and lifting values of steps 0 .. k-1
+        (replicated); ``v_new``: the lifting values at ``t_k``. Returns (model, q_k, internal state (K, n_state), T (K,), stress (K, 6) at the new
+        model's sample points, event dict).
+        """
+        t_start = time.perf_counter()
+        solver, dm = self.solver, self.dm
+        n_before, pts_before = self.model.n_modes, set(self.model.point_gids[self.model.weights > 0].tolist())
+        with self.timers("enrichment_replay"):
+            t0 = time.perf_counter()
+            old, n_replayed = self._state_before(k, times, q_hist, v_hist)
+            s_replay = time.perf_counter() - t0
+        with self.timers("enrichment_hf_step"):
+            t0 = time.perf_counter()
+            try:
+                new, info = solver.step(old, float(times[k]), step_index=k)
+            except CollectiveError as exc:
+                raise CollectiveError(f"enrichment at step {k} (t = {times[k]:.6g}; {reason}): "
+                                      f"the HF step failed: {exc}") from None
+            s_hf = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with self.timers("enrichment_update"):
+            w = new.u[: 3 * dm.n_owned] - self.chi @ np.asarray(v_new, dtype=float)
+            w[self.fixed] = 0.0
+            self.Phi, add_u, res_u = orthonormal_append(self.Phi, w, None, self.comm, self.options.basis_tol)
+            sig = new.stress.reshape(-1)
+            self.Psi, add_s, res_s = orthonormal_append(self.Psi, sig, np.repeat(self.w_qp, 6), self.comm,
+                                                        self.options.basis_tol)
+            p = solver.material.cumulated_plastic_strain(new.internal)
+            add_p, res_p = False, 0.0
+            if self.Phip is None:
+                self.Phip = np.zeros((len(p), 0))
+            self.Phip, add_p, res_p = orthonormal_append(self.Phip, p, self.w_qp, self.comm, self.options.basis_tol)
+            if self.Phip.shape[1] == 0:
+                self.Phip = None
+            m = self.model
+            ecm_initial = m.point_gids[m.weights > 0]
+            model = hyper_reduce(self.case, solver, self.Phi, self.Psi, self.Phip,
+                                 ecm_tol=self.options.ecm_tol or float(m.info.get("ecm_tol", 1e-6)),
+                                 sigma_u=m.sigma_u, sigma_p=m.gappy.sigma if m.gappy is not None else None,
+                                 ecm_initial=ecm_initial, timers=self.timers)
+            model.info = {**m.info, **model.info,
+                          "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
+            q = allreduce_sum(self.Phi.T @ w, self.comm)
+            gids = model.point_gids
+            internal = self._at_points(new.internal, gids)
+            T = self._at_points(new.T.reshape(-1), gids)
+            stress = self._at_points(new.stress.reshape(-1, 6), gids)
+        s_update = time.perf_counter() - t0
+        self.model = model
+        self._start = (k, new)
+        pts_after = set(model.point_gids[model.weights > 0].tolist())
+        event = {
+            "step": int(k), "t": float(times[k]), "reason": reason,
+            "modes_added": int(add_u), "n_modes": int(model.n_modes), "n_modes_before": int(n_before),
+            "displacement_residual": float(res_u), "stress_modes_added": int(add_s),
+            "stress_residual": float(res_s), "p_modes_added": int(add_p), "p_residual": float(res_p),
+            "points_added": len(pts_after - pts_before), "points_removed": len(pts_before - pts_after),
+            "n_points": int(model.n_points), "n_sample_points": int(len(model.weights)),
+            "replayed_steps": int(n_replayed), "hf_newton_iterations": int(info.newton_iterations),
+            "hf_cutbacks": int(info.cutbacks), "seconds_replay": s_replay, "seconds_hf_step": s_hf,
+            "seconds_update": s_update, "seconds": time.perf_counter() - t_start,
+        }
+        # the wall times differ between ranks: rank 0's numbers for everybody (one record)
+        for key in ("seconds_replay", "seconds_hf_step", "seconds_update", "seconds"):
+            event[key] = float(as_mpi(self.comm).bcast(event[key], root=0))
+        self.events.append(event)
+        return model, q, internal, T, stress, event
