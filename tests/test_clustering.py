@@ -118,6 +118,106 @@ def test_grassmann_is_zero_for_the_same_span_at_any_scale():
     assert G[0, 1] < 1e-7 and G[0, 2] > 0.3
 
 
+def _rotated_pair(n: int, angles, extra: int, seed: int):
+    """Spans A = span{e_1..e_r} and B = span{cos t_i e_i + sin t_i e_(r+i)} plus ``extra``
+    directions orthogonal to A, in a random orthonormal frame: the principal angles are
+    exactly ``angles`` plus ``extra`` angles of pi/2."""
+    rng = np.random.default_rng(seed)
+    r = len(angles)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, 2 * r + extra)))
+    A = Q[:, :r]
+    B = np.hstack([np.cos(angles) * Q[:, :r] + np.sin(angles) * Q[:, r:2 * r], Q[:, 2 * r:]])
+    # non-orthonormal generators over 2 decades: only the spans matter (wider ranges only
+    # lose digits: the directions of a column at 1e-4 of the largest are resolved to ~1e-8)
+    mix = lambda X, k: X @ rng.standard_normal((X.shape[1], k)) * 10.0 ** rng.uniform(-1, 1, k)
+    return mix(A, r + 2), mix(B, r + extra + 3)
+
+
+@pytest.mark.parametrize("extra", [0, 1, 3])
+def test_grassmann_chordal_on_known_angles(extra):
+    angles = np.array([0.1, 0.5, 1.2])
+    Sa, Sb = _rotated_pair(40, angles, extra, seed=31 + extra)
+    S = np.hstack([Sa, Sb])
+    sims = np.repeat([0, 1], [Sa.shape[1], Sb.shape[1]])
+    w = np.random.default_rng(32).uniform(0.5, 2.0, 40)
+    sq = 1.0 / np.sqrt(w)[:, None]         # M^-1/2: the M-angles of M^-1/2 X are those of X
+    C = weighted_gram(sq * S, w)
+    D = cl.dissimilarity(C, "grassmann_chordal", sims=sims)
+    ref = np.sqrt(np.sum(np.sin(angles) ** 2) + extra)
+    assert D[0, 1] == pytest.approx(ref, rel=1e-9) and D[1, 0] == D[0, 1]
+    assert D[0, 0] == 0.0 and D[1, 1] == 0.0
+    # the other two only see the min(r_a, r_b) = 3 common angles: blind to the extra ones
+    assert cl.dissimilarity(C, "grassmann_max", sims=sims)[0, 1] == pytest.approx(
+        np.sin(1.2), rel=1e-9)
+    assert cl.dissimilarity(C, "grassmann_rss", sims=sims)[0, 1] == pytest.approx(
+        np.sqrt(np.sum(np.sin(angles) ** 2)), rel=1e-9)
+    # projector identity: d^2 = (||P_a - P_b||_F^2 + |r_a - r_b|) / 2 (Euclidean frame)
+    Pa = scipy.linalg.orth(Sa) @ scipy.linalg.orth(Sa).T
+    Pb = scipy.linalg.orth(Sb) @ scipy.linalg.orth(Sb).T
+    assert D[0, 1] ** 2 == pytest.approx((np.sum((Pa - Pb) ** 2) + extra) / 2, rel=1e-9)
+
+
+def test_grassmann_chordal_sees_a_contained_span_and_is_scale_invariant():
+    S, sims, blocks = _sim_matrix(seed=33, sizes=(3, 4, 5, 2), rank_deficient=False)
+    rng = np.random.default_rng(34)
+    # simulation 4: the first 2 directions of simulation 0 at 1e5 scale (a sub-span)
+    sub = 1e5 * blocks[0][:, :2] @ rng.standard_normal((2, 2))
+    S = np.hstack([S, sub])
+    sims = np.concatenate([sims, [4, 4]])
+    C = S.T @ S
+    G = cl.dissimilarity(C, "grassmann_chordal", sims=sims)
+    assert cl.grassmann_max(C, sims)[0, 4] < 1e-7          # contained: blind
+    assert G[0, 4] == pytest.approx(1.0, abs=1e-7)          # one extra dimension
+    # against scipy's angles (min(r_a, r_b) of them) + the dimension difference
+    for a, b in itertools.product(range(5), repeat=2):
+        Xa, Xb = S[:, sims == a], S[:, sims == b]
+        th = scipy.linalg.subspace_angles(Xa, Xb) if a != b else np.zeros(0)
+        extra = abs(Xa.shape[1] - Xb.shape[1]) if a != b else 0
+        assert G[a, b] == pytest.approx(np.sqrt(np.sum(np.sin(th) ** 2) + extra), abs=1e-8)
+    # scaling each simulation by its own factor (8 decades) changes nothing; so does scaling
+    # each snapshot (2 decades: within the span truncation sv_rtol = 1e-6, a snapshot at
+    # 1e-8 of its simulation's largest would be cut off as noise)
+    a = 10.0 ** rng.uniform(-4, 4, 5)[sims]
+    np.testing.assert_allclose(cl.dissimilarity((S * a).T @ (S * a), "grassmann_chordal",
+                                                sims=sims), G, atol=1e-8)
+    a = 10.0 ** rng.uniform(-1, 1, S.shape[1])
+    np.testing.assert_allclose(cl.dissimilarity((S * a).T @ (S * a), "grassmann_chordal",
+                                                sims=sims), G, atol=1e-8)
+    # the truncation decides the dimensions: with max_dim = 2 every span is 2-D, no extra term
+    G2 = cl.dissimilarity(C, "grassmann_chordal", sims=sims, max_dim=2)
+    np.testing.assert_array_equal(G2, cl.dissimilarity(C, "grassmann_rss", sims=sims, max_dim=2))
+
+
+def test_grassmann_chordal_separates_elastic_from_plastic_where_max_does_not():
+    """The blind spot of grassmann_max seen on HF data (regimes_load_direction_plastic):
+    'elastic' simulations span one direction d_r of their regime (r = 0, 1; d_0 and d_1
+    at 0.5 rad), 'plastic' ones span d_r plus a correction c common to both regimes.
+    grassmann_max puts every elastic simulation at distance 0 from the plastic ones of
+    its regime and groups by regime; grassmann_chordal (extra dimension = 1) separates
+    elastic from plastic."""
+    rng = np.random.default_rng(35)
+    Q, _ = np.linalg.qr(rng.standard_normal((60, 3)))
+    d = [Q[:, 0], np.cos(0.5) * Q[:, 0] + np.sin(0.5) * Q[:, 1]]
+    cols, sims, kind = [], [], []
+    for s in range(8):
+        r, plastic = s % 2, s >= 4
+        for t in range(1, 5):
+            u = t * d[r] + (0.05 * t ** 2 * Q[:, 2] if plastic else 0.0)
+            cols.append(10.0 ** rng.uniform(-1, 1) * u)
+            sims.append(s)
+        kind.append(int(plastic))
+    C = np.array(cols) @ np.array(cols).T
+    sims = np.array(sims)
+    Dc = cl.dissimilarity(C, "grassmann_chordal", sims=sims)
+    assert Dc[0, 4] == pytest.approx(1.0, abs=1e-6)          # elastic r=0 vs plastic r=0
+    assert cl.dissimilarity(C, "grassmann_max", sims=sims)[0, 4] < 1e-6
+    assert Dc[0, 1] == pytest.approx(np.sin(0.5), abs=1e-6)   # elastic r=0 vs elastic r=1
+    assert same_partition(cl.cluster(C, 2, dissimilarity="grassmann_chordal", sims=sims).labels,
+                          kind)
+    assert same_partition(cl.cluster(C, 2, dissimilarity="grassmann_max", sims=sims).labels,
+                          np.arange(8) % 2)
+
+
 def test_grassmann_needs_a_truncation_on_noisy_data():
     S, sims, reg, sim_reg = regimes_data(seed=6)
     rng = np.random.default_rng(6)
@@ -134,8 +234,9 @@ def test_grassmann_needs_a_truncation_on_noisy_data():
 
 
 def test_dissimilarity_table_is_extensible():
-    assert {"euclidean", "angle", "grassmann_max", "grassmann_rss",
+    assert {"euclidean", "angle", "grassmann_max", "grassmann_rss", "grassmann_chordal",
             "euclidean_trajectory"} <= set(cl.DISSIMILARITIES)
+    assert cl.DISSIMILARITIES["grassmann_chordal"].level == "simulation"
     cl.register_dissimilarity(cl.Dissimilarity(
         "cosine_test", "snapshot", lambda C, **_: 1.0 - np.abs(cl.angle(C) - 1.0), "test"))
     try:
@@ -385,7 +486,7 @@ def test_clustering_from_a_distributed_gram_is_partition_invariant():
     C = cl.agree(C, comm)
     C_serial = weighted_gram(S, w)
     np.testing.assert_allclose(C, C_serial, rtol=1e-12, atol=1e-12 * np.abs(C_serial).max())
-    for name, method in [("angle", "pam"), ("grassmann_rss", "pam"),
+    for name, method in [("angle", "pam"), ("grassmann_rss", "pam"), ("grassmann_chordal", "pam"),
                          ("euclidean", "kmeans"), ("angle", "alternating")]:
         got = cl.cluster(C, 3, dissimilarity=name, method=method, sims=sims, seed=4)
         ref = cl.cluster(C_serial, 3, dissimilarity=name, method=method, sims=sims, seed=4)
@@ -393,6 +494,13 @@ def test_clustering_from_a_distributed_gram_is_partition_invariant():
         all_labels = comm.allgather(got.column_labels)
         assert all(np.array_equal(all_labels[0], x) for x in all_labels)
     assert same_partition(cl.cluster(C, 3, dissimilarity="angle").labels, reg)
+    D = cl.dissimilarity(C, "grassmann_chordal", sims=sims, sv_rtol=1e-6)
+    D_ref = cl.dissimilarity(C_serial, "grassmann_chordal", sims=sims, sv_rtol=1e-6)
+    # sin^2 = 1 - cos^2 is what round-off perturbs (~1e-16 cond): compare squares; near 0,
+    # sin itself is only resolved to ~sqrt of that (1e-7 here, amplitudes over 4 decades)
+    np.testing.assert_allclose(D ** 2, D_ref ** 2, atol=1e-12)
+    all_D = comm.allgather(D)
+    assert all(np.array_equal(all_D[0], x) for x in all_D)     # replicated bitwise
     # the local modes are one local matmul; their global Gram is the identity
     W, _ = cl.local_pod_coefficients(C, np.flatnonzero(reg == 1), 3)
     Psi_loc = S_loc[:, reg == 1] @ W

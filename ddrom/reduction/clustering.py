@@ -10,8 +10,9 @@ Two levels of clustering:
 
 * ``"snapshot"``: items are the m columns; dissimilarities ``euclidean``, ``angle``.
 * ``"simulation"``: items are the simulations (sets of columns); dissimilarities
-  ``grassmann_max``, ``grassmann_rss`` (principal angles between the snapshot
-  subspaces) and ``euclidean_trajectory`` (the Euclidean baseline on the
+  ``grassmann_max``, ``grassmann_rss``, ``grassmann_chordal`` (principal angles
+  between the snapshot subspaces; the last one also counts the dimensions one span
+  has beyond the other) and ``euclidean_trajectory`` (the Euclidean baseline on the
   concatenated time series).
 
 The dissimilarities are a table (:data:`DISSIMILARITIES`), not an if-chain; a new one
@@ -36,7 +37,8 @@ from ddrom.reduction.kmedoids import (
 __all__ = [
     "check_gram", "agree", "Dissimilarity", "DISSIMILARITIES", "register_dissimilarity",
     "dissimilarity", "euclidean", "angle", "simulation_groups", "orthonormal_coefficients",
-    "principal_cosines", "grassmann_max", "grassmann_rss", "euclidean_trajectory",
+    "principal_cosines", "grassmann_max", "grassmann_rss", "grassmann_chordal",
+    "euclidean_trajectory",
     "trajectory_kernel", "Clustering", "cluster", "local_pod_coefficients",
     "global_pod_coefficients", "local_bases", "NearestMedoidClassifier", "KNNClassifier",
     "SV_RTOL",
@@ -233,9 +235,13 @@ def principal_cosines(C: np.ndarray, cols_a: np.ndarray, cols_b: np.ndarray,
     return np.clip(np.linalg.svd(B, compute_uv=False), 0.0, 1.0)
 
 
-def _grassmann(C: np.ndarray, sims: Any, reduce: Callable[[np.ndarray], np.ndarray],
+def _grassmann(C: np.ndarray, sims: Any, reduce: Callable[[np.ndarray, int], np.ndarray],
                sv_rtol: float, max_dim: int | None) -> np.ndarray:
-    """Pairwise simulation dissimilarity ``reduce(sines)`` over principal angles.
+    """Pairwise simulation dissimilarity ``reduce(sines, |r_a - r_b|)`` over principal angles.
+
+    ``sines`` (p, min(r_a, r_b)) are the sines of the principal angles of a batch of p
+    pairs with the same dimensions (r_a, r_b); ``|r_a - r_b|`` is the number of
+    dimensions the larger span has beyond them.
 
     All blocks ``W_a^T C_ab W_b`` at once: ``T = C[:, cols_b] W_b`` per simulation
     (m x sum r_b in all, O(m^2 r) flops), then ``B[a] = W_a^T T[cols_a]``; the
@@ -259,7 +265,7 @@ def _grassmann(C: np.ndarray, sims: Any, reduce: Callable[[np.ndarray], np.ndarr
         jb = offs[b][:, None] + np.arange(rb)                 # (p, rb)
         blocks = B[ia[:, :, None], jb[:, None, :]]            # (p, ra, rb)
         cos = np.clip(np.linalg.svd(blocks, compute_uv=False), 0.0, 1.0)
-        D[a, b] = reduce(np.sqrt(1.0 - cos ** 2))
+        D[a, b] = reduce(np.sqrt(1.0 - cos ** 2), abs(int(ra) - int(rb)))
     return D + D.T
 
 
@@ -277,7 +283,7 @@ def grassmann_max(C: np.ndarray, sims: Any = None, sv_rtol: float = SV_RTOL,
     tolerance) or set ``max_dim``: otherwise the noise directions, nearly orthogonal
     between simulations, make every distance close to 1.
     """
-    return _grassmann(C, sims, lambda s: s.max(axis=-1), sv_rtol, max_dim)
+    return _grassmann(C, sims, lambda s, _extra: s.max(axis=-1), sv_rtol, max_dim)
 
 
 def grassmann_rss(C: np.ndarray, sims: Any = None, sv_rtol: float = SV_RTOL,
@@ -287,8 +293,30 @@ def grassmann_rss(C: np.ndarray, sims: Any = None, sv_rtol: float = SV_RTOL,
     ``delta_ab = sqrt(sum_i sin^2 theta_i)`` (the chordal / projection F-distance
     ``||P_a - P_b||_F / sqrt(2)`` for equal dimensions).
     """
-    return _grassmann(C, sims, lambda s: np.sqrt((s ** 2).sum(axis=-1)), sv_rtol,
+    return _grassmann(C, sims, lambda s, _extra: np.sqrt((s ** 2).sum(axis=-1)), sv_rtol,
                       max_dim)
+
+
+def grassmann_chordal(C: np.ndarray, sims: Any = None, sv_rtol: float = SV_RTOL,
+                      max_dim: int | None = None, **_: Any) -> np.ndarray:
+    """Simulation dissimilarity over all ``max(r_a, r_b)`` principal angles.
+
+    ``delta_ab = sqrt(sum_{i <= min(r_a, r_b)} sin^2 theta_i + |r_a - r_b|)``: the
+    ``|r_a - r_b|`` directions the larger span has beyond the smaller one count as
+    angles of pi/2 (sin^2 = 1). It is the chordal distance between subspaces of
+    different dimensions of Ye & Lim (SIAM J. Matrix Anal. Appl. 37, 2016, Table 2),
+    equal to ``sqrt((||P_a - P_b||_F^2 + |r_a - r_b|) / 2)`` with ``P`` the M-orthogonal
+    projectors, and to :func:`grassmann_rss` when ``r_a = r_b``.
+
+    Unlike :func:`grassmann_max` and :func:`grassmann_rss`, it is not zero when one span
+    contains the other: a simulation that activates modes another one does not (a
+    plastic correction on top of a shared elastic response) is at distance >= 1 from
+    it. Each extra dimension weighs 1 whatever its energy, so the truncation of each
+    span (``sv_rtol``, ``max_dim``, see :func:`grassmann_max`) decides what counts as
+    a dimension; values lie in ``[0, sqrt(max(r_a, r_b))]``.
+    """
+    return _grassmann(C, sims, lambda s, extra: np.sqrt((s ** 2).sum(axis=-1) + extra),
+                      sv_rtol, max_dim)
 
 
 def trajectory_kernel(C: np.ndarray, sims: Any) -> np.ndarray:
@@ -350,6 +378,9 @@ for _d in (
                   "sin of the largest principal angle between snapshot subspaces"),
     Dissimilarity("grassmann_rss", "simulation", grassmann_rss,
                   "root-sum-square of the sines of the principal angles"),
+    Dissimilarity("grassmann_chordal", "simulation", grassmann_chordal,
+                  "chordal distance over all max(r_a, r_b) principal angles (extra ones "
+                  "pi/2; subspaces of different dimensions)"),
     Dissimilarity("euclidean_trajectory", "simulation", euclidean_trajectory,
                   "M-norm distance between concatenated time series (baseline)",
                   kernel=trajectory_kernel),
