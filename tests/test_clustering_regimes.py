@@ -96,6 +96,9 @@ def test_angle_local_bases_beat_euclidean_kmeans_on_load_direction(shared_tmp):
     grass, eucl = row["grassmann_max"], row["euclid_kmeans"]
     # Grassmann: the pairs {theta, theta + pi}, whatever the amplitudes
     assert res["labels"][3]["grassmann_max"] == [0, 1, 2, 0, 1, 2]
+    # every span is 1-D here: the chordal distance (extra dimensions) agrees
+    assert res["labels"][3]["grassmann_chordal"] == [0, 1, 2, 0, 1, 2]
+    assert row["grassmann_chordal"]["max"] < 1e-5
     assert grass["max"] < 1e-5                       # exact up to the HF solver's noise
     # Euclidean k-means: some cluster mixes directions, a whole simulation is missed
     assert res["labels"][3]["euclid_kmeans"] != [0, 1, 2, 0, 1, 2]
