@@ -186,7 +186,9 @@ def test_import_replays_hf_to_round_off(shared_dir):
 def test_node_count_and_coordinate_mismatch_are_clear_errors(shared_dir):
     import meshio
 
+    from ddrom.cli.build import load_case_collectively
     from ddrom.cli.importing import import_series
+    from ddrom.cli.pipeline import store_path
 
     case = _write_case(shared_dir, "imp")
     wrong_count = os.path.join(shared_dir, "coarse.vtu")
@@ -206,11 +208,15 @@ def test_node_count_and_coordinate_mismatch_are_clear_errors(shared_dir):
     with pytest.raises(DdromError) as e:
         import_series(case, COMM, wrong_count, {"u_max": 0.004}, quiet=True)
     msg = str(e.value)
-    assert "coarse.vtu" in msg and "27 nodes" in msg and "36" in msg and "natural order" in msg, msg
+    assert "coarse.vtu" in msg and "27 nodes" in msg and "36" in msg and "case mesh's nodes" in msg, msg
     with pytest.raises(DdromError) as e:
-        import_series(case, COMM, shifted, {"u_max": 0.004}, quiet=True)
+        import_series(case, COMM, shifted, {"u_max": 0.004}, quiet=True, node_order="keep")
     msg = str(e.value)
     assert "shifted_*.vtu" in msg and "coordinates differ" in msg and "same order" in msg, msg
+    # nothing was written by the failed imports
+    imp = load_case_collectively(case, COMM)
+    p = str(store_path(imp, "training"))
+    assert not COMM.bcast(os.path.exists(p) or os.path.exists(p + ".partial") if COMM.rank == 0 else None)
     _all_ok(True, "")
 
 

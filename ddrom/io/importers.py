@@ -1,26 +1,43 @@
-"""Readers of displacement time series written by other solvers (meshio formats).
+"""Readers of displacement (and optionally stress) time series written by other solvers.
 
-Supported sources (``open_series`` picks by the name):
+Supported sources (:func:`probe_series` picks by the name):
 
-* ``*.xdmf`` / ``*.xmf``: an XDMF time series (one mesh, one data set per step), as
-  written by ``meshio.xdmf.TimeSeriesWriter`` (and FEniCS/dolfinx); read with
-  ``meshio.xdmf.TimeSeriesReader``; the times are the file's.
+* ``*.xdmf`` / ``*.xmf``: an XDMF 3 time series: one or more temporal collections (as
+  written by dolfinx's ``XDMFFile.write_function``, one collection per function, and by
+  meshio's ``TimeSeriesWriter``, one collection with several attributes per step), the
+  mesh in a uniform grid outside the collections (or in the first step's grid). The steps
+  are the times at which the displacement field is present; another field (the stress) is
+  looked up at the same time. Read by a small XML reader and ``h5py`` (DataItems of
+  format HDF, XML or HyperSlab), so several collections per file work (meshio's reader
+  sees only the last one).
 * ``*.pvd``: a ParaView collection; its ``<DataSet timestep=... file=...>`` entries
-  (sorted by time) name VTU (or any meshio-readable) files relative to the .pvd.
+  (sorted by time) name VTU (or any meshio-readable) files, or ``.pvtu`` files, relative
+  to the .pvd.
+* ``*.pvtu``: a parallel VTU file (one ``<Piece Source=...>`` per subdomain of the
+  producing solver); a single one is one step, a glob or a .pvd of them a series.
 * anything else: a glob pattern (``"out/u_*.vtu"``) or a single file; the files are
   sorted *naturally* (``u_2`` before ``u_10``) and carry no time: the caller supplies
   the times (the case's).
 
-Parallel model: rank 0 reads the file(s), one step at a time, and sends each rank the
-contiguous *natural* slice of the nodes ``NaturalMap.natural_range`` (``comm.scatter``),
-which :meth:`NaturalMap.from_natural` turns into the rank's owned rows. Only one
-step's nodal array is ever held on rank 0.
+Parallel model
+--------------
+* Single files (XDMF, VTU, ...): rank 0 reads, one step at a time; the values go to the
+  ranks by their natural ids (:class:`~ddrom.io.matching.Router`), so only one step's
+  array is ever held on rank 0.
+* Parallel VTU: the pieces are dealt round-robin over the ranks (piece ``i`` to rank
+  ``i % size``; any piece count works with any rank count); each rank reads only its
+  pieces (meshio, per piece) and sends the values to the ranks that hold them.
 
-Node matching: the series' points must be the case mesh's nodes **in the case mesh's
-natural order** (the order of the mesh file or generator): same count, and
-``max_i |x_file_i - x_mesh_i| <= coord_rtol * D`` with ``D`` the diagonal of the mesh's
-bounding box. No renumbering is attempted; a mismatch is a :class:`DdromError` naming
-the file.
+Node (and cell) matching: see :mod:`ddrom.io.matching` (``--node-order``: ``auto``
+keeps the file's order when it is the case's natural order, else matches by
+coordinates; ``keep`` requires the natural order; ``coordinates`` always matches).
+
+Stress (``stress_field``): a cell field (one tensor per cell) or a point field. Tensors
+are 9 components (row-major 3x3, dolfinx) or 6 in VTK's symmetric order
+``[xx, yy, zz, xy, yz, xz]``; they are converted to Mandel notation. A point field is
+reduced to cells as the mean of the cell's node values (the cell average of the
+interpolated field for affine cells), computed on the reading rank on the file's own
+cells. Cells are matched by their centroids, like nodes.
 """
 from __future__ import annotations
 
@@ -28,13 +45,19 @@ import glob
 import os
 import re
 import xml.etree.ElementTree as ET
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ddrom.io.matching import (Router, bbox_diagonal, case_cell_centroids, case_node_coordinates,
+                               match_rows)
 from ddrom.parallel import DdromError, as_mpi, raise_collective
 
 DEFAULT_COORD_RTOL = 1e-6   # files in single precision or ASCII lose digits; relative to the diagonal
+_VOLUME = {"hexahedron": 8, "tetra": 4}
+_XDMF_TOPO = {"hexahedron": "hexahedron", "tetrahedron": "tetra"}
+_SQ2 = np.sqrt(2.0)
 
 
 def natural_key(s: str) -> list:
@@ -42,88 +65,299 @@ def natural_key(s: str) -> list:
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", s)]
 
 
-class _Series:
-    """Rank-0 reader: ``points`` (N, 3), ``times`` (n,) or None, ``read(k)`` -> (N, ncomp)."""
+def to_mandel(a: np.ndarray, where: str = "") -> np.ndarray:
+    """Stress tensors (n, 9) / (n, 3, 3) (full) or (n, 6) (VTK order xx yy zz xy yz xz) -> Mandel (n, 6).
 
-    source: str
+    Mandel: ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``; the off-diagonal terms of a
+    full tensor are symmetrized (``(s_ij + s_ji) / 2``).
+    """
+    a = np.asarray(a, dtype=float)
+    a = a.reshape(len(a), -1)
+    if a.shape[1] == 9:
+        t = a.reshape(-1, 3, 3)
+        return np.column_stack([t[:, 0, 0], t[:, 1, 1], t[:, 2, 2],
+                                _SQ2 * 0.5 * (t[:, 0, 1] + t[:, 1, 0]),
+                                _SQ2 * 0.5 * (t[:, 1, 2] + t[:, 2, 1]),
+                                _SQ2 * 0.5 * (t[:, 0, 2] + t[:, 2, 0])])
+    if a.shape[1] == 6:
+        return a * np.array([1.0, 1.0, 1.0, _SQ2, _SQ2, _SQ2])
+    raise DdromError(f"{where}: a stress field needs 9 (3x3) or 6 (xx yy zz xy yz xz) components per "
+                     f"item, got {a.shape[1]}")
+
+
+# ============================================================== rank-local readers
+class _Reader:
+    """What a reading rank holds: ``points`` (m, 3) rows, ``cells`` (c, k) row indices of
+    the volume cells, and per-step fields. Ranks that read nothing hold empty arrays."""
+
     points: np.ndarray
-    times: np.ndarray | None
-    n_steps: int
+    cells: np.ndarray
 
-    def read(self, k: int, field: str) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
+    def read(self, k: int, name: str, center: str) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover
+
+    def centers(self, k: int, name: str) -> list[str]:
+        """Centers ('point', 'cell') at which field ``name`` exists at step ``k``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def field_names(self, k: int) -> list[str]:
+        raise NotImplementedError  # pragma: no cover
 
     def close(self) -> None:
         pass
 
 
-def _point_field(point_data: dict, field: str, where: str) -> np.ndarray:
-    if field not in point_data:
-        raise DdromError(f"{where}: no point field {field!r} (point fields: {sorted(point_data)}); "
-                         "choose it with --field")
-    return np.asarray(point_data[field], dtype=float)
+class _Empty(_Reader):
+    def __init__(self):
+        self.points = np.zeros((0, 3))
+        self.cells = np.zeros((0, 0), dtype=np.int64)
+
+    def read(self, k, name, center):
+        return np.zeros((0, 0))
 
 
-class _XdmfSeries(_Series):
-    def __init__(self, path: str):
-        import meshio
-
-        self.source = path
-        self._reader = meshio.xdmf.TimeSeriesReader(path)
-        points, _ = self._reader.read_points_cells()
-        self.points = np.asarray(points, dtype=float)
-        self.n_steps = int(self._reader.num_steps)
-        # The times are the <Time Value=...> of the step grids: read from the XML only.
-        times = []
-        for k, grid in enumerate(self._reader.collection):
-            tv = [c.get("Value") for c in grid if c.tag == "Time"]
-            if not tv:
-                raise DdromError(f"{path}: step {k} has no <Time>")
-            times.append(float(tv[0]))
-        self.times = np.array(times)
-
-    def read(self, k: int, field: str) -> np.ndarray:
-        _, pd, _ = self._reader.read_data(k)
-        return _point_field(pd, field, f"{self.source} (step {k})")
-
-    def close(self) -> None:
-        self._reader.__exit__(None, None, None)
+def _pad3(points: np.ndarray, where: str) -> np.ndarray:
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] not in (2, 3):
+        raise DdromError(f"{where}: points of shape {points.shape}, expected (N, 3)")
+    if points.shape[1] == 2:
+        points = np.hstack([points, np.zeros((len(points), 1))])
+    return points
 
 
-class _FileSeries(_Series):
-    """One meshio-readable file per step (VTU, ...)."""
+def _strip(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
 
-    def __init__(self, files: list[str], times: np.ndarray | None, source: str):
-        import meshio
 
-        if not files:
-            raise DdromError(f"{source}: no file matches")
-        self.source = source
-        self.files = files
-        self.times = times
-        self.n_steps = len(files)
-        self._meshio = meshio
-        first = self._read_mesh(0)
-        self.points = np.asarray(first.points, dtype=float)
-        self._first = first
+@dataclass
+class _XdmfStep:
+    time: float
+    attrs: dict          # name -> (center, DataItem element)
 
-    def _read_mesh(self, k: int):
+
+class _XdmfReader(_Reader):
+    """XDMF 3 time series (see the module doc). Holds no field data between calls."""
+
+    def __init__(self, path: str, field: str):
+        self.source, self.base = path, os.path.dirname(os.path.abspath(path))
         try:
-            return self._meshio.read(self.files[k])
-        except Exception as exc:  # noqa: BLE001 - any reader failure names the file
-            raise DdromError(f"{self.files[k]}: cannot read it ({type(exc).__name__}: {exc})") from None
+            root = ET.parse(path).getroot()
+        except (ET.ParseError, OSError) as exc:
+            raise DdromError(f"{path}: not a readable XDMF file ({exc})") from None
+        domain = next((e for e in root if _strip(e.tag) == "Domain"), None)
+        if _strip(root.tag) != "Xdmf" or domain is None:
+            raise DdromError(f"{path}: not an XDMF file (no <Xdmf><Domain>)")
+        grids = [g for g in domain if _strip(g.tag) == "Grid"]
+        colls = [g for g in grids if g.get("GridType") == "Collection"]
+        if not colls:
+            raise DdromError(f"{path}: no temporal collection (<Grid GridType=\"Collection\">): "
+                             "not a time series")
+        mesh_grid = next((g for g in grids if g.get("GridType") != "Collection"), None)
+        by_time: dict[float, dict] = {}
+        for coll in colls:
+            for g in coll:
+                if _strip(g.tag) != "Grid":
+                    continue
+                tv = [c.get("Value") for c in g if _strip(c.tag) == "Time"]
+                if not tv:
+                    raise DdromError(f"{path}: a step grid of collection {coll.get('Name')!r} has no <Time>")
+                t = float(tv[0])
+                slot = by_time.setdefault(t, {})
+                for a in g:
+                    if _strip(a.tag) == "Attribute":
+                        items = [d for d in a if _strip(d.tag) == "DataItem"]
+                        if items:
+                            slot[a.get("Name")] = (a.get("Center", "Node").lower(), items[0])
+                if mesh_grid is None and any(_strip(c.tag) == "Geometry" for c in g):
+                    mesh_grid = g
+        if mesh_grid is None:
+            raise DdromError(f"{path}: no grid with a <Geometry>")
+        names = sorted({n for s in by_time.values() for n in s})
+        self.steps = [_XdmfStep(t, by_time[t]) for t in sorted(by_time) if field in by_time[t]]
+        if not self.steps:
+            raise DdromError(f"{path}: no field {field!r} (fields: {names}); choose it with --field")
+        self.times = np.array([s.time for s in self.steps])
+        geo = next((c for c in mesh_grid if _strip(c.tag) == "Geometry"), None)
+        top = next((c for c in mesh_grid if _strip(c.tag) == "Topology"), None)
+        if geo is None:
+            raise DdromError(f"{path}: the mesh grid has no <Geometry>")
+        if geo.get("GeometryType", "XYZ") not in ("XYZ", "XY"):
+            raise DdromError(f"{path}: GeometryType {geo.get('GeometryType')} not supported (XYZ or XY)")
+        ncol = 2 if geo.get("GeometryType") == "XY" else 3
+        self.points = _pad3(self._item(geo).reshape(-1, ncol), path)
+        self._top = top
 
-    def read(self, k: int, field: str) -> np.ndarray:
-        m = self._first if k == 0 and self._first is not None else self._read_mesh(k)
-        if k == 0:
-            self._first = None
-        if len(m.points) != len(self.points) or not np.array_equal(np.asarray(m.points, float), self.points):
-            raise DdromError(f"{self.files[k]}: its points differ from those of {self.files[0]} "
-                             "(a series must keep one mesh)")
-        return _point_field(m.point_data, field, self.files[k])
+    def _item(self, parent_or_item: ET.Element) -> np.ndarray:
+        from ddrom.io.xdmf import read_data_item
+
+        el = parent_or_item
+        if _strip(el.tag) != "DataItem":
+            el = next((d for d in el if _strip(d.tag) == "DataItem"), None)
+            if el is None:
+                raise DdromError(f"{self.source}: <{_strip(parent_or_item.tag)}> has no DataItem")
+        try:
+            return np.asarray(read_data_item(el, self.base))
+        except DdromError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any h5py/XML failure names the file
+            raise DdromError(f"{self.source}: cannot read DataItem {(el.text or '').strip()!r} "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    @property
+    def cells(self) -> np.ndarray:  # type: ignore[override]
+        if self._top is None:
+            raise DdromError(f"{self.source}: the mesh grid has no <Topology>")
+        kind = self._top.get("TopologyType", "").lower()
+        if kind not in _XDMF_TOPO:
+            raise DdromError(f"{self.source}: topology {kind!r}: only hexahedra and tetrahedra are supported")
+        return self._item(self._top).astype(np.int64).reshape(-1, _VOLUME[_XDMF_TOPO[kind]])
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    def field_names(self, k):
+        return sorted(self.steps[k].attrs)
+
+    def centers(self, k, name):
+        a = self.steps[k].attrs.get(name)
+        return [] if a is None else [{"node": "point", "cell": "cell"}.get(a[0], a[0])]
+
+    def read(self, k, name, center):
+        a = self.steps[k].attrs.get(name)
+        if a is None:
+            raise DdromError(f"{self.source} (t = {self.steps[k].time:g}): no field {name!r} "
+                             f"(fields: {self.field_names(k)})")
+        return self._item(a[1])
 
 
-def _pvd_entries(path: str) -> tuple[list[str], np.ndarray]:
+def _read_meshio(path: str):
+    import meshio
+
+    try:
+        return meshio.read(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure names the file
+        raise DdromError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
+
+
+class _MeshFile:
+    """One meshio-readable file: points, volume cells, and the fields on them."""
+
+    def __init__(self, path: str):
+        self.path = path
+        m = _read_meshio(path)
+        self.points = _pad3(m.points, path)
+        blocks = [i for i, b in enumerate(m.cells) if b.type in _VOLUME]
+        types = {m.cells[i].type for i in blocks}
+        if len(types) > 1:
+            raise DdromError(f"{path}: mixed volume cells {sorted(types)}")
+        self._blocks = blocks
+        self.cells = (np.concatenate([m.cells[i].data for i in blocks]).astype(np.int64) if blocks
+                      else np.zeros((0, 0), dtype=np.int64))
+        self.point_data = m.point_data
+        self.cell_data = {k: np.concatenate([np.asarray(v[i]).reshape(len(m.cells[i].data), -1)
+                                             for i in blocks]) for k, v in m.cell_data.items() if blocks}
+
+    def field(self, name: str, center: str) -> np.ndarray:
+        data = self.point_data if center == "point" else self.cell_data
+        if name not in data:
+            raise DdromError(f"{self.path}: no {center} field {name!r} ({center} fields: {sorted(data)})")
+        return np.asarray(data[name], dtype=float)
+
+
+class _FilesReader(_Reader):
+    """One meshio-readable file per step (rank 0)."""
+
+    def __init__(self, files: list[str], source: str):
+        self.source, self.files = source, files
+        self._cur = (0, _MeshFile(files[0]))
+        self.points = self._cur[1].points
+        self.cells = self._cur[1].cells
+
+    def _file(self, k: int) -> _MeshFile:
+        if self._cur[0] != k:
+            m = _MeshFile(self.files[k])
+            if len(m.points) != len(self.points) or not np.array_equal(m.points, self.points):
+                raise DdromError(f"{self.files[k]}: its points differ from those of {self.files[0]} "
+                                 "(a series must keep one mesh)")
+            self._cur = (k, m)
+        return self._cur[1]
+
+    def field_names(self, k):
+        m = self._file(k)
+        return sorted(set(m.point_data) | set(m.cell_data))
+
+    def centers(self, k, name):
+        m = self._file(k)
+        return [c for c, d in (("point", m.point_data), ("cell", m.cell_data)) if name in d]
+
+    def read(self, k, name, center):
+        return self._file(k).field(name, center)
+
+
+def pvtu_pieces(path: str) -> list[str]:
+    """The piece files of a .pvtu (``<Piece Source=...>``, relative to its folder)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise DdromError(f"{path}: not a readable PVTU file ({exc})") from None
+    if root.get("type") != "PUnstructuredGrid":
+        raise DdromError(f"{path}: not a parallel VTU file (VTKFile type {root.get('type')!r})")
+    folder = os.path.dirname(os.path.abspath(path))
+    out = []
+    for p in root.iter("Piece"):
+        src = p.get("Source")
+        if not src:
+            raise DdromError(f"{path}: a <Piece> has no 'Source' attribute")
+        out.append(src if os.path.isabs(src) else os.path.join(folder, src))
+    if not out:
+        raise DdromError(f"{path}: no <Piece> entries")
+    return out
+
+
+class _PiecesReader(_Reader):
+    """This rank's pieces of a parallel VTU series (piece ``i`` read by rank ``i % size``)."""
+
+    def __init__(self, steps: list[list[str]], rank: int, size: int):
+        self.steps = [[f for i, f in enumerate(files) if i % size == rank] for files in steps]
+        self._cur: tuple[int, list[_MeshFile]] | None = None
+        first = self._files(0, check=False)
+        self._ref = [m.points for m in first]
+        self.points = np.concatenate([m.points for m in first]) if first else np.zeros((0, 3))
+        off = np.cumsum([0] + [len(m.points) for m in first])
+        cells = [m.cells + o for m, o in zip(first, off) if m.cells.size]
+        self.cells = np.concatenate(cells) if cells else np.zeros((0, 0), dtype=np.int64)
+
+    def _files(self, k: int, check: bool = True) -> list[_MeshFile]:
+        if self._cur is None or self._cur[0] != k:
+            ms = [_MeshFile(f) for f in self.steps[k]]
+            if check:
+                for m, ref, f0 in zip(ms, self._ref, self.steps[0]):
+                    if len(m.points) != len(ref) or not np.array_equal(m.points, ref):
+                        raise DdromError(f"{m.path}: its points differ from those of {f0} "
+                                         "(a series must keep one mesh and one decomposition)")
+            self._cur = (k, ms)
+        return self._cur[1]
+
+    def field_names(self, k):
+        ms = self._files(k)
+        return sorted(set().union(*[set(m.point_data) | set(m.cell_data) for m in ms])) if ms else []
+
+    def centers(self, k, name):
+        ms = self._files(k)
+        return [c for c in ("point", "cell") if ms and all(name in (m.point_data if c == "point"
+                                                                    else m.cell_data) for m in ms)]
+
+    def read(self, k, name, center):
+        ms = self._files(k)
+        if not ms:
+            return np.zeros((0, 0))
+        parts = [m.field(name, center) for m in ms]
+        return np.concatenate([p.reshape(len(p), -1) for p in parts])
+
+
+# ================================================================ series description
+def _pvd_entries(path: str) -> tuple[list[str], np.ndarray | None]:
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
@@ -148,19 +382,25 @@ def _pvd_entries(path: str) -> tuple[list[str], np.ndarray]:
     return [e[1] for e in entries], (None if np.isnan(times).any() else times)
 
 
-def open_series(spec: str) -> _Series:
-    """Open a time series on the calling rank (rank 0 only in ddrom). See the module doc."""
+@dataclass
+class SeriesInfo:
+    """What every rank knows of a series: ``kind`` is "xdmf", "files" or "pieces"."""
+
+    source: str
+    kind: str
+    times: list | None
+    n_steps: int
+    files: list | None = None          # files: one per step; pieces: a list of pieces per step
+
+
+def probe_series(spec: str) -> SeriesInfo:
+    """Describe a series from its name and index files (call on ONE rank); see the module doc."""
     low = spec.lower()
     if low.endswith((".xdmf", ".xmf")):
         if not os.path.exists(spec):
             raise DdromError(f"{spec}: file not found")
-        try:
-            return _XdmfSeries(spec)
-        except DdromError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise DdromError(f"{spec}: cannot read it as an XDMF time series "
-                             f"({type(exc).__name__}: {exc})") from None
+        return SeriesInfo(spec, "xdmf", None, 0)
+    times = None
     if low.endswith(".pvd"):
         if not os.path.exists(spec):
             raise DdromError(f"{spec}: file not found")
@@ -168,119 +408,185 @@ def open_series(spec: str) -> _Series:
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise DdromError(f"{spec}: {len(missing)} listed file(s) missing, e.g. {missing[0]}")
-        return _FileSeries(files, times, spec)
-    files = sorted(glob.glob(spec), key=natural_key)
-    return _FileSeries(files, None, spec)
+    else:
+        files = sorted(glob.glob(spec), key=natural_key)
+        if not files:
+            raise DdromError(f"{spec}: no file matches")
+    tl = None if times is None else times.tolist()
+    pv = [f.lower().endswith(".pvtu") for f in files]
+    if any(pv) and not all(pv):
+        raise DdromError(f"{spec}: mixes .pvtu and other files")
+    if all(pv):
+        steps = [pvtu_pieces(f) for f in files]
+        if len({len(s) for s in steps}) != 1:
+            raise DdromError(f"{spec}: the steps have different piece counts "
+                             f"{sorted({len(s) for s in steps})}")
+        missing = [p for s in steps for p in s if not os.path.exists(p)]
+        if missing:
+            raise DdromError(f"{spec}: {len(missing)} piece file(s) missing, e.g. {missing[0]}")
+        return SeriesInfo(spec, "pieces", tl, len(files), steps)
+    return SeriesInfo(spec, "files", tl, len(files), files)
 
 
-def scatter_natural(comm: Any, nmap: Any, values: np.ndarray | None) -> np.ndarray:
-    """Rank 0's whole array (N, ...) in natural order -> this rank's owned rows (n_owned, ...).
-
-    Rank 0 sends each rank its slice ``natural_range`` (one ``comm.scatter``), then
-    :meth:`NaturalMap.from_natural` moves the rows to the rank-major owned layout.
-    ``values`` is ignored on the other ranks.
-    """
-    c = as_mpi(comm)
-    bounds = c.allgather(nmap.natural_range)
-    chunk = c.scatter([values[lo:hi] for lo, hi in bounds] if c.rank == 0 else None, root=0)
-    return nmap.from_natural(chunk)
-
-
+# ===================================================================== the series
 class DisplacementSeries:
-    """A displacement time series matched to a distributed case mesh (collective).
+    """A displacement (and optionally stress) time series matched to a distributed case mesh.
+
+    Collective. Opens the series (rank 0, or every rank for parallel VTU pieces), matches
+    the file's nodes to the case's (:func:`~ddrom.io.matching.match_rows`) and, with
+    ``stress_field``, its cells.
 
     Attributes (same on every rank)
     ----------
     source : str
+    kind : "xdmf" | "files" | "pieces"
     times : ndarray (n,) or None
         The file's times, None when the format has none (VTU glob).
     n_steps : int
         Number of stored steps in the file.
+    node_match : str
+        "identity" or "coordinates".
+    max_coordinate_distance : float
+        Largest distance between a file node and its case node.
+    stress_center : "point" | "cell" | None
+    n_pieces : int
+        Pieces per step (parallel VTU), else 1.
     """
 
     def __init__(self, spec: str, dm: Any, field: str = "displacement",
-                 coord_rtol: float = DEFAULT_COORD_RTOL):
+                 coord_rtol: float = DEFAULT_COORD_RTOL, node_order: str = "auto",
+                 stress_field: str | None = None):
         c = as_mpi(dm.comm)
-        self.dm, self.field, self._c = dm, field, c
-        self._series, msg, head, points = None, None, None, None
+        self.dm, self.field, self._c, self.stress_field = dm, field, c, stress_field
+        self._reader: _Reader = _Empty()
+        info, msg = None, None
         if c.rank == 0:
             try:
-                self._series = open_series(spec)
-                s = self._series
-                points = s.points
-                if points.ndim != 2 or points.shape[1] not in (2, 3):
-                    raise DdromError(f"{s.source}: points of shape {points.shape}, expected (N, 3)")
-                if points.shape[1] == 2:
-                    points = np.hstack([points, np.zeros((len(points), 1))])
-                if len(points) != dm.n_nodes_global:
-                    raise DdromError(
-                        f"{s.source}: {len(points)} nodes, the case mesh has {dm.n_nodes_global}; the "
-                        "series must be written on the case mesh's nodes, in its natural order")
-                head = (s.source, None if s.times is None else s.times.tolist(), s.n_steps)
+                info = probe_series(spec)
+                if info.kind == "xdmf":
+                    self._reader = _XdmfReader(spec, field)
+                    info.times, info.n_steps = self._reader.times.tolist(), self._reader.n_steps
+                elif info.kind == "files":
+                    self._reader = _FilesReader(info.files, spec)
             except DdromError as exc:
                 msg = str(exc)
             except Exception as exc:  # noqa: BLE001
                 msg = f"{spec}: cannot read it ({type(exc).__name__}: {exc})"
         raise_collective(c, msg)
-        self.source, times, self.n_steps = c.bcast(head, root=0)
-        self.times = None if times is None else np.array(times)
-        # Coordinates, compared on each rank's natural slice: nothing mesh-sized is gathered.
-        x_file = scatter_natural(c, dm.natural_nodes, points)
-        del points
-        x_mesh = dm.coords[: dm.n_owned]
-        lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
-        if dm.n_owned:
-            lo, hi = x_mesh.min(axis=0), x_mesh.max(axis=0)
-        c.Allreduce(_in_place(), lo, op=_op("MIN"))
-        c.Allreduce(_in_place(), hi, op=_op("MAX"))
-        diag = float(np.linalg.norm(hi - lo))
-        d = np.linalg.norm(x_file - x_mesh, axis=1) if dm.n_owned else np.zeros(0)
-        local = (float(d.max()), int(dm.natural_nodes.owned_natural[int(d.argmax())])) if d.size else (-1.0, -1)
-        dmax, node = max(c.allgather(local))
-        self.max_coordinate_distance = dmax
-        if dmax > coord_rtol * diag:
+        info = c.bcast(info, root=0)
+        self.source, self.kind, self.n_steps = info.source, info.kind, info.n_steps
+        self.times = None if info.times is None else np.array(info.times)
+        self.n_pieces = len(info.files[0]) if info.kind == "pieces" else 1
+        if info.kind == "pieces":
+            self._collective(lambda: setattr(self, "_reader", _PiecesReader(info.files, c.rank, c.size)))
+        try:
+            self._setup(dm, coord_rtol, node_order)
+        except Exception:
             self.close()
-            raise DdromError(
-                f"{self.source}: node coordinates differ from the case mesh's by up to {dmax:.3e} "
-                f"(node {node} in natural order; tolerance {coord_rtol:g} x diagonal {diag:.4g}). "
-                "The series must be written on the case mesh's nodes in the same order (the natural "
-                "order of the mesh file or generator)")
+            raise
+
+    # ------------------------------------------------------------------ setup
+    def _collective(self, fn):
+        """Run ``fn`` on every rank; any rank's DdromError is raised on all ranks."""
+        msg = None
+        try:
+            fn()
+        except DdromError as exc:
+            msg = str(exc)
+        except Exception as exc:  # noqa: BLE001
+            msg = f"{self.source}: cannot read it ({type(exc).__name__}: {exc})"
+        raise_collective(self._c, msg)
+
+    def _setup(self, dm: Any, coord_rtol: float, node_order: str) -> None:
+        c, single = self._c, self.kind != "pieces"
+        # Element check first: the same node count with other elements would match nodes
+        # and give wrong strains silently.
+        cells = [None]
+        self._collective(lambda: cells.__setitem__(0, self._reader.cells))
+        cells = cells[0]
+        k_case = dm.cells.shape[1]
+        raise_collective(c, f"{self.source}: its cells have {cells.shape[1]} nodes, the case mesh's "
+                            f"{dm.cell_type} {k_case}: the results are not on the case's elements"
+                            if cells.size and cells.shape[1] != k_case else None)
+        self._file_cells = cells
+        x_case = case_node_coordinates(dm)
+        diag = bbox_diagonal(c, x_case)
+        hint = ("the series must be written on the case mesh's nodes (see --node-order)" if single
+                else "the pieces must cover the case mesh")
+        m = match_rows(c, self._reader.points, x_case, diag, mode=node_order, coord_rtol=coord_rtol,
+                       single=single, what="node", source=self.source, hint=hint)
+        self.node_match, self.max_coordinate_distance = m.method, m.max_distance
+        self._nodes = Router(c, dm.natural_nodes, m.natural_ids, self.source, "node")
+        self.stress_center, self._cells = None, None
+        if self.stress_field is None:
+            return
+        # The field's center, decided on rank 0 (it reads the first piece of a parallel file).
+        got = [None]
+        self._collective(lambda: got.__setitem__(0, (self._reader.centers(0, self.stress_field),
+                                                     self._reader.field_names(0)) if c.rank == 0 else None))
+        centers, names = c.bcast(got[0], root=0)
+        if not centers:
+            raise DdromError(f"{self.source}: no field {self.stress_field!r} for --stress-field "
+                             f"(fields: {names})")
+        self.stress_center = "cell" if "cell" in centers else "point"
+        n_cells = c.allreduce(len(cells))
+        if n_cells == 0:
+            raise DdromError(f"{self.source}: no hexahedra or tetrahedra: cannot compare a stress field")
+        centroids = self._reader.points[cells].mean(axis=1) if cells.size else np.zeros((0, 3))
+        mc = match_rows(c, centroids, case_cell_centroids(dm), diag, mode=node_order, coord_rtol=coord_rtol,
+                        single=single, what="cell", source=self.source,
+                        hint="the stress must be given on the case mesh's cells")
+        self._cells = Router(c, dm.natural_cells, mc.natural_ids, self.source, "cell")
+
+    # ------------------------------------------------------------------ steps
+    def _read(self, k: int, name: str, center: str, ncomp: int | None) -> np.ndarray:
+        out = [None]
+
+        def go():
+            v = self._reader.read(k, name, center)
+            v = v.reshape(len(v), -1) if v.size or len(v) else np.zeros((0, ncomp or 0))
+            if not np.all(np.isfinite(v)):
+                raise DdromError(f"{self.source} (step {k}): field {name!r} has NaN or Inf values")
+            out[0] = v
+
+        self._collective(go)
+        return out[0]
 
     def displacement(self, k: int) -> np.ndarray:
         """(n_owned, 3) displacement of step ``k`` of the file at this rank's owned nodes (collective)."""
-        c = self._c
-        u, msg = None, None
-        if c.rank == 0:
+        u = self._read(k, self.field, "point", 3)
+        rows = len(self._reader.points)
+        bad = None
+        if rows and (u.shape[0] != rows or u.shape[1] not in (2, 3)):
+            bad = (f"{self.source} (step {k}): field {self.field!r} has shape {u.shape}, expected "
+                   f"({rows}, 3) point values")
+        raise_collective(self._c, bad)
+        if u.shape[1] == 2:
+            u = np.hstack([u, np.zeros((len(u), 1))])
+        return self._nodes.route(u.reshape(-1, 3) if rows else np.zeros((0, 3)), 3)
+
+    def stress_cells(self, k: int) -> np.ndarray:
+        """(n_cells, 6) Mandel stress of step ``k`` per local cell (cell mean of a point field)."""
+        if self._cells is None:
+            raise DdromError("no stress field was requested")
+        center = self.stress_center
+        v = self._read(k, self.stress_field, center, None)
+        msg, s = None, np.zeros((0, 6))
+        n = len(self._reader.points) if center == "point" else len(self._file_cells)
+        if n:
             try:
-                u = self._series.read(k, self.field)
-                u = u.reshape(len(u), -1)
-                if u.shape[1] == 2:
-                    u = np.hstack([u, np.zeros((len(u), 1))])
-                if u.shape != (self.dm.n_nodes_global, 3):
-                    raise DdromError(f"{self.source} (step {k}): field {self.field!r} has shape {u.shape}, "
-                                     f"expected ({self.dm.n_nodes_global}, 3)")
-                if not np.all(np.isfinite(u)):
-                    raise DdromError(f"{self.source} (step {k}): field {self.field!r} has NaN or Inf values")
+                if v.shape[0] != n:
+                    raise DdromError(f"{self.source} (step {k}): {center} field {self.stress_field!r} "
+                                     f"has {v.shape[0]} rows, expected {n}")
+                s = to_mandel(v, f"{self.source} (step {k}): field {self.stress_field!r}")
+                if center == "point":
+                    s = s[self._file_cells].mean(axis=1)
             except DdromError as exc:
                 msg = str(exc)
-            except Exception as exc:  # noqa: BLE001
-                msg = f"{self.source} (step {k}): cannot read it ({type(exc).__name__}: {exc})"
-        raise_collective(c, msg)
-        return scatter_natural(c, self.dm.natural_nodes, u)
+        raise_collective(self._c, msg)
+        return self._cells.route(s, 6)
 
     def close(self) -> None:
-        if self._series is not None:
-            self._series.close()
-            self._series = None
-
-
-def _in_place():
-    from mpi4py import MPI
-
-    return MPI.IN_PLACE
-
-
-def _op(name: str) -> Callable:
-    from mpi4py import MPI
-
-    return getattr(MPI, name)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = _Empty()
