@@ -309,6 +309,12 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
             provenance={"case": str(case.path), "case_hash": case.hf_hash, "case_file_sha256": case.hash,
                         "which": "training", "times": case_times.tolist(), "material": material.to_dict(),
                         "origin": "ddrom import (material replay of external displacements)"})
+    complete = {s.name for s in store.simulations() if s.complete}
+    clash = sorted(set(n for n in names if n) & complete)
+    if clash:
+        store.close() if not was_final else store.finalize()
+        raise CollectiveError(f"{path}: simulation(s) {clash} are already complete in the store; import "
+                              "under another --name / 'name' column, or into a fresh output folder")
     added: list[str] = []
     summaries = []
     try:

@@ -52,7 +52,7 @@ import numpy as np
 
 from ddrom.io.matching import (Router, bbox_diagonal, case_cell_centroids, case_node_coordinates,
                                match_rows)
-from ddrom.parallel import DdromError, as_mpi, raise_collective
+from ddrom.parallel import CollectiveError, DdromError, as_mpi, raise_collective
 
 DEFAULT_COORD_RTOL = 1e-6   # files in single precision or ASCII lose digits; relative to the diagonal
 _VOLUME = {"hexahedron": 8, "tetra": 4}
@@ -526,12 +526,12 @@ class DisplacementSeries:
                                                      self._reader.field_names(0)) if c.rank == 0 else None))
         centers, names = c.bcast(got[0], root=0)
         if not centers:
-            raise DdromError(f"{self.source}: no field {self.stress_field!r} for --stress-field "
+            raise CollectiveError(f"{self.source}: no field {self.stress_field!r} for --stress-field "
                              f"(fields: {names})")
         self.stress_center = "cell" if "cell" in centers else "point"
         n_cells = c.allreduce(len(cells))
         if n_cells == 0:
-            raise DdromError(f"{self.source}: no hexahedra or tetrahedra: cannot compare a stress field")
+            raise CollectiveError(f"{self.source}: no hexahedra or tetrahedra: cannot compare a stress field")
         centroids = self._reader.points[cells].mean(axis=1) if cells.size else np.zeros((0, 3))
         mc = match_rows(c, centroids, case_cell_centroids(dm), diag, mode=node_order, coord_rtol=coord_rtol,
                         single=single, what="cell", source=self.source,

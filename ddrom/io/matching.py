@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ddrom.parallel import DdromError, as_mpi, raise_collective
+from ddrom.parallel import CollectiveError, DdromError, as_mpi, raise_collective
 
 MODES = ("auto", "keep", "coordinates")
 
@@ -168,7 +168,7 @@ def match_rows(comm: Any, rows: np.ndarray, case_slice: np.ndarray, diagonal: fl
     """
     c = as_mpi(comm)
     if mode not in MODES:
-        raise DdromError(f"node matching mode {mode!r}: expected one of {MODES}")
+        raise CollectiveError(f"node matching mode {mode!r}: expected one of {MODES}")
     tol = coord_rtol * diagonal
     rows = np.asarray(rows, dtype=float).reshape(-1, 3)
     counts = c.gather(len(rows), root=0)
@@ -222,7 +222,7 @@ class Router:
         total = c.allreduce(missing)
         if total:
             first = min(v for v in c.allgather(first) if v >= 0)
-            raise DdromError(f"{source}: {total} {what}s of the case mesh get no value (e.g. natural "
+            raise CollectiveError(f"{source}: {total} {what}s of the case mesh get no value (e.g. natural "
                              f"{what} {first})")
 
     def route(self, values: np.ndarray, ncomp: int) -> np.ndarray:
