@@ -129,3 +129,131 @@ def test_bad_input_streaming():
         ip.update(S_loc[:-1, 3:5] if comm.rank == 0 else S_loc[:, 3:5])
     ip.update(S_loc[:, 3:])                   # still usable, still collective
     assert ip.result().info["n_snapshots"] == 10
+
+
+# ------------------------------------------------------------ fed by the HF sweep
+HF_CASE = """
+[case]
+name = "stream_hf"
+
+[mesh]
+generator = "box"
+args = { lx = 4.0, ly = 1.0, lz = 1.0, nx = 6, ny = 2, nz = 2 }
+partitioner = "rcb"
+
+[material]
+law = "j2"
+E = 200e3
+nu = 0.3
+sigma_y = 120.0
+H = 2000.0
+C = 20e3
+
+[parameters]
+A = { min = 0.5, max = 2.0, default = 1.0 }
+
+[time]
+t_end = 2.0
+n_steps = 4
+
+[loads]
+dirichlet = [{ region = "xmin", components = ["x", "y", "z"] }]
+traction = [{ region = "xmax", vector = ["90 * A * tri(t, 2)", 0.0, "-3 * A * ramp(t, 1)"] }]
+
+[solver]
+newton_rtol = 1e-10
+
+[rom]
+pod_tol = 1e-7
+pod_method = "streaming"
+stream_during_hf = true
+
+[training]
+values = [{ A = 0.5 }, { A = 1.2 }, { A = 2.0 }]
+"""
+
+
+def _shared_dir(tmp_path, comm):
+    return comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0)
+
+
+def _offline_context(path, comm):
+    from ddrom.cli.build import (build_loads, build_mesh, build_solver_options,
+                                 load_case_collectively)
+    from ddrom.cli.pipeline import store_path
+    from ddrom.hf.solver import HFSolver
+    from ddrom.io.store import SnapshotStore
+    from ddrom.materials import from_config
+    from ddrom.rom.offline import OfflineOptions
+
+    case = load_case_collectively(path, comm)
+    dm = build_mesh(case, comm)
+    solver = HFSolver(dm, from_config(case.raw["material"]),
+                      build_loads(case, case.training_parameters()[0], dm), build_solver_options(case))
+    store = SnapshotStore.open(store_path(case, "training"), comm, mode="r", dmesh=dm)
+    return case, dm, solver, store, OfflineOptions(pod_tol=1e-7, pod_method="streaming")
+
+
+@pytest.mark.mpi
+def test_streaming_pod_fed_by_the_hf_sweep_equals_the_store_fed_one(tmp_path):
+    """rom.stream_during_hf: the HF sweep feeds the incremental POD step by step and saves
+    its state after each simulation; interrupted twice (once as if it crashed between the
+    store's finish and the state's save), resumed, it ends with the same POD as the
+    offline stage streaming the store: modes up to sign, singular values to round-off,
+    every snapshot counted once."""
+    import json
+    from pathlib import Path
+
+    import h5py
+
+    from ddrom.cli.pipeline import hf_sweep
+    from ddrom.rom.offline import _streaming_displacement_pod, hf_stream_path
+
+    comm = MPI.COMM_WORLD
+    folder = Path(_shared_dir(tmp_path, comm))
+    path = folder / "stream_hf.toml"
+    if comm.rank == 0:
+        path.write_text(HF_CASE)
+    comm.Barrier()
+    state = folder / "out" / "stream_hf" / "hf_training.pod_stream.h5"
+
+    def saved_sims():
+        comm.Barrier()
+        with h5py.File(state, "r", driver="mpio", comm=comm) as f:
+            return [s for s, _ in json.loads(f.attrs["meta"])["simulations"]]
+
+    s1 = hf_sweep(str(path), comm, quiet=True, max_simulations=1)
+    assert not s1["sets"]["training"]["complete"]
+    assert saved_sims() == ["train_000"]
+    # a crash after the store's finish and before the state's rename: no state at all
+    if comm.rank == 0:
+        state.unlink()
+    comm.Barrier()
+    hf_sweep(str(path), comm, quiet=True, max_simulations=1)        # catches up train_000
+    assert saved_sims() == ["train_000", "train_001"]
+    s3 = hf_sweep(str(path), comm, quiet=True)                        # resumes from the state
+    assert s3["sets"]["training"]["complete"] and s3["sets"]["training"]["computed"] == 1
+    assert saved_sims() == ["train_000", "train_001", "train_002"]
+    assert not Path(str(state) + ".tmp").exists()
+
+    case, dm, solver, store, opts = _offline_context(str(path), comm)
+    try:
+        assert hf_stream_path(store.path) == state
+        r_hf = _streaming_displacement_pod(solver, store, None, opts)
+        r_st = _streaming_displacement_pod(solver, store, None, opts, use_hf_state=False)
+        assert r_hf.info["fed_by"] == "hf" and r_st.info["fed_by"] == "store"
+        assert r_hf.info["n_snapshots"] == r_st.info["n_snapshots"] == 3 * 5   # no double count
+        assert r_hf.n_modes == r_st.n_modes >= 3
+        np.testing.assert_allclose(r_hf.sigma, r_st.sigma, rtol=1e-12, atol=1e-14 * r_st.sigma[0])
+        assert r_hf.info["error_bound"] == pytest.approx(r_st.info["error_bound"], rel=1e-8)
+        A, B = gather(r_hf.modes_loc, comm), gather(r_st.modes_loc, comm)
+        signs = np.sign(np.sum(A * B, axis=0))
+        np.testing.assert_allclose(A * signs, B, atol=1e-9)
+        # inconsistent requests fall back to the store, saying why
+        other = _streaming_displacement_pod(solver, store, ["train_000", "train_002"], opts)
+        assert other.info["fed_by"] == "store" and "other simulations" in other.info["hf_state"]
+        opts.pod_tol = 1e-6
+        other = _streaming_displacement_pod(solver, store, None, opts)
+        assert other.info["fed_by"] == "store" and "other tolerances" in other.info["hf_state"]
+    finally:
+        store.close()

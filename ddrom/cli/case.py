@@ -591,6 +591,7 @@ SCHEMA = Table({
         "dual_pod_tol": Key(Num(gt=0, lt=1), 1e-4),
         "stress_tol": Key(Num(gt=0, lt=1), 1e-5),
         "pod_method": Key(Str(choices=("tsqr", "snapshots", "slepc", "streaming"))),
+        "stream_during_hf": Key(Bool(), False),
         "n_clusters": Key(Int(ge=1), 1),
         "classifier": Key(Str(choices=("nearest_medoid", "knn")), "nearest_medoid"),
         "indicator_tol": Key(Num(gt=0)),

@@ -29,13 +29,21 @@ def _points(case: Any, which: str) -> list[tuple[str, dict]]:
 
 def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = True,
              quiet: bool = False, max_simulations: int | None = None, case: Any = None,
-             dm: Any = None) -> dict[str, Any]:
+             dm: Any = None, stream_pod: bool | None = None) -> dict[str, Any]:
     """Compute every HF simulation of a parameter set into its snapshot store.
 
     With ``resume``, simulations already complete in an interrupted store are kept and
     only the others are (re)computed; the store appears at its final path only once
     every simulation is complete. ``max_simulations`` stops after computing that many
     (a sweep split over several batch jobs); the store then stays ``.partial``.
+
+    ``stream_pod`` (default: the case's ``rom.stream_during_hf``): the training sweep
+    also feeds the displacement streaming POD with every converged step (prescribed
+    DOFs zeroed, tolerances ``rom.pod_tol``, ``rom.max_modes``) and saves its state next
+    to the store after each simulation (:class:`ddrom.rom.offline.DisplacementStream`);
+    the offline stage with ``rom.pod_method = "streaming"`` then starts from it instead
+    of reading the store again. A store that is already complete and up to date is not
+    streamed (the offline stage streams it from the store).
     """
     c = as_mpi(comm)
     case = case or load_case_collectively(case_path, comm)
@@ -49,8 +57,11 @@ def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = 
                                "mesh": dm.summary(), "sets": {}}
     rank0_print(comm, f"ddrom hf: {case.path.name}: {dm.n_cells_global} {dm.cell_type} cells, "
                       f"{3 * dm.n_nodes_global} DOFs on {c.size} rank(s)")
+    if stream_pod is None:
+        stream_pod = bool(case.raw.get("rom", {}).get("stream_during_hf", False))
     for s in sets:
-        summary["sets"][s] = _sweep_set(case, dm, s, resume, quiet, timers, comm, max_simulations)
+        summary["sets"][s] = _sweep_set(case, dm, s, resume, quiet, timers, comm, max_simulations,
+                                        stream_pod=stream_pod and s == "training")
     summary["timers"] = timers.summary(comm)
     return summary
 
@@ -72,7 +83,8 @@ def _up_to_date(path: Path, case: Any, comm: Any) -> bool:
     return ok
 
 
-def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=None) -> dict[str, Any]:
+def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=None,
+               stream_pod=False) -> dict[str, Any]:
     from ddrom.hf.solver import HFSolver
     from ddrom.io.store import SnapshotStore
     from ddrom.materials import from_config
@@ -104,6 +116,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
             store.close()
             store = None
             rank0_print(comm, f"  {partial.name}: written by another version of the case file; starting over")
+    fresh = store is None
     if store is None:
         if c.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +125,21 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
                                      provenance=provenance, comm=comm)
     done = {s.name for s in store.simulations() if s.complete}
     solver = None
+    stream = None
+    if stream_pod:
+        from ddrom.rom.offline import DisplacementStream
+
+        # the prescribed DOFs come from the solver (the same for every parameter point)
+        with timers("setup"):
+            solver = HFSolver(dm, material, build_loads(case, points[0][1], dm), options, timers=timers)
+        rom = case.raw.get("rom", {})
+        stream = DisplacementStream(solver, store, float(rom.get("pod_tol", 1e-4)), rom.get("max_modes"))
+        with timers("stream_pod"):
+            if fresh:
+                stream.discard()      # a state of an earlier store must not pass for this one
+            how = stream.resume()
+        if how:
+            rank0_print(comm, f"  streaming POD: {how}")
     results = []
     computed = 0
     for isim, (name, params) in enumerate(points):
@@ -132,6 +160,9 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
         t0 = time.perf_counter()
         st = solver.initial_state(times[0])
         _write(writer, 0, st, solver, dm)
+        if stream is not None:
+            with timers("stream_pod"):
+                stream.add(st.owned_displacement(dm.n_owned))
         newton = ksp = cuts = 0
         desc = f"{which} {isim + 1}/{len(points)} {name}"
         with Progress(comm, total=len(times) - 1, desc=desc, quiet=quiet) as bar:
@@ -143,10 +174,18 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
                 cuts += info.cutbacks
                 with timers("write"):
                     _write(writer, k, st, solver, dm)
+                if stream is not None:
+                    with timers("stream_pod"):
+                        stream.add(st.owned_displacement(dm.n_owned))
                 bar.update(1, newton=info.newton_iterations, ksp=info.ksp_iterations)
         writer.finish()
         sec = c.allreduce(time.perf_counter() - t0, op=_max())
         store.set_metadata(name, "hf_seconds", sec)
+        if stream is not None:
+            # saved once the simulation is complete in the store: a crash before this line
+            # is caught up from the store on resume, one after it finds the state saved
+            with timers("stream_pod"):
+                stream.finish_simulation(name, len(times) - 1)
         p = solver.material.cumulated_plastic_strain(st.internal)
         pmax = c.allreduce(float(p.max()) if p.size else 0.0, op=_max())
         results.append({"name": name, "params": params, "seconds": sec, "newton_iterations": newton,
@@ -160,8 +199,12 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
         store.close()
         rank0_print(comm, f"  stopped after {computed} simulation(s); {len(points) - len(results)} left "
                           f"(run the same command again to resume)")
+    out_stream = {}
+    if stream is not None:
+        out_stream = {"stream_pod": {"state": str(stream.path), "n_modes": stream.ipod.n_modes,
+                                     "simulations": len(stream.simulations)}}
     return {"store": str(path) if complete else str(path) + ".partial", "simulations": len(points),
-            "complete": complete,
+            **out_stream, "complete": complete,
             "computed": sum(1 for r in results if not r.get("skipped")),
             "resumed_skipped": sum(1 for r in results if r.get("skipped")), "runs": results}
 

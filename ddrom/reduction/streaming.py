@@ -23,20 +23,34 @@ exact, from their norms). Hence at the end ``||S - U U^T M S||_F <= max(l2_err,
 eps ||S||_F)``, and by Weyl's inequality the singular values differ from the batch
 POD's by at most ``sqrt(discarded)``. (``rtol``/``atol``/``max_modes`` may cut more;
 what they cut is also counted in ``discarded`` and reported, not bounded.)
+
+Persistence (:func:`save_state`, :func:`load_state`): the state of an
+:class:`IncrementalPOD` (modes in the natural order of the mesh items, singular values,
+counters, tolerances) and caller metadata in one HDF5 file written collectively to
+``path.tmp`` then renamed, so that a reader sees the previous state or the new one,
+never a half-written file. Loading it on another number of ranks redistributes the
+modes; continuing the updates from it is then the same algorithm up to round-off.
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from ddrom.parallel import DdromError, as_mpi, check_all
+from ddrom.parallel import DdromError, as_mpi, check_all, raise_collective
 from ddrom.reduction.inner import Euclidean, InnerProduct
 from ddrom.reduction.pod import (
     EPS, PODResult, cgs2, pod, reorthonormalize, truncate, validate_snapshots,
 )
 
-__all__ = ["IncrementalPOD", "hapod"]
+__all__ = ["IncrementalPOD", "hapod", "save_state", "load_state", "STATE_SCHEMA"]
+
+#: ``schema`` attribute of a streaming-state file (and its version).
+STATE_SCHEMA = "ddrom-streaming-pod"
+STATE_VERSION = 1
 
 
 class IncrementalPOD:
@@ -129,6 +143,26 @@ class IncrementalPOD:
             self._reorth()
         return self
 
+    # ------------------------------------------------------------ persistence
+    #: what, besides U and s, makes the continuation of the updates the same algorithm
+    _STATE_KEYS = ("eps", "l2_err", "rtol", "atol", "max_modes", "reorth_every", "discarded2",
+                   "energy2", "m", "n_updates", "_since_reorth")
+
+    def state(self) -> dict:
+        """Counters and tolerances (JSON-able, replicated); with ``U`` and ``s`` the whole state."""
+        out = {k: getattr(self, k) for k in self._STATE_KEYS}
+        out["max_modes"] = None if self.max_modes is None else int(self.max_modes)
+        return {k: (v if v is None or isinstance(v, (int, float)) else float(v))
+                for k, v in out.items()}
+
+    def restore(self, U_loc: np.ndarray | None, s: np.ndarray, state: dict) -> "IncrementalPOD":
+        """Set the state saved by :meth:`state` (``U_loc``: this rank's rows of the modes)."""
+        for k in self._STATE_KEYS:
+            setattr(self, k, state[k])
+        self.s = np.asarray(s, dtype=float).copy()
+        self.U = None if U_loc is None else np.ascontiguousarray(U_loc, dtype=float)
+        return self
+
     def _reorth(self) -> float:
         self._since_reorth = 0
         if self.U is None or self.U.shape[1] == 0:
@@ -203,3 +237,111 @@ def hapod(blocks: Iterable[Any], n_blocks: int, comm: Any = None,
     final.vh = None
     final.info.update(error_bound=float(np.sqrt(discarded2)), n_blocks=count, node_l2_err=node_err)
     return final
+
+
+# ------------------------------------------------------------------------ persistence
+def save_state(path: str | os.PathLike, ipod: IncrementalPOD, nmap: Any,
+               meta: dict | None = None) -> None:
+    """Write the state of ``ipod`` to ``path`` (collective), atomically.
+
+    ``nmap`` is the :class:`~ddrom.mesh.distributed.NaturalMap` of the items the rows
+    belong to (e.g. ``dm.natural_nodes`` with 3 rows per node): the modes are stored as
+    ``modes`` (n_items, rows per item, N) in natural order, so that another partition
+    can read them back. ``sigma`` (N,), and the attributes ``schema``, ``version``,
+    ``state`` (JSON of :meth:`IncrementalPOD.state`) and ``meta`` (JSON of ``meta``,
+    the caller's consistency data). Written to ``path + ".tmp"``, renamed by rank 0
+    once closed on every rank. Raises :class:`~ddrom.parallel.CollectiveError` on
+    every rank if anything fails.
+    """
+    import h5py
+
+    c = ipod.comm
+    path = str(path)
+    tmp = path + ".tmp"
+    msg = None
+    try:
+        if ipod.U is None:
+            raise DdromError("no snapshot was given yet")
+        n_owned = int(nmap.n_owned)
+        bs = ipod.U.shape[0] // n_owned if n_owned else 0
+        bs = c.allreduce(bs, op=_max())
+        N = ipod.n_modes
+        with h5py.File(tmp, "w", driver="mpio", comm=c) as f:
+            f.attrs["schema"] = STATE_SCHEMA
+            f.attrs["version"] = STATE_VERSION
+            f.attrs["state"] = json.dumps(ipod.state())
+            f.attrs["meta"] = json.dumps(meta or {}, default=str)
+            f.create_dataset("sigma", data=ipod.s)      # replicated: the same on every rank
+            ds = f.create_dataset("modes", shape=(nmap.n_global, bs, N), dtype="f8")
+            if N:
+                nat = nmap.to_natural(ipod.U.reshape(n_owned, bs, N))
+                lo, hi = nmap.natural_range
+                with ds.collective:
+                    ds[lo:hi] = nat
+    except Exception as exc:  # noqa: BLE001 - reported on every rank
+        msg = f"streaming POD state {path}: {type(exc).__name__}: {exc}"
+    raise_collective(c, msg)
+    c.Barrier()
+    if c.rank == 0:
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            msg = f"streaming POD state {tmp}: cannot rename to {path}: {exc}"
+    raise_collective(c, msg)
+
+
+def load_state(path: str | os.PathLike, nmap: Any, comm: Any = None,
+               inner: InnerProduct | None = None, name: str = "snapshots"
+               ) -> tuple[IncrementalPOD | None, dict, str]:
+    """Read a state written by :func:`save_state` into the current partition (collective).
+
+    Returns ``(ipod, meta, reason)``: ``ipod`` is None (and ``reason`` says why) when the
+    file does not exist, is not a streaming-state file of this version, is unreadable
+    or has another number of items than ``nmap``; the caller then starts over. The
+    inner product is not stored: pass the one the state was built with.
+    """
+    import h5py
+
+    c = as_mpi(comm if comm is not None else nmap.comm)
+    path = str(path)
+    if not c.bcast(Path(path).exists() if c.rank == 0 else None, root=0):
+        return None, {}, f"{path} does not exist"
+    reason, out = None, None
+    try:
+        with h5py.File(path, "r", driver="mpio", comm=c) as f:
+            if f.attrs.get("schema") != STATE_SCHEMA:
+                raise ValueError("not a streaming POD state file")
+            if int(f.attrs.get("version", -1)) != STATE_VERSION:
+                raise ValueError(f"version {f.attrs.get('version')} (this ddrom reads {STATE_VERSION})")
+            ds = f["modes"]
+            if ds.shape[0] != nmap.n_global:
+                raise ValueError(f"{ds.shape[0]} items, the mesh has {nmap.n_global}")
+            lo, hi = nmap.natural_range
+            if ds.shape[2]:
+                with ds.collective:
+                    nat = ds[lo:hi]
+                U = nmap.from_natural(nat).reshape(-1, ds.shape[2])
+            else:
+                U = np.zeros((nmap.n_owned * ds.shape[1], 0))
+            out = (U, f["sigma"][...], json.loads(f.attrs["state"]), json.loads(f.attrs["meta"]))
+    except Exception as exc:  # noqa: BLE001 - any problem means: do not use it
+        reason = f"{path}: {type(exc).__name__}: {exc}"
+    bad = c.allreduce(reason is not None, op=_lor())
+    if bad:
+        reason = c.allgather(reason)
+        return None, {}, next(r for r in reason if r)
+    U, s, state, meta = out
+    ipod = IncrementalPOD(c, inner, name=name).restore(U, s, state)
+    return ipod, meta, ""
+
+
+def _max():
+    from mpi4py import MPI
+
+    return MPI.MAX
+
+
+def _lor():
+    from mpi4py import MPI
+
+    return MPI.LOR

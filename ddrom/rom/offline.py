@@ -193,22 +193,190 @@ def hyper_reduce(case: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, 
 
 
 def _streaming_displacement_pod(solver: HFSolver, store: Any, sims: list[str] | None,
-                                options: OfflineOptions):
-    """Incremental POD fed one time step at a time from the store: memory O(n N), not O(n m)."""
+                                options: OfflineOptions, use_hf_state: bool = True):
+    """Incremental POD of the displacement, one time step at a time: memory O(n N), not O(n m).
+
+    If the HF sweep streamed the snapshots itself (``rom.stream_during_hf``, see
+    :class:`DisplacementStream`) and its saved state is consistent with this request
+    (same store, the same simulations in the same order with the same steps, the same
+    prescribed DOFs, the same tolerances), that state is used; otherwise the snapshots
+    are fed from the store (steps 0..n of each complete simulation, in store order,
+    prescribed DOFs zeroed), which is what the HF sweep does too. ``info["fed_by"]`` says
+    which (``"hf"`` or ``"store"``) and ``info["hf_state"]`` why the HF state was not used.
+    """
+    dm = solver.dm
+    infos = [s for s in store.simulations() if s.complete and (sims is None or s.name in sims)]
+    reason = "not requested"
+    if use_hf_state:
+        stream = DisplacementStream(solver, store, options.pod_tol, options.max_modes)
+        ipod, _, reason = stream.load_consistent([[s.name, s.n_steps] for s in infos])
+        if ipod is not None:
+            res = ipod.result()
+            res.info.update(fed_by="hf", hf_state=str(stream.path))
+            return res
+    ipod = displacement_streamer(solver.comm, options.pod_tol, options.max_modes)
+    fixed = solver.fixed[: 3 * dm.n_owned]
+    for info in infos:
+        _feed_simulation(ipod, store, info, dm, fixed)
+    res = ipod.result()
+    res.info.update(fed_by="store", hf_state=reason)
+    return res
+
+
+def _feed_simulation(ipod: Any, store: Any, info: Any, dm: Any, fixed: np.ndarray) -> None:
+    """Steps 0..n of one stored simulation, prescribed DOFs zeroed, one update per step."""
+    for k in range(info.n_steps + 1):
+        u = store.read_displacement(info.name, k, dm).reshape(-1).copy()
+        u[fixed] = 0.0
+        ipod.update(u[:, None])
+
+
+def displacement_streamer(comm: Any, pod_tol: float, max_modes: int | None):
+    """The incremental POD of the displacement snapshots, with the offline stage's settings.
+
+    Euclidean inner product on the DOFs, final error ``||S - U U^T S||_F <= pod_tol
+    ||S||_F`` (:class:`~ddrom.reduction.streaming.IncrementalPOD` with ``eps = pod_tol``),
+    at most ``max_modes`` modes. The HF sweep and the offline stage both build it here,
+    so that a state saved by one is the same computation as the other's.
+    """
     from ddrom.reduction import Euclidean
     from ddrom.reduction.streaming import IncrementalPOD
 
-    dm = solver.dm
-    fixed = solver.fixed[: 3 * dm.n_owned]
-    ipod = IncrementalPOD(solver.comm, Euclidean(), eps=options.pod_tol, max_modes=options.max_modes,
+    return IncrementalPOD(comm, Euclidean(), eps=float(pod_tol), max_modes=max_modes,
                           name="displacement snapshots")
-    infos = [s for s in store.simulations() if s.complete and (sims is None or s.name in sims)]
-    for info in infos:
-        for k in range(info.n_steps + 1):
-            u = store.read_displacement(info.name, k, dm).reshape(-1).copy()
-            u[fixed] = 0.0
-            ipod.update(u[:, None])
-    return ipod.result()
+
+
+def hf_stream_path(store_path: Any) -> "Path":
+    """Side file of the displacement streaming POD fed by the HF sweep.
+
+    ``<folder>/<store stem>.pod_stream.h5`` next to the store's final path (e.g.
+    ``hf_training.pod_stream.h5``), also while the store is still ``.partial``.
+    """
+    from pathlib import Path
+
+    p = Path(str(store_path))
+    return p.with_name(p.stem + ".pod_stream.h5")
+
+
+class DisplacementStream:
+    """Displacement streaming POD fed by the HF sweep, persisted after every simulation.
+
+    The sweep calls :meth:`resume` once (after opening the store), :meth:`add` with every
+    converged (and stored) step of a simulation, :meth:`finish_simulation` when the
+    simulation is complete in the store. The state file (:func:`hf_stream_path`) is
+    written atomically (``.tmp`` then rename) by
+    :func:`~ddrom.reduction.streaming.save_state` with ``meta``:
+
+    * ``case_hash``: the store's;
+    * ``simulations``: ``[name, n_steps]`` of every simulation fed, in order;
+    * ``n_fixed``: global number of prescribed DOFs (zeroed before the update).
+
+    Resume rule: the saved state is kept if its simulations are, in order, the first
+    complete simulations of the store (the ones after it are fed from the store: a
+    crash between the store's ``finish`` and the state's rename loses nothing); any
+    other state is discarded and every complete simulation is fed from the store. So a
+    resumed sweep neither counts a simulation twice nor misses one, and a simulation
+    interrupted mid-way (not complete, not in the state) is fed again from step 0 when
+    it is recomputed.
+    """
+
+    def __init__(self, solver: HFSolver, store: Any, pod_tol: float, max_modes: int | None):
+        self.solver = solver
+        self.store = store
+        self.comm = solver.comm
+        self.dm = solver.dm
+        self.path = hf_stream_path(store.path)
+        self.fixed = solver.fixed[: 3 * self.dm.n_owned]
+        self.n_fixed = int(as_mpi(self.comm).allreduce(int(self.fixed.sum())))
+        self.pod_tol, self.max_modes = float(pod_tol), max_modes
+        self.ipod = displacement_streamer(self.comm, pod_tol, max_modes)
+        self.simulations: list[list] = []
+
+    def _meta(self) -> dict:
+        return {"case_hash": self.store.case_hash, "simulations": self.simulations,
+                "n_fixed": self.n_fixed}
+
+    def load_consistent(self, simulations: list[list], prefix: bool = False):
+        """The saved state if it matches: ``(ipod, saved simulations, "")``, else
+        ``(None, [], reason)``. Collective.
+
+        Matches: same case hash, prescribed DOFs and tolerances (``eps``, ``l2_err``,
+        ``rtol``, ``atol``, ``max_modes``, ``reorth_every``), and its simulations equal to
+        ``simulations`` (``[name, n_steps]`` in order), or a prefix of it with ``prefix``.
+        """
+        from ddrom.reduction import Euclidean
+        from ddrom.reduction.streaming import load_state
+
+        ipod, meta, reason = load_state(self.path, self.dm.natural_nodes, self.comm, Euclidean(),
+                                        name="displacement snapshots")
+        if ipod is None:
+            return None, [], reason
+        want = self.ipod.state()
+        got = ipod.state()
+        keys = ("eps", "l2_err", "rtol", "atol", "max_modes", "reorth_every")
+        saved = [list(x) for x in meta.get("simulations", [])]
+        simulations = [list(x) for x in simulations]
+        reason = ""
+        if meta.get("case_hash") != self.store.case_hash:
+            reason = f"{self.path}: written for another store (case hash)"
+        elif meta.get("n_fixed") != self.n_fixed:
+            reason = f"{self.path}: {meta.get('n_fixed')} prescribed DOFs, now {self.n_fixed}"
+        elif any(got[k] != want[k] for k in keys):
+            reason = (f"{self.path}: other tolerances (" + ", ".join(
+                f"{k} {got[k]} vs {want[k]}" for k in keys if got[k] != want[k]) + ")")
+        elif not (saved == simulations[:len(saved)] if prefix else saved == simulations):
+            reason = (f"{self.path}: other simulations ({len(saved)} saved, "
+                      f"{len(simulations)} wanted)")
+        return (None, [], reason) if reason else (ipod, saved, "")
+
+    def resume(self) -> str:
+        """Continue from the saved state, catching up from the store (see the class doc).
+
+        Returns a one-line description for the log. Collective.
+        """
+        done = [s for s in self.store.simulations() if s.complete]
+        ipod, saved, reason = self.load_consistent([[s.name, s.n_steps] for s in done],
+                                                   prefix=True)
+        if ipod is not None:
+            self.ipod, self.simulations = ipod, saved
+            how = f"resumed from {self.path.name} ({len(self.simulations)} simulation(s))"
+        else:
+            how = f"started over ({reason})" if done else ""
+        todo = done[len(self.simulations):]
+        for info in todo:
+            _feed_simulation(self.ipod, self.store, info, self.dm, self.fixed)
+            self.simulations.append([info.name, info.n_steps])
+        if todo:
+            self.save()
+            how += f"; {len(todo)} complete simulation(s) fed from the store"
+        return how
+
+    def add(self, u_owned: np.ndarray) -> None:
+        """One converged step: this rank's owned displacement (n_owned, 3)."""
+        u = np.asarray(u_owned, dtype=np.float64).reshape(-1).copy()
+        u[self.fixed] = 0.0
+        self.ipod.update(u[:, None])
+
+    def finish_simulation(self, name: str, n_steps: int) -> None:
+        """The simulation is complete in the store: record it and save the state."""
+        self.simulations.append([name, int(n_steps)])
+        self.save()
+
+    def save(self) -> None:
+        from ddrom.reduction.streaming import save_state
+
+        save_state(self.path, self.ipod, self.dm.natural_nodes, self._meta())
+
+    def discard(self) -> None:
+        """Remove a saved state (a sweep that starts a new store). Collective."""
+        c = as_mpi(self.comm)
+        if c.rank == 0:
+            for p in (self.path, self.path.with_name(self.path.name + ".tmp")):
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+        c.Barrier()
 
 
 def cluster_simulations(solver: HFSolver, store: Any, n_clusters: int, dissimilarity: str = "grassmann_max"
