@@ -236,6 +236,9 @@ def _read_meshio(path: str):
 
     try:
         return meshio.read(path)
+    except SystemExit:      # meshio exits when no reader accepts the file
+        raise DdromError(f"{path}: cannot read it (meshio cannot parse it as "
+                         f"{os.path.splitext(path)[1] or 'any format'})") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure names the file
         raise DdromError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
 

@@ -1,0 +1,329 @@
+"""``ddrom import`` of an HF run re-written in other solvers' layouts: permuted node and cell
+numbering (VTU + PVD), parallel VTU with 2 and 5 pieces (any piece count on any rank
+count), several simulations from a CSV/TOML table or a file-name pattern, stresses written
+by the "other solver" compared with the replay, and bad inputs that leave the store as it
+was. The imported displacement must equal the HF one exactly and the replayed fields
+must equal the HF ones to round-off, at 1 and 3 ranks (the files are written by rank 0
+from a seeded permutation: the same data for every rank count)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ddrom  # noqa: F401
+from ddrom.parallel import DdromError
+
+from helpers import gather_natural
+from test_import import _all_ok, _box_mesh, _write_case
+
+COMM = MPI.COMM_WORLD
+SQ2 = np.sqrt(2.0)
+P0, P1 = {"u_max": 0.004, "T_max": 100.0}, {"u_max": 0.008, "T_max": 500.0}
+
+
+def _bcast_dir(prefix: str) -> str:
+    return COMM.bcast(tempfile.mkdtemp(prefix=prefix) if COMM.rank == 0 else None, root=0)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    """HF run of test_import's Chaboche case; natural-order fields for writing files."""
+    from ddrom.cli.build import build_mesh, load_case_collectively
+    from ddrom.cli.pipeline import hf_sweep, store_path
+    from ddrom.io.store import SnapshotStore
+
+    d = _bcast_dir("ddrom_fmt_ref_")
+    case = load_case_collectively(_write_case(d, "ref"), COMM)
+    dm = build_mesh(case, COMM)
+    hf_sweep(str(case.path), COMM, quiet=True, case=case, dm=dm)
+    st = SnapshotStore.open(store_path(case, "training"), COMM, mode="r", dmesh=dm)
+    times = st.read_times("train_000")
+    w = dm.geometry[1]
+    u, sig = {}, {}
+    for s in ("train_000", "train_001"):
+        u[s], sig[s] = [], []
+        for k in range(len(times)):
+            u[s].append(gather_natural(dm.natural_nodes, st.read_displacement(s, k, dm), COMM))
+            sq = st.read_qp(s, "stress", k, dm)
+            cell = np.einsum("eq,eqi->ei", w, sq) / w.sum(axis=1)[:, None]
+            sig[s].append(gather_natural(dm.natural_cells, cell, COMM) / np.array([1, 1, 1, SQ2, SQ2, SQ2]))
+    yield {"dir": d, "case": case, "dm": dm, "store": st, "times": times, "u": u, "sig": sig,
+           "mesh": _box_mesh()}
+    st.close()
+    COMM.Barrier()
+    if COMM.rank == 0:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def work():
+    d = _bcast_dir("ddrom_fmt_")
+    yield d
+    COMM.Barrier()
+    if COMM.rank == 0:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_vtu_series(ref, folder: str, sim: str, perm: bool, with_stress: str | None = None,
+                      skip_t0: bool = False) -> str:
+    """VTU per step + PVD (rank 0); nodes and cells permuted (seeded) if ``perm``."""
+    import meshio
+
+    m = ref["mesh"]
+    n, ne = len(m.points), len(m.cells)
+    rng = np.random.default_rng(7)
+    pn = rng.permutation(n) if perm else np.arange(n)      # file row j holds natural node pn[j]
+    pc = rng.permutation(ne) if perm else np.arange(ne)
+    inv = np.empty(n, dtype=np.int64)
+    inv[pn] = np.arange(n)
+    cells = inv[m.cells[pc]]
+    os.makedirs(folder, exist_ok=True)
+    entries = []
+    for k, t in enumerate(ref["times"]):
+        if skip_t0 and k == 0:
+            continue
+        f = f"{sim}_{k}.vtu"
+        pd = {"displacement": ref["u"][sim][k][pn]}
+        cd = {}
+        if with_stress == "cell":
+            cd = {"sigma": [ref["sig"][sim][k][pc]]}
+        elif with_stress == "point":
+            # a nodal stress: each node gets the mean of its cells' averages (what solvers export)
+            acc = np.zeros((n, 6))
+            cnt = np.zeros(n)
+            np.add.at(acc, m.cells.ravel(), np.repeat(ref["sig"][sim][k], m.cells.shape[1], axis=0))
+            np.add.at(cnt, m.cells.ravel(), 1)
+            pd["sigma"] = (acc / cnt[:, None])[pn]
+        meshio.write(os.path.join(folder, f), meshio.Mesh(m.points[pn], [("hexahedron", cells)],
+                                                          point_data=pd, cell_data=cd))
+        entries.append(f'<DataSet timestep="{t!r}" part="0" file="{f}"/>')
+    pvd = os.path.join(folder, f"{sim}.pvd")
+    with open(pvd, "w") as fh:
+        fh.write('<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n<Collection>\n'
+                 + "\n".join(entries) + "\n</Collection>\n</VTKFile>\n")
+    return pvd
+
+
+def _write_pvtu_series(ref, folder: str, sim: str, n_pieces: int) -> str:
+    """Parallel VTU per step (``n_pieces`` pieces, each with its own shuffled node order and the
+    interface nodes repeated) + PVD (rank 0)."""
+    import meshio
+
+    m = ref["mesh"]
+    ne = len(m.cells)
+    owner = np.arange(ne) * n_pieces // ne
+    rng = np.random.default_rng(11)
+    pieces = []
+    for p in range(n_pieces):
+        cs = np.flatnonzero(owner == p)
+        nodes = rng.permutation(np.unique(m.cells[cs]))
+        loc = {int(g): i for i, g in enumerate(nodes)}
+        pieces.append((cs, nodes, np.vectorize(loc.get)(m.cells[cs])))
+    os.makedirs(folder, exist_ok=True)
+    entries = []
+    for k, t in enumerate(ref["times"]):
+        names = []
+        for p, (cs, nodes, cells) in enumerate(pieces):
+            f = f"{sim}_{k}_p{p}.vtu"
+            meshio.write(os.path.join(folder, f), meshio.Mesh(
+                m.points[nodes], [("hexahedron", cells)], point_data={"displacement": ref["u"][sim][k][nodes]},
+                cell_data={"sigma": [ref["sig"][sim][k][cs]]}))
+            names.append(f)
+        pv = f"{sim}_{k}.pvtu"
+        with open(os.path.join(folder, pv), "w") as fh:
+            fh.write('<?xml version="1.0"?>\n<VTKFile type="PUnstructuredGrid" version="0.1" '
+                     'byte_order="LittleEndian">\n<PUnstructuredGrid GhostLevel="0">\n'
+                     '<PPointData><PDataArray type="Float64" Name="displacement" NumberOfComponents="3"/>'
+                     '</PPointData>\n<PCellData><PDataArray type="Float64" Name="sigma" '
+                     'NumberOfComponents="6"/></PCellData>\n'
+                     '<PPoints><PDataArray type="Float64" NumberOfComponents="3"/></PPoints>\n'
+                     + "".join(f'<Piece Source="{n}"/>\n' for n in names)
+                     + "</PUnstructuredGrid>\n</VTKFile>\n")
+        entries.append(f'<DataSet timestep="{t!r}" part="0" file="{pv}"/>')
+    pvd = os.path.join(folder, f"{sim}.pvd")
+    with open(pvd, "w") as fh:
+        fh.write('<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n<Collection>\n'
+                 + "\n".join(entries) + "\n</Collection>\n</VTKFile>\n")
+    return pvd
+
+
+def _check_store_equals_ref(ref, case_path: str, sims: list[str]) -> None:
+    """Imported displacement == HF exactly; replayed stress, p, state == HF to 1e-10."""
+    from ddrom.cli.build import load_case_collectively
+    from ddrom.cli.pipeline import store_path
+    from ddrom.io.store import SnapshotStore
+
+    dm, st = ref["dm"], ref["store"]
+    case = load_case_collectively(case_path, COMM)
+    imp = SnapshotStore.open(store_path(case, "training"), COMM, mode="r", dmesh=dm)
+    assert sorted(s.name for s in imp.simulations()) == sorted(sims)
+    for s in sims:
+        for k in range(len(ref["times"])):
+            _all_ok(np.array_equal(imp.read_displacement(s, k, dm), st.read_displacement(s, k, dm)),
+                    f"{s} step {k}: displacement differs")
+            for f in ("stress", "p", "state"):
+                a, b = imp.read_qp(s, f, k, dm), st.read_qp(s, f, k, dm)
+                e = COMM.allreduce(float(np.abs(a - b).max()) if b.size else 0.0, op=MPI.MAX)
+                sc = COMM.allreduce(float(np.abs(b).max()) if b.size else 0.0, op=MPI.MAX)
+                assert e <= 1e-10 * max(sc, 1e-30) or sc == 0.0, (s, k, f, e, sc)
+    imp.close()
+
+
+def _no_store(case_path: str) -> bool:
+    from ddrom.cli.build import load_case_collectively
+    from ddrom.cli.pipeline import store_path
+
+    p = str(store_path(load_case_collectively(case_path, COMM), "training"))
+    return not COMM.bcast(os.path.exists(p) or os.path.exists(p + ".partial") if COMM.rank == 0 else None)
+
+
+# ============================================================================ tests
+@pytest.mark.mpi
+def test_permuted_vtu_series_matched_by_coordinates_with_cell_stress(ref, work):
+    from ddrom.cli.importing import import_series
+
+    ext = os.path.join(work, "ext")
+    pvd = COMM.bcast(_write_vtu_series(ref, ext, "train_000", perm=True, with_stress="cell")
+                     if COMM.rank == 0 else None)
+    case = _write_case(work, "imp")
+    with pytest.raises(DdromError) as e:
+        import_series(case, COMM, pvd, P0, quiet=True, node_order="keep")
+    assert "coordinates differ" in str(e.value) and "--node-order" in str(e.value), str(e.value)
+    assert _no_store(case)
+    r = import_series(case, COMM, pvd, P0, quiet=True, stress_field="sigma", finalize=True)
+    assert r["node_match"] == "coordinates" and r["max_coordinate_distance"] == 0.0
+    cmp = r["stress_comparison"]
+    assert cmp["center"] == "cell" and cmp["max_relative"] < 1e-12 and cmp["rms_relative"] < 1e-12, cmp
+    _check_store_equals_ref(ref, case, ["train_000"])
+
+
+@pytest.mark.mpi
+def test_point_stress_is_compared_as_cell_mean_of_nodes(ref, work):
+    from ddrom.cli.importing import import_series
+
+    pvd = COMM.bcast(_write_vtu_series(ref, os.path.join(work, "ext"), "train_001", perm=False,
+                                       with_stress="point") if COMM.rank == 0 else None)
+    r = import_series(_write_case(work, "imp"), COMM, pvd, P1, quiet=True, stress_field="sigma")
+    cmp = r["stress_comparison"]
+    assert r["node_match"] == "identity" and cmp["center"] == "point"
+    # nodal averaging smooths the stress: a real, bounded difference (not round-off)
+    assert 1e-4 < cmp["rms_relative"] < 0.5 and cmp["rms_relative"] <= cmp["max_relative"] < 1.0, cmp
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n_pieces", [2, 5])
+def test_parallel_vtu_pieces(ref, work, n_pieces):
+    from ddrom.cli.importing import import_series
+
+    pvd = COMM.bcast(_write_pvtu_series(ref, os.path.join(work, "ext"), "train_001", n_pieces)
+                     if COMM.rank == 0 else None)
+    case = _write_case(work, "imp")
+    r = import_series(case, COMM, pvd, P1, quiet=True, stress_field="sigma", finalize=True)
+    assert r["node_match"] == "coordinates" and r["steps"] == len(ref["times"]) - 1
+    assert r["stress_comparison"]["max_relative"] < 1e-12, r["stress_comparison"]
+    _check_store_equals_ref(ref, case, ["train_001"])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("fmt", ["csv", "toml"])
+def test_several_simulations_from_a_table_all_or_nothing(ref, work, fmt):
+    from ddrom.cli.main import main
+
+    ext = os.path.join(work, "ext")
+    table = os.path.join(work, f"runs.{fmt}")
+    bad_table = os.path.join(work, f"bad.{fmt}")
+    if COMM.rank == 0:
+        _write_vtu_series(ref, ext, "train_000", perm=True)
+        _write_vtu_series(ref, ext, "train_001", perm=False, skip_t0=True)
+        # a series whose last step is not a VTU file: found only while writing -> rolled back
+        broken = _write_vtu_series(ref, os.path.join(work, "broken"), "train_001", perm=False)
+        with open(os.path.join(work, "broken", f"train_001_{len(ref['times']) - 1}.vtu"), "w") as fh:
+            fh.write("not a vtu file\n")
+        rows = [("ext/train_000.pvd", P0), ("ext/train_001.pvd", P1)]
+        bad = [("ext/train_000.pvd", P0), (os.path.relpath(broken, work), P1)]
+        for path, rr in ((table, rows), (bad_table, bad)):
+            with open(path, "w") as fh:
+                if fmt == "csv":
+                    fh.write("series,u_max,T_max\n" + "".join(f"{s},{p['u_max']},{p['T_max']}\n" for s, p in rr))
+                else:
+                    fh.write("".join(f'[[simulation]]\nseries = "{s}"\nu_max = {p["u_max"]}\n'
+                                     f'T_max = {p["T_max"]}\n' for s, p in rr))
+    COMM.Barrier()
+    case = _write_case(work, "imp")
+    assert main(["import", case, "--table", bad_table, "--quiet"]) == 2
+    assert _no_store(case), "a failed import must not leave a store"
+    # one simulation first, then a failing table: the store keeps exactly what it had
+    assert main(["import", case, "--series", os.path.join(ext, "train_000.pvd"), "--param", "u_max=0.004",
+                 "--param", "T_max=100", "--quiet"]) == 0
+    bad_one = os.path.join(work, f"bad1.{fmt}")
+    if COMM.rank == 0:
+        with open(bad_one, "w") as fh:
+            s = os.path.join("broken", "train_001.pvd")
+            fh.write(f"series,u_max,T_max\n{s},0.008,500\n" if fmt == "csv" else
+                     f'[[simulation]]\nseries = "{s}"\nu_max = 0.008\nT_max = 500.0\n')
+    COMM.Barrier()
+    assert main(["import", case, "--table", bad_one, "--quiet"]) == 2
+    _check_store_equals_ref_partial(case, ["train_000"])
+    # the whole table into a fresh case
+    case2 = _write_case(work, "imp2")
+    assert main(["import", case2, "--table", table, "--quiet"]) == 0
+    _check_store_equals_ref(ref, case2, ["train_000", "train_001"])
+
+
+def _check_store_equals_ref_partial(case_path: str, sims: list[str]) -> None:
+    """The .partial store holds exactly ``sims``, all complete."""
+    import h5py
+
+    from ddrom.cli.build import load_case_collectively
+    from ddrom.cli.pipeline import store_path
+
+    p = str(store_path(load_case_collectively(case_path, COMM), "training")) + ".partial"
+    got = None
+    if COMM.rank == 0:
+        with h5py.File(p, "r") as f:
+            got = {k: bool(g.attrs["complete"]) for k, g in f["simulations"].items()}
+    got = COMM.bcast(got, root=0)
+    assert got == {s: True for s in sims}, got
+
+
+@pytest.mark.mpi
+def test_pattern_with_globbed_vtu_series(ref, work):
+    from ddrom.cli.main import main
+
+    if COMM.rank == 0:
+        for sim, p in (("train_000", P0), ("train_001", P1)):
+            folder = os.path.join(work, "runs", f"u{p['u_max']:g}_T{p['T_max']:g}")
+            _write_vtu_series(ref, folder, sim, perm=True)
+            os.remove(os.path.join(folder, f"{sim}.pvd"))       # a bare VTU glob: the case's times
+    COMM.Barrier()
+    case = _write_case(work, "imp")
+    pattern = os.path.join(work, "runs", "u{u_max}_T{T_max}", "*.vtu")
+    assert main(["import", case, "--pattern", pattern, "--quiet"]) == 0
+    _check_store_equals_ref(ref, case, ["train_000", "train_001"])
+    assert main(["import", case, "--pattern", os.path.join(work, "nothing_{u_max}.xdmf"), "--quiet"]) == 2
+
+
+def test_pattern_parsing(tmp_path):
+    from ddrom.cli.importing import _pattern_jobs
+
+    for name in ("run_E200e3_F-1.5.xdmf", "run_E1e5_F.5.xdmf", "run_Eabc_F1.xdmf", "other.xdmf"):
+        (tmp_path / name).write_text("")
+    jobs = _pattern_jobs(str(tmp_path / "run_E{E}_F{F}.xdmf"))
+    got = sorted((os.path.basename(j.series), j.params["E"], j.params["F"]) for j in jobs)
+    assert got == [("run_E1e5_F.5.xdmf", 1e5, 0.5), ("run_E200e3_F-1.5.xdmf", 200e3, -1.5)]
+
+
+def test_to_mandel():
+    from ddrom.io.importers import to_mandel
+
+    t = np.array([[1.0, 4.0, 6.0], [4.0, 2.0, 5.0], [6.0, 5.0, 3.0]])
+    want = np.array([1.0, 2.0, 3.0, 4 * SQ2, 5 * SQ2, 6 * SQ2])
+    assert np.allclose(to_mandel(t.reshape(1, 9))[0], want)
+    assert np.allclose(to_mandel(np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]))[0], want)
+    with pytest.raises(DdromError):
+        to_mandel(np.zeros((2, 4)))
