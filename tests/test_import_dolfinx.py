@@ -224,6 +224,21 @@ def test_dolfinx_set_imported_rom_predicts_unseen_parameter(shared_dir):
         u = gather_natural(dm.natural_nodes, rf.read_displacement(name, k, dm), COMM)
         errs.append(float(np.abs(u - ref[k - 1]).max() / np.abs(ref[k - 1]).max()))
     rf.close()
+    # the same reconstruction exported as VTU + PVD (write_fields formats), read back with meshio
+    from ddrom.cli.rom_pipeline import write_fields
+
+    write_fields(case, COMM, res["runs"], res["model"], formats=("xdmf", "vtu"))
+    if COMM.rank == 0:
+        import xml.etree.ElementTree as ET
+
+        import meshio
+
+        folder = os.path.join(str(case.output_dir), "rom_fields_vtu")
+        ds = list(ET.parse(os.path.join(folder, f"{name}.pvd")).getroot().iter("DataSet"))
+        assert [float(d.get("timestep")) for d in ds] == [0.0] + TIMES
+        for k in range(1, len(TIMES) + 1):
+            u = meshio.read(os.path.join(folder, ds[k].get("file"))).point_data["displacement"]
+            assert np.abs(u - ref[k - 1]).max() <= 1e-6 * np.abs(ref[k - 1]).max()
     if COMM.rank == 0:
         print(f"ROM vs dolfinx at Fx={TEST[0]}, Fy={TEST[1]}: max relative error per step {errs}")
     assert max(errs) <= 1e-6, errs

@@ -294,8 +294,9 @@ class _Reconstruction:
         return (self.Psi @ res.stress_coeff[k]).reshape(-1, 6)
 
 
-def write_fields(case: Any, comm: Any, runs: list, model: Any) -> Path:
-    """Reconstruct the full fields of ROM runs in parallel; write them as a snapshot store + XDMF."""
+def write_fields(case: Any, comm: Any, runs: list, model: Any, formats: tuple = ("xdmf",)) -> Path:
+    """Reconstruct the full fields of ROM runs in parallel; write them as a snapshot store + XDMF,
+    and with ``"vtu"`` in ``formats`` also as VTU per step + PVD in ``rom_fields_vtu/`` (ddrom.io.export)."""
     from ddrom.io.store import SnapshotStore
 
     timers = Timers()
@@ -317,6 +318,11 @@ def write_fields(case: Any, comm: Any, runs: list, model: Any) -> Path:
         writer.finish()
     store.finalize()
     rank0_print(comm, f"  reconstructed fields: {path} (+ .xdmf for ParaView)")
+    if "vtu" in formats:
+        from ddrom.io.export import export_store_vtu
+
+        pvds = export_store_vtu(path, comm, dm, Path(case.output_dir) / "rom_fields_vtu")
+        rank0_print(comm, f"  reconstructed fields as VTU: {', '.join(pvds)}")
     return path
 
 
