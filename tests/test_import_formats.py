@@ -327,3 +327,63 @@ def test_to_mandel():
     assert np.allclose(to_mandel(np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]))[0], want)
     with pytest.raises(DdromError):
         to_mandel(np.zeros((2, 4)))
+
+
+def test_matching_errors_are_specific():
+    from ddrom.io.matching import _match_on_root
+
+    rng = np.random.default_rng(3)
+    X = np.stack(np.meshgrid(*[np.arange(3.0)] * 3, indexing="ij"), -1).reshape(-1, 3)   # spacing 1
+    perm = rng.permutation(len(X))
+    ids, how, d = _match_on_root(X[perm], X, "auto", 1e-9, True, "node", "f", "hint")
+    assert how == "coordinates" and np.array_equal(ids, perm) and d == 0.0
+    ids, how, _ = _match_on_root(X.copy(), X, "auto", 1e-9, True, "node", "f", "hint")
+    assert how == "identity" and np.array_equal(ids, np.arange(len(X)))
+    moved = X[perm].copy()
+    moved[4] += 0.01
+    with pytest.raises(DdromError, match=r"1 of its 27 nodes are farther than the tolerance"):
+        _match_on_root(moved, X, "auto", 1e-6, True, "node", "f", "hint")
+    with pytest.raises(DdromError, match=r"not below the mesh spacing"):
+        _match_on_root(X[perm], X, "auto", 1.5, True, "node", "f", "hint")
+    dup = X[perm].copy()
+    dup[0] = dup[1]
+    with pytest.raises(DdromError, match=r"have no counterpart"):
+        _match_on_root(dup, X, "auto", 1e-9, True, "node", "f", "hint")
+    with pytest.raises(DdromError, match=r"26 nodes, the case mesh has 27"):
+        _match_on_root(X[1:], X, "auto", 1e-9, True, "node", "f", "hint")
+    # pieces may repeat interface nodes, but must cover the mesh
+    ids, _, _ = _match_on_root(np.vstack([X, X[:5]]), X, "auto", 1e-9, False, "node", "f", "hint")
+    assert np.array_equal(ids[-5:], np.arange(5))
+    with pytest.raises(DdromError, match=r"have no counterpart"):
+        _match_on_root(np.vstack([X[1:], X[1:3]]), X, "auto", 1e-9, False, "node", "f", "hint")
+
+
+@pytest.mark.mpi
+def test_cli_bad_inputs_exit_2_with_one_message(ref, work, capfd):
+    import meshio
+
+    from ddrom.cli.main import main
+
+    case = _write_case(work, "imp")
+    ext = os.path.join(work, "ext")
+    if COMM.rank == 0:
+        pvtu = _write_pvtu_series(ref, ext, "train_000", 3)
+        os.remove(os.path.join(ext, "train_000_2_p1.vtu"))
+        m = _box_mesh(nx=2)
+        meshio.write(os.path.join(work, "tet.vtu"), meshio.Mesh(
+            m.points, [("tetra", m.cells[:, :4])], point_data={"displacement": np.zeros((len(m.points), 3))}))
+    COMM.Barrier()
+    capfd.readouterr()
+    assert main(["import", case, "--series", os.path.join(ext, "train_000.pvd"), "--quiet"]) == 2
+    err = capfd.readouterr().err
+    if COMM.rank == 0:
+        assert err.count("error") == 1 and "piece file(s) missing" in err and "train_000_2_p1.vtu" in err, err
+    else:
+        assert err == "", err
+    assert main(["import", case, "--series", os.path.join(work, "tet.vtu"), "--quiet"]) == 2
+    err = capfd.readouterr().err
+    if COMM.rank == 0:
+        assert "4 nodes" in err and "hexahedron 8" in err, err
+    assert main(["import", case, "--series", os.path.join(ext, "train_000.pvd"), "--param", "nope=1"]) == 2
+    assert main(["import", case, "--series", os.path.join(work, "tet.vtu"), "--stress-field", "s"]) == 2
+    assert _no_store(case)
