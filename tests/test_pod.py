@@ -17,7 +17,7 @@ from ddrom.reduction import (
 from ddrom.reduction.pod import SNAPSHOTS_FLOOR
 
 EPS = np.finfo(float).eps
-ACCURATE = ["tsqr", "slepc"]
+ACCURATE = ["rcholqr", "tsqr", "slepc"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -148,7 +148,7 @@ def test_snapshots_method_limited_to_1e8():
 
 # -------------------------------------------------------------- partition invariance
 @pytest.mark.mpi
-@pytest.mark.parametrize("method", ["tsqr", "slepc", "snapshots"])
+@pytest.mark.parametrize("method", ["rcholqr", "tsqr", "slepc", "snapshots"])
 def test_partition_invariance(method):
     """Same sigma and modes (up to sign) on 1, 2, ..., size ranks with uneven partitions.
 
@@ -198,11 +198,147 @@ def test_rank_with_no_rows_and_rank_deficient():
     c[1] = 0 if comm.size > 1 else c[1]                        # rank 0 owns nothing
     lo, hi = (c[comm.rank], c[comm.rank + 1]) if comm.rank else (0, c[1])
     ref = lapack_sigma(S)
-    for method in ["tsqr", "slepc", "snapshots"]:
+    for method in ["rcholqr", "tsqr", "slepc", "snapshots"]:
         r = pod(S[lo:hi], comm, method=method, rtol=1e-10)
         assert r.sigma.size == 12, method
         assert np.allclose(r.sigma, ref[:12], rtol=1e-9 if method != "snapshots" else 1e-6)
         assert _orth_err(r, Euclidean(), comm) <= 1e-12
+
+
+# ---------------------------------------------- few / no local rows, rcholqr specifics
+def _subcomms(world):
+    """Sub-communicators of 1..size ranks (collective over world); yields (p, sub)."""
+    for p in range(1, world.size + 1):
+        sub = world.Split(0 if world.rank < p else MPI.UNDEFINED, world.rank)
+        if sub != MPI.COMM_NULL:
+            yield p, sub
+            sub.Free()
+
+
+def _skewed_cuts(n, p):
+    """Rank 0 owns no rows, rank 1 owns 5 (fewer than the snapshots), the rest share."""
+    if p == 1:
+        return np.array([0, n])
+    c = [0, 0] + ([5] if p > 2 else [])
+    rest = np.round(np.linspace(c[-1], n, p + 2 - len(c))).astype(int)[1:]
+    return np.array(c + rest.tolist())
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("method", ["rcholqr", "tsqr"])
+@pytest.mark.parametrize("graded", [False, True])
+def test_fewer_local_rows_than_snapshots_and_empty_rank(method, graded):
+    """60 snapshots; ranks owning 0 or 5 rows (m_local < m: the local Householder factor has
+    only m_local reflectors, the aedebbf bug); same sigma (LAPACK) and modes at 1..size ranks."""
+    world = MPI.COMM_WORLD
+    S, _ = synthetic(400, 60, decades=14, seed=51, graded=graded)
+    ref = lapack_sigma(S)
+    base = pod(S, MPI.COMM_SELF, method=method, rtol=0.0)
+    problems = []
+    for p, sub in _subcomms(world):
+        c = _skewed_cuts(S.shape[0], p)
+        assert c[-1] == S.shape[0] and np.all(np.diff(c) >= 0)
+        r = pod(S[c[sub.rank]:c[sub.rank + 1]], sub, method=method, rtol=0.0)
+        Psi = gather(r.modes_loc, sub)
+        mask = ref >= (1e-12 if graded else 1e-4) * ref[0]
+        k = int(mask.sum())
+        rel = np.max(np.abs(r.sigma_all[:k] - ref[:k]) / ref[:k])
+        if rel > 1e-10:
+            problems.append(f"p={p}: sigma rel err {rel:.1e}")
+        if np.max(np.abs(r.sigma_all - ref)) > 20 * EPS * ref[0]:
+            problems.append(f"p={p}: sigma abs err")
+        orth = np.max(np.abs(Psi.T @ Psi - np.eye(Psi.shape[1])))
+        if orth > 1e-12:
+            problems.append(f"p={p}: orth {orth:.1e}")
+        good = np.nonzero(base.sigma >= 1e-6 * base.sigma[0])[0]
+        d = np.abs(Psi[:, good] - base.modes_loc[:, good]).max()
+        if d > 1e-8:
+            problems.append(f"p={p}: modes differ by {d:.1e}")
+        if "fallback" in r.info:
+            problems.append(f"p={p}: unexpected fallback")
+    problems = sum(world.allgather(problems), [])
+    assert not problems, problems
+
+
+@pytest.mark.mpi
+def test_rcholqr_ill_conditioned_1e14_one_pass():
+    """sigma over 14 decades (cond 1e14, far beyond the 1e8 of Cholesky-QR2): the sketch
+    preconditioner gives kappa(W R0^-1) = O(1), one Cholesky-QR pass, LAPACK accuracy."""
+    comm = MPI.COMM_WORLD
+    for graded in (False, True):
+        S, _ = synthetic(3000, 80, decades=14, seed=61, graded=graded)
+        r = pod(local(S, comm), comm, method="rcholqr", rtol=0.0)
+        ref = lapack_sigma(S)
+        assert r.info["passes"] == 1 and r.info["kappa"][0] < 10 and r.info["dropped"] == 0
+        assert np.max(np.abs(r.sigma_all - ref)) <= 20 * EPS * ref[0]
+        lim = 1e-12 if graded else 1e-4          # relative accuracy where LAPACK has it
+        mask = ref >= lim * ref[0]
+        assert np.max(np.abs(r.sigma_all[mask] - ref[mask]) / ref[mask]) <= 1e-10
+        assert r.info["orth_err"] <= 1e-12 and r.info["reorth_passes"] == 0
+
+
+@pytest.mark.mpi
+def test_rcholqr_coherent_and_dependent_columns():
+    """Coherent snapshots (each column a few rows: high-leverage rows, the hard case for a
+    sparse sketch) plus duplicated, scaled and zero columns: the dependent columns are
+    dropped from the preconditioner, their residual checked, sigma = LAPACK's."""
+    comm = MPI.COMM_WORLD
+    n, m0 = 500, 30
+    rng = np.random.default_rng(71)
+    S0 = np.zeros((n, m0))
+    rows = rng.choice(n, m0, replace=False)
+    S0[rows, np.arange(m0)] = np.logspace(0, -10, m0)
+    S0[(rows + 1) % n, np.arange(m0)] = 1e-3 * np.logspace(0, -10, m0)
+    S = np.hstack([S0, S0[:, :4], 3.0 * S0[:, 10:12], np.zeros((n, 2)), S0[:, :2] + S0[:, 2:4]])
+    r = pod(local(S, comm), comm, method="rcholqr", rtol=0.0)
+    ref = lapack_sigma(S)
+    assert r.info["dropped"] == S.shape[1] - m0 and "fallback" not in r.info
+    assert r.n_modes == m0
+    assert np.max(np.abs(r.sigma_all[:m0] - ref[:m0]) / ref[:m0]) <= 1e-10
+    assert np.all(r.sigma_all[m0:] == 0.0)
+    assert r.info["orth_err"] <= 1e-12
+    Psi = gather(r.modes_loc, comm)
+    assert np.linalg.norm(S - Psi @ (r.sigma[:, None] * r.vh)) <= 1e-14 * ref[0]
+
+
+@pytest.mark.mpi
+def test_rcholqr_bad_sketch_falls_back(monkeypatch):
+    """A deliberately bad sketch (1 nonzero per column, barely more rows than snapshots:
+    coherent columns collide) must not give a wrong answer: the residual check of the
+    dropped columns or the conditioning check sends the POD to Householder TSQR."""
+    from ddrom.reduction import pod as _  # noqa: F401
+    import sys
+
+    mod = sys.modules["ddrom.reduction.pod"]
+    monkeypatch.setattr(mod, "SKETCH_NNZ", 1)
+    monkeypatch.setattr(mod, "SKETCH_FACTOR", 1)
+    comm = MPI.COMM_WORLD
+    n, m = 400, 40
+    S = np.zeros((n, m))
+    S[np.random.default_rng(81).choice(n, m, replace=False), np.arange(m)] = np.logspace(0, -8, m)
+    r = pod(local(S, comm), comm, method="rcholqr", rtol=0.0)
+    assert "fallback" in r.info
+    ref = lapack_sigma(S)
+    assert np.max(np.abs(r.sigma_all - ref) / ref) <= 1e-12
+    assert r.info["orth_err"] <= 1e-12
+
+
+def test_sketch_is_partition_invariant():
+    """The sketch of a row depends on its global index only: sums of per-block sketches
+    equal the one-block sketch to round-off."""
+    import sys
+
+    from ddrom.reduction import pod as _  # noqa: F401
+    mod = sys.modules["ddrom.reduction.pod"]
+    W = np.random.default_rng(3).standard_normal((1000, 7))
+    Y = mod.sparse_sign_sketch(W, 0, 22, 4)
+    Y2 = sum(mod.sparse_sign_sketch(W[a:b], a, 22, 4, chunk=64)
+             for a, b in [(0, 0), (0, 3), (3, 400), (400, 1000)])
+    assert np.allclose(Y, Y2, rtol=0, atol=1e-13)
+    # each column of Omega has nnz entries +-1/2 (with repeats summed)
+    Om = mod.sparse_sign_sketch(np.eye(1000), 0, 22, 4)
+    assert np.allclose(np.abs(Om).sum(axis=0)[np.abs(Om).sum(axis=0) == 2.0], 2.0)
+    assert np.all(np.abs(Om).sum(axis=0) <= 2.0 + 1e-15)
 
 
 # --------------------------------------------------------------- inner products
@@ -244,7 +380,7 @@ def test_inner_products_gram_one_allreduce():
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("method", ["tsqr", "snapshots"])
+@pytest.mark.parametrize("method", ["tsqr", "rcholqr", "snapshots"])
 def test_pod_in_sparse_mass_inner_product(method):
     comm = MPI.COMM_WORLD
     n = 300
@@ -255,7 +391,7 @@ def test_pod_in_sparse_mass_inner_product(method):
     inner = PetscMatrix(M)
     r = pod(local(S, comm), comm, inner, method=method, rtol=0.0)
     k = r.sigma.size
-    if method == "tsqr":
+    if method in ("tsqr", "rcholqr"):         # rcholqr: CGS2 in the M inner product
         assert k == 20
         assert np.max(np.abs(r.sigma - ref)) <= 20 * EPS * ref[0]     # backward stable (CGS2)
         big = ref >= 1e-4 * ref[0]

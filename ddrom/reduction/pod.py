@@ -98,6 +98,7 @@ from typing import Any, Callable
 
 import numpy as np
 import scipy.linalg as sla
+from scipy.linalg import blas, lapack
 
 from ddrom.parallel import DdromError, as_mpi, check_all
 
@@ -255,6 +256,62 @@ def validate_snapshots(S_loc: Any, comm: Any, inner: InnerProduct, name: str = "
     return S, n, m
 
 
+# ------------------------------------------------------------------ BLAS helpers
+def _trsm_right(A: np.ndarray, R: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """``A R^{-1}`` for an upper triangular ``R`` (BLAS trsm), C-ordered result.
+
+    ``A`` (C order, ``n_local x k``) is seen as the Fortran array ``A^T`` and
+    ``R^T X^T = A^T`` is solved: no transposed copies (``scipy.linalg.solve_triangular``
+    on ``A.T`` copies twice and was 4x slower on 2e5 x 200). Row ``i`` of the result only
+    depends on row ``i`` of ``A``: zero local rows are fine. With ``overwrite`` the
+    solve is done in ``A``'s memory when ``A`` is C-contiguous.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    if A.shape[0] == 0 or A.shape[1] == 0:
+        return np.array(A, dtype=np.float64, copy=not overwrite, order="C")
+    if not A.flags.c_contiguous:
+        A, overwrite = np.ascontiguousarray(A), True
+    X = blas.dtrsm(1.0, np.asfortranarray(R), A.T, side=0, lower=0, trans_a=1,
+                   overwrite_b=int(overwrite))
+    return X.T
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer (uint64 -> uint64, wrapping arithmetic): a fast counter hash."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sparse_sign_sketch(W_loc: np.ndarray, row_offset: int, k: int, nnz: int = 4,
+                       seed: int = 0x5EED, chunk: int = 32768) -> np.ndarray:
+    """This rank's contribution ``Omega_loc W_loc`` to a sparse-sign sketch ``Omega W`` (``k x m``).
+
+    ``Omega`` (``k x n``) has ``nnz`` entries ``+-1/sqrt(nnz)`` per column, at rows and
+    with signs given by a hash of (global row index, seed): the sketch of a global row
+    does not depend on the partition, and the sum over ranks (one allreduce) is the
+    same ``Omega W`` at every rank count, up to the order of the additions. Cost
+    ``nnz * n_local * m`` flops, streamed by chunks of rows (scipy sparse product).
+    """
+    import scipy.sparse as sps
+
+    n_loc, m = W_loc.shape
+    Y = np.zeros((k, m))
+    t = np.arange(nnz, dtype=np.uint64)
+    key = np.uint64((int(seed) * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF)
+    for a in range(0, n_loc, chunk):
+        b = min(n_loc, a + chunk)
+        g = np.arange(row_offset + a, row_offset + b, dtype=np.uint64)
+        h = _splitmix64((g[:, None] * np.uint64(nnz) + t) ^ key).ravel()
+        rows = ((h >> np.uint64(1)) % np.uint64(k)).astype(np.int32)
+        vals = np.where((h & np.uint64(1)).astype(bool), -1.0, 1.0) / np.sqrt(nnz)
+        indptr = np.arange(0, (b - a) * nnz + 1, nnz, dtype=np.int32)
+        Om = sps.csc_matrix((vals, rows, indptr), shape=(k, b - a))
+        Y += Om @ np.ascontiguousarray(W_loc[a:b])
+    return Y
+
+
 # ------------------------------------------------------------- re-orthonormalization
 def reorthonormalize(Psi: np.ndarray, inner: InnerProduct, comm: Any, orth_tol: float = 1e-12,
                      max_passes: int = 3, n_global: int | None = None
@@ -285,7 +342,7 @@ def reorthonormalize(Psi: np.ndarray, inner: InnerProduct, comm: Any, orth_tol: 
             n = n_global if n_global is not None else Psi.shape[0]
             shift = 11.0 * (n * N + N * (N + 1)) * EPS * np.linalg.norm(G, 2)
             R = np.linalg.cholesky(G + shift * np.eye(N)).T
-        Psi = sla.solve_triangular(R, Psi.T, trans="T", lower=False).T
+        Psi = _trsm_right(Psi, R)
         passes += 1
 
 
@@ -364,6 +421,47 @@ def _qr_r(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.qr(W)
 
 
+def _qr_factored(W: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Local Householder QR kept in LAPACK's factored form (geqrf): ``((h, tau) or None, R)``.
+
+    ``Q`` is never formed (``orgqr`` would double the cost): :func:`_apply_q` applies it
+    to the few kept columns. ``R`` is ``kk x m`` with ``kk = min(n_local, m)``: a rank
+    owning fewer rows than there are snapshots (uneven partitions make this happen)
+    has only ``n_local`` reflectors, a rank owning no rows has none.
+    """
+    n_loc, m = W.shape
+    if n_loc == 0:
+        return None, np.zeros((0, m))
+    (h, tau), R = sla.qr(W, mode="raw", check_finite=False)
+    kk = min(n_loc, m)
+    return (h, tau), np.triu(R[:kk])
+
+
+def _apply_q(fact: Any, Y: np.ndarray, n_rows: int) -> np.ndarray:
+    """``Q @ Y`` for the factored ``Q`` of :func:`_qr_factored` (LAPACK ormqr), ``Y`` is ``kk x N``.
+
+    scipy's ``dormqr`` takes the number of reflectors from the number of COLUMNS of the
+    factor array, so a rank with ``n_local < m`` must pass ``h[:, :n_local]``: passing
+    the whole ``n_local x m`` array raised on that rank only (commit aedebbf, reverted
+    in c9ab906), and the ranks that did not raise went on to the next collective and
+    deadlocked.
+    """
+    N = Y.shape[1]
+    if fact is None or n_rows == 0:
+        return np.zeros((n_rows, N))
+    h, tau = fact
+    kk = tau.shape[0]
+    C = np.zeros((n_rows, N), order="F")
+    if N == 0:
+        return np.ascontiguousarray(C)
+    C[:kk] = Y
+    cq, _, info = lapack.dormqr("L", "N", h[:, :kk], tau, C, lwork=max(1, 64 * N),
+                                overwrite_c=1)
+    if info != 0:  # pragma: no cover - LAPACK argument error
+        raise DdromError(f"tsqr: LAPACK ormqr failed (info = {info})")
+    return np.ascontiguousarray(cq)
+
+
 def _tsqr_tree(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int]):
     """Householder TSQR over a binary tree of ranks, SVD of R on rank 0, modes back down.
 
@@ -372,7 +470,7 @@ def _tsqr_tree(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int]):
     c = as_mpi(comm)
     rank, size = c.rank, c.size
     m = W.shape[1]
-    Q, R = _qr_r(W)
+    fact, R = _qr_factored(W)
     levels = []          # (partner, Q of the stacked QR, rows of my part)
     parent = None
     step = 1
@@ -404,7 +502,7 @@ def _tsqr_tree(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int]):
         Z = Qn @ Y
         c.send(Z[mine:], dest=partner, tag=_TAG + 1)
         Y = Z[:mine]
-    U = Q @ Y if Q.shape[1] else np.zeros((W.shape[0], N))
+    U = _apply_q(fact, Y, W.shape[0])
     return s, U, Vh
 
 
@@ -422,6 +520,133 @@ def _pod_tsqr(S, comm, inner, n, opts):
     Ur, s, Vh = np.linalg.svd(R, full_matrices=False)
     N = sel(s)
     return s, Q @ Ur[:, :N], Vh[:N], {"variant": "cgs2-M", "rank": Q.shape[1]}
+
+
+#: Sparse-sign sketch of the "rcholqr" method: ``SKETCH_FACTOR * m + 8`` rows, ``SKETCH_NNZ``
+#: nonzeros per column (4: on 200 coherent unit-row columns, 2 gave a singular sketch,
+#: 4 and 8 kappa(W R0^{-1}) <= 8; 8 costs twice as much, see benchmarks/README.md).
+SKETCH_FACTOR = 2
+SKETCH_NNZ = 4
+#: A column whose sketch has ``|r_jj| <= DROP_RTOL ||y_j||`` (QR of the sketch) is dependent
+#: on the previous ones; its residual in W is then checked against ``RESID_RTOL ||w_j||``.
+DROP_RTOL = 16 * EPS
+RESID_RTOL = 1e-12
+#: One Cholesky-QR pass suffices when ``kappa(W R0^{-1}) <= KAPPA_ONE_PASS``: the basis
+#: ``Q1 R1^{-1}`` is then orthonormal to ``~eps kappa^2 <= 1e-13``.
+KAPPA_ONE_PASS = 30.0
+MAX_CHOL_PASSES = 3
+
+
+def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_global: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict] | None:
+    """Randomized-preconditioned Cholesky-QR of the row-distributed ``W``, SVD of ``R``.
+
+    Returns ``(sigma_all, U_loc (n_local x N), Vh (N x m), info)`` with
+    ``W = U diag(sigma) Vh`` to backward-stable accuracy, or ``None`` if a safety check
+    failed (the caller falls back to Householder TSQR). Every replicated decision is
+    taken on rank 0 and broadcast.
+    """
+    from mpi4py import MPI
+
+    c = as_mpi(comm)
+    n_loc, m = W.shape
+    k = SKETCH_FACTOR * m + 8
+    offset = c.exscan(n_loc, op=MPI.SUM) if c.size > 1 else 0
+    offset = 0 if offset is None else int(offset)
+    # 1. Sketch and preconditioner: Y = Omega W (k x m), QR of Y on rank 0.
+    Y = allreduce_sum(sparse_sign_sketch(W, offset, k, SKETCH_NNZ), c)
+    plan = None
+    if c.rank == 0:
+        ynorm = np.linalg.norm(Y, axis=0)
+        R0 = np.linalg.qr(Y, mode="r")
+        keep = (np.abs(np.diag(R0)) > DROP_RTOL * ynorm) & (ynorm > 0)
+        if not keep.all():
+            R0 = np.linalg.qr(Y[:, keep], mode="r") if keep.any() else np.zeros((0, 0))
+        plan = (keep, np.triu(R0))
+    keep, RK = c.bcast(plan, root=0)
+    K = np.nonzero(keep)[0]
+    D = np.nonzero(~keep)[0]
+    r = K.size
+    info = {"variant": "rcholqr", "sketch_rows": k, "sketch_nnz": SKETCH_NNZ,
+            "dropped": int(D.size), "kappa": []}
+    # 2. Q = W_K RK^{-1} (well conditioned whatever cond(W): Omega is a subspace
+    #    embedding), then Cholesky-QR passes Q <- Q R^{-1}, G = Q^T Q = R^T R; the last R
+    #    is not applied to Q but folded into the small factor of the modes.
+    Q = _trsm_right(W if D.size == 0 else W[:, K], RK)
+    T = RK.copy()              # W_K = (Q R_pend^{-1}) T, T upper triangular
+    R_pend = np.eye(r)
+    for _ in range(MAX_CHOL_PASSES):
+        G = allreduce_sum(Q.T @ Q, c)
+        step = None
+        if c.rank == 0:
+            try:
+                Rc = np.linalg.cholesky(0.5 * (G + G.T)).T
+                kap = float(np.linalg.cond(Rc)) if r else 1.0
+                step = (Rc, kap)
+            except np.linalg.LinAlgError:
+                step = (None, np.inf)
+        Rc, kap = c.bcast(step, root=0)
+        info["kappa"].append(kap)
+        if Rc is None:
+            return None                                   # -> Householder fallback
+        T = Rc @ T
+        if kap <= KAPPA_ONE_PASS:
+            R_pend = Rc
+            break
+        Q = _trsm_right(Q, Rc, overwrite=True)
+    else:
+        return None
+    info["passes"] = len(info["kappa"])
+    # 3. Dependent columns: exact coefficients C_D = Qf^T W_D in the final basis
+    #    Qf = Q R_pend^{-1}, and their residual ||W_D - Qf C_D|| checked columnwise.
+    Rfull = np.zeros((r, m))
+    Rfull[:, K] = T
+    if D.size:
+        WD = W[:, D]
+        B = allreduce_sum(Q.T @ WD, c)                          # Q^T W_D
+        CD = sla.solve_triangular(R_pend, B, trans="T", lower=False)   # R_pend^{-T} B
+        E = WD - Q @ sla.solve_triangular(R_pend, CD, lower=False)
+        res = np.sqrt(allreduce_sum(np.einsum("ij,ij->j", E, E), c))
+        wn = np.sqrt(allreduce_sum(np.einsum("ij,ij->j", WD, WD), c))
+        bad = c.bcast(bool(np.any(res > RESID_RTOL * wn)), root=0)
+        if bad:
+            return None
+        Rfull[:, D] = CD
+    # 4. SVD of the small factor on rank 0; modes U = Qf Ur = Q (R_pend^{-1} Ur).
+    kmax = min(n_global, m)
+    if c.rank == 0:
+        if r:
+            Ur, sr, Vh = np.linalg.svd(Rfull, full_matrices=False)
+        else:
+            Ur, sr, Vh = np.zeros((0, 0)), np.zeros(0), np.zeros((0, m))
+        s_all = np.zeros(kmax)
+        s_all[:min(sr.size, kmax)] = sr[:kmax]
+        N = min(select(s_all), sr.size)
+        Z = sla.solve_triangular(R_pend, Ur[:, :N], lower=False) if N else np.zeros((r, 0))
+        payload = (s_all, Vh[:N].copy(), Z, N)
+    else:
+        payload = None
+    s_all, Vh, Z, N = c.bcast(payload, root=0)
+    U = Q @ Z if n_loc else np.zeros((0, N))
+    return s_all, U, Vh, info
+
+
+def _pod_rcholqr(S, comm, inner, n, opts):
+    sel = lambda s: _select(s, opts["rtol"], opts["atol"], opts["l2_err"], opts["modes"])  # noqa: E731
+    if not inner.diagonal:
+        # No M^{1/2} for a sparse M, hence no sketch of it: the M-orthogonal CGS2 QR.
+        return _pod_tsqr(S, comm, inner, n, opts)
+    scale = inner.row_scale
+    W = S if scale is None else S * scale[:, None]
+    out = _rcholqr(W, comm, sel, n)
+    if out is None:
+        s, U, Vh, info = _pod_tsqr(S, comm, inner, n, opts)
+        info["fallback"] = "rcholqr safety check failed: Householder TSQR"
+        return s, U, Vh, info
+    s, U, Vh, info = out
+    if scale is not None:
+        U = U / scale[:, None]
+    return s, U, Vh, info
 
 
 def _pod_slepc(S, comm, inner, n, opts):
@@ -483,6 +708,7 @@ def _pod_slepc(S, comm, inner, n, opts):
 POD_METHODS: dict[str, Callable] = {
     "snapshots": _pod_snapshots,
     "tsqr": _pod_tsqr,
+    "rcholqr": _pod_rcholqr,
     "slepc": _pod_slepc,
 }
 
