@@ -787,6 +787,14 @@ class Case:
         p = Path(f)
         return p if p.is_absolute() else self.folder / p
 
+    def store_hash(self, which: str) -> str:
+        """What the HF store of parameter set ``which`` depends on: ``hf_hash`` without the
+        other set, so that editing the test points does not invalidate the training runs."""
+        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test")}
+        base["points"] = {which: self._points.get(which, [])}
+        return hashlib.sha256(json.dumps(base, sort_keys=True, separators=(",", ":"),
+                                         allow_nan=False).encode()).hexdigest()
+
     def training_parameters(self) -> list[dict[str, float]]:
         """The training points, ``[{name: value}]`` with every parameter (a fresh copy)."""
         return copy.deepcopy(self._points["training"])

@@ -296,7 +296,7 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
                                 if c.rank == 0 else None, root=0)
     if exists:
         store = SnapshotStore.open(path, comm, mode="a", dmesh=dm)
-        if store.case_hash != case.hf_hash:
+        if store.case_hash != case.store_hash("training"):
             store.close() if not was_final else store.finalize()
             raise CollectiveError(f"{path}: written for another version of the case file (its HF "
                                   "part changed); remove it or import into a fresh output folder")
@@ -305,8 +305,8 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
             path.parent.mkdir(parents=True, exist_ok=True)
         c.Barrier()
         store = SnapshotStore.create(
-            path, dm, state_names=material.state_names, case_hash=case.hf_hash, comm=comm,
-            provenance={"case": str(case.path), "case_hash": case.hf_hash, "case_file_sha256": case.hash,
+            path, dm, state_names=material.state_names, case_hash=case.store_hash("training"), comm=comm,
+            provenance={"case": str(case.path), "case_hash": case.store_hash("training"), "case_file_sha256": case.hash,
                         "which": "training", "times": case_times.tolist(), "material": material.to_dict(),
                         "origin": "ddrom import (material replay of external displacements)"})
     complete = {s.name for s in store.simulations() if s.complete}

@@ -66,7 +66,7 @@ def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = 
     return summary
 
 
-def _up_to_date(path: Path, case: Any, comm: Any) -> bool:
+def _up_to_date(path: Path, case: Any, comm: Any, which: str) -> bool:
     """A complete store of this very case file exists at the final path."""
     from ddrom.io.store import SnapshotStore
     from ddrom.parallel import DdromError
@@ -78,7 +78,7 @@ def _up_to_date(path: Path, case: Any, comm: Any) -> bool:
         store = SnapshotStore.open(path, comm, mode="r")
     except DdromError:
         return False   # unreadable or of another schema: recompute it
-    ok = store.case_hash == case.hf_hash
+    ok = store.case_hash == case.store_hash(which)
     store.close()
     return ok
 
@@ -97,9 +97,9 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
     times = build_times(case)
     material = from_config(case.raw["material"])
     options = build_solver_options(case)
-    provenance = {"case": str(case.path), "case_hash": case.hf_hash, "case_file_sha256": case.hash,
+    provenance = {"case": str(case.path), "case_hash": case.store_hash(which), "case_file_sha256": case.hash,
                   "which": which, "times": times.tolist(), "material": material.to_dict()}
-    if resume and _up_to_date(path, case, comm):
+    if resume and _up_to_date(path, case, comm, which):
         rank0_print(comm, f"  {path.name}: complete and up to date (use --restart to recompute)")
         store = SnapshotStore.open(path, comm, mode="r")
         runs = [{"name": name, "params": params, "skipped": True, "seconds": store.metadata(name, "hf_seconds")}
@@ -112,7 +112,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
     store = None
     if resume and exists:
         store = SnapshotStore.open(path, comm, mode="a", dmesh=dm)
-        if store.case_hash != case.hf_hash:
+        if store.case_hash != case.store_hash(which):
             store.close()
             store = None
             rank0_print(comm, f"  {partial.name}: written by another version of the case file; starting over")
@@ -121,7 +121,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
         if c.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
         c.Barrier()
-        store = SnapshotStore.create(path, dm, state_names=material.state_names, case_hash=case.hf_hash,
+        store = SnapshotStore.create(path, dm, state_names=material.state_names, case_hash=case.store_hash(which),
                                      provenance=provenance, comm=comm)
     done = {s.name for s in store.simulations() if s.complete}
     solver = None

@@ -55,7 +55,7 @@ def offline(case_path: str, comm: Any, quiet: bool = False, case=None, context=N
     dm, solver = context or _hf_context(case, comm, timers)
     spath = store_path(case, "training")
     store = SnapshotStore.open(spath, comm, mode="r", dmesh=dm)
-    if store.case_hash != case.hf_hash:
+    if store.case_hash != case.store_hash("training"):
         store.close()
         raise CollectiveError(f"{spath} was computed from another version of the case file; "
                               f"run `ddrom hf {case.path}` again")
@@ -501,6 +501,7 @@ def _run_table(s: dict) -> str:
 def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:
     """Relative space-time L2 errors of the ROM against the HF reference (distributed)."""
     from ddrom.cli.build import build_loads
+    from ddrom.rom.online import INDICATOR_FLOOR
 
     c = as_mpi(dm.comm)
     solver.set_loads(build_loads(case, params, dm))
@@ -528,8 +529,12 @@ def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:
     out = {"name": name, "params": params}
     # per-step relative error of p (true error) next to the indicator of that step
     se = np.array(c.allreduce(np.array(step_err)))
+    # steps whose p is below INDICATOR_FLOOR of the run's largest carry no information (the
+    # onset of plasticity at round-off level): nan, left out of the calibration
+    floor = (INDICATOR_FLOOR ** 2) * se[:, 1].max(initial=0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["p_error_per_step"] = np.where(se[:, 1] > 0, np.sqrt(se[:, 0] / se[:, 1]), np.nan).tolist()
+        out["p_error_per_step"] = np.where((se[:, 1] > 0) & (se[:, 1] >= floor),
+                                           np.sqrt(se[:, 0] / se[:, 1]), np.nan).tolist()
     out["indicator_per_step"] = [float(v) for v in res.indicator]
     for key in num:
         n, d = c.allreduce(num[key]), c.allreduce(den[key])

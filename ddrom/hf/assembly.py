@@ -91,11 +91,16 @@ class Assembler:
             yield slice(s, min(s + self.chunk, ne))
 
     def strains(self, u_local: np.ndarray) -> np.ndarray:
-        """Strains (ne, nq, 6) at the integration points from local displacements (owned+ghost)."""
+        """Strains (ne, nq, 6) at the integration points from local displacements (owned+ghost).
+
+        ``u_local`` may also be (n_local_dofs, m): m fields at once, (ne, nq, 6, m), the B
+        matrices being formed once for all of them.
+        """
         ue = u_local[self.edofs]
-        out = np.empty((self.dm.n_cells, self.dm.n_qp, 6))
+        out = np.empty((self.dm.n_cells, self.dm.n_qp, 6) + u_local.shape[1:])
+        spec = "eqij,ej->eqi" if u_local.ndim == 1 else "eqij,ejm->eqim"
         for sl in self._chunks():
-            out[sl] = np.einsum("eqij,ej->eqi", self.b_matrices(sl), ue[sl])
+            out[sl] = np.einsum(spec, self.b_matrices(sl), ue[sl])
         return out
 
     def internal_force(self, stress: np.ndarray) -> np.ndarray:

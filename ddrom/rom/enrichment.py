@@ -216,6 +216,9 @@ class Enricher:
                                  ecm_initial=ecm_initial, timers=self.timers)
             model.info = {**m.info, **model.info,
                           "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
+            if model.gappy is not None and "p_sample_scale" not in model.info:
+                # first plastic strain ever seen (elastic training): its samples set the scale
+                model.info["p_sample_scale"] = float(np.linalg.norm(self._at_points(p, model.point_gids)))
             q = allreduce_sum(self.Phi.T @ w, self.comm)
             gids = model.point_gids
             internal = self._at_points(new.internal, gids)

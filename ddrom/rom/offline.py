@@ -88,9 +88,16 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
                       l2_err=l2_err_from_relative(options.p_tol, P, comm, Diagonal(w_qp)),
                       name="plastic strain snapshots", **kw)
             Phip, sigma_p = r_p.modes_loc, r_p.sigma
-        del P
     model = hyper_reduce(case, solver, Phi, r_s.modes_loc, Phip, ecm_tol=options.ecm_tol, timers=timers,
                          sigma_u=r_u.sigma_all, sigma_p=sigma_p)
+    if model.gappy is not None:
+        # the largest ||p_I|| of the training: the scale below which the indicator's
+        # denominator is floored (ReducedSolver.indicator)
+        where, cells, qps = local_points(dm, model.point_gids)
+        rows = np.zeros((len(model.point_gids), P.shape[1]))
+        rows[where] = P.reshape(dm.n_cells, dm.n_qp, -1)[cells, qps]
+        model.info["p_sample_scale"] = float(np.linalg.norm(as_mpi(comm).allreduce(rows), axis=0).max())
+    del P
     model.info.update({"pod_tol": options.pod_tol, "stress_tol": options.stress_tol, "p_tol": options.p_tol,
                        "pod_method": r_u.method})
     model.info["simulations"] = list(sims) if sims is not None else [s.name for s in store.simulations()

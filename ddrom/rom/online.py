@@ -39,6 +39,10 @@ class OnlineDivergence(CollectiveError):
 
 OnlineOptions = NewtonOptions
 
+#: Fraction of the training's largest sampled plastic strain below which the indicator
+#: is taken relative to that fraction instead of to the current (tiny) value.
+INDICATOR_FLOOR = 1e-3
+
 
 @dataclass
 class OnlineResult:
@@ -146,11 +150,18 @@ class ReducedSolver:
                         dtype=float)
 
     def indicator(self, p: np.ndarray) -> float:
-        """Relative residual of the Gappy-POD fit of p at its sample points."""
+        """Relative residual of the Gappy-POD fit of p at its sample points::
+
+            E = ||p_I - Phi_I a|| / max(||p_I||, INDICATOR_FLOOR * s)
+
+        with ``s`` the largest ``||p_I||`` of the training snapshots. The floor keeps the
+        onset of plasticity (p at round-off level, whose relative residual is of order
+        one and meaningless) from raising the indicator.
+        """
         if self._gappy_Q is None:
             return math.nan
         pI = p[self._gappy_idx]
-        nrm = float(np.linalg.norm(pI))
+        nrm = max(float(np.linalg.norm(pI)), INDICATOR_FLOOR * float(self.m.info.get("p_sample_scale", 0.0)))
         if nrm == 0.0:
             return 0.0
         res = pI - self._gappy_Q @ (self._gappy_Q.T @ pI)

@@ -80,10 +80,8 @@ def point_coordinates(solver: HFSolver, gids: np.ndarray) -> np.ndarray:
 def all_mode_strains(solver: HFSolver, modes_local: np.ndarray) -> np.ndarray:
     """Strains of every mode at every local point: (ne * nq, N, 6). Offline only (ECM integrand)."""
     dm = solver.dm
-    out = np.empty((dm.n_cells * dm.n_qp, modes_local.shape[1], 6))
-    for k in range(modes_local.shape[1]):
-        out[:, k, :] = solver.asm.strains(modes_local[:, k]).reshape(-1, 6)
-    return out
+    eps = solver.asm.strains(modes_local).reshape(dm.n_cells * dm.n_qp, 6, -1)
+    return np.ascontiguousarray(eps.transpose(0, 2, 1))
 
 
 @dataclass

@@ -1,0 +1,290 @@
+"""Error indicator and adaptive enrichment (ddrom.rom.enrichment), at 1 and 3 ranks.
+
+A small plastic bar trained at A in {0.5, 1.0}; A = 1.8 plastifies much more (new physics
+for the ROM). Assertions are collective where a failure on one rank could desynchronize
+the following tests.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ddrom  # noqa: F401
+from ddrom.parallel import CollectiveError
+
+TOL = 1e-3
+
+CASE = """
+[case]
+name = "{name}"
+
+[mesh]
+generator = "box"
+args = {{ lx = 4.0, ly = 1.0, lz = 1.0, nx = 8, ny = 2, nz = 2 }}
+
+[material]
+law = "chaboche"
+E = 200e3
+nu = 0.3
+sigma_y = 120.0
+H = 2000.0
+C = 20e3
+gamma = 100.0
+K = 80.0
+N = 5.0
+alpha = 1.2e-5
+T_ref = 20.0
+
+[parameters]
+A = {{ min = 0.5, max = 1.0, default = 1.0 }}
+
+[time]
+t_end = 4.0
+n_steps = 8
+
+[loads]
+dirichlet = [
+  {{ region = "xmin", components = ["x", "y", "z"] }},
+]
+traction = [
+  {{ region = "xmax", vector = ["90 * A * tri(t, 2)", 0.0, "-3 * A * ramp(t, 1)"] }},
+]
+
+[temperature]
+expression = "20 + 100 * x * ramp(t, 1)"
+
+[solver]
+newton_rtol = 1e-11
+petsc_options = {{ ksp_rtol = 1e-12 }}
+{solver_extra}
+
+[rom]
+pod_tol = 1e-7
+ecm_tol = 1e-8
+
+[rom.enrichment]
+enabled = {enabled}
+{tol_line}
+max_enrichments = {max_enrichments}
+
+[training]
+values = [{{ A = 0.5 }}, {{ A = 1.0 }}]
+
+[test]
+values = [{{ A = 1.8 }}]
+"""
+
+
+def _case(tmp: Path, comm, name: str, enabled: bool = True, max_enrichments: int = 10, solver_extra: str = "",
+          tol: float | None = TOL) -> str:
+    path = tmp / f"{name}.toml"
+    if comm.rank == 0:
+        path.write_text(CASE.format(name=name, enabled=str(enabled).lower(), max_enrichments=max_enrichments,
+                                    solver_extra=solver_extra,
+                                    tol_line=f"indicator_tol = {tol}" if tol is not None else ""))
+    comm.Barrier()
+    return str(path)
+
+
+@pytest.fixture
+def shared_tmp(tmp_path):
+    comm = MPI.COMM_WORLD
+    return Path(comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0))
+
+
+def _all(comm, ok: bool) -> bool:
+    return comm.allreduce(bool(ok), op=MPI.LAND)
+
+
+def _build(path: str, comm) -> None:
+    from ddrom.cli.pipeline import hf_sweep
+    from ddrom.cli.rom_pipeline import offline
+
+    hf_sweep(path, comm, which="all", quiet=True)
+    offline(path, comm, quiet=True)
+
+
+@pytest.mark.mpi
+def test_indicator_small_on_training_and_large_beyond(shared_tmp):
+    from ddrom.cli.rom_pipeline import online
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "ind", enabled=False)
+    _build(path, comm)
+    runs = online(path, comm, [{"A": 1.0}], quiet=True)["runs"] + online(path, comm, [{"A": 1.8}], quiet=True)["runs"]
+    on, off = runs[0][2], runs[1][2]
+    assert on.n_enrichments == 0 and off.n_enrichments == 0          # enrichment disabled in the case
+    assert np.nanmax(on.indicator) < 1e-5, on.indicator             # training parameter: on the manifold
+    assert np.nanmax(off.indicator) > 100 * TOL, off.indicator       # new physics: far off it
+
+
+@pytest.mark.mpi
+def test_one_enrichment_step(shared_tmp):
+    """One HF step: the basis holds its displacement, the ECM still meets its tolerance, the
+    ROM error at that step and over the run drops; the replay matches the ROM at its points."""
+    from ddrom.cli.rom_pipeline import _hf_context, online, rom_path
+    from ddrom.cli.build import build_loads
+    from ddrom.io.store import SnapshotStore
+    from ddrom.cli.pipeline import store_path
+    from ddrom.cli.case import load_case
+    from ddrom.parallel import Timers
+    from ddrom.reduction.inner import allreduce_sum
+    from ddrom.rom.enrichment import EnrichmentOptions, Enricher
+    from ddrom.rom.model import load_bases, load_model
+    from ddrom.rom.online import ReducedSolver
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "one", max_enrichments=1)
+    _build(path, comm)
+    case = load_case(path)
+    dm, solver = _hf_context(case, comm, Timers())
+    params = {"A": 1.8}
+    solver.set_loads(build_loads(case, params, dm))
+    model = load_model(rom_path(case), comm)
+    bases = load_bases(rom_path(case), dm, ["displacement", "stress", "p"])
+    plain = ReducedSolver(model, params).run()
+    enr = Enricher(case, solver, model, bases, EnrichmentOptions(tolerance=TOL, max_enrichments=1, basis_tol=1e-6))
+    # record the replayed state the HF step starts from, to compare with the ROM's own state
+    seen = {}
+    orig = enr._state_before
+
+    def spy(k, times, q_hist, v_hist):
+        st, n = orig(k, times, q_hist, v_hist)
+        seen["p"] = enr._at_points(solver.material.cumulated_plastic_strain(st.internal), model.point_gids)
+        return st, n
+
+    enr._state_before = spy
+    res = ReducedSolver(model, params).run(enricher=enr)
+    assert res.n_enrichments == 1
+    ev = res.enrichments[0]
+    k = ev["step"]
+    assert ev["indicator_before"] > TOL and ev["indicator_after"] < 1e-10, ev
+    # the replayed internal variables at the ROM's points are the ROM's (same strains, same law)
+    np.testing.assert_allclose(seen["p"], plain.p_samples[k - 1], rtol=1e-9, atol=1e-14)
+    # the HF step's displacement (minus lifting) lies in the enriched basis
+    new = enr._start[1]
+    nown = 3 * dm.n_owned
+    w = new.u[:nown] - enr.chi @ res.dirichlet[k]
+    r = w - enr.Phi @ allreduce_sum(enr.Phi.T @ w, comm)
+    rel = np.sqrt(allreduce_sum(np.array([r @ r, w @ w]), comm))
+    assert ev["modes_added"] == 1 and rel[0] <= 1e-10 * rel[1]
+    gram = allreduce_sum(enr.Phi.T @ enr.Phi, comm)
+    assert np.abs(gram - np.eye(gram.shape[0])).max() < 1e-12
+    # the warm-started ECM meets its tolerance, keeping most of the previous points
+    info = res.model.info
+    assert info["ecm_converged"] and info["ecm_relative_residual"] <= 1e-8
+    assert ev["points_added"] >= 1
+    # errors against the HF reference: at the enriched step and over the run
+    store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
+    u_hf = store.read_displacement("test_000", k, dm).reshape(-1)
+
+    def err(result, Phi):
+        u = Phi[:, :result.q.shape[1]] @ result.q[k] + enr.chi @ result.dirichlet[k]
+        e = allreduce_sum(np.array([np.sum((u - u_hf) ** 2), np.sum(u_hf ** 2)]), comm)
+        return np.sqrt(e[0] / e[1])
+
+    e_plain, e_enr = err(plain, bases["displacement"]), err(res, enr.Phi)
+    store.close()
+    assert e_enr < 0.1 * e_plain, (e_plain, e_enr)
+
+
+@pytest.mark.mpi
+def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
+    from ddrom.cli.rom_pipeline import run
+    from ddrom.rom.model import load_model
+    from ddrom.rom.online import ReducedSolver
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "full")
+    s = run(path, comm, quiet=True)
+    e = s["enrichment"]
+    assert s["n_enrichments"] == e["n_enrichments"] >= 1 and s["enrichment_seconds"] > 0
+    assert s["rel_error_plastic_strain"] > 0.1                       # plain ROM: off its training
+    assert e["rel_error_plastic_strain"] < 1e-2 * s["rel_error_plastic_strain"]
+    assert e["rel_error_displacement"] < 1e-3
+    events = e["per_test_parameter"][0]["events"]
+    assert all(ev["indicator_before"] > TOL for ev in events)
+    out = Path(path).parent / "out" / "full"
+    assert (out / "enrichment.png").is_file()
+    # the enriched ROM file keeps what was learnt: rerun without enrichment, stays on the manifold
+    m = load_model(out / "rom_enriched_test_000.h5", comm)
+    assert m.n_modes == events[-1]["n_modes"] and m.info["n_enrichments"] == len(events)
+    again = ReducedSolver(m, {"A": 1.8}).run()
+    first = load_model(out / "rom.h5", comm)
+    before = ReducedSolver(first, {"A": 1.8}).run()
+    assert np.nanmax(again.indicator) < 0.1 * np.nanmax(before.indicator)
+
+
+@pytest.mark.mpi
+def test_enriched_run_identical_at_any_rank_count(shared_tmp):
+    from ddrom.cli.rom_pipeline import online
+
+    world = MPI.COMM_WORLD
+    par = _case(shared_tmp, world, "epar")
+    ser = _case(shared_tmp, world, "eser")
+    _build(par, world)
+    r_par = online(par, world, quiet=True)["runs"][0][2]
+    gc.collect()           # PETSc objects on the world communicator: destroyed collectively
+    ok, msg = True, ""
+    if world.rank == 0:
+        _build(ser, MPI.COMM_SELF)
+        r_ser = online(ser, MPI.COMM_SELF, quiet=True)["runs"][0][2]
+        gc.collect()
+        try:
+            assert r_par.n_enrichments == r_ser.n_enrichments >= 1
+            assert [e["step"] for e in r_par.enrichments] == [e["step"] for e in r_ser.enrichments]
+            assert [e["n_points"] for e in r_par.enrichments] == [e["n_points"] for e in r_ser.enrichments]
+            np.testing.assert_allclose(r_par.q, r_ser.q, rtol=1e-6, atol=1e-10 * np.abs(r_ser.q).max())
+            np.testing.assert_allclose(r_par.indicator, r_ser.indicator, rtol=1e-5, atol=1e-12)
+            np.testing.assert_allclose(r_par.p_coeff, r_ser.p_coeff, rtol=1e-6, atol=1e-10)
+        except AssertionError as exc:
+            ok, msg = False, str(exc)
+    ok = world.bcast(ok, root=0)
+    msg = world.bcast(msg, root=0)
+    assert ok, msg
+
+
+@pytest.mark.mpi
+def test_failing_hf_step_leaves_rom_file_untouched(shared_tmp):
+    from ddrom.cli.rom_pipeline import online
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "fail")
+    _build(path, comm)
+    rom = Path(path).parent / "out" / "fail" / "rom.h5"
+    digest = comm.bcast(hashlib.sha256(rom.read_bytes()).hexdigest() if comm.rank == 0 else None)
+    # the same case whose HF Newton may take one iteration and no cut-back: the HF step fails
+    bad = _case(shared_tmp, comm, "fail", solver_extra="max_iterations = 1\nmax_cutbacks = 0")
+    with pytest.raises(CollectiveError, match=r"enrichment at step \d+ .*the HF step failed"):
+        online(bad, comm, quiet=True)
+    comm.Barrier()
+    ok = hashlib.sha256(rom.read_bytes()).hexdigest() == digest
+    left = sorted(p.name for p in rom.parent.glob("rom_enriched*"))
+    assert _all(comm, ok and not left), left
+
+
+def test_cli_online_enrich_and_bad_options(tmp_path):
+    """`ddrom online --enrich --param ... --save-rom`; clear errors for missing tolerance."""
+    env_py = str(Path(sys.executable).parent / "ddrom")
+    path = _case(tmp_path, MPI.COMM_SELF, "cli", enabled=False, tol=None)
+    comm = MPI.COMM_SELF
+    _build(path, comm)
+    gc.collect()
+    saved = tmp_path / "enriched.h5"
+    r = subprocess.run([env_py, "online", path, "--param", "A=1.8", "--enrich", "--indicator-tol", "1e-3",
+                        "--max-enrichments", "2", "--save-rom", str(saved), "--json", "-"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert saved.is_file() and not Path(str(saved) + ".partial").exists()
+    assert '"n_enrichments": 2' in r.stdout
+    # no tolerance anywhere (not in the case, not calibrated): one clear message, exit 2
+    r = subprocess.run([env_py, "online", path, "--param", "A=1.8", "--enrich"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 2 and "indicator tolerance" in r.stderr, (r.returncode, r.stderr)
