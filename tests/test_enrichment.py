@@ -279,11 +279,15 @@ def test_cli_online_enrich_and_bad_options(tmp_path):
     gc.collect()
     saved = tmp_path / "enriched.h5"
     r = subprocess.run([env_py, "online", path, "--param", "A=1.8", "--enrich", "--indicator-tol", "1e-3",
-                        "--max-enrichments", "2", "--save-rom", str(saved), "--json", "-"],
+                        "--max-enrichments", "2", "--save-rom", str(saved), "--fields", "--format", "vtu",
+                        "--json", "-"],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert saved.is_file() and not Path(str(saved) + ".partial").exists()
     assert '"n_enrichments": 2' in r.stdout
+    # the fields of the enriched run, reconstructed with the enriched bases, as XDMF and VTU
+    out = tmp_path / "out" / "cli"
+    assert (out / "rom_fields.xdmf").is_file() and list((out / "rom_fields_vtu").glob("*.pvd"))
     # no tolerance anywhere (not in the case, not calibrated): one clear message, exit 2
     r = subprocess.run([env_py, "online", path, "--param", "A=1.8", "--enrich"],
                        capture_output=True, text=True, timeout=240)

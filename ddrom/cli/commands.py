@@ -177,6 +177,9 @@ def _online_args(p: argparse.ArgumentParser) -> None:
                    help="run this parameter point instead of the test set (repeatable)")
     p.add_argument("--fields", action="store_true",
                    help="reconstruct the full fields in parallel and write rom_fields.h5 + .xdmf")
+    p.add_argument("--format", dest="formats", action="append", choices=["xdmf", "vtu"], default=None,
+                   help="with --fields: also write VTU per step + PVD in rom_fields_vtu/ (repeatable; "
+                        "XDMF is always written)")
     g = p.add_argument_group("adaptive enrichment (default: [rom.enrichment] of the case)")
     g.add_argument("--enrich", dest="enrich", action="store_true", default=None,
                    help="recompute steps whose error indicator exceeds the tolerance with the HF solver "
@@ -213,7 +216,8 @@ def _online_run(args: Any, comm: Any) -> int:
     with _output(args), _stage_printer(args, comm, "online", ("mesh",)) as stages:
         res = online(args.case, comm, _parse_params(args.param), quiet=args.quiet, fields=args.fields,
                      enrich=args.enrich, indicator_tol=args.indicator_tol,
-                     max_enrichments=args.max_enrichments, save_rom=args.save_rom)
+                     max_enrichments=args.max_enrichments, save_rom=args.save_rom,
+                     formats=tuple(args.formats or ("xdmf",)))
     wall = _wall(comm, t0)
     runs = []
     for name, params, r in res["runs"]:

@@ -130,7 +130,8 @@ def _plot_sigma(case, model, comm) -> None:
 
 def online(case_path: str, comm: Any, params_list: list[dict] | None = None, quiet: bool = False,
            case=None, fields: bool = False, enrich: bool | None = None, indicator_tol: float | None = None,
-           max_enrichments: int | None = None, save_rom: str | None = None, context=None) -> dict[str, Any]:
+           max_enrichments: int | None = None, save_rom: str | None = None, context=None,
+           formats: tuple = ("xdmf",)) -> dict[str, Any]:
     """Run the ROM on the test parameters (or the given ones); results in online_<name>.npz.
 
     With ``fields``, the full fields (displacement, cumulated plastic strain, stress) are
@@ -199,7 +200,7 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
                      params=json.dumps(params), enrichments=json.dumps(res.enrichments))
             os.replace(str(out) + ".tmp.npz", out)
     if fields:
-        write_fields(case, comm, runs, model)
+        write_fields(case, comm, runs, model, formats=formats)
     return {"runs": runs, "model": model, "enrichment": eopts}
 
 
