@@ -2,31 +2,44 @@
 
 Run at the rank count to measure, e.g.::
 
-    mpirun -n 1 .venv/bin/python benchmarks/pod_methods.py
+    mpirun -n 1 .venv/bin/python benchmarks/pod_methods.py --json benchmarks/results/pod_methods_np1.json
     mpirun -n 2 .venv/bin/python benchmarks/pod_methods.py --sizes 200000x200 1000000x500 --json out.json
 
 The matrix ``S = G diag(s) V^T`` (``G`` Gaussian / sqrt(n), ``V`` random orthogonal,
-``s`` geometric over ``--decades`` decades) is generated in fixed chunks of rows, each
-from its own seed, so every rank count sees the same matrix; ddrom methods get this
-rank's rows (uneven partition). The peers run on rank 0 alone on the whole matrix
-(the other ranks wait): a bare numpy Gram + eigh + modes (``S^T S``, ``eigh``,
-``S V / sigma``: the practical lower bound), numpy's SVD (LAPACK ``gesdd``; the
-reference for the accuracy column), pyMOR's ``pod`` with both its methods and
-modred's in-memory POD (snapshot and direct methods) when installed, in 1-rank runs
-only: modred's array functions refuse to run when COMM_WORLD has several ranks, and
-its own parallelism (PODHandles) distributes whole vectors over ranks, not rows, so it
-does not apply to row-distributed data; pyMOR's ``pod`` on rank 0 alone under mpirun
-hung. Compare the 2-rank ddrom times with the 1-rank peer times.
+``s`` geometric over ``--decades`` decades, so cond(S) ~ 1e14) is generated in place on
+every rank, in fixed chunks of rows each from its own seed: every rank count sees the
+same matrix and no rank ever holds more than its rows (rank 0 also builds the whole
+matrix for the peers, except at 1 rank where it is the same array). ddrom methods get
+this rank's rows (uneven partition 2:3:...).
+
+Peers run on rank 0 alone on the whole matrix (the other ranks wait): a bare numpy
+Gram + eigh + modes (``S^T S``, ``eigh``, ``S V / sigma``: the practical lower bound,
+no accuracy below ~1e-8 sigma_1), numpy's SVD (LAPACK ``gesdd`` with vectors), numpy's
+shifted Cholesky-QR3 + SVD of R (Fukaya et al. 2020, the deterministic alternative to
+ddrom's sketch preconditioner), pyMOR's ``pod`` with both its methods and modred's
+in-memory POD (snapshot and direct methods), the last two in 1-rank runs only:
+modred's array functions refuse to run when COMM_WORLD has several ranks, and its own
+parallelism (PODHandles) distributes whole vectors over ranks, not rows, so it does not
+apply to row-distributed data; pyMOR's ``pod`` on rank 0 alone under mpirun hung.
+Compare the 2-rank ddrom times with the 1-rank peer times.
+
+Memory: every peer declares how many copies of S it holds at its peak (S included); a
+peer whose copies exceed ``--mem-gb`` is skipped with that reason in the table, and
+pyMOR's Gram-Schmidt ``qr_svd`` is skipped when its time extrapolated (n m^2) from a
+smaller size of the same run exceeds ``--max-peer-seconds``. The reference singular
+values for the accuracy columns are LAPACK's ``gesdd`` without vectors (``numpy.linalg.
+svd(S, compute_uv=False)``: a QR of a copy of S, then the SVD of R; 2 copies).
 
 Columns: time (best of ``--repeat``, max over ranks), ratio to Gram+eigh, number of
 modes kept (rtol = ``--rtol`` for everyone, pyMOR's default 1e-7), ``rel_err`` = max
-relative error of the kept singular values vs numpy's SVD, ``abs_err`` = max absolute
-error / sigma_1.
+relative error of the kept singular values vs the reference, ``abs_err`` = max absolute
+error / sigma_1, note (skip reason, variant, fallback).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -37,6 +50,7 @@ from mpi4py import MPI
 from ddrom.reduction import pod
 
 CHUNK = 8192
+EPS = np.finfo(float).eps
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -84,20 +98,75 @@ def timed(fn, repeat, comm=None):
     return best, out
 
 
-def gram_eigh(S):
+def gram_eigh(S, rtol):
     G = S.T @ S
     lam, V = np.linalg.eigh(G)
     lam, V = lam[::-1], V[:, ::-1]
     s = np.sqrt(np.clip(lam, 0, None))
-    N = int(np.count_nonzero(s >= 1e-7 * s[0]))
+    N = int(np.count_nonzero(s >= rtol * s[0]))
     S @ (V[:, :N] / s[:N])
     return s[:N]
 
 
-def peers(S, rtol, repeat, skip):
+def shifted_cholqr3(S, rtol):
+    """Shifted Cholesky-QR3 (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa 2020) + SVD
+    of R, modes Q U_R. Column scaling before the shift (graded matrices). Raises
+    LinAlgError when a Cholesky breaks down (cond(S) beyond ~1/(m n eps))."""
+    from scipy.linalg import blas
+
+    n, m = S.shape
+
+    def trsm(A, R, overwrite):
+        return blas.dtrsm(1.0, np.asfortranarray(R), A.T, side=0, lower=0, trans_a=1,
+                          overwrite_b=int(overwrite)).T
+
+    G = S.T @ S
+    d = np.sqrt(np.diag(G))
+    d[d == 0] = 1.0
+    Gs = G / d / d[:, None]
+    shift = 11.0 * (n * m + m * (m + 1)) * EPS * np.linalg.norm(Gs, 2)
+    R = np.linalg.cholesky(Gs + shift * np.eye(m)).T * d
+    Q = trsm(S, R, False)
+    for p in range(2):
+        G = Q.T @ Q
+        Rk = np.linalg.cholesky(0.5 * (G + G.T)).T
+        R = Rk @ R
+        Q = trsm(Q, Rk, True)
+    Ur, s, _ = np.linalg.svd(R)
+    N = int(np.count_nonzero(s >= rtol * s[0]))
+    Q @ Ur[:, :N]
+    return s[:N]
+
+
+def peers(S, rtol, repeat, skip, mem_gb, max_seconds, prev):
+    """{name: (seconds or nan, sigma or None, note)}; ``prev`` holds earlier sizes' times."""
+    n, m = S.shape
+    gb = S.nbytes / 2 ** 30
     out = {}
-    out["numpy Gram+eigh+modes"] = timed(lambda: gram_eigh(S), repeat)
-    out["numpy SVD (gesdd)"] = timed(lambda: np.linalg.svd(S, full_matrices=False)[1], repeat)
+
+    def run(name, copies, fn, est_from=None):
+        if copies * gb > mem_gb:
+            out[name] = (np.nan, None, f"skipped: needs ~{copies:g} copies of S "
+                                       f"({copies * gb:.0f} GB > --mem-gb {mem_gb:g})")
+            return
+        if est_from is not None and name in prev:
+            (t0, n0, m0) = prev[name]
+            est = t0 * (n * m * m) / (n0 * m0 * m0)
+            if est > max_seconds:
+                out[name] = (np.nan, None, f"skipped: ~{est:.0f} s extrapolated (n m^2) from "
+                                           f"{t0:.1f} s at {n0}x{m0} > {max_seconds:g} s")
+                return
+        try:
+            t, s = timed(fn, repeat)
+            out[name] = (t, s, "")
+            prev[name] = (t, n, m)
+        except np.linalg.LinAlgError as exc:
+            out[name] = (np.nan, None, f"failed: {exc} (Cholesky breakdown)")
+
+    run("numpy Gram+eigh+modes", 1.5, lambda: gram_eigh(S, rtol))
+    if "svd" not in skip:
+        run("numpy SVD (gesdd, vectors)", 4, lambda: np.linalg.svd(S, full_matrices=False)[1])
+    run("numpy shifted CholQR3 + SVD(R)", 2.5, lambda: shifted_cholqr3(S, rtol))
     if "pymor" not in skip:
         try:
             from pymor.algorithms.pod import pod as ppod
@@ -105,22 +174,23 @@ def peers(S, rtol, repeat, skip):
             from pymor.vectorarrays.numpy import NumpyVectorSpace
 
             set_log_levels({"pymor": "WARN"})
-            va = NumpyVectorSpace.from_numpy(S)
-            for meth in ("method_of_snapshots", "qr_svd"):
-                out[f"pymor pod {meth}"] = timed(
-                    lambda: ppod(va, rtol=rtol, method=meth)[1], repeat)
+            va = NumpyVectorSpace.from_numpy(S)          # no copy (columns = snapshots)
+            run("pymor pod method_of_snapshots", 1.5,
+                lambda: ppod(va, rtol=rtol, method="method_of_snapshots")[1])
+            run("pymor pod qr_svd", 2.5, lambda: ppod(va, rtol=rtol, method="qr_svd")[1],
+                est_from=True)
         except ImportError as exc:
             print(f"# pymor not available: {exc}")
     if "modred" not in skip:
         try:
             import modred
 
-            for meth, f in (("snaps", modred.compute_POD_arrays_snaps_method),
-                            ("direct", modred.compute_POD_arrays_direct_method)):
-                def run(f=f):
-                    r = f(S, atol=0.0, rtol=rtol ** 2)
-                    return np.sqrt(np.clip(r.eigvals, 0, None))
-                out[f"modred POD {meth}"] = timed(run, repeat)
+            def mr(f):
+                r = f(S, atol=0.0, rtol=rtol ** 2)
+                return np.sqrt(np.clip(r.eigvals, 0, None))
+            # np.array(vecs) copy + modes (+ the SVD's U and work for the direct method)
+            run("modred POD snaps", 2.5, lambda: mr(modred.compute_POD_arrays_snaps_method))
+            run("modred POD direct", 5, lambda: mr(modred.compute_POD_arrays_direct_method))
         except ImportError as exc:
             print(f"# modred not available: {exc}")
     return out
@@ -132,8 +202,14 @@ def main() -> None:
     ap.add_argument("--decades", type=float, default=14.0)
     ap.add_argument("--rtol", type=float, default=1e-7)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--methods", nargs="+", default=["snapshots", "tsqr", "slepc", "slepc:trlanczos"])
-    ap.add_argument("--skip", nargs="*", default=[], help="peers to skip: pymor modred numpy")
+    ap.add_argument("--methods", nargs="+",
+                    default=["snapshots", "rcholqr", "tsqr", "slepc", "slepc:trlanczos"])
+    ap.add_argument("--big-methods", nargs="+", default=["snapshots", "rcholqr", "tsqr"],
+                    help="methods for sizes above --big (SLEPc: ~5 min each at 1e6x500)")
+    ap.add_argument("--big", type=float, default=5e10, help="n m^2 above which --big-methods apply")
+    ap.add_argument("--skip", nargs="*", default=[], help="peers to skip: pymor modred numpy svd")
+    ap.add_argument("--mem-gb", type=float, default=12.0, help="max GB a peer may hold on rank 0")
+    ap.add_argument("--max-peer-seconds", type=float, default=120.0)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -141,31 +217,38 @@ def main() -> None:
     comm = MPI.COMM_WORLD
     p = comm.size
     results = []
+    prev: dict = {}
+    skip = list(args.skip)
+    if p > 1:
+        # pyMOR and modred are serial here: modred's array functions refuse to run when
+        # COMM_WORLD has more than one rank ("Cannot run in parallel") and pyMOR's pod,
+        # called on rank 0 only under mpirun, was seen to hang. Their numbers come from
+        # the 1-rank run.
+        skip += ["pymor", "modred"]
+        if comm.rank == 0:
+            print("# pymor and modred peers: only in 1-rank runs (see the docstring)")
     for size in args.sizes:
         n, m = parse_size(size)
+        load0 = os.getloadavg()[0]
         s_exact, B = right_factor(m, args.decades, args.seed)
         c = cuts(n, p)
         S_loc = rows(c[comm.rank], c[comm.rank + 1], n, B, args.seed)
         table = {}
         ref = None
-        skip = list(args.skip)
-        if p > 1:
-            # pyMOR and modred are serial here: modred's array functions refuse to run
-            # when COMM_WORLD has more than one rank ("Cannot run in parallel") and
-            # pyMOR's pod, called on rank 0 only under mpirun, was seen to hang. Their
-            # numbers come from the 1-rank run.
-            skip += ["pymor", "modred"]
-            if comm.rank == 0:
-                print("# pymor and modred peers: only in 1-rank runs (see the docstring)")
-        args.skip = skip
-        if comm.rank == 0 and "numpy" not in args.skip:
-            S = rows(0, n, n, B, args.seed)
-            table.update(peers(S, args.rtol, args.repeat, args.skip))
-            ref = table["numpy SVD (gesdd)"][1]
+        if comm.rank == 0 and "numpy" not in skip:
+            S = S_loc if p == 1 else rows(0, n, n, B, args.seed)
+            ref = np.linalg.svd(S, compute_uv=False)     # LAPACK reference (2 copies)
+            table.update(peers(S, args.rtol, args.repeat, skip, args.mem_gb,
+                               args.max_peer_seconds, prev))
             del S
         comm.Barrier()
         ref = comm.bcast(ref, root=0)
+        methods = args.methods if n * m * m <= args.big else args.big_methods
         for meth in args.methods:
+            if meth not in methods:
+                table[f"ddrom {meth}"] = (np.nan, None, "skipped at this size (--big-methods): "
+                                          "SLEPc ~10 s at 2e5x200, ~5 min extrapolated")
+        for meth in methods:
             name, _, svd_type = meth.partition(":")
             if svd_type:
                 from petsc4py import PETSc
@@ -173,26 +256,35 @@ def main() -> None:
             t, r = timed(lambda: pod(S_loc, comm, method=name, rtol=args.rtol), args.repeat, comm)
             if svd_type:
                 PETSc.Options().delValue("ddrom_pod_svd_type")
-            table[f"ddrom {meth}" + ("" if name != "slepc" or svd_type else f":{r.info['svd_type']}")] = (
-                t, r.sigma)
+            note = ", ".join(f"{k}={v if not isinstance(v, float) else round(v, 2)}"
+                             for k, v in r.info.items()
+                             if k in ("variant", "svd_type", "passes", "dropped", "fallback"))
+            key = f"ddrom {meth}" + ("" if name != "slepc" or svd_type else f":{r.info['svd_type']}")
+            table[key] = (t, r.sigma, note)
+            del r
+        load1 = os.getloadavg()[0]
         if comm.rank == 0:
             base = table.get("numpy Gram+eigh+modes", (np.nan,))[0]
             print(f"\n# POD of {n} x {m} (sigma over {args.decades:g} decades, rtol {args.rtol:g}), "
-                  f"ddrom on {p} rank(s), peers on 1")
+                  f"ddrom on {p} rank(s), peers on 1; load average {load0:.1f} -> {load1:.1f}")
             print(f"{'method':34s} {'time [s]':>9s} {'/Gram+eigh':>10s} {'N':>4s} "
-                  f"{'rel_err':>9s} {'abs_err/s1':>10s}")
-            for name, (t, s) in table.items():
-                s = np.asarray(s)
-                k = min(s.size, ref.size) if ref is not None else 0
-                if k:
+                  f"{'rel_err':>9s} {'abs_err/s1':>10s}  note")
+            for name, (t, s, note) in table.items():
+                if s is not None and ref is not None:
+                    s = np.asarray(s)
+                    k = min(s.size, ref.size)
                     rel = float(np.max(np.abs(s[:k] - ref[:k]) / ref[:k]))
                     ab = float(np.max(np.abs(s[:k] - ref[:k])) / ref[0])
+                    nm = int(s.size)
                 else:
                     rel = ab = float("nan")
-                print(f"{name:34s} {t:9.3f} {t / base:10.2f} {s.size:4d} {rel:9.1e} {ab:10.1e}")
+                    nm = 0
+                print(f"{name:34s} {t:9.3f} {t / base:10.2f} {nm:4d} {rel:9.1e} {ab:10.1e}  {note}")
                 results.append(dict(method=name, ranks=p if name.startswith("ddrom") else 1,
                                     mpi_size=p, n=n, m=m, seconds=t, ratio_gram_eigh=t / base,
-                                    n_modes=int(s.size), rel_err=rel, abs_err=ab))
+                                    n_modes=nm, rel_err=rel, abs_err=ab, note=note,
+                                    load_before=load0, load_after=load1))
+        del S_loc
     if comm.rank == 0 and args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
