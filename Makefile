@@ -18,7 +18,8 @@ install:
 demo: install
 	$(MPIRUN) -n $(NP) $(VENV)/bin/ddrom run $(CASE)
 
-test: install
+test:
+	@VENV=$(VENV) WITH_DOLFINX=1 bash scripts/install.sh
 	PY=$(PY) bash scripts/run-tests.sh
 
 bench: install

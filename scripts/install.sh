@@ -11,6 +11,9 @@ EXTRAS=${EXTRAS:-test}
 DEB_PKGS="openmpi-bin libopenmpi-dev python3-mpi4py python3-petsc4py python3-slepc4py python3-h5py-mpi \
 python3-numpy python3-scipy libopenblas0-pthread python3-venv python3-pip \
 cmake gfortran"
+# The test suite also checks `ddrom import` against results written by an independent solver
+# (tests/test_import_dolfinx.py): Debian's dolfinx, with WITH_DOLFINX=1 (`make test` sets it).
+if [ "${WITH_DOLFINX:-0}" = 1 ]; then DEB_PKGS="$DEB_PKGS python3-dolfinx"; fi
 
 missing=""
 for p in $DEB_PKGS; do
