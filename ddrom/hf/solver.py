@@ -231,13 +231,13 @@ class HFSolver:
         return resp, r, ref
 
     # ------------------------------------------------------------------ Newton
-    def _newton(self, old: State, t: float, info: StepInfo) -> State:
+    def _newton(self, old: State, t: float, info: StepInfo, guess: np.ndarray | None = None) -> State:
         from petsc4py import PETSc
 
         opt = self.options
         dt = t - old.t
         ne, nq = self.dm.n_cells, self.dm.n_qp
-        u = old.u.copy()
+        u = (old.u if guess is None else guess).copy()
         self.dirichlet_values(u, t)
         T = np.array(self.temperature(t), dtype=float)
         fext = self.sum_to_owned(self.external_force(t))
@@ -292,12 +292,21 @@ class HFSolver:
         raise NotConverged(f"no convergence in {opt.max_iterations} iterations "
                            f"(relative residual {norm / max(ref, 1e-300):.3e})")
 
-    def step(self, old: State, t: float, step_index: int | None = None) -> tuple[State, StepInfo]:
-        """Advance from ``old`` to time ``t``, cutting the increment on failure."""
+    def step(self, old: State, t: float, step_index: int | None = None,
+             guess: np.ndarray | None = None) -> tuple[State, StepInfo]:
+        """Advance from ``old`` to time ``t``, cutting the increment on failure.
+
+        ``guess``: local displacement (owned + ghost) to start Newton from at ``t`` (e.g. a
+        ROM's prediction; its Dirichlet DOFs are overwritten); only the full increment
+        uses it, sub-steps of a cut-back start from their previous state.
+        """
         info = StepInfo()
+
+        def attempt(s: State, tn: float) -> State:
+            return self._newton(s, tn, info, guess if tn == t and s is old else None)
+
         try:
-            st, info.cutbacks = advance(old, lambda s: s.t, t, lambda s, tn: self._newton(s, tn, info),
-                                        self.options.max_cutbacks)
+            st, info.cutbacks = advance(old, lambda s: s.t, t, attempt, self.options.max_cutbacks)
         except CutbacksExhausted as exc:
             where = f"step {step_index} " if step_index is not None else ""
             raise CollectiveError(

@@ -171,11 +171,13 @@ class Enricher:
         return as_mpi(self.comm).allreduce(out)
 
     def enrich(self, k: int, times: np.ndarray, q_hist: list, v_hist: list, v_new: np.ndarray,
-               reason: str = "") -> tuple[ReducedModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+               reason: str = "", q_guess: np.ndarray | None = None
+               ) -> tuple[ReducedModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         """One enrichment at step ``k`` (collective).
 
         ``q_hist``, ``v_hist``: reduced coordinates and lifting values of steps 0 .. k-1
-        (replicated); ``v_new``: the lifting values at ``t_k``. Returns (model, q_k, internal state (K, n_state), T (K,), stress (K, 6) at the new
+        (replicated); ``v_new``: the lifting values at ``t_k``; ``q_guess``: the ROM's own
+        solution at ``t_k`` if it converged, the HF Newton's initial guess. Returns (model, q_k, internal state (K, n_state), T (K,), stress (K, 6) at the new
         model's sample points, event dict).
         """
         t_start = time.perf_counter()
@@ -188,7 +190,8 @@ class Enricher:
         with self.timers("enrichment_hf_step"):
             t0 = time.perf_counter()
             try:
-                new, info = solver.step(old, float(times[k]), step_index=k)
+                guess = solver.owned_to_local(self._displacement(q_guess, v_new)) if q_guess is not None else None
+                new, info = solver.step(old, float(times[k]), step_index=k, guess=guess)
             except CollectiveError as exc:
                 raise CollectiveError(f"enrichment at step {k} (t = {times[k]:.6g}; {reason}): "
                                       f"the HF step failed: {exc}") from None

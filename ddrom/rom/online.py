@@ -291,6 +291,7 @@ class ReducedSolver:
                     raise OnlineDivergence(failure)
                 trigger, reason, ind = True, failure, math.nan
             if trigger:
+                q_guess = q if failure is None else None
                 if failure is None:
                     for key in rows:
                         rows[key].pop()
@@ -298,7 +299,7 @@ class ReducedSolver:
                     out.stress_samples.pop()
                 v = self.dirichlet_values(float(times[k]))
                 model, q, state, T, stress, event = enricher.enrich(k, times, rows["q"], rows["v"], v,
-                                                                    reason=reason)
+                                                                    reason=reason, q_guess=q_guess)
                 self.bind(model)
                 event["indicator_before"] = ind
                 event["indicator_after"] = record(q, state, stress, v)
