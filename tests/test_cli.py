@@ -201,3 +201,66 @@ def test_temperature_from_file(tmp_path, np_):
     write_case(a, thermo + '\n[temperature]\nfile = "temp.vtu"\nfield = "Temp"\n', name="bad.toml")
     r = run(np_, "hf", str(a / "bad.toml"), "--quiet")
     assert r.returncode != 0 and "no point field 'Temp'" in r.stderr and "Traceback" not in r.stderr
+
+
+def _json_stdout(r: subprocess.CompletedProcess) -> dict:
+    """The JSON a command printed with ``--quiet --json -``: stdout holds nothing else."""
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("np_", [1, 3])
+def test_json_progress_and_summaries_of_every_command(tmp_path, np_):
+    """hf, offline, online, run, cluster, report: ``--quiet --json -`` prints only the JSON (with
+    timers per stage and the wall time, max over ranks); without ``--quiet`` rank 0 alone prints
+    the stage lines (stderr) and the final summary table (stdout)."""
+    case = str(write_case(tmp_path, TINY))
+    out = tmp_path / "out" / "tiny"
+    # ---- hf
+    hf = _json_stdout(run(np_, "hf", case, "--which", "all", "--quiet", "--json", "-"))
+    assert hf["ranks"] == np_ and hf["mesh"]["dofs"] == 81
+    assert hf["sets"]["training"]["computed"] == 2 and hf["sets"]["test"]["computed"] == 1
+    assert [r["params"]["u_max"] for r in hf["sets"]["training"]["runs"]] == [0.002, 0.008]
+    assert all(r["newton_iterations"] >= 2 and r["seconds"] > 0 for r in hf["sets"]["training"]["runs"])
+    assert hf["timers"]["solve"]["calls"] == 6 and hf["timers"]["setup"]["calls"] == 2     # 3 sims x 2 steps
+    assert 0 < hf["timers"]["solve"]["seconds"] <= hf["wall_seconds"]
+    r = run(np_, "hf", case, "--which", "all")            # resumed: nothing computed, the table says so
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("ddrom hf summary") == 1 and "training: simulations  2 (0 computed, 2 kept)" in r.stdout
+    # ---- offline: stage lines on stderr (rank 0 only), summary table on stdout
+    r = run(np_, "offline", case, "--json", str(tmp_path / "off.json"))
+    assert r.returncode == 0, r.stderr
+    for stage in ("mesh", "pod_displacement", "ecm", "operators", "write"):
+        assert r.stderr.count(f"[offline] {stage} ...") == 1, (stage, r.stderr)
+        assert len(re.findall(rf"\[offline\] {stage} done in \d+\.\d\d s", r.stderr)) == 1, stage
+    assert "[offline] constitutive" not in r.stderr and "[offline] assembly" not in r.stderr
+    off = json.loads((tmp_path / "off.json").read_text())
+    assert off["rom"] == str(out / "rom.h5") and off["n_modes"] == 1
+    for stage in ("mesh", "pod_displacement", "ecm", "operators", "write"):
+        assert off["timers"][stage]["calls"] == 1 and 0 <= off["timers"][stage]["seconds"] <= off["seconds"]
+    off_q = _json_stdout(run(np_, "offline", case, "--quiet", "--json", "-"))
+    assert off_q["n_modes"] == 1 and set(off_q["timers"]) == set(off["timers"])
+    # ---- online
+    on = _json_stdout(run(np_, "online", case, "--quiet", "--json", "-"))
+    assert [(x["name"], x["params"], x["steps"]) for x in on["runs"]] == [("test_000", {"u_max": 0.005}, 2)]
+    assert on["runs"][0]["newton_iterations"] >= 2 and on["runs"][0]["seconds"] > 0 and on["n_modes"] == 1
+    assert on["timers"]["rom_runs"] == {"seconds": on["runs"][0]["seconds"], "calls": 1}
+    assert on["wall_seconds"] >= on["runs"][0]["seconds"] and on["fields"] is False
+    r = run(np_, "online", case, "--param", "u_max=0.003")
+    assert r.returncode == 0 and r.stdout.count("ddrom online summary (1 run(s), 1 modes)") == 1, r.stderr
+    assert "param_u_max_0.003" in r.stdout
+    # ---- run: pipeline summary + every stage timer seen while it ran
+    s = _json_stdout(run(np_, "run", case, "--quiet", "--json", "-"))
+    assert s["ranks"] == np_ and s["rel_error_displacement"] < 1e-8 and s["speedup"] > 0
+    assert {"pod_displacement", "ecm", "operators", "mesh"} <= set(s["timers"])
+    assert s["timers"]["pod_displacement"]["seconds"] <= s["wall_seconds"]
+    assert s == {**json.loads((out / "summary.json").read_text()), "timers": s["timers"],
+                 "wall_seconds": s["wall_seconds"]}
+    # ---- cluster
+    cl = _json_stdout(run(np_, "cluster", case, "--quiet", "--json", "-"))
+    assert cl["simulations"] == 2 and cl["snapshots"] == 4 and {"gram", "criterion"} <= set(cl["timers"])
+    # ---- report
+    rep = _json_stdout(run(np_, "report", str(out), "--format", "html", "--quiet", "--json", "-"))
+    assert rep["format"] == "html" and rep["report"] == rep["html"] == str(out / "report" / "report.html")
+    assert rep["markdown"] == str(out / "report" / "report.md") and Path(rep["html"]).is_file()
+    assert str(out / "report" / "speedup.png") in rep["pngs"] and rep["wall_seconds"] > 0

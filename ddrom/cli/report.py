@@ -1,9 +1,11 @@
-"""``ddrom report OUTPUT_DIR``: a Markdown + PNG report of a run, readable without the code.
+"""``ddrom report OUTPUT_DIR``: a Markdown + PNG (and HTML) report of a run, readable without the code.
 
 Reads what ``ddrom run`` (and optionally ``ddrom cluster``) left in a case's output folder:
 ``summary.json``, ``rom.h5``, the snapshot stores (for the mesh node cloud),
 ``online_<name>.npz`` and ``cluster_criterion.png``. Writes ``OUTPUT_DIR/report/report.md``
-with its PNGs next to it. Every file is written under a temporary name and renamed, so an
+with its PNGs next to it, and with ``--format html`` also ``report.html``: the same content as
+one self-contained page (every PNG embedded as a base64 ``data:`` URI, so the file can be
+mailed or archived alone). Every file is written under a temporary name and renamed, so an
 interrupted report never leaves a half-written file behind a valid name.
 
 Serial (rank 0 only): everything read here is small (reduced quantities, per-step error
@@ -14,9 +16,12 @@ so a number from ``summary.json`` can be found verbatim in the Markdown.
 """
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -238,13 +243,156 @@ def _plot_calibration(errors: list[dict], cal: dict, path: Path) -> str | None:
     return _save(fig, path)
 
 
-# ------------------------------------------------------------------- report
-def write_report(output_dir: str | Path) -> Path:
-    """Write ``output_dir/report/report.md`` and its PNGs; return the path of report.md.
+def _hf_seconds(path: Path) -> dict[str, float]:
+    """HF wall seconds per simulation kept in a snapshot store (``meta_hf_seconds``), by name."""
+    import h5py
 
-    Serial: call on one rank. Sections without data (no summary.json, no plastic
-    strain, no ``ddrom cluster`` run) say so instead of failing.
+    out: dict[str, float] = {}
+    if not path.is_file():
+        return out
+    try:
+        with h5py.File(path, "r") as f:
+            for name, g in f.get("simulations", {}).items():
+                raw = g.attrs.get("meta_hf_seconds")
+                if raw is not None:
+                    out[name] = float(json.loads(raw))
+    except OSError:
+        pass
+    return out
+
+
+def speedup_numbers(summary: dict, hf_train: dict[str, float]) -> dict[str, Any]:
+    """Cost model of the run: per-query times, up-front cost and the break-even number of queries.
+
+    ``up_front = sum(HF training seconds) + offline seconds``; a ROM query costs ``t_rom``
+    instead of ``t_hf``, so the ROM pays off after ``n* = up_front / (t_hf - t_rom)``
+    queries (None when a number is missing or the ROM is not faster).
     """
+    t_hf, t_rom = summary.get("hf_seconds_per_simulation"), summary.get("rom_seconds_per_simulation")
+    off = summary.get("offline_seconds")
+    train = float(sum(hf_train.values())) if hf_train else None
+    up = (train or 0.0) + (off or 0.0) if (train is not None or off is not None) else None
+    be = None
+    if t_hf and t_rom is not None and up is not None and t_hf > t_rom:
+        be = up / (t_hf - t_rom)
+    return {"hf_seconds_per_simulation": t_hf, "rom_seconds_per_simulation": t_rom,
+            "speedup": summary.get("speedup"), "hf_training_seconds": train,
+            "training_simulations": len(hf_train), "offline_seconds": off, "up_front_seconds": up,
+            "break_even_queries": be}
+
+
+def _plot_speedup(sp: dict, hf_test: dict[str, float], rom_mean: float | None, path: Path) -> str | None:
+    t_hf, t_rom = sp["hf_seconds_per_simulation"], sp["rom_seconds_per_simulation"]
+    if not t_hf or not t_rom:
+        return None
+    fig = _figure((9.0, 3.8))
+    ax = fig.add_subplot(121)
+    names = sorted(hf_test) or ["mean"]
+    hf = [hf_test[n] for n in sorted(hf_test)] or [t_hf]
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, hf, 0.4, label="HF", color="tab:blue")
+    ax.bar(x + 0.2, [rom_mean if rom_mean is not None else t_rom] * len(names), 0.4,
+           label="ROM (mean per run)", color="tab:red")
+    ax.set_yscale("log")
+    ax.set_ylim(0.3 * min(min(hf), rom_mean if rom_mean is not None else t_rom), 3.0 * max(hf))
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("wall seconds per simulation")
+    ax.set_title(f"speedup {t_hf / t_rom:.3g}x per simulation")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = fig.add_subplot(122)
+    up = sp["up_front_seconds"] or 0.0
+    nmax = max(10.0, 2.0 * (sp["break_even_queries"] or 5.0))
+    n = np.linspace(0.0, nmax, 200)
+    ax.plot(n, n * t_hf, label="HF for every query", color="tab:blue")
+    ax.plot(n, up + n * t_rom, label="training + offline + ROM queries", color="tab:red")
+    if sp["break_even_queries"]:
+        ax.axvline(sp["break_even_queries"], color="k", ls="--", lw=0.8,
+                   label=f"break-even: {sp['break_even_queries']:.1f} queries")
+    ax.set_xlabel("number of parameter queries")
+    ax.set_ylabel("cumulated wall seconds")
+    ax.set_title("when the ROM pays off")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------- HTML
+_CSS = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.25em .6em;"
+        "text-align:left}th{background:#eee}img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}")
+
+
+def _inline(text: str) -> str:
+    """Escape HTML and turn the Markdown inline code spans (`x`) of the report into <code>."""
+    parts = text.split("`")
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+
+
+def markdown_to_html(md: str, image_dir: Path, title: str) -> str:
+    """The report's Markdown as one self-contained HTML page.
+
+    Handles the subset :func:`write_report` writes: ``#``/``##``/``###`` headings, pipe
+    tables (first row = header, second = separator), images on their own line
+    ``![alt](file.png)`` (embedded as base64 ``data:image/png`` URIs read from
+    ``image_dir``) and paragraphs with inline code.
+    """
+    out = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+           f"<style>{_CSS}</style></head><body>"]
+    lines = md.splitlines()
+    i = 0
+    para: list[str] = []
+
+    def flush() -> None:
+        if para:
+            out.append("<p>" + " ".join(_inline(p) for p in para) + "</p>")
+            para.clear()
+
+    img = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
+    while i < len(lines):
+        ln = lines[i].rstrip()
+        m = img.match(ln)
+        if not ln:
+            flush()
+        elif ln.startswith("#"):
+            flush()
+            level = len(ln) - len(ln.lstrip("#"))
+            out.append(f"<h{level}>{_inline(ln[level:].strip())}</h{level}>")
+        elif m:
+            flush()
+            data = base64.b64encode((image_dir / m.group(2)).read_bytes()).decode("ascii")
+            out.append(f"<figure><img alt=\"{html.escape(m.group(1))}\" data-file=\"{html.escape(m.group(2))}\" "
+                       f"src=\"data:image/png;base64,{data}\"></figure>")
+        elif ln.startswith("|"):
+            flush()
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            head, body = rows[0], rows[2:]
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body]
+            out.append("</table>")
+            continue
+        else:
+            para.append(ln)
+        i += 1
+    flush()
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------- report
+def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
+    """Write ``output_dir/report/report.md`` and its PNGs; return the path of the report.
+
+    ``output_format="html"`` also writes ``report.html`` (self-contained, :func:`markdown_to_html`)
+    and returns its path. Serial: call on one rank. Sections without data (no
+    summary.json, no plastic strain, no ``ddrom cluster`` run) say so instead of failing.
+    """
+    if output_format not in REPORT_FORMATS:
+        raise CollectiveError(f"unknown report format {output_format!r}; choose one of {REPORT_FORMATS}")
     d = check_output_dir(output_dir)
     rdir = d / "report"
     rdir.mkdir(exist_ok=True)
@@ -290,7 +438,25 @@ def write_report(output_dir: str | Path) -> Path:
              ["offline seconds (POD, ECM, Gappy, operators)", summary.get("offline_seconds")]]
     for name, v in sorted((summary.get("timers") or {}).items()):
         trows.append([f"timer: {name}", v.get("max", v.get("seconds")) if isinstance(v, dict) else v])
+    hf_train, hf_test = _hf_seconds(d / "hf_training.h5"), _hf_seconds(d / "hf_test.h5")
+    sp = speedup_numbers(summary, hf_train)
+    trows += [[f"HF training seconds ({sp['training_simulations']} simulations)", sp["hf_training_seconds"]],
+              ["up-front cost: HF training + offline (s)", sp["up_front_seconds"]],
+              ["break-even number of ROM queries", sp["break_even_queries"]]]
     md += [_table(["stage", "value"], trows), ""]
+    png = _plot_speedup(sp, hf_test, summary.get("rom_seconds_per_simulation"), rdir / "speedup.png")
+    if png:
+        md += [f"![speedup]({png})", "",
+               "Left: HF wall time of each test simulation next to the mean ROM time per run (log scale). "
+               "Right: cumulated cost of answering n parameter queries with the HF solver alone or with "
+               "the ROM after its training sweep and offline stage; the ROM pays off beyond the "
+               "break-even number of queries.", ""]
+        if hf_test:
+            md += [_table(["test", "HF seconds", "speedup vs mean ROM run"],
+                          [[n, v, v / summary["rom_seconds_per_simulation"]] for n, v in sorted(hf_test.items())]),
+                   ""]
+    else:
+        md += ["No HF and ROM times in `summary.json`: no speedup plot.", ""]
 
     # ---- singular values
     md += ["## Singular value decay", ""]
@@ -374,13 +540,26 @@ def write_report(output_dir: str | Path) -> Path:
 
     out = rdir / "report.md"
     tmp = rdir / "report.md.tmp"
-    tmp.write_text("\n".join(md))
+    text = "\n".join(md)
+    tmp.write_text(text)
     os.replace(tmp, out)
+    if output_format == "html":
+        out = rdir / "report.html"
+        tmp = rdir / "report.html.tmp"
+        tmp.write_text(markdown_to_html(text, rdir, f"ddrom report: {d.resolve().name}"))
+        os.replace(tmp, out)
     return out
 
 
-def report(output_dir: str, comm: Any) -> dict[str, Any]:
+#: Output formats of :func:`write_report`: Markdown + PNG, or also a self-contained HTML page.
+REPORT_FORMATS = ("md", "html")
+
+
+def report(output_dir: str, comm: Any, output_format: str = "md") -> dict[str, Any]:
     """Collective entry point: rank 0 writes the report, the other ranks wait.
+
+    Returns ``{"report": path of report.md (or report.html with output_format="html"),
+    "markdown": path of report.md, "html": path or None, "format": output_format, "pngs": [...]}``.
 
     Raises :class:`CollectiveError` on every rank if ``output_dir`` is not a ddrom output
     folder or the report cannot be written.
@@ -391,6 +570,9 @@ def report(output_dir: str, comm: Any) -> dict[str, Any]:
     path = None
     with collective(comm, "ddrom report"):
         if c.rank == 0:
-            path = write_report(output_dir)
+            path = write_report(output_dir, output_format)
     path = c.bcast(str(path) if path else None, root=0)
-    return {"report": path, "pngs": sorted(str(p) for p in Path(path).parent.glob("*.png"))}
+    rdir = Path(path).parent
+    return {"report": path, "format": output_format, "markdown": str(rdir / "report.md"),
+            "html": str(rdir / "report.html") if output_format == "html" else None,
+            "pngs": sorted(str(p) for p in rdir.glob("*.png"))}
