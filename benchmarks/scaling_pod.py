@@ -10,22 +10,34 @@ Snapshots: ``S = U diag(s) V^T`` with ``U[i, k] = cos(pi (k+1) x_i + 0.3 k)``,
 ``x_i = (i + 1/2)/n`` (a smooth, partition-independent function of the global row), ``V``
 a random orthogonal ``m x m`` matrix from a fixed seed and ``s`` geometric over 10
 decades; each rank builds its own contiguous block of rows. ``ddrom.reduction.pod`` with
-the Euclidean inner product, ``rtol = 1e-7``, best of ``--repeat`` per phase
-(max over ranks).
+the Euclidean inner product, ``rtol = 1e-7``; of ``--repeat`` PODs (after one warm-up)
+the one with the smallest total (max over ranks) is reported, with its phases.
 
-Phases, timed by wrapping ddrom's functions from outside (the library is unchanged):
+Methods: ddrom's default (:data:`ddrom.reduction.pod.DEFAULT_METHOD`), then ``tsqr`` and
+``snapshots`` (``--methods`` to choose). Phases, rank-local then max over ranks, measured by
+wrapping ddrom's functions and by handing ``pod`` a communicator proxy that times every MPI
+call (the library is unchanged):
 
-``tsqr`` (:data:`ddrom.reduction.pod.DEFAULT_METHOD`)
-    local QR (Householder QR of this rank's ``n_loc x m`` rows: the O(n m^2 / P) part),
-    tree QR (QR of two stacked ``m x m`` R factors per tree level, ``log2 P`` levels),
-    tree rest (point-to-point messages of the R factors and of the small factors coming
-    back down, waiting for the partner, root SVD of ``R``, bcast of sigma/Vh, and the
-    local ``Q Y`` product forming the modes), orth check (the final
-    ``Psi^T Psi`` Gram + allreduce of :func:`~ddrom.reduction.pod.reorthonormalize`).
-``snapshots``
-    Gram (local ``S_loc^T S_loc``), allreduce (the ``m x m`` Allreduce + Bcast of
-    :func:`~ddrom.reduction.inner.allreduce_sum`), eigh + modes (replicated ``eigh``,
-    local ``S V Sigma^-1``), re-orth (Cholesky-QR2 passes: local Grams + allreduces).
+* ``validate``: :func:`~ddrom.reduction.pod.validate_snapshots` (checks, scalar allreduces);
+* ``comm``: time inside MPI calls (messages and waiting for the slowest rank), outside
+  ``validate`` and ``orth_check``: the reductions (sketch and Gram allreduces + bcasts of
+  :func:`~ddrom.reduction.inner.allreduce_sum`, the TSQR tree's messages, the broadcasts of
+  the replicated decisions);
+* ``rcholqr``: ``sketch`` (local sparse-sign sketch ``Omega W``), ``precondition`` (the
+  ``W R^-1`` triangular solves), ``gram`` (local ``Q^T Q``, each time before its allreduce),
+  ``modes`` (local ``Q Z``);
+* ``tsqr``: ``local_qr`` (Householder QR of this rank's rows, factored form), ``tree_qr``
+  (QR of two stacked ``m x m`` factors per tree level), ``modes`` (``Q Y`` by ormqr);
+* ``snapshots``: ``gram`` (local ``S^T S``);
+* ``rest``: everything else (replicated small factorizations: QR of the sketch, Cholesky,
+  SVD/eigh of ``m x m``; for ``snapshots`` also the modes ``S V Sigma^-1``);
+* ``orth_check``: :func:`~ddrom.reduction.pod.reorthonormalize` (a Gram + allreduce check,
+  Cholesky-QR passes for ``snapshots``).
+
+Each phase is the max over ranks (so the phases may add up to a little more than the
+total). ``CPU share`` = min over ranks of CPU / wall seconds of the reported POD: Open MPI
+ranks poll while they wait, so well below 1 means a rank was descheduled (oversubscription
+or other jobs on the machine).
 
 Strong scaling: ``n = --strong-n`` rows at every P (speed-up ``T(1)/T(P)``, efficiency
 ``T(1)/(P T(P))``). Weak scaling: ``n = --weak-nloc * P`` rows (efficiency
@@ -46,8 +58,10 @@ sys.path.insert(0, HERE)
 
 import scaling_common as sc  # noqa: E402
 
-METHODS = {"tsqr": ["local_qr", "tree_qr", "tree_rest", "orth_check", "total"],
-           "snapshots": ["gram", "allreduce", "eigh_modes", "reorth", "total"]}
+#: Phase columns per method (see the module docstring); every method also has "total".
+METHODS = {"rcholqr": ["validate", "sketch", "precondition", "gram", "comm", "modes", "rest", "orth_check"],
+           "tsqr": ["validate", "local_qr", "tree_qr", "modes", "comm", "rest", "orth_check"],
+           "snapshots": ["validate", "gram", "comm", "rest", "orth_check"]}
 DECADES = 10.0
 
 
@@ -63,71 +77,128 @@ def snapshot_rows(lo: int, hi: int, n: int, m: int, seed: int = 7):
     return (U * s) @ V.T
 
 
-class PhaseClock:
-    """Rank-local seconds per phase for one POD call, attributed by wrapping ddrom functions."""
+_MPI_CALLS = {"bcast", "Bcast", "allreduce", "Allreduce", "send", "recv", "Send", "Recv", "exscan",
+              "Exscan", "allgather", "Allgather", "gather", "scatter", "Barrier", "alltoall", "Alltoallv"}
+
+
+class Timeline:
+    """Rank-local (name, start, end) events of the wrapped functions and MPI calls of one POD."""
 
     def __init__(self):
-        self.t = defaultdict(float)
-        self.qr_calls = 0
-        self.depth = []          # enclosing phases: inner calls are not counted twice
+        self.ev = []
 
-    def wrap(self, name, fn, exclusive_of=()):
+    def wrap(self, name, fn):
         def timed(*a, **kw):
-            if any(d in exclusive_of for d in self.depth):
-                return fn(*a, **kw)
-            self.depth.append(name)
             t0 = time.perf_counter()
             try:
                 return fn(*a, **kw)
             finally:
-                self.t[name] += time.perf_counter() - t0
-                self.depth.pop()
+                self.ev.append((name, t0, time.perf_counter()))
         return timed
+
+    def spans(self, name):
+        return [(a, b) for n, a, b in self.ev if n == name]
+
+    def total(self, name, outside=()):
+        """Seconds in events ``name``, leaving out those inside an event of ``outside``."""
+        skip = [sp for o in outside for sp in self.spans(o)]
+        return sum(b - a for a, b in self.spans(name) if not any(x <= a and b <= y for x, y in skip))
+
+    def gaps_before(self, name, after):
+        """Seconds between the end of each ``after`` event and the next ``name`` event.
+
+        In ``_rcholqr`` the argument of ``allreduce_sum(Q.T @ Q)`` is computed right after
+        ``_trsm_right`` returns: that gap is the local Gram formation.
+        """
+        ev = sorted(self.ev, key=lambda e: e[1])
+        out, last = 0.0, None
+        for n, a, b in ev:
+            if n == after:
+                last = b
+            elif n == name and last is not None:
+                out += a - last
+                last = None
+        return out
+
+
+class TimedComm:
+    """An mpi4py communicator whose communication methods record "mpi" events.
+
+    ``ddrom.parallel.as_mpi`` accepts any object with ``tompi4py``: the POD then does all its
+    communication through this proxy, so the time inside MPI (messages and waiting for the
+    other ranks) is measured without touching the library.
+    """
+
+    def __init__(self, comm, tl):
+        self._c, self._tl = comm, tl
+
+    def tompi4py(self):
+        return self
+
+    def __getattr__(self, name):
+        attr = getattr(self._c, name)
+        return self._tl.wrap("mpi", attr) if name in _MPI_CALLS else attr
 
 
 def measure(S, comm, method: str, repeat: int) -> dict:
     """Best-of-``repeat`` phase times (max over ranks) of ``pod(S, method=...)``."""
+    import importlib
+
     import numpy as np
     from mpi4py import MPI
 
-    from ddrom.reduction import inner as inner_mod
-    from ddrom.reduction import pod as pod_mod
-
+    # the module, not the function the package re-exports under the same name
+    pod_mod = importlib.import_module("ddrom.reduction.pod")
+    names = ["validate_snapshots", "reorthonormalize", "allreduce_sum", "sparse_sign_sketch", "_trsm_right",
+             "_rcholqr", "_qr_factored", "_qr_r", "_apply_q", "_tsqr_tree"]
+    names = [n for n in names if hasattr(pod_mod, n)]
+    inner_mod = importlib.import_module("ddrom.reduction.inner")
     best, res = None, None
+    pod_mod.pod(S, comm, method=method, rtol=1e-7)      # warm-up: first-message costs, BLAS init
     for _ in range(repeat):
-        clk = PhaseClock()
-        saved = (pod_mod._qr_r, pod_mod._tsqr_tree, pod_mod.reorthonormalize,
-                 inner_mod.Euclidean._local_gram_sym, inner_mod.allreduce_sum)
-
-        def qr(W, _orig=saved[0]):
-            # the first QR of a call is the local one, the next ones are the tree levels
-            name = "local_qr" if clk.qr_calls == 0 else "tree_qr"
-            clk.qr_calls += 1
-            return clk.wrap(name, _orig)(W)
-
-        pod_mod._qr_r = qr
-        pod_mod._tsqr_tree = clk.wrap("tree_all", saved[1])
-        pod_mod.reorthonormalize = clk.wrap("orth", saved[2])
-        inner_mod.Euclidean._local_gram_sym = clk.wrap("gram", saved[3], exclusive_of=("orth",))
-        inner_mod.allreduce_sum = clk.wrap("allreduce", saved[4], exclusive_of=("orth",))
+        tl = Timeline()
+        saved = {n: getattr(pod_mod, n) for n in names}
+        saved_gram = inner_mod.Euclidean._local_gram_sym
+        for n in names:
+            setattr(pod_mod, n, tl.wrap(n, saved[n]))
+        inner_mod.Euclidean._local_gram_sym = tl.wrap("_local_gram_sym", saved_gram)
         try:
             comm.Barrier()
-            t0 = time.perf_counter()
-            res = pod_mod.pod(S, comm, method=method, rtol=1e-7)
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = pod_mod.pod(S, TimedComm(comm, tl), method=method, rtol=1e-7)
             total = time.perf_counter() - t0
+            cpu = time.process_time() - c0
         finally:
-            (pod_mod._qr_r, pod_mod._tsqr_tree, pod_mod.reorthonormalize,
-             inner_mod.Euclidean._local_gram_sym, inner_mod.allreduce_sum) = saved
-        t = clk.t
-        if method == "tsqr":
-            ph = {"local_qr": t["local_qr"], "tree_qr": t["tree_qr"],
-                  "tree_rest": t["tree_all"] - t["local_qr"] - t["tree_qr"], "orth_check": t["orth"]}
-        else:
-            ph = {"gram": t["gram"], "allreduce": t["allreduce"], "reorth": t["orth"],
-                  "eigh_modes": total - t["gram"] - t["allreduce"] - t["orth"]}
+            for n in names:
+                setattr(pod_mod, n, saved[n])
+            inner_mod.Euclidean._local_gram_sym = saved_gram
+        out = ("validate_snapshots", "reorthonormalize")
+        ph = {"validate": tl.total("validate_snapshots"), "orth_check": tl.total("reorthonormalize"),
+              "comm": tl.total("mpi", outside=out)}
+        if method == "rcholqr":
+            ph["sketch"] = tl.total("sparse_sign_sketch")
+            ph["precondition"] = tl.total("_trsm_right")
+            ph["gram"] = tl.gaps_before("allreduce_sum", after="_trsm_right")
+            end = max((b for _, b in tl.spans("_rcholqr")), default=None)
+            last_mpi = max((b for a, b in tl.spans("mpi") if end is not None and b <= end), default=None)
+            ph["modes"] = (end - last_mpi) if end is not None and last_mpi is not None else 0.0
+        elif method == "tsqr":
+            qf = tl.total("_qr_factored")
+            qr = tl.total("_qr_r")
+            if "_qr_factored" not in names:   # older tsqr: the first _qr_r is the local one
+                spans = tl.spans("_qr_r")
+                qf = spans[0][1] - spans[0][0] if spans else 0.0
+                qr -= qf
+            ph["local_qr"], ph["tree_qr"], ph["modes"] = qf, qr, tl.total("_apply_q")
+        elif method == "snapshots":
+            ph["gram"] = tl.total("_local_gram_sym", outside=out)
+        ph["rest"] = total - sum(ph.values())
         ph["total"] = total
         ph = {k: comm.allreduce(v, op=MPI.MAX) for k, v in ph.items()}
-        best = ph if best is None else {k: min(best[k], ph[k]) for k in ph}
+        # smallest CPU/wall share over the ranks: well below 1 = a rank was descheduled
+        ph["cpu_share"] = comm.allreduce(cpu / max(total, 1e-12), op=MPI.MIN)
+        # the repetition with the smallest total, all its phases: they add up to its total
+        best = ph if best is None or ph["total"] < best["total"] else best
     return {"seconds": best, "modes": int(res.sigma.size), "sigma": np.asarray(res.sigma_all).tolist(),
             "info": {k: v for k, v in res.info.items() if isinstance(v, (int, float, str))}}
 
@@ -158,7 +229,7 @@ def report(results: dict) -> str:
            "P* = oversubscribed; load = 1-min load average before->after the launch"]
     for kind in ("strong", "weak"):
         for method in results["methods"]:
-            phases = METHODS[method]
+            phases = METHODS[method] + ["total"]
             sel = []
             for run in runs:
                 P = run["launch"]["ranks"]
@@ -168,9 +239,10 @@ def report(results: dict) -> str:
             s1 = base["sigma"]
             title = (f"n = {results['strong_n']:,} rows" if kind == "strong"
                      else f"n = {results['weak_nloc']:,} rows per rank")
-            out.append(f"\n{kind.capitalize()} scaling, {method}, {title}:")
+            dflt = " (ddrom's default)" if method == results.get("default_method") else ""
+            out.append(f"\n{kind.capitalize()} scaling, {method}{dflt}, {title}:")
             hdr = ["P", "n", "modes"] + phases + (["speed-up", "efficiency", "sigma err"]
-                                                  if kind == "strong" else ["efficiency"]) + ["load"]
+                                                  if kind == "strong" else ["efficiency"]) + ["CPU share", "load"]
             rows = []
             for lc, r in sel:
                 P, t, t1 = lc["ranks"], r["seconds"]["total"], base["seconds"]["total"]
@@ -181,7 +253,7 @@ def report(results: dict) -> str:
                     row += [t1 / t, t1 / (P * t), f"{err:.1e}"]
                 else:
                     row += [t1 / t]
-                rows.append(row + [sc.fmt_load(lc)])
+                rows.append(row + [round(r["seconds"].get("cpu_share", float("nan")), 2), sc.fmt_load(lc)])
             out.append(sc.table(hdr, rows))
     return "\n".join(out)
 
@@ -193,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weak-nloc", type=int, default=200_000, help="rows per rank of the weak-scaling matrix")
     ap.add_argument("--m", type=int, default=100, help="snapshots (columns)")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many PODs per phase")
-    ap.add_argument("--methods", nargs="+", default=["tsqr", "snapshots"], choices=sorted(METHODS))
+    ap.add_argument("--methods", nargs="+", choices=sorted(METHODS),
+                    help="default: ddrom's default POD method, then tsqr and snapshots")
     ap.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
     ap.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", type=int, nargs="+", help=argparse.SUPPRESS)
@@ -201,7 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args.worker, args.sizes, args.m, args.repeat, args.methods)
         return
+    if not args.methods:
+        import importlib
+
+        import ddrom  # noqa: F401
+        default = importlib.import_module("ddrom.reduction.pod").DEFAULT_METHOD
+        args.methods = list(dict.fromkeys([default, "tsqr", "snapshots"]))
     results = {"benchmark": "scaling_pod", "meta": sc.meta(), "m": args.m, "repeat": args.repeat,
+               "default_method": args.methods[0],
                "strong_n": args.strong_n, "weak_nloc": args.weak_nloc, "methods": args.methods, "runs": []}
     for p in args.ranks:
         sizes = sorted({args.strong_n, args.weak_nloc * p})
