@@ -91,6 +91,12 @@ OFFLINE_STAGES = ("mesh", "pod_displacement", "pod_stress", "pod_p", "ecm", "gap
                   "clustering", "write")
 
 
+#: Stages of ``ddrom online`` printed as they run: the HF context (for --fields or enrichment)
+#: and the steps of an adaptive enrichment (replay, HF step, basis update + hyper-reduction).
+ONLINE_STAGES = ("mesh", "enrichment_replay", "enrichment_hf_step", "enrichment_update", "ecm", "gappy",
+                 "operators")
+
+
 # ------------------------------------------------------------------------ info
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="write as JSON to PATH ('-' for stdout)")
@@ -213,7 +219,7 @@ def _online_run(args: Any, comm: Any) -> int:
     import numpy as np
 
     t0 = time.perf_counter()
-    with _output(args), _stage_printer(args, comm, "online", ("mesh",)) as stages:
+    with _output(args), _stage_printer(args, comm, "online", ONLINE_STAGES) as stages:
         res = online(args.case, comm, _parse_params(args.param), quiet=args.quiet, fields=args.fields,
                      enrich=args.enrich, indicator_tol=args.indicator_tol,
                      max_enrichments=args.max_enrichments, save_rom=args.save_rom,
