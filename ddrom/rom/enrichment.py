@@ -213,10 +213,11 @@ class Enricher:
                 self.Phip = None
             m = self.model
             ecm_initial = m.point_gids[m.weights > 0]
+            split = Timers()
             model = hyper_reduce(self.case, solver, self.Phi, self.Psi, self.Phip,
                                  ecm_tol=self.options.ecm_tol or float(m.info.get("ecm_tol", 1e-6)),
                                  sigma_u=m.sigma_u, sigma_p=m.gappy.sigma if m.gappy is not None else None,
-                                 ecm_initial=ecm_initial, timers=self.timers)
+                                 ecm_initial=ecm_initial, timers=split)
             model.info = {**m.info, **model.info,
                           "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
             if model.gappy is not None and "p_sample_scale" not in model.info:
@@ -228,6 +229,8 @@ class Enricher:
             T = self._at_points(new.T.reshape(-1), gids)
             stress = self._at_points(new.stress.reshape(-1, 6), gids)
         s_update = time.perf_counter() - t0
+        for name, sec in split.seconds.items():
+            self.timers.add(name, sec, split.calls[name])
         self.model = model
         self._start = (k, new)
         pts_after = set(model.point_gids[model.weights > 0].tolist())
@@ -241,6 +244,7 @@ class Enricher:
             "replayed_steps": int(n_replayed), "hf_newton_iterations": int(info.newton_iterations),
             "hf_cutbacks": int(info.cutbacks), "seconds_replay": s_replay, "seconds_hf_step": s_hf,
             "seconds_update": s_update, "seconds": time.perf_counter() - t_start,
+            "update_split": {k: float(v["seconds"]) for k, v in split.summary(self.comm).items()},
         }
         # the wall times differ between ranks: rank 0's numbers for everybody (one record)
         for key in ("seconds_replay", "seconds_hf_step", "seconds_update", "seconds"):
