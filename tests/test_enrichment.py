@@ -292,3 +292,14 @@ def test_cli_online_enrich_and_bad_options(tmp_path):
     r = subprocess.run([env_py, "online", path, "--param", "A=1.8", "--enrich"],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 2 and "indicator tolerance" in r.stderr, (r.returncode, r.stderr)
+    # `ddrom calibrate` stores the tolerance in the ROM file; enrichment then finds it there
+    r = subprocess.run([env_py, "calibrate", path, "--quiet", "--json", "-"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    cal = json.loads(r.stdout)["calibration"]
+    assert cal["pairs"] >= 3 and cal["pearson_log"] > 0.9 and cal["indicator_tolerance"] > 0
+    r = subprocess.run([env_py, "online", path, "--param", "A=1.8", "--enrich", "--quiet", "--json", "-"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["runs"][0]["n_enrichments"] >= 1

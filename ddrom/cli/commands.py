@@ -177,6 +177,19 @@ def _offline_run(args: Any, comm: Any) -> int:
     return 0
 
 
+def _calibrate_run(args: Any, comm: Any) -> int:
+    from ddrom.cli.rom_pipeline import calibrate
+
+    with _output(args), _stage_printer(args, comm, "calibrate", ("mesh",)):
+        res = calibrate(args.case, comm, quiet=args.quiet)
+    cal = res["calibration"]
+    _print_table(args, comm, "ddrom calibrate: error indicator vs true error of p on the test points",
+                 [(k, cal[k]) for k in ("pairs", "pearson_log", "slope", "intercept", "error_target",
+                                        "indicator_tolerance", "message") if k in cal])
+    _emit_json(args, comm, {"calibration": cal, "per_test_parameter": res["errors"]})
+    return 0
+
+
 def _online_args(p: argparse.ArgumentParser) -> None:
     _case_args(p)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -360,6 +373,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                 _case_args, _offline_run),
     "cluster": ("a priori criterion: local (clustered) vs global bases on the training snapshots",
                 _cluster_args, _cluster_run),
+    "calibrate": ("fit the error indicator against the true error on the test points (HF reference "
+                  "computed if missing); stores the indicator tolerance in the ROM file", _case_args, _calibrate_run),
     "online": ("run the ROM on the test parameters (or --param NAME=VALUE ...)", _online_args, _online_run),
     "run": ("HF training sweep, offline, online on the test parameters, HF reference and comparison "
             "(writes summary.json)", _case_args, _run_run),

@@ -371,15 +371,9 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
     hf_train = hf_sweep(case_path, comm, which="training", quiet=quiet, case=case, dm=dm)
     off = offline(case_path, comm, quiet=quiet, case=case, context=context)
     hf_test = hf_sweep(case_path, comm, which="test", quiet=quiet, case=case, dm=dm)
-    on = online(case_path, comm, quiet=quiet, case=case, enrich=False)
-    model = on["model"]
+    cal = calibrate(case_path, comm, quiet=quiet, case=case, context=context, hf=False)
+    on, errors, calibration, model = cal["online"], cal["errors"], cal["calibration"], cal["online"]["model"]
     store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
-    errors = [_compare_run(case, dm, solver, model, store, name, params, res) for name, params, res in on["runs"]]
-    calibration = calibrate_indicator(errors, case.raw.get("rom", {}).get("indicator_target", 1e-2))
-    if c.rank == 0 and calibration.get("pairs", 0) > 0:
-        _plot_calibration(case, errors, calibration)
-        _store_calibration(rom_path(case), calibration)
-    c.Barrier()
     hf_test_secs = {r["name"]: r["seconds"] for r in _runs(hf_test, "test") if r.get("seconds")}
     enrichment = None
     if case.raw.get("rom", {}).get("enrichment", {}).get("enabled", False):
@@ -431,6 +425,42 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
         os.replace(tmp, out)
     rank0_print(comm, _run_table(summary))
     return summary
+
+
+def calibrate(case_path: str, comm: Any, quiet: bool = False, case=None, context=None,
+              hf: bool = True) -> dict[str, Any]:
+    """Calibrate the error indicator on the test points (HF reference computed if missing).
+
+    Runs the plain ROM on the test points, compares it step by step with the HF test
+    store, fits log error against log indicator (:func:`calibrate_indicator`), writes
+    ``indicator_calibration.png`` and stores the result (with the indicator tolerance for
+    ``[rom] indicator_target``) in the ROM file, where ``ddrom online --enrich`` finds it.
+    """
+    from ddrom.io.store import SnapshotStore
+
+    c = as_mpi(comm)
+    case = case or load_case_collectively(case_path, comm)
+    context = context or _hf_context(case, comm, Timers())
+    dm, solver = context
+    if hf and not case.test_parameters():
+        raise CollectiveError(f"{case.path.name}: calibration needs test points ([test]) with an HF reference")
+    if hf:
+        hf_sweep(case_path, comm, which="test", quiet=quiet, case=case, dm=dm)
+    on = online(case_path, comm, quiet=quiet, case=case, enrich=False)
+    store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
+    errors = [_compare_run(case, dm, solver, on["model"], store, name, params, res)
+              for name, params, res in on["runs"]]
+    store.close()
+    calibration = calibrate_indicator(errors, case.raw.get("rom", {}).get("indicator_target", 1e-2))
+    if c.rank == 0 and calibration.get("pairs", 0) > 0:
+        _plot_calibration(case, errors, calibration)
+        _store_calibration(rom_path(case), calibration)
+    c.Barrier()
+    if not quiet and "pearson_log" in calibration:
+        rank0_print(comm, f"  indicator calibration: Pearson r(log) = {calibration['pearson_log']:.3f} over "
+                          f"{calibration['pairs']} (step, point) pairs; indicator tolerance "
+                          f"{calibration['indicator_tolerance']} for an error target of {calibration['error_target']:g}")
+    return {"online": on, "errors": errors, "calibration": calibration}
 
 
 def _compare_run(case, dm, solver, model, store, name, params, res) -> dict:
