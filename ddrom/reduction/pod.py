@@ -28,7 +28,9 @@ Methods (table :data:`POD_METHODS`, selected by name)
 ``"tsqr"``
     Tall-skinny QR then SVD of the small triangular factor. For the Euclidean and
     diagonal inner products, the rows ``W = M^{1/2} S`` are factored by a local
-    Householder QR on every rank and the ``R`` factors are combined up a binary
+    Householder QR on every rank (LAPACK geqrf, kept in factored form: the local ``Q``
+    is applied to the kept columns only, ormqr; a rank owning fewer rows than snapshots
+    has only that many reflectors) and the ``R`` factors are combined up a binary
     tree over the ranks (mpi4py point-to-point; ``log2(p)`` levels, a QR of two
     stacked ``m x m`` factors per level); ``R = U_R Sigma Vh`` (LAPACK on the root);
     ``U_R`` goes back down the tree and ``Psi = M^{-1/2} Q U_R``. Backward stable:
@@ -41,6 +43,32 @@ Methods (table :data:`POD_METHODS`, selected by name)
     costs 3 ``M`` products and 3 small allreduces per column and is BLAS-2 bound:
     expect it to be several times slower than the Householder tree. Columns whose
     residual after the two passes is below ``eps ||s_j||_M`` are dependent and dropped.
+``"rcholqr"``
+    Randomized-preconditioned Cholesky-QR, then SVD of the small factor (Fan, Guo &
+    Lin 2021; Balabanov 2022; Garrison & Ipsen 2024). For ``W = M^{1/2} S`` (Euclidean
+    or diagonal ``M``): a sparse-sign sketch ``Y = Omega W`` (``k = 2m + 8`` rows,
+    ``SKETCH_NNZ = 4`` entries ``+-1/2`` per column of ``Omega``, placed by a hash of the
+    GLOBAL row index, so the sketch does not depend on the partition; local products
+    summed by one allreduce), ``Y = Q_Y R0`` on rank 0; ``Omega`` being a subspace
+    embedding of ``range(W)``, ``Q1 = W R0^{-1}`` (local BLAS trsm) has
+    ``cond(Q1) = O(1)`` (~5 measured) whatever ``cond(W)``, up to ``1/eps``. One
+    Cholesky-QR pass ``Q1^T Q1 = R1^T R1`` (one allreduce) then gives
+    ``W = (Q1 R1^{-1}) (R1 R0)`` with ``Q1 R1^{-1}`` orthonormal to ``~eps cond(Q1)^2``;
+    another pass is made while ``cond(R1) > KAPPA_ONE_PASS``. ``R1 R0 = U_R Sigma Vh``
+    (LAPACK on rank 0) and the modes are ``Q1 (R1^{-1} U_R)`` for the kept columns only
+    (one gemm). Cost ``~3 n m^2`` flops in BLAS-3 (trsm, syrk, gemm) plus a sparse pass
+    over ``W``; backward stable like Householder: ``|sigma_i - sigma_i^exact| <~ eps
+    sigma_1``, and relatively accurate on graded matrices (the sketch, the QR of the
+    sketch and the triangular solves are invariant under column scaling).
+    Rank deficiency: a column whose sketch is dependent on the previous ones
+    (``|r_jj| <= DROP_RTOL ||y_j||`` in the QR of ``Y``) is left out of ``R0``; its
+    coefficients in the final basis are computed exactly and its residual must be
+    below ``RESID_RTOL ||w_j||`` (checked in ``W``, not trusted from the sketch).
+    Safety: if that check fails, a Cholesky breaks down or the passes do not bring
+    ``cond(R1)`` down, the method falls back to Householder TSQR (``info["fallback"]``);
+    this was never seen on the test or benchmark matrices except a deliberately bad
+    sketch. Every replicated decision is taken on rank 0 and broadcast. For a sparse
+    ``M`` there is no ``M^{1/2}`` to sketch: the CGS2 path of ``"tsqr"`` is used.
 ``"slepc"``
     SLEPc's SVD of the row-distributed dense PETSc matrix ``M^{1/2} S`` (Euclidean or
     diagonal ``M`` only). Solver and settings come from the PETSc options database
@@ -63,18 +91,20 @@ both cases). The PETSc options database is read when the SLEPc solver is created
 set options with ``PETSC_OPTIONS`` or ``petsc4py.PETSc.Options()`` (ddrom initializes
 PETSc at import, without ``sys.argv``).
 
-Default method (:data:`DEFAULT_METHOD`) = ``"tsqr"``, chosen by measurement
-(``benchmarks/pod_methods.py``, 2e5 x 200, sigma over 14 decades, rtol 1e-7, best of
-2, on a shared 2-core machine, so +-30 %): at 1 rank, tsqr 2.7 s (4.96x a bare numpy
-Gram+eigh+modes, 0.54 s), every sigma equal to LAPACK's; SLEPc scalapack 9.9 s and
-trlanczos 11.9 s (3.7x and 4.4x tsqr); numpy SVD 4.2 s; the accurate peers pyMOR
-``qr_svd`` 13.8 s and modred direct 3.2 s. At 2 ranks tsqr was again 3.3-4.5x faster
-than both SLEPc solvers. So tsqr is the fastest method that resolves the whole
-spectrum. ``"snapshots"`` ran in 0.59 s (1.08x Gram+eigh, faster than pyMOR's
-method of snapshots, 2.3 s, which re-orthonormalizes by Gram-Schmidt) with sigma off
-by up to 6e-11 sigma_1 (5e-4 relative at sigma ~ 1e-7 sigma_1): pick it when only
-modes above ~1e-7 sigma_1 matter and time does; it is not the default because it
-silently loses everything below ~1e-8 sigma_1.
+Default method (:data:`DEFAULT_METHOD`) = ``"rcholqr"``, chosen by measurement
+(``benchmarks/pod_methods.py``, 2e5 x 200, sigma over 14 decades so cond ~ 1e14, rtol
+1e-7, best of 3 interleaved rounds on a shared 2-core machine at load ~5, see
+benchmarks/README.md): at 1 rank rcholqr 0.81 s = 1.30x a bare numpy Gram + eigh +
+modes (0.62 s) with every kept sigma within 3e-12 (relative) of LAPACK's; tsqr 1.88 s
+(3.0x), SLEPc scalapack / trlanczos 10.0 / 10.2 s; accurate peers numpy SVD 3.6 s,
+modred direct 3.3 s, pyMOR ``qr_svd`` 8.5 s. Shifted Cholesky-QR3 + SVD of R (the
+deterministic alternative) breaks down on that matrix: its shift bounds cond of the
+first factor only down to ~cond(W) sqrt(m n eps) ~ 1e10, too much for the next
+unshifted Cholesky; it needs cond(W) <~ 1/(m n eps) ~ 1e8. tsqr remains available
+(no random sketch, same accuracy) and is rcholqr's fallback. ``"snapshots"`` ran in
+0.63 s (1.0x) with sigma off by up to 3.5e-11 sigma_1 (2.4e-4 relative at sigma ~
+1e-7 sigma_1): pick it when only modes above ~1e-7 sigma_1 matter; it silently loses
+everything below ~1e-8 sigma_1.
 
 Truncation (:func:`truncate`, pyMOR's ``pod`` semantics)
 --------------------------------------------------------
@@ -713,7 +743,7 @@ POD_METHODS: dict[str, Callable] = {
 }
 
 #: Chosen by measurement (benchmarks/pod_methods.py): the fastest accurate method.
-DEFAULT_METHOD = "tsqr"
+DEFAULT_METHOD = "rcholqr"
 
 
 def register_pod_method(name: str, func: Callable) -> None:
@@ -749,7 +779,8 @@ def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
     inner
         :class:`~ddrom.reduction.inner.Euclidean` (default), ``Diagonal`` or ``PetscMatrix``.
     method
-        A key of :data:`POD_METHODS`: ``"tsqr"`` (default), ``"snapshots"``, ``"slepc"``.
+        A key of :data:`POD_METHODS`: ``"rcholqr"`` (default), ``"tsqr"``, ``"snapshots"``,
+        ``"slepc"``.
     rtol, atol, l2_err, modes
         Truncation, see :func:`truncate`.
     orth_tol
