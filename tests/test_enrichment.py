@@ -213,6 +213,12 @@ def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
     assert all(ev["indicator_before"] > TOL for ev in events)
     out = Path(path).parent / "out" / "full"
     assert (out / "enrichment.png").is_file()
+    from ddrom.cli.report import report
+
+    rep = report(str(out), comm)
+    if comm.rank == 0:
+        text = (out / "report" / "report.md").read_text()
+        assert "## Adaptive enrichment" in text and "enrichment.png" in text, rep
     # the enriched ROM file keeps what was learnt: rerun without enrichment, stays on the manifold
     m = load_model(out / "rom_enriched_test_000.h5", comm)
     assert m.n_modes == events[-1]["n_modes"] and m.info["n_enrichments"] == len(events)

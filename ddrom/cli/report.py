@@ -518,6 +518,31 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
     else:
         md += ["No calibration in `summary.json`.", ""]
 
+    # ---- adaptive enrichment
+    enr = summary.get("enrichment")
+    if enr:
+        md += ["## Adaptive enrichment", "",
+               f"The test points were run again with enrichment (indicator tolerance "
+               f"{enr.get('indicator_tolerance'):.3g}, at most {enr.get('max_enrichments')} HF steps per run): "
+               f"{enr.get('n_enrichments')} HF steps in all, {enr.get('enrichment_seconds', 0.0):.2f} s.", ""]
+        plain = {e["name"]: e for e in errors}
+        rows = []
+        for e in enr.get("per_test_parameter", []):
+            p0 = plain.get(e["name"], {})
+            rows.append([e["name"], json.dumps(e.get("params", {})), p0.get("plastic_strain"), e.get("plastic_strain"),
+                         p0.get("displacement"), e.get("displacement"), e.get("n_enrichments"),
+                         ", ".join(str(ev["step"]) for ev in e.get("events", [])), e.get("cost_ratio_to_hf")])
+        md += [_table(["test", "parameters", "error p (ROM)", "error p (enriched)", "error u (ROM)",
+                       "error u (enriched)", "HF steps", "at steps", "cost / HF run"], rows), ""]
+        src = d / "enrichment.png"
+        if src.is_file():
+            tmp = rdir / "enrichment.png.tmp.png"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, rdir / "enrichment.png")
+            md += ["![indicator and true error, plain and enriched ROM](enrichment.png)", "",
+                   "Indicator (dashed) and true relative error of p (solid) per step, plain ROM (blue) and "
+                   "enriched ROM (orange, vertical lines at the HF steps).", ""]
+
     # ---- clusters
     md += ["## Clusters and the a priori criterion", ""]
     crit = d / "cluster_criterion.png"
