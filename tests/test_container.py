@@ -131,4 +131,4 @@ def test_image_runs_tiny_case_on_2_ranks(image, tmp_path):
     assert s["n_modes"] >= 1 and s["rel_error_displacement"] < 1e-8 and s["rel_error_stress"] < 1e-8
     for f in ("hf_training.h5", "hf_test.h5", "rom.h5"):
         assert h5py.is_hdf5(out / "tiny" / f), f
-    assert (out / "tiny" / "online_test_000.npz").stat().st_size > 0
+    assert (out / "tiny" / "online_test_000.h5").stat().st_size > 0

@@ -289,8 +289,10 @@ def test_pipeline_on_slurm(slurm, tmp_path):
         assert len(res) == 1 and res[0]["params"] == {"u_max": u}
         assert res[0]["newton_iterations"] >= 1
     for u in (0.003, 0.007):          # one trajectory per point (named by its values)
-        traj = np.load(out / f"online_param_u_max_{u:g}.npz")
-        assert np.all(np.isfinite(traj["q"])) and json.loads(str(traj["params"]))["u_max"] == u
+        with h5py.File(out / f"online_param_u_max_{u:g}.h5", "r") as traj:
+            assert np.all(np.isfinite(traj["q"][...])) and json.loads(traj.attrs["params"])["u_max"] == u
+        summary = json.loads((out / f"online_param_u_max_{u:g}.json").read_text())
+        assert summary["params"] == {"u_max": u} and summary["n_enrichments"] == 0
 
 
 def test_failing_job_stops_the_pipeline(slurm, tmp_path):

@@ -2,7 +2,7 @@
 
 Reads what ``ddrom run`` (and optionally ``ddrom cluster``) left in a case's output folder:
 ``summary.json``, ``rom.h5``, the snapshot stores (for the mesh node cloud),
-``online_<name>.npz`` and ``cluster_criterion.png``. Writes ``OUTPUT_DIR/report/report.md``
+``online_<name>.h5`` and ``cluster_criterion.png``. Writes ``OUTPUT_DIR/report/report.md``
 with its PNGs next to it, and with ``--format html`` also ``report.html``: the same content as
 one self-contained page (every PNG embedded as a base64 ``data:`` URI, so the file can be
 mailed or archived alone). Every file is written under a temporary name and renamed, so an
@@ -490,10 +490,12 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
                "(residual of the Gappy-POD fit of p at the sample points), against time.", ""]
         for e in errors:
             times = None
-            npz = d / f"online_{e['name']}.npz"
-            if npz.is_file():
-                with np.load(npz) as z:
-                    times = z["times"] if "times" in z else None
+            h5 = d / f"online_{e['name']}.h5"
+            if h5.is_file():
+                import h5py
+
+                with h5py.File(h5, "r") as z:
+                    times = z["times"][...] if "times" in z else None
             png = _plot_test_parameter(e, times, rdir / f"error_{e['name']}.png")
             md += [f"### {e['name']}", "", f"![error over time for {e['name']}]({png})", ""]
     else:

@@ -132,7 +132,7 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
            case=None, fields: bool = False, enrich: bool | None = None, indicator_tol: float | None = None,
            max_enrichments: int | None = None, save_rom: str | None = None, context=None,
            formats: tuple = ("xdmf",)) -> dict[str, Any]:
-    """Run the ROM on the test parameters (or the given ones); results in online_<name>.npz.
+    """Run the ROM on the test parameters (or the given ones); results in online_<name>.h5 + .json.
 
     With ``fields``, the full fields (displacement, cumulated plastic strain, stress) are
     reconstructed in parallel afterwards and written as ``rom_fields.h5`` + XDMF.
@@ -194,14 +194,39 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
                               f"mode(s), +{ev['points_added']}/-{ev['points_removed']} points, "
                               f"{ev['replayed_steps']} steps replayed, {ev['seconds']:.2f} s")
         if as_mpi(comm).rank == 0:
-            out = Path(case.output_dir) / f"online_{name}.npz"
-            np.savez(str(out) + ".tmp.npz", times=res.times, q=res.q, indicator=res.indicator,
-                     p_coeff=res.p_coeff, stress_coeff=res.stress_coeff, dirichlet=res.dirichlet,
-                     params=json.dumps(params), enrichments=json.dumps(res.enrichments))
-            os.replace(str(out) + ".tmp.npz", out)
+            write_online_result(Path(case.output_dir) / f"online_{name}", name, params, res)
     if fields:
         write_fields(case, comm, runs, model, formats=formats)
     return {"runs": runs, "model": model, "enrichment": eopts}
+
+
+def write_online_result(stem: Path, name: str, params: dict, res: Any) -> None:
+    """One online run as ``stem.h5`` (trajectories) and ``stem.json`` (summary, events); rank 0.
+
+    HDF5 datasets: ``times`` (nt,), ``q`` (nt, N) reduced coordinates, ``p_coeff`` (nt, Np)
+    and ``stress_coeff`` (nt, Ns) coefficients in the run's final bases, ``dirichlet``
+    (nt, D) lifting values, ``indicator`` (nt,); attributes ``params`` and ``enrichments``
+    (JSON). Both files are written to temporary names and renamed when complete.
+    """
+    import h5py
+
+    finite = res.indicator[np.isfinite(res.indicator)]
+    summary = {"name": name, "params": params, "steps": int(len(res.times) - 1), "seconds": res.seconds,
+               "newton_iterations": res.newton_iterations, "cutbacks": res.cutbacks, "cluster": res.cluster,
+               "n_modes": int(res.q.shape[1]), "max_indicator": float(finite.max()) if finite.size else None,
+               "n_enrichments": res.n_enrichments, "enrichment_seconds": res.enrichment_seconds,
+               "enrichments": res.enrichments}
+    h5 = Path(str(stem) + ".h5")
+    with h5py.File(str(h5) + ".tmp", "w") as f:
+        for key in ("times", "q", "p_coeff", "stress_coeff", "dirichlet", "indicator"):
+            f.create_dataset(key, data=np.asarray(getattr(res, key), dtype=float))
+        f.attrs["params"] = json.dumps(params)
+        f.attrs["enrichments"] = json.dumps(res.enrichments, default=_json_default)
+    os.replace(str(h5) + ".tmp", h5)
+    js = Path(str(stem) + ".json")
+    with open(str(js) + ".tmp", "w") as f:
+        json.dump(summary, f, indent=2, default=_json_default)
+    os.replace(str(js) + ".tmp", js)
 
 
 def _enrichment_options(case: Any, comm: Any, enrich: bool | None, indicator_tol: float | None,
