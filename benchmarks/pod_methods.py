@@ -217,12 +217,19 @@ def main() -> None:
     ap.add_argument("--max-peer-seconds", type=float, default=120.0)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--prev", default=None,
+                    help="results JSON of a smaller size: peer times for the extrapolated skips")
     args = ap.parse_args()
 
     comm = MPI.COMM_WORLD
     p = comm.size
     results = []
     prev: dict = {}
+    if args.prev:
+        with open(args.prev) as f:
+            for row in json.load(f):
+                if row["ranks"] == 1 and np.isfinite(row["seconds"]):
+                    prev[row["method"]] = (row["seconds"], row["n"], row["m"])
     skip = list(args.skip)
     if p > 1:
         # pyMOR and modred are serial here: modred's array functions refuse to run when

@@ -323,6 +323,26 @@ def test_rcholqr_bad_sketch_falls_back(monkeypatch):
     assert r.info["orth_err"] <= 1e-12
 
 
+@pytest.mark.mpi
+def test_rcholqr_second_pass(monkeypatch):
+    """The extra Cholesky-QR pass (taken when cond(R1) > KAPPA_ONE_PASS; forced here by a
+    threshold of 1.5) is done in place and gives the same answer."""
+    import sys
+
+    from ddrom.reduction import pod as _  # noqa: F401
+    mod = sys.modules["ddrom.reduction.pod"]
+    comm = MPI.COMM_WORLD
+    S, _s = synthetic(2000, 50, decades=14, seed=91)
+    ref = pod(local(S, comm), comm, method="rcholqr", rtol=0.0)
+    monkeypatch.setattr(mod, "KAPPA_ONE_PASS", 1.5)
+    r = pod(local(S, comm), comm, method="rcholqr", rtol=0.0)
+    assert ref.info["passes"] == 1 and r.info["passes"] == 2 and r.info["kappa"][1] < 1.5
+    assert np.max(np.abs(r.sigma_all - ref.sigma_all)) <= 20 * EPS * ref.sigma_all[0]
+    good = ref.sigma >= 1e-6 * ref.sigma[0]
+    assert np.max(np.abs(r.modes_loc[:, good] - ref.modes_loc[:, good]), initial=0) <= 1e-8
+    assert r.info["orth_err"] <= 1e-12
+
+
 def test_sketch_is_partition_invariant():
     """The sketch of a row depends on its global index only: sums of per-block sketches
     equal the one-block sketch to round-off."""

@@ -271,8 +271,9 @@ def validate_snapshots(S_loc: Any, comm: Any, inner: InnerProduct, name: str = "
     n = c.allreduce(n_loc, op=MPI.SUM)
     check_all(c, m > 0 and n > 0, f"POD of {name!r}: empty snapshot block ({n} rows x {m} snapshots)")
     bad = np.zeros(m, dtype=np.float64)
-    if n_loc:
-        bad = (~np.isfinite(S).all(axis=0)).astype(np.float64)
+    ch = _chunk_rows(m)
+    for a in range(0, n_loc, ch):      # by chunks: no n_local x m boolean temporary
+        bad = np.maximum(bad, (~np.isfinite(S[a:a + ch]).all(axis=0)).astype(np.float64))
     bad = allreduce_sum(bad, c)
     cols = np.nonzero(bad)[0]
     check_all(c, cols.size == 0,
@@ -304,6 +305,22 @@ def _trsm_right(A: np.ndarray, R: np.ndarray, overwrite: bool = False) -> np.nda
     X = blas.dtrsm(1.0, np.asfortranarray(R), A.T, side=0, lower=0, trans_a=1,
                    overwrite_b=int(overwrite))
     return X.T
+
+
+def _chunk_rows(m: int) -> int:
+    """Rows per chunk of ~8 MB (temporaries of row-wise checks stay small)."""
+    return max(256, (8 << 20) // (8 * max(int(m), 1)))
+
+
+def _sign_fix(vh: np.ndarray) -> np.ndarray:
+    """Signs making the largest ``|entry|`` of each right singular vector positive."""
+    N = vh.shape[0]
+    if N == 0:
+        return np.ones(0)
+    idx = np.argmax(np.abs(vh), axis=1)
+    sgn = np.sign(vh[np.arange(N), idx])
+    sgn[sgn == 0] = 1.0
+    return sgn
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -603,10 +620,11 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
     #    embedding), then Cholesky-QR passes Q <- Q R^{-1}, G = Q^T Q = R^T R; the last R
     #    is not applied to Q but folded into the small factor of the modes.
     Q = _trsm_right(W if D.size == 0 else W[:, K], RK)
+    G = Q.T @ Q
     T = RK.copy()              # W_K = (Q R_pend^{-1}) T, T upper triangular
     R_pend = np.eye(r)
     for _ in range(MAX_CHOL_PASSES):
-        G = allreduce_sum(Q.T @ Q, c)
+        G = allreduce_sum(G, c)
         step = None
         if c.rank == 0:
             try:
@@ -624,6 +642,7 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
             R_pend = Rc
             break
         Q = _trsm_right(Q, Rc, overwrite=True)
+        G = Q.T @ Q
     else:
         return None
     info["passes"] = len(info["kappa"])
@@ -652,8 +671,11 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
         s_all = np.zeros(kmax)
         s_all[:min(sr.size, kmax)] = sr[:kmax]
         N = min(select(s_all), sr.size)
-        Z = sla.solve_triangular(R_pend, Ur[:, :N], lower=False) if N else np.zeros((r, 0))
-        payload = (s_all, Vh[:N].copy(), Z, N)
+        # pod()'s sign rule applied here, on the small factors, so that pod() does not
+        # have to copy the modes to flip them.
+        sgn = _sign_fix(Vh[:N])
+        Z = sla.solve_triangular(R_pend, Ur[:, :N] * sgn, lower=False) if N else np.zeros((r, 0))
+        payload = (s_all, Vh[:N] * sgn[:, None], Z, N)
     else:
         payload = None
     s_all, Vh, Z, N = c.bcast(payload, root=0)
@@ -811,10 +833,8 @@ def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
     Psi, orth_err, passes = reorthonormalize(Psi, inner, c, orth_tol, n_global=n)
     # Deterministic signs, independent of the partition: the largest |entry| of each
     # right singular vector (replicated) is made positive.
-    if N:
-        idx = np.argmax(np.abs(vh), axis=1)
-        sgn = np.sign(vh[np.arange(N), idx])
-        sgn[sgn == 0] = 1.0
+    sgn = _sign_fix(vh)
+    if np.any(sgn < 0):
         Psi = Psi * sgn
         vh = vh * sgn[:, None]
     info.update(orth_err=orth_err, reorth_passes=passes,
