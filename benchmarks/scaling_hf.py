@@ -109,7 +109,8 @@ def best(results: dict, ranks: int, n: int) -> tuple[dict, dict]:
 def report(results: dict) -> str:
     ranks = list(dict.fromkeys(run["launch"]["ranks"] for run in results["runs"]))
     out = [f"HF Newton scaling (Chaboche J2+AF, {results['steps']} load step(s), GMRES + GAMG); "
-           f"seconds per Newton iteration, max over ranks, best of {results['repeat']} launch(es); "
+           f"seconds per Newton iteration, max over ranks, best of {results['repeat']} launch(es)"
+           + (f" from {len(results['merged'])} runs of the benchmark" if results.get("merged") else "") + "; "
            f"{results['meta']['cores']} cores, P* = oversubscribed; load = 1-min load average "
            "before->after the launch"]
     strong = [best(results, p, results["strong_n"]) for p in ranks]
@@ -138,11 +139,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=2,
                     help="sweeps over the rank counts; the tables keep the fastest launch per (P, n)")
     ap.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="no run: print the tables of the launches of earlier --json files together "
+                         "(fastest launch per (P, n) over all of them; same sizes and steps required)")
     ap.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", type=int, nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args.worker, args.sizes, args.steps)
+        return
+    if args.merge:
+        parts = [json.load(open(p)) for p in args.merge]
+        key = [(r["steps"], r["strong_n"], r["weak_n1"]) for r in parts]
+        if len(set(key)) != 1:
+            sys.exit(f"--merge: the files measured different problems (steps, strong n, weak n1): {key}")
+        results = dict(parts[0], runs=[run for r in parts for run in r["runs"]], merged=list(args.merge),
+                       repeat=sum(r["repeat"] for r in parts))
+        results["table"] = report(results)
+        print(results["table"])
+        sc.write_json(args.json, results)
         return
     results = {"benchmark": "scaling_hf", "meta": sc.meta(), "steps": args.steps, "repeat": args.repeat,
                "strong_n": args.strong_n, "weak_n1": args.weak_n1, "runs": []}
@@ -156,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             run = sc.launch(os.path.abspath(__file__), p, ["--sizes", *sizes, "--steps", args.steps])
             run["launch"]["sweep"] = rep
             results["runs"].append(run)
+            sc.write_json(args.json, results)     # partial results survive an interrupted sweep
     results["meta"]["load_end"] = sc.loadavg()
     text = report(results)
     results["table"] = text
