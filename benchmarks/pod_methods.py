@@ -35,7 +35,8 @@ svd(S, compute_uv=False)``: a QR of a copy of S, then the SVD of R; 2 copies).
 Columns: time (best of ``--repeat``, max over ranks), ratio to Gram+eigh, number of
 modes kept (rtol = ``--rtol`` for everyone, pyMOR's default 1e-7), ``rel_err`` = max
 relative error of the kept singular values vs the reference, ``abs_err`` = max absolute
-error / sigma_1, note (skip reason, variant, fallback).
+error / sigma_1, ``orth_err`` = max|Psi^T Psi - I| of the modes returned (measured after
+the timed call, first round), note (skip reason, variant, fallback).
 """
 from __future__ import annotations
 
@@ -114,8 +115,8 @@ def gram_eigh(S, rtol):
     lam, V = lam[::-1], V[:, ::-1]
     s = np.sqrt(np.clip(lam, 0, None))
     N = int(np.count_nonzero(s >= rtol * s[0]))
-    S @ (V[:, :N] / s[:N])
-    return s[:N]
+    U = S @ (V[:, :N] / s[:N])
+    return s[:N], U
 
 
 def shifted_cholqr3(S, rtol):
@@ -144,8 +145,7 @@ def shifted_cholqr3(S, rtol):
         Q = trsm(Q, Rk, True)
     Ur, s, _ = np.linalg.svd(R)
     N = int(np.count_nonzero(s >= rtol * s[0]))
-    Q @ Ur[:, :N]
-    return s[:N]
+    return s[:N], Q @ Ur[:, :N]
 
 
 def peer_jobs(S, rtol, skip, mem_gb, max_seconds, prev):
@@ -170,7 +170,8 @@ def peer_jobs(S, rtol, skip, mem_gb, max_seconds, prev):
 
     add("numpy Gram+eigh+modes", 1.5, lambda: gram_eigh(S, rtol))
     if "svd" not in skip:
-        add("numpy SVD (gesdd, vectors)", 4, lambda: np.linalg.svd(S, full_matrices=False)[1])
+        add("numpy SVD (gesdd, vectors)", 4,
+            lambda: np.linalg.svd(S, full_matrices=False)[1::-1])
     add("numpy shifted CholQR3 + SVD(R)", 2.5, lambda: shifted_cholqr3(S, rtol))
     if "pymor" not in skip:
         try:
@@ -180,10 +181,11 @@ def peer_jobs(S, rtol, skip, mem_gb, max_seconds, prev):
 
             set_log_levels({"pymor": "WARN"})
             va = NumpyVectorSpace.from_numpy(S)          # no copy (columns = snapshots)
-            add("pymor pod method_of_snapshots", 1.5,
-                lambda: ppod(va, rtol=rtol, method="method_of_snapshots")[1])
-            add("pymor pod qr_svd", 2.5, lambda: ppod(va, rtol=rtol, method="qr_svd")[1],
-                extrapolate=True)
+            def pm(meth):
+                modes, sv = ppod(va, rtol=rtol, method=meth)
+                return sv, modes.to_numpy()
+            add("pymor pod method_of_snapshots", 1.5, lambda: pm("method_of_snapshots"))
+            add("pymor pod qr_svd", 2.5, lambda: pm("qr_svd"), extrapolate=True)
         except ImportError as exc:
             print(f"# pymor not available: {exc}")
     if "modred" not in skip:
@@ -192,7 +194,7 @@ def peer_jobs(S, rtol, skip, mem_gb, max_seconds, prev):
 
             def mr(f):
                 r = f(S, atol=0.0, rtol=rtol ** 2)
-                return np.sqrt(np.clip(r.eigvals, 0, None))
+                return np.sqrt(np.clip(r.eigvals, 0, None)), r.modes
             # np.array(vecs) copy + modes (+ the SVD's U and work for the direct method)
             add("modred POD snaps", 2.5, lambda: mr(modred.compute_POD_arrays_snaps_method))
             add("modred POD direct", 5, lambda: mr(modred.compute_POD_arrays_direct_method))
@@ -259,6 +261,7 @@ def main() -> None:
                           if comm.rank == 0 else None, root=0)
         del mine
         table = {name: [np.inf, None, note] for name, _, note in jobs}
+        orth: dict = {}
         methods = args.methods if n * m * m <= args.big else args.big_methods
         for meth in args.methods:
             if meth not in methods:
@@ -273,7 +276,10 @@ def main() -> None:
                 # Only rank 0 knows whether a peer failed before: every rank waits anyway.
                 if comm.rank == 0 and not table[name][2].startswith("failed"):
                     try:
-                        t, sv = timed(peer_fn[name], 1)
+                        t, (sv, U) = timed(peer_fn[name], 1)
+                        if name not in orth:     # outside the timing; then drop the modes
+                            orth[name] = float(np.max(np.abs(U.T @ U - np.eye(U.shape[1]))))
+                        del U
                         if t < table[name][0]:
                             table[name][:2] = [t, sv]
                         prev[name] = (table[name][0], n, m)
@@ -294,6 +300,7 @@ def main() -> None:
                                          else f":{r.info['svd_type']}")
                 if key not in table:
                     table[key] = [np.inf, None, note]
+                orth[key] = r.info["orth_err"]
                 if t < table[key][0]:
                     table[key][:3] = [t, r.sigma, note]
                 del r
@@ -307,7 +314,7 @@ def main() -> None:
             print(f"\n# POD of {n} x {m} (sigma over {args.decades:g} decades, rtol {args.rtol:g}), "
                   f"ddrom on {p} rank(s), peers on 1; load average {load0:.1f} -> {load1:.1f}")
             print(f"{'method':34s} {'time [s]':>9s} {'/Gram+eigh':>10s} {'N':>4s} "
-                  f"{'rel_err':>9s} {'abs_err/s1':>10s}  note")
+                  f"{'rel_err':>9s} {'abs_err/s1':>10s} {'orth_err':>9s}  note")
             for name, (t, s, note) in table.items():
                 if s is not None and ref is not None:
                     s = np.asarray(s)
@@ -318,10 +325,12 @@ def main() -> None:
                 else:
                     rel = ab = float("nan")
                     nm = 0
-                print(f"{name:34s} {t:9.3f} {t / base:10.2f} {nm:4d} {rel:9.1e} {ab:10.1e}  {note}")
+                oe = orth.get(name, float("nan"))
+                print(f"{name:34s} {t:9.3f} {t / base:10.2f} {nm:4d} {rel:9.1e} {ab:10.1e} "
+                      f"{oe:9.1e}  {note}")
                 results.append(dict(method=name, ranks=p if name.startswith("ddrom") else 1,
                                     mpi_size=p, n=n, m=m, seconds=t, ratio_gram_eigh=t / base,
-                                    n_modes=nm, rel_err=rel, abs_err=ab, note=note,
+                                    n_modes=nm, rel_err=rel, abs_err=ab, orth_err=oe, note=note,
                                     load_before=load0, load_after=load1))
         del S_loc
     if comm.rank == 0 and args.json:

@@ -323,6 +323,28 @@ def _sign_fix(vh: np.ndarray) -> np.ndarray:
     return sgn
 
 
+_POOL: list = []
+
+
+def _single_thread():
+    """Context limiting BLAS/LAPACK to one thread, for the small replicated factorizations.
+
+    On m x m matrices (m = a few hundred) a multi-threaded OpenBLAS call waits for its
+    other threads at every step; on a loaded machine a descheduled thread made a QR or
+    an SVD of 200 x 200 take 0.1-0.3 s instead of a few ms (measured). threadpoolctl is
+    optional: without it, a no-op.
+    """
+    from contextlib import nullcontext
+
+    if not _POOL:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _POOL.append(ThreadpoolController())
+        except Exception:  # pragma: no cover - threadpoolctl absent
+            _POOL.append(None)
+    return _POOL[0].limit(limits=1, user_api="blas") if _POOL[0] is not None else nullcontext()
+
+
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finalizer (uint64 -> uint64, wrapping arithmetic): a fast counter hash."""
     x = x + np.uint64(0x9E3779B97F4A7C15)
@@ -604,11 +626,12 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
     Y = allreduce_sum(sparse_sign_sketch(W, offset, k, SKETCH_NNZ), c)
     plan = None
     if c.rank == 0:
-        ynorm = np.linalg.norm(Y, axis=0)
-        R0 = np.linalg.qr(Y, mode="r")
-        keep = (np.abs(np.diag(R0)) > DROP_RTOL * ynorm) & (ynorm > 0)
-        if not keep.all():
-            R0 = np.linalg.qr(Y[:, keep], mode="r") if keep.any() else np.zeros((0, 0))
+        with _single_thread():
+            ynorm = np.linalg.norm(Y, axis=0)
+            R0 = np.linalg.qr(Y, mode="r")
+            keep = (np.abs(np.diag(R0)) > DROP_RTOL * ynorm) & (ynorm > 0)
+            if not keep.all():
+                R0 = np.linalg.qr(Y[:, keep], mode="r") if keep.any() else np.zeros((0, 0))
         plan = (keep, np.triu(R0))
     keep, RK = c.bcast(plan, root=0)
     K = np.nonzero(keep)[0]
@@ -627,12 +650,15 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
         G = allreduce_sum(G, c)
         step = None
         if c.rank == 0:
-            try:
-                Rc = np.linalg.cholesky(0.5 * (G + G.T)).T
-                kap = float(np.linalg.cond(Rc)) if r else 1.0
-                step = (Rc, kap)
-            except np.linalg.LinAlgError:
-                step = (None, np.inf)
+            with _single_thread():
+                try:
+                    Gs = 0.5 * (G + G.T)
+                    Rc = np.linalg.cholesky(Gs).T
+                    lam = np.linalg.eigvalsh(Gs) if r else np.ones(1)   # cond(Rc)^2 = cond(G)
+                    kap = float(np.sqrt(lam[-1] / lam[0])) if lam[0] > 0 else np.inf
+                    step = (Rc, kap)
+                except np.linalg.LinAlgError:
+                    step = (None, np.inf)
         Rc, kap = c.bcast(step, root=0)
         info["kappa"].append(kap)
         if Rc is None:
@@ -664,17 +690,19 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
     # 4. SVD of the small factor on rank 0; modes U = Qf Ur = Q (R_pend^{-1} Ur).
     kmax = min(n_global, m)
     if c.rank == 0:
-        if r:
-            Ur, sr, Vh = np.linalg.svd(Rfull, full_matrices=False)
-        else:
-            Ur, sr, Vh = np.zeros((0, 0)), np.zeros(0), np.zeros((0, m))
-        s_all = np.zeros(kmax)
-        s_all[:min(sr.size, kmax)] = sr[:kmax]
-        N = min(select(s_all), sr.size)
-        # pod()'s sign rule applied here, on the small factors, so that pod() does not
-        # have to copy the modes to flip them.
-        sgn = _sign_fix(Vh[:N])
-        Z = sla.solve_triangular(R_pend, Ur[:, :N] * sgn, lower=False) if N else np.zeros((r, 0))
+        with _single_thread():
+            if r:
+                Ur, sr, Vh = np.linalg.svd(Rfull, full_matrices=False)
+            else:
+                Ur, sr, Vh = np.zeros((0, 0)), np.zeros(0), np.zeros((0, m))
+            s_all = np.zeros(kmax)
+            s_all[:min(sr.size, kmax)] = sr[:kmax]
+            N = min(select(s_all), sr.size)
+            # pod()'s sign rule applied here, on the small factors, so that pod() does not
+            # have to copy the modes to flip them.
+            sgn = _sign_fix(Vh[:N])
+            Z = (sla.solve_triangular(R_pend, Ur[:, :N] * sgn, lower=False) if N
+                 else np.zeros((r, 0)))
         payload = (s_all, Vh[:N] * sgn[:, None], Z, N)
     else:
         payload = None
