@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         key = [(r["steps"], r["strong_n"], r["weak_n1"]) for r in parts]
         if len(set(key)) != 1:
             sys.exit(f"--merge: the files measured different problems (steps, strong n, weak n1): {key}")
-        results = dict(parts[0], runs=[run for r in parts for run in r["runs"]], merged=list(args.merge),
+        results = dict(parts[0], runs=[run for r in parts for run in r["runs"]],
+                       merged=[{"file": os.path.basename(f), "date": r["meta"]["date"]}
+                               for f, r in zip(args.merge, parts)],
                        repeat=sum(r["repeat"] for r in parts))
         results["table"] = report(results)
         print(results["table"])

@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         key = [(r["m"], r["strong_n"], r["weak_nloc"]) for r in parts]
         if len(set(key)) != 1:
             sys.exit(f"--merge: the files measured different problems (m, strong n, weak n/rank): {key}")
-        results = dict(parts[0], runs=[run for r in parts for run in r["runs"]], merged=list(args.merge))
+        results = dict(parts[0], runs=[run for r in parts for run in r["runs"]],
+                       merged=[{"file": os.path.basename(f), "date": r["meta"]["date"]}
+                               for f, r in zip(args.merge, parts)])
         results["methods"] = [m for m in parts[0]["methods"] if all(m in r["methods"] for r in parts)]
         results["table"] = report(results)
         print(results["table"])
