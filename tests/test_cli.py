@@ -264,3 +264,40 @@ def test_json_progress_and_summaries_of_every_command(tmp_path, np_):
     assert rep["format"] == "html" and rep["report"] == rep["html"] == str(out / "report" / "report.html")
     assert rep["markdown"] == str(out / "report" / "report.md") and Path(rep["html"]).is_file()
     assert str(out / "report" / "speedup.png") in rep["pngs"] and rep["wall_seconds"] > 0
+
+
+@pytest.mark.mpi
+def test_stage_printer_rank0_lines_and_max_over_ranks():
+    """StagePrinter: rank 0 alone prints the chosen stages; the recorded times reduce to the max
+    over ranks (uneven per rank); the listener is removed even when the body raises."""
+    import io
+
+    from mpi4py import MPI
+
+    from ddrom.parallel import StagePrinter, Timers
+
+    comm = MPI.COMM_WORLD
+    out = io.StringIO()
+    t = Timers()
+    with StagePrinter(comm, "test", stages=["shown"], stream=out) as sp:
+        with t("shown"):
+            pass
+        with t("hidden"):
+            pass
+        sp.stage_end("uneven", 1.0 + comm.rank)     # as if this rank had spent rank+1 seconds
+    lines = out.getvalue().splitlines()
+    if comm.rank == 0:
+        assert lines[0] == "[test] shown ..." and re.fullmatch(r"\[test\] shown done in \d+\.\d\d s "
+                                                                r"\(elapsed \d+\.\d s\)", lines[1])
+        assert len(lines) == 2
+    else:
+        assert lines == []
+    summary = sp.timers.summary(comm)
+    assert set(summary) == {"shown", "hidden", "uneven"}
+    assert summary["uneven"] == {"seconds": float(comm.size), "calls": 1}
+    assert Timers.listeners == []
+    with pytest.raises(ZeroDivisionError):
+        with StagePrinter(comm, "test", quiet=True):
+            with t("x"):
+                1 / 0
+    assert Timers.listeners == []
