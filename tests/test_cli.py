@@ -40,6 +40,8 @@ def test_version_and_info():
     assert info["ranks"] == 3 and info["h5py_parallel"] is True
     assert info["petsc"].startswith("3.") and info["slepc"]
     assert info["petsc_external_packages"]["ptscotch"] is True
+    r = run(1, "info", "--quiet")                 # every command takes --quiet, even the quick ones
+    assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr
 
 
 def _read_u(path: Path) -> np.ndarray:

@@ -100,6 +100,7 @@ ONLINE_STAGES = ("mesh", "enrichment_replay", "enrichment_hf_step", "enrichment_
 # ------------------------------------------------------------------------ info
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="write as JSON to PATH ('-' for stdout)")
+    p.add_argument("--quiet", action="store_true", help="no text output (with --json PATH: only the file)")
 
 
 def _info_run(args: Any, comm: Any) -> int:
@@ -108,7 +109,7 @@ def _info_run(args: Any, comm: Any) -> int:
     info = collect(comm)
     if args.json:
         _emit_json(args, comm, info)
-    else:
+    elif not args.quiet:
         rank0_print(comm, format_info(info))
     return 0
 
