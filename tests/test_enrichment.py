@@ -206,6 +206,8 @@ def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
     s = run(path, comm, quiet=True)
     e = s["enrichment"]
     assert s["n_enrichments"] == e["n_enrichments"] >= 1 and s["enrichment_seconds"] > 0
+    # every stage's time goes to summary.json, the enrichment stages included
+    assert {"solve", "ecm", "enrichment_hf_step", "enrichment_replay"} <= set(s["timers"]), sorted(s["timers"])
     assert s["rel_error_plastic_strain"] > 0.1                       # plain ROM: off its training
     assert e["rel_error_plastic_strain"] < 1e-2 * s["rel_error_plastic_strain"]
     assert e["rel_error_displacement"] < 1e-3

@@ -359,9 +359,13 @@ def _import_run(args: Any, comm: Any) -> int:
             raise CollectiveError("--name names one simulation: use a 'name' column of the table instead")
         jobs = jobs_from_table(args.table, comm) if args.table else jobs_from_pattern(args.pattern, comm)
         jobs = [ImportJob(j.series, {**fixed, **j.params}, j.name) for j in jobs]
-    _emit_json(args, comm, import_many(args.case, comm, jobs, field=args.field, finalize=args.finalize,
-                                       coord_rtol=args.coord_rtol, node_order=args.node_order,
-                                       stress_field=args.stress_field, quiet=args.quiet))
+    t0 = time.perf_counter()
+    with _output(args), _stage_printer(args, comm, "import", ("mesh",)) as stages:
+        summary = import_many(args.case, comm, jobs, field=args.field, finalize=args.finalize,
+                              coord_rtol=args.coord_rtol, node_order=args.node_order,
+                              stress_field=args.stress_field, quiet=args.quiet)
+    summary = dict(summary, timers=stages.timers.summary(comm), wall_seconds=_wall(comm, t0))
+    _emit_json(args, comm, summary)
     return 0
 
 

@@ -386,10 +386,18 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
     The indicator is calibrated on the plain ROM runs; with ``[rom.enrichment] enabled``
     the test parameters are then run again with enrichment and compared too.
     """
+    from ddrom.parallel.stages import StagePrinter
+
+    case = load_case_collectively(case_path, comm)
+    # every stage timed anywhere below (HF, offline, online, enrichment), for summary.json
+    with StagePrinter(comm, "run", quiet=True) as stages:
+        return _run(case_path, comm, quiet, case, stages)
+
+
+def _run(case_path: str, comm: Any, quiet: bool, case: Any, stages: Any) -> dict[str, Any]:
     from ddrom.io.store import SnapshotStore
 
     c = as_mpi(comm)
-    case = load_case_collectively(case_path, comm)
     timers = Timers()
     context = _hf_context(case, comm, timers)
     dm, solver = context
@@ -441,6 +449,7 @@ def run(case_path: str, comm: Any, quiet: bool = False) -> dict[str, Any]:
         "enrichment_seconds": enrichment["enrichment_seconds"] if enrichment else 0.0,
         "enrichment": enrichment,
         "mesh": dm.summary(),
+        "timers": stages.timers.summary(comm),
     }
     if c.rank == 0:
         out = Path(case.output_dir) / "summary.json"
