@@ -164,6 +164,10 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
     if eopts is not None:
         dm, solver = context or _hf_context(case, comm, timers)
     runs = []
+    from ddrom.parallel import Progress
+
+    # a bar over the parameter points (ETA for job arrays of many points), rank 0, stderr
+    bar = Progress(comm, total=len(points), desc="ROM runs", quiet=quiet or len(points) < 2, unit="run")
     for name, params in points:
         cl = pick(params) if pick else None
         m = model if cl is None else load_model(rom_path(case), comm, local=cl)
@@ -183,6 +187,7 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
             _save_enriched(case, comm, res, enricher, Path(save_rom) if save_rom else
                            Path(case.output_dir) / f"rom_enriched_{name}.h5", params)
         runs.append((name, params, res))
+        bar.update(1, enrichments=sum(r.n_enrichments for _, _, r in runs))
         extra = (f", {res.n_enrichments} enrichments ({res.enrichment_seconds:.2f} s, {res.model.n_modes} modes)"
                  if enricher is not None else "")
         rank0_print(comm, f"  ROM {name} {params}: {res.seconds * 1e3:.1f} ms, {len(res.times) - 1} steps, "
@@ -195,6 +200,7 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
                               f"{ev['replayed_steps']} steps replayed, {ev['seconds']:.2f} s")
         if as_mpi(comm).rank == 0:
             write_online_result(Path(case.output_dir) / f"online_{name}", name, params, res)
+    bar.close()
     if fields:
         write_fields(case, comm, runs, model, formats=formats)
     return {"runs": runs, "model": model, "enrichment": eopts}
