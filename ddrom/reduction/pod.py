@@ -92,19 +92,20 @@ set options with ``PETSC_OPTIONS`` or ``petsc4py.PETSc.Options()`` (ddrom initia
 PETSc at import, without ``sys.argv``).
 
 Default method (:data:`DEFAULT_METHOD`) = ``"rcholqr"``, chosen by measurement
-(``benchmarks/pod_methods.py``, 2e5 x 200, sigma over 14 decades so cond ~ 1e14, rtol
-1e-7, best of 3 interleaved rounds on a shared 2-core machine at load ~5, see
-benchmarks/README.md): at 1 rank rcholqr 0.81 s = 1.30x a bare numpy Gram + eigh +
-modes (0.62 s) with every kept sigma within 3e-12 (relative) of LAPACK's; tsqr 1.88 s
-(3.0x), SLEPc scalapack / trlanczos 10.0 / 10.2 s; accurate peers numpy SVD 3.6 s,
-modred direct 3.3 s, pyMOR ``qr_svd`` 8.5 s. Shifted Cholesky-QR3 + SVD of R (the
-deterministic alternative) breaks down on that matrix: its shift bounds cond of the
-first factor only down to ~cond(W) sqrt(m n eps) ~ 1e10, too much for the next
-unshifted Cholesky; it needs cond(W) <~ 1/(m n eps) ~ 1e8. tsqr remains available
-(no random sketch, same accuracy) and is rcholqr's fallback. ``"snapshots"`` ran in
-0.63 s (1.0x) with sigma off by up to 3.5e-11 sigma_1 (2.4e-4 relative at sigma ~
-1e-7 sigma_1): pick it when only modes above ~1e-7 sigma_1 matter; it silently loses
-everything below ~1e-8 sigma_1.
+(``benchmarks/pod_methods.py``, sigma over 14 decades so cond ~ 1e14, rtol 1e-7, best of
+interleaved rounds; numbers and loads in benchmarks/README.md). 2e5 x 200, 1 rank, quiet
+machine: rcholqr 0.68 s = 2.5x a bare numpy Gram + eigh + modes (0.27 s, which resolves
+nothing below ~1e-8 sigma_1 and returns modes orthogonal to 1e-2 only), kept sigma within
+5e-12 (relative) of LAPACK's; tsqr 1.87 s (6.9x); numpy SVD 1.55 s, modred direct 2.5 s,
+pyMOR ``qr_svd`` 8.2 s; SLEPc scalapack / trlanczos ~10 s (loaded). 1e6 x 500: rcholqr
+1.2x-2.9x the baseline depending on the load, tsqr 2.6-3.7x (under load). Shifted
+Cholesky-QR3 + SVD of R (the deterministic alternative) breaks down on that matrix: its
+shift brings cond down only by ~sqrt(m n eps) per pass, so it needs cond(W) <~ 1/(m n
+eps) ~ 1e8. tsqr remains available (no random sketch, same accuracy) and is rcholqr's
+fallback. ``"snapshots"`` ran in 0.51 s (1.9x, with its Cholesky-QR re-orthonormalization)
+with sigma off by up to 3.5e-11 sigma_1 (2.4e-4 relative at sigma ~ 1e-7 sigma_1): pick
+it when only modes above ~1e-7 sigma_1 matter; it silently loses everything below ~1e-8
+sigma_1.
 
 Truncation (:func:`truncate`, pyMOR's ``pod`` semantics)
 --------------------------------------------------------
