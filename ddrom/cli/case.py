@@ -590,7 +590,7 @@ SCHEMA = Table({
         "ecm_tol": Key(Num(gt=0, lt=1), 1e-4),
         "dual_pod_tol": Key(Num(gt=0, lt=1), 1e-4),
         "stress_tol": Key(Num(gt=0, lt=1), 1e-5),
-        "pod_method": Key(Str(choices=("tsqr", "snapshots", "slepc", "streaming"))),
+        "pod_method": Key(Str(choices=("rcholqr", "tsqr", "snapshots", "slepc", "streaming"))),
         "stream_during_hf": Key(Bool(), False),
         "n_clusters": Key(Int(ge=1), 1),
         "classifier": Key(Str(choices=("nearest_medoid", "knn")), "nearest_medoid"),
