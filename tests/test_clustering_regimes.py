@@ -67,12 +67,6 @@ def _benchmark():
     return mod
 
 
-@pytest.fixture
-def shared_tmp(tmp_path):
-    comm = MPI.COMM_WORLD
-    return Path(comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0))
-
-
 @pytest.mark.mpi
 def test_angle_local_bases_beat_euclidean_kmeans_on_load_direction(shared_tmp):
     comm = MPI.COMM_WORLD

@@ -93,12 +93,6 @@ def _case(tmp: Path, comm, name: str, enabled: bool = True, max_enrichments: int
     return str(path)
 
 
-@pytest.fixture
-def shared_tmp(tmp_path):
-    comm = MPI.COMM_WORLD
-    return Path(comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0))
-
-
 def _all(comm, ok: bool) -> bool:
     return comm.allreduce(bool(ok), op=MPI.LAND)
 

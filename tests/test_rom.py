@@ -72,12 +72,6 @@ def _case(tmp: Path, comm, name: str, material: str, sx=40.0, sz=2.0, pod_tol=1e
     return str(path)
 
 
-@pytest.fixture
-def shared_tmp(tmp_path):
-    comm = MPI.COMM_WORLD
-    return Path(comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0))
-
-
 @pytest.mark.mpi
 def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
     """Linear case: every snapshot is a combination of the load's two time patterns, so a
