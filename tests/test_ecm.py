@@ -278,11 +278,16 @@ def run_variants(make, **kw):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("case", ["random", "gauss"])
+@pytest.mark.parametrize("case", ["random", "gauss", "duplicated"])
 def test_ecm_partition_invariance(case):
     if case == "random":
         def make():
             return smooth_random(300, 12, seed=4)
+    elif case == "duplicated":
+        # 12 exact copies of every point: exact ties, broken by the smallest global id
+        def make():
+            A, w, gid = smooth_random(25, 6, seed=7)
+            return np.tile(A, (12, 1)), np.tile(w, 12), np.arange(12 * len(gid), dtype=np.int64)
     else:
         def make():
             X, w, gid = gauss_cube(cells=2, nq1=3)
@@ -299,6 +304,28 @@ def test_ecm_partition_invariance(case):
     # bitwise in fact (reproducible sums + position-independent scores)
     for label, res in out.items():
         assert np.array_equal(res.weights, ref.weights), label
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("sent", [0, 1])
+def test_ecm_argmax_fallback_gives_the_same_points(monkeypatch, sent):
+    """The argmax allgather carries 8 near-ties per rank; with fewer (0: the fallback
+    reductions always decide, 1: whenever a rank has several), the points are the same."""
+    import sys
+
+    ecm_mod = sys.modules["ddrom.reduction.ecm"]       # (the package re-exports the function)
+
+    A, w, gid = smooth_random(300, 12, seed=4)
+    A = np.vstack([A, A[:40]])                       # exact duplicates: many near-ties
+    w = np.concatenate([w, w[:40]])
+    gid = np.concatenate([gid, 10 * 300 + np.arange(40, dtype=np.int64)])
+    A_l, w_l, g_l = split(COMM, A, w, gid)
+    ref = ecm(A_l, w_l, g_l, COMM, tol=1e-9)
+    monkeypatch.setattr(ecm_mod, "_TIES_SENT", sent)
+    res = ecm(A_l, w_l, g_l, COMM, tol=1e-9)
+    assert np.array_equal(res.point_gids, ref.point_gids)
+    assert np.array_equal(res.selection_history, ref.selection_history)
+    assert np.array_equal(res.weights, ref.weights)
 
 
 @pytest.mark.mpi
