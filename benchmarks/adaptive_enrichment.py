@@ -36,8 +36,13 @@ def main() -> None:
     ap.add_argument("--case", default=str(Path(__file__).resolve().parents[1] / "cases" / "adaptive.toml"))
     ap.add_argument("--tol", type=float, action="append", default=[],
                     help="indicator tolerance to try besides the calibrated one (repeatable)")
+    ap.add_argument("--refine", type=int, default=1, metavar="R",
+                    help="multiply n_around, n_radial, n_thick of the case's plate_with_hole mesh by R "
+                         "(the variant is written to benchmarks/results/adaptive_r<R>/)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
+    if args.refine > 1:
+        args.case = _refined_case(args.case, args.refine)
 
     from ddrom.cli.build import load_case_collectively
     from ddrom.cli.pipeline import hf_sweep, store_path
@@ -114,6 +119,23 @@ def main() -> None:
                 json.dump(results, f, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
             os.replace(tmp, args.json)
     rank0_print(comm, "")
+
+
+def _refined_case(path: str, r: int) -> str:
+    """The case with an r-times finer mesh, written (rank 0) next to the benchmark results."""
+    import re
+
+    out = Path(__file__).resolve().parent / "results" / f"adaptive_r{r}"
+    dst = out / Path(path).name
+    if MPI.COMM_WORLD.rank == 0:
+        text = Path(path).read_text()
+        for key in ("n_around", "n_radial", "n_thick"):
+            text = re.sub(rf"({key} = )(\d+)", lambda m: f"{m.group(1)}{int(m.group(2)) * r}", text, count=1)
+        text = re.sub(r'^# output = .*$|^output = .*$', 'output = "out"', text, flags=re.M)
+        out.mkdir(parents=True, exist_ok=True)
+        dst.write_text(text)
+    MPI.COMM_WORLD.Barrier()
+    return str(dst)
 
 
 if __name__ == "__main__":
