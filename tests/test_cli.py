@@ -51,6 +51,14 @@ def _read_u(path: Path) -> np.ndarray:
         return np.stack([f[f"simulations/{n}/displacement"][...] for n in sorted(f["simulations"])])
 
 
+def test_hf_stream_pod_flag(tmp_path):
+    """`ddrom hf --stream-pod` feeds the streaming POD during the sweep (the case key is off)."""
+    case = write_case(tmp_path, TINY)
+    r = run(1, "hf", str(case), "--stream-pod", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "tiny" / "hf_training.pod_stream.h5").is_file()
+
+
 @pytest.mark.parametrize("np_", [1, 3])
 def test_hf_sweep_tiny_and_resume(tmp_path, np_):
     case = write_case(tmp_path, TINY)

@@ -124,6 +124,10 @@ def _hf_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-simulations", type=int, metavar="N",
                    help="stop after computing N simulations (split a sweep over several jobs; "
                         "run again to resume)")
+    p.add_argument("--stream-pod", dest="stream_pod", action="store_true", default=None,
+                   help="also feed the streaming displacement POD with every converged training step "
+                        "(default: [rom] stream_during_hf)")
+    p.add_argument("--no-stream-pod", dest="stream_pod", action="store_false", help="do not")
     _add_common(p)
 
 
@@ -133,7 +137,7 @@ def _hf_run(args: Any, comm: Any) -> int:
     t0 = time.perf_counter()
     with _output(args):
         summary = hf_sweep(args.case, comm, which=args.which, resume=not args.restart, quiet=args.quiet,
-                           max_simulations=args.max_simulations)
+                           max_simulations=args.max_simulations, stream_pod=args.stream_pod)
     summary["wall_seconds"] = _wall(comm, t0)
     rows = [("ranks", summary["ranks"]), ("DOFs", summary.get("mesh", {}).get("dofs"))]
     for name, st in summary["sets"].items():
