@@ -133,6 +133,7 @@ def test_one_enrichment_step(shared_tmp):
     from ddrom.rom.enrichment import EnrichmentOptions, Enricher
     from ddrom.rom.model import load_bases, load_model
     from ddrom.rom.online import ReducedSolver
+    from ddrom.rom.operators import values_at_points
 
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "one", max_enrichments=1)
@@ -151,7 +152,7 @@ def test_one_enrichment_step(shared_tmp):
 
     def spy(k, times, q_hist, v_hist):
         st, n = orig(k, times, q_hist, v_hist)
-        seen["p"] = enr._at_points(solver.material.cumulated_plastic_strain(st.internal), model.point_gids)
+        seen["p"] = values_at_points(dm, solver.material.cumulated_plastic_strain(st.internal), model.point_gids)
         return st, n
 
     enr._state_before = spy

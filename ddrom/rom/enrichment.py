@@ -40,7 +40,7 @@ from ddrom.parallel import CollectiveError, Timers, as_mpi
 from ddrom.reduction.inner import allreduce_sum
 from ddrom.rom.model import ReducedModel
 from ddrom.rom.offline import distributed_bases, hyper_reduce
-from ddrom.rom.operators import lifting_fields, local_points
+from ddrom.rom.operators import lifting_fields, values_at_points
 
 
 @dataclass
@@ -161,15 +161,6 @@ class Enricher:
         u = solver.owned_to_local(self._displacement(q_hist[k - 1], v_hist[k - 1]))
         return State(float(times[k - 1]), u, r.stress, r.internal, r.T), max(0, k - first)
 
-    def _at_points(self, values: np.ndarray, gids: np.ndarray) -> np.ndarray:
-        """Rows of a per-point field (ne * nq, ...) at global point ids, replicated (one allreduce)."""
-        dm = self.dm
-        where, cells, qps = local_points(dm, gids)
-        v = values.reshape((dm.n_cells, dm.n_qp) + values.shape[1:])
-        out = np.zeros((len(gids),) + values.shape[1:])
-        out[where] = v[cells, qps]
-        return as_mpi(self.comm).allreduce(out)
-
     def enrich(self, k: int, times: np.ndarray, q_hist: list, v_hist: list, v_new: np.ndarray,
                reason: str = "", q_guess: np.ndarray | None = None
                ) -> tuple[ReducedModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -177,8 +168,9 @@ class Enricher:
 
         ``q_hist``, ``v_hist``: reduced coordinates and lifting values of steps 0 .. k-1
         (replicated); ``v_new``: the lifting values at ``t_k``; ``q_guess``: the ROM's own
-        solution at ``t_k`` if it converged, the HF Newton's initial guess. Returns (model, q_k, internal state (K, n_state), T (K,), stress (K, 6) at the new
-        model's sample points, event dict).
+        solution at ``t_k`` if it converged, the HF Newton's initial guess. Returns (model,
+        q_k, internal state (K, n_state), T (K,), stress (K, 6) at the new model's sample
+        points, event dict).
         """
         t_start = time.perf_counter()
         solver, dm = self.solver, self.dm
@@ -205,7 +197,6 @@ class Enricher:
             self.Psi, add_s, res_s = orthonormal_append(self.Psi, sig, np.repeat(self.w_qp, 6), self.comm,
                                                         self.options.basis_tol)
             p = solver.material.cumulated_plastic_strain(new.internal)
-            add_p, res_p = False, 0.0
             if self.Phip is None:
                 self.Phip = np.zeros((len(p), 0))
             self.Phip, add_p, res_p = orthonormal_append(self.Phip, p, self.w_qp, self.comm, self.options.basis_tol)
@@ -222,12 +213,12 @@ class Enricher:
                           "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
             if model.gappy is not None and "p_sample_scale" not in model.info:
                 # first plastic strain ever seen (elastic training): its samples set the scale
-                model.info["p_sample_scale"] = float(np.linalg.norm(self._at_points(p, model.point_gids)))
+                model.info["p_sample_scale"] = float(np.linalg.norm(values_at_points(self.dm, p, model.point_gids)))
             q = allreduce_sum(self.Phi.T @ w, self.comm)
             gids = model.point_gids
-            internal = self._at_points(new.internal, gids)
-            T = self._at_points(new.T.reshape(-1), gids)
-            stress = self._at_points(new.stress.reshape(-1, 6), gids)
+            internal = values_at_points(self.dm, new.internal, gids)
+            T = values_at_points(self.dm, new.T.reshape(-1), gids)
+            stress = values_at_points(self.dm, new.stress.reshape(-1, 6), gids)
         s_update = time.perf_counter() - t0
         for name, sec in split.seconds.items():
             self.timers.add(name, sec, split.calls[name])

@@ -24,8 +24,9 @@ import numpy as np
 from ddrom.hf.solver import HFSolver
 from ddrom.parallel import Timers, as_mpi, check_all
 from ddrom.rom.model import GappyData, LoadData, ReducedModel
-from ddrom.rom.operators import (all_mode_strains, lifting_fields, local_points, mode_values_local,
-                                 natural_point_ids, point_coordinates, reduced_load_terms, strain_operators)
+from ddrom.rom.operators import (all_mode_strains, lifting_fields, mode_values_local,
+                                 natural_point_ids, point_coordinates, reduced_load_terms, strain_operators,
+                                 values_at_points)
 
 
 @dataclass
@@ -93,10 +94,8 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
     if model.gappy is not None:
         # the largest ||p_I|| of the training: the scale below which the indicator's
         # denominator is floored (ReducedSolver.indicator)
-        where, cells, qps = local_points(dm, model.point_gids)
-        rows = np.zeros((len(model.point_gids), P.shape[1]))
-        rows[where] = P.reshape(dm.n_cells, dm.n_qp, -1)[cells, qps]
-        model.info["p_sample_scale"] = float(np.linalg.norm(as_mpi(comm).allreduce(rows), axis=0).max())
+        model.info["p_sample_scale"] = float(np.linalg.norm(values_at_points(dm, P, model.point_gids),
+                                                            axis=0).max())
     del P
     model.info.update({"pod_tol": options.pod_tol, "stress_tol": options.stress_tol, "p_tol": options.p_tol,
                        "pod_method": r_u.method})
@@ -163,15 +162,11 @@ def hyper_reduce(case: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, 
             extra = np.setdiff1d(samples, red_gids)
     all_gids = np.concatenate([red_gids, np.sort(extra)])
     weights = np.concatenate([red_w, np.zeros(len(extra))])
-    where, cells, qps = local_points(dm, all_gids)
     if Phip is not None:
-        rows = np.zeros((len(all_gids), Phip.shape[1]))
-        rows[where] = Phip.reshape(ne, nq, -1)[cells, qps]
-        gappy = GappyData(sample_index=np.arange(len(all_gids)), basis_at_samples=as_mpi(comm).allreduce(rows),
+        gappy = GappyData(sample_index=np.arange(len(all_gids)),
+                          basis_at_samples=values_at_points(dm, Phip, all_gids),
                           sigma=np.asarray(sigma_p if sigma_p is not None else []))
-    srows = np.zeros((len(all_gids), 6, Psi3.shape[-1]))
-    srows[where] = Psi3.reshape(ne, nq, 6, -1)[cells, qps]
-    stress_at_samples = as_mpi(comm).allreduce(srows)
+    stress_at_samples = values_at_points(dm, Psi3, all_gids)
     # 5. operators
     with timers("operators"):
         E = strain_operators(solver, modes_local, all_gids)

@@ -48,6 +48,17 @@ def _replicate(comm, K: int, tail: tuple[int, ...], where: np.ndarray, rows: np.
     return as_mpi(comm).allreduce(out)
 
 
+def values_at_points(dm, values: np.ndarray, gids: np.ndarray) -> np.ndarray:
+    """Rows of a field at this rank's integration points, at global point ids, replicated.
+
+    ``values``: (ne * nq, ...) on this rank, point-major; returns (len(gids), ...) on every
+    rank, each row from the rank that owns the point (one allreduce).
+    """
+    where, cells, qps = local_points(dm, gids)
+    v = np.asarray(values).reshape((dm.n_cells, dm.n_qp) + np.shape(values)[1:])
+    return _replicate(dm.comm, len(gids), v.shape[2:], where, v[cells, qps])
+
+
 def mode_values_local(solver: HFSolver, modes_owned: np.ndarray) -> np.ndarray:
     """Modes on the local (owned + ghost) DOFs: (3 * n_local_nodes, N)."""
     return np.column_stack([solver.owned_to_local(modes_owned[:, k]) for k in range(modes_owned.shape[1])])
@@ -73,8 +84,7 @@ def lifting_fields(solver: HFSolver) -> list[np.ndarray]:
 
 
 def point_coordinates(solver: HFSolver, gids: np.ndarray) -> np.ndarray:
-    where, cells, qps = local_points(solver.dm, gids)
-    return _replicate(solver.comm, len(gids), (3,), where, solver.xq[cells, qps])
+    return values_at_points(solver.dm, solver.xq.reshape(-1, 3), gids)
 
 
 def all_mode_strains(solver: HFSolver, modes_local: np.ndarray) -> np.ndarray:
