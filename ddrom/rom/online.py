@@ -249,9 +249,11 @@ class ReducedSolver:
         rows: dict[str, list] = {"q": [], "p": [], "s": [], "v": [], "ind": []}
         out = OnlineResult(times, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
 
-        def record(q_, state_, stress_, v_) -> float:
+        def observe(state_) -> tuple[np.ndarray, float]:
             p_ = self.material.cumulated_plastic_strain(state_)
-            ind = self.indicator(p_)
+            return p_, self.indicator(p_)
+
+        def record(q_, p_, ind, stress_, v_) -> None:
             rows["q"].append(q_)
             rows["p"].append(self.p_coefficients(p_))
             rows["s"].append(self.stress_coefficients(stress_))
@@ -259,9 +261,8 @@ class ReducedSolver:
             rows["ind"].append(ind)
             out.p_samples.append(p_)
             out.stress_samples.append(stress_)
-            return ind
 
-        record(q, state, resp0.stress, v0)
+        record(q, *observe(state), resp0.stress, v0)
         info = {"newton": 0, "cutbacks": 0}
         cur = (times[0], q, state, T, None, v0)       # (t, q, state, T, response, lifting values)
 
@@ -283,7 +284,8 @@ class ReducedSolver:
                            f"increment {exc.t_from:.6g} -> {exc.t_to:.6g}): {exc}")
             if failure is None:
                 _, q, state, T, resp, v = new
-                ind = record(q, state, resp.stress, v)
+                stress = resp.stress
+                p, ind = observe(state)
                 trigger = enricher is not None and enricher.wants(ind)
                 reason = f"indicator {ind:.3e} > {enricher.tolerance:.3e}" if trigger else None
             else:
@@ -292,18 +294,15 @@ class ReducedSolver:
                 trigger, reason, ind = True, failure, math.nan
             if trigger:
                 q_guess = q if failure is None else None
-                if failure is None:
-                    for key in rows:
-                        rows[key].pop()
-                    out.p_samples.pop()
-                    out.stress_samples.pop()
                 v = self.dirichlet_values(float(times[k]))
                 model, q, state, T, stress, event = enricher.enrich(k, times, rows["q"], rows["v"], v,
                                                                     reason=reason, q_guess=q_guess)
                 self.bind(model)
                 event["indicator_before"] = ind
-                event["indicator_after"] = record(q, state, stress, v)
+                p, ind = observe(state)
+                event["indicator_after"] = ind
                 out.enrichments.append(event)
+            record(q, p, ind, stress, v)
             cur = (float(times[k]), q, state, T, None, v)
             out.step_seconds.append(time.perf_counter() - ts)
         out.q = _pad(rows["q"])
