@@ -56,6 +56,16 @@ def _figure(figsize=(6.0, 4.0)):
     return fig
 
 
+def _copy_figure(src: Path, rdir: Path) -> bool:
+    """Copy a figure a stage wrote into the report folder (temporary name, then rename)."""
+    if not src.is_file():
+        return False
+    tmp = rdir / (src.name + ".tmp.png")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, rdir / src.name)
+    return True
+
+
 def _save(fig, path: Path) -> str:
     tmp = path.with_name(path.name + ".tmp.png")
     fig.tight_layout()
@@ -536,11 +546,7 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
                          ", ".join(str(ev["step"]) for ev in e.get("events", [])), e.get("cost_ratio_to_hf")])
         md += [_table(["test", "parameters", "error p (ROM)", "error p (enriched)", "error u (ROM)",
                        "error u (enriched)", "HF steps", "at steps", "cost / HF run"], rows), ""]
-        src = d / "enrichment.png"
-        if src.is_file():
-            tmp = rdir / "enrichment.png.tmp.png"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, rdir / "enrichment.png")
+        if _copy_figure(d / "enrichment.png", rdir):
             md += ["![indicator and true error, plain and enriched ROM](enrichment.png)", "",
                    "Indicator (dashed) and true relative error of p (solid) per step, plain ROM (blue) and "
                    "enriched ROM (orange, vertical lines at the HF steps).", ""]
@@ -555,10 +561,7 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
                _table(["cluster", "modes", "reduced points", "training simulations"], crows), ""]
     else:
         md += ["The ROM uses one global basis.", ""]
-    if crit.is_file():
-        tmp = rdir / "cluster_criterion.png.tmp.png"
-        shutil.copyfile(crit, tmp)
-        os.replace(tmp, rdir / "cluster_criterion.png")
+    if _copy_figure(crit, rdir):
         md += ["![cluster criterion](cluster_criterion.png)", "",
                "From `ddrom cluster`: relative projection error of the training snapshots with local "
                "(clustered) bases versus one global basis, against the basis size N.", ""]

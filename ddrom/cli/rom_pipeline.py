@@ -102,6 +102,16 @@ def _offline_table(s: dict) -> str:
     return "ddrom offline: " + s["rom"] + "\n" + "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
 
 
+def _write_png(fig, out: Path) -> None:
+    """Lay out, save under a temporary name, rename when complete, release the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(str(out) + ".tmp.png", dpi=120)
+    os.replace(str(out) + ".tmp.png", out)
+    plt.close(fig)
+
+
 def _plot_sigma(case, model, comm) -> None:
     if as_mpi(comm).rank != 0:
         return
@@ -121,11 +131,7 @@ def _plot_sigma(case, model, comm) -> None:
     ax.set_ylabel(r"$\sigma_i / \sigma_1$")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    out = Path(case.output_dir) / "singular_values.png"
-    fig.savefig(str(out) + ".tmp.png", dpi=120)
-    os.replace(str(out) + ".tmp.png", out)
-    plt.close(fig)
+    _write_png(fig, Path(case.output_dir) / "singular_values.png")
 
 
 def online(case_path: str, comm: Any, params_list: list[dict] | None = None, quiet: bool = False,
@@ -412,13 +418,14 @@ def _run(case_path: str, comm: Any, quiet: bool, case: Any, stages: Any) -> dict
     hf_test = hf_sweep(case_path, comm, which="test", quiet=quiet, case=case, dm=dm)
     cal = calibrate(case_path, comm, quiet=quiet, case=case, context=context, hf=False)
     on, errors, calibration, model = cal["online"], cal["errors"], cal["calibration"], cal["online"]["model"]
-    store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
     hf_test_secs = {r["name"]: r["seconds"] for r in _runs(hf_test, "test") if r.get("seconds")}
     enrichment = None
     if case.raw.get("rom", {}).get("enrichment", {}).get("enabled", False):
         on_e = online(case_path, comm, quiet=quiet, case=case, enrich=True, context=context)
+        store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
         err_e = [_compare_run(case, dm, solver, model, store, name, params, res)
                  for name, params, res in on_e["runs"]]
+        store.close()
         for e, (name, _, res) in zip(err_e, on_e["runs"]):
             e.update(n_enrichments=res.n_enrichments, enrichment_seconds=res.enrichment_seconds,
                      rom_seconds=res.seconds, events=res.enrichments, hf_seconds=hf_test_secs.get(name))
@@ -428,14 +435,13 @@ def _run(case_path: str, comm: Any, quiet: bool, case: Any, stages: Any) -> dict
             "max_enrichments": on_e["enrichment"].max_enrichments,
             "n_enrichments": int(sum(e["n_enrichments"] for e in err_e)),
             "enrichment_seconds": float(sum(e["enrichment_seconds"] for e in err_e)),
-            "rel_error_displacement": max(e["displacement"] for e in err_e),
-            "rel_error_plastic_strain": max(e["plastic_strain"] for e in err_e),
-            "rel_error_stress": max(e["stress"] for e in err_e),
+            "rel_error_displacement": max((e["displacement"] for e in err_e), default=None),
+            "rel_error_plastic_strain": max((e["plastic_strain"] for e in err_e), default=None),
+            "rel_error_stress": max((e["stress"] for e in err_e), default=None),
             "per_test_parameter": err_e,
         }
-        if c.rank == 0:
+        if c.rank == 0 and err_e:
             _plot_enrichment(case, errors, err_e, enrichment)
-    store.close()
     hf_secs = list(hf_test_secs.values()) or \
         [r["seconds"] for r in _runs(hf_train, "training") if r.get("seconds")]
     rom_secs = [res.seconds for _, _, res in on["runs"]]
@@ -533,11 +539,7 @@ def _plot_enrichment(case, plain: list[dict], enriched: list[dict], summary: dic
         ax.set_xlabel("time step")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(case.output_dir) / "enrichment.png"
-    fig.savefig(str(out) + ".tmp.png", dpi=120)
-    os.replace(str(out) + ".tmp.png", out)
-    plt.close(fig)
+    _write_png(fig, Path(case.output_dir) / "enrichment.png")
 
 
 def _json_default(o):
@@ -719,11 +721,7 @@ def _plot_calibration(case, errors, cal) -> None:
     ax.set_ylabel("true relative error of p")
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    out = Path(case.output_dir) / "indicator_calibration.png"
-    fig.savefig(str(out) + ".tmp.png", dpi=120)
-    os.replace(str(out) + ".tmp.png", out)
-    plt.close(fig)
+    _write_png(fig, Path(case.output_dir) / "indicator_calibration.png")
 
 
 def _store_calibration(path, cal) -> None:
