@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -109,3 +109,29 @@ def write_json(path: str | None, payload: dict) -> None:
         with open(path, "w") as f:
             json.dump(payload, f, indent=1)
             f.write("\n")
+
+
+def run_sweeps(label: str, script: str, sweeps: int, ranks: Sequence[int],
+               plan: Callable[[int], tuple[list[int], list[Any]]], results: dict,
+               json_path: str | None, report: Callable[[dict], str]) -> None:
+    """Launch ``script`` at every rank count, ``sweeps`` times over, then print the table.
+
+    Whole sweeps are repeated (not each launch back to back): a change of the machine's
+    load then hits every rank count, and the fastest launch per (P, n) is kept by
+    ``report``. ``plan(p)`` gives (sizes, worker arguments) for ``p`` ranks. The JSON is
+    rewritten after every launch, so partial results survive an interrupted sweep.
+    """
+    for sweep in range(sweeps):
+        for p in ranks:
+            sizes, worker_args = plan(p)
+            print(f"[{label}] sweep {sweep + 1}/{sweeps}: {p} rank(s), n = {sizes} ...",
+                  file=sys.stderr, flush=True)
+            run = launch(script, p, worker_args)
+            run["launch"]["sweep"] = sweep
+            results["runs"].append(run)
+            write_json(json_path, results)
+    results["meta"]["load_end"] = loadavg()
+    text = report(results)
+    results["table"] = text
+    print(text)
+    write_json(json_path, results)

@@ -163,22 +163,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = {"benchmark": "scaling_hf", "meta": sc.meta(), "steps": args.steps, "repeat": args.repeat,
                "strong_n": args.strong_n, "weak_n1": args.weak_n1, "runs": []}
-    # whole sweeps repeated (not each launch back to back): a change of the machine's load
-    # then hits every rank count, and the fastest launch per (P, n) is kept
-    for rep in range(args.repeat):
-        for p in args.ranks:
-            sizes = sorted({args.strong_n, weak_n(args.weak_n1, p)})
-            print(f"[scaling_hf] sweep {rep + 1}/{args.repeat}: {p} rank(s), n = {sizes} ...",
-                  file=sys.stderr, flush=True)
-            run = sc.launch(os.path.abspath(__file__), p, ["--sizes", *sizes, "--steps", args.steps])
-            run["launch"]["sweep"] = rep
-            results["runs"].append(run)
-            sc.write_json(args.json, results)     # partial results survive an interrupted sweep
-    results["meta"]["load_end"] = sc.loadavg()
-    text = report(results)
-    results["table"] = text
-    print(text)
-    sc.write_json(args.json, results)
+    def plan(p: int):
+        sizes = sorted({args.strong_n, weak_n(args.weak_n1, p)})
+        return sizes, ["--sizes", *sizes, "--steps", args.steps]
+
+    sc.run_sweeps("scaling_hf", os.path.abspath(__file__), args.repeat, args.ranks, plan, results, args.json,
+                  report)
 
 
 if __name__ == "__main__":

@@ -307,22 +307,12 @@ def main(argv: list[str] | None = None) -> None:
                "sweeps": args.sweeps,
                "default_method": args.methods[0],
                "strong_n": args.strong_n, "weak_nloc": args.weak_nloc, "methods": args.methods, "runs": []}
-    # whole sweeps repeated: a change of the machine's load then hits every rank count
-    for sweep in range(args.sweeps):
-        for p in args.ranks:
-            sizes = sorted({args.strong_n, args.weak_nloc * p})
-            print(f"[scaling_pod] sweep {sweep + 1}/{args.sweeps}: {p} rank(s), n = {sizes} ...",
-                  file=sys.stderr, flush=True)
-            run = sc.launch(os.path.abspath(__file__), p, ["--sizes", *sizes, "--m", args.m, "--repeat",
-                                                           args.repeat, "--methods", *args.methods])
-            run["launch"]["sweep"] = sweep
-            results["runs"].append(run)
-            sc.write_json(args.json, results)     # partial results survive an interrupted sweep
-    results["meta"]["load_end"] = sc.loadavg()
-    text = report(results)
-    results["table"] = text
-    print(text)
-    sc.write_json(args.json, results)
+    def plan(p: int):
+        sizes = sorted({args.strong_n, args.weak_nloc * p})
+        return sizes, ["--sizes", *sizes, "--m", args.m, "--repeat", args.repeat, "--methods", *args.methods]
+
+    sc.run_sweeps("scaling_pod", os.path.abspath(__file__), args.sweeps, args.ranks, plan, results, args.json,
+                  report)
 
 
 if __name__ == "__main__":
