@@ -161,14 +161,16 @@ def test_reproducible_colsum_partition_invariant():
     np.testing.assert_allclose(got["world"], ref, rtol=1e-15, atol=0)
 
 
-def test_row_scores_do_not_depend_on_position():
-    """The per-row dot products are the same bits wherever the row sits in the array."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_row_scores_do_not_depend_on_position(dtype):
+    """The per-row dot products are the same bits wherever the row sits in the array
+    (in double, and in the single precision the ECM scores use by default)."""
     from ddrom.reduction.ecm import _row_dots
 
     rng = np.random.default_rng(2)
     for nc in (5, 37, 64, 201):
-        A = rng.standard_normal((1000, nc))
-        v = rng.standard_normal(nc)
+        A = rng.standard_normal((1000, nc)).astype(dtype)
+        v = rng.standard_normal(nc).astype(dtype)
         full = _row_dots(A, v, 0.5, 64)
         for off in list(range(1, 17)) + [100, 333]:
             for chunk in (1, 13, 256):
@@ -227,6 +229,23 @@ def test_ecm_against_scipy_nnls_reference():
     assert h[0] == pytest.approx(1.0) and h[-1] == res.relative_residual
     assert np.all(np.diff(h) < 0)
     assert res.selection_history.size == res.n_iterations
+
+
+@pytest.mark.mpi
+def test_ecm_single_and_double_precision_scores():
+    """Single-precision scores only rank candidates: both rules meet the tolerance, with
+    weights from the same double-precision NNLS; an unknown precision is refused."""
+    A, w, gid = smooth_random(400, 15, seed=0)
+    Al, wl, gl = split(COMM, A, w, gid)
+    Ag, wg, gg = gather(Al, COMM), gather(wl, COMM), gather(gl, COMM)
+    o = np.argsort(gg)
+    tol = 1e-8
+    for dt in ("float32", "float64"):
+        res = ecm(Al, wl, gl, COMM, tol=tol, score_dtype=dt)
+        assert res.converged, dt
+        check_rule(res, Ag[o], wg[o], gg[o], tol)
+    with pytest.raises(DdromError, match="score_dtype"):
+        ecm(Al, wl, gl, COMM, tol=tol, score_dtype="float16")
 
 
 @pytest.mark.mpi

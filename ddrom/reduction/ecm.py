@@ -63,9 +63,12 @@ Distribution and determinism
 * Scores ``<A_g, r>/||A_g||`` are computed row by row by numpy's ``einsum`` loop,
   whose result depends only on the row's values, not on its position in the local
   array (a BLAS ``gemv`` rounds a row differently depending on where it falls in its
-  blocking; measured).
-* The argmax is three scalar ``allreduce``: the largest score, then the smallest
-  global id among the near-ties (scores within ``tie_rtol`` of the best), then its owner.
+  blocking; measured). By default in single precision from a single-precision copy of
+  ``A`` (``score_dtype``): the scores only rank the candidates, and the pass over ``A``
+  is the largest per-iteration cost (measured 0.43 -> 0.16 ms at 8448 x 264).
+* The argmax is one ``Allgather`` of each rank's best score and near-ties: the largest
+  score, then the smallest global id among the near-ties (scores within ``tie_rtol`` of
+  the best), then its owner (two more reductions only if a rank has many near-ties).
 * The owner broadcasts the chosen row (``Bcast`` from the owner); the NNLS is solved
   redundantly on every rank on identical data, with BLAS limited to one thread
   (threadpoolctl) so that every rank, at any rank count, rounds the same way.
@@ -98,6 +101,7 @@ from ddrom.parallel import DdromError, Timers, as_mpi, check_all, collective
 from ddrom.reduction.nnls import LawsonHanson
 
 NNLS_METHODS = ("lawson-hanson", "scipy")
+SCORE_DTYPES = ("float32", "float64")
 EPS_ = float(np.finfo(float).eps)
 
 
@@ -242,12 +246,30 @@ def _row_dots(A: np.ndarray, v: np.ndarray, extra: float, chunk: int) -> np.ndar
     make near-ties, hence the selected points, depend on the partition.
     ``tests/test_ecm.py::test_row_scores_do_not_depend_on_position`` guards this.
     """
-    out = np.empty(A.shape[0])
+    out = np.empty(A.shape[0], dtype=np.result_type(A, v))
     for i0 in range(0, A.shape[0], chunk):
         np.einsum("ij,j->i", A[i0:i0 + chunk], v, out=out[i0:i0 + chunk])
     if extra:
         out += extra
     return out
+
+
+def _scores(A: np.ndarray, r: np.ndarray, s: float, nc: int, add_constant: bool, rownorm: np.ndarray,
+            excluded: np.ndarray, chunk: int) -> tuple[np.ndarray | None, float]:
+    """Normalized correlations ``<[A_g, s], r> / ||[A_g, s]||`` (excluded rows: -inf) and their max.
+
+    ``A`` may be a single-precision copy: the dot products are then computed in single
+    precision from ``r`` rounded to single (a ranking, not a value: see :func:`_ecm`).
+    """
+    if A.shape[0] == 0:
+        return None, -math.inf
+    v = r[:nc].astype(A.dtype)
+    sc = _row_dots(A, v, 0.0, chunk).astype(float)
+    if add_constant:
+        sc += s * r[nc]
+    sc /= rownorm
+    sc[excluded] = -math.inf
+    return sc, float(sc.max())
 
 
 #: Near-tie candidates each rank sends with its maximum in the argmax allgather.
@@ -414,7 +436,8 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         tol: float = 1e-8, max_points: int | None = None, add_constant: bool = True,
         initial_points: Any = None, zero_weight_points: Any = None,
         nnls: str = "lawson-hanson", max_iterations: int | None = None,
-        tie_rtol: float = 1e-6, timers: Timers | None = None) -> ECMResult:
+        tie_rtol: float = 1e-6, score_dtype: str = "float32",
+        timers: Timers | None = None) -> ECMResult:
     """Empirical cubature: few points and non-negative weights integrating the columns.
 
     Parameters
@@ -436,6 +459,11 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     tie_rtol : candidates whose score is within ``tie_rtol`` (relative) of the best are
         tied and the smallest global id wins: round-off differences between partitions
         (e.g. on the mirror points of a symmetric part) then cannot change the choice.
+    score_dtype : ``"float32"`` (default) or ``"float64"``: precision of the candidate
+        scores. Single precision keeps a single-precision copy of ``A_loc`` (+50 % of its
+        memory) and roughly halves the time of the scores; it only ranks candidates (a
+        pick that double precision would not have made costs at most an extra greedy
+        iteration; "no positive correlation" is confirmed in double before stopping).
     timers : optional :class:`~ddrom.parallel.Timers` accumulating the stage times.
 
     Returns
@@ -450,13 +478,15 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     from mpi4py import MPI
 
     c = as_mpi(comm)
+    if score_dtype not in SCORE_DTYPES:
+        raise DdromError(f"ecm: unknown score_dtype {score_dtype!r}; choose from {SCORE_DTYPES}")
     A, w, gid, init, zero = _validate(A_loc, w_loc, gid_loc, c, tol, max_points,
                                       max_iterations, nnls, initial_points,
                                       zero_weight_points)
     with _one_blas_thread():
         return _ecm(A, w, gid, init, zero, c, tol=tol, max_points=max_points,
                     add_constant=add_constant, nnls=nnls, max_iterations=max_iterations,
-                    tie_rtol=tie_rtol, timers=timers)
+                    tie_rtol=tie_rtol, score_dtype=score_dtype, timers=timers)
 
 
 def _one_blas_thread():
@@ -487,7 +517,7 @@ _CONTROLLER = None
 
 
 def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_iterations,
-         tie_rtol, timers) -> ECMResult:
+         tie_rtol, score_dtype, timers) -> ECMResult:
     from mpi4py import MPI
 
     tm: dict[str, float] = {k: 0.0 for k in ("setup", "scores", "argmax_reduce",
@@ -530,6 +560,11 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
     rownorm[blocked] = 1.0
     order = np.argsort(gid, kind="stable")
     gid_sorted = gid[order]
+    # the scores only rank candidates (the NNLS decides the weights in double): single
+    # precision halves the memory traffic of the one pass over A per iteration (measured
+    # 0.43 -> 0.16 ms at 8448 x 264); still row by row, hence position-independent
+    A_sc = A.astype(np.float32) if score_dtype == "float32" else A
+    score_chunk = max(1, (1 << 20) // nc)
 
     def ext(rows: np.ndarray) -> np.ndarray:
         """Rows with the constant column appended."""
@@ -583,6 +618,8 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
     drop_zeros()
 
     def residual() -> np.ndarray:
+        if nnls == "lawson-hanson":
+            return lh.residual()             # b - J^T omega on its pool (= the selected rows)
         return b - np.array(sel_rows).T @ omega if sel_rows else b.copy()
 
     r = residual()
@@ -605,18 +642,19 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         # 1. local scores and one global argmax reduction
         t1 = time.perf_counter()
         best = (-math.inf, 0, c.rank)
-        m = -math.inf
-        if G:
-            sc = _row_dots(A, r[:nc], s * r[nc] if add_constant else 0.0, chunk) / rownorm
-            sc[blocked | selected_mask] = -math.inf
-            m = float(sc.max())
+        sc, m = _scores(A_sc, r, s, nc, add_constant, rownorm, blocked | selected_mask, score_chunk)
         t2 = time.perf_counter()
         # Near-ties (scores within tie_rtol of the best: mirror points of a symmetric part,
         # whose scores differ by round-off that depends on the partition) go to the smallest
         # global id, so the choice does not depend on the partition. One allgather carries
         # each rank's max and its own near-ties (the only points that can qualify against
         # the global max); the two extra reductions run only if a rank had too many.
-        m_glob, gbest, owner = _argmax_near_ties(c, m, sc if G else None, gid, tie_rtol)
+        m_glob, gbest, owner = _argmax_near_ties(c, m, sc, gid, tie_rtol)
+        if not m_glob > 0 and A_sc is not A:
+            # single-precision scores found no positive correlation: confirm in double
+            # before stopping (every rank takes this branch: m_glob is global)
+            sc, m = _scores(A, r, s, nc, add_constant, rownorm, blocked | selected_mask, chunk)
+            m_glob, gbest, owner = _argmax_near_ties(c, m, sc, gid, tie_rtol)
         if m_glob > 0:
             best = (m_glob, -gbest, owner)
         t3 = time.perf_counter()

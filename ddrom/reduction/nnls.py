@@ -83,7 +83,10 @@ class LawsonHanson:
         self.rcond = max(m, 10) * 10 * EPS if rcond is None else float(rcond)
         self.gtol = 10 * m * EPS if gtol is None else float(gtol)
         self.bnorm = float(np.linalg.norm(self.b))
-        self.cols = np.zeros((m, 0))
+        # pool columns stored as the rows of a buffer with spare capacity: one column per
+        # greedy iteration is appended without copying the pool (amortized doubling)
+        self._rows = np.zeros((16, m))
+        self._n = 0
         self.colnorm = np.zeros(0)
         self.x = np.zeros(0)
         self.passive: list[int] = []          # pool indices, in the column order of R
@@ -93,16 +96,27 @@ class LawsonHanson:
     # ----------------------------------------------------------------- pool
     @property
     def n(self) -> int:
-        return self.cols.shape[1]
+        return self._n
+
+    @property
+    def cols(self) -> np.ndarray:
+        """The pool ``M`` (``m x n``), a view."""
+        return self._rows[:self._n].T
 
     def add_columns(self, C: np.ndarray) -> None:
         """Append columns (``m x k`` or ``(m,)``) to the pool, at zero (not passive)."""
         C = np.asarray(C, dtype=float)
         if C.ndim == 1:
             C = C[:, None]
-        self.cols = np.hstack([self.cols, C])
+        k = C.shape[1]
+        if self._n + k > self._rows.shape[0]:
+            grown = np.zeros((max(2 * self._rows.shape[0], self._n + k), self.m))
+            grown[:self._n] = self._rows[:self._n]
+            self._rows = grown
+        self._rows[self._n:self._n + k] = C.T
+        self._n += k
         self.colnorm = np.concatenate([self.colnorm, np.linalg.norm(C, axis=0)])
-        self.x = np.concatenate([self.x, np.zeros(C.shape[1])])
+        self.x = np.concatenate([self.x, np.zeros(k)])
 
     def remove_columns(self, drop: np.ndarray) -> None:
         """Remove pool columns (boolean mask or indices); they must be at zero (not passive)."""
@@ -113,7 +127,8 @@ class LawsonHanson:
         keep = np.flatnonzero(~mask)
         new_index = -np.ones(self.n, dtype=int)
         new_index[keep] = np.arange(keep.size)
-        self.cols = self.cols[:, keep]
+        self._rows[:keep.size] = self._rows[keep]
+        self._n = keep.size
         self.colnorm = self.colnorm[keep]
         self.x = self.x[keep]
         self.passive = [int(new_index[j]) for j in self.passive]
@@ -124,7 +139,7 @@ class LawsonHanson:
         k = len(self.passive)
         if k >= self.m or self.colnorm[j] == 0.0:
             return False
-        u = self.cols[:, j]
+        u = self._rows[j]
         if k == 0:
             Q, R = sla.qr(u[:, None])
         else:
@@ -154,7 +169,7 @@ class LawsonHanson:
 
     def residual(self) -> np.ndarray:
         # x is zero outside the passive set (invariant): no need to gather columns
-        return self.b - self.cols @ self.x
+        return self.b - self._rows[:self._n].T @ self.x
 
     # ----------------------------------------------------------------- algorithm
     def _inner(self, z: np.ndarray) -> None:
@@ -200,7 +215,7 @@ class LawsonHanson:
         it = 0
         while it < max_iter:
             r = self.residual()
-            w = self.cols.T @ r
+            w = self._rows[:self._n] @ r
             cand = ~rejected & (w > self.gtol * self.colnorm * self.bnorm)
             cand[self.passive] = False
             if not cand.any():
