@@ -172,6 +172,11 @@ def test_one_enrichment_step(shared_tmp):
     assert ev["modes_added"] == 1 and rel[0] <= 1e-10 * rel[1]
     gram = allreduce_sum(enr.Phi.T @ enr.Phi, comm)
     assert np.abs(gram - np.eye(gram.shape[0])).max() < 1e-12
+    # the Gram matrix weighing the ECM columns gained the HF stress snapshot's coefficients
+    c = allreduce_sum(enr.Psi.T @ (np.repeat(enr.w_qp, 6) * new.stress.reshape(-1)), comm)
+    G0, n0 = model.stress_gram, model.stress_gram.shape[0]
+    G_exp = np.pad(G0, ((0, len(c) - n0), (0, len(c) - n0))) + np.outer(c, c)
+    np.testing.assert_allclose(res.model.stress_gram, G_exp, rtol=1e-10, atol=1e-12 * np.abs(G_exp).max())
     # the warm-started ECM meets its tolerance, keeping most of the previous points
     info = res.model.info
     assert info["ecm_converged"] and info["ecm_relative_residual"] <= 1e-8

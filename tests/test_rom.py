@@ -110,6 +110,45 @@ def test_plastic_rom_training_and_test_parameters(shared_tmp):
     # the online result of a training parameter sits on the training manifold: small indicator
     res = online(path, comm, [{"A": 2.0}], quiet=True)["runs"][0][2]
     assert np.all(np.isfinite(res.q)) and np.nanmax(res.indicator) < 1e-3
+    # the ECM columns were weighted by the stress snapshots: Gram diag(sigma_s^2), one per mode
+    G = m.stress_gram
+    assert G.shape == (m.stress_at_samples.shape[-1],) * 2
+    assert np.array_equal(G, np.diag(np.diag(G))) and np.all(np.diag(G) > 0)
+    assert np.all(np.diff(np.diag(G)) <= 0)
+    # a schema-2 file (no stress_gram: unweighted columns) is still read
+    old = Path(path).parent / "out" / "plastic" / "rom_schema2.h5"
+    if comm.rank == 0:
+        import shutil
+
+        shutil.copy(Path(path).parent / "out" / "plastic" / "rom.h5", old)
+        with h5py.File(old, "a") as f:
+            f.attrs["schema_version"] = 2
+            del f["online/stress_gram"]
+    comm.Barrier()
+    m2 = load_model(old, comm)
+    assert m2.stress_gram is None and np.array_equal(m2.weights, m.weights)
+
+
+def test_stress_column_weights_carry_the_snapshot_error_norm():
+    """For any integration error E (N x Ns) of the mode columns, the error on the snapshot
+    columns, ||E C||_F with C the snapshots' stress coefficients, equals ||E L||_F times
+    sqrt(lambda_max(C C^T)): the weighted N x Ns columns stand for all the snapshots."""
+    from ddrom.rom.offline import stress_column_weights
+
+    rng = np.random.default_rng(3)
+    Ns, m = 6, 40
+    C = rng.standard_normal((Ns, m)) * np.logspace(0, -5, Ns)[:, None]
+    G = C @ C.T
+    L = stress_column_weights(G, Ns)
+    lam = np.linalg.eigvalsh(G).max()
+    for _ in range(5):
+        E = rng.standard_normal((4, Ns))
+        assert np.linalg.norm(E @ C) == pytest.approx(np.sqrt(lam) * np.linalg.norm(E @ L), rel=1e-12)
+    np.testing.assert_array_equal(stress_column_weights(None, 3), np.eye(3))
+    # offline, G = diag(sigma^2): the columns are the modes scaled by sigma / sigma_1
+    sig = np.array([4.0, 2.0, 1e-3])
+    np.testing.assert_allclose(np.abs(stress_column_weights(np.diag(sig ** 2), 3)).max(axis=0)[::-1],
+                               sig / sig[0], rtol=1e-14)
 
 
 @pytest.mark.mpi

@@ -87,6 +87,20 @@ def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None,
     return np.column_stack([B, r / nr]), True, nr / nx
 
 
+def _gram_update(G: np.ndarray | None, c_old: np.ndarray, Psi: np.ndarray, ns_old: int, sig: np.ndarray,
+                 w_sig: np.ndarray, comm: Any) -> np.ndarray | None:
+    """``G + c c^T`` with ``c`` the coefficients of the new stress snapshot in the (possibly
+    enlarged) basis: ``c_old`` on the old modes, ``<psi_new, sig>`` on an appended mode.
+    None stays None (a schema-2 model: unweighted ECM columns)."""
+    if G is None:
+        return None
+    c = np.asarray(c_old, dtype=float)
+    if Psi.shape[1] > ns_old:
+        c = np.concatenate([c, allreduce_sum(Psi[:, ns_old:].T @ (w_sig * sig), comm)])
+        G = np.pad(G, ((0, Psi.shape[1] - ns_old), (0, Psi.shape[1] - ns_old)))
+    return G + np.outer(c, c)
+
+
 class Enricher:
     """Enrichment of one ROM run (one parameter point) on the HF backend.
 
@@ -114,7 +128,9 @@ class Enricher:
         self.chi = np.column_stack(lifts)[:nown] if lifts else np.zeros((nown, 0))
         self.fixed = solver.fixed[:nown]
         self.w_qp = solver.asm.wdet.ravel()
+        self.stress_gram = None if model.stress_gram is None else np.array(model.stress_gram, dtype=float)
         self.replayer = Replayer(dm, solver.material, solver.loads.temperature, assembler=solver.asm)
+        self._strain_cache: dict = {}                      # strains of the modes so far (hyper_reduce)
         self._start: tuple[int, State] | None = None       # last HF state (step, state); None: t_0
         self.events: list[dict] = []
 
@@ -194,8 +210,13 @@ class Enricher:
             w[self.fixed] = 0.0
             self.Phi, add_u, res_u = orthonormal_append(self.Phi, w, None, self.comm, self.options.basis_tol)
             sig = new.stress.reshape(-1)
-            self.Psi, add_s, res_s = orthonormal_append(self.Psi, sig, np.repeat(self.w_qp, 6), self.comm,
-                                                        self.options.basis_tol)
+            w_sig = np.repeat(self.w_qp, 6)
+            # the new snapshot's coefficients in the enriched stress basis enter the Gram
+            # matrix that weighs the ECM columns (offline.stress_column_weights)
+            c_old = allreduce_sum(self.Psi.T @ (w_sig * sig), self.comm)
+            ns_old = self.Psi.shape[1]
+            self.Psi, add_s, res_s = orthonormal_append(self.Psi, sig, w_sig, self.comm, self.options.basis_tol)
+            self.stress_gram = _gram_update(self.stress_gram, c_old, self.Psi, ns_old, sig, w_sig, self.comm)
             p = solver.material.cumulated_plastic_strain(new.internal)
             if self.Phip is None:
                 self.Phip = np.zeros((len(p), 0))
@@ -208,7 +229,8 @@ class Enricher:
             model = hyper_reduce(self.case, solver, self.Phi, self.Psi, self.Phip,
                                  ecm_tol=self.options.ecm_tol or float(m.info.get("ecm_tol", 1e-6)),
                                  sigma_u=m.sigma_u, sigma_p=m.gappy.sigma if m.gappy is not None else None,
-                                 ecm_initial=ecm_initial, timers=split)
+                                 ecm_initial=ecm_initial, stress_gram=self.stress_gram,
+                                 strain_cache=self._strain_cache, timers=split)
             model.info = {**m.info, **model.info,
                           "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
             if model.gappy is not None and "p_sample_scale" not in model.info:

@@ -8,7 +8,10 @@ A ROM file is one HDF5 file, self-contained and independent of the number of ran
     The reduced model proper (replicated, small): strain operators ``E`` (K, N, 6) at the
     K sample points, lifting strains ``E_lift`` (K, D, 6), weights ``w`` (K,) (zero at
     points only sampled for Gappy-POD), coordinates ``xyz`` (K, 3), natural point ids,
-    the stress basis at the points ``stress_at_samples`` (K, 6, Ns), load terms, Gappy data, material, expressions (texts), parameters, times.
+    the stress basis at the points ``stress_at_samples`` (K, 6, Ns), the Gram matrix of
+    the stress snapshots' coefficients in that basis ``stress_gram`` (Ns, Ns; it weighs the
+    ECM integrand columns, kept so that an enrichment can update it), load terms, Gappy
+    data, material, expressions (texts), parameters, times.
 ``/bases``
     The distributed bases in natural numbering (``displacement`` (3 N_nodes, N) rows in
     natural node order; ``p`` (G, Np) rows in natural point order) for reconstruction
@@ -27,7 +30,11 @@ import ddrom
 from ddrom.parallel import CollectiveError, as_mpi, raise_collective
 
 SCHEMA = "ddrom-rom"
-SCHEMA_VERSION = 2     # 2: stress basis at the sample points (online stress coefficients)
+SCHEMA_VERSION = 3     # 2: stress basis at the sample points (online stress coefficients)
+#                        3: stress_gram (ECM integrand columns weighted by the stress snapshots)
+#: Versions this ddrom reads (a version-2 file has no stress_gram: its ECM columns were
+#: unweighted, and an enrichment of it keeps them unweighted).
+READABLE_SCHEMA_VERSIONS = (2, 3)
 
 
 @dataclass
@@ -61,6 +68,7 @@ class ReducedModel:
     sigma_u: np.ndarray          # singular values of the displacement snapshots
     gappy: GappyData | None = None
     stress_at_samples: np.ndarray | None = None   # (K, 6, Ns) stress basis at the sample points
+    stress_gram: np.ndarray | None = None         # (Ns, Ns) sum over stress snapshots of c c^T
     info: dict = field(default_factory=dict)
 
     @property
@@ -73,8 +81,10 @@ class ReducedModel:
 
 
 def _write_model(g, m: ReducedModel) -> None:
-    for name in ("E", "E_lift", "weights", "xyz", "point_gids", "times", "sigma_u", "stress_at_samples"):
-        g.create_dataset(name, data=getattr(m, name))
+    for name in ("E", "E_lift", "weights", "xyz", "point_gids", "times", "sigma_u", "stress_at_samples",
+                 "stress_gram"):
+        if getattr(m, name) is not None:
+            g.create_dataset(name, data=getattr(m, name))
     g.attrs["dirichlet"] = json.dumps(m.dirichlet)
     g.attrs["temperature"] = m.temperature
     g.attrs["material"] = json.dumps(m.material)
@@ -109,7 +119,8 @@ def _read_model(g) -> ReducedModel:
         point_gids=g["point_gids"][...], dirichlet=json.loads(g.attrs["dirichlet"]), loads=loads,
         temperature=str(g.attrs["temperature"]), material=json.loads(g.attrs["material"]),
         parameters=json.loads(g.attrs["parameters"]), times=g["times"][...], sigma_u=g["sigma_u"][...],
-        gappy=gappy, stress_at_samples=g["stress_at_samples"][...], info=json.loads(g.attrs["info"]))
+        gappy=gappy, stress_at_samples=g["stress_at_samples"][...],
+        stress_gram=g["stress_gram"][...] if "stress_gram" in g else None, info=json.loads(g.attrs["info"]))
 
 
 def _write_bases(f, group: str, bases: dict) -> None:
@@ -176,9 +187,10 @@ def load_model(path: str | os.PathLike, comm: Any, local: int | None = None) -> 
             with h5py.File(path, "r") as f:
                 if f.attrs.get("schema") != SCHEMA:
                     msg = f"{path}: not a ddrom ROM file"
-                elif int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+                elif int(f.attrs.get("schema_version", -1)) not in READABLE_SCHEMA_VERSIONS:
                     msg = (f"{path}: ROM file schema version {f.attrs.get('schema_version')} "
-                           f"(this ddrom reads {SCHEMA_VERSION})")
+                           f"(this ddrom reads {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; "
+                           "rebuild it with `ddrom offline`)")
                 elif not f.attrs.get("complete", False):
                     msg = f"{path}: incomplete ROM file"
                 elif local is not None:
