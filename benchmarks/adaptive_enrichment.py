@@ -61,11 +61,12 @@ def main() -> None:
     hf = hf_sweep(args.case, comm, which="test", resume=False, quiet=True, case=case, dm=dm)
     hf_secs = {r["name"]: r["seconds"] for r in hf["sets"]["test"]["runs"]}
     target = float(case.raw.get("rom", {}).get("indicator_target", 1e-2))
+    confidence = float(case.raw.get("rom", {}).get("indicator_confidence", 0.95))
 
     store = SnapshotStore.open(store_path(case, "test"), comm, mode="r", dmesh=dm)
     plain = online(args.case, comm, quiet=True, case=case, enrich=False)
     err0 = [_compare_run(case, dm, solver, plain["model"], store, n, p, r) for n, p, r in plain["runs"]]
-    cal = calibrate_indicator(err0, target)
+    cal = calibrate_indicator(err0, target, confidence)
     tols = ([cal["indicator_tolerance"]] if cal.get("indicator_tolerance") else []) + list(args.tol)
     rows, results = [], {"case": str(case.path), "ranks": comm.size, "mesh": mesh, "target": target,
                          "offline_seconds": off["seconds"], "calibration": cal, "hf_seconds": hf_secs,
@@ -105,7 +106,8 @@ def main() -> None:
                 f"{'enr.':>5}{'ROM s':>8}{'HF s':>8}{'cost/HF':>8}{'replay':>8}{'HF step':>8}{'update':>8}")
         lines = [f"adaptive enrichment: {case.path.name}, {comm.size} rank(s), {mesh}, target {target:g}",
                  f"calibration on the plain runs: Pearson r(log) = {cal.get('pearson_log', float('nan')):.3f} over "
-                 f"{cal.get('pairs')} pairs, tolerance {cal.get('indicator_tolerance')}", head, "-" * len(head)]
+                 f"{cal.get('pairs')} pairs, tolerance {cal.get('indicator_tolerance')} at "
+                 f"{confidence:.0%} confidence (mean fit {cal.get('indicator_tolerance_fit')})", head, "-" * len(head)]
         for kind, tol, r in rows:
             point = ", ".join(f"{k}={v:g}" for k, v in r["params"].items())
             lines.append(f"{kind:<9}{tol:<18}{point:<30}{r['u']:>9.1e}{r['p']:>9.1e}{r['stress']:>9.1e}"

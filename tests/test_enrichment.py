@@ -311,3 +311,25 @@ def test_cli_online_enrich_and_bad_options(tmp_path):
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["runs"][0]["n_enrichments"] >= 1
+
+
+def test_calibration_upper_prediction_bound():
+    """The calibrated tolerance is where the upper prediction bound meets the target: on
+    synthetic pairs log e = 1 + 1.2 log i + N(0, 0.3), about 95 % of the steps whose
+    indicator is at that tolerance have an error below the target; 0.5 is the mean fit."""
+    from ddrom.cli.rom_pipeline import calibrate_indicator
+
+    rng = np.random.default_rng(0)
+    ind = np.exp(rng.uniform(np.log(1e-5), np.log(1e-1), 4000))
+    err = np.exp(1.0 + 1.2 * np.log(ind) + rng.normal(0.0, 0.3, ind.size))
+    errors = [{"indicator_per_step": list(ind) + [0.0, None], "p_error_per_step": list(err) + [1e-3, 1e-3]}]
+    cal = calibrate_indicator(errors, 1e-2, 0.95)
+    assert cal["pairs"] == ind.size                      # the vanishing/missing ones left out
+    assert cal["slope"] == pytest.approx(1.2, rel=0.02) and cal["residual_std_log"] == pytest.approx(0.3, rel=0.05)
+    assert cal["indicator_tolerance"] < cal["indicator_tolerance_fit"]
+    # at the tolerance, the predicted error distribution exceeds the target 5 % of the time
+    at_tol = np.exp(1.0 + 1.2 * np.log(cal["indicator_tolerance"]) + rng.normal(0.0, 0.3, 100000))
+    assert np.mean(at_tol > 1e-2) == pytest.approx(0.05, abs=0.01)
+    mean = calibrate_indicator(errors, 1e-2, 0.5)
+    assert mean["indicator_tolerance"] == pytest.approx(mean["indicator_tolerance_fit"], rel=1e-12)
+    assert mean["indicator_tolerance_fit"] == pytest.approx(cal["indicator_tolerance_fit"], rel=1e-12)

@@ -596,6 +596,7 @@ SCHEMA = Table({
         "classifier": Key(Str(choices=("nearest_medoid", "knn")), "nearest_medoid"),
         "indicator_tol": Key(Num(gt=0)),
         "indicator_target": Key(Num(gt=0, lt=1), 1e-2),
+        "indicator_confidence": Key(Num(ge=0.5, lt=1), 0.95),
         "enrichment": Key(Table({
             "enabled": Key(Bool(), False),
             "indicator_tol": Key(Num(gt=0)),

@@ -184,10 +184,13 @@ def hyper_reduce(case: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, 
     Psi3 = Psi.reshape(ne * nq, 6, -1)
     gids = natural_point_ids(dm)
     # 3. ECM
-    with timers("ecm"):
+    with timers("ecm_integrand"):
         Eall = _mode_strains(solver, modes_local, strain_cache)                 # (G, N, 6)
-        L = stress_column_weights(stress_gram, Psi3.shape[-1])
-        A = np.einsum("gkc,gcj->gkj", Eall, Psi3 @ L).reshape(ne * nq, -1)
+        Ns = Psi3.shape[-1]
+        PsiL = (Psi3.reshape(-1, Ns) @ stress_column_weights(stress_gram, Ns)).reshape(Psi3.shape)
+        A = np.einsum("gkc,gcj->gkj", Eall, PsiL).reshape(ne * nq, -1)
+        del PsiL
+    with timers("ecm"):
         ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial)
         del A
     if not ecm_res.converged:
