@@ -376,6 +376,31 @@ def test_ecm_deterministic_and_warm_start():
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("keep_pool", [True, False])
+def test_ecm_warm_start_keeping_zeroed_points_in_the_pool(keep_pool):
+    """Enrichment-like warm start (a rule for 12 columns, then 18): with the zeroed points
+    kept in the NNLS pool or dropped, the rule meets its tolerance, identically at any
+    partition; the pool needs no more greedy iterations than dropping."""
+    A, w, gid = smooth_random(600, 18, seed=5)
+    old = ecm(A[:, :12], w, gid, MPI.COMM_SELF, tol=1e-9)
+    init = old.point_gids
+
+    def make():
+        return A, w, gid
+
+    out = run_variants(make, tol=1e-9, initial_points=init, keep_pool=keep_pool)
+    ref = out["1 rank"]
+    assert ref.converged
+    check_rule(ref, A, w, gid, 1e-9)
+    for label, res in out.items():
+        assert np.array_equal(res.point_gids, ref.point_gids), label
+        assert np.array_equal(res.weights, ref.weights), label
+    if keep_pool:
+        dropped = ecm(A, w, gid, MPI.COMM_SELF, tol=1e-9, initial_points=init, keep_pool=False)
+        assert ref.n_iterations <= dropped.n_iterations
+
+
+@pytest.mark.mpi
 def test_ecm_zero_weight_points():
     A, w, gid = smooth_random(300, 10, seed=2)
     Al, wl, gl = split(COMM, A, w, gid)

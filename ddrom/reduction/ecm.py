@@ -43,7 +43,9 @@ Greedy (Lawson-Hanson with a normalized entering rule)
    (:mod:`ddrom.reduction.nnls`) warm-started from the previous solution: its passive
    set and the QR factorization of ``J^T`` restricted to it are kept and updated.
 3. Points whose weight went to zero leave ``Z`` (they may be chosen again later);
-   ``r = b - J^T omega``.
+   ``r = b - J^T omega``. With ``keep_pool`` (default for a warm start) they stay in the
+   NNLS pool, out of the rule: the Lawson-Hanson outer loop brings one back when its
+   gradient turns positive, without a greedy iteration.
 
 Since ``<A_g*, r> > 0`` is the NNLS gradient of the new column, each step strictly
 decreases ``||r||`` in exact arithmetic and the passive columns stay linearly
@@ -436,7 +438,7 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         tol: float = 1e-8, max_points: int | None = None, add_constant: bool = True,
         initial_points: Any = None, zero_weight_points: Any = None,
         nnls: str = "lawson-hanson", max_iterations: int | None = None,
-        tie_rtol: float = 1e-6, score_dtype: str = "float32",
+        tie_rtol: float = 1e-6, score_dtype: str = "float32", keep_pool: bool | None = None,
         timers: Timers | None = None) -> ECMResult:
     """Empirical cubature: few points and non-negative weights integrating the columns.
 
@@ -464,6 +466,12 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         memory) and roughly halves the time of the scores; it only ranks candidates (a
         pick that double precision would not have made costs at most an extra greedy
         iteration; "no positive correlation" is confirmed in double before stopping).
+    keep_pool : with Lawson-Hanson, keep the points whose weight went to zero in the NNLS
+        pool instead of dropping them (they leave the rule, the NNLS may bring them back
+        without a greedy iteration). Default: only for a warm start, whose first NNLS on
+        the previous points zeroes about a third of them (measured on the enrichments of
+        cases/adaptive.toml: 3x fewer greedy iterations, rules within +-7 % points; from
+        scratch it gave 9 % more points).
     timers : optional :class:`~ddrom.parallel.Timers` accumulating the stage times.
 
     Returns
@@ -486,7 +494,7 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     with _one_blas_thread():
         return _ecm(A, w, gid, init, zero, c, tol=tol, max_points=max_points,
                     add_constant=add_constant, nnls=nnls, max_iterations=max_iterations,
-                    tie_rtol=tie_rtol, score_dtype=score_dtype, timers=timers)
+                    tie_rtol=tie_rtol, score_dtype=score_dtype, keep_pool=keep_pool, timers=timers)
 
 
 def _one_blas_thread():
@@ -517,7 +525,7 @@ _CONTROLLER = None
 
 
 def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_iterations,
-         tie_rtol, score_dtype, timers) -> ECMResult:
+         tie_rtol, score_dtype, keep_pool, timers) -> ECMResult:
     from mpi4py import MPI
 
     tm: dict[str, float] = {k: 0.0 for k in ("setup", "scores", "argmax_reduce",
@@ -597,15 +605,21 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
             omega = scipy.optimize.nnls(np.array(sel_rows).T, b, maxiter=50 * nce)[0]
         tm["nnls"] += time.perf_counter() - t1
 
-    def drop_zeros() -> None:
+    # keep_pool: Lawson-Hanson keeps the points whose weight went to zero in its pool (not
+    # in the rule); its own outer loop brings one back when the residual makes it useful
+    # again, at the cost of a small gradient instead of a greedy iteration with a pass over
+    # A. Pool points are not candidates (at the NNLS optimum their gradient is <= 0).
+    keep_pool = nnls == "lawson-hanson" and (bool(init.size) if keep_pool is None else bool(keep_pool))
+
+    def drop_zeros(final: bool = False) -> None:
         nonlocal omega
         keep = omega > 0
-        if keep.all():
+        if keep.all() or (keep_pool and not final):
             return
         for i in np.flatnonzero(~keep):
             if sel_lidx[i] >= 0:
                 selected_mask[sel_lidx[i]] = False
-        if nnls == "lawson-hanson":
+        if nnls == "lawson-hanson" and not final:
             lh.remove_columns(~keep)
         for lst in (sel_gid, sel_owner, sel_lidx, sel_rows):
             lst[:] = [v for v, k in zip(lst, keep) if k]
@@ -636,7 +650,7 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         if it >= max_iter:
             stop = "max_iterations"
             break
-        if len(sel_gid) >= cap:
+        if int(np.count_nonzero(omega > 0)) >= cap:
             stop = "max_points" if max_points is not None else "full_rank"
             break
         # 1. local scores and one global argmax reduction
@@ -699,6 +713,7 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         history.append(rel)
     for t in tabu:
         blocked[t] = False
+    drop_zeros(final=True)                       # the rule: the points of positive weight
 
     # --- assemble the result: cubature points + imposed zero-weight points, by gid
     t1 = time.perf_counter()
