@@ -241,6 +241,9 @@ def _plot_calibration(errors: list[dict], cal: dict, path: Path) -> str | None:
         g = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 50)
         ax.loglog(g, np.exp(cal["intercept"]) * g ** cal["slope"], "k--",
                   label=f"fit log e = {cal['intercept']:.2f} + {cal['slope']:.2f} log i, r = {cal['pearson_log']:.2f}")
+        if "prediction_margin_log" in cal:
+            ax.loglog(g, np.exp(cal["intercept"] + cal["prediction_margin_log"]) * g ** cal["slope"], "k:",
+                      label=f"{cal.get('confidence', 0.95):.0%} upper prediction bound")
         if cal.get("indicator_tolerance"):
             ax.axhline(cal["error_target"], color="tab:gray", lw=0.8)
             ax.axvline(cal["indicator_tolerance"], color="tab:gray", lw=0.8,
@@ -523,8 +526,11 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
             ["Pearson correlation of the logs", cal.get("pearson_log")],
             ["slope b in log e = a + b log i", cal.get("slope")],
             ["intercept a", cal.get("intercept")],
+            ["residual standard deviation of the fit (log)", cal.get("residual_std_log")],
             ["error target", cal.get("error_target")],
-            ["indicator tolerance for the target", cal.get("indicator_tolerance")]]), ""]
+            ["indicator tolerance for the target (mean fit)", cal.get("indicator_tolerance_fit")],
+            [f"indicator tolerance for the target ({cal.get('confidence', 0.5):.0%} upper prediction bound, used)",
+             cal.get("indicator_tolerance")]]), ""]
         if cal.get("message"):
             md += [f"Note: {cal['message']}.", ""]
     else:
