@@ -189,7 +189,8 @@ def _calibrate_run(args: Any, comm: Any) -> int:
         res = calibrate(args.case, comm, quiet=args.quiet)
     cal = res["calibration"]
     _print_table(args, comm, "ddrom calibrate: error indicator vs true error of p on the test points",
-                 [(k, cal[k]) for k in ("pairs", "pearson_log", "slope", "intercept", "error_target",
+                 [(k, cal[k]) for k in ("pairs", "pearson_log", "slope", "intercept", "residual_std_log",
+                                        "error_target", "confidence", "indicator_tolerance_fit",
                                         "indicator_tolerance", "message") if k in cal])
     _emit_json(args, comm, {"calibration": cal, "per_test_parameter": res["errors"]})
     return 0
