@@ -1,7 +1,8 @@
 """Adaptive enrichment: plain ROM, enriched ROM and HF side by side on one case.
 
     mpirun -n 2 python benchmarks/adaptive_enrichment.py [--case cases/adaptive.toml]
-        [--tol 1e-3 --tol 3e-3 ...] [--refine R] [--calibrate-on N] [--json PATH]
+        [--tol 1e-3 --tol 3e-3 ...] [--refine R] [--cycles-factor C] [--calibrate-on N]
+        [--json PATH]
 
 1. HF training sweep and offline stage (stores of an earlier run are reused).
 2. The HF run of every test point, recomputed and timed in this process: the reference
@@ -41,13 +42,16 @@ def main() -> None:
     ap.add_argument("--refine", type=int, default=1, metavar="R",
                     help="multiply n_around, n_radial, n_thick of the case's plate_with_hole mesh by R "
                          "(the variant is written to benchmarks/results/adaptive_r<R>/)")
+    ap.add_argument("--cycles-factor", type=int, default=1, metavar="C",
+                    help="multiply t_end and n_steps of the case by C (C times more load cycles, same "
+                         "step size); the variant is written to benchmarks/results/adaptive_r<R>_c<C>/")
     ap.add_argument("--calibrate-on", type=int, default=None, metavar="N",
                     help="calibrate the indicator on the first N test points only; the others are "
                          "out-of-sample validation points (default: all, in-sample)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
-    if args.refine > 1:
-        args.case = _refined_case(args.case, args.refine)
+    if args.refine > 1 or args.cycles_factor > 1:
+        args.case = _variant_case(args.case, args.refine, args.cycles_factor)
 
     from ddrom.cli.build import load_case_collectively
     from ddrom.cli.pipeline import hf_sweep, store_path
@@ -131,16 +135,22 @@ def main() -> None:
     rank0_print(comm, "")
 
 
-def _refined_case(path: str, r: int) -> str:
-    """The case with an r-times finer mesh, written (rank 0) next to the benchmark results."""
+def _variant_case(path: str, r: int, cycles: int) -> str:
+    """The case with an r-times finer mesh and/or ``cycles`` times more load cycles (same
+    time step), written (rank 0) next to the benchmark results."""
     import re
 
-    out = Path(__file__).resolve().parent / "results" / f"adaptive_r{r}"
+    name = f"adaptive_r{r}" + (f"_c{cycles}" if cycles > 1 else "")
+    out = Path(__file__).resolve().parent / "results" / name
     dst = out / Path(path).name
     if MPI.COMM_WORLD.rank == 0:
         text = Path(path).read_text()
         for key in ("n_around", "n_radial", "n_thick"):
             text = re.sub(rf"({key} = )(\d+)", lambda m: f"{m.group(1)}{int(m.group(2)) * r}", text, count=1)
+        for key in ("t_end", "n_steps"):
+            text = re.sub(rf"^({key} = )([0-9.]+)", lambda m: f"{m.group(1)}{float(m.group(2)) * cycles:g}"
+                          if "." in m.group(2) else f"{m.group(1)}{int(m.group(2)) * cycles}", text, count=1,
+                          flags=re.M)
         text = re.sub(r'^# output = .*$|^output = .*$', 'output = "out"', text, flags=re.M)
         out.mkdir(parents=True, exist_ok=True)
         dst.write_text(text)
