@@ -311,6 +311,25 @@ def test_cli_online_enrich_and_bad_options(tmp_path):
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["runs"][0]["n_enrichments"] >= 1
+    # `--rom` runs the enriched ROM saved by that run: it keeps what it learnt (smaller
+    # indicator without enrichment) and the calibration (enrichment needs no --indicator-tol)
+    enriched = out / "rom_enriched_param_A_1.8.h5"
+    import h5py
+
+    with h5py.File(enriched, "r") as f:
+        assert json.loads(f.attrs["indicator_calibration"])["indicator_tolerance"] == cal["indicator_tolerance"]
+
+    def max_indicator(*extra):
+        r = subprocess.run([env_py, "online", path, "--param", "A=1.8", "--quiet", "--json", "-", *extra],
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["runs"][0]["max_indicator"]
+
+    assert max_indicator("--no-enrich", "--rom", str(enriched)) < 0.1 * max_indicator("--no-enrich")
+    assert max_indicator("--enrich", "--rom", str(enriched)) is not None
+    r = subprocess.run([env_py, "online", path, "--rom", str(tmp_path / "nope.h5")], capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 2 and "nope.h5" in r.stderr and "does not exist" in r.stderr, r.stderr
 
 
 def test_calibration_upper_prediction_bound():

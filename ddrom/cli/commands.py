@@ -205,6 +205,9 @@ def _online_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="formats", action="append", choices=["xdmf", "vtu"], default=None,
                    help="with --fields: also write VTU per step + PVD in rom_fields_vtu/ (repeatable; "
                         "XDMF is always written)")
+    p.add_argument("--rom", metavar="PATH",
+                   help="run this ROM file instead of the case's rom.h5 (e.g. an enriched ROM saved by an "
+                        "earlier run)")
     g = p.add_argument_group("adaptive enrichment (default: [rom.enrichment] of the case)")
     g.add_argument("--enrich", dest="enrich", action="store_true", default=None,
                    help="recompute steps whose error indicator exceeds the tolerance with the HF solver "
@@ -242,7 +245,7 @@ def _online_run(args: Any, comm: Any) -> int:
         res = online(args.case, comm, _parse_params(args.param), quiet=args.quiet, fields=args.fields,
                      enrich=args.enrich, indicator_tol=args.indicator_tol,
                      max_enrichments=args.max_enrichments, save_rom=args.save_rom,
-                     formats=tuple(args.formats or ("xdmf",)))
+                     formats=tuple(args.formats or ("xdmf",)), rom=args.rom)
     wall = _wall(comm, t0)
     runs = []
     for name, params, r in res["runs"]:

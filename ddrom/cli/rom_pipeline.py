@@ -137,8 +137,11 @@ def _plot_sigma(case, model, comm) -> None:
 def online(case_path: str, comm: Any, params_list: list[dict] | None = None, quiet: bool = False,
            case=None, fields: bool = False, enrich: bool | None = None, indicator_tol: float | None = None,
            max_enrichments: int | None = None, save_rom: str | None = None, context=None,
-           formats: tuple = ("xdmf",)) -> dict[str, Any]:
+           formats: tuple = ("xdmf",), rom: str | None = None) -> dict[str, Any]:
     """Run the ROM on the test parameters (or the given ones); results in online_<name>.h5 + .json.
+
+    ``rom``: the ROM file to run (default: the case's ``rom.h5``), e.g. an enriched ROM
+    saved by an earlier run, so that what was learnt online is reused.
 
     With ``fields``, the full fields (displacement, cumulated plastic strain, stress) are
     reconstructed in parallel afterwards and written as ``rom_fields.h5`` + XDMF.
@@ -152,18 +155,19 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
     from ddrom.rom.online import ReducedSolver
 
     case = case or load_case_collectively(case_path, comm)
-    model = load_model(rom_path(case), comm)
+    rpath = Path(rom) if rom else rom_path(case)
+    model = load_model(rpath, comm)
     if json.dumps(model.material, sort_keys=True) != json.dumps(case.raw["material"], sort_keys=True):
-        raise CollectiveError(f"{rom_path(case)}: the ROM was built with another material than the one of "
+        raise CollectiveError(f"{rpath}: the ROM was built with another material than the one of "
                               f"{case.path.name} (rebuild it with `ddrom offline`)")
-    pick = _local_basis_picker(rom_path(case), comm)
+    pick = _local_basis_picker(rpath, comm)
     if params_list is None:
         points = [(f"test_{i:03d}", p) for i, p in enumerate(case.test_parameters())]
     else:
         # named by their values, so that runs of different points (job arrays) never collide
         points = [("param_" + "_".join(f"{k}_{v:g}" for k, v in sorted(p.items())), p) for p in params_list]
     _warn_out_of_range(model, points, comm)
-    eopts = _enrichment_options(case, comm, enrich, indicator_tol, max_enrichments)
+    eopts = _enrichment_options(case, comm, enrich, indicator_tol, max_enrichments, rpath)
     if save_rom is not None and len(points) != 1:
         raise CollectiveError(f"--save-rom names one file but there are {len(points)} parameter points")
     timers = Timers()
@@ -176,22 +180,23 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
     bar = Progress(comm, total=len(points), desc="ROM runs", quiet=quiet or len(points) < 2, unit="run")
     for name, params in points:
         cl = pick(params) if pick else None
-        m = model if cl is None else load_model(rom_path(case), comm, local=cl)
+        m = model if cl is None else load_model(rpath, comm, local=cl)
         enricher = None
         if eopts is not None:
             from ddrom.rom.enrichment import Enricher
             from ddrom.rom.model import load_bases
 
             solver.set_loads(build_loads(case, params, dm))
-            bases = load_bases(rom_path(case), dm, ["displacement", "stress"] + (["p"] if m.gappy else []),
+            bases = load_bases(rpath, dm, ["displacement", "stress"] + (["p"] if m.gappy else []),
                                "bases" if cl is None else f"local/{cl:03d}/bases")
             enricher = Enricher(case, solver, m, bases, eopts, timers=timers)
         res = ReducedSolver(m, params).run(enricher=enricher)
         res.cluster = cl
+        res.rom_file = str(rpath)
         if enricher is not None and res.n_enrichments:
             res.bases = enricher.bases_owned()
             _save_enriched(case, comm, res, enricher, Path(save_rom) if save_rom else
-                           Path(case.output_dir) / f"rom_enriched_{name}.h5", params)
+                           Path(case.output_dir) / f"rom_enriched_{name}.h5", params, rpath)
         runs.append((name, params, res))
         bar.update(1, enrichments=sum(r.n_enrichments for _, _, r in runs))
         extra = (f", {res.n_enrichments} enrichments ({res.enrichment_seconds:.2f} s, {res.model.n_modes} modes)"
@@ -242,7 +247,7 @@ def write_online_result(stem: Path, name: str, params: dict, res: Any) -> None:
 
 
 def _enrichment_options(case: Any, comm: Any, enrich: bool | None, indicator_tol: float | None,
-                        max_enrichments: int | None):
+                        max_enrichments: int | None, path: Path | None = None):
     """EnrichmentOptions from the command line, ``[rom.enrichment]`` and the ROM file (None: off).
 
     The tolerance is, in order: ``indicator_tol`` given here, ``[rom.enrichment]
@@ -258,7 +263,7 @@ def _enrichment_options(case: Any, comm: Any, enrich: bool | None, indicator_tol
         return None
     tol = indicator_tol or cfg.get("indicator_tol") or rom.get("indicator_tol")
     if tol is None:
-        tol = _stored_tolerance(rom_path(case), comm)
+        tol = _stored_tolerance(path or rom_path(case), comm)
     if tol is None:
         raise CollectiveError(f"{case.path.name}: enrichment needs an indicator tolerance: set "
                               "[rom.enrichment] indicator_tol (or [rom] indicator_tol), or run `ddrom run` "
@@ -281,13 +286,21 @@ def _stored_tolerance(path, comm) -> float | None:
     return as_mpi(comm).bcast(tol, root=0)
 
 
-def _save_enriched(case, comm, res, enricher, path: Path, params) -> None:
+def _save_enriched(case, comm, res, enricher, path: Path, params, source: Path) -> None:
+    """The enriched ROM as a new file; it keeps the source's indicator calibration so that
+    ``ddrom online --rom`` of it can enrich further with the calibrated tolerance."""
+    import h5py
+
     from ddrom.rom.model import save_model
 
+    cal = None
+    if as_mpi(comm).rank == 0:
+        with h5py.File(source, "r") as f:
+            cal = f.attrs.get("indicator_calibration")
     save_model(path, res.model, comm, case_hash=case.config_hash,
-               provenance={"case": str(case.path), "ranks": as_mpi(comm).size, "enriched_from": str(rom_path(case)),
+               provenance={"case": str(case.path), "ranks": as_mpi(comm).size, "enriched_from": str(source),
                            "parameters": params, "enrichments": res.enrichments},
-               bases=enricher.bases())
+               bases=enricher.bases(), attrs={"indicator_calibration": cal} if cal is not None else None)
     rank0_print(comm, f"  enriched ROM: {path}")
 
 
@@ -298,9 +311,10 @@ def _run_bases(case, dm, model, res):
     if getattr(res, "bases", None) is not None:
         return res.model, res.bases
     cl = res.cluster
-    m = model if cl is None else load_model(rom_path(case), dm.comm, local=cl)
+    path = getattr(res, "rom_file", None) or rom_path(case)
+    m = model if cl is None else load_model(path, dm.comm, local=cl)
     names = ["displacement", "stress"] + (["p"] if m.gappy is not None else [])
-    return m, load_bases(rom_path(case), dm, names, "bases" if cl is None else f"local/{cl:03d}/bases")
+    return m, load_bases(path, dm, names, "bases" if cl is None else f"local/{cl:03d}/bases")
 
 
 class _Reconstruction:

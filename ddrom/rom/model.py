@@ -135,9 +135,12 @@ def _write_bases(f, group: str, bases: dict) -> None:
 
 def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_hash: str = "",
                provenance: dict | None = None, bases: dict[str, tuple[Any, np.ndarray]] | None = None,
-               local: list[tuple[ReducedModel, dict]] | None = None, classifier: dict | None = None) -> None:
+               local: list[tuple[ReducedModel, dict]] | None = None, classifier: dict | None = None,
+               attrs: dict[str, str] | None = None) -> None:
     """Write the ROM file (collective): ``path.partial`` first, renamed when complete.
 
+    ``attrs``: extra root attributes (strings, the same on every rank), e.g. the indicator
+    calibration carried over to an enriched ROM.
     ``bases``: name -> (NaturalMap, owned rows (n_owned, bs, ncols)) written in natural order.
     ``local``: one (model, bases) per cluster (local bases), with the ``classifier`` data
     (training parameters, cluster labels, medoids) that picks one online.
@@ -166,6 +169,8 @@ def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_
             if classifier is not None:
                 f.attrs["classifier"] = json.dumps(classifier, default=str)
             f.attrs["n_local"] = len(local or [])
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
             f.attrs["complete"] = True
     except Exception as exc:  # noqa: BLE001
         msg = f"writing ROM file {path}: {type(exc).__name__}: {exc}"
