@@ -278,6 +278,26 @@ def test_failing_hf_step_leaves_rom_file_untouched(shared_tmp):
     assert _all(comm, ok and not left), left
 
 
+@pytest.mark.mpi
+def test_enrichment_of_a_local_basis(shared_tmp):
+    """With local bases (n_clusters = 2) the point's cluster model is enriched from that
+    cluster's bases; the enriched ROM repairs the run like the global one."""
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "local")
+    if comm.rank == 0:
+        text = Path(path).read_text().replace("ecm_tol = 1e-8", "ecm_tol = 1e-8\nn_clusters = 2").replace(
+            "values = [{ A = 0.5 }, { A = 1.0 }]", "values = [{ A = 0.5 }, { A = 0.6 }, { A = 0.9 }, { A = 1.0 }]")
+        Path(path).write_text(text)
+    comm.Barrier()
+    from ddrom.cli.rom_pipeline import run
+
+    s = run(path, comm, quiet=True)
+    e = s["enrichment"]
+    assert s["per_test_parameter"][0]["cluster"] is not None
+    assert e["n_enrichments"] >= 1
+    assert e["rel_error_plastic_strain"] < 1e-2 * s["rel_error_plastic_strain"], (s, e)
+
+
 def test_cli_online_enrich_and_bad_options(tmp_path):
     """`ddrom online --enrich --param ... --save-rom`; clear errors for missing tolerance."""
     env_py = str(Path(sys.executable).parent / "ddrom")
