@@ -196,6 +196,55 @@ def test_one_enrichment_step(shared_tmp):
 
 
 @pytest.mark.mpi
+def test_replay_follows_the_cut_back_increments_of_the_march(shared_tmp):
+    """When the reduced march cuts steps back, the replay before an enrichment takes the same
+    increments: the replayed internal variables at the ROM's points are the ROM's own (the
+    law is rate dependent: one increment per output step would differ)."""
+    from ddrom.cli.build import build_loads
+    from ddrom.cli.case import load_case
+    from ddrom.cli.rom_pipeline import _hf_context, rom_path
+    from ddrom.parallel import Timers
+    from ddrom.rom.enrichment import EnrichmentOptions, Enricher
+    from ddrom.rom.model import load_bases, load_model
+    from ddrom.rom.online import OnlineOptions, ReducedSolver
+    from ddrom.rom.operators import values_at_points
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "cuts", max_enrichments=1)
+    _build(path, comm)
+    case = load_case(path)
+    dm, solver = _hf_context(case, comm, Timers())
+    params = {"A": 1.8}
+    solver.set_loads(build_loads(case, params, dm))
+    model = load_model(rom_path(case), comm)
+    bases = load_bases(rom_path(case), dm, ["displacement", "stress", "p"])
+    opts = OnlineOptions(max_iterations=4)        # some plastic steps need more: cut back
+    plain = ReducedSolver(model, params, opts).run()
+    assert plain.cutbacks > 0
+    # enrich at the last step, after every cut-back of the march
+    k_last = len(plain.times) - 1
+    enr = Enricher(case, solver, model, bases, EnrichmentOptions(tolerance=1e30, max_enrichments=1))
+    seen, calls = {}, {"n": 0}
+    orig = enr._state_before
+
+    def spy(k, times, q_hist, v_hist, sub_hist=None):
+        seen["subs"] = sum(len(x) for x in sub_hist[:k])
+        st, n = orig(k, times, q_hist, v_hist, sub_hist)
+        seen["p"] = values_at_points(dm, solver.material.cumulated_plastic_strain(st.internal), model.point_gids)
+        return st, n
+
+    def wants(ind):                                # called once per converged step, in order
+        calls["n"] += 1
+        return calls["n"] == k_last
+
+    enr._state_before, enr.wants = spy, wants
+    res = ReducedSolver(model, params, opts).run(enricher=enr)
+    assert res.n_enrichments == 1 and res.enrichments[0]["step"] == k_last
+    assert seen["subs"] > 0                        # cut-back increments were replayed
+    np.testing.assert_allclose(seen["p"], plain.p_samples[k_last - 1], rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.mpi
 def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
     from ddrom.cli.rom_pipeline import run
     from ddrom.rom.model import load_model

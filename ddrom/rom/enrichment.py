@@ -161,8 +161,13 @@ class Enricher:
         N = len(q)
         return self.Phi[:, :N] @ q + self.chi @ v
 
-    def _state_before(self, k: int, times: np.ndarray, q_hist: list, v_hist: list) -> tuple[State, int]:
-        """HF state at t_{k-1}: from the last HF state, replay along the ROM history."""
+    def _state_before(self, k: int, times: np.ndarray, q_hist: list, v_hist: list,
+                      sub_hist: list | None = None) -> tuple[State, int]:
+        """HF state at t_{k-1}: from the last HF state, replay along the ROM history.
+
+        ``sub_hist[j]``: the (t, q, v) of the increments the march took before ``t_j`` when it
+        cut step ``j`` back; they are replayed too, so that a rate-dependent law follows the
+        ROM's own path (one increment per output step would not)."""
         solver, rp = self.solver, self.replayer
         if self._start is None:
             first, rp.state = 0, None
@@ -172,18 +177,22 @@ class Enricher:
             rp.state = ReplayState(st.t, st.stress, self.solver.material.cumulated_plastic_strain(st.internal),
                                    st.internal, st.T)
         for j in range(first, k):
+            for t_sub, q_sub, v_sub in (sub_hist[j] if sub_hist is not None else ()):
+                rp.step(float(t_sub), self._displacement(q_sub, v_sub), j)
             rp.step(float(times[j]), self._displacement(q_hist[j], v_hist[j]), j)
         r = rp.state
         u = solver.owned_to_local(self._displacement(q_hist[k - 1], v_hist[k - 1]))
         return State(float(times[k - 1]), u, r.stress, r.internal, r.T), max(0, k - first)
 
     def enrich(self, k: int, times: np.ndarray, q_hist: list, v_hist: list, v_new: np.ndarray,
-               reason: str = "", q_guess: np.ndarray | None = None
+               reason: str = "", q_guess: np.ndarray | None = None, sub_hist: list | None = None
                ) -> tuple[ReducedModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         """One enrichment at step ``k`` (collective).
 
         ``q_hist``, ``v_hist``: reduced coordinates and lifting values of steps 0 .. k-1
-        (replicated); ``v_new``: the lifting values at ``t_k``; ``q_guess``: the ROM's own
+        (replicated); ``sub_hist``: per step, the (t, q, v) of the increments before it when
+        the march cut it back (:meth:`_state_before`); ``v_new``: the lifting values at
+        ``t_k``; ``q_guess``: the ROM's own
         solution at ``t_k`` if it converged, the HF Newton's initial guess. Returns (model,
         q_k, internal state (K, n_state), T (K,), stress (K, 6) at the new model's sample
         points, event dict).
@@ -193,7 +202,7 @@ class Enricher:
         n_before, pts_before = self.model.n_modes, set(self.model.point_gids[self.model.weights > 0].tolist())
         with self.timers("enrichment_replay"):
             t0 = time.perf_counter()
-            old, n_replayed = self._state_before(k, times, q_hist, v_hist)
+            old, n_replayed = self._state_before(k, times, q_hist, v_hist, sub_hist)
             s_replay = time.perf_counter() - t0
         with self.timers("enrichment_hf_step"):
             t0 = time.perf_counter()

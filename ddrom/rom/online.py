@@ -246,15 +246,16 @@ class ReducedSolver:
         resp0 = self.material.update(self._strains(q, v0), state, T, T, 0.0, tangent=False)
         state = resp0.state
         nt = len(times)
-        rows: dict[str, list] = {"q": [], "p": [], "s": [], "v": [], "ind": []}
+        rows: dict[str, list] = {"q": [], "p": [], "s": [], "v": [], "ind": [], "sub": []}
         out = OnlineResult(times, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
 
         def observe(state_) -> tuple[np.ndarray, float]:
             p_ = self.material.cumulated_plastic_strain(state_)
             return p_, self.indicator(p_)
 
-        def record(q_, p_, ind, stress_, v_) -> None:
+        def record(q_, p_, ind, stress_, v_, sub=()) -> None:
             rows["q"].append(q_)
+            rows["sub"].append(list(sub))
             rows["p"].append(self.p_coefficients(p_))
             rows["s"].append(self.stress_coefficients(stress_))
             rows["v"].append(v_)
@@ -266,16 +267,20 @@ class ReducedSolver:
         info = {"newton": 0, "cutbacks": 0}
         cur = (times[0], q, state, T, None, v0)       # (t, q, state, T, response, lifting values)
 
+        path: list = []                               # accepted increments of the current step
+
         def attempt(c, t_new):
             res, err = self._newton(c[1], c[2], c[3], c[0], t_new, info)
             if res is None:
                 raise NotConverged(err)
             q_, resp_, T_, v_ = res
+            path.append((t_new, q_, v_))
             return (t_new, q_, resp_.state, T_, resp_, v_)
 
         for k in range(1, nt):
             ts = time.perf_counter()
             failure = None
+            path.clear()
             try:
                 new, cuts = advance(cur, lambda c: c[0], float(times[k]), attempt, self.options.max_cutbacks)
                 info["cutbacks"] += cuts
@@ -296,13 +301,16 @@ class ReducedSolver:
                 q_guess = q if failure is None else None
                 v = self.dirichlet_values(float(times[k]))
                 model, q, state, T, stress, event = enricher.enrich(k, times, rows["q"], rows["v"], v,
-                                                                    reason=reason, q_guess=q_guess)
+                                                                    reason=reason, q_guess=q_guess,
+                                                                    sub_hist=rows["sub"])
+                path.clear()                          # step k is the HF state: nothing to replay
                 self.bind(model)
                 event["indicator_before"] = ind
                 p, ind = observe(state)
                 event["indicator_after"] = ind
                 out.enrichments.append(event)
-            record(q, p, ind, stress, v)
+            # the increments before t_k of a step the march cut back: the replay follows them
+            record(q, p, ind, stress, v, path[:-1])
             cur = (float(times[k]), q, state, T, None, v)
             out.step_seconds.append(time.perf_counter() - ts)
         out.q = _pad(rows["q"])
