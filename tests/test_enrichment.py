@@ -150,8 +150,8 @@ def test_one_enrichment_step(shared_tmp):
     seen = {}
     orig = enr._state_before
 
-    def spy(k, times, q_hist, v_hist):
-        st, n = orig(k, times, q_hist, v_hist)
+    def spy(k, times, q_hist, v_hist, sub_hist=None):
+        st, n = orig(k, times, q_hist, v_hist, sub_hist)
         seen["p"] = values_at_points(dm, solver.material.cumulated_plastic_strain(st.internal), model.point_gids)
         return st, n
 
