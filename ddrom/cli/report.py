@@ -240,7 +240,7 @@ def _plot_calibration(errors: list[dict], cal: dict, path: Path) -> str | None:
         xs = np.concatenate(xs_all)
         g = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 50)
         ax.loglog(g, np.exp(cal["intercept"]) * g ** cal["slope"], "k--",
-                  label=f"fit log e = {cal['intercept']:.2f} + {cal['slope']:.2f} log i, r = {cal['pearson_log']:.2f}")
+                  label=f"fit log e = {cal['intercept']:.2f} + {cal['slope']:.2f} log i, r = {cal['pearson_log']:.3f}")
         if "prediction_margin_log" in cal:
             ax.loglog(g, np.exp(cal["intercept"] + cal["prediction_margin_log"]) * g ** cal["slope"], "k:",
                       label=f"{cal.get('confidence', 0.95):.0%} upper prediction bound")
@@ -248,6 +248,9 @@ def _plot_calibration(errors: list[dict], cal: dict, path: Path) -> str | None:
             ax.axhline(cal["error_target"], color="tab:gray", lw=0.8)
             ax.axvline(cal["indicator_tolerance"], color="tab:gray", lw=0.8,
                        label=f"target {cal['error_target']:.0e} -> tolerance {cal['indicator_tolerance']:.2e}")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())       # labelled minor ticks overlap on < 2 decades
     ax.set_xlabel("indicator (Gappy residual of p)")
     ax.set_ylabel("true relative error of p")
     ax.set_title("Indicator vs true error (one point per step)")

@@ -757,12 +757,15 @@ def _plot_calibration(case, errors, cal) -> None:
         xs = np.logspace(np.log10(max(min(v for e in errors for v in e["indicator_per_step"] if v and v > 0), 1e-16)),
                          np.log10(max(v for e in errors for v in e["indicator_per_step"] if v)), 50)
         ax.loglog(xs, np.exp(cal["intercept"]) * xs ** cal["slope"], "k--",
-                  label=f"fit, r = {cal['pearson_log']:.2f}")
+                  label=f"fit, r = {cal['pearson_log']:.3f}")
         ax.loglog(xs, np.exp(cal["intercept"] + cal["prediction_margin_log"]) * xs ** cal["slope"], "k:",
                   label=f"{cal['confidence']:.0%} upper prediction bound")
         if cal.get("indicator_tolerance"):
             ax.axvline(cal["indicator_tolerance"], color="gray", lw=0.8)
             ax.axhline(cal["error_target"], color="gray", lw=0.8)
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())       # labelled minor ticks overlap on < 2 decades
     ax.set_xlabel("indicator (Gappy residual of p)")
     ax.set_ylabel("true relative error of p")
     ax.legend(fontsize=7)
