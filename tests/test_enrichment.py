@@ -399,6 +399,12 @@ def test_cli_online_enrich_and_bad_options(tmp_path):
     r = subprocess.run([env_py, "online", path, "--rom", str(tmp_path / "nope.h5")], capture_output=True,
                        text=True, timeout=240)
     assert r.returncode == 2 and "nope.h5" in r.stderr and "does not exist" in r.stderr, r.stderr
+    # --no-save-rom: enriched, nothing written
+    r = subprocess.run([env_py, "online", path, "--param", "A=1.7", "--enrich", "--no-save-rom", "--quiet",
+                        "--json", "-"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["runs"][0]["n_enrichments"] >= 1
+    assert not list(out.glob("rom_enriched_param_A_1.7*")), list(out.iterdir())
 
 
 def test_calibration_upper_prediction_bound():

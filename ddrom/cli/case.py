@@ -603,6 +603,7 @@ SCHEMA = Table({
             "max_enrichments": Key(Int(ge=0), 10),
             "basis_tol": Key(Num(gt=0, lt=1), 1e-6),
             "ecm_tol": Key(Num(gt=0, lt=1)),
+            "save": Key(Bool(), True),
         }), {}),
     }, unknown="warn"), {}),
     "training": Key(_sampling_table("training")),

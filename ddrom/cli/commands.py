@@ -218,6 +218,8 @@ def _online_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-enrichments", type=int, metavar="N", help="at most N HF steps per run")
     g.add_argument("--save-rom", metavar="PATH",
                    help="write the enriched ROM here (one --param point; default OUTPUT/rom_enriched_<run>.h5)")
+    g.add_argument("--no-save-rom", dest="save_rom", action="store_false", default=None,
+                   help="do not write enriched ROM files (default: [rom.enrichment] save)")
 
 
 def _parse_params(items: list[str]) -> list[dict] | None:

@@ -136,7 +136,7 @@ def _plot_sigma(case, model, comm) -> None:
 
 def online(case_path: str, comm: Any, params_list: list[dict] | None = None, quiet: bool = False,
            case=None, fields: bool = False, enrich: bool | None = None, indicator_tol: float | None = None,
-           max_enrichments: int | None = None, save_rom: str | None = None, context=None,
+           max_enrichments: int | None = None, save_rom: str | bool | None = None, context=None,
            formats: tuple = ("xdmf",), rom: str | None = None) -> dict[str, Any]:
     """Run the ROM on the test parameters (or the given ones); results in online_<name>.h5 + .json.
 
@@ -149,7 +149,9 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
     Enrichment (``enrich``, default ``[rom.enrichment] enabled``): a step whose indicator
     exceeds the tolerance is recomputed by the HF solver on all ranks and the ROM is
     enriched (:mod:`ddrom.rom.enrichment`); an enriched ROM is saved as
-    ``rom_enriched_<name>.h5`` (or ``save_rom`` for a single parameter point).
+    ``rom_enriched_<name>.h5`` (or ``save_rom`` for a single parameter point; ``save_rom=False``
+    or ``[rom.enrichment] save = false``: not saved, e.g. for job arrays of many points, each
+    file holding full-size bases).
     """
     from ddrom.rom.model import load_model
     from ddrom.rom.online import ReducedSolver
@@ -168,6 +170,9 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
         points = [("param_" + "_".join(f"{k}_{v:g}" for k, v in sorted(p.items())), p) for p in params_list]
     _warn_out_of_range(model, points, comm)
     eopts = _enrichment_options(case, comm, enrich, indicator_tol, max_enrichments, rpath)
+    save = case.raw.get("rom", {}).get("enrichment", {}).get("save", True) if save_rom is None else save_rom is not False
+    if save_rom is False:
+        save_rom = None
     if save_rom is not None and len(points) != 1:
         raise CollectiveError(f"--save-rom names one file but there are {len(points)} parameter points")
     timers = Timers()
@@ -195,6 +200,7 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
         res.rom_file = str(rpath)
         if enricher is not None and res.n_enrichments:
             res.bases = enricher.bases_owned()
+        if enricher is not None and res.n_enrichments and save:
             _save_enriched(case, comm, res, enricher, Path(save_rom) if save_rom else
                            Path(case.output_dir) / f"rom_enriched_{name}.h5", params, rpath)
         runs.append((name, params, res))
@@ -543,8 +549,12 @@ def _plot_enrichment(case, plain: list[dict], enriched: list[dict], summary: dic
     import matplotlib.pyplot as plt
 
     n = len(plain)
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), squeeze=False)
-    for ax, e0, e1 in zip(axes[0], plain, enriched):
+    ncols = min(n, 3)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    for ax, e0, e1 in zip(axes.ravel(), plain, enriched):
         k = np.arange(len(e0["indicator_per_step"]))
         ax.semilogy(k, e0["indicator_per_step"], "C0--", label="indicator, ROM")
         ax.semilogy(k, e0["p_error_per_step"], "C0-", label="true error of p, ROM")
@@ -553,6 +563,8 @@ def _plot_enrichment(case, plain: list[dict], enriched: list[dict], summary: dic
         for ev in e1.get("events", []):
             ax.axvline(ev["step"], color="C1", alpha=0.3)
         ax.axhline(summary["indicator_tolerance"], color="gray", ls=":", label="indicator tolerance")
+        # right after an enrichment the indicator is at round-off (~1e-16): not worth 10 decades
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-7))
         ax.set_title(f"{e0['name']} {e0['params']}", fontsize=8)
         ax.set_xlabel("time step")
         ax.grid(True, which="both", alpha=0.3)
