@@ -105,6 +105,24 @@ def _build(path: str, comm) -> None:
     offline(path, comm, quiet=True)
 
 
+def _built_point(tmp: Path, comm, name: str, params: dict):
+    """Build the case ``name`` and return (case, path, dm, solver with the point's loads,
+    ROM model, distributed bases) for one parameter point."""
+    from ddrom.cli.build import build_loads
+    from ddrom.cli.case import load_case
+    from ddrom.cli.rom_pipeline import _hf_context, rom_path
+    from ddrom.parallel import Timers
+    from ddrom.rom.model import load_bases, load_model
+
+    path = _case(tmp, comm, name, max_enrichments=1)
+    _build(path, comm)
+    case = load_case(path)
+    dm, solver = _hf_context(case, comm, Timers())
+    solver.set_loads(build_loads(case, params, dm))
+    model = load_model(rom_path(case), comm)
+    return case, path, dm, solver, model, load_bases(rom_path(case), dm, ["displacement", "stress", "p"])
+
+
 @pytest.mark.mpi
 def test_indicator_small_on_training_and_large_beyond(shared_tmp):
     from ddrom.cli.rom_pipeline import online
@@ -123,27 +141,16 @@ def test_indicator_small_on_training_and_large_beyond(shared_tmp):
 def test_one_enrichment_step(shared_tmp):
     """One HF step: the basis holds its displacement, the ECM still meets its tolerance, the
     ROM error at that step and over the run drops; the replay matches the ROM at its points."""
-    from ddrom.cli.rom_pipeline import _hf_context, online, rom_path
-    from ddrom.cli.build import build_loads
     from ddrom.io.store import SnapshotStore
     from ddrom.cli.pipeline import store_path
-    from ddrom.cli.case import load_case
-    from ddrom.parallel import Timers
     from ddrom.reduction.inner import allreduce_sum
     from ddrom.rom.enrichment import EnrichmentOptions, Enricher
-    from ddrom.rom.model import load_bases, load_model
     from ddrom.rom.online import ReducedSolver
     from ddrom.rom.operators import values_at_points
 
     comm = MPI.COMM_WORLD
-    path = _case(shared_tmp, comm, "one", max_enrichments=1)
-    _build(path, comm)
-    case = load_case(path)
-    dm, solver = _hf_context(case, comm, Timers())
     params = {"A": 1.8}
-    solver.set_loads(build_loads(case, params, dm))
-    model = load_model(rom_path(case), comm)
-    bases = load_bases(rom_path(case), dm, ["displacement", "stress", "p"])
+    case, path, dm, solver, model, bases = _built_point(shared_tmp, comm, "one", params)
     plain = ReducedSolver(model, params).run()
     enr = Enricher(case, solver, model, bases, EnrichmentOptions(tolerance=TOL, max_enrichments=1, basis_tol=1e-6))
     # record the replayed state the HF step starts from, to compare with the ROM's own state
@@ -200,24 +207,13 @@ def test_replay_follows_the_cut_back_increments_of_the_march(shared_tmp):
     """When the reduced march cuts steps back, the replay before an enrichment takes the same
     increments: the replayed internal variables at the ROM's points are the ROM's own (the
     law is rate dependent: one increment per output step would differ)."""
-    from ddrom.cli.build import build_loads
-    from ddrom.cli.case import load_case
-    from ddrom.cli.rom_pipeline import _hf_context, rom_path
-    from ddrom.parallel import Timers
     from ddrom.rom.enrichment import EnrichmentOptions, Enricher
-    from ddrom.rom.model import load_bases, load_model
     from ddrom.rom.online import OnlineOptions, ReducedSolver
     from ddrom.rom.operators import values_at_points
 
     comm = MPI.COMM_WORLD
-    path = _case(shared_tmp, comm, "cuts", max_enrichments=1)
-    _build(path, comm)
-    case = load_case(path)
-    dm, solver = _hf_context(case, comm, Timers())
     params = {"A": 1.8}
-    solver.set_loads(build_loads(case, params, dm))
-    model = load_model(rom_path(case), comm)
-    bases = load_bases(rom_path(case), dm, ["displacement", "stress", "p"])
+    case, path, dm, solver, model, bases = _built_point(shared_tmp, comm, "cuts", params)
     opts = OnlineOptions(max_iterations=4)        # some plastic steps need more: cut back
     plain = ReducedSolver(model, params, opts).run()
     assert plain.cutbacks > 0
