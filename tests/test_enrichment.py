@@ -266,6 +266,7 @@ def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
     if comm.rank == 0:
         text = (out / "report" / "report.md").read_text()
         assert "## Adaptive enrichment" in text and "enrichment.png" in text, rep
+        assert "largest per-step error p (enriched)" in text
     # the enriched ROM file keeps what was learnt: rerun without enrichment, stays on the manifold
     m = load_model(out / "rom_enriched_test_000.h5", comm)
     assert m.n_modes == events[-1]["n_modes"] and m.info["n_enrichments"] == len(events)

@@ -56,6 +56,11 @@ def _figure(figsize=(6.0, 4.0)):
     return fig
 
 
+def _max_finite(values) -> float | None:
+    v = [x for x in (values or []) if x is not None and np.isfinite(x)]
+    return float(max(v)) if v else None
+
+
 def _copy_figure(src: Path, rdir: Path) -> bool:
     """Copy a figure a stage wrote into the report folder (temporary name, then rename)."""
     if not src.is_file():
@@ -551,10 +556,14 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
         for e in enr.get("per_test_parameter", []):
             p0 = plain.get(e["name"], {})
             rows.append([e["name"], json.dumps(e.get("params", {})), p0.get("plastic_strain"), e.get("plastic_strain"),
-                         p0.get("displacement"), e.get("displacement"), e.get("n_enrichments"),
-                         ", ".join(str(ev["step"]) for ev in e.get("events", [])), e.get("cost_ratio_to_hf")])
-        md += [_table(["test", "parameters", "error p (ROM)", "error p (enriched)", "error u (ROM)",
-                       "error u (enriched)", "HF steps", "at steps", "cost / HF run"], rows), ""]
+                         _max_finite(e.get("p_error_per_step")), p0.get("displacement"), e.get("displacement"),
+                         e.get("n_enrichments"), ", ".join(str(ev["step"]) for ev in e.get("events", [])),
+                         e.get("cost_ratio_to_hf")])
+        md += [_table(["test", "parameters", "error p (ROM)", "error p (enriched)",
+                       "largest per-step error p (enriched)", "error u (ROM)", "error u (enriched)", "HF steps",
+                       "at steps", "cost / HF run"], rows), "",
+               "Errors are space-time relative L2 errors; the per-step error is the quantity the indicator "
+               "is calibrated on (one value per step, relative to that step's HF field).", ""]
         if _copy_figure(d / "enrichment.png", rdir):
             md += ["![indicator and true error, plain and enriched ROM](enrichment.png)", "",
                    "Indicator (dashed) and true relative error of p (solid) per step, plain ROM (blue) and "
