@@ -102,6 +102,11 @@ def _write_vtu_series(ref, folder: str, sim: str, perm: bool, with_stress: str |
         meshio.write(os.path.join(folder, f), meshio.Mesh(m.points[pn], [("hexahedron", cells)],
                                                           point_data=pd, cell_data=cd))
         entries.append(f'<DataSet timestep="{t!r}" part="0" file="{f}"/>')
+    return _write_pvd(folder, sim, entries)
+
+
+def _write_pvd(folder: str, sim: str, entries: list[str]) -> str:
+    """The PVD collection ``<sim>.pvd`` listing the ``<DataSet .../>`` entries; its path."""
     pvd = os.path.join(folder, f"{sim}.pvd")
     with open(pvd, "w") as fh:
         fh.write('<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n<Collection>\n'
@@ -145,11 +150,7 @@ def _write_pvtu_series(ref, folder: str, sim: str, n_pieces: int) -> str:
                      + "".join(f'<Piece Source="{n}"/>\n' for n in names)
                      + "</PUnstructuredGrid>\n</VTKFile>\n")
         entries.append(f'<DataSet timestep="{t!r}" part="0" file="{pv}"/>')
-    pvd = os.path.join(folder, f"{sim}.pvd")
-    with open(pvd, "w") as fh:
-        fh.write('<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n<Collection>\n'
-                 + "\n".join(entries) + "\n</Collection>\n</VTKFile>\n")
-    return pvd
+    return _write_pvd(folder, sim, entries)
 
 
 def _check_store_equals_ref(ref, case_path: str, sims: list[str]) -> None:
