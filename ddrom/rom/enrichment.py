@@ -61,44 +61,45 @@ class EnrichmentOptions:
 
 
 def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None, comm: Any,
-                       tol: float) -> tuple[np.ndarray, bool, float]:
+                       tol: float) -> tuple[np.ndarray, bool, float, np.ndarray]:
     """Append ``x`` to the row-distributed basis ``B`` (orthonormal in ``<a, b> = sum w a b``).
 
     Classical Gram-Schmidt twice (one allreduce of ``B^T W r`` per pass, which is what
     makes it "twice is enough" accurate); the new direction is kept when its relative
-    residual ``||r|| / ||x||`` exceeds ``tol``. Returns (basis, appended, relative residual),
-    the same on every rank (sums broadcast from rank 0).
+    residual ``||r|| / ||x||`` exceeds ``tol``. Returns (basis, appended, relative residual,
+    coefficients of ``x`` in the returned basis: the two passes' projections, and ``||r||``
+    on an appended mode since ``x = B c + r``), the same on every rank (sums broadcast
+    from rank 0).
     """
     w = np.ones(len(x)) if weights is None else weights
 
     def dot(a, b):
         return allreduce_sum(np.atleast_1d(a.T @ (w * b) if a.ndim == 2 else np.dot(a, w * b)), comm)
 
+    c = np.zeros(B.shape[1])
     nx = math.sqrt(float(dot(x, x)[0]))
     if nx == 0.0:
-        return B, False, 0.0
+        return B, False, 0.0, c
     r = x.astype(float).copy()
     for _ in range(2):
         if B.shape[1]:
-            r -= B @ dot(B, r)
+            cp = dot(B, r)
+            r -= B @ cp
+            c += cp
     nr = math.sqrt(float(dot(r, r)[0]))
     if nr <= tol * nx:
-        return B, False, nr / nx
-    return np.column_stack([B, r / nr]), True, nr / nx
+        return B, False, nr / nx, c
+    return np.column_stack([B, r / nr]), True, nr / nx, np.append(c, nr)
 
 
-def _gram_update(G: np.ndarray | None, c_old: np.ndarray, Psi: np.ndarray, ns_old: int, sig: np.ndarray,
-                 w_sig: np.ndarray, comm: Any) -> np.ndarray | None:
+def _gram_update(G: np.ndarray | None, c: np.ndarray) -> np.ndarray | None:
     """``G + c c^T`` with ``c`` the coefficients of the new stress snapshot in the (possibly
-    enlarged) basis: ``c_old`` on the old modes, ``<psi_new, sig>`` on an appended mode.
-    None stays None (a schema-2 model: unweighted ECM columns)."""
+    enlarged) basis, ``G`` padded with zeros for an appended mode. None stays None (a
+    schema-2 model: unweighted ECM columns)."""
     if G is None:
         return None
-    c = np.asarray(c_old, dtype=float)
-    if Psi.shape[1] > ns_old:
-        c = np.concatenate([c, allreduce_sum(Psi[:, ns_old:].T @ (w_sig * sig), comm)])
-        G = np.pad(G, ((0, Psi.shape[1] - ns_old), (0, Psi.shape[1] - ns_old)))
-    return G + np.outer(c, c)
+    grow = len(c) - G.shape[0]
+    return np.pad(G, ((0, grow), (0, grow))) + np.outer(c, c)
 
 
 class Enricher:
@@ -217,19 +218,19 @@ class Enricher:
         with self.timers("enrichment_update"):
             w = new.u[: 3 * dm.n_owned] - self.chi @ np.asarray(v_new, dtype=float)
             w[self.fixed] = 0.0
-            self.Phi, add_u, res_u = orthonormal_append(self.Phi, w, None, self.comm, self.options.basis_tol)
-            sig = new.stress.reshape(-1)
-            w_sig = np.repeat(self.w_qp, 6)
+            # q: the HF displacement's coordinates in the enriched basis (the march resumes there)
+            self.Phi, add_u, res_u, q = orthonormal_append(self.Phi, w, None, self.comm, self.options.basis_tol)
             # the new snapshot's coefficients in the enriched stress basis enter the Gram
             # matrix that weighs the ECM columns (offline.stress_column_weights)
-            c_old = allreduce_sum(self.Psi.T @ (w_sig * sig), self.comm)
-            ns_old = self.Psi.shape[1]
-            self.Psi, add_s, res_s = orthonormal_append(self.Psi, sig, w_sig, self.comm, self.options.basis_tol)
-            self.stress_gram = _gram_update(self.stress_gram, c_old, self.Psi, ns_old, sig, w_sig, self.comm)
+            self.Psi, add_s, res_s, c_sig = orthonormal_append(self.Psi, new.stress.reshape(-1),
+                                                               np.repeat(self.w_qp, 6), self.comm,
+                                                               self.options.basis_tol)
+            self.stress_gram = _gram_update(self.stress_gram, c_sig)
             p = solver.material.cumulated_plastic_strain(new.internal)
             if self.Phip is None:
                 self.Phip = np.zeros((len(p), 0))
-            self.Phip, add_p, res_p = orthonormal_append(self.Phip, p, self.w_qp, self.comm, self.options.basis_tol)
+            self.Phip, add_p, res_p, _ = orthonormal_append(self.Phip, p, self.w_qp, self.comm,
+                                                            self.options.basis_tol)
             if self.Phip.shape[1] == 0:
                 self.Phip = None
             m = self.model
@@ -245,7 +246,6 @@ class Enricher:
             if model.gappy is not None and "p_sample_scale" not in model.info:
                 # first plastic strain ever seen (elastic training): its samples set the scale
                 model.info["p_sample_scale"] = float(np.linalg.norm(values_at_points(self.dm, p, model.point_gids)))
-            q = allreduce_sum(self.Phi.T @ w, self.comm)
             gids = model.point_gids
             internal = values_at_points(self.dm, new.internal, gids)
             T = values_at_points(self.dm, new.T.reshape(-1), gids)
