@@ -170,10 +170,11 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
         points = [("param_" + "_".join(f"{k}_{v:g}" for k, v in sorted(p.items())), p) for p in params_list]
     _warn_out_of_range(model, points, comm)
     eopts = _enrichment_options(case, comm, enrich, indicator_tol, max_enrichments, rpath)
-    save = case.raw.get("rom", {}).get("enrichment", {}).get("save", True) if save_rom is None else save_rom is not False
-    if save_rom is False:
-        save_rom = None
-    if save_rom is not None and len(points) != 1:
+    # save_rom: a path (one point), False (never), None (the case's [rom.enrichment] save)
+    target = save_rom if isinstance(save_rom, (str, os.PathLike)) else None
+    save = save_rom is not False and (target is not None or case.raw.get("rom", {}).get("enrichment", {})
+                                      .get("save", True))
+    if target is not None and len(points) != 1:
         raise CollectiveError(f"--save-rom names one file but there are {len(points)} parameter points")
     timers = Timers()
     if eopts is not None:
@@ -201,7 +202,7 @@ def online(case_path: str, comm: Any, params_list: list[dict] | None = None, qui
         if enricher is not None and res.n_enrichments:
             res.bases = enricher.bases_owned()
         if enricher is not None and res.n_enrichments and save:
-            _save_enriched(case, comm, res, enricher, Path(save_rom) if save_rom else
+            _save_enriched(case, comm, res, enricher, Path(target) if target is not None else
                            Path(case.output_dir) / f"rom_enriched_{name}.h5", params, rpath)
         runs.append((name, params, res))
         bar.update(1, enrichments=sum(r.n_enrichments for _, _, r in runs))
