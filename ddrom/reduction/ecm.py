@@ -238,8 +238,8 @@ def _reproducible_colsum_chunks(chunk, nloc: int, ncol: int, comm: Any) -> np.nd
     return out
 
 
-def _row_dots(A: np.ndarray, v: np.ndarray, extra: float, chunk: int) -> np.ndarray:
-    """``A_g . v + extra`` for every row, the same bits wherever the row sits in ``A``.
+def _row_dots(A: np.ndarray, v: np.ndarray, chunk: int) -> np.ndarray:
+    """``A_g . v`` for every row, the same bits wherever the row sits in ``A``.
 
     numpy's ``einsum`` (C loop, no BLAS) computes each output entry by one SIMD dot
     product over the row, independent of the row's position and of the other rows.
@@ -251,8 +251,6 @@ def _row_dots(A: np.ndarray, v: np.ndarray, extra: float, chunk: int) -> np.ndar
     out = np.empty(A.shape[0], dtype=np.result_type(A, v))
     for i0 in range(0, A.shape[0], chunk):
         np.einsum("ij,j->i", A[i0:i0 + chunk], v, out=out[i0:i0 + chunk])
-    if extra:
-        out += extra
     return out
 
 
@@ -266,7 +264,7 @@ def _scores(A: np.ndarray, r: np.ndarray, s: float, nc: int, add_constant: bool,
     if A.shape[0] == 0:
         return None, -math.inf
     v = r[:nc].astype(A.dtype)
-    sc = _row_dots(A, v, 0.0, chunk).astype(float)
+    sc = _row_dots(A, v, chunk).astype(float)
     if add_constant:
         sc += s * r[nc]
     sc /= rownorm
