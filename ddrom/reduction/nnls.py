@@ -98,11 +98,6 @@ class LawsonHanson:
     def n(self) -> int:
         return self._n
 
-    @property
-    def cols(self) -> np.ndarray:
-        """The pool ``M`` (``m x n``), a view."""
-        return self._rows[:self._n].T
-
     def add_columns(self, C: np.ndarray) -> None:
         """Append columns (``m x k`` or ``(m,)``) to the pool, at zero (not passive)."""
         C = np.asarray(C, dtype=float)
