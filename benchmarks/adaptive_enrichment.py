@@ -54,9 +54,9 @@ def main() -> None:
     if args.refine > 1 or args.cycles_factor > 1:
         args.case = _variant_case(args.case, args.refine, args.cycles_factor)
 
-    from ddrom.cli.build import load_case_collectively
-    from ddrom.cli.pipeline import hf_sweep, store_path
-    from ddrom.cli.rom_pipeline import (_compare_run, _hf_context, _plot_enrichment, calibrate_indicator,
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.hf import hf_sweep, store_path
+    from ddrom.workflow.rom import (_compare_run, _hf_context, _plot_enrichment, calibrate_indicator,
                                         offline, online)
     from ddrom.io.store import SnapshotStore
     from ddrom.parallel import Timers, rank0_print

@@ -7,7 +7,7 @@ dissimilarity project the training simulations better than local bases built on
 
 Pipeline, all through ddrom's own code:
 
-1. the HF training sweep of the case (``ddrom.cli.pipeline.hf_sweep``; an up-to-date
+1. the HF training sweep of the case (``ddrom.workflow.hf.hf_sweep``; an up-to-date
    store is reused, not recomputed);
 2. the displacement snapshots of every simulation, steps 1..n (the initial state u = 0
    has no direction), read row-distributed from the store, and their Gram matrix
@@ -80,8 +80,8 @@ def load_gram(case_path: str, comm: Any, quiet: bool = True) -> dict:
     name of each column), ``steps``, ``names`` and ``params`` (per simulation, in
     store order), ``n_rows`` (global number of DOFs) and timings. Collective.
     """
-    from ddrom.cli.build import build_mesh, load_case_collectively, sanity_check_regions
-    from ddrom.cli.pipeline import hf_sweep, store_path
+    from ddrom.workflow.build import build_mesh, load_case_collectively, sanity_check_regions
+    from ddrom.workflow.hf import hf_sweep, store_path
     from ddrom.io.store import SnapshotStore
     from ddrom.parallel import DdromError, as_mpi
     from ddrom.reduction.inner import Euclidean

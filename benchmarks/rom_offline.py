@@ -3,7 +3,7 @@
 A case of the benchmark family (``benchmarks/_rom_case.py``, mesh index ``--m``, default
 14: 54,936 DOFs; 3 training points, 6 steps) gets its HF training store (computed once,
 then reused by later runs at any number of ranks: the store is partition-independent),
-then ``ddrom.cli.rom_pipeline.offline`` runs ``--repeat`` times; the table gives, per
+then ``ddrom.workflow.rom.offline`` runs ``--repeat`` times; the table gives, per
 stage, the minimum over the repeats of the offline timers (each the maximum over ranks):
 
 * ``pod_displacement``  read the displacement snapshots + distributed POD;
@@ -61,8 +61,8 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _rom_case import parse_points, write_case
-    from ddrom.cli.pipeline import hf_sweep
-    from ddrom.cli.rom_pipeline import offline
+    from ddrom.workflow.hf import hf_sweep
+    from ddrom.workflow.rom import offline
 
     comm = MPI.COMM_WORLD
     name = f"rom_offline_m{args.m}_s{args.steps}"

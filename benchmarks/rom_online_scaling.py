@@ -57,9 +57,9 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
 
-    from ddrom.cli.pipeline import hf_sweep
-    from ddrom.cli.rom_pipeline import offline, rom_path
-    from ddrom.cli.build import load_case_collectively
+    from ddrom.workflow.hf import hf_sweep
+    from ddrom.workflow.rom import offline, rom_path
+    from ddrom.workflow.build import load_case_collectively
     from ddrom.rom.model import load_model
     from ddrom.rom.online import ReducedSolver
 

@@ -4,7 +4,7 @@ Generates a case of the benchmark family (``benchmarks/_rom_case.py``: the demo'
 with a hole, Chaboche elasto-viscoplastic, hot band, cyclic traction, plasticity
 localized at the hole) at ``--dofs`` DOFs (default 300,000) with ``--steps`` steps of 5 s
 (default 6: load, unload, reload), into ``--workdir``, and runs
-``ddrom.cli.rom_pipeline.run`` on the launching communicator: HF training sweep,
+``ddrom.workflow.rom.run`` on the launching communicator: HF training sweep,
 offline, online on the test point, HF reference on the test point, comparison.
 
 Reported (one table, and ``--json PATH``):
@@ -90,7 +90,7 @@ def main() -> None:
             shutil.rmtree(out)
     path = comm.bcast(path, root=0)
 
-    from ddrom.cli import rom_pipeline
+    from ddrom.workflow import rom as rom_pipeline
     from ddrom.rom.model import load_model
     from ddrom.rom.online import ReducedSolver
 
@@ -174,8 +174,8 @@ def best_approximation(path: str, out_dir: Path, context, comm) -> dict[str, flo
 
     Distributed: Gram matrix and right-hand sides by one allreduce each (the bases are small).
     """
-    from ddrom.cli.build import load_case_collectively
-    from ddrom.cli.pipeline import store_path
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.hf import store_path
     from ddrom.io.store import SnapshotStore
     from ddrom.rom.model import load_bases
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddrom.cli.case import SCHEMA, load_case, validate
+from ddrom.workflow.case import SCHEMA, load_case, validate
 from ddrom.parallel import DdromError
 
 CASES = Path(__file__).resolve().parent.parent / "cases"

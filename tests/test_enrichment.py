@@ -98,8 +98,8 @@ def _all(comm, ok: bool) -> bool:
 
 
 def _build(path: str, comm) -> None:
-    from ddrom.cli.pipeline import hf_sweep
-    from ddrom.cli.rom_pipeline import offline
+    from ddrom.workflow.hf import hf_sweep
+    from ddrom.workflow.rom import offline
 
     hf_sweep(path, comm, which="all", quiet=True)
     offline(path, comm, quiet=True)
@@ -108,9 +108,9 @@ def _build(path: str, comm) -> None:
 def _built_point(tmp: Path, comm, name: str, params: dict):
     """Build the case ``name`` and return (case, path, dm, solver with the point's loads,
     ROM model, distributed bases) for one parameter point."""
-    from ddrom.cli.build import build_loads
-    from ddrom.cli.case import load_case
-    from ddrom.cli.rom_pipeline import _hf_context, rom_path
+    from ddrom.workflow.build import build_loads
+    from ddrom.workflow.case import load_case
+    from ddrom.workflow.rom import _hf_context, rom_path
     from ddrom.parallel import Timers
     from ddrom.rom.model import load_bases, load_model
 
@@ -125,7 +125,7 @@ def _built_point(tmp: Path, comm, name: str, params: dict):
 
 @pytest.mark.mpi
 def test_indicator_small_on_training_and_large_beyond(shared_tmp):
-    from ddrom.cli.rom_pipeline import online
+    from ddrom.workflow.rom import online
 
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "ind", enabled=False)
@@ -142,7 +142,7 @@ def test_one_enrichment_step(shared_tmp):
     """One HF step: the basis holds its displacement, the ECM still meets its tolerance, the
     ROM error at that step and over the run drops; the replay matches the ROM at its points."""
     from ddrom.io.store import SnapshotStore
-    from ddrom.cli.pipeline import store_path
+    from ddrom.workflow.hf import store_path
     from ddrom.reduction.inner import allreduce_sum
     from ddrom.rom.enrichment import EnrichmentOptions, Enricher
     from ddrom.rom.online import ReducedSolver
@@ -242,7 +242,7 @@ def test_replay_follows_the_cut_back_increments_of_the_march(shared_tmp):
 
 @pytest.mark.mpi
 def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
-    from ddrom.cli.rom_pipeline import run
+    from ddrom.workflow.rom import run
     from ddrom.rom.model import load_model
     from ddrom.rom.online import ReducedSolver
 
@@ -260,7 +260,7 @@ def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
     assert all(ev["indicator_before"] > TOL for ev in events)
     out = Path(path).parent / "out" / "full"
     assert (out / "enrichment.png").is_file()
-    from ddrom.cli.report import report
+    from ddrom.workflow.report import report
 
     rep = report(str(out), comm)
     if comm.rank == 0:
@@ -278,7 +278,7 @@ def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
 
 @pytest.mark.mpi
 def test_enriched_run_identical_at_any_rank_count(shared_tmp):
-    from ddrom.cli.rom_pipeline import online
+    from ddrom.workflow.rom import online
 
     world = MPI.COMM_WORLD
     par = _case(shared_tmp, world, "epar")
@@ -307,7 +307,7 @@ def test_enriched_run_identical_at_any_rank_count(shared_tmp):
 
 @pytest.mark.mpi
 def test_failing_hf_step_leaves_rom_file_untouched(shared_tmp):
-    from ddrom.cli.rom_pipeline import online
+    from ddrom.workflow.rom import online
 
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "fail")
@@ -335,7 +335,7 @@ def test_enrichment_of_a_local_basis(shared_tmp):
             "values = [{ A = 0.5 }, { A = 1.0 }]", "values = [{ A = 0.5 }, { A = 0.6 }, { A = 0.9 }, { A = 1.0 }]")
         Path(path).write_text(text)
     comm.Barrier()
-    from ddrom.cli.rom_pipeline import run
+    from ddrom.workflow.rom import run
 
     s = run(path, comm, quiet=True)
     e = s["enrichment"]
@@ -408,7 +408,7 @@ def test_calibration_upper_prediction_bound():
     """The calibrated tolerance is where the upper prediction bound meets the target: on
     synthetic pairs log e = 1 + 1.2 log i + N(0, 0.3), about 95 % of the steps whose
     indicator is at that tolerance have an error below the target; 0.5 is the mean fit."""
-    from ddrom.cli.rom_pipeline import calibrate_indicator
+    from ddrom.workflow.rom import calibrate_indicator
 
     rng = np.random.default_rng(0)
     ind = np.exp(rng.uniform(np.log(1e-5), np.log(1e-1), 4000))

@@ -102,9 +102,9 @@ def _all_ok(ok: bool, msg: str) -> None:
 def test_import_replays_hf_to_round_off(shared_dir):
     import meshio
 
-    from ddrom.cli.build import build_mesh, load_case_collectively
-    from ddrom.cli.importing import import_series
-    from ddrom.cli.pipeline import hf_sweep, store_path
+    from ddrom.workflow.build import build_mesh, load_case_collectively
+    from ddrom.workflow.importing import import_series
+    from ddrom.workflow.hf import hf_sweep, store_path
     from ddrom.io.store import SnapshotStore
 
     ref_case = load_case_collectively(_write_case(shared_dir, "ref"), COMM)
@@ -186,9 +186,9 @@ def test_import_replays_hf_to_round_off(shared_dir):
 def test_node_count_and_coordinate_mismatch_are_clear_errors(shared_dir):
     import meshio
 
-    from ddrom.cli.build import load_case_collectively
-    from ddrom.cli.importing import import_series
-    from ddrom.cli.pipeline import store_path
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.importing import import_series
+    from ddrom.workflow.hf import store_path
 
     case = _write_case(shared_dir, "imp")
     wrong_count = os.path.join(shared_dir, "coarse.vtu")

@@ -159,10 +159,10 @@ def _natural(x: np.ndarray, vals: np.ndarray) -> np.ndarray:
 
 @pytest.mark.mpi
 def test_dolfinx_set_imported_rom_predicts_unseen_parameter(shared_dir):
-    from ddrom.cli.build import build_mesh, load_case_collectively
+    from ddrom.workflow.build import build_mesh, load_case_collectively
     from ddrom.cli.main import main
-    from ddrom.cli.pipeline import store_path
-    from ddrom.cli.rom_pipeline import offline, online
+    from ddrom.workflow.hf import store_path
+    from ddrom.workflow.rom import offline, online
     from ddrom.io.store import SnapshotStore
 
     ext = os.path.join(shared_dir, "dolfinx")
@@ -225,7 +225,7 @@ def test_dolfinx_set_imported_rom_predicts_unseen_parameter(shared_dir):
         errs.append(float(np.abs(u - ref[k - 1]).max() / np.abs(ref[k - 1]).max()))
     rf.close()
     # the same reconstruction exported as VTU + PVD (write_fields formats), read back with meshio
-    from ddrom.cli.rom_pipeline import write_fields
+    from ddrom.workflow.rom import write_fields
 
     write_fields(case, COMM, res["runs"], res["model"], formats=("xdmf", "vtu"))
     if COMM.rank == 0:

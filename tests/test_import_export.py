@@ -33,8 +33,8 @@ def work():
 def test_store_exported_as_vtu_pvd_reads_back(work):
     import meshio
 
-    from ddrom.cli.build import build_mesh, load_case_collectively
-    from ddrom.cli.pipeline import hf_sweep, store_path
+    from ddrom.workflow.build import build_mesh, load_case_collectively
+    from ddrom.workflow.hf import hf_sweep, store_path
     from ddrom.io.export import export_store_vtu
     from ddrom.io.store import SnapshotStore
 

@@ -33,8 +33,8 @@ def _bcast_dir(prefix: str) -> str:
 @pytest.fixture(scope="module")
 def ref():
     """HF run of test_import's Chaboche case; natural-order fields for writing files."""
-    from ddrom.cli.build import build_mesh, load_case_collectively
-    from ddrom.cli.pipeline import hf_sweep, store_path
+    from ddrom.workflow.build import build_mesh, load_case_collectively
+    from ddrom.workflow.hf import hf_sweep, store_path
     from ddrom.io.store import SnapshotStore
 
     d = _bcast_dir("ddrom_fmt_ref_")
@@ -155,8 +155,8 @@ def _write_pvtu_series(ref, folder: str, sim: str, n_pieces: int) -> str:
 
 def _check_store_equals_ref(ref, case_path: str, sims: list[str]) -> None:
     """Imported displacement == HF exactly; replayed stress, p, state == HF to 1e-10."""
-    from ddrom.cli.build import load_case_collectively
-    from ddrom.cli.pipeline import store_path
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.hf import store_path
     from ddrom.io.store import SnapshotStore
 
     dm, st = ref["dm"], ref["store"]
@@ -176,8 +176,8 @@ def _check_store_equals_ref(ref, case_path: str, sims: list[str]) -> None:
 
 
 def _no_store(case_path: str) -> bool:
-    from ddrom.cli.build import load_case_collectively
-    from ddrom.cli.pipeline import store_path
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.hf import store_path
 
     p = str(store_path(load_case_collectively(case_path, COMM), "training"))
     return not COMM.bcast(os.path.exists(p) or os.path.exists(p + ".partial") if COMM.rank == 0 else None)
@@ -186,7 +186,7 @@ def _no_store(case_path: str) -> bool:
 # ============================================================================ tests
 @pytest.mark.mpi
 def test_permuted_vtu_series_matched_by_coordinates_with_cell_stress(ref, work):
-    from ddrom.cli.importing import import_series
+    from ddrom.workflow.importing import import_series
 
     ext = os.path.join(work, "ext")
     pvd = COMM.bcast(_write_vtu_series(ref, ext, "train_000", perm=True, with_stress="cell")
@@ -205,7 +205,7 @@ def test_permuted_vtu_series_matched_by_coordinates_with_cell_stress(ref, work):
 
 @pytest.mark.mpi
 def test_point_stress_is_compared_as_cell_mean_of_nodes(ref, work):
-    from ddrom.cli.importing import import_series
+    from ddrom.workflow.importing import import_series
 
     pvd = COMM.bcast(_write_vtu_series(ref, os.path.join(work, "ext"), "train_001", perm=False,
                                        with_stress="point") if COMM.rank == 0 else None)
@@ -219,7 +219,7 @@ def test_point_stress_is_compared_as_cell_mean_of_nodes(ref, work):
 @pytest.mark.mpi
 @pytest.mark.parametrize("n_pieces", [2, 5])
 def test_parallel_vtu_pieces(ref, work, n_pieces):
-    from ddrom.cli.importing import import_series
+    from ddrom.workflow.importing import import_series
 
     pvd = COMM.bcast(_write_pvtu_series(ref, os.path.join(work, "ext"), "train_001", n_pieces)
                      if COMM.rank == 0 else None)
@@ -280,8 +280,8 @@ def _check_store_equals_ref_partial(case_path: str, sims: list[str]) -> None:
     """The .partial store holds exactly ``sims``, all complete."""
     import h5py
 
-    from ddrom.cli.build import load_case_collectively
-    from ddrom.cli.pipeline import store_path
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.hf import store_path
 
     p = str(store_path(load_case_collectively(case_path, COMM), "training")) + ".partial"
     got = None
@@ -310,7 +310,7 @@ def test_pattern_with_globbed_vtu_series(ref, work):
 
 
 def test_pattern_parsing(tmp_path):
-    from ddrom.cli.importing import _pattern_jobs
+    from ddrom.workflow.importing import _pattern_jobs
 
     for name in ("run_E200e3_F-1.5.xdmf", "run_E1e5_F.5.xdmf", "run_Eabc_F1.xdmf", "other.xdmf"):
         (tmp_path / name).write_text("")

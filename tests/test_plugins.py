@@ -322,7 +322,7 @@ def test_invalid_keys_are_named(plugin_dir):
 
 
 def test_case_file_library_is_relative_to_the_case_folder(plugin_dir, tmp_path):
-    from ddrom.cli.case import load_case
+    from ddrom.workflow.case import load_case
 
     folder = tmp_path / "case"
     (folder / "plugins").mkdir(parents=True)

@@ -8,7 +8,7 @@ import re
 import pytest
 from test_cli import TINY, run, write_case
 
-from ddrom.cli.report import fmt, markdown_to_html, speedup_numbers
+from ddrom.workflow.report import fmt, markdown_to_html, speedup_numbers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

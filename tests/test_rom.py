@@ -76,7 +76,7 @@ def _case(tmp: Path, comm, name: str, material: str, sx=40.0, sz=2.0, pod_tol=1e
 def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
     """Linear case: every snapshot is a combination of the load's two time patterns, so a
     new amplitude is in the span: the ROM reproduces HF to solver tolerance."""
-    from ddrom.cli.rom_pipeline import run
+    from ddrom.workflow.rom import run
 
     comm = MPI.COMM_WORLD
     s = run(_case(shared_tmp, comm, "elastic", ELASTIC), comm, quiet=True)
@@ -88,8 +88,8 @@ def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
 
 @pytest.mark.mpi
 def test_plastic_rom_training_and_test_parameters(shared_tmp):
-    from ddrom.cli.pipeline import hf_sweep
-    from ddrom.cli.rom_pipeline import offline, online, run
+    from ddrom.workflow.hf import hf_sweep
+    from ddrom.workflow.rom import offline, online, run
     from ddrom.rom.model import load_model
 
     comm = MPI.COMM_WORLD
@@ -154,8 +154,8 @@ def test_stress_column_weights_carry_the_snapshot_error_norm():
 @pytest.mark.mpi
 def test_rom_file_and_online_results_partition_invariant(shared_tmp):
     """The ROM built on all ranks equals the one built on rank 0 alone (COMM_SELF)."""
-    from ddrom.cli.pipeline import hf_sweep
-    from ddrom.cli.rom_pipeline import offline, online
+    from ddrom.workflow.hf import hf_sweep
+    from ddrom.workflow.rom import offline, online
 
     world = MPI.COMM_WORLD
     par = _case(shared_tmp, world, "par", PLASTIC, pod_tol=1e-6, ecm_tol=1e-8)
@@ -202,8 +202,8 @@ def test_bad_rom_files(shared_tmp):
 
 @pytest.mark.mpi
 def test_rom_bases_of_another_mesh_are_refused(shared_tmp):
-    from ddrom.cli.pipeline import hf_sweep
-    from ddrom.cli.rom_pipeline import offline
+    from ddrom.workflow.hf import hf_sweep
+    from ddrom.workflow.rom import offline
     from ddrom.mesh.generators import box
     from ddrom.rom.model import load_bases
     from helpers import distributed
@@ -221,7 +221,7 @@ def test_rom_bases_of_another_mesh_are_refused(shared_tmp):
 def test_local_bases_picked_by_the_classifier(shared_tmp):
     """Two regimes (load along +x then along -z dominated): two local ROMs, the classifier picks
     by nearest medoid in parameter space, and the local ROM is exact on its own training point."""
-    from ddrom.cli.rom_pipeline import run
+    from ddrom.workflow.rom import run
     from ddrom.rom.model import load_classifier
 
     comm = MPI.COMM_WORLD
@@ -246,7 +246,7 @@ def test_local_bases_picked_by_the_classifier(shared_tmp):
 def test_streaming_pod_offline_matches_batch(shared_tmp):
     """pod_method = "streaming" (one time step at a time from the store) gives the same ROM
     accuracy as the batch POD on the plastic case."""
-    from ddrom.cli.rom_pipeline import run
+    from ddrom.workflow.rom import run
 
     comm = MPI.COMM_WORLD
     errs = {}

@@ -178,9 +178,9 @@ def _shared_dir(tmp_path, comm):
 
 
 def _offline_context(path, comm):
-    from ddrom.cli.build import (build_loads, build_mesh, build_solver_options,
+    from ddrom.workflow.build import (build_loads, build_mesh, build_solver_options,
                                  load_case_collectively)
-    from ddrom.cli.pipeline import store_path
+    from ddrom.workflow.hf import store_path
     from ddrom.hf.solver import HFSolver
     from ddrom.io.store import SnapshotStore
     from ddrom.materials import from_config
@@ -206,7 +206,7 @@ def test_streaming_pod_fed_by_the_hf_sweep_equals_the_store_fed_one(tmp_path):
 
     import h5py
 
-    from ddrom.cli.pipeline import hf_sweep
+    from ddrom.workflow.hf import hf_sweep
     from ddrom.rom.offline import _streaming_displacement_pod, hf_stream_path
 
     comm = MPI.COMM_WORLD

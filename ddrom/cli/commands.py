@@ -132,7 +132,7 @@ def _hf_args(p: argparse.ArgumentParser) -> None:
 
 
 def _hf_run(args: Any, comm: Any) -> int:
-    from ddrom.cli.pipeline import hf_sweep
+    from ddrom.workflow.hf import hf_sweep
 
     t0 = time.perf_counter()
     with _output(args):
@@ -174,7 +174,7 @@ def _case_args(p: argparse.ArgumentParser) -> None:
 
 
 def _offline_run(args: Any, comm: Any) -> int:
-    from ddrom.cli.rom_pipeline import offline
+    from ddrom.workflow.rom import offline
 
     with _output(args), _stage_printer(args, comm, "offline", OFFLINE_STAGES):
         summary = offline(args.case, comm, quiet=args.quiet)
@@ -183,7 +183,7 @@ def _offline_run(args: Any, comm: Any) -> int:
 
 
 def _calibrate_run(args: Any, comm: Any) -> int:
-    from ddrom.cli.rom_pipeline import calibrate
+    from ddrom.workflow.rom import calibrate
 
     with _output(args), _stage_printer(args, comm, "calibrate", ("mesh",)):
         res = calibrate(args.case, comm, quiet=args.quiet)
@@ -238,7 +238,7 @@ def _parse_params(items: list[str]) -> list[dict] | None:
 
 
 def _online_run(args: Any, comm: Any) -> int:
-    from ddrom.cli.rom_pipeline import online
+    from ddrom.workflow.rom import online
 
     import numpy as np
 
@@ -270,7 +270,7 @@ def _online_run(args: Any, comm: Any) -> int:
 
 
 def _run_run(args: Any, comm: Any) -> int:
-    from ddrom.cli.rom_pipeline import run
+    from ddrom.workflow.rom import run
 
     t0 = time.perf_counter()
     with _output(args), _stage_printer(args, comm, "run", OFFLINE_STAGES) as stages:
@@ -295,7 +295,7 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cluster_run(args: Any, comm: Any) -> int:
-    from ddrom.cli.rom_pipeline import cluster_report
+    from ddrom.workflow.rom import cluster_report
 
     with _output(args):
         out = cluster_report(args.case, comm, args.clusters, args.modes, args.dissimilarity,
@@ -313,7 +313,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_run(args: Any, comm: Any) -> int:
-    from ddrom.cli.report import report
+    from ddrom.workflow.report import report
 
     t0 = time.perf_counter()
     out = report(args.output_dir, comm, args.output_format)
@@ -358,7 +358,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 
 def _import_run(args: Any, comm: Any) -> int:
-    from ddrom.cli.importing import ImportJob, import_many, jobs_from_pattern, jobs_from_table
+    from ddrom.workflow.importing import ImportJob, import_many, jobs_from_pattern, jobs_from_table
     from ddrom.parallel import CollectiveError
 
     fixed = (_parse_params(args.param) or [{}])[0]

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 import ddrom
-from ddrom.cli.build import (build_loads, build_mesh, build_solver_options, build_times,
+from ddrom.workflow.build import (build_loads, build_mesh, build_solver_options, build_times,
                              load_case_collectively, sanity_check_regions)
-from ddrom.cli.pipeline import hf_sweep, store_path
+from ddrom.workflow.hf import hf_sweep, store_path
 from ddrom.parallel import CollectiveError, Timers, as_mpi, rank0_print
 
 
@@ -604,7 +604,7 @@ def _run_table(s: dict) -> str:
 
 def _compare(case, dm, solver, model, bases, store, name, params, res) -> dict:
     """Relative space-time L2 errors of the ROM against the HF reference (distributed)."""
-    from ddrom.cli.build import build_loads
+    from ddrom.workflow.build import build_loads
     from ddrom.rom.online import INDICATOR_FLOOR
 
     c = as_mpi(dm.comm)

@@ -54,8 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from ddrom.cli.build import build_loads, build_mesh, build_solver_options, build_times, load_case_collectively
-from ddrom.cli.pipeline import store_path
+from ddrom.workflow.build import build_loads, build_mesh, build_solver_options, build_times, load_case_collectively
+from ddrom.workflow.hf import store_path
 from ddrom.parallel import CollectiveError, DdromError, Progress, as_mpi, raise_collective, rank0_print
 
 

@@ -1,6 +1,6 @@
 """From a validated case to the objects the solvers use: mesh, material, loads, times.
 
-The case file is validated in full by :func:`ddrom.cli.case.load_case` before any heavy
+The case file is validated in full by :func:`ddrom.workflow.case.load_case` before any heavy
 work; what remains here can only fail collectively (same data on every rank).
 """
 from __future__ import annotations
@@ -184,7 +184,7 @@ def build_solver_options(case: Any) -> SolverOptions:
 
 def load_case_collectively(path: str, comm: Any):
     """Validate the case on every rank (same file, same verdict), one message if wrong."""
-    from ddrom.cli.case import load_case
+    from ddrom.workflow.case import load_case
 
     case = None
     with collective(comm, f"case file {path}"):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 import ddrom
-from ddrom.cli.build import (build_loads, build_mesh, build_solver_options, build_times,
+from ddrom.workflow.build import (build_loads, build_mesh, build_solver_options, build_times,
                              load_case_collectively, sanity_check_regions)
 from ddrom.parallel import Progress, Timers, as_mpi, collective, rank0_print
 
