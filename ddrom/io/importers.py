@@ -183,9 +183,31 @@ class _XdmfReader(_Reader):
             raise DdromError(f"{path}: the mesh grid has no <Geometry>")
         if geo.get("GeometryType", "XYZ") not in ("XYZ", "XY"):
             raise DdromError(f"{path}: GeometryType {geo.get('GeometryType')} not supported (XYZ or XY)")
-        ncol = 2 if geo.get("GeometryType") == "XY" else 3
-        self.points = _pad3(self._item(geo).reshape(-1, ncol), path)
+        self.geometry, self._ncol = geo, 2 if geo.get("GeometryType") == "XY" else 3
+        self._points: np.ndarray | None = None
         self._top = top
+
+    @property
+    def points(self) -> np.ndarray:  # type: ignore[override]
+        # read on first use: a reader of a few rows (ddrom.io.fields.SampledField) never needs them all
+        if self._points is None:
+            self._points = _pad3(self._item(self.geometry).reshape(-1, self._ncol), self.source)
+        return self._points
+
+    def rows(self, item: ET.Element, rows: np.ndarray) -> np.ndarray:
+        """Rows of a DataItem (the geometry, or a step's attribute) without reading the others
+        where the format allows (:func:`ddrom.io.xdmf.read_data_item_rows`)."""
+        from ddrom.io.xdmf import read_data_item_rows
+
+        if _strip(item.tag) != "DataItem":
+            item = next((d for d in item if _strip(d.tag) == "DataItem"), item)
+        try:
+            return np.asarray(read_data_item_rows(item, self.base, rows))
+        except DdromError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any h5py/XML failure names the file
+            raise DdromError(f"{self.source}: cannot read DataItem {(item.text or '').strip()!r} "
+                             f"({type(exc).__name__}: {exc})") from None
 
     def _item(self, parent_or_item: ET.Element) -> np.ndarray:
         from ddrom.io.xdmf import read_data_item
@@ -557,16 +579,22 @@ class DisplacementSeries:
 
     def displacement(self, k: int) -> np.ndarray:
         """(n_owned, 3) displacement of step ``k`` of the file at this rank's owned nodes (collective)."""
-        u = self._read(k, self.field, "point", 3)
+        return self.point_values(k, self.field, 3)
+
+    def point_values(self, k: int, name: str, ncomp: int) -> np.ndarray:
+        """(n_owned, ncomp) values of point field ``name`` at step ``k`` at this rank's owned
+        nodes (collective). A 2-component field read for 3 components gets a zero third."""
+        u = self._read(k, name, "point", ncomp)
         rows = len(self._reader.points)
         bad = None
-        if rows and (u.shape[0] != rows or u.shape[1] not in (2, 3)):
-            bad = (f"{self.source} (step {k}): field {self.field!r} has shape {u.shape}, expected "
-                   f"({rows}, 3) point values")
+        ok = (2, 3) if ncomp == 3 else (ncomp,)
+        if rows and (u.shape[0] != rows or u.shape[1] not in ok):
+            bad = (f"{self.source} (step {k}): field {name!r} has shape {u.shape}, expected "
+                   f"({rows}, {ncomp}) point values")
         raise_collective(self._c, bad)
-        if u.shape[1] == 2:
+        if u.shape[1] == 2 and ncomp == 3:
             u = np.hstack([u, np.zeros((len(u), 1))])
-        return self._nodes.route(u.reshape(-1, 3) if rows else np.zeros((0, 3)), 3)
+        return self._nodes.route(u.reshape(-1, ncomp) if rows else np.zeros((0, ncomp)), ncomp)
 
     def stress_cells(self, k: int) -> np.ndarray:
         """(n_cells, 6) Mandel stress of step ``k`` per local cell (cell mean of a point field)."""

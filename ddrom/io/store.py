@@ -701,6 +701,12 @@ class SnapshotStore:
                              f"was not written (last written: {last})")
         return int(step)
 
+    def mesh_points(self) -> np.ndarray:
+        """(N_nodes, 3) node coordinates in natural order (every rank reads them all: for
+        reports and tests of small meshes, not for the solvers)."""
+        d = self._file()["mesh/points"]
+        return _read(d, (0, 0), d.shape)
+
     def read_times(self, sim: str) -> np.ndarray:
         """(n_steps + 1,) output times of ``sim`` (on every rank)."""
         d = self._sim(sim)["time"]

@@ -198,3 +198,34 @@ def read_data_item(item: ET.Element, base_dir: str | os.PathLike = ".") -> np.nd
             raise DdromError(f"XDMF DataItem {text}: Dimensions {dims} but the dataset has {data.shape}")
         return data
     raise DdromError(f"XDMF DataItem format {fmt!r} not supported")
+
+
+def read_data_item_rows(item: ET.Element, base_dir: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (first axis) of an XDMF DataItem, reading only those rows where the
+    format allows it: an HDF dataset (or a hyperslab of one) is read with an HDF5 point
+    selection, so the cost is proportional to ``len(rows)``, not to the dataset; XML data
+    is parsed whole (it is small by nature)."""
+    import h5py
+
+    rows = np.asarray(rows, dtype=np.int64)
+    uniq, inverse = np.unique(rows, return_inverse=True)      # h5py wants increasing indices
+    if item.get("ItemType") == "HyperSlab":
+        sel, src = list(item)
+        start, stride, _ = read_data_item(sel, base_dir).astype(np.int64).reshape(3, -1)
+        # the first axis of the slab is rows start[0] + stride[0] * i of the source
+        src_rows = start[0] + stride[0] * uniq
+        data = read_data_item_rows(src, base_dir, src_rows)
+        tail = tuple(slice(a, None, s) for a, s in zip(start[1:], stride[1:]))
+        dims = tuple(int(d) for d in item.get("Dimensions", "").split())
+        data = data[(slice(None),) + tail][(slice(None),) + tuple(slice(0, d) for d in dims[1:])]
+        return data[inverse]
+    if item.get("Format", "XML") == "HDF":
+        fname, dset = (item.text or "").strip().split(":", 1)
+        with h5py.File(os.path.join(os.fspath(base_dir), fname), "r") as f:
+            ds = f[dset]
+            if len(uniq) and (uniq[0] < 0 or uniq[-1] >= ds.shape[0]):
+                raise DdromError(f"XDMF DataItem {fname}:{dset}: row {int(uniq[-1])} beyond its "
+                                 f"{ds.shape[0]} rows")
+            data = ds[uniq] if len(uniq) else np.zeros((0,) + ds.shape[1:], dtype=ds.dtype)
+        return np.asarray(data)[inverse]
+    return read_data_item(item, base_dir)[rows]
