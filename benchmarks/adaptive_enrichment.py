@@ -56,14 +56,14 @@ def main() -> None:
 
     from ddrom.workflow.build import load_case_collectively
     from ddrom.workflow.hf import hf_sweep, store_path
-    from ddrom.workflow.rom import (_compare_run, _hf_context, _plot_enrichment, calibrate_indicator,
+    from ddrom.workflow.rom import (_compare_run, hf_context, _plot_enrichment, calibrate_indicator,
                                         offline, online)
     from ddrom.io.store import SnapshotStore
     from ddrom.parallel import Timers, rank0_print
 
     comm = MPI.COMM_WORLD
     case = load_case_collectively(args.case, comm)
-    context = _hf_context(case, comm, Timers())
+    context = hf_context(case, comm, Timers())
     dm, solver = context
     mesh = dm.summary()                       # collective: not inside the rank-0 printing
     hf_sweep(args.case, comm, which="training", quiet=True, case=case, dm=dm)

@@ -91,7 +91,7 @@ def load_gram(case_path: str, comm: Any, quiet: bool = True) -> dict:
     case = load_case_collectively(case_path, comm)
     dm = build_mesh(case, comm)
     sanity_check_regions(case, dm)
-    sweep = hf_sweep(case_path, comm, quiet=quiet, case=case, dm=dm)
+    sweep = hf_sweep(case, comm, progress=not quiet, dm=dm)
     t_hf = time.perf_counter() - t0
     t0 = time.perf_counter()
     store = SnapshotStore.open(store_path(case, "training"), comm, dmesh=dm)

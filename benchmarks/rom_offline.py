@@ -62,7 +62,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _rom_case import parse_points, write_case
     from ddrom.workflow.hf import hf_sweep
-    from ddrom.workflow.rom import offline
+    from ddrom.workflow.rom import build_rom
 
     comm = MPI.COMM_WORLD
     name = f"rom_offline_m{args.m}_s{args.steps}"
@@ -89,7 +89,7 @@ def main() -> None:
     for _ in range(args.repeat):
         comm.Barrier()
         reads.clear()
-        off = offline(path, comm, quiet=True)
+        off = build_rom(path, comm)
         rd = {f: comm.allreduce(v, op=MPI.MAX) for f, v in sorted(reads.items())}
         runs.append({"seconds": off["seconds"], "timers": {k: v["seconds"] for k, v in off["timers"].items()},
                      "reads": rd})

@@ -74,7 +74,7 @@ def main() -> None:
         t0 = time.perf_counter()
         hf = hf_sweep(path, comm, which="training", quiet=True)
         t_hf = time.perf_counter() - t0
-        off = offline(path, comm, quiet=True)
+        off = build_rom(path, comm)
         case = load_case_collectively(path, comm)
         model = load_model(rom_path(case), comm)
         models.append(model)

@@ -97,12 +97,12 @@ def main() -> None:
     sweeps: list = []
     offlines: list = []
     contexts: list = []
-    _capture(rom_pipeline, "_hf_context", contexts)
+    _capture(rom_pipeline, "hf_context", contexts)
     _capture(rom_pipeline, "hf_sweep", sweeps)
     _capture(rom_pipeline, "offline", offlines)
     comm.Barrier()
     t0 = time.perf_counter()
-    s = rom_pipeline.run(path, comm, quiet=True)
+    s = rom_pipeline.run(path, comm)
     total = time.perf_counter() - t0
     hf_train, hf_test = sweeps
     off = offlines[0]

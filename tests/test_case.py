@@ -178,7 +178,7 @@ def test_demo_and_tiny_cases_validate():
     (lambda s: s.replace("grid = { A = [1.0, 2.0], B = [-1.0, 0.0, 1.0] }", "values = [{ B = 0.5 }, { A = 1.2 }]"),
      "training.values[1]: no value for parameter 'B' (and it has no default)"),
     (lambda s: s.replace("grid = { A = [1.0, 2.0], B = [-1.0, 0.0, 1.0] }", "random = { n = 3 }\ngrid = { A = [1.0] }"),
-     "training: give exactly one of grid, random, values (got grid and random)"),
+     "training: give exactly one of grid, random, values, table (got grid and random)"),
     (lambda s: s.replace("[training]\ngrid = { A = [1.0, 2.0], B = [-1.0, 0.0, 1.0] }", ""),
      "training: missing section [training] (required: parameter(s) ['B'] have no default)"),
 ])

@@ -99,10 +99,10 @@ def _all(comm, ok: bool) -> bool:
 
 def _build(path: str, comm) -> None:
     from ddrom.workflow.hf import hf_sweep
-    from ddrom.workflow.rom import offline
+    from ddrom.workflow.rom import build_rom
 
-    hf_sweep(path, comm, which="all", quiet=True)
-    offline(path, comm, quiet=True)
+    hf_sweep(path, comm, which="all")
+    build_rom(path, comm)
 
 
 def _built_point(tmp: Path, comm, name: str, params: dict):
@@ -110,14 +110,14 @@ def _built_point(tmp: Path, comm, name: str, params: dict):
     ROM model, distributed bases) for one parameter point."""
     from ddrom.workflow.build import build_loads
     from ddrom.workflow.case import load_case
-    from ddrom.workflow.rom import _hf_context, rom_path
+    from ddrom.workflow.rom import hf_context, rom_path
     from ddrom.parallel import Timers
     from ddrom.rom.model import load_bases, load_model
 
     path = _case(tmp, comm, name, max_enrichments=1)
     _build(path, comm)
     case = load_case(path)
-    dm, solver = _hf_context(case, comm, Timers())
+    dm, solver = hf_context(case, comm, Timers())
     solver.set_loads(build_loads(case, params, dm))
     model = load_model(rom_path(case), comm)
     return case, path, dm, solver, model, load_bases(rom_path(case), dm, ["displacement", "stress", "p"])
@@ -125,13 +125,13 @@ def _built_point(tmp: Path, comm, name: str, params: dict):
 
 @pytest.mark.mpi
 def test_indicator_small_on_training_and_large_beyond(shared_tmp):
-    from ddrom.workflow.rom import online
+    from ddrom.workflow.rom import run_rom
 
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "ind", enabled=False)
     _build(path, comm)
-    runs = online(path, comm, [{"A": 1.0}], quiet=True)["runs"] + online(path, comm, [{"A": 1.8}], quiet=True)["runs"]
-    on, off = runs[0][2], runs[1][2]
+    runs = run_rom(path, comm, [{"A": 1.0}]).runs + run_rom(path, comm, [{"A": 1.8}]).runs
+    on, off = runs[0].result, runs[1].result
     assert on.n_enrichments == 0 and off.n_enrichments == 0          # enrichment disabled in the case
     assert np.nanmax(on.indicator) < 1e-5, on.indicator             # training parameter: on the manifold
     assert np.nanmax(off.indicator) > 100 * TOL, off.indicator       # new physics: far off it
@@ -145,6 +145,7 @@ def test_one_enrichment_step(shared_tmp):
     from ddrom.workflow.hf import store_path
     from ddrom.reduction.inner import allreduce_sum
     from ddrom.rom.enrichment import EnrichmentOptions, Enricher
+    from ddrom.workflow.build import build_problem
     from ddrom.rom.online import ReducedSolver
     from ddrom.rom.operators import values_at_points
 
@@ -152,7 +153,7 @@ def test_one_enrichment_step(shared_tmp):
     params = {"A": 1.8}
     case, path, dm, solver, model, bases = _built_point(shared_tmp, comm, "one", params)
     plain = ReducedSolver(model, params).run()
-    enr = Enricher(case, solver, model, bases, EnrichmentOptions(tolerance=TOL, max_enrichments=1, basis_tol=1e-6))
+    enr = Enricher(build_problem(case), solver, model, bases, EnrichmentOptions(tolerance=TOL, max_enrichments=1, basis_tol=1e-6))
     # record the replayed state the HF step starts from, to compare with the ROM's own state
     seen = {}
     orig = enr._state_before
@@ -208,6 +209,7 @@ def test_replay_follows_the_cut_back_increments_of_the_march(shared_tmp):
     increments: the replayed internal variables at the ROM's points are the ROM's own (the
     law is rate dependent: one increment per output step would differ)."""
     from ddrom.rom.enrichment import EnrichmentOptions, Enricher
+    from ddrom.workflow.build import build_problem
     from ddrom.rom.online import OnlineOptions, ReducedSolver
     from ddrom.rom.operators import values_at_points
 
@@ -219,7 +221,7 @@ def test_replay_follows_the_cut_back_increments_of_the_march(shared_tmp):
     assert plain.cutbacks > 0
     # enrich at the last step, after every cut-back of the march
     k_last = len(plain.times) - 1
-    enr = Enricher(case, solver, model, bases, EnrichmentOptions(tolerance=1e30, max_enrichments=1))
+    enr = Enricher(build_problem(case), solver, model, bases, EnrichmentOptions(tolerance=1e30, max_enrichments=1))
     seen, calls = {}, {"n": 0}
     orig = enr._state_before
 
@@ -248,7 +250,7 @@ def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
 
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "full")
-    s = run(path, comm, quiet=True)
+    s = run(path, comm)
     e = s["enrichment"]
     assert s["n_enrichments"] == e["n_enrichments"] >= 1 and s["enrichment_seconds"] > 0
     # every stage's time goes to summary.json, the enrichment stages included
@@ -278,18 +280,18 @@ def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
 
 @pytest.mark.mpi
 def test_enriched_run_identical_at_any_rank_count(shared_tmp):
-    from ddrom.workflow.rom import online
+    from ddrom.workflow.rom import run_rom
 
     world = MPI.COMM_WORLD
     par = _case(shared_tmp, world, "epar")
     ser = _case(shared_tmp, world, "eser")
     _build(par, world)
-    r_par = online(par, world, quiet=True)["runs"][0][2]
+    r_par = run_rom(par, world).runs[0].result
     gc.collect()           # PETSc objects on the world communicator: destroyed collectively
     ok, msg = True, ""
     if world.rank == 0:
         _build(ser, MPI.COMM_SELF)
-        r_ser = online(ser, MPI.COMM_SELF, quiet=True)["runs"][0][2]
+        r_ser = run_rom(ser, MPI.COMM_SELF).runs[0].result
         gc.collect()
         try:
             assert r_par.n_enrichments == r_ser.n_enrichments >= 1
@@ -307,7 +309,7 @@ def test_enriched_run_identical_at_any_rank_count(shared_tmp):
 
 @pytest.mark.mpi
 def test_failing_hf_step_leaves_rom_file_untouched(shared_tmp):
-    from ddrom.workflow.rom import online
+    from ddrom.workflow.rom import run_rom
 
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "fail")
@@ -317,7 +319,7 @@ def test_failing_hf_step_leaves_rom_file_untouched(shared_tmp):
     # the same case whose HF Newton may take one iteration and no cut-back: the HF step fails
     bad = _case(shared_tmp, comm, "fail", solver_extra="max_iterations = 1\nmax_cutbacks = 0")
     with pytest.raises(CollectiveError, match=r"enrichment at step \d+ .*the HF step failed"):
-        online(bad, comm, quiet=True)
+        run_rom(bad, comm)
     comm.Barrier()
     ok = hashlib.sha256(rom.read_bytes()).hexdigest() == digest
     left = sorted(p.name for p in rom.parent.glob("rom_enriched*"))
@@ -337,7 +339,7 @@ def test_enrichment_of_a_local_basis(shared_tmp):
     comm.Barrier()
     from ddrom.workflow.rom import run
 
-    s = run(path, comm, quiet=True)
+    s = run(path, comm)
     e = s["enrichment"]
     assert s["per_test_parameter"][0]["cluster"] is not None
     assert e["n_enrichments"] >= 1
@@ -408,7 +410,7 @@ def test_calibration_upper_prediction_bound():
     """The calibrated tolerance is where the upper prediction bound meets the target: on
     synthetic pairs log e = 1 + 1.2 log i + N(0, 0.3), about 95 % of the steps whose
     indicator is at that tolerance have an error below the target; 0.5 is the mean fit."""
-    from ddrom.workflow.rom import calibrate_indicator
+    from ddrom.rom.calibration import calibrate_indicator
 
     rng = np.random.default_rng(0)
     ind = np.exp(rng.uniform(np.log(1e-5), np.log(1e-1), 4000))

@@ -110,7 +110,7 @@ def test_import_replays_hf_to_round_off(shared_dir):
     ref_case = load_case_collectively(_write_case(shared_dir, "ref"), COMM)
     imp_path = _write_case(shared_dir, "imp")
     dm = build_mesh(ref_case, COMM)
-    hf_sweep(str(ref_case.path), COMM, quiet=True, case=ref_case, dm=dm)
+    hf_sweep(ref_case, COMM, dm=dm)
     ref = SnapshotStore.open(store_path(ref_case, "training"), COMM, mode="r", dmesh=dm)
     sims = [s.name for s in ref.simulations()]
     assert sims == ["train_000", "train_001"]
@@ -150,12 +150,12 @@ def test_import_replays_hf_to_round_off(shared_dir):
                      + "\n".join(entries[::-1]) + "\n</Collection>\n</VTKFile>\n")
     COMM.Barrier()
 
-    r0 = import_series(imp_path, COMM, xdmf, {"u_max": 0.004, "T_max": 100.0}, quiet=True)
+    r0 = import_series(imp_path, COMM, xdmf, {"u_max": 0.004, "T_max": 100.0})
     assert r0["simulation"] == "train_000" and r0["prepended_zero_step"] and not r0["finalized"]
     imp_case = load_case_collectively(imp_path, COMM)
     assert COMM.bcast(os.path.exists(str(store_path(imp_case, "training")) + ".partial")
                       if COMM.rank == 0 else None)
-    r1 = import_series(imp_path, COMM, pvd, {"u_max": 0.008, "T_max": 500.0}, field="u", quiet=True)
+    r1 = import_series(imp_path, COMM, pvd, {"u_max": 0.008, "T_max": 500.0}, field="u")
     assert r1["simulation"] == "train_001" and r1["finalized"] and not r1["prepended_zero_step"]
     assert r1["max_coordinate_distance"] == 0.0
 
@@ -206,11 +206,11 @@ def test_node_count_and_coordinate_mismatch_are_clear_errors(shared_dir):
                                      point_data={"displacement": np.zeros((len(pts), 3))}))
     COMM.Barrier()
     with pytest.raises(DdromError) as e:
-        import_series(case, COMM, wrong_count, {"u_max": 0.004}, quiet=True)
+        import_series(case, COMM, wrong_count, {"u_max": 0.004})
     msg = str(e.value)
     assert "coarse.vtu" in msg and "27 nodes" in msg and "36" in msg and "case mesh's nodes" in msg, msg
     with pytest.raises(DdromError) as e:
-        import_series(case, COMM, shifted, {"u_max": 0.004}, quiet=True, node_order="keep")
+        import_series(case, COMM, shifted, {"u_max": 0.004}, node_order="keep")
     msg = str(e.value)
     assert "shifted_*.vtu" in msg and "coordinates differ" in msg and "same order" in msg, msg
     # nothing was written by the failed imports

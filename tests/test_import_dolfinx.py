@@ -162,7 +162,7 @@ def test_dolfinx_set_imported_rom_predicts_unseen_parameter(shared_dir):
     from ddrom.workflow.build import build_mesh, load_case_collectively
     from ddrom.cli.main import main
     from ddrom.workflow.hf import store_path
-    from ddrom.workflow.rom import offline, online
+    from ddrom.workflow.rom import build_rom, reconstruct_fields, run_rom
     from ddrom.io.store import SnapshotStore
 
     ext = os.path.join(shared_dir, "dolfinx")
@@ -215,19 +215,18 @@ def test_dolfinx_set_imported_rom_predicts_unseen_parameter(shared_dir):
         assert np.abs(u - tr2[k - 1]).max() <= 1e-12 * np.abs(tr2[k - 1]).max()
     st.close()
 
-    offline(case_path, COMM, quiet=True)
-    res = online(case_path, COMM, [{"Fx": TEST[0], "Fy": TEST[1]}], quiet=True, fields=True)
-    name = res["runs"][0][0]
+    build_rom(case_path, COMM)
+    res = run_rom(case_path, COMM, [{"Fx": TEST[0], "Fy": TEST[1]}])
+    reconstruct_fields(case, COMM, res.runs, res.model)
+    name = res.runs[0].name
     rf = SnapshotStore.open(os.path.join(str(case.output_dir), "rom_fields.h5"), COMM, mode="r", dmesh=dm)
     errs = []
     for k in range(1, len(TIMES) + 1):
         u = gather_natural(dm.natural_nodes, rf.read_displacement(name, k, dm), COMM)
         errs.append(float(np.abs(u - ref[k - 1]).max() / np.abs(ref[k - 1]).max()))
     rf.close()
-    # the same reconstruction exported as VTU + PVD (write_fields formats), read back with meshio
-    from ddrom.workflow.rom import write_fields
-
-    write_fields(case, COMM, res["runs"], res["model"], formats=("xdmf", "vtu"))
+    # the same reconstruction exported as VTU + PVD (reconstruct_fields formats), read back with meshio
+    reconstruct_fields(case, COMM, res.runs, res.model, formats=("xdmf", "vtu"))
     if COMM.rank == 0:
         import xml.etree.ElementTree as ET
 

@@ -40,7 +40,7 @@ def test_store_exported_as_vtu_pvd_reads_back(work):
 
     case = load_case_collectively(_write_case(work, "ref"), COMM)
     dm = build_mesh(case, COMM)
-    hf_sweep(str(case.path), COMM, quiet=True, case=case, dm=dm)
+    hf_sweep(case, COMM, dm=dm)
     path = store_path(case, "training")
     out = os.path.join(work, "vtu")
     pvds = export_store_vtu(path, COMM, dm, out)

@@ -40,7 +40,7 @@ def ref():
     d = _bcast_dir("ddrom_fmt_ref_")
     case = load_case_collectively(_write_case(d, "ref"), COMM)
     dm = build_mesh(case, COMM)
-    hf_sweep(str(case.path), COMM, quiet=True, case=case, dm=dm)
+    hf_sweep(case, COMM, dm=dm)
     st = SnapshotStore.open(store_path(case, "training"), COMM, mode="r", dmesh=dm)
     times = st.read_times("train_000")
     w = dm.geometry[1]
@@ -193,10 +193,10 @@ def test_permuted_vtu_series_matched_by_coordinates_with_cell_stress(ref, work):
                      if COMM.rank == 0 else None)
     case = _write_case(work, "imp")
     with pytest.raises(DdromError) as e:
-        import_series(case, COMM, pvd, P0, quiet=True, node_order="keep")
+        import_series(case, COMM, pvd, P0, node_order="keep")
     assert "coordinates differ" in str(e.value) and "--node-order" in str(e.value), str(e.value)
     assert _no_store(case)
-    r = import_series(case, COMM, pvd, P0, quiet=True, stress_field="sigma", finalize=True)
+    r = import_series(case, COMM, pvd, P0, stress_field="sigma", finalize=True)
     assert r["node_match"] == "coordinates" and r["max_coordinate_distance"] == 0.0
     cmp = r["stress_comparison"]
     assert cmp["center"] == "cell" and cmp["max_relative"] < 1e-12 and cmp["rms_relative"] < 1e-12, cmp
@@ -209,7 +209,7 @@ def test_point_stress_is_compared_as_cell_mean_of_nodes(ref, work):
 
     pvd = COMM.bcast(_write_vtu_series(ref, os.path.join(work, "ext"), "train_001", perm=False,
                                        with_stress="point") if COMM.rank == 0 else None)
-    r = import_series(_write_case(work, "imp"), COMM, pvd, P1, quiet=True, stress_field="sigma")
+    r = import_series(_write_case(work, "imp"), COMM, pvd, P1, stress_field="sigma")
     cmp = r["stress_comparison"]
     assert r["node_match"] == "identity" and cmp["center"] == "point"
     # nodal averaging smooths the stress: a real, bounded difference (not round-off)
@@ -224,7 +224,7 @@ def test_parallel_vtu_pieces(ref, work, n_pieces):
     pvd = COMM.bcast(_write_pvtu_series(ref, os.path.join(work, "ext"), "train_001", n_pieces)
                      if COMM.rank == 0 else None)
     case = _write_case(work, "imp")
-    r = import_series(case, COMM, pvd, P1, quiet=True, stress_field="sigma", finalize=True)
+    r = import_series(case, COMM, pvd, P1, stress_field="sigma", finalize=True)
     assert r["node_match"] == "coordinates" and r["steps"] == len(ref["times"]) - 1
     assert r["stress_comparison"]["max_relative"] < 1e-12, r["stress_comparison"]
     _check_store_equals_ref(ref, case, ["train_001"])

@@ -79,7 +79,7 @@ def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
     from ddrom.workflow.rom import run
 
     comm = MPI.COMM_WORLD
-    s = run(_case(shared_tmp, comm, "elastic", ELASTIC), comm, quiet=True)
+    s = run(_case(shared_tmp, comm, "elastic", ELASTIC), comm)
     assert s["n_modes"] <= 3                      # traction x, traction z, thermal: 3 patterns
     assert s["rel_error_displacement"] < 1e-8
     assert s["rel_error_stress"] < 1e-7
@@ -89,13 +89,13 @@ def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
 @pytest.mark.mpi
 def test_plastic_rom_training_and_test_parameters(shared_tmp):
     from ddrom.workflow.hf import hf_sweep
-    from ddrom.workflow.rom import offline, online, run
+    from ddrom.workflow.rom import build_rom, run, run_rom
     from ddrom.rom.model import load_model
 
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "plastic", PLASTIC, sx=90.0, sz=3.0, pod_tol=1e-7, ecm_tol=1e-8,
                  training=(0.5, 1.0, 1.5, 2.0), test=(2.0, 1.3))
-    s = run(path, comm, quiet=True)
+    s = run(path, comm)
     on_training, off_training = s["per_test_parameter"]
     # A training parameter: errors at the level of the POD/ECM tolerances
     assert on_training["displacement"] < 1e-5, on_training
@@ -108,7 +108,7 @@ def test_plastic_rom_training_and_test_parameters(shared_tmp):
     # the sum of the reduced weights is the volume (constant function integrated)
     assert abs(m.weights.sum() - 4.0) < 1e-6 * 4.0
     # the online result of a training parameter sits on the training manifold: small indicator
-    res = online(path, comm, [{"A": 2.0}], quiet=True)["runs"][0][2]
+    res = run_rom(path, comm, [{"A": 2.0}]).runs[0].result
     assert np.all(np.isfinite(res.q)) and np.nanmax(res.indicator) < 1e-3
     # the ECM columns were weighted by the stress snapshots: Gram diag(sigma_s^2), one per mode
     G = m.stress_gram
@@ -155,23 +155,23 @@ def test_stress_column_weights_carry_the_snapshot_error_norm():
 def test_rom_file_and_online_results_partition_invariant(shared_tmp):
     """The ROM built on all ranks equals the one built on rank 0 alone (COMM_SELF)."""
     from ddrom.workflow.hf import hf_sweep
-    from ddrom.workflow.rom import offline, online
+    from ddrom.workflow.rom import build_rom, run_rom
 
     world = MPI.COMM_WORLD
     par = _case(shared_tmp, world, "par", PLASTIC, pod_tol=1e-6, ecm_tol=1e-8)
     ser = _case(shared_tmp, world, "ser", PLASTIC, pod_tol=1e-6, ecm_tol=1e-8)
-    hf_sweep(par, world, quiet=True)
-    offline(par, world, quiet=True)
-    res_par = online(par, world, quiet=True)["runs"][0][2]
+    hf_sweep(par, world)
+    build_rom(par, world)
+    res_par = run_rom(par, world).runs[0].result
     # PETSc objects on the world communicator must be destroyed collectively, before
     # rank 0 works alone (their destruction would otherwise wait for the other ranks).
     import gc
 
     gc.collect()
     if world.rank == 0:
-        hf_sweep(ser, MPI.COMM_SELF, quiet=True)
-        offline(ser, MPI.COMM_SELF, quiet=True)
-        res_ser = online(ser, MPI.COMM_SELF, quiet=True)["runs"][0][2]
+        hf_sweep(ser, MPI.COMM_SELF)
+        build_rom(ser, MPI.COMM_SELF)
+        res_ser = run_rom(ser, MPI.COMM_SELF).runs[0].result
         with h5py.File(shared_tmp / "out" / "par" / "rom.h5", "r") as fp, \
                 h5py.File(shared_tmp / "out" / "ser" / "rom.h5", "r") as fs:
             np.testing.assert_array_equal(fp["online/point_gids"][...], fs["online/point_gids"][...])
@@ -203,15 +203,15 @@ def test_bad_rom_files(shared_tmp):
 @pytest.mark.mpi
 def test_rom_bases_of_another_mesh_are_refused(shared_tmp):
     from ddrom.workflow.hf import hf_sweep
-    from ddrom.workflow.rom import offline
+    from ddrom.workflow.rom import build_rom
     from ddrom.mesh.generators import box
     from ddrom.rom.model import load_bases
     from helpers import distributed
 
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "basesmesh", ELASTIC)
-    hf_sweep(path, comm, quiet=True)
-    offline(path, comm, quiet=True)
+    hf_sweep(path, comm)
+    build_rom(path, comm)
     other = distributed(lambda: box(4.0, 1.0, 1.0, 9, 2, 2))
     with pytest.raises(DdromError, match=r"basis .displacement. has 81 rows, the mesh has 90 nodes \(ROM built on another mesh\?\)"):
         load_bases(shared_tmp / "out" / "basesmesh" / "rom.h5", other, ["displacement"])
@@ -227,7 +227,7 @@ def test_local_bases_picked_by_the_classifier(shared_tmp):
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "local", ELASTIC, pod_tol=1e-10, ecm_tol=1e-10,
                  training=(0.5, 0.6, 1.9, 2.0), test=(0.55, 2.0), extra_rom="n_clusters = 2")
-    s = run(path, comm, quiet=True)
+    s = run(path, comm)
     clf = load_classifier(Path(path).parent / "out" / "local" / "rom.h5", comm)
     assert clf is not None and len(set(clf["labels"])) == 2
     low, high = s["per_test_parameter"]
@@ -253,7 +253,7 @@ def test_streaming_pod_offline_matches_batch(shared_tmp):
     for method in ("tsqr", "streaming"):
         path = _case(shared_tmp, comm, f"pod_{method}", PLASTIC, sx=90.0, sz=3.0, pod_tol=1e-7, ecm_tol=1e-8,
                      training=(0.5, 1.0, 1.5, 2.0), test=(2.0,), extra_rom=f'pod_method = "{method}"')
-        s = run(path, comm, quiet=True)
+        s = run(path, comm)
         errs[method] = (s["n_modes"], s["rel_error_displacement"])
     assert abs(errs["streaming"][0] - errs["tsqr"][0]) <= 1
     assert errs["streaming"][1] < 1e-5 and errs["tsqr"][1] < 1e-5

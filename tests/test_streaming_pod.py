@@ -178,8 +178,8 @@ def _shared_dir(tmp_path, comm):
 
 
 def _offline_context(path, comm):
-    from ddrom.workflow.build import (build_loads, build_mesh, build_solver_options,
-                                 load_case_collectively)
+    from ddrom.workflow.build import build_loads, build_mesh, load_case_collectively
+    from ddrom.workflow.options import solver_options
     from ddrom.workflow.hf import store_path
     from ddrom.hf.solver import HFSolver
     from ddrom.io.store import SnapshotStore
@@ -189,7 +189,7 @@ def _offline_context(path, comm):
     case = load_case_collectively(path, comm)
     dm = build_mesh(case, comm)
     solver = HFSolver(dm, from_config(case.raw["material"]),
-                      build_loads(case, case.training_parameters()[0], dm), build_solver_options(case))
+                      build_loads(case, case.training_parameters()[0], dm), solver_options(case))
     store = SnapshotStore.open(store_path(case, "training"), comm, mode="r", dmesh=dm)
     return case, dm, solver, store, OfflineOptions(pod_tol=1e-7, pod_method="streaming")
 
@@ -222,16 +222,16 @@ def test_streaming_pod_fed_by_the_hf_sweep_equals_the_store_fed_one(tmp_path):
         with h5py.File(state, "r", driver="mpio", comm=comm) as f:
             return [s for s, _ in json.loads(f.attrs["meta"])["simulations"]]
 
-    s1 = hf_sweep(str(path), comm, quiet=True, max_simulations=1)
+    s1 = hf_sweep(str(path), comm, max_simulations=1)
     assert not s1["sets"]["training"]["complete"]
     assert saved_sims() == ["train_000"]
     # a crash after the store's finish and before the state's rename: no state at all
     if comm.rank == 0:
         state.unlink()
     comm.Barrier()
-    hf_sweep(str(path), comm, quiet=True, max_simulations=1)        # catches up train_000
+    hf_sweep(str(path), comm, max_simulations=1)        # catches up train_000
     assert saved_sims() == ["train_000", "train_001"]
-    s3 = hf_sweep(str(path), comm, quiet=True)                        # resumes from the state
+    s3 = hf_sweep(str(path), comm)                        # resumes from the state
     assert s3["sets"]["training"]["complete"] and s3["sets"]["training"]["computed"] == 1
     assert saved_sims() == ["train_000", "train_001", "train_002"]
     assert not Path(str(state) + ".tmp").exists()

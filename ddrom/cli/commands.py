@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import sys
+import logging
 import time
 from typing import Any, Callable, Iterator
 
@@ -18,9 +17,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _emit_json(args: Any, comm: Any, payload: dict) -> None:
+    """The command's summary as strict JSON (NaN and infinities as null) to a file or stdout."""
+    from ddrom.workflow.rom import json_default, strict_json
+
     if not getattr(args, "json", None) or comm.rank != 0:
         return
-    text = json.dumps(payload, indent=2, default=str)
+    text = json.dumps(strict_json(payload), indent=2, default=json_default, allow_nan=False)
     if args.json == "-":
         print(text, flush=True)
     else:
@@ -28,42 +30,14 @@ def _emit_json(args: Any, comm: Any, payload: dict) -> None:
             f.write(text + "\n")
 
 
-class _QuietStdout(io.TextIOBase):
-    """Stdout under ``--quiet``: progress lines and tables are dropped, warnings go to stderr.
-
-    The library's stages print with ``rank0_print``; under ``--quiet`` only lines that
-    contain ``warning`` survive (on stderr), so that ``--quiet --json -`` prints nothing
-    but the JSON on stdout and a script still sees what it should be warned about.
-    """
-
-    def __init__(self) -> None:
-        self._buf = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._buf += text
-        *lines, self._buf = self._buf.split("\n")
-        for ln in lines:
-            if "warning" in ln.lower():
-                print(ln, file=sys.stderr, flush=True)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def _output(args: Any) -> Iterator[None]:
-    """Run a command's body with stdout filtered by ``--quiet`` (see :class:`_QuietStdout`)."""
-    if getattr(args, "quiet", False):
-        q = _QuietStdout()
-        with contextlib.redirect_stdout(q):
-            yield
-        q.write("\n")
-    else:
-        yield
+    """Run a command's body with the library's log lines shown (``--quiet``: warnings only,
+    on stderr, so that ``--quiet --json -`` prints nothing but the JSON on stdout)."""
+    from ddrom.parallel.log import configure_logging
+
+    configure_logging(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    yield
 
 
 def _stage_printer(args: Any, comm: Any, label: str, stages: Any = None) -> Any:
@@ -87,8 +61,8 @@ def _timer_rows(timers: dict, names: Any = None) -> list[tuple[str, str]]:
 
 
 #: Stages of the offline build (``ddrom.rom.offline`` and the CLI), printed as they run.
-OFFLINE_STAGES = ("mesh", "pod_displacement", "pod_stress", "pod_p", "ecm", "gappy", "operators",
-                  "clustering", "write")
+OFFLINE_STAGES = ("mesh", "pod_displacement", "pod_stress", "pod_p", "pod_temperature", "ecm", "gappy",
+                  "operators", "temperature_sensors", "clustering", "write_rom")
 
 
 #: Stages of ``ddrom online`` printed as they run: the HF context (for --fields or enrichment)
@@ -136,7 +110,7 @@ def _hf_run(args: Any, comm: Any) -> int:
 
     t0 = time.perf_counter()
     with _output(args):
-        summary = hf_sweep(args.case, comm, which=args.which, resume=not args.restart, quiet=args.quiet,
+        summary = hf_sweep(args.case, comm, which=args.which, resume=not args.restart, progress=not args.quiet,
                            max_simulations=args.max_simulations, stream_pod=args.stream_pod)
     summary["wall_seconds"] = _wall(comm, t0)
     rows = [("ranks", summary["ranks"]), ("DOFs", summary.get("mesh", {}).get("dofs"))]
@@ -174,11 +148,17 @@ def _case_args(p: argparse.ArgumentParser) -> None:
 
 
 def _offline_run(args: Any, comm: Any) -> int:
-    from ddrom.workflow.rom import offline
+    from ddrom.workflow.rom import build_rom
 
     with _output(args), _stage_printer(args, comm, "offline", OFFLINE_STAGES):
-        summary = offline(args.case, comm, quiet=args.quiet)
-    _emit_json(args, comm, summary)
+        s = build_rom(args.case, comm, plots=True)
+    rows = [("modes (displacement)", s["n_modes"]), ("stress modes (ECM columns)", s["n_stress_modes"]),
+            ("reduced points (ECM)", s["n_reduced_points"]), ("extra Gappy points", s["n_gappy_extra_points"]),
+            ("plastic-strain modes", s["n_p_modes"]),
+            ("tolerances pod/ecm/stress/p", f"{s['pod_tol']:g}/{s['ecm_tol']:g}/{s['stress_tol']:g}/{s['p_tol']:g}")]
+    rows += [(f"time {k} (s)", f"{v['seconds']:.2f}") for k, v in s["timers"].items()]
+    _print_table(args, comm, "ddrom offline: " + s["rom"], rows)
+    _emit_json(args, comm, s)
     return 0
 
 
@@ -186,12 +166,17 @@ def _calibrate_run(args: Any, comm: Any) -> int:
     from ddrom.workflow.rom import calibrate
 
     with _output(args), _stage_printer(args, comm, "calibrate", ("mesh",)):
-        res = calibrate(args.case, comm, quiet=args.quiet)
+        res = calibrate(args.case, comm, plots=True, progress=not args.quiet)
     cal = res["calibration"]
-    _print_table(args, comm, "ddrom calibrate: error indicator vs true error of p on the test points",
-                 [(k, cal[k]) for k in ("pairs", "pearson_log", "slope", "intercept", "residual_std_log",
-                                        "error_target", "confidence", "indicator_tolerance_fit",
-                                        "indicator_tolerance", "message") if k in cal])
+    rows = [(k, cal[k]) for k in ("pairs", "pearson_log", "slope", "intercept", "residual_std_log",
+                                  "error_target", "confidence", "indicator_tolerance_fit",
+                                  "indicator_tolerance", "message") if k in cal]
+    for name, cc in (cal.get("components") or {}).items():
+        if name != "p":
+            rows.append((f"{name} component (error of {cc['quantity']})",
+                         f"r(log) {cc.get('pearson_log', float('nan')):.3f}, tolerance {cc.get('indicator_tolerance')} "
+                         f"for a target {cc['error_target']:g} ({cc['pairs']} pairs)"))
+    _print_table(args, comm, "ddrom calibrate: error indicator vs true errors on the test points", rows)
     _emit_json(args, comm, {"calibration": cal, "per_test_parameter": res["errors"]})
     return 0
 
@@ -199,11 +184,18 @@ def _calibrate_run(args: Any, comm: Any) -> int:
 def _online_args(p: argparse.ArgumentParser) -> None:
     _case_args(p)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="run this parameter point instead of the test set (repeatable)")
-    p.add_argument("--fields", action="store_true",
-                   help="reconstruct the full fields in parallel and write rom_fields.h5 + .xdmf")
+                   help="run this parameter point instead of the test set (repeatable; every parameter of the "
+                        "case, or its declared default is used and recorded; a file parameter takes a path)")
+    p.add_argument("--no-defaults", dest="allow_defaults", action="store_false",
+                   help="a parameter left out of --param is an error even if the case declares a default")
+    p.add_argument("--t-end", type=float, metavar="T",
+                   help="run up to time T with the case's step size (default: the case's [time]; beyond the "
+                        "training's end is time extrapolation, reported)")
+    p.add_argument("--fields", metavar="PATH", nargs="?", const="", default=None,
+                   help="reconstruct the full fields in parallel and write them to PATH (.h5 + .xdmf; default "
+                        "OUTPUT/rom_fields.h5; an existing file is replaced once the new one is complete)")
     p.add_argument("--format", dest="formats", action="append", choices=["xdmf", "vtu"], default=None,
-                   help="with --fields: also write VTU per step + PVD in rom_fields_vtu/ (repeatable; "
+                   help="with --fields: also write VTU per step + PVD in <PATH stem>_vtu/ (repeatable; "
                         "XDMF is always written)")
     p.add_argument("--rom", metavar="PATH",
                    help="run this ROM file instead of the case's rom.h5 (e.g. an enriched ROM saved by an "
@@ -214,7 +206,11 @@ def _online_args(p: argparse.ArgumentParser) -> None:
                         "and enrich the ROM")
     g.add_argument("--no-enrich", dest="enrich", action="store_false", help="never enrich")
     g.add_argument("--indicator-tol", type=float, metavar="TOL",
-                   help="indicator tolerance (default: [rom.enrichment] indicator_tol, then the calibrated one)")
+                   help="tolerance of the indicator's p component (default: [rom.enrichment] indicator_tol, then "
+                        "the calibrated one)")
+    g.add_argument("--indicator-tols", action="append", default=[], metavar="COMPONENT=TOL",
+                   help="tolerance of another component: stress=TOL, temperature=TOL (repeatable; default: "
+                        "[rom.enrichment] indicator_tols, then the calibrated ones)")
     g.add_argument("--max-enrichments", type=int, metavar="N", help="at most N HF steps per run")
     g.add_argument("--save-rom", metavar="PATH",
                    help="write the enriched ROM here (one --param point; default OUTPUT/rom_enriched_<run>.h5)")
@@ -222,51 +218,94 @@ def _online_args(p: argparse.ArgumentParser) -> None:
                    help="do not write enriched ROM files (default: [rom.enrichment] save)")
 
 
-def _parse_params(items: list[str]) -> list[dict] | None:
+def _parse_params(items: list[str], file_parameters: tuple[str, ...] = ()) -> list[dict] | None:
+    """``NAME=VALUE`` items -> one parameter point (a file parameter's path made absolute: it is
+    relative to the current folder, where the user typed it)."""
+    import os
+
     from ddrom.parallel import CollectiveError
 
     if not items:
         return None
-    point = {}
+    point: dict = {}
     for it in items:
-        name, _, value = it.partition("=")
+        name, sep, value = it.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise CollectiveError(f"--param {it!r}: expected NAME=VALUE")
+        if name in point:
+            raise CollectiveError(f"--param {name} is given twice")
+        if name in file_parameters:
+            point[name] = os.path.abspath(value)
+            continue
         try:
-            point[name.strip()] = float(value)
+            point[name] = float(value)
         except ValueError:
             raise CollectiveError(f"--param {it!r}: expected NAME=VALUE with a number") from None
     return [point]
 
 
-def _online_run(args: Any, comm: Any) -> int:
-    from ddrom.workflow.rom import online
+def _parse_tols(items: list[str]) -> dict[str, float]:
+    from ddrom.parallel import CollectiveError
 
-    import numpy as np
+    out = {}
+    for it in items:
+        name, _, value = it.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise CollectiveError(f"--indicator-tols {it!r}: expected COMPONENT=TOL with a number") from None
+    return out
+
+
+def _online_run(args: Any, comm: Any) -> int:
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.rom import reconstruct_fields, run_rom, run_summary
 
     t0 = time.perf_counter()
     with _output(args), _stage_printer(args, comm, "online", ONLINE_STAGES) as stages:
-        res = online(args.case, comm, _parse_params(args.param), quiet=args.quiet, fields=args.fields,
-                     enrich=args.enrich, indicator_tol=args.indicator_tol,
-                     max_enrichments=args.max_enrichments, save_rom=args.save_rom,
-                     formats=tuple(args.formats or ("xdmf",)), rom=args.rom)
+        case = load_case_collectively(args.case, comm)
+        if args.t_end is not None:
+            from ddrom.parallel import collective
+
+            with collective(comm, "--t-end"):
+                case = case.with_t_end(args.t_end)
+        files = tuple(n for n, p in case.raw["parameters"].items() if p.get("kind") == "file")
+        res = run_rom(case, comm, _parse_params(args.param, files), rom=args.rom, enrich=args.enrich,
+                      indicator_tol=args.indicator_tol, indicator_tols=_parse_tols(args.indicator_tols),
+                      max_enrichments=args.max_enrichments, save_rom=args.save_rom,
+                      allow_defaults=args.allow_defaults, progress=not args.quiet)
+        fields = None
+        if args.fields is not None:
+            fields = str(reconstruct_fields(case, comm, res.runs, res.model, path=args.fields or None,
+                                            formats=tuple(args.formats or ("xdmf",))))
     wall = _wall(comm, t0)
-    runs = []
-    for name, params, r in res["runs"]:
-        finite = r.indicator[np.isfinite(r.indicator)]
-        runs.append({"name": name, "params": params, "seconds": r.seconds, "steps": len(r.times) - 1,
-                     "newton_iterations": r.newton_iterations, "cutbacks": r.cutbacks,
-                     "cluster": r.cluster, "n_enrichments": r.n_enrichments,
-                     "enrichment_seconds": r.enrichment_seconds, "enrichments": r.enrichments,
-                     "max_indicator": float(finite.max()) if finite.size else None})
+    runs = [run_summary(r) for r in res.runs]
     timers = stages.timers.summary(comm)
     timers["rom_runs"] = {"seconds": float(sum(r["seconds"] for r in runs)), "calls": len(runs)}
-    out = {"runs": runs, "n_modes": res["model"].n_modes, "fields": bool(args.fields), "timers": timers,
+    out = {"runs": runs, "n_modes": res.model.n_modes, "fields": fields, "timers": timers,
            "wall_seconds": wall}
-    rows = [(r["name"], f"{r['seconds'] * 1e3:.2f} ms, {r['steps']} steps, {r['newton_iterations']} Newton its, "
-                        f"max indicator {_fmt_opt(r['max_indicator'])}") for r in runs]
+    rows = [(r["name"], f"{r['seconds'] * 1e3:.2f} ms, {r['steps']} steps (t_end {r['t_end']:g}), "
+                        f"{r['newton_iterations']} Newton its, max indicator {_fmt_opt(r['max_indicator'])}"
+                        + (f", {r['n_enrichments']} enrichments" if r["n_enrichments"] else "")
+                        + "".join(f"; {n}" for n in _flags(r))) for r in runs]
     rows += _timer_rows(timers) + [("wall time (s)", f"{wall:.2f}")]
     _print_table(args, comm, f"ddrom online summary ({len(runs)} run(s), {out['n_modes']} modes)", rows)
     _emit_json(args, comm, out)
     return 0
+
+
+def _flags(r: dict) -> list[str]:
+    """What a run did beyond its training: extrapolation, defaults taken, other inputs."""
+    out = []
+    ex = r.get("extrapolation") or {}
+    for p in ex.get("parameters", []):
+        out.append(f"EXTRAPOLATION {p['name']} = {p['value']:g} outside [{p['min']:g}, {p['max']:g}]")
+    if "time" in ex:
+        out.append(f"TIME EXTRAPOLATION to {ex['time']['t_end']:g} ({ex['time']['factor']:.3g} x the training span)")
+    if r.get("defaulted_parameters"):
+        out.append("defaults taken for " + ", ".join(r["defaulted_parameters"]))
+    return out
 
 
 def _run_run(args: Any, comm: Any) -> int:
@@ -274,10 +313,11 @@ def _run_run(args: Any, comm: Any) -> int:
 
     t0 = time.perf_counter()
     with _output(args), _stage_printer(args, comm, "run", OFFLINE_STAGES) as stages:
-        summary = run(args.case, comm, quiet=args.quiet)
+        summary = run(args.case, comm, progress=not args.quiet)
     # summary.json is written by the pipeline; the JSON of the command adds every stage timer
     # seen while it ran (HF setup/solve/write, constitutive/assembly/linear_solve, offline stages)
     summary = dict(summary, timers=stages.timers.summary(comm), wall_seconds=_wall(comm, t0))
+    _print_table(args, comm, "ddrom run summary", _run_rows(summary))
     _print_table(args, comm, "ddrom run: time per stage (max over ranks; nested stages included in their parent)",
                  _timer_rows(summary["timers"]) + [("wall time (s)", f"{summary['wall_seconds']:.2f}")])
     _emit_json(args, comm, summary)
@@ -294,12 +334,37 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, help="offline cost budget relative to the global basis")
 
 
+def _run_rows(s: dict) -> list[tuple[str, Any]]:
+    f = lambda v: "n/a" if v is None else (f"{v:.3e}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = [("ranks", s["ranks"]), ("modes", s["n_modes"]), ("reduced points", s["n_reduced_points"]),
+            ("HF s/simulation", f(s["hf_seconds_per_simulation"])),
+            ("ROM s/simulation", f(s["rom_seconds_per_simulation"])), ("speedup", f(s["speedup"])),
+            ("rel. error displacement", f(s["rel_error_displacement"])),
+            ("rel. error plastic strain", f(s["rel_error_plastic_strain"])),
+            ("rel. error stress", f(s["rel_error_stress"]))]
+    if s.get("enrichment"):
+        e = s["enrichment"]
+        rows += [("enrichments", e["n_enrichments"]), ("enrichment s", f(e["enrichment_seconds"])),
+                 ("enriched error displacement", f(e["rel_error_displacement"])),
+                 ("enriched error plastic strain", f(e["rel_error_plastic_strain"])),
+                 ("enriched error stress", f(e["rel_error_stress"]))]
+    for name, ex in (s.get("extrapolation") or {}).items():
+        rows.append((f"{name}", "; ".join(_flags({"extrapolation": ex}))))
+    return rows
+
+
 def _cluster_run(args: Any, comm: Any) -> int:
-    from ddrom.workflow.rom import cluster_report
+    from ddrom.reduction.criterion import format_table
+    from ddrom.workflow.cluster import cluster_report
 
     with _output(args):
         out = cluster_report(args.case, comm, args.clusters, args.modes, args.dissimilarity,
-                             args.error_target, args.budget, quiet=args.quiet)
+                             args.error_target, args.budget, plots=True)
+    if not args.quiet:
+        rank0_print(comm, f"ddrom cluster: {out['simulations']} simulations, {out['snapshots']} snapshots, "
+                          f"dissimilarity {out['dissimilarity']}\n" + format_table(out["table"]))
+        if "recommendation" in out:
+            rank0_print(comm, "  " + out["recommendation"]["message"])
     _emit_json(args, comm, out)
     return 0
 
@@ -373,7 +438,7 @@ def _import_run(args: Any, comm: Any) -> int:
     with _output(args), _stage_printer(args, comm, "import", ("mesh",)) as stages:
         summary = import_many(args.case, comm, jobs, field=args.field, finalize=args.finalize,
                               coord_rtol=args.coord_rtol, node_order=args.node_order,
-                              stress_field=args.stress_field, quiet=args.quiet)
+                              stress_field=args.stress_field, progress=not args.quiet)
     summary = dict(summary, timers=stages.timers.summary(comm), wall_seconds=_wall(comm, t0))
     _emit_json(args, comm, summary)
     return 0

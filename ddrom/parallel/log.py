@@ -19,12 +19,49 @@ def get_logger(comm: Any = None) -> logging.Logger:
     return log
 
 
+class _CurrentStream(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` / ``sys.stderr`` is at emit time (they are
+    replaced by output capture, e.g. pytest's or contextlib.redirect_stdout)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self._name = name
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return getattr(sys, self._name)
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
 def configure_logging(level: int = logging.INFO) -> None:
+    """Show the library's messages (rank 0 only: other ranks' loggers are disabled): INFO on
+    stdout, warnings and errors on stderr (so that machine-readable output on stdout stays
+    clean with ``level=WARNING``). Idempotent; a later call changes the level.
+
+    The library itself never prints: without this (a notebook, a script), its messages go
+    to Python's logging defaults (warnings on stderr, INFO nowhere unless configured)."""
     log = logging.getLogger(_LOGGER_NAME)
-    if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(h)
+    if not getattr(log, "_ddrom_configured", False):
+        out = _CurrentStream("stdout")
+        out.addFilter(_Below(logging.WARNING))
+        err = _CurrentStream("stderr")
+        err.setLevel(logging.WARNING)
+        for h in (out, err):
+            h.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(h)
+        log._ddrom_configured = True  # type: ignore[attr-defined]
     log.setLevel(level)
     log.propagate = False
 

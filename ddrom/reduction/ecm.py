@@ -433,7 +433,7 @@ def _op(name):
 
 # ============================================================================ ECM
 def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
-        tol: float = 1e-8, max_points: int | None = None, add_constant: bool = True,
+        tol: float, max_points: int | None = None, add_constant: bool = True,
         initial_points: Any = None, zero_weight_points: Any = None,
         nnls: str = "lawson-hanson", max_iterations: int | None = None,
         tie_rtol: float = 1e-6, score_dtype: str = "float32", keep_pool: bool | None = None,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,19 +45,41 @@ from ddrom.rom.operators import lifting_fields, values_at_points
 
 @dataclass
 class EnrichmentOptions:
-    """Options of the adaptive enrichment.
+    """Options of the adaptive enrichment (the single source of their defaults: the case
+    file's ``[rom.enrichment]`` keys take theirs from here).
 
-    tolerance : indicator value above which a step is recomputed by the HF solver.
+    tolerance : value of the indicator's plastic-strain component above which a step is
+        recomputed by the HF solver (None: that component does not trigger).
+    tolerances : the same for the other components (``{"stress": ..., "temperature": ...}``,
+        see :data:`ddrom.rom.online.INDICATOR_COMPONENTS`); a step is recomputed when any
+        component exceeds its tolerance.
     max_enrichments : at most this many HF steps per run (then the ROM goes on alone).
     basis_tol : a snapshot is appended to a basis when ``||x - B B^T x|| > basis_tol ||x||``
         (norms in that basis' inner product) after two Gram-Schmidt passes.
-    ecm_tol : tolerance of the warm-started ECM (default: the model's).
+    ecm_tol : tolerance of the warm-started ECM (None: the model's).
+    enabled : enrich by default (``ddrom online`` without ``--enrich``/``--no-enrich``).
+    save : write the enriched ROM of each run.
     """
 
-    tolerance: float
+    tolerance: float | None = None
     max_enrichments: int = 10
     basis_tol: float = 1e-6
     ecm_tol: float | None = None
+    tolerances: dict = field(default_factory=dict)
+    enabled: bool = False
+    save: bool = True
+
+    #: components whose tolerance is only the uncalibrated fallback (not given, not calibrated)
+    fallback: tuple = ()
+
+    def all_tolerances(self, calibrated_only: bool = False) -> dict[str, float]:
+        """Component -> tolerance, the p component's from :attr:`tolerance` (without the
+        fallback ones with ``calibrated_only``)."""
+        out = {k: float(v) for k, v in self.tolerances.items()
+               if v is not None and not (calibrated_only and k in self.fallback)}
+        if self.tolerance is not None:
+            out["p"] = float(self.tolerance)
+        return out
 
 
 def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None, comm: Any,
@@ -107,7 +129,8 @@ class Enricher:
 
     Parameters
     ----------
-    case : the case (loads, material, expressions) the ROM was built from.
+    problem : the :class:`~ddrom.hf.problem.Problem` of the run (loads projected on the enriched
+        bases; the same regions and material as the ROM's, checked by :mod:`ddrom.rom.inputs`).
     solver : HF solver on the distributed mesh, with the loads of this parameter point.
     model : the reduced model the run starts with.
     bases : its distributed bases (:func:`ddrom.rom.model.load_bases`): ``displacement``
@@ -115,9 +138,9 @@ class Enricher:
     options : :class:`EnrichmentOptions`.
     """
 
-    def __init__(self, case: Any, solver: HFSolver, model: ReducedModel, bases: dict[str, np.ndarray],
+    def __init__(self, problem: Any, solver: HFSolver, model: ReducedModel, bases: dict[str, np.ndarray],
                  options: EnrichmentOptions, timers: Timers | None = None):
-        self.case, self.solver, self.model, self.options = case, solver, model, options
+        self.problem, self.solver, self.model, self.options = problem, solver, model, options
         self.dm, self.comm = solver.dm, solver.comm
         self.timers = timers or Timers()
         dm = self.dm
@@ -125,6 +148,9 @@ class Enricher:
         self.Phi = np.array(bases["displacement"], dtype=float)
         self.Psi = np.array(bases["stress"], dtype=float)
         self.Phip = np.array(bases["p"], dtype=float) if "p" in bases else None
+        self.PhiT = np.array(bases["temperature"], dtype=float) if "temperature" in bases else None
+        if self.PhiT is None and model.temperature_data is not None:
+            self.PhiT = np.zeros((dm.n_cells * dm.n_qp, 0))     # no thermal variation in the training
         lifts = lifting_fields(solver)
         self.chi = np.column_stack(lifts)[:nown] if lifts else np.zeros((nown, 0))
         self.fixed = solver.fixed[:nown]
@@ -136,26 +162,29 @@ class Enricher:
         self.events: list[dict] = []
 
     @property
-    def tolerance(self) -> float:
+    def tolerance(self) -> float | None:
         return self.options.tolerance
 
     def can_enrich(self) -> bool:
         return len(self.events) < self.options.max_enrichments
 
-    def wants(self, indicator: float) -> bool:
-        """True when the indicator (replicated) exceeds the tolerance and budget remains."""
-        return bool(np.isfinite(indicator) and indicator > self.options.tolerance and self.can_enrich())
+    def _exceeding(self, indicators: dict | float) -> list[tuple[str, float, float]]:
+        if not isinstance(indicators, dict):
+            indicators = {"p": indicators}
+        return [(c, float(indicators[c]), tol) for c, tol in self.options.all_tolerances().items()
+                if c in indicators and np.isfinite(indicators[c]) and indicators[c] > tol]
+
+    def wants(self, indicators: dict | float) -> bool:
+        """True when a component of the indicator (replicated) exceeds its tolerance and budget remains."""
+        return bool(self._exceeding(indicators)) and self.can_enrich()
+
+    def why(self, indicators: dict | float) -> str:
+        """The components that exceed their tolerances, for the event record."""
+        return "; ".join(f"{c} indicator {v:.3e} > {tol:.3e}" for c, v, tol in self._exceeding(indicators))
 
     def bases(self) -> dict:
         """The current (enriched) bases for :func:`ddrom.rom.model.save_model`."""
-        return distributed_bases(self.dm, self.Phi, self.Psi, self.Phip)
-
-    def bases_owned(self) -> dict[str, np.ndarray]:
-        """The current bases as :func:`ddrom.rom.model.load_bases` returns them."""
-        out = {"displacement": self.Phi, "stress": self.Psi}
-        if self.Phip is not None:
-            out["p"] = self.Phip
-        return out
+        return distributed_bases(self.dm, self.Phi, self.Psi, self.Phip, self.PhiT)
 
     # ------------------------------------------------------------------ steps
     def _displacement(self, q: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -233,14 +262,24 @@ class Enricher:
                                                             self.options.basis_tol)
             if self.Phip.shape[1] == 0:
                 self.Phip = None
+            add_T = False
+            if self.PhiT is not None:
+                # the temperature field met here joins the span the temperature component measures from
+                td = self.model.temperature_data
+                dT = new.T.reshape(-1) - (td.T_ref if td is not None else 0.0)
+                self.PhiT, add_T, _, _ = orthonormal_append(self.PhiT, dT, self.w_qp, self.comm,
+                                                            self.options.basis_tol)
             m = self.model
             ecm_initial = m.point_gids[m.weights > 0]
             split = Timers()
-            model = hyper_reduce(self.case, solver, self.Phi, self.Psi, self.Phip,
-                                 ecm_tol=self.options.ecm_tol or float(m.info.get("ecm_tol", 1e-6)),
+            model = hyper_reduce(self.problem, solver, self.Phi, self.Psi, self.Phip,
+                                 ecm_tol=self.options.ecm_tol or float(m.info["ecm_tol"]),
                                  sigma_u=m.sigma_u, sigma_p=m.gappy.sigma if m.gappy is not None else None,
                                  ecm_initial=ecm_initial, stress_gram=self.stress_gram,
-                                 strain_cache=self._strain_cache, timers=split)
+                                 strain_cache=self._strain_cache, timers=split, PhiT=self.PhiT,
+                                 sigma_T=m.temperature_data.sigma if m.temperature_data is not None else None,
+                                 n_sensors=len(m.temperature_data.sensor_gids) if m.temperature_data is not None
+                                 else 0)
             model.info = {**m.info, **model.info,
                           "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
             if model.gappy is not None and "p_sample_scale" not in model.info:
@@ -261,6 +300,7 @@ class Enricher:
             "modes_added": int(add_u), "n_modes": int(model.n_modes), "n_modes_before": int(n_before),
             "displacement_residual": float(res_u), "stress_modes_added": int(add_s),
             "stress_residual": float(res_s), "p_modes_added": int(add_p), "p_residual": float(res_p),
+            "temperature_modes_added": int(add_T),
             "points_added": len(pts_after - pts_before), "points_removed": len(pts_before - pts_after),
             "n_points": int(model.n_points), "n_sample_points": int(len(model.weights)),
             "replayed_steps": int(n_replayed), "hf_newton_iterations": int(info.newton_iterations),

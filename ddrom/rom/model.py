@@ -30,11 +30,14 @@ import ddrom
 from ddrom.parallel import CollectiveError, as_mpi, raise_collective
 
 SCHEMA = "ddrom-rom"
-SCHEMA_VERSION = 3     # 2: stress basis at the sample points (online stress coefficients)
+SCHEMA_VERSION = 4     # 2: stress basis at the sample points (online stress coefficients)
 #                        3: stress_gram (ECM integrand columns weighted by the stress snapshots)
+#                        4: the problem description (regions, expressions, temperature source,
+#                           mesh signature) and the sample points' nodes and shape values
 #: Versions this ddrom reads (a version-2 file has no stress_gram: its ECM columns were
-#: unweighted, and an enrichment of it keeps them unweighted).
-READABLE_SCHEMA_VERSIONS = (2, 3)
+#: unweighted, and an enrichment of it keeps them unweighted; a version-3 file has no
+#: problem description: the online stage runs its stored expressions only).
+READABLE_SCHEMA_VERSIONS = (2, 3, 4)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class LoadData:
     expression: str
     coeff: np.ndarray            # (J, N)
     xyz: np.ndarray | None       # (J, 3) or None (spatially constant)
+    source: str = ""             # the term's name, e.g. "loads.traction[0].vector[1]" ("" before schema 4)
 
 
 @dataclass
@@ -50,6 +54,27 @@ class GappyData:
     sample_index: np.ndarray     # (S,) indices into the K points
     basis_at_samples: np.ndarray  # (S, Np) Phi_I
     sigma: np.ndarray            # singular values of the p snapshots
+
+
+@dataclass
+class TemperatureData:
+    """What the temperature component of the indicator needs (replicated).
+
+    The temperature modes (POD of the training's ``T - T_ref`` at the integration points,
+    plus the fields the enrichment met) at the model's K sample points and at S sensor
+    points spread over the part (farthest-point sampling, ``covering_radius`` their
+    covering radius), and how to interpolate a nodal field at the sensors.
+    """
+
+    basis: np.ndarray            # (K + S, r): rows at the sample points, then at the sensors
+    sigma: np.ndarray            # singular values of the temperature snapshots (r,)
+    T_ref: float
+    sensor_gids: np.ndarray      # (S,) natural point ids
+    sensor_xyz: np.ndarray       # (S, 3)
+    sensor_nodes: np.ndarray     # (S, k) natural node ids of each sensor's cell
+    sensor_shape: np.ndarray     # (S, k) shape-function values at the sensor
+    sensor_node_xyz: np.ndarray  # (S, k, 3)
+    covering_radius: float = 0.0
 
 
 @dataclass
@@ -70,6 +95,16 @@ class ReducedModel:
     stress_at_samples: np.ndarray | None = None   # (K, 6, Ns) stress basis at the sample points
     stress_gram: np.ndarray | None = None         # (Ns, Ns) sum over stress snapshots of c c^T
     info: dict = field(default_factory=dict)
+    #: :meth:`ddrom.hf.problem.Problem.describe` of the training case (None: schema < 4)
+    problem: dict | None = None
+    #: natural ids of the nodes of each sample point's cell (K, k), the shape-function values
+    #: at the point (K, k) and the nodes' coordinates (K, k, 3): a nodal field (a temperature
+    #: file) at the points without the mesh (None: schema < 4)
+    point_nodes: np.ndarray | None = None
+    point_shape: np.ndarray | None = None
+    point_node_xyz: np.ndarray | None = None
+    #: temperature modes at the points and sensors (None: schema < 4)
+    temperature_data: TemperatureData | None = None
 
     @property
     def n_modes(self) -> int:
@@ -82,7 +117,7 @@ class ReducedModel:
 
 def _write_model(g, m: ReducedModel) -> None:
     for name in ("E", "E_lift", "weights", "xyz", "point_gids", "times", "sigma_u", "stress_at_samples",
-                 "stress_gram"):
+                 "stress_gram", "point_nodes", "point_shape", "point_node_xyz"):
         if getattr(m, name) is not None:
             g.create_dataset(name, data=getattr(m, name))
     g.attrs["dirichlet"] = json.dumps(m.dirichlet)
@@ -90,11 +125,14 @@ def _write_model(g, m: ReducedModel) -> None:
     g.attrs["material"] = json.dumps(m.material)
     g.attrs["parameters"] = json.dumps(m.parameters)
     g.attrs["info"] = json.dumps(m.info, default=str)
+    if m.problem is not None:
+        g.attrs["problem"] = json.dumps(m.problem)
     lg = g.create_group("loads")
     for i, L in enumerate(m.loads):
         t = lg.create_group(f"{i:03d}")
         t.attrs["kind"] = L.kind
         t.attrs["expression"] = L.expression
+        t.attrs["source"] = L.source
         t.create_dataset("coeff", data=L.coeff)
         if L.xyz is not None:
             t.create_dataset("xyz", data=L.xyz)
@@ -102,6 +140,13 @@ def _write_model(g, m: ReducedModel) -> None:
         gg = g.create_group("gappy")
         for name, v in asdict(m.gappy).items():
             gg.create_dataset(name, data=v)
+    if m.temperature_data is not None:
+        tg = g.create_group("temperature")
+        for name, v in asdict(m.temperature_data).items():
+            if np.ndim(v):
+                tg.create_dataset(name, data=v)
+            else:
+                tg.attrs[name] = float(v)
 
 
 def _read_model(g) -> ReducedModel:
@@ -109,18 +154,24 @@ def _read_model(g) -> ReducedModel:
     for key in sorted(g["loads"]):
         t = g["loads"][key]
         loads.append(LoadData(str(t.attrs["kind"]), str(t.attrs["expression"]), t["coeff"][...],
-                              t["xyz"][...] if "xyz" in t else None))
+                              t["xyz"][...] if "xyz" in t else None, str(t.attrs.get("source", ""))))
     gappy = None
     if "gappy" in g:
         gg = g["gappy"]
         gappy = GappyData(**{k: gg[k][...] for k in gg})
+    tdata = None
+    if "temperature" in g:
+        tg = g["temperature"]
+        tdata = TemperatureData(**{k: tg[k][...] for k in tg}, **{k: float(v) for k, v in tg.attrs.items()})
     return ReducedModel(
         E=g["E"][...], E_lift=g["E_lift"][...], weights=g["weights"][...], xyz=g["xyz"][...],
         point_gids=g["point_gids"][...], dirichlet=json.loads(g.attrs["dirichlet"]), loads=loads,
         temperature=str(g.attrs["temperature"]), material=json.loads(g.attrs["material"]),
         parameters=json.loads(g.attrs["parameters"]), times=g["times"][...], sigma_u=g["sigma_u"][...],
         gappy=gappy, stress_at_samples=g["stress_at_samples"][...],
-        stress_gram=g["stress_gram"][...] if "stress_gram" in g else None, info=json.loads(g.attrs["info"]))
+        stress_gram=g["stress_gram"][...] if "stress_gram" in g else None, info=json.loads(g.attrs["info"]),
+        problem=json.loads(g.attrs["problem"]) if "problem" in g.attrs else None, temperature_data=tdata,
+        **{k: g[k][...] for k in ("point_nodes", "point_shape", "point_node_xyz") if k in g})
 
 
 def _write_bases(f, group: str, bases: dict) -> None:
@@ -252,3 +303,44 @@ def load_bases(path: str | os.PathLike, dmesh: Any, names: list[str], group: str
         msg = f"{path}: cannot read the bases: {type(exc).__name__}: {exc}"
     raise_collective(c, msg)
     return out
+
+
+def store_calibration(path: str | os.PathLike, calibration: dict, comm: Any) -> None:
+    """Record the indicator calibration in a ROM file (collective; rank 0 writes a small attribute)."""
+    import h5py
+
+    c = as_mpi(comm)
+    msg = None
+    if c.rank == 0:
+        try:
+            with h5py.File(path, "a") as f:
+                f.attrs["indicator_calibration"] = json.dumps(calibration)
+        except OSError as exc:
+            msg = f"{path}: cannot record the indicator calibration ({exc})"
+    raise_collective(c, msg)
+
+
+def read_attrs(path: str | os.PathLike, comm: Any, names: tuple[str, ...] = ("indicator_calibration", "provenance",
+                                                                          "case_hash")) -> dict[str, Any]:
+    """Root attributes of a ROM file, JSON ones decoded (missing ones absent), on every rank."""
+    import h5py
+
+    c = as_mpi(comm)
+    out, msg = {}, None
+    if c.rank == 0:
+        try:
+            with h5py.File(path, "r") as f:
+                for n in names:
+                    if n in f.attrs:
+                        v = f.attrs[n]
+                        v = v.decode() if isinstance(v, bytes) else v
+                        out[n] = json.loads(v) if n in ("indicator_calibration", "provenance") else v
+        except OSError as exc:
+            msg = f"{path}: cannot read the ROM file ({exc})"
+    raise_collective(c, msg)
+    return c.bcast(out, root=0)
+
+
+def read_calibration(path: str | os.PathLike, comm: Any) -> dict:
+    """The indicator calibration stored in a ROM file (empty if none)."""
+    return read_attrs(path, comm, ("indicator_calibration",)).get("indicator_calibration", {})

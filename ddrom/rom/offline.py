@@ -26,38 +26,57 @@ import numpy as np
 
 from ddrom.hf.solver import HFSolver
 from ddrom.parallel import Timers, as_mpi, check_all
-from ddrom.rom.model import GappyData, LoadData, ReducedModel
+from ddrom.rom.model import GappyData, LoadData, ReducedModel, TemperatureData
 from ddrom.rom.operators import (all_mode_strains, lifting_fields, mode_values_local,
-                                 natural_point_ids, point_coordinates, reduced_load_terms, strain_operators,
-                                 values_at_points)
+                                 natural_point_ids, point_coordinates, point_interpolation, reduced_load_terms,
+                                 strain_operators, values_at_points)
 
 
 @dataclass
 class OfflineOptions:
-    pod_tol: float = 1e-4          # relative energy tolerance of the displacement POD
-    stress_tol: float = 1e-5       # relative tolerance of the stress compression
-    ecm_tol: float = 1e-6          # relative tolerance of the ECM integrals
-    p_tol: float = 1e-4            # relative tolerance of the plastic-strain POD
+    """Options of the offline stage (the single source of their defaults: the case file's
+    ``[rom]`` keys take theirs from here).
+
+    pod_tol : relative energy tolerance of the displacement POD: the truncation error
+        ``sqrt(sum_{i>N} sigma_i^2) <= pod_tol ||S||_F``.
+    stress_tol : the same for the compression of the stress snapshots (quadrature inner product).
+    ecm_tol : relative tolerance of the ECM: ``||J^T omega - b|| <= ecm_tol ||b||`` over the
+        stress snapshots' internal-force integrands (:func:`stress_column_weights`).
+    p_tol : relative energy tolerance of the plastic-strain POD (Gappy basis).
+    max_modes : cap on the displacement modes (None: no cap).
+    pod_method : POD algorithm (None: :data:`ddrom.reduction.pod.DEFAULT_METHOD`;
+        ``"streaming"``: incremental displacement POD).
+    temperature_tol : relative energy tolerance of the POD of the training temperatures
+        (``T - T_ref`` at the integration points), the basis of the indicator's temperature
+        component.
+    temperature_sensors : points spread over the part (farthest-point sampling) where the
+        online stage reads the temperature for that component, besides the sample points:
+        a new hot spot larger than their covering radius is seen wherever it is.
+    """
+
+    pod_tol: float = 1e-4
+    stress_tol: float = 1e-5
+    ecm_tol: float = 1e-4
+    p_tol: float = 1e-4
     max_modes: int | None = None
     pod_method: str | None = None
+    temperature_tol: float = 1e-8
+    temperature_sensors: int = 64
 
 
-def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: OfflineOptions,
+def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: OfflineOptions,
                         timers: Timers | None = None, sims: list[str] | None = None
                         ) -> tuple[ReducedModel, dict]:
     """Build the reduced model from the training store; returns it and the distributed bases.
 
-    ``sims`` restricts the snapshots to some simulations (a local basis of a cluster).
+    ``problem``: the :class:`~ddrom.hf.problem.Problem` the store was computed for (loads
+    projected on the basis, descriptions kept in the model). ``sims`` restricts the
+    snapshots to some simulations (a local basis of a cluster).
     """
     from ddrom.reduction import Diagonal, Euclidean, l2_err_from_relative, pod
 
     timers = timers or Timers()
     dm = solver.dm
-    if case.raw.get("temperature", {}).get("file"):
-        from ddrom.parallel import CollectiveError
-
-        raise CollectiveError(f"{case.path}: the ROM does not take a temperature file yet "
-                              "(temperature.file works for `ddrom hf`); give temperature.expression")
     comm = solver.comm
     # the streaming method applies to the displacement; the other PODs use the default
     kw = {"method": options.pod_method} if options.pod_method not in (None, "streaming") else {}
@@ -92,28 +111,74 @@ def build_reduced_model(case: Any, solver: HFSolver, store: Any, options: Offlin
                       l2_err=l2_err_from_relative(options.p_tol, P, comm, Diagonal(w_qp)),
                       name="plastic strain snapshots", **kw)
             Phip, sigma_p = r_p.modes_loc, r_p.sigma
-    model = hyper_reduce(case, solver, Phi, r_s.modes_loc, Phip, ecm_tol=options.ecm_tol, timers=timers,
-                         sigma_u=r_u.sigma_all, sigma_p=sigma_p, stress_gram=np.diag(np.asarray(r_s.sigma) ** 2))
+    # 4c. POD of the training temperatures (T - T_ref at the points): the indicator's
+    # temperature component measures how far a new field is from their span
+    with timers("pod_temperature"):
+        Tsnap = training_temperatures(problem, solver, store, sims)
+        tn = as_mpi(comm).allreduce(float(np.sum(Tsnap * Tsnap)))
+        PhiT, sigma_T = np.zeros((Tsnap.shape[0], 0)), np.zeros(0)
+        if tn > 0:
+            r_T = pod(Tsnap, comm, Diagonal(w_qp), rtol=1e-12,
+                      l2_err=l2_err_from_relative(options.temperature_tol, Tsnap, comm, Diagonal(w_qp)),
+                      name="temperature snapshots", **kw)
+            PhiT, sigma_T = r_T.modes_loc, r_T.sigma
+    model = hyper_reduce(problem, solver, Phi, r_s.modes_loc, Phip, ecm_tol=options.ecm_tol, timers=timers,
+                         sigma_u=r_u.sigma_all, sigma_p=sigma_p, stress_gram=np.diag(np.asarray(r_s.sigma) ** 2),
+                         PhiT=PhiT, sigma_T=sigma_T, n_sensors=options.temperature_sensors)
+    # the training's largest sample norms: the scales below which the indicator components'
+    # denominators are floored (ReducedSolver.indicators; the onset of plasticity, a
+    # load-free step)
     if model.gappy is not None:
-        # the largest ||p_I|| of the training: the scale below which the indicator's
-        # denominator is floored (ReducedSolver.indicator)
         model.info["p_sample_scale"] = float(np.linalg.norm(values_at_points(dm, P, model.point_gids),
                                                             axis=0).max())
     del P
+    Sig = store.read_block("stress", dm, sims=sims).reshape(dm.n_cells * dm.n_qp, 6, -1)
+    model.info["stress_sample_scale"] = float(np.linalg.norm(
+        values_at_points(dm, Sig, model.point_gids).reshape(-1, Sig.shape[-1]), axis=0).max())
+    del Sig
+    td = model.temperature_data
+    rows = np.concatenate([model.point_gids, td.sensor_gids])
+    model.info["temperature_sample_scale"] = float(np.linalg.norm(values_at_points(dm, Tsnap, rows), axis=0).max()) \
+        if Tsnap.shape[1] else 0.0
+    del Tsnap
     model.info.update({"pod_tol": options.pod_tol, "stress_tol": options.stress_tol, "p_tol": options.p_tol,
-                       "pod_method": r_u.method})
+                       "pod_method": r_u.method, "temperature_tol": options.temperature_tol,
+                       "temperature_sensors": options.temperature_sensors})
     model.info["simulations"] = list(sims) if sims is not None else [s.name for s in store.simulations()
                                                                       if s.complete]
-    return model, distributed_bases(dm, Phi, r_s.modes_loc, Phip)
+    return model, distributed_bases(dm, Phi, r_s.modes_loc, Phip, PhiT)
 
 
-def distributed_bases(dm: Any, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None) -> dict:
+def training_temperatures(problem: Any, solver: HFSolver, store: Any, sims: list[str] | None) -> np.ndarray:
+    """``T - T_ref`` at this rank's integration points at every stored step of the training
+    simulations, (ne nq, m) in the store's snapshot order (collective for temperature files)."""
+    dm = solver.dm
+    cols = []
+    T_ref = float(problem.temperature.T_ref)
+    for info in store.simulations():
+        if not info.complete or (sims is not None and info.name not in sims):
+            continue
+        T = problem.temperature_field(info.params, dm)
+        shape = (dm.n_cells, dm.n_qp)
+        xq = solver.xq
+        from ddrom.hf.loads import evaluate
+
+        for t in store.read_times(info.name):
+            v = evaluate(T, shape, x=xq[..., 0], y=xq[..., 1], z=xq[..., 2], t=float(t))
+            cols.append(np.asarray(v, dtype=float).reshape(-1) - T_ref)
+    return np.column_stack(cols) if cols else np.zeros((dm.n_cells * dm.n_qp, 0))
+
+
+def distributed_bases(dm: Any, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None,
+                      PhiT: np.ndarray | None = None) -> dict:
     """The bases in the form :func:`~ddrom.rom.model.save_model` writes (owned rows + natural map)."""
     ne, nq = dm.n_cells, dm.n_qp
     bases = {"displacement": (dm.natural_nodes, Phi.reshape(dm.n_owned, 3, -1))}
     if Phip is not None:
         bases["p"] = (dm.natural_cells, Phip.reshape(ne, nq, -1))
     bases["stress"] = (dm.natural_cells, Psi.reshape(ne, nq * 6, -1))
+    if PhiT is not None and PhiT.shape[1]:
+        bases["temperature"] = (dm.natural_cells, PhiT.reshape(ne, nq, -1))
     return bases
 
 
@@ -156,10 +221,12 @@ def _mode_strains(solver: HFSolver, modes_local: np.ndarray, cache: dict | None)
     return E
 
 
-def hyper_reduce(case: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None, *,
+def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None, *,
                  ecm_tol: float, sigma_u: np.ndarray, sigma_p: np.ndarray | None = None,
                  ecm_initial: np.ndarray | None = None, stress_gram: np.ndarray | None = None,
-                 strain_cache: dict | None = None, timers: Timers | None = None) -> ReducedModel:
+                 strain_cache: dict | None = None, timers: Timers | None = None,
+                 PhiT: np.ndarray | None = None, sigma_T: np.ndarray | None = None,
+                 n_sensors: int = OfflineOptions.temperature_sensors) -> ReducedModel:
     """Steps 3-5 from distributed bases: ECM, Gappy samples, reduced operators.
 
     ``Phi`` (3 n_owned, N) displacement modes (zero on prescribed DOFs), ``Psi``
@@ -169,6 +236,9 @@ def hyper_reduce(case: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, 
     ``ecm_initial``: global point ids to warm-start the ECM from (enrichment).
     ``strain_cache``: a dict kept by the caller between calls whose modes only grow
     (enrichment): the strains of the modes already seen are reused, not recomputed.
+    ``PhiT`` (ne nq, r): temperature modes (``T - T_ref``; None: none), read at the sample
+    points and at ``n_sensors`` sensor points spread over the part (farthest from the
+    sample points and from each other) for the indicator's temperature component.
     Shared by the offline stage and the online enrichment, which calls it with the
     enriched bases.
     """
@@ -224,25 +294,55 @@ def hyper_reduce(case: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, 
         E_lift = np.stack([strain_operators(solver, chi[:, None], all_gids)[:, 0, :] for chi in lifts], axis=1) \
             if lifts else np.zeros((len(all_gids), 0, 6))
         xyz = point_coordinates(solver, all_gids)
-        terms = reduced_load_terms(solver, case, modes_local)
-    dirichlet = []
-    raw = case.raw.get("loads", {})
-    for i, d in enumerate(raw.get("dirichlet", [])):
-        text = case.expressions[f"loads.dirichlet[{i}].value"].text
-        dirichlet += [text] * len(d.get("components", [0, 1, 2]))
-    params = {k: dict(v) for k, v in case.raw.get("parameters", {}).items()}
+        terms = reduced_load_terms(solver, problem, modes_local)
+        pt_nodes, pt_shape, pt_xyz = point_interpolation(dm, all_gids)
+    with timers("temperature_sensors"):
+        tdata = _temperature_data(problem, solver, all_gids, xyz, PhiT, sigma_T, n_sensors)
+    # one lifting column per (condition, component), in the solver's order
+    dirichlet = [d.value.text for d in problem.dirichlet for _ in d.components]
+    T = problem.temperature
+    desc = problem.describe()
     return ReducedModel(
         E=E, E_lift=E_lift, weights=weights, xyz=xyz, point_gids=all_gids, dirichlet=dirichlet,
-        loads=[LoadData(t.kind, case.expressions[t.source].text, t.coeff, t.xyz) for t in terms],
-        temperature=case.expressions["temperature.expression"].text,
-        material=dict(case.raw["material"]), parameters=params,
-        times=np.concatenate([[0.0], case.times()]), sigma_u=np.asarray(sigma_u), gappy=gappy,
+        loads=[LoadData(t.kind, _text(problem, t.source), t.coeff, t.xyz, t.source) for t in terms],
+        temperature=T.expression.text if T.kind == "expression" else "",
+        material=dict(problem.material), parameters=desc["parameters"],
+        times=np.asarray(problem.times, dtype=float), sigma_u=np.asarray(sigma_u), gappy=gappy,
         stress_at_samples=stress_at_samples,
         stress_gram=None if stress_gram is None else np.asarray(stress_gram, dtype=float),
         info={"n_modes": N, "n_reduced_points": int(len(red_gids)), "n_gappy_extra_points": int(len(extra)),
               "n_stress_modes": int(Psi3.shape[-1]), "n_p_modes": int(Phip.shape[1]) if Phip is not None else 0,
               "ecm_tol": ecm_tol, "ecm_iterations": ecm_res.n_iterations,
-              "ecm_relative_residual": float(ecm_res.relative_residual), "ecm_converged": bool(ecm_res.converged)})
+              "ecm_relative_residual": float(ecm_res.relative_residual), "ecm_converged": bool(ecm_res.converged)},
+        problem=desc, point_nodes=pt_nodes, point_shape=pt_shape, point_node_xyz=pt_xyz, temperature_data=tdata)
+
+
+def _temperature_data(problem: Any, solver: HFSolver, gids: np.ndarray, xyz: np.ndarray, PhiT: np.ndarray | None,
+                      sigma_T: np.ndarray | None, n_sensors: int) -> TemperatureData:
+    """Sensors spread from the sample points (farthest-point sampling) and the temperature
+    modes at the points and the sensors."""
+    from ddrom.reduction.coverage import farthest_points
+
+    dm = solver.dm
+    own = natural_point_ids(dm)
+    sensors, radius = farthest_points(solver.xq.reshape(-1, 3), own, n_sensors, solver.comm, start=xyz)
+    s_nodes, s_shape, s_node_xyz = point_interpolation(dm, sensors)
+    s_xyz = point_coordinates(solver, sensors)
+    rows = np.concatenate([gids, sensors])
+    r = 0 if PhiT is None else PhiT.shape[1]
+    basis = values_at_points(dm, PhiT, rows) if r else np.zeros((len(rows), 0))
+    return TemperatureData(basis=basis.reshape(len(rows), r), sigma=np.asarray(sigma_T if sigma_T is not None
+                                                                               else np.zeros(0), dtype=float),
+                           T_ref=float(problem.temperature.T_ref), sensor_gids=sensors, sensor_xyz=s_xyz,
+                           sensor_nodes=s_nodes, sensor_shape=s_shape, sensor_node_xyz=s_node_xyz,
+                           covering_radius=float(radius))
+
+
+def _text(problem: Any, source: str) -> str:
+    """The expression text of a load term named ``source`` (``loads.traction[0].vector[1]``)."""
+    from ddrom.rom.inputs import load_expressions
+
+    return load_expressions(problem)[source].text
 
 
 def _streaming_displacement_pod(solver: HFSolver, store: Any, sims: list[str] | None,

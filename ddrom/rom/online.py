@@ -23,10 +23,10 @@ from typing import Any, Mapping
 import numpy as np
 import scipy.linalg
 
-from ddrom.expressions import Expression
 from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import ReturnMappingError, from_config
-from ddrom.parallel import CollectiveError, DdromError
+from ddrom.parallel import CollectiveError
+from ddrom.rom.inputs import OnlineInputs
 from ddrom.rom.model import ReducedModel
 
 
@@ -39,9 +39,16 @@ class OnlineDivergence(CollectiveError):
 
 OnlineOptions = NewtonOptions
 
-#: Fraction of the training's largest sampled plastic strain below which the indicator
+#: Fraction of the training's largest sampled value below which an indicator component
 #: is taken relative to that fraction instead of to the current (tiny) value.
 INDICATOR_FLOOR = 1e-3
+
+#: Components of the error indicator (:meth:`ReducedSolver.indicators`), each the relative
+#: residual of a Gappy fit at the ROM's points: of the cumulated plastic strain (``p``), of
+#: the stress (``stress``: elastic errors, e.g. a thermal stress the training never had),
+#: and of the temperature against the span of the training's (``temperature``: a new
+#: field, read at the sample points and at sensors spread over the part).
+INDICATOR_COMPONENTS = ("p", "stress", "temperature")
 
 
 @dataclass
@@ -59,6 +66,7 @@ class OnlineResult:
     stress_coeff: np.ndarray          # (nt, Ns) stress coefficients (least squares at the samples)
     dirichlet: np.ndarray             # (nt, D) values of the lifting
     indicator: np.ndarray             # (nt,) Gappy residual of p (nan when no Gappy data)
+    indicators: dict = field(default_factory=dict)      # component -> (nt,) (INDICATOR_COMPONENTS)
     p_samples: list = field(default_factory=list)       # per step: p at the model's sample points
     stress_samples: list = field(default_factory=list)  # per step: (K, 6)
     newton_iterations: int = 0
@@ -68,7 +76,7 @@ class OnlineResult:
     cluster: int | None = None          # local basis used (None: the global one)
     enrichments: list = field(default_factory=list)     # one dict per enrichment event
     model: ReducedModel | None = None   # the model at the end of the march (enriched or not)
-    bases: dict | None = None           # enriched distributed bases (owned rows), None if not enriched
+    bases: dict | None = None           # enriched bases, this rank's natural slice per name (None: not enriched)
 
     @property
     def n_enrichments(self) -> int:
@@ -88,28 +96,22 @@ class ReducedSolver:
     model.
     """
 
-    def __init__(self, model: ReducedModel, params: Mapping[str, float], options: OnlineOptions | None = None):
-        self.params = {k: float(v) for k, v in params.items()}
+    def __init__(self, model: ReducedModel, params: Mapping[str, Any] | None = None,
+                 options: OnlineOptions | None = None, inputs: OnlineInputs | None = None):
         self.options = options or OnlineOptions()
-        names = {"x", "y", "z", "t"} | set(model.parameters)
-        missing = sorted(set(model.parameters) - set(self.params))
-        for name in missing:
-            default = model.parameters[name].get("default")
-            if default is None:
-                raise DdromError(f"parameter {name!r} has no value and no default")
-            self.params[name] = float(default)
+        # inputs: the case's at online time (ddrom.rom.inputs.online_inputs); without them, the
+        # ones the ROM was trained with (its stored expressions and time grid)
+        self.inputs = inputs or OnlineInputs.from_model(model, params or {})
+        self.params = {k: float(v) for k, v in self.inputs.params.items() if not isinstance(v, str)}
         self.material = from_config(model.material)
-        self.dirichlet = [Expression(e, names, what=f"dirichlet[{i}]") for i, e in enumerate(model.dirichlet)]
-        self.temperature = Expression(model.temperature, names, what="temperature")
-        self._names = names
+        self.dirichlet = self.inputs.dirichlet
         self.bind(model)
 
     def bind(self, model: ReducedModel) -> None:
         """Use ``model`` from now on (its points, modes and operators; the same physics)."""
         self.m = model
-        self.loads = [(Expression(L.expression, self._names, what=L.kind), L) for L in model.loads]
-        x = model.xyz
-        self._xyz_env = {"x": x[:, 0], "y": x[:, 1], "z": x[:, 2]}
+        self.loads = [(self.inputs.loads[L.source or str(i)], L) for i, L in enumerate(model.loads)]
+        self.inputs.temperature.bind(model)
         self.w = model.weights
         self.E = model.E                                           # (K, N, 6)
         self.Ew = model.E * model.weights[:, None, None]
@@ -123,6 +125,10 @@ class ReducedSolver:
         # least-squares stress coefficients from the K sampled stresses: one small matvec per step
         S = model.stress_at_samples
         self._stress_pinv = np.linalg.pinv(S.reshape(-1, S.shape[-1])) if S is not None else None
+        self._stress_Q = np.linalg.qr(S.reshape(-1, S.shape[-1]))[0] if S is not None else None
+        td = model.temperature_data
+        self._temp_Q = None if td is None else np.linalg.qr(td.basis)[0] if td.basis.shape[1] else \
+            np.zeros((td.basis.shape[0], 0))
 
     # ------------------------------------------------------------------ data
     def _env(self, t: float) -> dict:
@@ -148,8 +154,7 @@ class ReducedSolver:
         return F
 
     def temperature_at_points(self, t: float) -> np.ndarray:
-        return np.array(self.temperature.evaluate({**self._env(t), **self._xyz_env}, shape=(len(self.w),)),
-                        dtype=float)
+        return self.inputs.temperature(t)
 
     def indicator(self, p: np.ndarray) -> float:
         """Relative residual of the Gappy-POD fit of p at its sample points::
@@ -168,6 +173,30 @@ class ReducedSolver:
             return 0.0
         res = pI - self._gappy_Q @ (self._gappy_Q.T @ pI)
         return float(np.linalg.norm(res)) / nrm
+
+    def _residual_ratio(self, Q: np.ndarray, v: np.ndarray, scale: float) -> float:
+        """``||v - Q Q^T v|| / max(||v||, INDICATOR_FLOOR scale)`` (0 for a zero v)."""
+        nrm = max(float(np.linalg.norm(v)), INDICATOR_FLOOR * scale)
+        if nrm == 0.0:
+            return 0.0
+        return float(np.linalg.norm(v - Q @ (Q.T @ v))) / nrm
+
+    def indicators(self, p: np.ndarray, stress: np.ndarray, t: float) -> dict[str, float]:
+        """The indicator components of a step (:data:`INDICATOR_COMPONENTS`; nan when the model
+        has no data for one): relative residuals of the Gappy fits of p, of the stress and of
+        ``T - T_ref`` at the ROM's points (the temperature also at its sensors), each floored
+        at INDICATOR_FLOOR times the training's largest sampled norm."""
+        out = {"p": self.indicator(p), "stress": math.nan, "temperature": math.nan}
+        info = self.m.info
+        if self._stress_Q is not None:
+            out["stress"] = self._residual_ratio(self._stress_Q, np.asarray(stress).reshape(-1),
+                                                 float(info.get("stress_sample_scale", 0.0)))
+        td = self.m.temperature_data
+        if td is not None:
+            v = self.inputs.temperature.with_sensors(t) - td.T_ref
+            out["temperature"] = self._residual_ratio(self._temp_Q, v, float(info.get("temperature_sample_scale",
+                                                                                        0.0)))
+        return out
 
     def p_coefficients(self, p: np.ndarray) -> np.ndarray:
         """a = argmin ||Phi_I a - p_I|| (empty without Gappy data)."""
@@ -240,12 +269,12 @@ class ReducedSolver:
         return None, f"no convergence in {opt.max_iterations} iterations (relative residual {norm / ref:.3e})"
 
     def run(self, times: np.ndarray | None = None, enricher: Any = None) -> OnlineResult:
-        """March over ``times`` (default: the model's), t_0 being the initial state.
+        """March over ``times`` (default: the inputs', i.e. the case's), t_0 being the initial state.
 
         ``enricher``: optional :class:`ddrom.rom.enrichment.Enricher` (collective: all
         ranks march the same replicated steps and take the same decisions).
         """
-        times = np.asarray(self.m.times if times is None else times, dtype=float)
+        times = np.asarray(self.inputs.times if times is None else times, dtype=float)
         t0 = time.perf_counter()
         q = np.zeros(self.m.n_modes)
         state = self.material.initial_state(len(self.w))
@@ -254,24 +283,25 @@ class ReducedSolver:
         resp0 = self.material.update(self._strains(q, v0), state, T, T, 0.0, tangent=False)
         state = resp0.state
         nt = len(times)
-        rows: dict[str, list] = {"q": [], "p": [], "s": [], "v": [], "ind": [], "sub": []}
+        rows: dict[str, list] = {"q": [], "p": [], "s": [], "v": [], "ind": [], "inds": [], "sub": []}
         out = OnlineResult(times, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
 
-        def observe(state_) -> tuple[np.ndarray, float]:
+        def observe(state_, stress_, t_) -> tuple[np.ndarray, dict]:
             p_ = self.material.cumulated_plastic_strain(state_)
-            return p_, self.indicator(p_)
+            return p_, self.indicators(p_, stress_, t_)
 
-        def record(q_, p_, ind, stress_, v_, sub=()) -> None:
+        def record(q_, p_, inds, stress_, v_, sub=()) -> None:
             rows["q"].append(q_)
             rows["sub"].append(list(sub))
             rows["p"].append(self.p_coefficients(p_))
             rows["s"].append(self.stress_coefficients(stress_))
             rows["v"].append(v_)
-            rows["ind"].append(ind)
+            rows["ind"].append(inds["p"])
+            rows["inds"].append(inds)
             out.p_samples.append(p_)
             out.stress_samples.append(stress_)
 
-        record(q, *observe(state), resp0.stress, v0)
+        record(q, *observe(state, resp0.stress, float(times[0])), resp0.stress, v0)
         info = {"newton": 0, "cutbacks": 0}
         cur = (times[0], q, state, T, None, v0)       # (t, q, state, T, response, lifting values)
 
@@ -298,13 +328,13 @@ class ReducedSolver:
             if failure is None:
                 _, q, state, T, resp, v = new
                 stress = resp.stress
-                p, ind = observe(state)
-                trigger = enricher is not None and enricher.wants(ind)
-                reason = f"indicator {ind:.3e} > {enricher.tolerance:.3e}" if trigger else None
+                p, inds = observe(state, stress, float(times[k]))
+                trigger = enricher is not None and enricher.wants(inds)
+                reason = enricher.why(inds) if trigger else None
             else:
                 if enricher is None or not enricher.can_enrich():
                     raise OnlineDivergence(failure)
-                trigger, reason, ind = True, failure, math.nan
+                trigger, reason, inds = True, failure, dict.fromkeys(INDICATOR_COMPONENTS, math.nan)
             if trigger:
                 q_guess = q if failure is None else None
                 v = self.dirichlet_values(float(times[k]))
@@ -313,12 +343,14 @@ class ReducedSolver:
                                                                     sub_hist=rows["sub"])
                 path.clear()                          # step k is the HF state: nothing to replay
                 self.bind(model)
-                event["indicator_before"] = ind
-                p, ind = observe(state)
-                event["indicator_after"] = ind
+                event["indicator_before"] = inds["p"]
+                event["indicators_before"] = inds
+                p, inds = observe(state, stress, float(times[k]))
+                event["indicator_after"] = inds["p"]
+                event["indicators_after"] = inds
                 out.enrichments.append(event)
             # the increments before t_k of a step the march cut back: the replay follows them
-            record(q, p, ind, stress, v, path[:-1])
+            record(q, p, inds, stress, v, path[:-1])
             cur = (float(times[k]), q, state, T, None, v)
             out.step_seconds.append(time.perf_counter() - ts)
         out.q = _pad(rows["q"])
@@ -326,6 +358,7 @@ class ReducedSolver:
         out.stress_coeff = _pad(rows["s"])
         out.dirichlet = np.array(rows["v"]).reshape(nt, -1)
         out.indicator = np.array(rows["ind"], dtype=float)
+        out.indicators = {c: np.array([r[c] for r in rows["inds"]], dtype=float) for c in INDICATOR_COMPONENTS}
         out.newton_iterations = info["newton"]
         out.cutbacks = info["cutbacks"]
         out.seconds = time.perf_counter() - t0

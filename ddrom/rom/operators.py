@@ -114,31 +114,30 @@ def _space_dependent(expr: Any) -> bool:
     return used is None or bool(set(used) & {"x", "y", "z"})
 
 
-def reduced_load_terms(solver: HFSolver, case: Any, modes_local: np.ndarray) -> list[LoadTerm]:
-    """Project every load term of the case on the basis (surface and volume quadrature)."""
+def reduced_load_terms(solver: HFSolver, problem: Any, modes_local: np.ndarray) -> list[LoadTerm]:
+    """Project every load term of a :class:`~ddrom.hf.problem.Problem` on the basis (surface and
+    volume quadrature). Each scalar term is named by ``source`` (``"loads.traction[0].vector[1]"``)."""
     dm, asm = solver.dm, solver.asm
-    raw = case.raw.get("loads", {})
     terms: list[LoadTerm] = []
     comm = solver.comm
 
-    def surface(kind, source, region, direction):
+    def surface(kind, source, expr, region, direction):
         nodes, N, xq, nw = solver._facets[region]
         vec = direction(nw)                                           # (F, nqf, 3) incl. w dA
         dofs = 3 * nodes[:, :, None] + np.arange(3)                    # (F, nf, 3)
         # c[f,q,k] = sum_a N_a(q) phi_k(node_a) . vec(f,q)
         phi = modes_local[dofs]                                        # (F, nf, 3, N)
         c = np.einsum("qa,faik,fqi->fqk", N, phi, vec)
-        _add(kind, source, c.reshape(-1, c.shape[-1]), xq.reshape(-1, 3))
+        _add(kind, source, expr, c.reshape(-1, c.shape[-1]), xq.reshape(-1, 3))
 
-    def volume(kind, source, density):
+    def volume(kind, source, expr, density):
         Nsh = dm.ref.shape(dm.ref.qp)
         phi = modes_local[asm.edofs].reshape(dm.n_cells, dm.ref.n_nodes, 3, -1)
         c = np.einsum("qa,eaik,eqi,eq->eqk", Nsh, phi, density, asm.wdet)
-        _add(kind, source, c.reshape(-1, c.shape[-1]), solver.xq.reshape(-1, 3))
+        _add(kind, source, expr, c.reshape(-1, c.shape[-1]), solver.xq.reshape(-1, 3))
 
-    def _add(kind, source, c, xyz):
-        expr = case.expressions.get(source)
-        if expr is None or not _space_dependent(expr):
+    def _add(kind, source, expr, c, xyz):
+        if not _space_dependent(expr):
             terms.append(LoadTerm(kind, source, as_mpi(comm).allreduce(c.sum(axis=0))[None, :], None))
         else:
             # partition-independent order: sort the gathered rows by coordinates
@@ -146,27 +145,41 @@ def reduced_load_terms(solver: HFSolver, case: Any, modes_local: np.ndarray) -> 
             rows = rows[np.lexsort(rows[:, :3].T[::-1])]
             terms.append(LoadTerm(kind, source, rows[:, 3:], rows[:, :3]))
 
-    for i, p in enumerate(raw.get("pressure", [])):
-        surface("pressure", f"loads.pressure[{i}].value", p["region"], lambda nw: -nw)
-    for i, tr in enumerate(raw.get("traction", [])):
-        for j in range(3):
-            e = np.eye(3)[j]
-            surface("traction", f"loads.traction[{i}].vector[{j}]", tr["region"],
-                    lambda nw, e=e: np.linalg.norm(nw, axis=-1)[..., None] * e)
-    if raw.get("body_force"):
-        for j in range(3):
-            dens = np.zeros(solver.xq.shape)
-            dens[..., j] = 1.0
-            volume("body", f"loads.body_force.vector[{j}]", dens)
-    if raw.get("centrifugal"):
-        cf = raw["centrifugal"]
-        from ddrom.hf.loads import Centrifugal
+    for L in problem.loads:
+        if L.kind == "pressure":
+            surface("pressure", f"{L.key}.value", L.values[0], L.region, lambda nw: -nw)
+        elif L.kind == "traction":
+            for j in range(3):
+                e = np.eye(3)[j]
+                surface("traction", f"{L.key}.vector[{j}]", L.values[j], L.region,
+                        lambda nw, e=e: np.linalg.norm(nw, axis=-1)[..., None] * e)
+        elif L.kind == "body":
+            for j in range(3):
+                dens = np.zeros(solver.xq.shape)
+                dens[..., j] = 1.0
+                volume("body", f"{L.key}.vector[{j}]", L.values[j], dens)
+        elif L.kind == "centrifugal":
+            from ddrom.hf.loads import Centrifugal
 
-        unit = Centrifugal(1.0, float(cf["density"]), tuple(cf.get("axis", (0, 0, 1))),
-                           tuple(cf.get("center", (0, 0, 0))))
-        dens = unit.force(solver.xq, 0.0)            # rho * 1^2 * r ; online times omega(t)^2
-        Nsh = dm.ref.shape(dm.ref.qp)
-        phi = modes_local[asm.edofs].reshape(dm.n_cells, dm.ref.n_nodes, 3, -1)
-        c = np.einsum("qa,eaik,eqi,eq->k", Nsh, phi, dens, asm.wdet)
-        terms.append(LoadTerm("centrifugal", "loads.centrifugal.omega", as_mpi(comm).allreduce(c)[None, :], None))
+            unit = Centrifugal(1.0, L.density, L.axis, L.center)
+            dens = unit.force(solver.xq, 0.0)            # rho * 1^2 * r ; online times omega(t)^2
+            Nsh = dm.ref.shape(dm.ref.qp)
+            phi = modes_local[asm.edofs].reshape(dm.n_cells, dm.ref.n_nodes, 3, -1)
+            c = np.einsum("qa,eaik,eqi,eq->k", Nsh, phi, dens, asm.wdet)
+            terms.append(LoadTerm("centrifugal", f"{L.key}.omega", as_mpi(comm).allreduce(c)[None, :], None))
     return terms
+
+
+def point_interpolation(dm: Any, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a nodal field needs to be known at integration points ``gids`` (replicated):
+    the natural ids of each point's cell nodes (K, k), the shape-function values there
+    (K, k) and those nodes' coordinates (K, k, 3). A field's value at point g is
+    ``sum_a shape[g, a] * field[nodes[g, a]]``."""
+    where, cells, qps = local_points(dm, gids)
+    N = dm.ref.shape(dm.ref.qp)                                      # (nq, k)
+    local = dm.cells[cells]                                          # (k_loc, k)
+    K, k = len(gids), dm.cells.shape[1]
+    nodes = _replicate(dm.comm, K, (k,), where, dm.node_natural[local].astype(float))
+    shape = _replicate(dm.comm, K, (k,), where, N[qps])
+    xyz = _replicate(dm.comm, K, (k, 3), where, dm.coords[local])
+    return np.rint(nodes).astype(np.int64), shape, xyz

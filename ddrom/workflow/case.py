@@ -54,7 +54,8 @@ class _Context:
     folder: Path
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    parameter_names: tuple[str, ...] = ()
+    parameter_names: tuple[str, ...] = ()     # numeric parameters: the names expressions may use
+    file_parameters: tuple[str, ...] = ()     # parameters of kind "file" (values are paths)
     expressions: dict[str, Expression] = field(default_factory=dict)
 
     def error(self, path: str, message: str) -> None:
@@ -413,11 +414,26 @@ def _parameter_name(name: str, path: str, ctx: _Context) -> bool:
 
 
 def _declared_parameter(name: str, path: str, ctx: _Context) -> bool:
-    if name in ctx.parameter_names:
+    names = ctx.parameter_names + ctx.file_parameters
+    if name in names:
         return True
-    ctx.error(path, f"unknown parameter {name!r}{_did_you_mean(name, ctx.parameter_names)}; "
-                    f"parameters: {', '.join(ctx.parameter_names) or 'none declared in [parameters]'}")
+    ctx.error(path, f"unknown parameter {name!r}{_did_you_mean(name, names)}; "
+                    f"parameters: {', '.join(names) or 'none declared in [parameters]'}")
     return False
+
+
+class Value(Spec):
+    """A parameter value: a number, or a path (a string) for a parameter of kind "file"
+    (checked against the parameter's kind when the points are sampled)."""
+
+    expected = "a number (or a file path for a parameter of kind \"file\")"
+
+    def check(self, value, path, ctx):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            return self.wrong_type(value, path, ctx)
+        if isinstance(value, str):
+            return value
+        return Num().check(value, path, ctx)
 
 
 def _petsc_key(name: str, path: str, ctx: _Context) -> bool:
@@ -480,11 +496,43 @@ def _post_mesh(out: dict, given: dict, path: str, ctx: _Context) -> None:
 
 def _post_parameters(out: dict, given: dict, path: str, ctx: _Context) -> None:
     for name, p in out.items():
+        if p.get("kind") == "file":
+            extra = [k for k in ("min", "max") if k in p]
+            if extra:
+                ctx.error(_join(path, name), f"a parameter of kind \"file\" has no range ({', '.join(extra)})")
+            if "default" in p and not isinstance(p["default"], str):
+                ctx.error(_join(_join(path, name), "default"), "a file parameter's default is a path (a string)")
+            continue
+        missing = [k for k in ("min", "max") if k not in p]
+        if missing:
+            ctx.error(_join(path, name), f"missing {' and '.join(missing)} (a number parameter needs its range)")
+            continue
+        if isinstance(p.get("default"), str):
+            ctx.error(_join(_join(path, name), "default"), "expected a number")
+            continue
         if "min" in p and "max" in p and p["min"] > p["max"]:
             ctx.error(_join(path, name), f"min = {p['min']:g} is greater than max = {p['max']:g}")
         elif "default" in p and "min" in p and not p["min"] <= p["default"] <= p["max"]:
             ctx.error(_join(_join(path, name), "default"),
                       f"{p['default']:g} is outside [min, max] = [{p['min']:g}, {p['max']:g}]")
+
+
+def _post_temperature(out: dict, given: dict, path: str, ctx: _Context) -> None:
+    if out.get("series") and "scale" in given:
+        ctx.error(_join(path, "scale"), "a series gives the temperature at each time: no scale")
+    if "file" in out:
+        from ddrom.hf.problem import placeholders
+
+        try:
+            names = placeholders(out["file"])
+        except ValueError as exc:
+            ctx.error(_join(path, "file"), f"bad {{placeholder}} in {out['file']!r}: {exc}")
+            return
+        known = ctx.parameter_names + ctx.file_parameters
+        for n in names:
+            if n not in known:
+                ctx.error(_join(path, "file"), f"placeholder {{{n}}} is not a parameter{_did_you_mean(n, known)}; "
+                                               f"parameters: {', '.join(known) or 'none'}")
 
 
 def _post_time(out: dict, given: dict, path: str, ctx: _Context) -> None:
@@ -505,15 +553,37 @@ def _post_time(out: dict, given: dict, path: str, ctx: _Context) -> None:
 
 def _sampling_table(kind: str) -> Table:
     return Table({
-        "grid": Key(MapOf(ListOf(Num(), min_len=1), key_check=_declared_parameter),
+        "grid": Key(MapOf(ListOf(Value(), min_len=1), key_check=_declared_parameter),
                     doc="cartesian product of value lists, one per parameter"),
         "random": Key(Table({"n": Key(Int(ge=1), REQUIRED), "seed": Key(Int(ge=0), 0)}),
                       doc="n points uniform in [min, max] (numpy default_rng(seed))"),
-        "values": Key(ListOf(MapOf(Num(), key_check=_declared_parameter), min_len=1),
+        "values": Key(ListOf(MapOf(Value(), key_check=_declared_parameter), min_len=1),
                       doc="explicit points"),
-    }, one_of=[("grid", "random", "values")])
+        "table": Key(File(), doc="a CSV file: a header of parameter names, one point per row"),
+    }, one_of=[("grid", "random", "values", "table")])
 
 
+def _indicator_component(name: str, path: str, ctx: _Context) -> bool:
+    from ddrom.rom.online import INDICATOR_COMPONENTS
+
+    if name in INDICATOR_COMPONENTS and name != "p":
+        return True
+    ctx.error(path, f"unknown indicator component {name!r} (the p tolerance is indicator_tol; others: "
+                    f"{', '.join(c for c in INDICATOR_COMPONENTS if c != 'p')})")
+    return False
+
+
+def _defaults():
+    """The option objects whose field defaults are the case keys' defaults (one source)."""
+    from ddrom.hf.solver import SolverOptions
+    from ddrom.rom.enrichment import EnrichmentOptions
+    from ddrom.rom.offline import OfflineOptions
+    from ddrom.workflow.options import IndicatorOptions
+
+    return SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions()
+
+
+_SOLVER, _OFFLINE, _ENRICH, _INDICATOR = _defaults()
 _XYZT = ("x", "y", "z", "t")
 _VECTOR3 = ListOf(Expr(_XYZT), length=3)
 
@@ -521,9 +591,10 @@ _VECTOR3 = ListOf(Expr(_XYZT), length=3)
 #: first: expressions of the other sections may use the parameter names.
 SCHEMA = Table({
     "parameters": Key(MapOf(Table({
-        "min": Key(Num(), REQUIRED),
-        "max": Key(Num(), REQUIRED),
-        "default": Key(Num()),
+        "kind": Key(Str(choices=("number", "file")), doc="number (default) or file (values are paths)"),
+        "min": Key(Num()),
+        "max": Key(Num()),
+        "default": Key(Value()),
         "description": Key(Str()),
     }), key_check=_parameter_name, post=_post_parameters), {}, doc="name -> {min, max, default}"),
     "case": Key(Table({
@@ -570,40 +641,47 @@ SCHEMA = Table({
     }), {}),
     "temperature": Key(Table({
         "expression": Key(Expr(_XYZT)),
-        "file": Key(File()),
-        "field": Key(Str()),
+        "file": Key(Str(), doc="nodal temperature file(s); {name} placeholders take the point's parameter values"),
+        "field": Key(Str(), doc="point-data name of the temperature in the file(s)"),
+        "series": Key(Bool(), doc="the file is a time series, interpolated linearly in time (default false)"),
+        "times": Key(ListOf(Num(), min_len=2), doc="frame times of a series of files without times (a glob)"),
         "scale": Key(Expr(("t",)), 1.0),
         "T_ref": Key(Num(), 20.0),
-    }, at_most_one=[("expression", "file")], requires={"file": "field", "field": "file"}), {}),
+    }, at_most_one=[("expression", "file")], requires={"file": "field", "field": "file", "series": "file",
+                                                       "times": "series"}, post=_post_temperature), {}),
     "solver": Key(Table({
-        "newton_rtol": Key(Num(gt=0, lt=1), 1e-8),
-        "newton_atol": Key(Num(ge=0), 1e-12),
-        "max_iterations": Key(Int(ge=1), 25),
-        "line_search": Key(Bool(), True),
-        "max_cutbacks": Key(Int(ge=0), 6),
+        "newton_rtol": Key(Num(gt=0, lt=1), _SOLVER.rtol),
+        "newton_atol": Key(Num(ge=0), _SOLVER.atol),
+        "max_iterations": Key(Int(ge=1), _SOLVER.max_iterations),
+        "line_search": Key(Bool(), _SOLVER.line_search),
+        "max_cutbacks": Key(Int(ge=0), _SOLVER.max_cutbacks),
         "petsc_options": Key(MapOf(Scalar(), key_check=_petsc_key), {}),
-        "element_technology": Key(Str(choices=("full", "bbar")), "bbar"),
+        "element_technology": Key(Str(choices=("full", "bbar")), "bbar" if _SOLVER.bbar else "full"),
     }), {}),
     "rom": Key(Table({
-        "pod_tol": Key(Num(gt=0, lt=1), 1e-4),
+        "pod_tol": Key(Num(gt=0, lt=1), _OFFLINE.pod_tol),
         "max_modes": Key(Int(ge=1)),
-        "ecm_tol": Key(Num(gt=0, lt=1), 1e-4),
-        "dual_pod_tol": Key(Num(gt=0, lt=1), 1e-4),
-        "stress_tol": Key(Num(gt=0, lt=1), 1e-5),
+        "ecm_tol": Key(Num(gt=0, lt=1), _OFFLINE.ecm_tol),
+        "dual_pod_tol": Key(Num(gt=0, lt=1), _OFFLINE.p_tol),
+        "stress_tol": Key(Num(gt=0, lt=1), _OFFLINE.stress_tol),
+        "temperature_tol": Key(Num(gt=0, lt=1), _OFFLINE.temperature_tol),
+        "temperature_sensors": Key(Int(ge=0), _OFFLINE.temperature_sensors),
         "pod_method": Key(Str(choices=("rcholqr", "tsqr", "snapshots", "slepc", "streaming"))),
         "stream_during_hf": Key(Bool(), False),
         "n_clusters": Key(Int(ge=1), 1),
         "classifier": Key(Str(choices=("nearest_medoid", "knn")), "nearest_medoid"),
         "indicator_tol": Key(Num(gt=0)),
-        "indicator_target": Key(Num(gt=0, lt=1), 1e-2),
-        "indicator_confidence": Key(Num(ge=0.5, lt=1), 0.95),
+        "indicator_target": Key(Num(gt=0, lt=1), _INDICATOR.target),
+        "indicator_target_u": Key(Num(gt=0, lt=1), _INDICATOR.target_u),
+        "indicator_confidence": Key(Num(ge=0.5, lt=1), _INDICATOR.confidence),
         "enrichment": Key(Table({
-            "enabled": Key(Bool(), False),
+            "enabled": Key(Bool(), _ENRICH.enabled),
             "indicator_tol": Key(Num(gt=0)),
-            "max_enrichments": Key(Int(ge=0), 10),
-            "basis_tol": Key(Num(gt=0, lt=1), 1e-6),
+            "indicator_tols": Key(MapOf(Num(gt=0), key_check=_indicator_component)),
+            "max_enrichments": Key(Int(ge=0), _ENRICH.max_enrichments),
+            "basis_tol": Key(Num(gt=0, lt=1), _ENRICH.basis_tol),
             "ecm_tol": Key(Num(gt=0, lt=1)),
-            "save": Key(Bool(), True),
+            "save": Key(Bool(), _ENRICH.save),
         }), {}),
     }, unknown="warn"), {}),
     "training": Key(_sampling_table("training")),
@@ -612,15 +690,57 @@ SCHEMA = Table({
 
 
 # ================================================================= cross-section checks
+def _read_table(kind: str, spec: dict, names: list[str], ctx: _Context) -> list[dict] | None:
+    """Points of a CSV table (header: parameter names; numbers, or paths for file parameters)."""
+    import csv
+
+    rel = spec["table"]
+    path = Path(rel) if Path(rel).is_absolute() else ctx.folder / rel
+    where = f"{kind}.table"
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        ctx.error(where, f"cannot read {rel!r}: {exc}")
+        return None
+    if len(rows) < 2:
+        ctx.error(where, f"{rel!r}: a header of parameter names and at least one row are needed")
+        return None
+    header = [h.strip() for h in rows[0]]
+    bad = [h for h in header if h not in names]
+    if bad:
+        ctx.error(where, f"{rel!r}: unknown parameter(s) {bad} in the header; parameters: {', '.join(names)}")
+        return None
+    pts = []
+    for i, r in enumerate(rows[1:], start=2):
+        if len(r) != len(header):
+            ctx.error(where, f"{rel!r} line {i}: {len(r)} values for {len(header)} columns")
+            return None
+        pt = {}
+        for h, v in zip(header, r):
+            v = v.strip()
+            if h in ctx.file_parameters:
+                pt[h] = v
+                continue
+            try:
+                pt[h] = float(v)
+            except ValueError:
+                ctx.error(where, f"{rel!r} line {i}: {h} = {v!r} is not a number")
+                return None
+        pts.append(pt)
+    return pts
+
+
 def _sample(kind: str, spec: dict, params: dict[str, dict], ctx: _Context) -> list[dict[str, float]]:
     """Points of a [training] or [test] table: a list of ``{name: value}`` with every parameter."""
     names = list(params)
+    numeric = [n for n in names if params[n].get("kind", "number") == "number"]
 
     def fill(point: dict[str, float], path: str) -> dict[str, float] | None:
         out = {}
         for n in names:
             if n in point:
-                out[n] = float(point[n])
+                out[n] = point[n]
             elif "default" in params[n]:
                 out[n] = params[n]["default"]
             else:
@@ -641,12 +761,22 @@ def _sample(kind: str, spec: dict, params: dict[str, dict], ctx: _Context) -> li
             where.append([f"parameters.{n}.default" if i is None else f"{kind}.grid.{n}[{i}]"
                           for n, i in zip(names, combo)])
     elif "random" in spec:
+        if len(numeric) != len(names):
+            ctx.error(f"{kind}.random", "file parameters cannot be sampled at random: list the points "
+                                        "(values or table)")
+            return []
         rng = np.random.default_rng(spec["random"]["seed"])
         u = rng.uniform(size=(spec["random"]["n"], len(names)))
         lo = np.array([params[n]["min"] for n in names])
         hi = np.array([params[n]["max"] for n in names])
         vals = lo + (hi - lo) * u
         return [{n: float(v) for n, v in zip(names, row)} for row in vals]
+    elif "table" in spec:
+        rows = _read_table(kind, spec, names, ctx)
+        if rows is None:
+            return []
+        pts = [fill(p, f"{kind}.table row {i + 1}") for i, p in enumerate(rows)]
+        where = [[f"{kind}.table row {i + 1} {n}" for n in names] for i in range(len(pts))]
     else:
         pts = [fill(p, f"{kind}.values[{i}]") for i, p in enumerate(spec["values"])]
         where = [[f"{kind}.values[{i}].{n}" for n in names] for i in range(len(pts))]
@@ -654,7 +784,16 @@ def _sample(kind: str, spec: dict, params: dict[str, dict], ctx: _Context) -> li
     for p, paths in zip(pts, where):
         if p is None:
             continue
+        ok = True
         for n, path in zip(names, paths):
+            is_file = params[n].get("kind", "number") == "file"
+            if is_file != isinstance(p[n], str):
+                ctx.error(path, f"{n} = {p[n]!r}: expected " + ("a file path (a string)" if is_file else "a number"))
+                ok = False
+        if not ok:
+            continue
+        for n, path in zip(numeric, [pa for n_, pa in zip(names, paths) if n_ in numeric]):
+            p[n] = float(p[n])
             lo, hi = params[n]["min"], params[n]["max"]
             if not lo <= p[n] <= hi and path not in seen:
                 seen.add(path)          # a grid value is in many points: report it once
@@ -714,9 +853,53 @@ def _check_case(raw: dict, ctx: _Context) -> dict[str, list[dict[str, float]]]:
                 else:
                     points[kind] = [{n: p["default"] for n, p in params.items()}]
             continue
-        if sum(k in spec for k in ("grid", "random", "values")) == 1:
+        if sum(k in spec for k in ("grid", "random", "values", "table")) == 1:
             points[kind] = _sample(kind, spec, params, ctx)
+    _check_temperature_files(raw, points, ctx)
     return points
+
+
+def _check_temperature_files(raw: dict, points: dict[str, list[dict]], ctx: _Context) -> None:
+    """The temperature file(s) of every training and test point exist (placeholders filled)."""
+    from ddrom.hf.problem import fill_placeholders
+    from ddrom.io.fields import check_field_path, resolve
+
+    temp = raw.get("temperature", {})
+    if "file" not in temp or any(e.startswith(("temperature", "parameters")) for e in ctx.errors):
+        return
+    pts = points["training"] + points["test"] or [{n: p.get("default") for n, p in raw.get("parameters", {}).items()
+                                                    if "default" in p}]
+    seen = set()
+    templated = "{" in temp["file"]
+    for p in pts:
+        try:
+            shown = fill_placeholders(temp["file"], p, "temperature.file")
+            f = resolve(fill_placeholders(temp["file"], _file_params_resolved(p, raw, ctx.folder), "temperature.file"),
+                        ctx.folder)
+        except DdromError as exc:
+            if "temperature.file" not in seen:
+                ctx.error("temperature.file", str(exc))
+                seen.add("temperature.file")
+            continue
+        if f in seen:
+            continue
+        seen.add(f)
+        if check_field_path(f):
+            what = "no file matches" if any(ch in shown for ch in "*?[") else "file"
+            ctx.error("temperature.file", f"{what} {shown!r} {'' if what != 'file' else 'not found '}"
+                                          f"(looked for {f}){f' for the point {p}' if templated else ''}")
+            if len([e for e in ctx.errors if e.startswith("temperature.file")]) >= 5:
+                return
+
+
+def _file_params_resolved(point: Mapping[str, Any], raw: dict, folder: Path) -> dict:
+    """A point whose file parameters are absolute paths (relative ones are relative to the case folder)."""
+    params = raw.get("parameters", {})
+    out = dict(point)
+    for n, v in point.items():
+        if params.get(n, {}).get("kind") == "file" and isinstance(v, str) and not Path(v).is_absolute():
+            out[n] = str(folder / v)
+    return out
 
 
 # ================================================================================ Case
@@ -759,6 +942,43 @@ class Case:
     expressions: dict[str, Expression]
     _points: dict[str, list[dict[str, float]]] = field(repr=False, default_factory=dict)
     hf_hash: str = ""
+    #: the parsed data as given (before defaults), from which :meth:`replace` derives variants
+    data: dict = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], folder: str | Path = ".", path: str | Path | None = None) -> "Case":
+        """Validate a case given as a dictionary (the TOML file's content), relative paths
+        relative to ``folder``; ``path`` names it in messages and records (default
+        ``folder/<case.name>.toml``). Raises :class:`DdromError` listing every error."""
+        folder = Path(folder).resolve()
+        name = (data.get("case") or {}).get("name", "case") if isinstance(data.get("case"), dict) else "case"
+        path = Path(path).resolve() if path is not None else folder / f"{name}.toml"
+        text = json.dumps(data, sort_keys=True, default=str).encode()
+        return _build_case(dict(data), path, folder, hashlib.sha256(text).hexdigest())
+
+    def replace(self, changes: Mapping[str, Any]) -> "Case":
+        """A new case: this one's data with ``changes`` merged in (tables merged key by key,
+        other values replaced; a value None removes the key), validated again.
+
+        ``case.replace({"rom": {"pod_tol": 1e-6}, "time": {"t_end": 600.0}})``
+        """
+        data = _merge(copy.deepcopy(self.data), changes)
+        text = json.dumps(data, sort_keys=True, default=str).encode()
+        return _build_case(data, self.path, self.folder, hashlib.sha256(text).hexdigest())
+
+    def with_t_end(self, t_end: float) -> "Case":
+        """The case run up to ``t_end`` with its step size (``n_steps`` scaled, or ``dt`` kept)."""
+        tm = self.raw["time"]
+        if "times" in tm:
+            raise DdromError(f"{self.path.name}: [time] lists explicit times: give the new times instead of t_end")
+        if not (t_end > 0 and math.isfinite(t_end)):
+            raise DdromError(f"t_end = {t_end!r}: expected a positive number")
+        if "n_steps" in tm:
+            n = max(1, round(tm["n_steps"] * t_end / tm["t_end"]))
+            if not math.isclose(n * tm["t_end"] / tm["n_steps"], t_end, rel_tol=1e-9):
+                raise DdromError(f"t_end = {t_end:g} is not a whole number of steps of {tm['t_end'] / tm['n_steps']:g}")
+            return self.replace({"time": {"t_end": float(t_end), "n_steps": int(n)}})
+        return self.replace({"time": {"t_end": float(t_end)}})
 
     @property
     def name(self) -> str:
@@ -846,8 +1066,11 @@ def validate(data: Mapping[str, Any], folder: Path | str = ".") -> tuple[dict, l
     if isinstance(params, dict):
         # names usable by expressions: every syntactically valid one (even if its table has
         # errors), so that a bad min/max does not cascade into "unknown name" errors
-        ctx.parameter_names = tuple(n for n in params if n.isidentifier() and not keyword.iskeyword(n)
-                                    and n not in SPACE_TIME and n not in RESERVED and n != "tol")
+        valid = [n for n in params if n.isidentifier() and not keyword.iskeyword(n)
+                 and n not in SPACE_TIME and n not in RESERVED and n != "tol"]
+        is_file = {n: isinstance(params[n], dict) and params[n].get("kind") == "file" for n in valid}
+        ctx.parameter_names = tuple(n for n in valid if not is_file[n])
+        ctx.file_parameters = tuple(n for n in valid if is_file[n])
     raw = SCHEMA.check(dict(data), "", ctx)
     if raw is _BAD:
         raw = {}
@@ -875,7 +1098,11 @@ def load_case(path: str | Path) -> Case:
         raise DdromError(f"{path.name}: not a UTF-8 text file") from None
     except tomllib.TOMLDecodeError as exc:
         raise DdromError(f"{path.name}: invalid TOML: {exc}") from None
-    raw, errors, warnings, expressions, points = validate(data, path.parent)
+    return _build_case(data, path, path.parent, hashlib.sha256(data_bytes).hexdigest())
+
+
+def _build_case(data: dict, path: Path, folder: Path, file_hash: str) -> Case:
+    raw, errors, warnings, expressions, points = validate(copy.deepcopy(data), folder)
     if errors:
         lines = "\n".join(f"  - {e}" for e in errors)
         raise DdromError(f"{path.name}: {len(errors)} error(s) in the case file:\n{lines}")
@@ -884,7 +1111,22 @@ def load_case(path: str | Path) -> Case:
     # ROM tolerances does not invalidate (and recompute) the snapshot stores.
     hf_raw = {k: v for k, v in raw.items() if k != "rom"}
     hf_canonical = json.dumps(hf_raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return Case(path=path, folder=path.parent, raw=raw, hash=hashlib.sha256(data_bytes).hexdigest(),
+    return Case(path=path, folder=folder, raw=raw, hash=file_hash,
                 config_hash=hashlib.sha256(canonical.encode()).hexdigest(), warnings=warnings,
                 expressions=expressions, _points=points,
-                hf_hash=hashlib.sha256(hf_canonical.encode()).hexdigest())
+                hf_hash=hashlib.sha256(hf_canonical.encode()).hexdigest(), data=data)
+
+
+def _merge(base: dict, changes: Mapping[str, Any]) -> dict:
+    for k, v in changes.items():
+        if v is None:
+            base.pop(k, None)
+        elif isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            # [time] t_end / n_steps / dt / times are one choice: a new one replaces the table
+            if k == "time" and any(x in v for x in ("times", "dt", "n_steps")):
+                base[k] = {kk: vv for kk, vv in base[k].items() if kk not in ("times", "dt", "n_steps", "t_end")
+                           or kk in v}
+            _merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base

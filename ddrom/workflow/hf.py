@@ -1,7 +1,8 @@
-"""Stages of the ddrom pipeline as the commands run them (HF sweep, ...).
+"""The HF stage: a case's parameter sweeps computed into their snapshot stores.
 
-Each stage reads the case, does collective work on the communicator it is given, and
-returns a JSON-able summary (rank 0 prints it).
+:func:`hf_sweep` does collective work on the communicator it is given and returns a
+JSON-able summary; progress goes to the ``ddrom`` logger (rank 0) and, with
+``progress=True``, to progress bars.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Any
 import numpy as np
 
 import ddrom
-from ddrom.workflow.build import (build_loads, build_mesh, build_solver_options, build_times,
-                             load_case_collectively, sanity_check_regions)
-from ddrom.parallel import Progress, Timers, as_mpi, collective, rank0_print
+from ddrom.parallel import Progress, Timers, as_mpi, get_logger
+from ddrom.workflow.build import build_loads, build_mesh, build_times, load_case_collectively, sanity_check_regions
+from ddrom.workflow.options import solver_options
 
 
 def store_path(case: Any, which: str) -> Path:
@@ -27,8 +28,8 @@ def _points(case: Any, which: str) -> list[tuple[str, dict]]:
     return [(f"{prefix}_{i:03d}", dict(p)) for i, p in enumerate(pts)]
 
 
-def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = True,
-             quiet: bool = False, max_simulations: int | None = None, case: Any = None,
+def hf_sweep(case: Any, comm: Any, which: str = "training", resume: bool = True,
+             progress: bool = False, max_simulations: int | None = None,
              dm: Any = None, stream_pod: bool | None = None) -> dict[str, Any]:
     """Compute every HF simulation of a parameter set into its snapshot store.
 
@@ -46,7 +47,9 @@ def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = 
     streamed (the offline stage streams it from the store).
     """
     c = as_mpi(comm)
-    case = case or load_case_collectively(case_path, comm)
+    if isinstance(case, (str, Path)):
+        case = load_case_collectively(str(case), comm)
+    quiet = not progress
     sets = ["training", "test"] if which == "all" else [which]
     timers = Timers()
     if dm is None:
@@ -55,10 +58,10 @@ def hf_sweep(case_path: str, comm: Any, which: str = "training", resume: bool = 
         sanity_check_regions(case, dm)
     summary: dict[str, Any] = {"case": str(case.path), "ranks": c.size, "ddrom_version": ddrom.__version__,
                                "mesh": dm.summary(), "sets": {}}
-    rank0_print(comm, f"ddrom hf: {case.path.name}: {dm.n_cells_global} {dm.cell_type} cells, "
+    get_logger(comm).info(f"ddrom hf: {case.path.name}: {dm.n_cells_global} {dm.cell_type} cells, "
                       f"{3 * dm.n_nodes_global} DOFs on {c.size} rank(s)")
     if stream_pod is None:
-        stream_pod = bool(case.raw.get("rom", {}).get("stream_during_hf", False))
+        stream_pod = bool(case.raw["rom"]["stream_during_hf"])
     for s in sets:
         summary["sets"][s] = _sweep_set(case, dm, s, resume, quiet, timers, comm, max_simulations,
                                         stream_pod=stream_pod and s == "training")
@@ -96,11 +99,11 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
     path = store_path(case, which)
     times = build_times(case)
     material = from_config(case.raw["material"])
-    options = build_solver_options(case)
+    options = solver_options(case)
     provenance = {"case": str(case.path), "case_hash": case.store_hash(which), "case_file_sha256": case.hash,
                   "which": which, "times": times.tolist(), "material": material.to_dict()}
     if resume and _up_to_date(path, case, comm, which):
-        rank0_print(comm, f"  {path.name}: complete and up to date (use --restart to recompute)")
+        get_logger(comm).info(f"  {path.name}: complete and up to date (use --restart to recompute)")
         store = SnapshotStore.open(path, comm, mode="r")
         runs = [{"name": name, "params": params, "skipped": True, "seconds": store.metadata(name, "hf_seconds")}
                 for name, params in points]
@@ -115,7 +118,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
         if store.case_hash != case.store_hash(which):
             store.close()
             store = None
-            rank0_print(comm, f"  {partial.name}: written by another version of the case file; starting over")
+            get_logger(comm).info(f"  {partial.name}: written by another version of the case file; starting over")
     fresh = store is None
     if store is None:
         if c.rank == 0:
@@ -132,14 +135,14 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
         # the prescribed DOFs come from the solver (the same for every parameter point)
         with timers("setup"):
             solver = HFSolver(dm, material, build_loads(case, points[0][1], dm), options, timers=timers)
-        rom = case.raw.get("rom", {})
-        stream = DisplacementStream(solver, store, float(rom.get("pod_tol", 1e-4)), rom.get("max_modes"))
+        rom = case.raw["rom"]
+        stream = DisplacementStream(solver, store, float(rom["pod_tol"]), rom.get("max_modes"))
         with timers("stream_pod"):
             if fresh:
                 stream.discard()      # a state of an earlier store must not pass for this one
             how = stream.resume()
         if how:
-            rank0_print(comm, f"  streaming POD: {how}")
+            get_logger(comm).info(f"  streaming POD: {how}")
     results = []
     computed = 0
     for isim, (name, params) in enumerate(points):
@@ -190,15 +193,15 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
         pmax = c.allreduce(float(p.max()) if p.size else 0.0, op=_max())
         results.append({"name": name, "params": params, "seconds": sec, "newton_iterations": newton,
                         "ksp_iterations": ksp, "cutbacks": cuts, "max_plastic_strain": pmax})
-        rank0_print(comm, f"  {name} {params}: {sec:.1f} s, {newton} Newton iterations, "
-                          f"{ksp} KSP iterations, {cuts} cut-backs, max p = {pmax:.3e}")
+        get_logger(comm).info(f"  {name} {params}: {sec:.1f} s, {newton} Newton iterations, "
+                              f"{ksp} KSP iterations, {cuts} cut-backs, max p = {pmax:.3e}")
     complete = len(results) == len(points)
     if complete:
         store.finalize()
     else:
         store.close()
-        rank0_print(comm, f"  stopped after {computed} simulation(s); {len(points) - len(results)} left "
-                          f"(run the same command again to resume)")
+        get_logger(comm).info(f"  stopped after {computed} simulation(s); {len(points) - len(results)} left "
+                              f"(run the same command again to resume)")
     out_stream = {}
     if stream is not None:
         out_stream = {"stream_pod": {"state": str(stream.path), "n_modes": stream.ipod.n_modes,

@@ -54,9 +54,10 @@ from typing import Any
 
 import numpy as np
 
-from ddrom.workflow.build import build_loads, build_mesh, build_solver_options, build_times, load_case_collectively
+from ddrom.workflow.build import build_loads, build_mesh, build_times, load_case_collectively
+from ddrom.workflow.options import solver_options
 from ddrom.workflow.hf import store_path
-from ddrom.parallel import CollectiveError, DdromError, Progress, as_mpi, raise_collective, rank0_print
+from ddrom.parallel import CollectiveError, DdromError, Progress, as_mpi, get_logger, raise_collective
 
 
 @dataclass
@@ -244,7 +245,7 @@ def _rollback(store: Any, partial: Path, created: bool, was_final: bool, added: 
 
 def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "displacement",
                 finalize: bool = False, coord_rtol: float | None = None, node_order: str = "auto",
-                stress_field: str | None = None, quiet: bool = False, case: Any = None,
+                stress_field: str | None = None, progress: bool = False, case: Any = None,
                 dm: Any = None) -> dict[str, Any]:
     """Import displacement series as training simulations, all or nothing (collective).
 
@@ -286,9 +287,9 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
         plans.append((times, prepend, src.source, src.node_match, src.max_coordinate_distance,
                       src.stress_center))
         if len(times) != len(case_times) or not np.allclose(times, case_times, rtol=1e-9, atol=0.0):
-            rank0_print(comm, f"ddrom import: warning: {src.source}: the series' times ({len(times) - 1} "
-                              f"steps to t = {times[-1]:.6g}) differ from the case's ({len(case_times) - 1} "
-                              f"steps to t = {case_times[-1]:.6g}); the store keeps the series' times")
+            get_logger(comm).warning(f"ddrom import: warning: {src.source}: the series' times ({len(times) - 1} "
+                                     f"steps to t = {times[-1]:.6g}) differ from the case's ({len(case_times) - 1} "
+                                     f"steps to t = {case_times[-1]:.6g}); the store keeps the series' times")
 
     path = store_path(case, "training")
     partial = Path(str(path) + ".partial")
@@ -327,10 +328,10 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
                 writer = store.add_simulation(sim, p, n_steps=len(times) - 1)
                 added.append(sim)
                 loads = build_loads(case, p, dm)
-                rep = Replayer(dm, material, loads.temperature, bbar=build_solver_options(case).bbar)
+                rep = Replayer(dm, material, loads.temperature, bbar=solver_options(case).bbar)
                 zero = np.zeros((dm.n_owned, 3))
                 acc = np.zeros(4)                              # max diff, max ref, sum diff^2, sum ref^2
-                with Progress(comm, total=len(times), desc=f"import {sim}", quiet=quiet) as bar:
+                with Progress(comm, total=len(times), desc=f"import {sim}", quiet=not progress) as bar:
                     for k, t in enumerate(times):
                         kf = k - 1 if prepend else k
                         u = zero if kf < 0 else src.displacement(kf)
@@ -373,7 +374,7 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
                 s["stress_comparison"] = cmp
                 line += (f"; stress {stress_field!r} ({center}) vs replay, cell averages: max relative "
                          f"{cmp['max_relative']:.3e}, RMS relative {cmp['rms_relative']:.3e}")
-            rank0_print(comm, line)
+            get_logger(comm).info(line)
             summaries.append(s)
         wanted = {f"train_{i:03d}" for i in range(len(case.training_parameters()))}
         done = {s.name for s in store.simulations() if s.complete}
@@ -386,22 +387,22 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
     else:
         store.close()
     where = str(path) if do_finalize else str(partial)
-    rank0_print(comm, f"ddrom import: {len(summaries)} simulation(s) -> {where}" +
-                ("" if do_finalize else f" ({len(wanted - done)} training point(s) missing; not finalized)"))
+    get_logger(comm).info(f"ddrom import: {len(summaries)} simulation(s) -> {where}" +
+                          ("" if do_finalize else f" ({len(wanted - done)} training point(s) missing; not finalized)"))
     return {"store": where, "finalized": do_finalize, "missing_training_points": sorted(wanted - done),
             "simulations": summaries}
 
 
 def import_series(case_path: str, comm: Any, series: str, params: dict[str, float],
                   field: str = "displacement", finalize: bool = False, name: str | None = None,
-                  coord_rtol: float | None = None, quiet: bool = False, case: Any = None,
+                  coord_rtol: float | None = None, progress: bool = False, case: Any = None,
                   dm: Any = None, node_order: str = "auto", stress_field: str | None = None) -> dict[str, Any]:
     """Import one displacement series as one training simulation (collective); see the module doc.
 
     Returns the simulation's summary (see :func:`import_many`) with the store's keys.
     """
     out = import_many(case_path, comm, [ImportJob(series, params, name)], field=field, finalize=finalize,
-                      coord_rtol=coord_rtol, node_order=node_order, stress_field=stress_field, quiet=quiet,
+                      coord_rtol=coord_rtol, node_order=node_order, stress_field=stress_field, progress=progress,
                       case=case, dm=dm)
     return {**out["simulations"][0], "store": out["store"], "finalized": out["finalized"],
             "missing_training_points": out["missing_training_points"]}

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from ddrom.parallel import CollectiveError
+from ddrom.workflow.plots import figure, plot_calibration, positive, save
+from ddrom.workflow.rom import read_online_times
 
 
 def fmt(v: Any) -> str:
@@ -46,16 +48,6 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _figure(figsize=(6.0, 4.0)):
-    # The Agg canvas directly: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _max_finite(values) -> float | None:
     v = [x for x in (values or []) if x is not None and np.isfinite(x)]
     return float(max(v)) if v else None
@@ -69,21 +61,6 @@ def _copy_figure(src: Path, rdir: Path) -> bool:
     shutil.copyfile(src, tmp)
     os.replace(tmp, rdir / src.name)
     return True
-
-
-def _save(fig, path: Path) -> str:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path.name
-
-
-def _positive(a) -> np.ndarray:
-    """Float array with NaN where the value is missing, non-finite or <= 0 (not drawable in log scale)."""
-    x = np.array([np.nan if v is None else float(v) for v in a], dtype=float)
-    x[~np.isfinite(x) | (x <= 0)] = np.nan
-    return x
 
 
 def check_output_dir(output_dir: str | Path) -> Path:
@@ -102,49 +79,54 @@ def check_output_dir(output_dir: str | Path) -> Path:
 
 
 def _read_rom(path: Path) -> dict[str, Any]:
-    import h5py
+    """What the report shows of a ROM file, read through :mod:`ddrom.rom.model` (rank 0)."""
+    from mpi4py import MPI
+
+    from ddrom.parallel import DdromError
+    from ddrom.rom.model import load_classifier, load_model
 
     out: dict[str, Any] = {}
     if not path.is_file():
         return out
-    with h5py.File(path, "r") as f:
-        on = f.get("online")
-        if on is not None:
-            for key in ("sigma_u", "weights", "xyz"):
-                if key in on:
-                    out[key] = on[key][...]
-            if "gappy/sigma" in on:
-                out["gappy_sigma"] = on["gappy/sigma"][...]
-            if "info" in on.attrs:
-                out["info"] = json.loads(on.attrs["info"])
-        out["n_local"] = int(f.attrs.get("n_local", 0))
-        out["local"] = []
-        for ic in range(out["n_local"]):
-            g = f.get(f"local/{ic:03d}/online")
-            if g is not None and "xyz" in g:
-                out["local"].append({"xyz": g["xyz"][...],
-                                     "info": json.loads(g.attrs["info"]) if "info" in g.attrs else {}})
+    try:
+        m = load_model(path, MPI.COMM_SELF)
+    except DdromError:
+        return out
+    out.update(sigma_u=m.sigma_u, weights=m.weights, xyz=m.xyz, info=m.info)
+    if m.gappy is not None:
+        out["gappy_sigma"] = m.gappy.sigma
+    cl = load_classifier(path, MPI.COMM_SELF)
+    out["n_local"] = len(set(cl["labels"])) if cl else 0
+    out["local"] = []
+    for ic in range(out["n_local"]):
+        lm = load_model(path, MPI.COMM_SELF, local=ic)
+        out["local"].append({"xyz": lm.xyz, "info": lm.info})
     return out
 
 
-def _read_mesh_points(d: Path) -> np.ndarray | None:
-    import h5py
+def _stores(d: Path) -> list[Path]:
+    return [d / name for name in ("hf_training.h5", "hf_test.h5") if (d / name).is_file()]
 
-    for name in ("hf_training.h5", "hf_test.h5"):
-        p = d / name
-        if p.is_file():
-            try:
-                with h5py.File(p, "r") as f:
-                    if "mesh/points" in f:
-                        return f["mesh/points"][...]
-            except OSError:
-                continue
+
+def _read_mesh_points(d: Path) -> np.ndarray | None:
+    """The mesh nodes (natural order) of the run's first readable snapshot store (rank 0)."""
+    from mpi4py import MPI
+
+    from ddrom.io.store import SnapshotStore
+    from ddrom.parallel import DdromError
+
+    for p in _stores(d):
+        try:
+            with SnapshotStore.open(p, MPI.COMM_SELF, mode="r") as store:
+                return store.mesh_points()
+        except DdromError:
+            continue
     return None
 
 
 # --------------------------------------------------------------------- plots
 def _plot_singular_values(rom: dict, n_modes: int | None, path: Path) -> str:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot(111)
     s = np.asarray(rom["sigma_u"], dtype=float)
     ax.semilogy(np.arange(1, len(s) + 1), np.maximum(s / s[0], 1e-17), "o-", ms=3, label="displacement POD")
@@ -159,7 +141,7 @@ def _plot_singular_values(rom: dict, n_modes: int | None, path: Path) -> str:
     ax.set_title("Singular value decay")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _bbox_edges(ax, lo, hi) -> None:
@@ -172,7 +154,7 @@ def _bbox_edges(ax, lo, hi) -> None:
 
 
 def _plot_reduced_points(rom: dict, mesh_points: np.ndarray | None, path: Path) -> str:
-    fig = _figure((6.5, 5.5))
+    fig = figure((6.5, 5.5))
     ax = fig.add_subplot(111, projection="3d")
     xyz = np.asarray(rom["xyz"], dtype=float)
     if mesh_points is not None:
@@ -199,15 +181,15 @@ def _plot_reduced_points(rom: dict, mesh_points: np.ndarray | None, path: Path) 
     ax.set_zlabel("z")
     ax.set_title("Reduced integration points on the mesh\n(marker size ~ ECM weight)")
     ax.legend(fontsize=7, loc="upper left")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _plot_test_parameter(e: dict, times: np.ndarray | None, path: Path) -> str:
-    ind = _positive(e.get("indicator_per_step", []))
-    err = _positive(e.get("p_error_per_step", []))
+    ind = positive(e.get("indicator_per_step", []))
+    err = positive(e.get("p_error_per_step", []))
     n = max(len(ind), len(err))
     t = times if times is not None and len(times) == n else np.arange(n, dtype=float)
-    fig = _figure((6.0, 3.8))
+    fig = figure((6.0, 3.8))
     ax = fig.add_subplot(111)
     drawn = False
     if len(err) and np.any(np.isfinite(err)):
@@ -225,61 +207,29 @@ def _plot_test_parameter(e: dict, times: np.ndarray | None, path: Path) -> str:
     ax.grid(True, which="both", alpha=0.3)
     if drawn:
         ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _plot_calibration(errors: list[dict], cal: dict, path: Path) -> str | None:
-    fig = _figure((5.5, 4.5))
-    ax = fig.add_subplot(111)
-    xs_all = []
-    for e in errors:
-        x, y = _positive(e.get("indicator_per_step", [])), _positive(e.get("p_error_per_step", []))
-        n = min(len(x), len(y))
-        ok = np.isfinite(x[:n]) & np.isfinite(y[:n])
-        if ok.any():
-            ax.loglog(x[:n][ok], y[:n][ok], "o", ms=4, label=e["name"])
-            xs_all.append(x[:n][ok])
-    if not xs_all:
-        return None
-    if "slope" in cal:
-        xs = np.concatenate(xs_all)
-        g = np.logspace(np.log10(xs.min()), np.log10(xs.max()), 50)
-        ax.loglog(g, np.exp(cal["intercept"]) * g ** cal["slope"], "k--",
-                  label=f"fit log e = {cal['intercept']:.2f} + {cal['slope']:.2f} log i, r = {cal['pearson_log']:.3f}")
-        if "prediction_margin_log" in cal:
-            ax.loglog(g, np.exp(cal["intercept"] + cal["prediction_margin_log"]) * g ** cal["slope"], "k:",
-                      label=f"{cal.get('confidence', 0.95):.0%} upper prediction bound")
-        if cal.get("indicator_tolerance"):
-            ax.axhline(cal["error_target"], color="tab:gray", lw=0.8)
-            ax.axvline(cal["indicator_tolerance"], color="tab:gray", lw=0.8,
-                       label=f"target {cal['error_target']:.0e} -> tolerance {cal['indicator_tolerance']:.2e}")
-    from matplotlib.ticker import NullFormatter
-
-    ax.xaxis.set_minor_formatter(NullFormatter())       # labelled minor ticks overlap on < 2 decades
-    ax.set_xlabel("indicator (Gappy residual of p)")
-    ax.set_ylabel("true relative error of p")
-    ax.set_title("Indicator vs true error (one point per step)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _hf_seconds(path: Path) -> dict[str, float]:
-    """HF wall seconds per simulation kept in a snapshot store (``meta_hf_seconds``), by name."""
-    import h5py
+    """HF wall seconds per simulation kept in a snapshot store, by name (rank 0)."""
+    from mpi4py import MPI
+
+    from ddrom.io.store import SnapshotStore
+    from ddrom.parallel import DdromError
 
     out: dict[str, float] = {}
     if not path.is_file():
         return out
     try:
-        with h5py.File(path, "r") as f:
-            for name, g in f.get("simulations", {}).items():
-                raw = g.attrs.get("meta_hf_seconds")
-                if raw is not None:
-                    out[name] = float(json.loads(raw))
-    except OSError:
+        with SnapshotStore.open(path, MPI.COMM_SELF, mode="r") as store:
+            for sim in store.simulations():
+                v = store.metadata(sim.name, "hf_seconds")
+                if v is not None:
+                    out[sim.name] = float(v)
+    except DdromError:
         pass
     return out
+
 
 
 def speedup_numbers(summary: dict, hf_train: dict[str, float]) -> dict[str, Any]:
@@ -306,7 +256,7 @@ def _plot_speedup(sp: dict, hf_test: dict[str, float], rom_mean: float | None, p
     t_hf, t_rom = sp["hf_seconds_per_simulation"], sp["rom_seconds_per_simulation"]
     if not t_hf or not t_rom:
         return None
-    fig = _figure((9.0, 3.8))
+    fig = figure((9.0, 3.8))
     ax = fig.add_subplot(121)
     names = sorted(hf_test) or ["mean"]
     hf = [hf_test[n] for n in sorted(hf_test)] or [t_hf]
@@ -336,7 +286,7 @@ def _plot_speedup(sp: dict, hf_test: dict[str, float], rom_mean: float | None, p
     ax.set_title("when the ROM pays off")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------- HTML
@@ -510,13 +460,7 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
         md += ["Per step: the true relative error of p (ROM vs HF) and the a posteriori indicator "
                "(residual of the Gappy-POD fit of p at the sample points), against time.", ""]
         for e in errors:
-            times = None
-            h5 = d / f"online_{e['name']}.h5"
-            if h5.is_file():
-                import h5py
-
-                with h5py.File(h5, "r") as z:
-                    times = z["times"][...] if "times" in z else None
+            times = read_online_times(d / f"online_{e['name']}")
             png = _plot_test_parameter(e, times, rdir / f"error_{e['name']}.png")
             md += [f"### {e['name']}", "", f"![error over time for {e['name']}]({png})", ""]
     else:
@@ -525,7 +469,7 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
     # ---- calibration
     md += ["## Indicator vs true error (calibration)", ""]
     cal = summary.get("indicator_calibration") or {}
-    png = _plot_calibration(errors, cal, rdir / "indicator_calibration.png") if errors else None
+    png = plot_calibration(errors, cal, rdir / "indicator_calibration.png") if errors else None
     if png:
         md += [f"![indicator calibration]({png})", ""]
     if cal:

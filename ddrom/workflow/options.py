@@ -1,0 +1,87 @@
+"""Option objects of every stage, built from a validated case.
+
+Each option has ONE default, in the dataclass of the layer that uses it:
+:class:`~ddrom.hf.solver.SolverOptions` (Newton: :class:`~ddrom.hf.stepping.NewtonOptions`),
+:class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`
+and :class:`IndicatorOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the
+defaults of its keys from them, so a case that omits a key, a Python user who builds the
+options by hand and the command line get the same value; the functions here only map the
+case's keys (all present after validation) onto the fields.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ddrom.hf.solver import SolverOptions
+from ddrom.rom.enrichment import EnrichmentOptions
+from ddrom.rom.offline import OfflineOptions
+
+
+@dataclass
+class IndicatorOptions:
+    """Calibration of the error indicator (``[rom] indicator_*``).
+
+    target : error target of the cumulated plastic strain (per step, relative)
+    target_u : error target of the displacement (per step, relative), for the stress and
+        temperature components
+    confidence : the tolerance of a component is where the one-sided upper prediction
+        bound of its log-log fit at this confidence meets the target
+        (:func:`ddrom.rom.calibration.calibrate_component`)
+    tolerance : a p tolerance given by the user (None: calibrated)
+    """
+
+    target: float = 1e-2
+    target_u: float = 1e-3
+    confidence: float = 0.95
+    tolerance: float | None = None
+    tolerances: dict = field(default_factory=dict)
+
+
+def solver_options(case: Any) -> SolverOptions:
+    s = case.raw["solver"]
+    return SolverOptions(rtol=s["newton_rtol"], atol=s["newton_atol"], max_iterations=s["max_iterations"],
+                         line_search=s["line_search"], max_cutbacks=s["max_cutbacks"],
+                         bbar=s["element_technology"] == "bbar", petsc_options=dict(s["petsc_options"]))
+
+
+def offline_options(case: Any) -> OfflineOptions:
+    r = case.raw["rom"]
+    return OfflineOptions(pod_tol=r["pod_tol"], stress_tol=r["stress_tol"], ecm_tol=r["ecm_tol"],
+                          p_tol=r["dual_pod_tol"], max_modes=r.get("max_modes"), pod_method=r.get("pod_method"),
+                          temperature_tol=r["temperature_tol"], temperature_sensors=r["temperature_sensors"])
+
+
+def indicator_options(case: Any) -> IndicatorOptions:
+    r = case.raw["rom"]
+    return IndicatorOptions(target=r["indicator_target"], target_u=r["indicator_target_u"],
+                            confidence=r["indicator_confidence"], tolerance=r.get("indicator_tol"))
+
+
+def enrichment_options(case: Any, *, enabled: bool | None = None, tolerance: float | None = None,
+                       tolerances: dict | None = None, max_enrichments: int | None = None,
+                       calibration: dict | None = None) -> EnrichmentOptions:
+    """The enrichment options of a case with the command line's overrides.
+
+    Tolerances, in order: given here; ``[rom.enrichment] indicator_tol`` (p) and
+    ``indicator_tols`` (others); ``[rom] indicator_tol``; the calibration stored in the ROM
+    file (``calibration``, :func:`ddrom.rom.model.read_calibration`); for a component none of
+    these gives, :data:`ddrom.rom.calibration.UNCALIBRATED_TOLERANCES` (which alone do not
+    enable an enrichment: at least one tolerance must be given or calibrated).
+    """
+    rom = case.raw["rom"]
+    cfg = rom["enrichment"]
+    cal = calibration or {}
+    tol = tolerance or cfg.get("indicator_tol") or rom.get("indicator_tol") or cal.get("indicator_tolerance")
+    from ddrom.rom.calibration import UNCALIBRATED_TOLERANCES
+
+    tols = {**{k: v for k, v in (cal.get("tolerances") or {}).items() if k != "p"},
+            **dict(cfg.get("indicator_tols", {})), **dict(tolerances or {})}
+    fallback = tuple(k for k in UNCALIBRATED_TOLERANCES if k not in tols)
+    tols = {**{k: UNCALIBRATED_TOLERANCES[k] for k in fallback}, **tols}
+    return EnrichmentOptions(tolerance=None if tol is None else float(tol),
+                             max_enrichments=int(max_enrichments if max_enrichments is not None
+                                                 else cfg["max_enrichments"]),
+                             basis_tol=cfg["basis_tol"], ecm_tol=cfg.get("ecm_tol"),
+                             tolerances={k: float(v) for k, v in tols.items()}, fallback=fallback,
+                             enabled=cfg["enabled"] if enabled is None else bool(enabled), save=cfg["save"])
