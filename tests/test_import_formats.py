@@ -330,6 +330,30 @@ def test_to_mandel():
         to_mandel(np.zeros((2, 4)))
 
 
+def test_to_mandel_explicit_component_order():
+    """CalculiX .dat / Abaqus order (xx yy zz xy xz yz) vs VTK's (xx yy zz xy yz xz): the
+    same tensor read in its own order gives the same Mandel vector; in the wrong order the
+    xz and yz shears swap."""
+    from ddrom.io.importers import ABAQUS_ORDER, VTK_ORDER, component_order, to_mandel
+
+    t = np.array([[1.0, 4.0, 6.0], [4.0, 2.0, 5.0], [6.0, 5.0, 3.0]])
+    want = np.array([1.0, 2.0, 3.0, 4 * SQ2, 5 * SQ2, 6 * SQ2])
+    vtk = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])          # xy yz xz
+    abq = np.array([[1.0, 2.0, 3.0, 4.0, 6.0, 5.0]])          # xy xz yz
+    np.testing.assert_allclose(to_mandel(vtk, order=VTK_ORDER)[0], want)
+    np.testing.assert_allclose(to_mandel(abq, order=ABAQUS_ORDER)[0], want)
+    np.testing.assert_allclose(to_mandel(abq, order="11, 22, 33, 12, 13, 23")[0], want)
+    np.testing.assert_allclose(to_mandel(abq, order=["XX", "YY", "ZZ", "YX", "ZX", "ZY"])[0], want)
+    np.testing.assert_allclose(to_mandel(abq)[0], [1, 2, 3, 4 * SQ2, 6 * SQ2, 5 * SQ2])   # VTK default
+    np.testing.assert_array_equal(component_order(ABAQUS_ORDER), [0, 1, 2, 3, 5, 4])
+    # 9 components ignore the order
+    np.testing.assert_allclose(to_mandel(t.reshape(1, 9), order=ABAQUS_ORDER)[0], want)
+    for bad, match in [("xx yy zz xy xz", "expected 6 names"), ("xx yy zz xy xz ab", "unknown component 'ab'"),
+                       ("xx yy zz xy xz zx", "appears twice")]:
+        with pytest.raises(DdromError, match=rf"f\.dat: stress component order .*{match}"):
+            to_mandel(abq, "f.dat", order=bad)
+
+
 def test_matching_errors_are_specific():
     from ddrom.io.matching import _match_on_root
 

@@ -32,12 +32,34 @@ Node (and cell) matching: see :mod:`ddrom.io.matching` (``--node-order``: ``auto
 keeps the file's order when it is the case's natural order, else matches by
 coordinates; ``keep`` requires the natural order; ``coordinates`` always matches).
 
-Stress (``stress_field``): a cell field (one tensor per cell) or a point field. Tensors
-are 9 components (row-major 3x3, dolfinx) or 6 in VTK's symmetric order
-``[xx, yy, zz, xy, yz, xz]``; they are converted to Mandel notation. A point field is
-reduced to cells as the mean of the cell's node values (the cell average of the
+Stress (``stress_field``): a cell field (one tensor per cell) or a point field. A point
+field is reduced to cells as the mean of the cell's node values (the cell average of the
 interpolated field for affine cells), computed on the reading rank on the file's own
 cells. Cells are matched by their centroids, like nodes.
+
+Stress components (conventions)
+-------------------------------
+* **In files**, a stress tensor is 9 components (row-major 3x3, e.g. dolfinx) or 6
+  components of the symmetric tensor with *tensor* (not engineering) shear values. The
+  order of the 6 differs between codes, and nothing in a file says which it is:
+
+  ====================  ===========================  ==========================
+  order                 written by                   ``order=`` string
+  ====================  ===========================  ==========================
+  xx yy zz xy yz xz     VTK, ParaView, meshio,       ``"xx yy zz xy yz xz"``
+                        CalculiX ``.frd`` (SZX = xz)  (:data:`VTK_ORDER`, default)
+  xx yy zz xy xz yz     CalculiX ``.dat``, Abaqus    ``"xx yy zz xy xz yz"``
+                        (S11 S22 S33 S12 S13 S23)    (:data:`ABAQUS_ORDER`)
+  ====================  ===========================  ==========================
+
+  :func:`to_mandel` takes the order explicitly (``order=``); the default is VTK's.
+  Reading CalculiX's ``.dat`` stresses in VTK order swaps the xz and yz shears, which
+  shows as a "difference" of tens of percent with no other hint.
+* **In the snapshot store** and everywhere inside ddrom, stresses (and strains) are
+  Mandel 6-vectors ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``
+  (:mod:`ddrom.materials.tensors`): the Euclidean norm of the 6-vector is the Frobenius
+  norm of the tensor, ``a : b`` is a dot product. To get tensor components back divide
+  the last three by ``sqrt2`` (note the order: 23 before 13, like VTK).
 """
 from __future__ import annotations
 
@@ -46,7 +68,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -65,11 +87,63 @@ def natural_key(s: str) -> list:
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", s)]
 
 
-def to_mandel(a: np.ndarray, where: str = "") -> np.ndarray:
-    """Stress tensors (n, 9) / (n, 3, 3) (full) or (n, 6) (VTK order xx yy zz xy yz xz) -> Mandel (n, 6).
+#: VTK's (and ParaView's, meshio's, CalculiX ``.frd``'s) order of 6 symmetric components.
+VTK_ORDER = "xx yy zz xy yz xz"
+#: Abaqus' and CalculiX ``.dat``'s order (S11 S22 S33 S12 S13 S23).
+ABAQUS_ORDER = "xx yy zz xy xz yz"
+#: Mandel slot of each component name (either index order of a shear names the same slot).
+_SLOT = {"xx": 0, "yy": 1, "zz": 2, "xy": 3, "yx": 3, "yz": 4, "zy": 4, "xz": 5, "zx": 5,
+         "11": 0, "22": 1, "33": 2, "12": 3, "21": 3, "23": 4, "32": 4, "13": 5, "31": 5}
 
-    Mandel: ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``; the off-diagonal terms of a
-    full tensor are symmetrized (``(s_ij + s_ji) / 2``).
+
+def component_order(order: str | Sequence[str], where: str = "") -> np.ndarray:
+    """Mandel slot of each of 6 named components: ``"xx yy zz xy xz yz"`` -> ``[0, 1, 2, 3, 5, 4]``.
+
+    ``order`` is a string of 6 names separated by blanks or commas (or a sequence of
+    them); a name is ``xx, yy, zz, xy, yz, xz`` (or ``yx``, ``zy``, ``zx``, or the index
+    form ``11, 22, 33, 12, 23, 13``), case-insensitive. Each of the 6 components must
+    appear exactly once.
+
+    Raises
+    ------
+    DdromError
+        Naming ``where`` and the order: a wrong count, an unknown name or a repeated component.
+    """
+    names = (re.split(r"[\s,;]+", order.strip()) if isinstance(order, str) else [str(n) for n in order])
+    names = [n.lower().strip() for n in names if n.strip()]
+    head = f"{where}: " if where else ""
+    if len(names) != 6:
+        raise DdromError(f"{head}stress component order {order!r}: expected 6 names such as "
+                         f"{VTK_ORDER!r}, got {len(names)}")
+    bad = [n for n in names if n not in _SLOT]
+    if bad:
+        raise DdromError(f"{head}stress component order {order!r}: unknown component {bad[0]!r} "
+                         "(names are xx yy zz xy yz xz, or 11 22 33 12 23 13)")
+    slots = np.array([_SLOT[n] for n in names])
+    if len(set(slots.tolist())) != 6:
+        raise DdromError(f"{head}stress component order {order!r}: a component appears twice")
+    return slots
+
+
+def to_mandel(a: np.ndarray, where: str = "", order: str | Sequence[str] | None = None) -> np.ndarray:
+    """Stress tensors from a file -> Mandel 6-vectors ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``.
+
+    Parameters
+    ----------
+    a : (n, 9), (n, 3, 3) or (n, 6) array
+        Full tensors (row-major; the off-diagonal terms are symmetrized,
+        ``(s_ij + s_ji) / 2``) or 6 symmetric components with tensor shears in ``order``.
+    where : str
+        Prefix of error messages (file, step, field).
+    order : str or sequence of 6 names, optional
+        Order of 6 components (see :func:`component_order` and the module doc), default
+        :data:`VTK_ORDER` ``"xx yy zz xy yz xz"``; CalculiX ``.dat`` and Abaqus use
+        :data:`ABAQUS_ORDER` ``"xx yy zz xy xz yz"``. Ignored for 9 components.
+
+    Raises
+    ------
+    DdromError
+        A component count other than 9 or 6, or an invalid ``order``.
     """
     a = np.asarray(a, dtype=float)
     a = a.reshape(len(a), -1)
@@ -80,8 +154,12 @@ def to_mandel(a: np.ndarray, where: str = "") -> np.ndarray:
                                 _SQ2 * 0.5 * (t[:, 1, 2] + t[:, 2, 1]),
                                 _SQ2 * 0.5 * (t[:, 0, 2] + t[:, 2, 0])])
     if a.shape[1] == 6:
-        return a * np.array([1.0, 1.0, 1.0, _SQ2, _SQ2, _SQ2])
-    raise DdromError(f"{where}: a stress field needs 9 (3x3) or 6 (xx yy zz xy yz xz) components per "
+        slots = component_order(VTK_ORDER if order is None else order, where)
+        out = np.empty_like(a)
+        out[:, slots] = a
+        return out * np.array([1.0, 1.0, 1.0, _SQ2, _SQ2, _SQ2])
+    hint = VTK_ORDER if order is None else (order if isinstance(order, str) else " ".join(order))
+    raise DdromError(f"{where}: a stress field needs 9 (3x3) or 6 ({hint}) components per "
                      f"item, got {a.shape[1]}")
 
 
@@ -452,15 +530,23 @@ class DisplacementSeries:
     max_coordinate_distance : float
         Largest distance between a file node and its case node.
     stress_center : "point" | "cell" | None
+    stress_order : str or None
+        Order of 6-component stresses (see :func:`to_mandel`); None is VTK's.
     n_pieces : int
         Pieces per step (parallel VTU), else 1.
     """
 
     def __init__(self, spec: str, dm: Any, field: str = "displacement",
                  coord_rtol: float = DEFAULT_COORD_RTOL, node_order: str = "auto",
-                 stress_field: str | None = None):
+                 stress_field: str | None = None, stress_order: str | Sequence[str] | None = None):
         c = as_mpi(dm.comm)
         self.dm, self.field, self._c, self.stress_field = dm, field, c, stress_field
+        if stress_order is not None:
+            try:        # the same verdict on every rank (a pure function of the argument)
+                component_order(stress_order, spec)
+            except DdromError as exc:
+                raise CollectiveError(str(exc)) from None
+        self.stress_order = stress_order
         self._reader: _Reader = _Empty()
         info, msg = None, None
         if c.rank == 0:
@@ -581,7 +667,7 @@ class DisplacementSeries:
                 if v.shape[0] != n:
                     raise DdromError(f"{self.source} (step {k}): {center} field {self.stress_field!r} "
                                      f"has {v.shape[0]} rows, expected {n}")
-                s = to_mandel(v, f"{self.source} (step {k}): field {self.stress_field!r}")
+                s = to_mandel(v, f"{self.source} (step {k}): field {self.stress_field!r}", self.stress_order)
                 if center == "point":
                     s = s[self._file_cells].mean(axis=1)
             except DdromError as exc:
