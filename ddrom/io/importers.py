@@ -15,6 +15,14 @@ Supported sources (:func:`probe_series` picks by the name):
   to the .pvd.
 * ``*.pvtu``: a parallel VTU file (one ``<Piece Source=...>`` per subdomain of the
   producing solver); a single one is one step, a glob or a .pvd of them a series.
+* ``*.frd``: CalculiX results (:class:`ddrom.io.calculix.FrdFile`): the solid mesh of the
+  file and its nodal blocks per output time (total time); the displacement is the
+  ``DISP`` block (``field`` ``"displacement"``, ``"u"`` or ``"DISP"``), a stress field the
+  nodal ``STRESS`` (6 components in VTK's order) or any other block by its name. Values
+  have 6 significant digits, coordinates too: the node matching tolerance is raised to
+  that precision.
+* a single-file kind given by a glob (``runs/E200/*.pvd``) is the one file it matches
+  (several matches are an error: one series is one file).
 * anything else: a glob pattern (``"out/u_*.vtu"``) or a single file; the files are
   sorted *naturally* (``u_2`` before ``u_10``) and carry no time: the caller supplies
   the times (the case's).
@@ -309,6 +317,84 @@ class _XdmfReader(_Reader):
         return self._item(a[1])
 
 
+class _FrdReader(_Reader):
+    """A CalculiX ``.frd`` (rank 0): its solid mesh and its nodal blocks, one output time per step.
+
+    Only the nodes used by the solid elements are rows (the node block may hold others,
+    e.g. CalculiX's expansion nodes); a block must give a value at each of them.
+    """
+
+    #: names a caller may use for the displacement and the stress
+    ALIASES = {"DISPLACEMENT": "DISP", "U": "DISP", "STRESS": "STRESS", "S": "STRESS", "SIGMA": "STRESS"}
+
+    def __init__(self, path: str, field: str):
+        from ddrom.io.calculix import FrdFile
+
+        self.source = path
+        self.frd = FrdFile(path)
+        try:
+            _, cells, _, used = self.frd.volume_mesh()
+            new_of_old = np.full(len(self.frd.node_ids), -1, dtype=np.int64)
+            new_of_old[used] = np.arange(used.size)
+            self._used = used
+            self._new_of_old = new_of_old
+            self.points = self.frd.points[used]
+            self.cells = new_of_old[cells]
+            # E12.5: 6 significant digits, i.e. within 5e-6 relative of the largest coordinate
+            self.coordinate_precision = 1e-5 * float(np.abs(self.points).max()) if len(self.points) else 0.0
+            name = self._name(field)
+            blocks = self.frd.series(name)
+            if not blocks:
+                raise DdromError(f"{path}: no nodal block {name!r} (blocks: {self.frd.names()}); choose the "
+                                 "displacement with --field, or write it with *NODE FILE, U")
+            self.times = np.array([b.time for b in blocks])
+            rep = np.flatnonzero(np.diff(self.times) <= 0)
+            if rep.size:
+                i = int(rep[0])
+                raise DdromError(f"{path}: {name} blocks at times {self.times[i]:g} (line {blocks[i].line}) then "
+                                 f"{self.times[i + 1]:g} (line {blocks[i + 1].line}): the times must increase")
+            self._steps = [(b.time, b.step, b.increment) for b in blocks]
+        except Exception:
+            self.frd.close()
+            raise
+
+    def _name(self, field: str) -> str:
+        return self.ALIASES.get(field.upper(), field.upper())
+
+    def _block(self, k: int, name: str):
+        t, step, inc = self._steps[k]
+        found = [b for b in self.frd.series(self._name(name)) if b.time == t and (b.step, b.increment) == (step, inc)]
+        return found[-1] if found else None
+
+    def field_names(self, k):
+        t, step, inc = self._steps[k]
+        return sorted({b.name for b in self.frd.blocks if b.time == t and (b.step, b.increment) == (step, inc)})
+
+    def centers(self, k, name):
+        return ["point"] if self._block(k, name) is not None else []
+
+    def read(self, k, name, center):
+        b = self._block(k, name)
+        if b is None or center != "point":
+            raise DdromError(f"{self.source} (t = {self._steps[k][0]:g}): no nodal block {name!r} "
+                             f"(blocks: {self.field_names(k)})")
+        ids, vals = self.frd.read(b)
+        rows = self._new_of_old[self.frd.rows_of_nodes(ids, f"block {b.name} at t = {b.time:g}")]
+        out = np.full((len(self.points), vals.shape[1]), np.nan)
+        keep = rows >= 0
+        out[rows[keep]] = vals[keep]
+        missing = np.flatnonzero(np.isnan(out).any(axis=1))
+        if missing.size:
+            nid = int(self.frd.node_ids[self._used[missing[0]]])
+            raise DdromError(f"{self.source}: block {b.name} at t = {b.time:g} (line {b.line}) has no value at "
+                             f"{missing.size} node(s) of the elements, e.g. node {nid}: write it for every node "
+                             "(*NODE FILE without NSET=)")
+        return out
+
+    def close(self):
+        self.frd.close()
+
+
 def _read_meshio(path: str):
     import meshio
 
@@ -465,26 +551,51 @@ def _pvd_entries(path: str) -> tuple[list[str], np.ndarray | None]:
 
 @dataclass
 class SeriesInfo:
-    """What every rank knows of a series: ``kind`` is "xdmf", "files" or "pieces"."""
+    """What every rank knows of a series: ``kind`` is "xdmf", "frd", "files" or "pieces".
+
+    ``source`` is the file a single-file kind resolved to (a glob expanded);
+    ``coordinate_precision`` the absolute precision of the file's coordinates when it is
+    coarser than double (CalculiX's ``.frd``), else 0.
+    """
 
     source: str
     kind: str
     times: list | None
     n_steps: int
     files: list | None = None          # files: one per step; pieces: a list of pieces per step
+    coordinate_precision: float = 0.0
+
+
+_SINGLE_FILE = (".xdmf", ".xmf", ".pvd", ".frd")
+
+
+def _one_file(spec: str) -> str:
+    """A single-file series given by a glob is the one file it matches."""
+    if not glob.has_magic(spec):
+        if not os.path.exists(spec):
+            raise DdromError(f"{spec}: file not found")
+        return spec
+    found = sorted(glob.glob(spec), key=natural_key)
+    if not found:
+        raise DdromError(f"{spec}: no file matches")
+    if len(found) > 1:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise DdromError(f"{spec}: matches {len(found)} files ({shown}); a series is one such file (several "
+                         "series are several simulations: import them with a pattern or a table)")
+    return found[0]
 
 
 def probe_series(spec: str) -> SeriesInfo:
     """Describe a series from its name and index files (call on ONE rank); see the module doc."""
     low = spec.lower()
+    if low.endswith(_SINGLE_FILE):
+        spec = _one_file(spec)
     if low.endswith((".xdmf", ".xmf")):
-        if not os.path.exists(spec):
-            raise DdromError(f"{spec}: file not found")
         return SeriesInfo(spec, "xdmf", None, 0)
+    if low.endswith(".frd"):
+        return SeriesInfo(spec, "frd", None, 0)
     times = None
     if low.endswith(".pvd"):
-        if not os.path.exists(spec):
-            raise DdromError(f"{spec}: file not found")
         files, times = _pvd_entries(spec)
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
@@ -520,7 +631,7 @@ class DisplacementSeries:
     Attributes (same on every rank)
     ----------
     source : str
-    kind : "xdmf" | "files" | "pieces"
+    kind : "xdmf" | "frd" | "files" | "pieces"
     times : ndarray (n,) or None
         The file's times, None when the format has none (VTU glob).
     n_steps : int
@@ -553,8 +664,12 @@ class DisplacementSeries:
             try:
                 info = probe_series(spec)
                 if info.kind == "xdmf":
-                    self._reader = _XdmfReader(spec, field)
+                    self._reader = _XdmfReader(info.source, field)
                     info.times, info.n_steps = self._reader.times.tolist(), self._reader.n_steps
+                elif info.kind == "frd":
+                    self._reader = _FrdReader(info.source, field)
+                    info.times, info.n_steps = self._reader.times.tolist(), len(self._reader.times)
+                    info.coordinate_precision = self._reader.coordinate_precision
                 elif info.kind == "files":
                     self._reader = _FilesReader(info.files, spec)
             except DdromError as exc:
@@ -564,6 +679,7 @@ class DisplacementSeries:
         raise_collective(c, msg)
         info = c.bcast(info, root=0)
         self.source, self.kind, self.n_steps = info.source, info.kind, info.n_steps
+        self.coordinate_precision = info.coordinate_precision
         self.times = None if info.times is None else np.array(info.times)
         self.n_pieces = len(info.files[0]) if info.kind == "pieces" else 1
         if info.kind == "pieces":
@@ -600,6 +716,8 @@ class DisplacementSeries:
         self._file_cells = cells
         x_case = case_node_coordinates(dm)
         diag = bbox_diagonal(c, x_case)
+        if diag > 0:        # coordinates printed with few digits (.frd) match to their precision
+            coord_rtol = max(coord_rtol, self.coordinate_precision / diag)
         hint = ("the series must be written on the case mesh's nodes (see --node-order)" if single
                 else "the pieces must cover the case mesh")
         m = match_rows(c, self._reader.points, x_case, diag, mode=node_order, coord_rtol=coord_rtol,
