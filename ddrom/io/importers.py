@@ -15,6 +15,11 @@ Supported sources (:func:`probe_series` picks by the name):
   to the .pvd.
 * ``*.pvtu``: a parallel VTU file (one ``<Piece Source=...>`` per subdomain of the
   producing solver); a single one is one step, a glob or a .pvd of them a series.
+  A piece listed twice (DOLFINx 0.5) is read once; the cells a piece flags as ghosts
+  (``vtkGhostType``) are left to the piece that owns them.
+* ``*.vtu`` of any VTK XML version: meshio reads versions 0.1 and 1.0, :mod:`ddrom.io.vtu`
+  the others (DOLFINx's ``VTKFile`` writes 2.2, with degree-1 Lagrange cells, which are
+  read as hexahedra and tetrahedra).
 * ``*.frd``: CalculiX results (:class:`ddrom.io.calculix.FrdFile`): the solid mesh of the
   file and its nodal blocks per output time (total time); the displacement is the
   ``DISP`` block (``field`` ``"displacement"``, ``"u"`` or ``"DISP"``), a stress field the
@@ -408,21 +413,46 @@ def _read_meshio(path: str):
 
 
 class _MeshFile:
-    """One meshio-readable file: points, volume cells, and the fields on them."""
+    """One file of a series: points, the volume cells, and the fields on them.
+
+    A ``.vtu`` of a VTK XML version meshio does not read (DOLFINx's ``VTKFile`` writes
+    2.2) is read by :func:`ddrom.io.vtu.read_vtu`. Degree-1 Lagrange cells (DOLFINx) are
+    hexahedra and tetrahedra; cells flagged as ghosts (``vtkGhostType``, a parallel
+    writer's copies of other processes' cells) are dropped, with their cell data.
+    """
 
     def __init__(self, path: str):
+        from ddrom.io.vtu import GHOST_CELL, MESHIO_LAGRANGE, MESHIO_VERSIONS, read_vtu, volume_cells, vtu_version
+
         self.path = path
+        if path.lower().endswith(".vtu") and vtu_version(path) not in MESHIO_VERSIONS + ("",):
+            v = read_vtu(path)
+            self.points = _pad3(v.points, path)
+            self.cells, kept = volume_cells(v, path)
+            self.point_data = v.point_data
+            self.cell_data = {k: np.asarray(a)[kept].reshape(len(kept), -1) for k, a in v.cell_data.items()}
+            return
         m = _read_meshio(path)
         self.points = _pad3(m.points, path)
-        blocks = [i for i, b in enumerate(m.cells) if b.type in _VOLUME]
-        types = {m.cells[i].type for i in blocks}
+
+        def kind(b) -> str | None:
+            if b.type in _VOLUME:
+                return b.type
+            lag = MESHIO_LAGRANGE.get(b.type)
+            return lag[0] if lag and np.asarray(b.data).shape[1] == lag[1] else None
+
+        blocks = [i for i, b in enumerate(m.cells) if kind(b)]
+        types = {kind(m.cells[i]) for i in blocks}
         if len(types) > 1:
             raise DdromError(f"{path}: mixed volume cells {sorted(types)}")
+        ghost = m.cell_data.get("vtkGhostType")
+        keep = {i: (np.ones(len(m.cells[i].data), bool) if ghost is None else
+                    (np.asarray(ghost[i]).reshape(-1).astype(np.int64) & GHOST_CELL) == 0) for i in blocks}
         self._blocks = blocks
-        self.cells = (np.concatenate([m.cells[i].data for i in blocks]).astype(np.int64) if blocks
-                      else np.zeros((0, 0), dtype=np.int64))
+        self.cells = (np.concatenate([np.asarray(m.cells[i].data)[keep[i]] for i in blocks]).astype(np.int64)
+                      if blocks else np.zeros((0, 0), dtype=np.int64))
         self.point_data = m.point_data
-        self.cell_data = {k: np.concatenate([np.asarray(v[i]).reshape(len(m.cells[i].data), -1)
+        self.cell_data = {k: np.concatenate([np.asarray(v[i]).reshape(len(m.cells[i].data), -1)[keep[i]]
                                              for i in blocks]) for k, v in m.cell_data.items() if blocks}
 
     def field(self, name: str, center: str) -> np.ndarray:
@@ -479,7 +509,8 @@ def pvtu_pieces(path: str) -> list[str]:
         out.append(src if os.path.isabs(src) else os.path.join(folder, src))
     if not out:
         raise DdromError(f"{path}: no <Piece> entries")
-    return out
+    # DOLFINx 0.5's VTKFile lists every piece twice: read each file once
+    return list(dict.fromkeys(out))
 
 
 class _PiecesReader(_Reader):
