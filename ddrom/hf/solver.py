@@ -240,14 +240,34 @@ class HFSolver:
             raise NotConverged(msg or "constitutive update failed on another rank")
         return resp
 
-    def _residual(self, u, old, T, dt, fext_owned, tangent=True):
-        resp = self._evaluate(u, old, T, dt, tangent)
-        ne, nq = self.dm.n_cells, self.dm.n_qp
+    def force_residual(self, stress: np.ndarray, fext_owned: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """Equilibrium residual of a stress field (collective).
+
+        Parameters
+        ----------
+        stress : (ne, nq, 6) Mandel stress at this rank's integration points
+        fext_owned : (3 n_owned,) external forces at the owned DOFs (summed over ranks,
+            e.g. ``sum_to_owned(external_force(t))``)
+
+        Returns
+        -------
+        r : (3 n_owned,) ``f_int - f_ext`` with the Dirichlet DOFs set to 0
+        ref : float
+            ``max(||f_int||, ||f_ext||)`` over all DOFs (``f_int`` includes the reactions at
+            the Dirichlet DOFs): the scale of the convergence test ``||r|| <= rtol ref + atol``
+        fint : (3 n_owned,) internal forces at the owned DOFs
+        """
         with self.timers("assembly"):
-            fint = self.sum_to_owned(self.asm.internal_force(resp.stress.reshape(ne, nq, 6)))
+            fint = self.sum_to_owned(self.asm.internal_force(stress))
         r = fint - fext_owned
         ref = max(self._norm(fint), self._norm(fext_owned))
         r[self.fixed[: 3 * self.dm.n_owned]] = 0.0
+        return r, ref, fint
+
+    def _residual(self, u, old, T, dt, fext_owned, tangent=True):
+        resp = self._evaluate(u, old, T, dt, tangent)
+        ne, nq = self.dm.n_cells, self.dm.n_qp
+        r, ref, _ = self.force_residual(resp.stress.reshape(ne, nq, 6), fext_owned)
         return resp, r, ref
 
     # ------------------------------------------------------------------ Newton
