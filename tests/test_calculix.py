@@ -410,3 +410,74 @@ def test_ccx_data_pass_the_equilibrium_check_with_its_element_only(ccx_run):
             print(f"  {name:9s}: " + " ".join(f"{x:.2e}" for x in v))
     assert out["deck"][0] == 0.0 and max(out["deck"]) < 2e-2, out
     assert min(out["B-bar"][1:]) > 0.5 and max(out["E + 10 %"][1:]) > 5e-2, out
+
+
+CASE = """
+[case]
+name = "ccx"
+output = "out"
+
+[mesh]
+file = "cant.inp"
+
+[material]
+law = "j2"
+E = {E}
+nu = {NU}
+sigma_y = {SY}
+H = {HARD}
+
+[parameters]
+P = {{ min = 10.0, max = 30.0 }}
+
+[time]
+times = {TIMES}
+
+[loads]
+dirichlet = [{{ region = "FIX" }}]
+pressure = [{{ region = "TOP", value = "P * t" }}]
+
+[solver]
+element_technology = "full"
+
+[training]
+values = [{{ P = 20.0 }}]
+"""
+
+
+@needs_ccx
+@pytest.mark.mpi
+def test_ccx_frd_through_ddrom_import(ccx_run):
+    """`ddrom import CASE --series job.frd` (the CLI as it is) on a case whose mesh is the deck:
+    the store holds CalculiX's displacements and the replayed PEEQ equals the .dat's."""
+    import json
+
+    from ddrom.cli.build import build_mesh, load_case_collectively
+    from ddrom.cli.main import main
+    from ddrom.cli.pipeline import store_path
+    from ddrom.io.store import SnapshotStore
+
+    case_path = ccx_run / "case.toml"
+    if COMM.rank == 0:
+        case_path.write_text(CASE.format(E=E, NU=NU, SY=SY, HARD=HARD, TIMES=TIMES))
+        (ccx_run / "out").mkdir(exist_ok=True)
+    COMM.Barrier()
+    out = ccx_run / "import.json"
+    assert main(["import", str(case_path), "--series", str(ccx_run / "cant.frd"), "--param", "P=20", "--quiet",
+                 "--json", str(out)]) == 0
+    summary = COMM.bcast(json.loads(out.read_text()) if COMM.rank == 0 else None, root=0)
+    sim = summary["simulations"][0]
+    assert summary["finalized"] and sim["simulation"] == "train_000" and sim["node_match"] == "identity"
+    case = load_case_collectively(str(case_path), COMM)
+    dm = build_mesh(case, COMM)
+    st = SnapshotStore.open(store_path(case, "training"), COMM, mode="r", dmesh=dm)
+    ip = IntegrationPointSeries(str(ccx_run / "cant.dat"), dm)
+    try:
+        np.testing.assert_array_equal(st.read_times("train_000"), [0.0] + TIMES)
+        p = st.read_qp("train_000", "p", len(TIMES), dm)
+        pd = ip.peeq(len(TIMES) - 1)
+        err = COMM.allreduce(float(np.abs(p.reshape(pd.shape) - pd).max()), op=MPI.MAX)
+        assert err < 1e-4 * sim["max_plastic_strain"], err
+    finally:
+        st.close()
+        ip.close()

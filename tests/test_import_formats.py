@@ -512,3 +512,24 @@ def test_vtu_reader_appended_data(tmp_path, encoding):
     np.testing.assert_array_equal(v.points, pts)
     np.testing.assert_array_equal(v.connectivity, np.arange(4))
     np.testing.assert_array_equal(v.point_data["f"], [1.5, 2.5, 3.5, 4.5])
+
+
+def test_single_file_series_given_by_a_glob(tmp_path):
+    """A .pvd (or .xdmf, .frd) given by a glob is the one file it matches: the patterns of
+    `ddrom import --pattern 'runs/E{E}/*.pvd'` work; several matches are an error."""
+    from ddrom.io.importers import probe_series
+
+    d = tmp_path / "E200"
+    d.mkdir()
+    (d / "u_0.vtu").write_text("")
+    (d / "run.pvd").write_text('<VTKFile type="Collection"><Collection><DataSet timestep="1" file="u_0.vtu"/>'
+                               "</Collection></VTKFile>")
+    info = probe_series(str(d / "*.pvd"))
+    assert info.source == str(d / "run.pvd") and info.kind == "files" and info.times == [1.0]
+    (d / "other.pvd").write_text((d / "run.pvd").read_text())
+    with pytest.raises(DdromError, match=r"\*\.pvd: matches 2 files \(.*other\.pvd, .*run\.pvd\); a series is one"):
+        probe_series(str(d / "*.pvd"))
+    with pytest.raises(DdromError, match=r"nothing\*\.frd: no file matches"):
+        probe_series(str(d / "nothing*.frd"))
+    with pytest.raises(DdromError, match=r"absent\.xdmf: file not found"):
+        probe_series(str(d / "absent.xdmf"))
