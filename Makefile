@@ -19,7 +19,7 @@ demo: install
 	$(MPIRUN) -n $(NP) $(VENV)/bin/ddrom run $(CASE)
 
 test:
-	@VENV=$(VENV) WITH_DOLFINX=1 bash scripts/install.sh
+	@VENV=$(VENV) WITH_DOLFINX=1 WITH_CALCULIX=1 bash scripts/install.sh
 	PY=$(PY) bash scripts/run-tests.sh
 
 bench: install

@@ -60,20 +60,22 @@ def batch_call(mat, eps, state, T):
     stress0 = mandel_to_voigt_stress(state[:, 6:12])
     statev0 = np.ascontiguousarray(state[:, 12:])
     stress, statev = stress0.copy(), statev0.copy()
-    ddsdde = np.empty((n, 6, 6))
+    ddsdde = np.zeros((n, 6, 6))
     temp, dtemp = np.ascontiguousarray(T), np.zeros(n)
-    info = ctypes.c_int(0)
+    time = np.zeros(2)
+    info, pnewdt = ctypes.c_int(0), ctypes.c_double(1.0)
     props = mat.props
+    lib = mat.load()._lib
 
     def call():
         # in/out arrays restored outside the timed call would need a second copy; the
         # copies (2 x 13 doubles per point) are part of what an update must do anyway
         stress[...] = stress0
         statev[...] = statev0
-        mat._lib.ddrom_umat_batch(n, stran.ctypes.data, dstran.ctypes.data, stress.ctypes.data,
-                                  statev.ctypes.data, mat.nstatv, ddsdde.ctypes.data, props.ctypes.data,
-                                  props.size, temp.ctypes.data, dtemp.ctypes.data, 0.0, 0.1, b"DDROM",
-                                  ctypes.byref(info))
+        lib.ddrom_umat_batch(n, stran.ctypes.data, dstran.ctypes.data, stress.ctypes.data, statev.ctypes.data,
+                             mat.nstatv, ddsdde.ctypes.data, props.ctypes.data, props.size, temp.ctypes.data,
+                             dtemp.ctypes.data, None, None, 0, time.ctypes.data, 0.1, None, None, None, None, 1, 1,
+                             b"DDROM", ctypes.byref(pnewdt), ctypes.byref(info))
     return call
 
 

@@ -32,7 +32,7 @@ function(ddrom_add_umat_plugin name)
   if(CMAKE_SYSTEM_NAME STREQUAL "Linux")
     target_link_options(${name} PRIVATE "-Wl,--no-undefined")
   endif()
-  set_target_properties(${name} PROPERTIES C_STANDARD 99 POSITION_INDEPENDENT_CODE ON
+  set_target_properties(${name} PROPERTIES C_STANDARD 11 POSITION_INDEPENDENT_CODE ON
                         C_VISIBILITY_PRESET default)
   target_link_libraries(${name} PRIVATE m)
   if(ARG_OUTPUT_DIRECTORY)

@@ -14,6 +14,9 @@ cmake gfortran"
 # The test suite also checks `ddrom import` against results written by an independent solver
 # (tests/test_import_dolfinx.py): Debian's dolfinx, with WITH_DOLFINX=1 (`make test` sets it).
 if [ "${WITH_DOLFINX:-0}" = 1 ]; then DEB_PKGS="$DEB_PKGS python3-dolfinx"; fi
+# ... and reads CalculiX results and decks produced by Debian's CalculiX 2.20 (tests/test_calculix.py):
+# calculix-ccx, with WITH_CALCULIX=1 (`make test` sets it).
+if [ "${WITH_CALCULIX:-0}" = 1 ]; then DEB_PKGS="$DEB_PKGS calculix-ccx"; fi
 
 missing=""
 for p in $DEB_PKGS; do

@@ -241,3 +241,54 @@ def test_dolfinx_set_imported_rom_predicts_unseen_parameter(shared_dir):
     if COMM.rank == 0:
         print(f"ROM vs dolfinx at Fx={TEST[0]}, Fy={TEST[1]}: max relative error per step {errs}")
     assert max(errs) <= 1e-6, errs
+
+
+@pytest.mark.mpi
+def test_dolfinx_vtkfile_series_is_read(shared_dir):
+    """dolfinx's own VTKFile output (VTU version 2.2, degree-1 Lagrange hexahedra, a .pvd of
+    .pvtu files listing each piece twice, ghost cells flagged in parallel), written by
+    dolfinx on all ranks (one piece per rank), is read by the importers: the displacement
+    is the interpolated linear field at every case node (exact: P1 holds it), and the cell
+    mean of the nodal tensor field is its value at the cell centroid, for any rank count."""
+    from dolfinx import fem, io, mesh
+
+    from ddrom.io.importers import DisplacementSeries
+    from ddrom.mesh.generators import generate
+    from helpers import distributed
+
+    A = np.array([[1e-3, 2e-4, -3e-4], [5e-4, -1e-3, 4e-4], [-2e-4, 3e-4, 6e-4]])
+
+    def field(x, t):                     # a linear field, x as (3, n) the dolfinx way
+        return t * (A @ x)
+
+    msh = mesh.create_box(COMM, [np.zeros(3), np.array(L)], [NX, NY, NZ], cell_type=mesh.CellType.hexahedron)
+    V = fem.VectorFunctionSpace(msh, ("Lagrange", 1))
+    W = fem.TensorFunctionSpace(msh, ("Lagrange", 1))
+    u, s = fem.Function(V, name="u"), fem.Function(W, name="sigma")
+    path = os.path.join(shared_dir, "vtk", "u.pvd")
+    times = [0.5, 1.0]
+    with io.VTKFile(COMM, path, "w") as f:
+        for t in times:
+            u.interpolate(lambda x: field(x, t))
+            # sigma_ij = t (x_i + 2 x_j) (not symmetric: the reader symmetrizes 9 components)
+            s.interpolate(lambda x: t * np.stack([x[i] + 2 * x[j] for i in range(3) for j in range(3)]))
+            f.write_function([u, s], t)
+    COMM.Barrier()
+    if COMM.rank == 0:
+        head = open(os.path.join(shared_dir, "vtk", "u_p0_000000.vtu")).read(300)
+        assert 'version="2.2"' in head      # what meshio refuses
+    dm = distributed(lambda: generate("box", lx=L[0], ly=L[1], lz=L[2], nx=NX, ny=NY, nz=NZ), COMM)
+    src = DisplacementSeries(path, dm, field="u", stress_field="sigma")
+    try:
+        assert src.kind == "pieces" and src.n_pieces == COMM.size and src.stress_center == "point"
+        np.testing.assert_array_equal(src.times, times)
+        x = dm.coords[: dm.n_owned]
+        cc = dm.coords[dm.cells].mean(axis=1)
+        for k, t in enumerate(times):
+            np.testing.assert_allclose(src.displacement(k), field(x.T, t).T, rtol=0, atol=1e-15)
+            want = t * np.stack([cc[:, i] + 2 * cc[:, j] for i in range(3) for j in range(3)], axis=1)
+            from ddrom.io.importers import to_mandel
+
+            np.testing.assert_allclose(src.stress_cells(k), to_mandel(want), rtol=1e-14, atol=1e-14)
+    finally:
+        src.close()

@@ -330,6 +330,30 @@ def test_to_mandel():
         to_mandel(np.zeros((2, 4)))
 
 
+def test_to_mandel_explicit_component_order():
+    """CalculiX .dat / Abaqus order (xx yy zz xy xz yz) vs VTK's (xx yy zz xy yz xz): the
+    same tensor read in its own order gives the same Mandel vector; in the wrong order the
+    xz and yz shears swap."""
+    from ddrom.io.importers import ABAQUS_ORDER, VTK_ORDER, component_order, to_mandel
+
+    t = np.array([[1.0, 4.0, 6.0], [4.0, 2.0, 5.0], [6.0, 5.0, 3.0]])
+    want = np.array([1.0, 2.0, 3.0, 4 * SQ2, 5 * SQ2, 6 * SQ2])
+    vtk = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])          # xy yz xz
+    abq = np.array([[1.0, 2.0, 3.0, 4.0, 6.0, 5.0]])          # xy xz yz
+    np.testing.assert_allclose(to_mandel(vtk, order=VTK_ORDER)[0], want)
+    np.testing.assert_allclose(to_mandel(abq, order=ABAQUS_ORDER)[0], want)
+    np.testing.assert_allclose(to_mandel(abq, order="11, 22, 33, 12, 13, 23")[0], want)
+    np.testing.assert_allclose(to_mandel(abq, order=["XX", "YY", "ZZ", "YX", "ZX", "ZY"])[0], want)
+    np.testing.assert_allclose(to_mandel(abq)[0], [1, 2, 3, 4 * SQ2, 6 * SQ2, 5 * SQ2])   # VTK default
+    np.testing.assert_array_equal(component_order(ABAQUS_ORDER), [0, 1, 2, 3, 5, 4])
+    # 9 components ignore the order
+    np.testing.assert_allclose(to_mandel(t.reshape(1, 9), order=ABAQUS_ORDER)[0], want)
+    for bad, match in [("xx yy zz xy xz", "expected 6 names"), ("xx yy zz xy xz ab", "unknown component 'ab'"),
+                       ("xx yy zz xy xz zx", "appears twice")]:
+        with pytest.raises(DdromError, match=rf"f\.dat: stress component order .*{match}"):
+            to_mandel(abq, "f.dat", order=bad)
+
+
 def test_matching_errors_are_specific():
     from ddrom.io.matching import _match_on_root
 
@@ -388,3 +412,124 @@ def test_cli_bad_inputs_exit_2_with_one_message(ref, work, capfd):
     assert main(["import", case, "--series", os.path.join(ext, "train_000.pvd"), "--param", "nope=1"]) == 2
     assert main(["import", case, "--series", os.path.join(work, "tet.vtu"), "--stress-field", "s"]) == 2
     assert _no_store(case)
+
+
+# ------------------------------------------------------------------------------ VTU of any version
+def _vtu_xml(points, conn, offsets, types, point_arrays, cell_arrays, version="2.2", fmt="ascii",
+             extra_root="", appended=None):
+    def da(name, a, dtype, ncomp=1):
+        n = f' Name="{name}"' if name else ""
+        body = " ".join(repr(float(v)) if dtype.startswith("Float") else str(int(v)) for v in np.ravel(a))
+        return f'<DataArray type="{dtype}"{n} NumberOfComponents="{ncomp}" format="{fmt}">{body}</DataArray>'
+    pd = "".join(da(k, v, "Float64", v.shape[1] if v.ndim > 1 else 1) for k, v in point_arrays.items())
+    cd = "".join(da(k, v, "UInt8" if k == "vtkGhostType" else "Float64", v.shape[1] if v.ndim > 1 else 1)
+                 for k, v in cell_arrays.items())
+    return (f'<?xml version="1.0"?><VTKFile type="UnstructuredGrid" version="{version}"{extra_root}>'
+            f'<UnstructuredGrid><Piece NumberOfPoints="{len(points)}" NumberOfCells="{len(types)}">'
+            f'<Points>{da("", points, "Float64", 3)}</Points><Cells>{da("connectivity", conn, "Int32")}'
+            f'{da("offsets", offsets, "Int32")}{da("types", types, "Int8")}</Cells>'
+            f'<PointData>{pd}</PointData><CellData>{cd}</CellData></Piece></UnstructuredGrid></VTKFile>')
+
+
+def test_vtu_version_2_with_lagrange_and_ghost_cells(tmp_path):
+    """What DOLFINx writes (version 2.2, type 72 = degree-1 Lagrange hexahedron, a ghost cell
+    flagged in vtkGhostType): the ghost is dropped with its cell data; meshio rejects the file."""
+    import meshio
+
+    from ddrom.io.importers import _MeshFile
+
+    m = meshio.Mesh(np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1],
+                              [0, 1, 1], [2, 0, 0], [2, 1, 0], [2, 0, 1], [2, 1, 1]], float), [])
+    conn = np.array([0, 1, 2, 3, 4, 5, 6, 7, 1, 8, 9, 2, 5, 10, 11, 6])
+    u = np.arange(36.0).reshape(12, 3)
+    p = tmp_path / "d.vtu"
+    p.write_text(_vtu_xml(m.points, conn, [8, 16], [72, 72], {"u": u},
+                          {"vtkGhostType": np.array([0, 1]), "c": np.array([[1.0, 2.0], [3.0, 4.0]])}))
+    with pytest.raises(BaseException):
+        meshio.read(str(p))
+    f = _MeshFile(str(p))
+    np.testing.assert_array_equal(f.cells, [conn[:8]])
+    np.testing.assert_array_equal(f.field("u", "point"), u)
+    np.testing.assert_array_equal(f.field("c", "cell"), [[1.0, 2.0]])
+    # offsets with a leading 0 (another writer's layout) read the same
+    p.write_text(_vtu_xml(m.points, conn, [0, 8, 16], [12, 12], {"u": u}, {}))
+    np.testing.assert_array_equal(_MeshFile(str(p)).cells, conn.reshape(2, 8))
+    p.write_text(_vtu_xml(m.points, conn, [8, 16], [12, 10], {"u": u}, {}))
+    with pytest.raises(DdromError, match=r"d\.vtu: cell 1 of VTK type 10 has 8 nodes, expected 4"):
+        _MeshFile(str(p))
+
+
+@pytest.mark.parametrize("compression", [None, "zlib", "lzma"])
+@pytest.mark.parametrize("header", ["UInt32", "UInt64"])
+def test_vtu_reader_decodes_binary_like_meshio(tmp_path, compression, header):
+    import meshio
+
+    from ddrom.io.vtu import read_vtu, volume_cells
+
+    from ddrom.mesh.generators import box
+
+    b = box(1.0, 2.0, 1.0, 3, 2, 2)
+    rng = np.random.default_rng(0)
+    mm = meshio.Mesh(b.points, [("hexahedron", b.cells)], point_data={"u": rng.normal(size=(b.n_nodes, 3))},
+                     cell_data={"s": [rng.normal(size=(b.n_cells, 9))]})
+    p = tmp_path / "m.vtu"
+    meshio.write(str(p), mm, binary=True, compression=compression, header_type=header)
+    v = read_vtu(str(p))
+    cells, kept = volume_cells(v, str(p))
+    np.testing.assert_array_equal(cells, b.cells)
+    np.testing.assert_array_equal(v.points, b.points)
+    np.testing.assert_array_equal(v.point_data["u"], mm.point_data["u"])
+    np.testing.assert_array_equal(v.cell_data["s"], mm.cell_data["s"][0])
+
+
+@pytest.mark.parametrize("encoding", ["raw", "base64"])
+def test_vtu_reader_appended_data(tmp_path, encoding):
+    import base64 as b64
+
+    from ddrom.io.vtu import read_vtu
+
+    pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    arrays = [("Float64", pts, 3, "Points", ""), ("Int64", np.arange(4), 1, "Cells", "connectivity"),
+              ("Int64", np.array([4]), 1, "Cells", "offsets"), ("UInt8", np.array([10]), 1, "Cells", "types"),
+              ("Float32", np.array([1.5, 2.5, 3.5, 4.5]), 1, "PointData", "f")]
+    blob, tags, off = b"", {"Points": "", "Cells": "", "PointData": ""}, 0
+    np_t = {"Float64": "<f8", "Int64": "<i8", "UInt8": "u1", "Float32": "<f4"}
+    for t, a, nc, where, name in arrays:
+        data = np.asarray(a, dtype=np_t[t]).tobytes()
+        chunk = np.array([len(data)], "<u4").tobytes() + data
+        chunk = b64.b64encode(chunk) if encoding == "base64" else chunk
+        n = f' Name="{name}"' if name else ""
+        tags[where] += f'<DataArray type="{t}"{n} NumberOfComponents="{nc}" format="appended" offset="{off}"/>'
+        blob += chunk
+        off += len(chunk)
+    head = (f'<?xml version="1.0"?><VTKFile type="UnstructuredGrid" version="2.2" byte_order="LittleEndian">'
+            f'<UnstructuredGrid><Piece NumberOfPoints="4" NumberOfCells="1"><Points>{tags["Points"]}</Points>'
+            f'<Cells>{tags["Cells"]}</Cells><PointData>{tags["PointData"]}</PointData></Piece></UnstructuredGrid>'
+            f'<AppendedData encoding="{encoding}">\n_').encode()
+    p = tmp_path / "a.vtu"
+    p.write_bytes(head + blob + b"\n</AppendedData></VTKFile>\n")
+    v = read_vtu(str(p))
+    np.testing.assert_array_equal(v.points, pts)
+    np.testing.assert_array_equal(v.connectivity, np.arange(4))
+    np.testing.assert_array_equal(v.point_data["f"], [1.5, 2.5, 3.5, 4.5])
+
+
+def test_single_file_series_given_by_a_glob(tmp_path):
+    """A .pvd (or .xdmf, .frd) given by a glob is the one file it matches: the patterns of
+    `ddrom import --pattern 'runs/E{E}/*.pvd'` work; several matches are an error."""
+    from ddrom.io.importers import probe_series
+
+    d = tmp_path / "E200"
+    d.mkdir()
+    (d / "u_0.vtu").write_text("")
+    (d / "run.pvd").write_text('<VTKFile type="Collection"><Collection><DataSet timestep="1" file="u_0.vtu"/>'
+                               "</Collection></VTKFile>")
+    info = probe_series(str(d / "*.pvd"))
+    assert info.source == str(d / "run.pvd") and info.kind == "files" and info.times == [1.0]
+    (d / "other.pvd").write_text((d / "run.pvd").read_text())
+    with pytest.raises(DdromError, match=r"\*\.pvd: matches 2 files \(.*other\.pvd, .*run\.pvd\); a series is one"):
+        probe_series(str(d / "*.pvd"))
+    with pytest.raises(DdromError, match=r"nothing\*\.frd: no file matches"):
+        probe_series(str(d / "nothing*.frd"))
+    with pytest.raises(DdromError, match=r"absent\.xdmf: file not found"):
+        probe_series(str(d / "absent.xdmf"))

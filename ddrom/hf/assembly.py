@@ -110,6 +110,25 @@ class Assembler:
             fe[sl] = np.einsum("eqij,eqi,eq->ej", self.b_matrices(sl), stress[sl], self.wdet[sl])
         return np.bincount(self.edofs.ravel(), fe.ravel(), minlength=self.n_local_dofs)
 
+    def material_context(self, time: float, increment: int, step: int = 1) -> Any:
+        """The :class:`~ddrom.materials.MaterialContext` of this rank's integration points
+        (rows ``e * nq + q``, as the solver's material updates) at the start of an increment.
+
+        Coordinates, natural cell ids, point indices and the cube root of each cell's
+        volume are computed once and shared by every context.
+        """
+        from ddrom.materials import MaterialContext
+
+        if getattr(self, "_ctx_arrays", None) is None:
+            ne, nq = self.dm.n_cells, self.dm.n_qp
+            vol = self.wdet.sum(axis=1)
+            self._ctx_arrays = dict(
+                coords=np.ascontiguousarray(self.dm.qp_coordinates().reshape(ne * nq, 3)),
+                element=np.repeat(np.asarray(self.dm.cell_natural, dtype=np.int64), nq),
+                point=np.tile(np.arange(nq, dtype=np.int64), ne),
+                length=np.repeat(np.cbrt(vol), nq))
+        return MaterialContext(time=float(time), step=step, increment=increment, **self._ctx_arrays)
+
     def integrate_qp(self, values: np.ndarray) -> float:
         """Global integral of a field given at the integration points (ne, nq)."""
         return as_mpi(self.comm).allreduce(float(np.sum(values * self.wdet)))

@@ -13,6 +13,11 @@ which is exactly what the HF solver stores at the end of a converged step that w
 cut back (its last material update is at the converged u_k). If the producing solver
 sub-stepped between two output times, the replay (one increment per output step)
 differs from it by the path dependence of the law over that interval.
+
+Each update gets the :class:`~ddrom.materials.MaterialContext` of the points (time
+``t_{k-1}`` at the start of the increment, increment number ``k``; 0 for the initial
+state), as in the HF solver. A material failure on any rank (local integration, or a
+UMAT's XIT) is a :class:`~ddrom.parallel.CollectiveError` on every rank.
 """
 from __future__ import annotations
 
@@ -23,9 +28,9 @@ import numpy as np
 
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import evaluate
-from ddrom.materials import Material, ReturnMappingError
+from ddrom.materials import Material
 from ddrom.mesh.distributed import DistributedMesh
-from ddrom.parallel import CollectiveError, as_mpi
+from ddrom.parallel import CollectiveError, DdromError, as_mpi
 
 
 @dataclass
@@ -37,6 +42,7 @@ class ReplayState:
     p: np.ndarray          # (ne, nq) cumulated plastic strain
     internal: np.ndarray   # (ne * nq, n_state)
     T: np.ndarray          # (ne, nq)
+    increment: int = 0     # steps replayed after the initial state
 
 
 class Replayer:
@@ -82,16 +88,17 @@ class Replayer:
         T = self.temperature(t)
         old = self.state
         if old is None:
-            internal, T_old, dt = self.material.initial_state(ne * nq), T, 0.0
+            internal, T_old, dt, t0, inc = self.material.initial_state(ne * nq), T, 0.0, float(t), 0
         else:
-            internal, T_old, dt = old.internal, old.T, t - old.t
+            internal, T_old, dt, t0, inc = old.internal, old.T, t - old.t, old.t, old.increment + 1
         eps = self.asm.strains(self._local(u_owned)).reshape(ne * nq, 6)
         msg = None
         try:
-            resp = self.material.update(eps, internal, T_old.ravel(), T.ravel(), dt, tangent=False)
+            resp = self.material.update(eps, internal, T_old.ravel(), T.ravel(), dt, tangent=False,
+                                        context=self.asm.material_context(t0, inc))
             if not np.all(np.isfinite(resp.stress)):
                 msg = "non-finite stress"
-        except ReturnMappingError as exc:
+        except DdromError as exc:       # ReturnMappingError, MaterialError (a UMAT's XIT), ...
             msg = str(exc)
         # one verdict for all ranks: a local failure must not leave the others waiting
         bad = as_mpi(self.dm.comm).allgather(msg)
@@ -100,7 +107,7 @@ class Replayer:
             where = f"step {step_index} " if step_index is not None else ""
             raise CollectiveError(f"material replay failed at {where}(t = {t:.6g}): {bad[0]}")
         p = self.material.cumulated_plastic_strain(resp.state).reshape(ne, nq)
-        self.state = ReplayState(float(t), resp.stress.reshape(ne, nq, 6), p, resp.state, T)
+        self.state = ReplayState(float(t), resp.stress.reshape(ne, nq, 6), p, resp.state, T, inc)
         return self.state
 
     def close(self) -> None:

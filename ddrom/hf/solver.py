@@ -21,7 +21,7 @@ from ddrom.hf.loads import Loads, evaluate
 from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
-from ddrom.parallel import CollectiveError, Timers, as_mpi, as_petsc
+from ddrom.parallel import CollectiveError, DdromError, Timers, as_mpi, as_petsc, raise_collective
 
 
 @dataclass
@@ -41,6 +41,7 @@ class State:
     stress: np.ndarray     # (ne, nq, 6)
     internal: np.ndarray   # (ne * nq, n_state)
     T: np.ndarray          # (ne, nq) temperature
+    increment: int = 0     # increments converged since the start (KINC of the next one - 1)
 
     def owned_displacement(self, n_owned: int) -> np.ndarray:
         return self.u[: 3 * n_owned].reshape(-1, 3)
@@ -199,35 +200,74 @@ class HFSolver:
         u = np.zeros(self.asm.n_local_dofs)
         T = np.array(self.temperature(t0), dtype=float)
         internal = self.material.initial_state(ne * nq)
-        resp = self.material.update(np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
-                                    tangent=False)
+        msg = None
+        try:        # a zero increment at t0 (KINC = 0 for a UMAT)
+            resp = self.material.update(np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
+                                        tangent=False, context=self.asm.material_context(t0, 0))
+        except DdromError as exc:
+            msg = f"material update of the initial state (t = {t0:.6g}) failed: {exc}"
+        raise_collective(self.comm, msg)
         return State(t0, u, resp.stress.reshape(ne, nq, 6), resp.state, T)
 
     def _evaluate(self, u: np.ndarray, old: State, T: np.ndarray, dt: float, tangent: bool):
-        """Material update at all points; collective failure flag so all ranks agree."""
+        """Material update at all points; collective verdict so all ranks agree.
+
+        A :class:`ReturnMappingError` (or a non-finite stress) on any rank is a
+        :class:`NotConverged` on every rank (the step is cut); any other material error
+        (a UMAT's XIT, ...) is a :class:`CollectiveError` with that rank's message on every
+        rank (a smaller step would not help).
+        """
         ne, nq = self.dm.n_cells, self.dm.n_qp
         eps = self.asm.strains(u).reshape(ne * nq, 6)
-        resp, msg = None, None
+        resp, msg, fatal = None, None, None
+        ctx = self.asm.material_context(old.t, old.increment + 1)
         try:
             with self.timers("constitutive"):
-                resp = self.material.update(eps, old.internal, old.T.ravel(), T.ravel(), dt, tangent=tangent)
+                resp = self.material.update(eps, old.internal, old.T.ravel(), T.ravel(), dt, tangent=tangent,
+                                            context=ctx)
             if not np.all(np.isfinite(resp.stress)):
                 msg = "non-finite stress"
         except ReturnMappingError as exc:
             msg = str(exc)
-        bad = as_mpi(self.comm).allreduce(1 if msg else 0)
-        if bad:
+        except DdromError as exc:
+            fatal = str(exc)
+        from mpi4py import MPI
+
+        worst = as_mpi(self.comm).allreduce(2 if fatal else 1 if msg else 0, op=MPI.MAX)
+        if worst == 2:
+            raise_collective(self.comm, fatal)
+        if worst:
             raise NotConverged(msg or "constitutive update failed on another rank")
         return resp
+
+    def force_residual(self, stress: np.ndarray, fext_owned: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """Equilibrium residual of a stress field (collective).
+
+        Parameters
+        ----------
+        stress : (ne, nq, 6) Mandel stress at this rank's integration points
+        fext_owned : (3 n_owned,) external forces at the owned DOFs (summed over ranks,
+            e.g. ``sum_to_owned(external_force(t))``)
+
+        Returns
+        -------
+        r : (3 n_owned,) ``f_int - f_ext`` with the Dirichlet DOFs set to 0
+        ref : float
+            ``max(||f_int||, ||f_ext||)`` over all DOFs (``f_int`` includes the reactions at
+            the Dirichlet DOFs): the scale of the convergence test ``||r|| <= rtol ref + atol``
+        fint : (3 n_owned,) internal forces at the owned DOFs
+        """
+        with self.timers("assembly"):
+            fint = self.sum_to_owned(self.asm.internal_force(stress))
+        r = fint - fext_owned
+        ref = max(self._norm(fint), self._norm(fext_owned))
+        r[self.fixed[: 3 * self.dm.n_owned]] = 0.0
+        return r, ref, fint
 
     def _residual(self, u, old, T, dt, fext_owned, tangent=True):
         resp = self._evaluate(u, old, T, dt, tangent)
         ne, nq = self.dm.n_cells, self.dm.n_qp
-        with self.timers("assembly"):
-            fint = self.sum_to_owned(self.asm.internal_force(resp.stress.reshape(ne, nq, 6)))
-        r = fint - fext_owned
-        ref = max(self._norm(fint), self._norm(fext_owned))
-        r[self.fixed[: 3 * self.dm.n_owned]] = 0.0
+        r, ref, _ = self.force_residual(resp.stress.reshape(ne, nq, 6), fext_owned)
         return resp, r, ref
 
     # ------------------------------------------------------------------ Newton
@@ -250,7 +290,7 @@ class HFSolver:
                 raise NotConverged(f"residual is not finite at iteration {it}")
             if norm <= opt.rtol * ref + opt.atol:
                 info.newton_iterations += it
-                return State(t, u, resp.stress.reshape(ne, nq, 6), resp.state, T)
+                return State(t, u, resp.stress.reshape(ne, nq, 6), resp.state, T, old.increment + 1)
             if it == opt.max_iterations:
                 break
             with self.timers("assembly"):

@@ -15,6 +15,19 @@ Supported sources (:func:`probe_series` picks by the name):
   to the .pvd.
 * ``*.pvtu``: a parallel VTU file (one ``<Piece Source=...>`` per subdomain of the
   producing solver); a single one is one step, a glob or a .pvd of them a series.
+  A piece listed twice (DOLFINx 0.5) is read once; the cells a piece flags as ghosts
+  (``vtkGhostType``) are left to the piece that owns them.
+* ``*.vtu`` of any VTK XML version: meshio reads versions 0.1 and 1.0, :mod:`ddrom.io.vtu`
+  the others (DOLFINx's ``VTKFile`` writes 2.2, with degree-1 Lagrange cells, which are
+  read as hexahedra and tetrahedra).
+* ``*.frd``: CalculiX results (:class:`ddrom.io.calculix.FrdFile`): the solid mesh of the
+  file and its nodal blocks per output time (total time); the displacement is the
+  ``DISP`` block (``field`` ``"displacement"``, ``"u"`` or ``"DISP"``), a stress field the
+  nodal ``STRESS`` (6 components in VTK's order) or any other block by its name. Values
+  have 6 significant digits, coordinates too: the node matching tolerance is raised to
+  that precision.
+* a single-file kind given by a glob (``runs/E200/*.pvd``) is the one file it matches
+  (several matches are an error: one series is one file).
 * anything else: a glob pattern (``"out/u_*.vtu"``) or a single file; the files are
   sorted *naturally* (``u_2`` before ``u_10``) and carry no time: the caller supplies
   the times (the case's).
@@ -32,12 +45,34 @@ Node (and cell) matching: see :mod:`ddrom.io.matching` (``--node-order``: ``auto
 keeps the file's order when it is the case's natural order, else matches by
 coordinates; ``keep`` requires the natural order; ``coordinates`` always matches).
 
-Stress (``stress_field``): a cell field (one tensor per cell) or a point field. Tensors
-are 9 components (row-major 3x3, dolfinx) or 6 in VTK's symmetric order
-``[xx, yy, zz, xy, yz, xz]``; they are converted to Mandel notation. A point field is
-reduced to cells as the mean of the cell's node values (the cell average of the
+Stress (``stress_field``): a cell field (one tensor per cell) or a point field. A point
+field is reduced to cells as the mean of the cell's node values (the cell average of the
 interpolated field for affine cells), computed on the reading rank on the file's own
 cells. Cells are matched by their centroids, like nodes.
+
+Stress components (conventions)
+-------------------------------
+* **In files**, a stress tensor is 9 components (row-major 3x3, e.g. dolfinx) or 6
+  components of the symmetric tensor with *tensor* (not engineering) shear values. The
+  order of the 6 differs between codes, and nothing in a file says which it is:
+
+  ====================  ===========================  ==========================
+  order                 written by                   ``order=`` string
+  ====================  ===========================  ==========================
+  xx yy zz xy yz xz     VTK, ParaView, meshio,       ``"xx yy zz xy yz xz"``
+                        CalculiX ``.frd`` (SZX = xz)  (:data:`VTK_ORDER`, default)
+  xx yy zz xy xz yz     CalculiX ``.dat``, Abaqus    ``"xx yy zz xy xz yz"``
+                        (S11 S22 S33 S12 S13 S23)    (:data:`ABAQUS_ORDER`)
+  ====================  ===========================  ==========================
+
+  :func:`to_mandel` takes the order explicitly (``order=``); the default is VTK's.
+  Reading CalculiX's ``.dat`` stresses in VTK order swaps the xz and yz shears, which
+  shows as a "difference" of tens of percent with no other hint.
+* **In the snapshot store** and everywhere inside ddrom, stresses (and strains) are
+  Mandel 6-vectors ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``
+  (:mod:`ddrom.materials.tensors`): the Euclidean norm of the 6-vector is the Frobenius
+  norm of the tensor, ``a : b`` is a dot product. To get tensor components back divide
+  the last three by ``sqrt2`` (note the order: 23 before 13, like VTK).
 """
 from __future__ import annotations
 
@@ -46,7 +81,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -65,11 +100,63 @@ def natural_key(s: str) -> list:
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", s)]
 
 
-def to_mandel(a: np.ndarray, where: str = "") -> np.ndarray:
-    """Stress tensors (n, 9) / (n, 3, 3) (full) or (n, 6) (VTK order xx yy zz xy yz xz) -> Mandel (n, 6).
+#: VTK's (and ParaView's, meshio's, CalculiX ``.frd``'s) order of 6 symmetric components.
+VTK_ORDER = "xx yy zz xy yz xz"
+#: Abaqus' and CalculiX ``.dat``'s order (S11 S22 S33 S12 S13 S23).
+ABAQUS_ORDER = "xx yy zz xy xz yz"
+#: Mandel slot of each component name (either index order of a shear names the same slot).
+_SLOT = {"xx": 0, "yy": 1, "zz": 2, "xy": 3, "yx": 3, "yz": 4, "zy": 4, "xz": 5, "zx": 5,
+         "11": 0, "22": 1, "33": 2, "12": 3, "21": 3, "23": 4, "32": 4, "13": 5, "31": 5}
 
-    Mandel: ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``; the off-diagonal terms of a
-    full tensor are symmetrized (``(s_ij + s_ji) / 2``).
+
+def component_order(order: str | Sequence[str], where: str = "") -> np.ndarray:
+    """Mandel slot of each of 6 named components: ``"xx yy zz xy xz yz"`` -> ``[0, 1, 2, 3, 5, 4]``.
+
+    ``order`` is a string of 6 names separated by blanks or commas (or a sequence of
+    them); a name is ``xx, yy, zz, xy, yz, xz`` (or ``yx``, ``zy``, ``zx``, or the index
+    form ``11, 22, 33, 12, 23, 13``), case-insensitive. Each of the 6 components must
+    appear exactly once.
+
+    Raises
+    ------
+    DdromError
+        Naming ``where`` and the order: a wrong count, an unknown name or a repeated component.
+    """
+    names = (re.split(r"[\s,;]+", order.strip()) if isinstance(order, str) else [str(n) for n in order])
+    names = [n.lower().strip() for n in names if n.strip()]
+    head = f"{where}: " if where else ""
+    if len(names) != 6:
+        raise DdromError(f"{head}stress component order {order!r}: expected 6 names such as "
+                         f"{VTK_ORDER!r}, got {len(names)}")
+    bad = [n for n in names if n not in _SLOT]
+    if bad:
+        raise DdromError(f"{head}stress component order {order!r}: unknown component {bad[0]!r} "
+                         "(names are xx yy zz xy yz xz, or 11 22 33 12 23 13)")
+    slots = np.array([_SLOT[n] for n in names])
+    if len(set(slots.tolist())) != 6:
+        raise DdromError(f"{head}stress component order {order!r}: a component appears twice")
+    return slots
+
+
+def to_mandel(a: np.ndarray, where: str = "", order: str | Sequence[str] | None = None) -> np.ndarray:
+    """Stress tensors from a file -> Mandel 6-vectors ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``.
+
+    Parameters
+    ----------
+    a : (n, 9), (n, 3, 3) or (n, 6) array
+        Full tensors (row-major; the off-diagonal terms are symmetrized,
+        ``(s_ij + s_ji) / 2``) or 6 symmetric components with tensor shears in ``order``.
+    where : str
+        Prefix of error messages (file, step, field).
+    order : str or sequence of 6 names, optional
+        Order of 6 components (see :func:`component_order` and the module doc), default
+        :data:`VTK_ORDER` ``"xx yy zz xy yz xz"``; CalculiX ``.dat`` and Abaqus use
+        :data:`ABAQUS_ORDER` ``"xx yy zz xy xz yz"``. Ignored for 9 components.
+
+    Raises
+    ------
+    DdromError
+        A component count other than 9 or 6, or an invalid ``order``.
     """
     a = np.asarray(a, dtype=float)
     a = a.reshape(len(a), -1)
@@ -80,8 +167,12 @@ def to_mandel(a: np.ndarray, where: str = "") -> np.ndarray:
                                 _SQ2 * 0.5 * (t[:, 1, 2] + t[:, 2, 1]),
                                 _SQ2 * 0.5 * (t[:, 0, 2] + t[:, 2, 0])])
     if a.shape[1] == 6:
-        return a * np.array([1.0, 1.0, 1.0, _SQ2, _SQ2, _SQ2])
-    raise DdromError(f"{where}: a stress field needs 9 (3x3) or 6 (xx yy zz xy yz xz) components per "
+        slots = component_order(VTK_ORDER if order is None else order, where)
+        out = np.empty_like(a)
+        out[:, slots] = a
+        return out * np.array([1.0, 1.0, 1.0, _SQ2, _SQ2, _SQ2])
+    hint = VTK_ORDER if order is None else (order if isinstance(order, str) else " ".join(order))
+    raise DdromError(f"{where}: a stress field needs 9 (3x3) or 6 ({hint}) components per "
                      f"item, got {a.shape[1]}")
 
 
@@ -253,6 +344,84 @@ class _XdmfReader(_Reader):
         return self._item(a[1])
 
 
+class _FrdReader(_Reader):
+    """A CalculiX ``.frd`` (rank 0): its solid mesh and its nodal blocks, one output time per step.
+
+    Only the nodes used by the solid elements are rows (the node block may hold others,
+    e.g. CalculiX's expansion nodes); a block must give a value at each of them.
+    """
+
+    #: names a caller may use for the displacement and the stress
+    ALIASES = {"DISPLACEMENT": "DISP", "U": "DISP", "STRESS": "STRESS", "S": "STRESS", "SIGMA": "STRESS"}
+
+    def __init__(self, path: str, field: str):
+        from ddrom.io.calculix import FrdFile
+
+        self.source = path
+        self.frd = FrdFile(path)
+        try:
+            _, cells, _, used = self.frd.volume_mesh()
+            new_of_old = np.full(len(self.frd.node_ids), -1, dtype=np.int64)
+            new_of_old[used] = np.arange(used.size)
+            self._used = used
+            self._new_of_old = new_of_old
+            self.points = self.frd.points[used]
+            self.cells = new_of_old[cells]
+            # E12.5: 6 significant digits, i.e. within 5e-6 relative of the largest coordinate
+            self.coordinate_precision = 1e-5 * float(np.abs(self.points).max()) if len(self.points) else 0.0
+            name = self._name(field)
+            blocks = self.frd.series(name)
+            if not blocks:
+                raise DdromError(f"{path}: no nodal block {name!r} (blocks: {self.frd.names()}); choose the "
+                                 "displacement with --field, or write it with *NODE FILE, U")
+            self.times = np.array([b.time for b in blocks])
+            rep = np.flatnonzero(np.diff(self.times) <= 0)
+            if rep.size:
+                i = int(rep[0])
+                raise DdromError(f"{path}: {name} blocks at times {self.times[i]:g} (line {blocks[i].line}) then "
+                                 f"{self.times[i + 1]:g} (line {blocks[i + 1].line}): the times must increase")
+            self._steps = [(b.time, b.step, b.increment) for b in blocks]
+        except Exception:
+            self.frd.close()
+            raise
+
+    def _name(self, field: str) -> str:
+        return self.ALIASES.get(field.upper(), field.upper())
+
+    def _block(self, k: int, name: str):
+        t, step, inc = self._steps[k]
+        found = [b for b in self.frd.series(self._name(name)) if b.time == t and (b.step, b.increment) == (step, inc)]
+        return found[-1] if found else None
+
+    def field_names(self, k):
+        t, step, inc = self._steps[k]
+        return sorted({b.name for b in self.frd.blocks if b.time == t and (b.step, b.increment) == (step, inc)})
+
+    def centers(self, k, name):
+        return ["point"] if self._block(k, name) is not None else []
+
+    def read(self, k, name, center):
+        b = self._block(k, name)
+        if b is None or center != "point":
+            raise DdromError(f"{self.source} (t = {self._steps[k][0]:g}): no nodal block {name!r} "
+                             f"(blocks: {self.field_names(k)})")
+        ids, vals = self.frd.read(b)
+        rows = self._new_of_old[self.frd.rows_of_nodes(ids, f"block {b.name} at t = {b.time:g}")]
+        out = np.full((len(self.points), vals.shape[1]), np.nan)
+        keep = rows >= 0
+        out[rows[keep]] = vals[keep]
+        missing = np.flatnonzero(np.isnan(out).any(axis=1))
+        if missing.size:
+            nid = int(self.frd.node_ids[self._used[missing[0]]])
+            raise DdromError(f"{self.source}: block {b.name} at t = {b.time:g} (line {b.line}) has no value at "
+                             f"{missing.size} node(s) of the elements, e.g. node {nid}: write it for every node "
+                             "(*NODE FILE without NSET=)")
+        return out
+
+    def close(self):
+        self.frd.close()
+
+
 def _read_meshio(path: str):
     import meshio
 
@@ -266,21 +435,46 @@ def _read_meshio(path: str):
 
 
 class _MeshFile:
-    """One meshio-readable file: points, volume cells, and the fields on them."""
+    """One file of a series: points, the volume cells, and the fields on them.
+
+    A ``.vtu`` of a VTK XML version meshio does not read (DOLFINx's ``VTKFile`` writes
+    2.2) is read by :func:`ddrom.io.vtu.read_vtu`. Degree-1 Lagrange cells (DOLFINx) are
+    hexahedra and tetrahedra; cells flagged as ghosts (``vtkGhostType``, a parallel
+    writer's copies of other processes' cells) are dropped, with their cell data.
+    """
 
     def __init__(self, path: str):
+        from ddrom.io.vtu import GHOST_CELL, MESHIO_LAGRANGE, MESHIO_VERSIONS, read_vtu, volume_cells, vtu_version
+
         self.path = path
+        if path.lower().endswith(".vtu") and vtu_version(path) not in MESHIO_VERSIONS + ("",):
+            v = read_vtu(path)
+            self.points = _pad3(v.points, path)
+            self.cells, kept = volume_cells(v, path)
+            self.point_data = v.point_data
+            self.cell_data = {k: np.asarray(a)[kept].reshape(len(kept), -1) for k, a in v.cell_data.items()}
+            return
         m = _read_meshio(path)
         self.points = _pad3(m.points, path)
-        blocks = [i for i, b in enumerate(m.cells) if b.type in _VOLUME]
-        types = {m.cells[i].type for i in blocks}
+
+        def kind(b) -> str | None:
+            if b.type in _VOLUME:
+                return b.type
+            lag = MESHIO_LAGRANGE.get(b.type)
+            return lag[0] if lag and np.asarray(b.data).shape[1] == lag[1] else None
+
+        blocks = [i for i, b in enumerate(m.cells) if kind(b)]
+        types = {kind(m.cells[i]) for i in blocks}
         if len(types) > 1:
             raise DdromError(f"{path}: mixed volume cells {sorted(types)}")
+        ghost = m.cell_data.get("vtkGhostType")
+        keep = {i: (np.ones(len(m.cells[i].data), bool) if ghost is None else
+                    (np.asarray(ghost[i]).reshape(-1).astype(np.int64) & GHOST_CELL) == 0) for i in blocks}
         self._blocks = blocks
-        self.cells = (np.concatenate([m.cells[i].data for i in blocks]).astype(np.int64) if blocks
-                      else np.zeros((0, 0), dtype=np.int64))
+        self.cells = (np.concatenate([np.asarray(m.cells[i].data)[keep[i]] for i in blocks]).astype(np.int64)
+                      if blocks else np.zeros((0, 0), dtype=np.int64))
         self.point_data = m.point_data
-        self.cell_data = {k: np.concatenate([np.asarray(v[i]).reshape(len(m.cells[i].data), -1)
+        self.cell_data = {k: np.concatenate([np.asarray(v[i]).reshape(len(m.cells[i].data), -1)[keep[i]]
                                              for i in blocks]) for k, v in m.cell_data.items() if blocks}
 
     def field(self, name: str, center: str) -> np.ndarray:
@@ -337,7 +531,8 @@ def pvtu_pieces(path: str) -> list[str]:
         out.append(src if os.path.isabs(src) else os.path.join(folder, src))
     if not out:
         raise DdromError(f"{path}: no <Piece> entries")
-    return out
+    # DOLFINx 0.5's VTKFile lists every piece twice: read each file once
+    return list(dict.fromkeys(out))
 
 
 class _PiecesReader(_Reader):
@@ -409,26 +604,51 @@ def _pvd_entries(path: str) -> tuple[list[str], np.ndarray | None]:
 
 @dataclass
 class SeriesInfo:
-    """What every rank knows of a series: ``kind`` is "xdmf", "files" or "pieces"."""
+    """What every rank knows of a series: ``kind`` is "xdmf", "frd", "files" or "pieces".
+
+    ``source`` is the file a single-file kind resolved to (a glob expanded);
+    ``coordinate_precision`` the absolute precision of the file's coordinates when it is
+    coarser than double (CalculiX's ``.frd``), else 0.
+    """
 
     source: str
     kind: str
     times: list | None
     n_steps: int
     files: list | None = None          # files: one per step; pieces: a list of pieces per step
+    coordinate_precision: float = 0.0
+
+
+_SINGLE_FILE = (".xdmf", ".xmf", ".pvd", ".frd")
+
+
+def _one_file(spec: str) -> str:
+    """A single-file series given by a glob is the one file it matches."""
+    if not glob.has_magic(spec):
+        if not os.path.exists(spec):
+            raise DdromError(f"{spec}: file not found")
+        return spec
+    found = sorted(glob.glob(spec), key=natural_key)
+    if not found:
+        raise DdromError(f"{spec}: no file matches")
+    if len(found) > 1:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise DdromError(f"{spec}: matches {len(found)} files ({shown}); a series is one such file (several "
+                         "series are several simulations: import them with a pattern or a table)")
+    return found[0]
 
 
 def probe_series(spec: str) -> SeriesInfo:
     """Describe a series from its name and index files (call on ONE rank); see the module doc."""
     low = spec.lower()
+    if low.endswith(_SINGLE_FILE):
+        spec = _one_file(spec)
     if low.endswith((".xdmf", ".xmf")):
-        if not os.path.exists(spec):
-            raise DdromError(f"{spec}: file not found")
         return SeriesInfo(spec, "xdmf", None, 0)
+    if low.endswith(".frd"):
+        return SeriesInfo(spec, "frd", None, 0)
     times = None
     if low.endswith(".pvd"):
-        if not os.path.exists(spec):
-            raise DdromError(f"{spec}: file not found")
         files, times = _pvd_entries(spec)
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
@@ -464,7 +684,7 @@ class DisplacementSeries:
     Attributes (same on every rank)
     ----------
     source : str
-    kind : "xdmf" | "files" | "pieces"
+    kind : "xdmf" | "frd" | "files" | "pieces"
     times : ndarray (n,) or None
         The file's times, None when the format has none (VTU glob).
     n_steps : int
@@ -474,23 +694,35 @@ class DisplacementSeries:
     max_coordinate_distance : float
         Largest distance between a file node and its case node.
     stress_center : "point" | "cell" | None
+    stress_order : str or None
+        Order of 6-component stresses (see :func:`to_mandel`); None is VTK's.
     n_pieces : int
         Pieces per step (parallel VTU), else 1.
     """
 
     def __init__(self, spec: str, dm: Any, field: str = "displacement",
                  coord_rtol: float = DEFAULT_COORD_RTOL, node_order: str = "auto",
-                 stress_field: str | None = None):
+                 stress_field: str | None = None, stress_order: str | Sequence[str] | None = None):
         c = as_mpi(dm.comm)
         self.dm, self.field, self._c, self.stress_field = dm, field, c, stress_field
+        if stress_order is not None:
+            try:        # the same verdict on every rank (a pure function of the argument)
+                component_order(stress_order, spec)
+            except DdromError as exc:
+                raise CollectiveError(str(exc)) from None
+        self.stress_order = stress_order
         self._reader: _Reader = _Empty()
         info, msg = None, None
         if c.rank == 0:
             try:
                 info = probe_series(spec)
                 if info.kind == "xdmf":
-                    self._reader = _XdmfReader(spec, field)
+                    self._reader = _XdmfReader(info.source, field)
                     info.times, info.n_steps = self._reader.times.tolist(), self._reader.n_steps
+                elif info.kind == "frd":
+                    self._reader = _FrdReader(info.source, field)
+                    info.times, info.n_steps = self._reader.times.tolist(), len(self._reader.times)
+                    info.coordinate_precision = self._reader.coordinate_precision
                 elif info.kind == "files":
                     self._reader = _FilesReader(info.files, spec)
             except DdromError as exc:
@@ -500,6 +732,7 @@ class DisplacementSeries:
         raise_collective(c, msg)
         info = c.bcast(info, root=0)
         self.source, self.kind, self.n_steps = info.source, info.kind, info.n_steps
+        self.coordinate_precision = info.coordinate_precision
         self.times = None if info.times is None else np.array(info.times)
         self.n_pieces = len(info.files[0]) if info.kind == "pieces" else 1
         if info.kind == "pieces":
@@ -536,6 +769,8 @@ class DisplacementSeries:
         self._file_cells = cells
         x_case = case_node_coordinates(dm)
         diag = bbox_diagonal(c, x_case)
+        if diag > 0:        # coordinates printed with few digits (.frd) match to their precision
+            coord_rtol = max(coord_rtol, self.coordinate_precision / diag)
         hint = ("the series must be written on the case mesh's nodes (see --node-order)" if single
                 else "the pieces must cover the case mesh")
         m = match_rows(c, self._reader.points, x_case, diag, mode=node_order, coord_rtol=coord_rtol,
@@ -609,7 +844,7 @@ class DisplacementSeries:
                 if v.shape[0] != n:
                     raise DdromError(f"{self.source} (step {k}): {center} field {self.stress_field!r} "
                                      f"has {v.shape[0]} rows, expected {n}")
-                s = to_mandel(v, f"{self.source} (step {k}): field {self.stress_field!r}")
+                s = to_mandel(v, f"{self.source} (step {k}): field {self.stress_field!r}", self.stress_order)
                 if center == "point":
                     s = s[self._file_cells].mean(axis=1)
             except DdromError as exc:

@@ -24,6 +24,54 @@ class ReturnMappingError(DdromError):
     """The local (per-point) integration did not converge; callers may cut the time step."""
 
 
+class MaterialError(DdromError):
+    """The law stopped the computation (a UMAT called XIT, invalid properties, ...): not
+    cured by a smaller step. Callers turn it into an error every MPI rank raises."""
+
+
+@dataclass
+class MaterialContext:
+    """Where and when an update happens, for laws that need it (compiled UMATs).
+
+    The built-in laws ignore it. Arrays are per point, aligned with the ``eps`` rows of
+    :meth:`Material.update`.
+
+    Attributes
+    ----------
+    time : float
+        Total time at the start of the increment (ddrom's runs are one step: it is the
+        step time too).
+    coords : (n, 3) array, optional
+        Coordinates of the points (reference configuration: small strain).
+    element : (n,) int array, optional
+        Global (natural, 0-based) id of the cell of each point: the same for any number of
+        MPI ranks.
+    point : (n,) int array, optional
+        Index of each point within its cell, 0-based, in ddrom's quadrature order
+        (:data:`ddrom.mesh.reference.CELL_TYPES`; for hexahedra CalculiX's and Abaqus'
+        C3D8 order, see :mod:`ddrom.io.calculix`).
+    length : (n,) array, optional
+        Characteristic length of the cell of each point (cube root of its volume).
+    step, increment : int
+        Step number (1: ddrom runs one step) and increment number within it (1 for the
+        first increment; an increment retried after a cut-back keeps its number, as in
+        Abaqus; 0 for the evaluation of the initial state, a zero increment).
+    predef, dpred : (n, m) arrays, optional
+        Predefined field variables at the start of the increment and their increments
+        (none in ddrom's cases today; a caller with such fields passes them).
+    """
+
+    time: float = 0.0
+    coords: np.ndarray | None = None
+    element: np.ndarray | None = None
+    point: np.ndarray | None = None
+    length: np.ndarray | None = None
+    step: int = 1
+    increment: int = 1
+    predef: np.ndarray | None = None
+    dpred: np.ndarray | None = None
+
+
 @dataclass
 class Response:
     """Result of one constitutive update at ``n`` points.
@@ -70,7 +118,7 @@ class Material(ABC):
 
     @abstractmethod
     def update(self, eps: np.ndarray, state_old: np.ndarray, T_old: np.ndarray, T_new: np.ndarray,
-               dt: float, tangent: bool = True) -> Response:
+               dt: float, tangent: bool = True, context: MaterialContext | None = None) -> Response:
         """Integrate one time step at every point.
 
         Parameters
@@ -86,6 +134,16 @@ class Material(ABC):
             Time step (used by rate-dependent laws only).
         tangent : bool
             Whether to compute the consistent tangent.
+        context : MaterialContext, optional
+            Time, position, element and increment of the points (see
+            :class:`MaterialContext`); ignored by the built-in laws.
+
+        Raises
+        ------
+        ReturnMappingError
+            The local integration failed; a smaller step may succeed.
+        MaterialError
+            The law stopped the computation (a smaller step will not help).
         """
 
     def cumulated_plastic_strain(self, state: np.ndarray) -> np.ndarray:

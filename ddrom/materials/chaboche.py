@@ -165,7 +165,7 @@ class Chaboche(Material):
     def cumulated_plastic_strain(self, state: np.ndarray) -> np.ndarray:
         return np.asarray(state)[:, 12].copy()
 
-    def update(self, eps, state_old, T_old, T_new, dt, tangent=True) -> Response:
+    def update(self, eps, state_old, T_old, T_new, dt, tangent=True, context=None) -> Response:
         eps, state_old, T = self._check_inputs(eps, state_old, T_new)
         dt = float(dt)
         if not dt >= 0.0:

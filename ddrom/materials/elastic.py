@@ -55,7 +55,7 @@ class Elastic(Material):
         check_thermal_keys(self.name, cfg)
         self.params = parse_parameters(self.name, cfg, elastic_specs())
 
-    def update(self, eps, state_old, T_old, T_new, dt, tangent=True) -> Response:
+    def update(self, eps, state_old, T_old, T_new, dt, tangent=True, context=None) -> Response:
         eps, state_old, T = self._check_inputs(eps, state_old, T_new)
         K, G = moduli(self.params, T)
         tr = eps[:, 0] + eps[:, 1] + eps[:, 2]

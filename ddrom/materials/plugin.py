@@ -2,7 +2,8 @@
 
 A plugin is a shared library built by the CMake project ``cmake/`` of the repository
 (see ``cmake/README.md``): ddrom's batch driver (C ABI, ``cmake/include/ddrom_umat.h``)
-linked with one UMAT written in C or Fortran. The case file selects it with::
+linked with one UMAT written in C or Fortran, and the Abaqus utility routines a UMAT may
+call (XIT, STDB_ABQERR, ROTSIG, SINV, SPRINC, SPRIND). The case file selects it with::
 
     [material]
     law = "umat"
@@ -15,6 +16,12 @@ linked with one UMAT written in C or Fortran. The case file selects it with::
     symmetric = true                            # optional: the UMAT's DDSDDE is symmetric (default false)
     cmname = "STEEL"                            # optional: CMNAME passed to the UMAT (default "DDROM")
 
+**A case that names a plugin runs that library's code** (its constructors when it is
+loaded, its UMAT at every update), with the rights of the user running ddrom. Building
+:class:`Umat` (``from_config``, also when a case file is checked) only validates the keys
+and that the file exists; the library is loaded when a run first needs the material
+(:meth:`Umat.load`, called by the first :meth:`Umat.update`).
+
 Adapter (ddrom's total-strain interface -> UMAT's incremental one). The internal state
 of a point is ``[eps_m (6, Mandel), sigma (6, Mandel), STATEV (nstatv)]``: the mechanical
 strain and the stress at the start of the step, then the UMAT's state variables; the
@@ -23,7 +30,7 @@ strain ``eps`` at temperature ``T_new``::
 
     eps_m_new = eps - alpha(T_new) (T_new - T_ref) I     (secant thermal strain, as the built-in laws)
     STRAN  = V(eps_m_old),  DSTRAN = V(eps_m_new - eps_m_old),  STRESS (in) = V(sigma_old)
-    TEMP   = T_old,  DTEMP = T_new - T_old,  DTIME = dt,  TIME = (0, 0) (update() has no clock)
+    TEMP   = T_old,  DTEMP = T_new - T_old,  DTIME = dt
 
 where ``V`` maps Mandel ``[11, 22, 33, sqrt2 12, sqrt2 23, sqrt2 13]`` to Abaqus' Voigt
 order ``[11, 22, 33, 12, 13, 23]`` with engineering shear strains (``2 eps_12``) and
@@ -34,14 +41,30 @@ does not depend on ``eps``, so ``d sigma / d eps = d sigma / d eps_m``. Without
 TEMP/DTEMP. Temperature-dependent properties are the UMAT's business (it gets TEMP and
 DTEMP).
 
+Context (:class:`~ddrom.materials.MaterialContext`, passed by the HF solver and the
+replay): ``TIME(1) = TIME(2)`` = its ``time`` (ddrom runs one step), ``COORDS`` its
+``coords``, ``NOEL`` = ``element + 1`` (the natural cell id, 1-based: the same for any
+number of ranks; the Abaqus element number when the deck numbers its elements 1..M in
+order), ``NPT`` = ``point + 1`` (ddrom's quadrature order = C3D8's), ``CELENT`` its
+``length``, ``KSTEP``/``KINC`` its ``step``/``increment``, ``PREDEF``/``DPRED`` its
+``predef``/``dpred``. Without a context (a bare call): time 0, coordinates 0, ``NOEL`` =
+index in the block + 1, ``NPT = KSTEP = KINC = 1``, ``CELENT = 1``.
+
 Every call of :meth:`Umat.update` makes ONE foreign call (``ddrom_umat_batch``) for all
-its points; the arrays are contiguous float64 passed by pointer. A UMAT that sets
-``PNEWDT < 1`` at some point raises :class:`~ddrom.materials.ReturnMappingError`, which
-the HF solver and the online ROM turn into a cut-back.
+its points; the arrays are contiguous float64 passed by pointer, DDSDDE zeroed. Outcomes:
+
+* a UMAT that sets ``PNEWDT < 1`` at some point: :class:`~ddrom.materials.ReturnMappingError`,
+  which the HF solver and the online ROM turn into a cut-back;
+* a UMAT that calls ``XIT`` (or ``STDB_ABQERR`` with ``LOP = -3``), or reports errors with
+  ``STDB_ABQERR(-2, ...)``: :class:`~ddrom.materials.MaterialError` with its messages and the
+  element and point, which the HF solver and the replay raise on every MPI rank;
+* information and warnings (``STDB_ABQERR`` with ``LOP = 1, -1``) go to the log
+  (``ddrom.materials``).
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import subprocess
@@ -50,13 +73,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddrom.materials.base import Material, Response, ReturnMappingError, register_law
+from ddrom.materials.base import (Material, MaterialContext, MaterialError, Response, ReturnMappingError,
+                                  register_law)
 from ddrom.materials.elastic import check_thermal_keys
 from ddrom.materials.parameters import Spec, parse_parameter
 from ddrom.parallel.errors import DdromError
 
 #: The plugin ABI this ddrom speaks (``DDROM_UMAT_ABI_VERSION`` of ``cmake/include/ddrom_umat.h``).
-ABI_VERSION = 1
+ABI_VERSION = 2
+#: ``ddrom_umat_batch`` status codes (``ddrom_umat.h``).
+_OK, _EBADARG, _EXIT, _ERROR = 0, -1, -2, -3
+#: Messages (information, warnings) logged per update at most; the rest are counted.
+_MAX_LOGGED = 5
+
+_log = logging.getLogger("ddrom.materials")
 
 #: The CMake project that builds plugins (present in a source checkout / editable install).
 CMAKE_PROJECT = Path(__file__).resolve().parents[2] / "cmake"
@@ -135,11 +165,27 @@ def load_library(path: str | os.PathLike) -> ctypes.CDLL:
     if version != ABI_VERSION:
         raise _err("library", f": {path!r} has plugin ABI version {version}, this ddrom expects"
                               f" {ABI_VERSION}: rebuild it with this ddrom's cmake/ project")
+    if not hasattr(lib, "ddrom_umat_messages"):
+        raise _err("library", f": {path!r} has no symbol 'ddrom_umat_messages': rebuild it with this ddrom's "
+                              "cmake/ project")
     vp, ci, cd = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     lib.ddrom_umat_batch.restype = ci
-    lib.ddrom_umat_batch.argtypes = [ci, vp, vp, vp, vp, ci, vp, vp, ci, vp, vp, cd, cd, ctypes.c_char_p,
-                                     ctypes.POINTER(ci)]
+    # n, stran, dstran, stress, statev, nstatv, ddsdde, props, nprops, temp, dtemp, predef, dpred, npredf,
+    # time, dtime, coords, noel, npt, celent, kstep, kinc, cmname, pnewdt, info
+    lib.ddrom_umat_batch.argtypes = [ci, vp, vp, vp, vp, ci, vp, vp, ci, vp, vp, vp, vp, ci, vp, cd, vp, vp, vp,
+                                     vp, ci, ci, ctypes.c_char_p, ctypes.POINTER(cd), ctypes.POINTER(ci)]
+    lib.ddrom_umat_messages.restype = ci
+    lib.ddrom_umat_messages.argtypes = [ctypes.c_char_p, ci]
     return lib
+
+
+def _messages(lib: ctypes.CDLL) -> str:
+    n = lib.ddrom_umat_messages(None, 0)
+    if n <= 0:
+        return ""
+    buf = ctypes.create_string_buffer(n + 1)
+    lib.ddrom_umat_messages(buf, n + 1)
+    return buf.value.decode(errors="replace").rstrip("\n")
 
 
 class Umat(Material):
@@ -178,6 +224,8 @@ class Umat(Material):
         cmname = cfg.get("cmname", "DDROM")
         if not isinstance(cmname, str) or len(cmname) > 80 or not cmname.isascii():
             raise _err("cmname", f" must be an ASCII string of at most 80 characters, got {cmname!r}")
+        if not os.path.isfile(str(lib)):
+            raise _err("library", f": no such file {str(lib)!r}")
         self.library = str(lib)
         self.props = np.ascontiguousarray(props, dtype=float).reshape(-1)
         self.nstatv = int(nstatv)
@@ -188,11 +236,28 @@ class Umat(Material):
         self.T_ref = (float(parse_parameter(self.name, "T_ref", cfg["T_ref"], Spec(0.0, table=False)).value)
                       if "T_ref" in cfg else None)
         self._cfg = {k: cfg[k] for k in _KEYS if k in cfg}
-        self._lib = load_library(self.library)
+        # Not loaded here: a case file is checked without running the library's code.
+        self._lib: ctypes.CDLL | None = None
         self.n_state = 12 + self.nstatv
         comp = ["11", "22", "33", "12", "23", "13"]
         self.state_names = ([f"eps_m_{c}" for c in comp] + [f"sigma_{c}" for c in comp]
                             + [f"statev_{i}" for i in range(self.nstatv)])
+
+    def load(self) -> "Umat":
+        """Load the library (once) and check its ABI; :meth:`update` calls it when needed.
+
+        Raises
+        ------
+        DdromError
+            See :func:`load_library`.
+        """
+        if self._lib is None:
+            self._lib = load_library(self.library)
+        return self
+
+    @property
+    def loaded(self) -> bool:
+        return self._lib is not None
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self._cfg.items()}
@@ -207,7 +272,9 @@ class Umat(Material):
         """Secant thermal strain ``alpha(T) (T - T_ref)`` per point (the trace is 3 times it)."""
         return self.alpha(T) * (T - self.T_ref)
 
-    def update(self, eps, state_old, T_old, T_new, dt, tangent=True) -> Response:
+    def update(self, eps, state_old, T_old, T_new, dt, tangent=True,
+               context: MaterialContext | None = None) -> Response:
+        self.load()
         eps, state_old, T = self._check_inputs(eps, state_old, T_new)
         n = eps.shape[0]
         T0 = np.asarray(T_old, dtype=float)
@@ -220,24 +287,90 @@ class Umat(Material):
         dstran = mandel_to_voigt_strain(eps_m - epsm_old)
         stress = mandel_to_voigt_stress(state_old[:, 6:12])
         statev = np.ascontiguousarray(state_old[:, 12:])
-        ddsdde = np.empty((n, 6, 6))
+        # zeroed (the driver zeroes each point again before calling the UMAT): UMATs written
+        # to the Abaqus manual's conventions set only the non-zero entries
+        ddsdde = np.zeros((n, 6, 6))
         temp = np.ascontiguousarray(T0)
         dtemp = np.ascontiguousarray(T - T0)
-        info = ctypes.c_int(0)
+        ctx = _Context(context, n, self.name)
+        info, pnewdt = ctypes.c_int(0), ctypes.c_double(1.0)
         status = self._lib.ddrom_umat_batch(
             n, stran.ctypes.data, dstran.ctypes.data, stress.ctypes.data, statev.ctypes.data, self.nstatv,
             ddsdde.ctypes.data, self.props.ctypes.data, self.props.size, temp.ctypes.data, dtemp.ctypes.data,
-            0.0, float(dt), self.cmname.encode("ascii"), ctypes.byref(info))
-        if status != 0:
-            raise DdromError(f"material 'umat': ddrom_umat_batch of {self.library!r} returned error {status}")
+            ctx.ptr("predef"), ctx.ptr("dpred"), ctx.npredf, ctx.time.ctypes.data, float(dt), ctx.ptr("coords"),
+            ctx.ptr("noel"), ctx.ptr("npt"), ctx.ptr("celent"), ctx.kstep, ctx.kinc,
+            self.cmname.encode("ascii"), ctypes.byref(pnewdt), ctypes.byref(info))
+        msgs = _messages(self._lib) if status != _EBADARG else ""
+        where = f"material 'umat': the UMAT of {self.library!r}"
+        when = f"t = {ctx.time[1]:.6g}, increment {ctx.kinc}"
+        if status == _EXIT:
+            k = info.value
+            el, pt = ctx.element_point(k)
+            raise MaterialError(f"{where} stopped the run (XIT) at element {el}, point {pt} ({when})"
+                                + (f":\n{msgs}" if msgs else ""))
+        if status == _ERROR:
+            raise MaterialError(f"{where} reported errors ({when}):\n{msgs}")
+        if status != _OK:
+            raise DdromError(f"{where}: ddrom_umat_batch returned error {status}")
+        if msgs:
+            lines = msgs.splitlines()
+            for ln in lines[:_MAX_LOGGED]:
+                _log.warning("%s (%s): %s", where, when, ln)
+            if len(lines) > _MAX_LOGGED:
+                _log.warning("%s (%s): ... %d more message(s)", where, when, len(lines) - _MAX_LOGGED)
         if info.value:
-            raise ReturnMappingError(f"material 'umat': the UMAT of {self.library!r} asked for a smaller"
-                                     f" time increment (PNEWDT < 1) at {info.value} point(s)")
+            raise ReturnMappingError(f"{where} asked for a smaller time increment (PNEWDT = {pnewdt.value:.3g} < 1)"
+                                     f" at {info.value} point(s) ({when})")
         state = np.empty((n, self.n_state))
         state[:, :6] = eps_m
         state[:, 6:12] = voigt_to_mandel_stress(stress)
         state[:, 12:] = statev
         return Response(state[:, 6:12].copy(), state, ddsdde_to_mandel(ddsdde) if tangent else None)
+
+
+class _Context:
+    """The arrays of a :class:`MaterialContext` as the driver wants them (contiguous, typed),
+    with the defaults of a bare call (see the module doc)."""
+
+    def __init__(self, c: MaterialContext | None, n: int, law: str):
+        c = c if c is not None else MaterialContext()
+        t = float(c.time)
+        self.time = np.array([t, t])
+        self.kstep, self.kinc = int(c.step), int(c.increment)
+        self._arrays: dict[str, np.ndarray] = {}
+        self.noel_given = c.element is not None
+        self.npt_given = c.point is not None
+
+        def per_point(name, value, dtype, shape):
+            if value is None:
+                return
+            a = np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=dtype), shape))
+            self._arrays[name] = a
+
+        try:
+            per_point("coords", c.coords, np.float64, (n, 3))
+            per_point("noel", None if c.element is None else np.asarray(c.element).reshape(-1) + 1, np.int32, (n,))
+            per_point("npt", None if c.point is None else np.asarray(c.point).reshape(-1) + 1, np.int32, (n,))
+            per_point("celent", c.length, np.float64, (n,))
+            self.npredf = 0
+            if c.predef is not None or c.dpred is not None:
+                pre = np.asarray(c.predef if c.predef is not None else np.zeros_like(c.dpred), dtype=float)
+                pre = pre.reshape(n, -1)
+                self.npredf = pre.shape[1]
+                per_point("predef", pre, np.float64, (n, self.npredf))
+                per_point("dpred", np.zeros_like(pre) if c.dpred is None else c.dpred, np.float64, (n, self.npredf))
+        except ValueError as exc:
+            raise DdromError(f"material '{law}': the material context does not fit {n} points ({exc})") from None
+
+    def ptr(self, name: str) -> int | None:
+        a = self._arrays.get(name)
+        return None if a is None else a.ctypes.data
+
+    def element_point(self, k: int) -> tuple[int, int]:
+        """NOEL and NPT of point k of the block."""
+        el = int(self._arrays["noel"][k]) if "noel" in self._arrays else k + 1
+        pt = int(self._arrays["npt"][k]) if "npt" in self._arrays else 1
+        return el, pt
 
 
 register_law("umat")(Umat)

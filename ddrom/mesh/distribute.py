@@ -68,12 +68,16 @@ def _packages(mesh: Mesh, parts: np.ndarray, size: int) -> list[dict]:
         for name, ns in mesh.node_sets.items():
             ln = g2l[ns]
             node_sets[name] = np.sort(ln[ln >= 0])
+        cell_sets = {}
+        for name, cs in mesh.cell_sets.items():
+            lc = c2l[cs]
+            cell_sets[name] = np.sort(lc[lc >= 0])
         pkgs.append(dict(
             cells=g2l[conn], cell_natural=my_cells, coords=mesh.points[local_nodes],
             node_global=petsc_id[local_nodes], node_natural=local_nodes, n_owned=len(owned),
             node_range=(int(node_start[r]), int(node_start[r + 1])),
             cell_range=(int(cell_start[r]), int(cell_start[r + 1])),
-            facet_sets=facet_sets, node_sets=node_sets))
+            facet_sets=facet_sets, node_sets=node_sets, cell_sets=cell_sets))
     return pkgs
 
 
@@ -98,8 +102,8 @@ def distribute(mesh: Mesh | None, comm: Any, partitioner: str = "ptscotch") -> D
             msg = "the mesh has nodes that belong to no cell; remove them before distribution"
     raise_collective(c, msg)
     head = c.bcast((mesh.cell_type, mesh.n_nodes, mesh.n_cells, sorted(mesh.facet_sets),
-                    sorted(mesh.node_sets)) if c.rank == 0 else None, root=0)
-    cell_type, n_nodes, n_cells, facet_names, node_names = head
+                    sorted(mesh.node_sets), sorted(mesh.cell_sets)) if c.rank == 0 else None, root=0)
+    cell_type, n_nodes, n_cells, facet_names, node_names, cell_names = head
     parts = partition_cells(c, mesh.points if c.rank == 0 else None,
                             mesh.cells if c.rank == 0 else None, cell_type, partitioner)
     if c.rank == 0:
@@ -112,5 +116,7 @@ def distribute(mesh: Mesh | None, comm: Any, partitioner: str = "ptscotch") -> D
         pkg["facet_sets"].setdefault(name, np.zeros((0, 2), dtype=np.int64))
     for name in node_names:
         pkg["node_sets"].setdefault(name, np.zeros(0, dtype=np.int64))
+    for name in cell_names:
+        pkg["cell_sets"].setdefault(name, np.zeros(0, dtype=np.int64))
     return DistributedMesh(comm=comm, cell_type=cell_type, n_nodes_global=n_nodes,
                            n_cells_global=n_cells, **pkg)

@@ -38,6 +38,7 @@ class DistributedMesh:
     n_cells_global: int
     facet_sets: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (F,2) local cell, face
     node_sets: dict[str, np.ndarray] = field(default_factory=dict)   # name -> local node indices
+    cell_sets: dict[str, np.ndarray] = field(default_factory=dict)   # name -> local cell indices (not regions)
 
     # ------------------------------------------------------------------ sizes
     @property

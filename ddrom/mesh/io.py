@@ -1,7 +1,9 @@
 """Volume meshes from and to files through meshio (serial, rank 0).
 
 Reading (:func:`read_mesh`) accepts whatever meshio reads (VTU, XDMF, Gmsh ``.msh``
-2.2/4.1 ascii or binary, Medit ``.mesh``, Abaqus ``.inp``, ...) and keeps:
+2.2/4.1 ascii or binary, Medit ``.mesh``, ...) and keeps what follows. Abaqus/CalculiX
+``.inp`` decks are read by :mod:`ddrom.mesh.abaqus` instead (node sets, element sets and
+surfaces become regions; see there).
 
 * the volume cells, which must all be linear tetrahedra (``tetra``) or all trilinear
   hexahedra (``hexahedron``); any other volume cell type, or a mix, is an error;
@@ -15,7 +17,8 @@ Reading (:func:`read_mesh`) accepts whatever meshio reads (VTU, XDMF, Gmsh ``.ms
     line and vertex cells become node sets the same way. Tag 0 / negative means untagged.
   - what :func:`write_mesh` writes: flag arrays ``"region:<name>"`` on surface and vertex
     cells (VTU), or bit masks ``"facets:<name>"`` on the volume cells and point-data flags
-    ``"nodes:<name>"`` (XDMF).
+    ``"nodes:<name>"`` (XDMF); cell sets from flags ``"cells:<name>"`` on the volume cells
+    (both).
 
   Tagged surface cells on *interior* faces of the volume mesh are dropped (a warning);
   surface cells that are not faces of the volume mesh at all are an error.
@@ -37,11 +40,14 @@ Writing (:func:`write_mesh`):
   cell-data array ``facets:<name>`` (int32 on the volume cells, bit ``f`` set iff local
   face ``f`` of the cell is in the set) and a node set the point-data array
   ``nodes:<name>`` (int8, 1 = member).
+* Cell sets (:attr:`Mesh.cell_sets`) are int8 flags ``cells:<name>`` on the volume cells
+  in VTU and XDMF.
 * Gmsh ``.msh`` (format 2.2) is written with one
-physical group per region (a surface element per facet of each region, so overlapping
-regions repeat elements, as Gmsh itself does), a physical point group per node set
-(named ``<name>:nodes`` if a facet set has the same name, as meshio keeps one physical
-group per name) and the volume as physical group ``domain``.
+  physical group per region (a surface element per facet of each region, so overlapping
+  regions repeat elements, as Gmsh itself does), a physical point group per node set
+  (named ``<name>:nodes`` if a facet set has the same name, as meshio keeps one physical
+  group per name) and the volume as physical group ``domain``. Cell sets are not written
+  (a volume element has one physical group in meshio's model).
 """
 from __future__ import annotations
 
@@ -68,6 +74,8 @@ MASK_PREFIX = "facets:"
 NODE_PREFIX = "nodes:"
 #: suffix of a Gmsh physical point group holding the node set of the same name as a facet set
 NODE_SUFFIX = ":nodes"
+#: prefix of the cell-set flags (int8 cell data on the volume cells, VTU and XDMF)
+CELL_PREFIX = "cells:"
 _VOLUME_TYPES = ("tetra", "hexahedron")
 
 
@@ -99,7 +107,8 @@ def read_mesh(path: str | Path, regions: Mapping[str, Selector] | None = None, *
     check : bool
         Check that no cell is inverted or degenerate (:func:`check_orientation`).
     return_node_map : bool
-        Also return ``file_ids`` (N,): the node id in the file of each mesh node.
+        Also return ``file_ids`` (N,): the node id in the file of each mesh node (the
+        row in meshio's points; the Abaqus node number for an ``.inp``).
 
     Raises
     ------
@@ -113,6 +122,11 @@ def read_mesh(path: str | Path, regions: Mapping[str, Selector] | None = None, *
         raise DdromError(f"mesh file not found: {p}")
     if not p.is_file():
         raise DdromError(f"mesh path is not a file: {p}")
+    if p.suffix.lower() == ".inp":
+        from ddrom.mesh.abaqus import read_inp
+
+        inp = read_inp(p, regions, check=check)
+        return (inp.mesh, inp.node_ids) if return_node_map else inp.mesh
     meshio = _meshio()
     try:
         m = meshio.read(str(p))
@@ -166,6 +180,10 @@ def _from_meshio(m: Any, name: str) -> tuple[Mesh, np.ndarray]:
             fs = np.concatenate(pairs)
             if fs.size:
                 mesh.facet_sets[key[len(MASK_PREFIX):]] = fs[np.lexsort((fs[:, 1], fs[:, 0]))]
+        elif key.startswith(CELL_PREFIX):
+            flag = np.concatenate([np.asarray(arrays[i]).ravel() for i in vol_ids])
+            if flag.size == mesh.n_cells and np.any(flag != 0):
+                mesh.cell_sets[key[len(CELL_PREFIX):]] = np.flatnonzero(flag != 0)
     for key, arr in (m.point_data or {}).items():
         if key.startswith(NODE_PREFIX):
             flag = np.asarray(arr).ravel()
@@ -295,6 +313,10 @@ def write_mesh(mesh: Mesh, path: str | Path) -> None:
             if alln.size:
                 arrs.append(np.isin(alln, mesh.node_sets.get(n, np.zeros(0, np.int64))).astype(np.int8))
             flags[FLAG_PREFIX + n] = arrs
+        for n, cs in mesh.cell_sets.items():
+            vol = np.zeros(mesh.n_cells, np.int8)
+            vol[cs] = 1
+            flags[CELL_PREFIX + n] = [vol] + [np.zeros(len(b[1]), np.int8) for b in cells[1:]]
         out = meshio.Mesh(mesh.points, cells, cell_data=flags)
         kwargs = {"file_format": "vtu"}
     else:
@@ -304,6 +326,10 @@ def write_mesh(mesh: Mesh, path: str | Path) -> None:
             mask = np.zeros(mesh.n_cells, np.int32)
             np.bitwise_or.at(mask, fs[:, 0], (1 << fs[:, 1]).astype(np.int32))
             cell_data[MASK_PREFIX + n] = [mask]
+        for n, cs in mesh.cell_sets.items():
+            flag = np.zeros(mesh.n_cells, np.int8)
+            flag[cs] = 1
+            cell_data[CELL_PREFIX + n] = [flag]
         point_data = {}
         for n in nnames:
             flag = np.zeros(mesh.n_nodes, np.int8)

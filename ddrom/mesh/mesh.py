@@ -30,6 +30,10 @@ class Mesh:
     node_sets : dict[str, (P,) int64]
         Node regions (Dirichlet conditions act on these). Every facet set also defines
         the node set of the same name (see :meth:`nodes_of`).
+    cell_sets : dict[str, (C,) int64]
+        Named sets of cells (e.g. the ``*ELSET`` of an Abaqus/CalculiX input), sorted cell
+        ids. A namespace of its own: loads do not refer to them (they are not in
+        :meth:`region_names`); they select cells, e.g. for comparisons of results.
     """
 
     points: np.ndarray
@@ -37,6 +41,7 @@ class Mesh:
     cell_type: str
     facet_sets: dict[str, np.ndarray] = field(default_factory=dict)
     node_sets: dict[str, np.ndarray] = field(default_factory=dict)
+    cell_sets: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.points = np.ascontiguousarray(self.points, dtype=np.float64)
@@ -50,6 +55,7 @@ class Mesh:
             raise ValueError(f"{self.cell_type} cells must have {k} nodes, got shape {self.cells.shape}")
         self.facet_sets = {k_: np.asarray(v, dtype=np.int64).reshape(-1, 2) for k_, v in self.facet_sets.items()}
         self.node_sets = {k_: np.unique(np.asarray(v, dtype=np.int64)) for k_, v in self.node_sets.items()}
+        self.cell_sets = {k_: np.unique(np.asarray(v, dtype=np.int64)) for k_, v in self.cell_sets.items()}
 
     @property
     def n_nodes(self) -> int:
