@@ -5,11 +5,12 @@ NP      ?= 2
 MPIRUN  := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 CASE    ?= cases/demo.toml
 
-.PHONY: install demo test bench clean help
+.PHONY: install demo test test-fast bench clean help
 
 help:
 	@echo "make demo   - install if needed, run the default case on $(NP) ranks"
 	@echo "make test   - install if needed, run the test suite (1 rank, then MPI tests on 3 ranks)"
+	@echo "make test-fast - the unit and MPI tests without end-to-end pipelines and infrastructure (minutes)"
 	@echo "make bench  - run the benchmarks (tables + JSON in benchmarks/results/)"
 
 install:
@@ -21,6 +22,9 @@ demo: install
 test:
 	@VENV=$(VENV) WITH_DOLFINX=1 WITH_CALCULIX=1 bash scripts/install.sh
 	PY=$(PY) bash scripts/run-tests.sh
+
+test-fast: install
+	PY=$(PY) MARKERS="not slow and not infra" bash scripts/run-tests.sh
 
 bench: install
 	@mkdir -p benchmarks/results

@@ -57,13 +57,19 @@ def gather(A_loc: np.ndarray, comm) -> np.ndarray:
 def ddrom_cli(np_: int, *args: str, cwd=None, timeout: float = 240):
     """Run ``mpirun -n np_ ddrom ARGS`` in a clean MPI environment (this test process may itself
     be an MPI singleton or a rank of a job); returns the CompletedProcess."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
+    cmd = ["mpirun", "-n", str(np_), "--oversubscribe", str(Path(sys.executable).parent / "ddrom"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=clean_mpi_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def clean_mpi_env() -> dict:
+    """The environment for an ``mpirun`` launched by a test (which may itself be an MPI singleton)."""
+    import os
+
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_COMM", "PMIX_", "OMPI_MCA_ess",
                                                                       "OMPI_MCA_orte", "OMPI_FILE"))}
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    cmd = ["mpirun", "-n", str(np_), "--oversubscribe", str(Path(sys.executable).parent / "ddrom"), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return env

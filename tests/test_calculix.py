@@ -452,9 +452,9 @@ def test_ccx_frd_through_ddrom_import(ccx_run):
     the store holds CalculiX's displacements and the replayed PEEQ equals the .dat's."""
     import json
 
-    from ddrom.cli.build import build_mesh, load_case_collectively
+    from ddrom.workflow.build import build_mesh, load_case_collectively
     from ddrom.cli.main import main
-    from ddrom.cli.pipeline import store_path
+    from ddrom.workflow.hf import store_path
     from ddrom.io.store import SnapshotStore
 
     case_path = ccx_run / "case.toml"

@@ -229,25 +229,31 @@ def test_case_refuses_missing_temperature_files(tmp_path):
         ddrom.Case.from_dict(data, tmp_path)
 
 
-def test_calibration_bound_with_leverage_and_cap():
-    """A target beyond the calibrated errors: the tolerance stops at the largest calibrated
-    indicator; a slope the data cannot support gives no tolerance (the fallback is used)."""
+def test_calibration_bound_with_leverage_and_extrapolation():
+    """Inside the calibrated indicators the tolerance is where the prediction bound meets the
+    target; beyond them the error is taken to grow at least in proportion to the indicator
+    (not along a shallower fitted slope); a component without informative pairs takes the
+    fallback tolerance."""
     from ddrom.rom.calibration import UNCALIBRATED_TOLERANCES, calibrate_component, calibrate_indicator
 
     rng = np.random.default_rng(0)
     x = np.exp(rng.uniform(np.log(1e-4), np.log(5e-3), 42))
     y = np.exp(-1.8 + 0.6 * np.log(x) + rng.normal(0, 0.077, 42))
-    r = calibrate_component(zip(x, y), 1e-2)
-    assert r["capped_at_calibrated_range"] and r["indicator_tolerance"] == pytest.approx(x.max())
-    assert r["indicator_tolerance_uncapped"] > x.max()
-    flat = np.exp(-14 + 0.0 * np.log(x) + rng.normal(0, 0.3, 42))
-    assert calibrate_component(zip(x, flat), 1e-3)["indicator_tolerance"] is None
+    r = calibrate_component(zip(x, y), 1e-2)               # the target lies beyond the calibrated errors
+    assert r["extrapolated"] and x.max() < r["indicator_tolerance"] < r["indicator_tolerance_fit"]
+    r = calibrate_component(zip(x, y), 1e-3)               # ... and here inside them
+    assert not r.get("extrapolated") and x.min() < r["indicator_tolerance"] < x.max()
+    flat = np.exp(-14 + rng.normal(0, 0.3, 42))            # errors 1e-6, no trend, target 1e-3
+    r = calibrate_component(zip(x, flat), 1e-3)
+    assert r["extrapolated"] == "above" and r["indicator_tolerance"] > 100 * x.max()
+    r = calibrate_component(zip(x, 1e4 * flat), 1e-3)      # every calibrated error above the target
+    assert r["extrapolated"] == "below" and r["indicator_tolerance"] < x.min() / 10
     errors = [{"name": "a", "indicator_per_step": list(x), "p_error_per_step": list(y),
                "indicators_per_step": {"p": list(x), "temperature": [1e-15] * 42, "stress": list(x)},
                "u_error_per_step": list(flat)}]
     cal = calibrate_indicator(errors, 1e-2, targets={"u": 1e-3}, components=("p", "stress", "temperature"))
     assert cal["tolerances"]["temperature"] == UNCALIBRATED_TOLERANCES["temperature"]
-    assert cal["components"]["temperature"]["fallback"] and "stress" not in cal["tolerances"]
+    assert cal["components"]["temperature"]["fallback"] and cal["tolerances"]["stress"] > 100 * x.max()
 
 
 THERMAL_TOML = """

@@ -325,7 +325,7 @@ def test_checking_a_case_does_not_run_the_plugin(tmp_path):
     why = _missing_tools()
     if why:
         pytest.skip(f"cannot build test libraries: {why}")
-    from ddrom.cli.case import load_case
+    from ddrom.workflow.case import load_case
 
     mark = tmp_path / "constructor_ran"
     lib_ = _cc(tmp_path, "ctor", f"""

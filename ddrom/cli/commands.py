@@ -185,7 +185,8 @@ def _online_args(p: argparse.ArgumentParser) -> None:
     _case_args(p)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="run this parameter point instead of the test set (repeatable; every parameter of the "
-                        "case, or its declared default is used and recorded; a file parameter takes a path)")
+                        "case, or its declared default is used and recorded; a file parameter takes a path, "
+                        "relative to the case file's folder like every path of a case)")
     p.add_argument("--no-defaults", dest="allow_defaults", action="store_false",
                    help="a parameter left out of --param is an error even if the case declares a default")
     p.add_argument("--t-end", type=float, metavar="T",
@@ -219,10 +220,8 @@ def _online_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_params(items: list[str], file_parameters: tuple[str, ...] = ()) -> list[dict] | None:
-    """``NAME=VALUE`` items -> one parameter point (a file parameter's path made absolute: it is
-    relative to the current folder, where the user typed it)."""
-    import os
-
+    """``NAME=VALUE`` items -> one parameter point (a file parameter's value is kept as typed: like
+    every path of a case, a relative one is relative to the case file's folder)."""
     from ddrom.parallel import CollectiveError
 
     if not items:
@@ -236,7 +235,7 @@ def _parse_params(items: list[str], file_parameters: tuple[str, ...] = ()) -> li
         if name in point:
             raise CollectiveError(f"--param {name} is given twice")
         if name in file_parameters:
-            point[name] = os.path.abspath(value)
+            point[name] = value
             continue
         try:
             point[name] = float(value)

@@ -110,8 +110,9 @@ class TemperatureSpec:
         """The file of one parameter point: ``source`` with its ``{name}`` placeholders filled."""
         if self.source is None:
             raise DdromError("the temperature is not read from a file")
-        values = {n: (_resolve(v, self.folder) if n in self.file_parameters else v) for n, v in params.items()}
-        return _resolve(fill_placeholders(self.source, values, "temperature.file"), self.folder)
+        # a file parameter's value is substituted as given; the result, like every path of a
+        # case, is relative to the case's folder (absolute paths stay as they are)
+        return _resolve(fill_placeholders(self.source, params, "temperature.file"), self.folder)
 
 
 def _resolve(path: str, folder: str) -> str:

@@ -1,6 +1,6 @@
 """Conversions between mpi4py and PETSc communicators.
 
-Every function of ddrom that communicates takes a communicator argument (DESIGN.md,
+Every function of ddrom that communicates takes a communicator argument (docs/ARCHITECTURE.md,
 Parallel model); these helpers accept either kind so that callers never care.
 """
 from __future__ import annotations

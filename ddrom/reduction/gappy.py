@@ -18,7 +18,7 @@ the conditioning. :class:`GappyPOD` then holds the small replicated ``Phi_I``
 
 * ``a = argmin_a ||Phi_I a - p_I||_2``  (:meth:`GappyPOD.fit`, cost ``O(|I| ncomp N)``),
 * ``E = ||p_I - Phi_I a||_2 / ||p_I||_2`` (:meth:`GappyPOD.indicator`, ``E = 0`` if
-  ``p_I = 0``), the error indicator of ALGORITHMS.md: ~0 while the ROM stays on the
+  ``p_I = 0``), the error indicator of docs/ALGORITHMS.md: ~0 while the ROM stays on the
   training manifold (``p`` in the span of ``Phi``), growing when it leaves it. It is
   only informative when the fit is redundant, ``|I| ncomp > N``
   (:attr:`GappyPOD.redundancy` ``> 0``); with exactly ``N`` sampled rows the fit

@@ -38,15 +38,15 @@ def calibrate_component(pairs: Iterable[tuple[float, float]], target: float, con
 
     * ``indicator_tolerance_fit = exp((log T - a) / b)``: where the MEAN fit meets the target
       (half of the steps at that indicator have a larger error);
-    * ``indicator_tolerance = exp(x0)``, the largest ``x0`` below which the one-sided upper
-      prediction bound ``a + b x + t s sqrt(1 + 1/n + (x - xbar)^2 / Sxx)`` stays under
-      ``log T`` (``t`` the ``confidence`` quantile of Student's t, n - 2 dof): a step whose
-      indicator is below it has an error below ``T`` with probability ``confidence`` under
-      the fit's model. The leverage term makes the bound widen away from the calibrated
-      indicators, so a target far beyond the calibrated errors gives a tolerance only if
-      the data's slope is significant, and no tolerance (None, with a message) otherwise;
-      and it never exceeds the largest calibrated indicator (beyond it the fit is not
-      validated; ``capped_at_calibrated_range`` records it).
+    * ``indicator_tolerance = exp(x0)``, the first ``x0`` at which the one-sided upper
+      prediction bound ``a + b x + t s sqrt(1 + 1/n + (x - xbar)^2 / Sxx)`` reaches ``log T``
+      (``t`` the ``confidence`` quantile of Student's t, n - 2 dof): a step whose indicator is
+      below it has an error below ``T`` with probability ``confidence`` under the fit's
+      model. The fit is validated over the calibrated indicators only: when the target is
+      reached beyond them (the calibrated errors are all below it) or before them (all
+      above it), the error is taken to vary at least in proportion to the indicator from
+      the bound at the nearest edge (slope ``max(b, 1)`` in log-log; ``extrapolated`` says
+      ``"above"`` or ``"below"``), instead of a fitted slope trusted over decades.
       The enrichment uses this one: the mean fit missed the target 3x on a finer mesh
       (benchmarks/README.md).
 
@@ -74,57 +74,35 @@ def calibrate_component(pairs: Iterable[tuple[float, float]], target: float, con
     out.update(pearson_log=float(np.corrcoef(x, y)[0, 1]), slope=float(b), intercept=float(a),
                residual_std_log=s, prediction_margin_log=margin,
                indicator_range=[float(math.exp(x.min())), float(math.exp(x.max()))])
-    if b > 0:
-        out["indicator_tolerance_fit"] = float(math.exp((math.log(target) - a) / b))
-        x0 = _bound_crossing(a, b, tq * s, n, float(x.mean()), float(np.sum((x - x.mean()) ** 2)),
-                             math.log(target))
-        if x0 is not None and x0 > x.max():
-            # beyond the largest calibrated indicator the fit is not validated: a more permissive
-            # tolerance would trust an extrapolation, so the tolerance stops there
-            out["indicator_tolerance_uncapped"] = float(math.exp(x0))
-            out["capped_at_calibrated_range"] = True
-            x0 = float(x.max())
-        out["indicator_tolerance"] = None if x0 is None else float(math.exp(x0))
-        if x0 is None:
-            out["message"] = (f"the {confidence:.0%} prediction bound never meets the target {target:g}: the "
-                              "calibration data do not reach it with a significant slope")
+    out["indicator_tolerance_fit"] = float(math.exp((math.log(target) - a) / b)) if b > 0 else None
+    xbar, sxx, lt = float(x.mean()), float(np.sum((x - x.mean()) ** 2)), math.log(target)
+
+    def bound(v: float) -> float:
+        """Upper prediction bound of log(error) at log(indicator) v (leverage term included)."""
+        return a + b * v + tq * s * math.sqrt(1.0 + 1.0 / n + (v - xbar) ** 2 / max(sxx, 1e-300))
+
+    lo, hi = float(x.min()), float(x.max())
+    if bound(lo) >= lt:
+        # every calibrated step has an error bound above the target: the tolerance lies below the
+        # smallest calibrated indicator, the error taken to fall at least in proportion to it
+        out["indicator_tolerance"] = float(math.exp(lo + (lt - bound(lo)) / max(b, 1.0)))
+        out["extrapolated"] = "below"
+    elif bound(hi) < lt:
+        # beyond the largest calibrated indicator the fit is not validated: the error is taken to
+        # grow at least in proportion to the indicator from the bound there (slope max(b, 1) in
+        # log-log), not along a shallower fitted slope trusted over decades
+        out["indicator_tolerance"] = float(math.exp(hi + (lt - bound(hi)) / max(b, 1.0)))
+        out["extrapolated"] = "above"
     else:
-        out["indicator_tolerance_fit"] = out["indicator_tolerance"] = None
-        out["message"] = "the error does not grow with the indicator in the calibration data"
+        # inside the calibrated range: the first indicator where the bound reaches the target
+        grid = np.linspace(lo, hi, 257)
+        k = int(np.argmax([bound(v) >= lt for v in grid]))
+        a_, b_ = float(grid[k - 1]), float(grid[k])
+        for _ in range(60):
+            mid = 0.5 * (a_ + b_)
+            a_, b_ = (mid, b_) if bound(mid) < lt else (a_, mid)
+        out["indicator_tolerance"] = float(math.exp(a_))
     return out
-
-
-def _bound_crossing(a: float, b: float, ts: float, n: int, xbar: float, sxx: float, y: float) -> float | None:
-    """Largest x with ``a + b x + ts sqrt(1 + 1/n + (x - xbar)^2 / sxx) <= y`` on the branch where the
-    bound increases (it is convex in x); None if the bound is above ``y`` everywhere."""
-    sxx = max(sxx, 1e-300)
-
-    def f(x: float) -> float:
-        return a + b * x + ts * math.sqrt(1.0 + 1.0 / n + (x - xbar) ** 2 / sxx) - y
-
-    # minimizer of the convex f: b + ts (x - xbar) / (sxx sqrt(...)) = 0 has a solution iff b < ts / sqrt(sxx)
-    c = ts / math.sqrt(sxx)
-    if b >= c:
-        lo = -1e6                                   # f decreases without bound to the left
-        if f(lo) > 0:
-            return None
-    else:
-        r = math.sqrt(1.0 + 1.0 / n)
-        lo = xbar - (b / c) * r * math.sqrt(sxx) / math.sqrt(1.0 - (b / c) ** 2)
-        if f(lo) > 0:
-            return None
-    hi = max(lo, xbar) + 1.0
-    while f(hi) <= 0:
-        hi = xbar + 2.0 * (hi - xbar)
-        if hi > 1e6:
-            return None
-    for _ in range(200):                             # bisection: f(lo) <= 0 < f(hi)
-        mid = 0.5 * (lo + hi)
-        if f(mid) <= 0:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def component_pairs(errors: list[dict], component: str) -> list[tuple[float, float]]:

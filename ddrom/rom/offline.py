@@ -186,7 +186,7 @@ def stress_column_weights(stress_gram: np.ndarray | None, n_stress: int) -> np.n
     """``L`` (Ns, Ns) with ``L L^T = G / lambda_max(G)``: ECM columns ``eps(phi_k) : (Psi L)_j``.
 
     The ECM should integrate the internal-force integrands of the stress snapshots,
-    ``eps(phi_k) : sigma_s`` (ALGORITHMS.md). With ``sigma_s = Psi c_s`` and ``G = sum_s c_s
+    ``eps(phi_k) : sigma_s`` (docs/ALGORITHMS.md). With ``sigma_s = Psi c_s`` and ``G = sum_s c_s
     c_s^T``, the snapshot integrand matrix is ``A_Psi (I_N (x) C)`` (``C = [c_s]``) and for any
     rule the integration errors satisfy ``||E (I (x) C)||_F = ||E (I (x) L)||_F``: the N x Ns
     columns ``eps(phi_k) : (Psi L)_j`` carry the snapshots' error norm exactly (whatever the
@@ -310,7 +310,7 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
         times=np.asarray(problem.times, dtype=float), sigma_u=np.asarray(sigma_u), gappy=gappy,
         stress_at_samples=stress_at_samples,
         stress_gram=None if stress_gram is None else np.asarray(stress_gram, dtype=float),
-        info={"n_modes": N, "n_reduced_points": int(len(red_gids)), "n_gappy_extra_points": int(len(extra)),
+        info={"n_modes": N, "n_qp": int(nq), "n_reduced_points": int(len(red_gids)), "n_gappy_extra_points": int(len(extra)),
               "n_stress_modes": int(Psi3.shape[-1]), "n_p_modes": int(Phip.shape[1]) if Phip is not None else 0,
               "ecm_tol": ecm_tol, "ecm_iterations": ecm_res.n_iterations,
               "ecm_relative_residual": float(ecm_res.relative_residual), "ecm_converged": bool(ecm_res.converged)},

@@ -25,6 +25,7 @@ import scipy.linalg
 
 from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import ReturnMappingError, from_config
+from ddrom.materials.base import MaterialContext, MaterialError
 from ddrom.parallel import CollectiveError
 from ddrom.rom.inputs import OnlineInputs
 from ddrom.rom.model import ReducedModel
@@ -219,9 +220,24 @@ class ReducedSolver:
     def _strains(self, q: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.einsum("gkc,k->gc", self.E, q) + np.einsum("gdc,d->gc", self.m.E_lift, v)
 
-    def _residual(self, q, v, state_old, T_old, T, dt, fext):
+    def _context(self, t_old: float, increment: int) -> MaterialContext:
+        """Where the update happens (a UMAT gets the points' cells and numbers, as in the HF)."""
+        nq = int(self.m.info.get("n_qp", 0)) or None
+        g = self.m.point_gids
+        return MaterialContext(time=float(t_old), coords=self.m.xyz, element=None if nq is None else g // nq,
+                               point=None if nq is None else g % nq, increment=increment)
+
+    def _update(self, eps, state_old, T_old, T, dt, tangent, t_old, increment):
         try:
-            resp = self.material.update(self._strains(q, v), state_old, T_old, T, dt, tangent=True)
+            return self.material.update(eps, state_old, T_old, T, dt, tangent=tangent,
+                                        context=self._context(t_old, increment))
+        except MaterialError as exc:
+            # the march is replicated: every rank stops here with the same message
+            raise CollectiveError(f"the material stopped the reduced march (t = {t_old:g}): {exc}") from None
+
+    def _residual(self, q, v, state_old, T_old, T, dt, fext, t_old=0.0, increment=1):
+        try:
+            resp = self._update(self._strains(q, v), state_old, T_old, T, dt, True, t_old, increment)
         except ReturnMappingError as exc:
             return None, None, None, str(exc)
         contrib = np.einsum("gkc,gc->gk", self.Ew, resp.stress)
@@ -238,7 +254,7 @@ class ReducedSolver:
         v = self.dirichlet_values(t)
         T = self.temperature_at_points(t)
         fext = self.external_force(t)
-        resp, r, ref, err = self._residual(q, v, state, T_old, T, dt, fext)
+        resp, r, ref, err = self._residual(q, v, state, T_old, T, dt, fext, t_old)
         if err:
             return None, err
         norm = np.linalg.norm(r)
@@ -258,7 +274,7 @@ class ReducedSolver:
             alpha = 1.0
             while True:
                 q_try = q + alpha * dq
-                resp_t, r_t, ref_t, err = self._residual(q_try, v, state, T_old, T, dt, fext)
+                resp_t, r_t, ref_t, err = self._residual(q_try, v, state, T_old, T, dt, fext, t_old)
                 norm_t = np.linalg.norm(r_t) if err is None else math.inf
                 if not opt.line_search or norm_t <= (1 - 1e-4 * alpha) * norm or alpha < 1 / 16:
                     break
@@ -280,7 +296,7 @@ class ReducedSolver:
         state = self.material.initial_state(len(self.w))
         T = self.temperature_at_points(times[0])
         v0 = self.dirichlet_values(times[0])
-        resp0 = self.material.update(self._strains(q, v0), state, T, T, 0.0, tangent=False)
+        resp0 = self._update(self._strains(q, v0), state, T, T, 0.0, False, float(times[0]), 0)
         state = resp0.state
         nt = len(times)
         rows: dict[str, list] = {"q": [], "p": [], "s": [], "v": [], "ind": [], "inds": [], "sub": []}

@@ -874,8 +874,7 @@ def _check_temperature_files(raw: dict, points: dict[str, list[dict]], ctx: _Con
     for p in pts:
         try:
             shown = fill_placeholders(temp["file"], p, "temperature.file")
-            f = resolve(fill_placeholders(temp["file"], _file_params_resolved(p, raw, ctx.folder), "temperature.file"),
-                        ctx.folder)
+            f = resolve(shown, ctx.folder)
         except DdromError as exc:
             if "temperature.file" not in seen:
                 ctx.error("temperature.file", str(exc))
@@ -890,16 +889,6 @@ def _check_temperature_files(raw: dict, points: dict[str, list[dict]], ctx: _Con
                                           f"(looked for {f}){f' for the point {p}' if templated else ''}")
             if len([e for e in ctx.errors if e.startswith("temperature.file")]) >= 5:
                 return
-
-
-def _file_params_resolved(point: Mapping[str, Any], raw: dict, folder: Path) -> dict:
-    """A point whose file parameters are absolute paths (relative ones are relative to the case folder)."""
-    params = raw.get("parameters", {})
-    out = dict(point)
-    for n, v in point.items():
-        if params.get(n, {}).get("kind") == "file" and isinstance(v, str) and not Path(v).is_absolute():
-            out[n] = str(folder / v)
-    return out
 
 
 # ================================================================================ Case

@@ -1,0 +1,131 @@
+"""Plain ROM, enriched ROM and HF side by side on a case's test points (shared by
+``adaptive_enrichment.py``, ``temperature_fields.py`` and ``cyclic_extrapolation.py``).
+
+Everything goes through the library API (``import ddrom``): HF training sweep and offline
+(stores and ROM of an earlier run are reused when up to date), the HF run of every test
+point recomputed and timed in this process (the reference and the unit of cost: same
+ranks, same moment, so ratios mean something on a shared machine), the plain ROM,
+the calibration of every indicator component on the first ``calibrate_on`` test points,
+and the enriched ROM with the calibrated tolerances. For each run: space-time and largest
+per-step errors of u and p, enrichments, cost over the HF run, and the misses and false
+alarms of the calibrated tolerances step by step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+
+def evaluate(case: Any, comm: Any, *, calibrate_on: int | None = None, extra_tols: list[float] = (),
+             hf_test: bool = True, log=print) -> dict:
+    import ddrom
+    from ddrom.parallel import Timers
+    from ddrom.rom.calibration import calibrate_indicator, detection
+    from ddrom.rom.model import store_calibration
+    from ddrom.rom.online import INDICATOR_COMPONENTS
+    from ddrom.workflow.options import indicator_options
+    from ddrom.workflow.rom import hf_context, rom_path
+
+    context = hf_context(case, comm, Timers())
+    dm = context[0]
+    mesh = dm.summary()
+    ddrom.run_hf(case, comm, which="training", dm=dm)
+    off = ddrom.build_rom(case, comm, context=context)
+    hf = ddrom.run_hf(case, comm, which="test", resume=not hf_test, dm=dm)
+    hf_secs = {r["name"]: r["seconds"] for r in hf["sets"]["test"]["runs"]}
+    io = indicator_options(case)
+    targets = {"p": io.target, "u": io.target_u}
+    plain = ddrom.run_rom(case, comm, enrich=False, context=context, write=False)
+    err0 = ddrom.compare_runs(case, comm, plain.runs, plain.model, context=context)
+    n_cal = len(err0) if calibrate_on is None else max(1, min(calibrate_on, len(err0)))
+    cal = calibrate_indicator(err0[:n_cal], io.target, io.confidence, targets={"u": io.target_u},
+                              components=INDICATOR_COMPONENTS)
+    cal["calibrated_on"] = [e["name"] for e in err0[:n_cal]]
+    store_calibration(rom_path(case), cal, comm)
+    tolerances = dict(cal.get("tolerances") or {})
+    if cal.get("indicator_tolerance"):
+        tolerances["p"] = cal["indicator_tolerance"]
+    results: dict[str, Any] = {"case": str(case.path), "ranks": comm.size, "mesh": mesh, "targets": targets,
+                               "offline": {k: off[k] for k in ("seconds", "n_modes", "n_reduced_points",
+                                                               "n_gappy_extra_points")},
+                               "calibration": cal, "tolerances": tolerances, "hf_seconds": hf_secs,
+                               "plain": [], "enriched": []}
+    results["detection_plain"] = detection(err0, tolerances, targets)
+    for e, run in zip(err0, plain.runs):
+        results["plain"].append(_record(e, run, hf_secs))
+    sets = [("calibrated", tolerances)] + [(f"p tol {t:g}", {**tolerances, "p": t}) for t in extra_tols]
+    for label, tols in sets:
+        enr = ddrom.run_rom(case, comm, enrich=True, context=context, write=False, save_rom=False,
+                            indicator_tol=tols.get("p", 1e30),
+                            indicator_tols={k: v for k, v in tols.items() if k != "p"})
+        err = ddrom.compare_runs(case, comm, enr.runs, plain.model, context=context)
+        for e, run in zip(err, enr.runs):
+            rec = _record(e, run, hf_secs)
+            rec["tolerances"] = label
+            results["enriched"].append(rec)
+        results.setdefault("detection_enriched", {})[label] = detection(err, tols, targets)
+    return results
+
+
+def _finite_max(v) -> float:
+    a = np.array([x for x in v if x is not None and np.isfinite(x)], dtype=float)
+    return float(a.max()) if a.size else math.nan
+
+
+def _record(e: dict, run: Any, hf_secs: dict) -> dict:
+    res = run.result
+    ev = res.enrichments
+    return {"name": run.name, "params": {k: (os.path.basename(v) if isinstance(v, str) else v)
+                                         for k, v in run.params.items()},
+            "u": e["displacement"], "p": e["plastic_strain"], "stress": e["stress"],
+            "u_step_max": _finite_max(e["u_error_per_step"]), "p_step_max": _finite_max(e["p_error_per_step"]),
+            "n_enrichments": len(ev), "n_modes": res.model.n_modes if res.model is not None else None,
+            "rom_seconds": res.seconds, "hf_seconds": hf_secs.get(run.name),
+            "cost_ratio": res.seconds / hf_secs[run.name] if hf_secs.get(run.name) else None,
+            "seconds_hf_step": sum(x["seconds_hf_step"] for x in ev),
+            "seconds_update": sum(x["seconds_update"] for x in ev),
+            "events": [{k: x[k] for k in ("step", "reason", "modes_added", "points_added", "seconds")} for x in ev],
+            "extrapolation": run.inputs.extrapolation,
+            "u_error_per_step": e["u_error_per_step"], "p_error_per_step": e["p_error_per_step"],
+            "indicators_per_step": e["indicators_per_step"]}
+
+
+def table(results: dict, title: str) -> str:
+    t = results["targets"]
+    head = (f"{'ROM':<11}{'point':<34}{'err u':>9}{'u/step':>9}{'err p':>9}{'p/step':>9}{'err sig':>9}"
+            f"{'enr.':>5}{'ROM s':>8}{'HF s':>8}{'cost/HF':>8}")
+    cal = results["calibration"]
+    comps = cal.get("components", {})
+    lines = [title,
+             "tolerances (calibrated on " + ", ".join(cal.get("calibrated_on", [])) + "): " +
+             ", ".join(f"{k} {v:.3g}" + (" (fallback)" if comps.get(k, {}).get("fallback") else "")
+                       for k, v in results["tolerances"].items()) +
+             "; r(log): " + ", ".join(f"{k} {c.get('pearson_log', float('nan')):.3f}" for k, c in comps.items()),
+             f"targets: u {t['u']:g}, p {t['p']:g} (per step)", head, "-" * len(head)]
+    for kind, recs in (("plain", results["plain"]), ("enriched", results["enriched"])):
+        for r in recs:
+            point = ", ".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}" for k, v in r["params"].items())
+            lines.append(f"{kind:<11}{point[:33]:<34}{r['u']:>9.1e}{r['u_step_max']:>9.1e}{r['p']:>9.1e}"
+                         f"{r['p_step_max']:>9.1e}{r['stress']:>9.1e}{r['n_enrichments']:>5d}"
+                         f"{r['rom_seconds']:>8.2f}{(r['hf_seconds'] or float('nan')):>8.1f}"
+                         f"{(r['cost_ratio'] or float('nan')):>8.3f}")
+    d = results["detection_plain"]
+    lines.append(f"detection on the plain runs: {d['needed']} of {d['steps']} steps above a target, "
+                 f"{d['flagged']} flagged, {d['missed']} missed, {d['false_alarms']} false alarms")
+    for label, d in results.get("detection_enriched", {}).items():
+        lines.append(f"after enrichment ({label}): {d['needed']} steps above a target, {d['missed']} missed "
+                     f"{d['missed_steps'][:6]}")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path: str) -> None:
+    from ddrom.workflow.rom import json_default, strict_json
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(strict_json(results), f, indent=2, default=json_default, allow_nan=False)
+    os.replace(tmp, path)
