@@ -73,3 +73,93 @@ def clean_mpi_env() -> dict:
                                                                       "OMPI_MCA_orte", "OMPI_FILE"))}
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return env
+
+
+# ---------------------------------------------------------------- shared case files
+#: A small thermo-viscoplastic box whose training is imported from files (test_import*).
+IMPORT_CASE = """
+[case]
+name = "{name}"
+
+[mesh]
+generator = "box"
+args = {{ lx = 1.0, ly = 1.0, lz = 1.0, nx = 3, ny = 2, nz = 2 }}
+
+[material]
+law = "chaboche"
+E = {{ T = [20.0, 800.0], value = [200e3, 150e3] }}
+nu = 0.3
+alpha = 1.2e-5
+T_ref = 20.0
+sigma_y = {{ T = [20.0, 800.0], value = [200.0, 120.0] }}
+H = 1000.0
+C = 20e3
+gamma = 100.0
+K = 150.0
+N = 5.0
+
+[parameters]
+u_max = {{ min = 0.001, max = 0.01, default = 0.005 }}
+T_max = {{ min = 20.0, max = 600.0, default = 300.0 }}
+
+[time]
+t_end = 3.0
+n_steps = 6
+
+[loads]
+dirichlet = [
+  {{ region = "xmin", components = ["x"] }},
+  {{ region = "ymin", components = ["y"] }},
+  {{ region = "zmin", components = ["z"] }},
+  {{ region = "xmax", components = ["x"], value = "u_max * (ramp(t, 1) - ramp(t - 2, 1))" }},
+]
+
+[temperature]
+expression = "20 + (T_max - 20) * ramp(t, 1) * (0.8 + 0.2 * x)"
+T_ref = 20.0
+
+[training]
+values = [{{ u_max = 0.004, T_max = 100.0 }}, {{ u_max = 0.008, T_max = 500.0 }}]
+"""
+IMPORT_BOX = dict(lx=1.0, ly=1.0, lz=1.0, nx=3, ny=2, nz=2)
+
+
+def write_import_case(d: str, name: str, comm=MPI.COMM_WORLD) -> str:
+    """IMPORT_CASE named ``name`` in folder ``d`` (rank 0 writes; every rank gets the path)."""
+    import os
+
+    path = os.path.join(d, f"{name}.toml")
+    if comm.rank == 0:
+        with open(path, "w") as f:
+            f.write(IMPORT_CASE.format(name=name))
+    comm.Barrier()
+    return path
+
+
+def import_box_mesh(**kw):
+    """The serial mesh of IMPORT_CASE (keyword arguments override the box's)."""
+    from ddrom.mesh.generators import generate
+
+    return generate("box", **{**IMPORT_BOX, **kw})
+
+
+def all_ok(ok: bool, msg: str, comm=MPI.COMM_WORLD) -> None:
+    """Collective assertion: fails on every rank with the first failing rank's message."""
+    bad = [m for m in comm.allgather(None if ok else msg) if m]
+    assert not bad, bad[0]
+
+
+def tiny_case_text() -> str:
+    """cases/tiny.toml."""
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "cases" / "tiny.toml").read_text()
+
+
+def write_case(tmp, text: str, name: str = "case.toml"):
+    """Write a case file's text into folder ``tmp``; returns its path."""
+    from pathlib import Path
+
+    p = Path(tmp) / name
+    p.write_text(text)
+    return p

@@ -31,6 +31,8 @@ from ddrom.parallel import DdromError
 
 from helpers import distributed, gather_natural
 
+pytestmark = pytest.mark.slow
+
 COMM = MPI.COMM_WORLD
 CCX = shutil.which("ccx")
 needs_ccx = pytest.mark.skipif(CCX is None, reason="CalculiX (ccx) is not installed: apt-get install calculix-ccx "

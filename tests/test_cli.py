@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -10,21 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ddrom_cli
+from helpers import ddrom_cli, tiny_case_text, write_case
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 DDROM = str(Path(sys.executable).parent / "ddrom")
-TINY = (ROOT / "cases" / "tiny.toml").read_text()
-
-
-def run(np_: int, *args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return ddrom_cli(np_, *args, cwd=cwd, timeout=timeout)
-
-
-def write_case(tmp: Path, text: str, name: str = "case.toml") -> Path:
-    p = tmp / name
-    p.write_text(text)
-    return p
+TINY = tiny_case_text()
+run = ddrom_cli
 
 
 def test_version_and_info():

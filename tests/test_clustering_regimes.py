@@ -23,6 +23,8 @@ from mpi4py import MPI
 
 import ddrom  # noqa: F401
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CASE = """

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.infra
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "localhost/ddrom:test"
 BASE = "docker.io/library/debian:bookworm-slim"

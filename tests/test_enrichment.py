@@ -19,6 +19,8 @@ from mpi4py import MPI
 import ddrom  # noqa: F401
 from ddrom.parallel import CollectiveError
 
+pytestmark = pytest.mark.slow
+
 TOL = 1e-3
 
 CASE = """

@@ -71,3 +71,19 @@ def test_api_and_cli_build_the_same_rom_file(tmp_path):
             assert a[k] == b[k], k
         else:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_hot_spots_case_and_its_thermal_code_stand_in(tmp_path):
+    """examples/write_hot_spots.py writes the fields cases/hot_spots.toml names: the case
+    (copied next to them) validates, with one file per training and test point."""
+    import shutil
+
+    import ddrom
+
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "write_hot_spots.py"), str(tmp_path / "fields")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    shutil.copy(ROOT / "cases" / "hot_spots.toml", tmp_path / "hot_spots.toml")
+    case = ddrom.load_case(tmp_path / "hot_spots.toml")
+    files = {p["field"] for p in case.training_parameters() + case.test_parameters()}
+    assert len(files) == 10 and all((tmp_path / f).is_file() for f in files)

@@ -14,58 +14,18 @@ from mpi4py import MPI
 import ddrom  # noqa: F401
 from ddrom.parallel import DdromError
 
+from helpers import all_ok as _all_ok
 from helpers import gather_natural
+from helpers import import_box_mesh as _box_mesh
+from helpers import write_import_case as _write_case
+
+pytestmark = pytest.mark.slow
 
 COMM = MPI.COMM_WORLD
 
 # Viscoplastic Chaboche law with temperature-dependent E and sigma_y, a parameter-dependent
 # temperature and a load-then-hold-then-unload path: the replay must get the temperature,
 # the time increments and the internal-variable history right, not just Hooke's law.
-CASE = """
-[case]
-name = "{name}"
-
-[mesh]
-generator = "box"
-args = {{ lx = 1.0, ly = 1.0, lz = 1.0, nx = 3, ny = 2, nz = 2 }}
-
-[material]
-law = "chaboche"
-E = {{ T = [20.0, 800.0], value = [200e3, 150e3] }}
-nu = 0.3
-alpha = 1.2e-5
-T_ref = 20.0
-sigma_y = {{ T = [20.0, 800.0], value = [200.0, 120.0] }}
-H = 1000.0
-C = 20e3
-gamma = 100.0
-K = 150.0
-N = 5.0
-
-[parameters]
-u_max = {{ min = 0.001, max = 0.01, default = 0.005 }}
-T_max = {{ min = 20.0, max = 600.0, default = 300.0 }}
-
-[time]
-t_end = 3.0
-n_steps = 6
-
-[loads]
-dirichlet = [
-  {{ region = "xmin", components = ["x"] }},
-  {{ region = "ymin", components = ["y"] }},
-  {{ region = "zmin", components = ["z"] }},
-  {{ region = "xmax", components = ["x"], value = "u_max * (ramp(t, 1) - ramp(t - 2, 1))" }},
-]
-
-[temperature]
-expression = "20 + (T_max - 20) * ramp(t, 1) * (0.8 + 0.2 * x)"
-T_ref = 20.0
-
-[training]
-values = [{{ u_max = 0.004, T_max = 100.0 }}, {{ u_max = 0.008, T_max = 500.0 }}]
-"""
-BOX = dict(lx=1.0, ly=1.0, lz=1.0, nx=3, ny=2, nz=2)
 
 
 @pytest.fixture
@@ -75,27 +35,6 @@ def shared_dir():
     COMM.Barrier()
     if COMM.rank == 0:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _write_case(d: str, name: str) -> str:
-    path = os.path.join(d, f"{name}.toml")
-    if COMM.rank == 0:
-        with open(path, "w") as f:
-            f.write(CASE.format(name=name))
-    COMM.Barrier()
-    return path
-
-
-def _box_mesh(**kw):
-    from ddrom.mesh.generators import generate
-
-    return generate("box", **{**BOX, **kw})
-
-
-def _all_ok(ok: bool, msg: str) -> None:
-    bad = COMM.allgather(None if ok else msg)
-    bad = [m for m in bad if m]
-    assert not bad, bad[0]
 
 
 @pytest.mark.mpi

@@ -36,7 +36,7 @@ except Exception as _exc:  # noqa: BLE001 - any import failure means "not usable
     HAVE_DOLFINX = False
     _WHY = f"dolfinx is not importable ({type(_exc).__name__}: {_exc}); install Debian's python3-dolfinx"
 
-pytestmark = pytest.mark.skipif(not HAVE_DOLFINX, reason=_WHY if not HAVE_DOLFINX else "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAVE_DOLFINX, reason=_WHY if not HAVE_DOLFINX else "")]
 
 L, NX, NY, NZ = (2.0, 1.0, 1.0), 4, 2, 2
 E, NU = 200e3, 0.3

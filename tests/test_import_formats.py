@@ -19,7 +19,11 @@ import ddrom  # noqa: F401
 from ddrom.parallel import DdromError
 
 from helpers import gather_natural
-from test_import import _all_ok, _box_mesh, _write_case
+from helpers import all_ok as _all_ok
+from helpers import import_box_mesh as _box_mesh
+from helpers import write_import_case as _write_case
+
+pytestmark = pytest.mark.slow
 
 COMM = MPI.COMM_WORLD
 SQ2 = np.sqrt(2.0)

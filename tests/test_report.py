@@ -6,15 +6,18 @@ import json
 import re
 
 import pytest
-from test_cli import TINY, run, write_case
+from helpers import ddrom_cli as run
+from helpers import tiny_case_text, write_case
 
 from ddrom.workflow.report import fmt, markdown_to_html, speedup_numbers
+
+pytestmark = pytest.mark.slow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_of_tiny_run(tmp_path):
-    case = write_case(tmp_path, TINY)
+    case = write_case(tmp_path, tiny_case_text())
     r = run(2, "run", str(case), "--quiet")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out" / "tiny"

@@ -11,6 +11,8 @@ from mpi4py import MPI
 import ddrom  # noqa: F401
 from ddrom.parallel import DdromError
 
+pytestmark = pytest.mark.slow
+
 CASE = """
 [case]
 name = "{name}"
@@ -88,8 +90,7 @@ def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
 
 @pytest.mark.mpi
 def test_plastic_rom_training_and_test_parameters(shared_tmp):
-    from ddrom.workflow.hf import hf_sweep
-    from ddrom.workflow.rom import build_rom, run, run_rom
+    from ddrom.workflow.rom import run, run_rom
     from ddrom.rom.model import load_model
 
     comm = MPI.COMM_WORLD

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.infra
+
 REPO = Path(__file__).resolve().parents[1]
 JOBSCRIPTS = REPO / "jobscripts"
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]

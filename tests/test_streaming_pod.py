@@ -13,6 +13,8 @@ from ddrom.reduction.streaming import IncrementalPOD, hapod
 
 from helpers import cuts, gather, local  # noqa: E402  (uneven row partitions)
 
+pytestmark = pytest.mark.slow
+
 
 def trajectory(n=600, m=240, seed=0):
     """Snapshots with geometric spectrum 0.75^i plus noise of relative size 1e-10."""

@@ -212,7 +212,8 @@ def _online_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--indicator-tols", action="append", default=[], metavar="COMPONENT=TOL",
                    help="tolerance of another component: stress=TOL, temperature=TOL (repeatable; default: "
                         "[rom.enrichment] indicator_tols, then the calibrated ones)")
-    g.add_argument("--max-enrichments", type=int, metavar="N", help="at most N HF steps per run")
+    g.add_argument("--max-enrichments", type=int, metavar="N",
+                   help="at most N HF steps per run (default: [rom.enrichment] max_enrichments, 10)")
     g.add_argument("--save-rom", metavar="PATH",
                    help="write the enriched ROM here (one --param point; default OUTPUT/rom_enriched_<run>.h5)")
     g.add_argument("--no-save-rom", dest="save_rom", action="store_false", default=None,
@@ -329,8 +330,9 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", type=int, nargs="+", metavar="N", help="basis sizes (default 1, 2, 4, ... 32)")
     p.add_argument("--dissimilarity", default="grassmann_max",
                    help="grassmann_max | grassmann_rss | euclidean_trajectory (default grassmann_max)")
-    p.add_argument("--error-target", type=float, help="relative projection error wanted (recommendation)")
-    p.add_argument("--budget", type=float, help="offline cost budget relative to the global basis")
+    p.add_argument("--error-target", type=float,
+                   help="relative projection error wanted (a recommendation is printed only with it)")
+    p.add_argument("--budget", type=float, help="offline cost budget relative to the global basis (default: none)")
 
 
 def _run_rows(s: dict) -> list[tuple[str, Any]]:
@@ -404,7 +406,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="parameter values (repeatable; with --table/--pattern: for the parameters they do "
                         "not give; missing ones take their default)")
-    p.add_argument("--field", default="displacement", help="point field holding the displacement")
+    p.add_argument("--field", default="displacement", help="point field holding the displacement (default: displacement)")
     p.add_argument("--stress-field", metavar="NAME",
                    help="also read this stress field (cell or point data; 9 or 6 components) and report "
                         "its difference to the replayed stress (cell averages)")
@@ -413,8 +415,10 @@ def _import_args(p: argparse.ArgumentParser) -> None:
                         "nodes by coordinates, or auto: keep when it fits, else match (default)")
     p.add_argument("--name", help="simulation name (default: the matching training point, else import_NNN; "
                                   "--series only)")
+    from ddrom.io.importers import DEFAULT_COORD_RTOL
+
     p.add_argument("--coord-rtol", type=float, metavar="TOL",
-                   help="node coordinate tolerance relative to the mesh diagonal (default 1e-6)")
+                   help=f"node coordinate tolerance relative to the mesh diagonal (default {DEFAULT_COORD_RTOL:g})")
     p.add_argument("--finalize", action="store_true",
                    help="finalize the training store now (it is finalized anyway once every training "
                         "point is imported)")

@@ -479,21 +479,35 @@ class GappyPOD:
         Phi_I = gather_point_rows(Phi, gid, ids, c, ncomp)
         self._setup(Phi_I, ids, int(ncomp))
 
+    @classmethod
+    def from_samples(cls, Phi_I: Any, sample_ids: Any, ncomp: int = 1, strict: bool = True) -> "GappyPOD":
+        """From the sampled basis itself (replicated; no communication).
+
+        ``strict=False`` accepts a rank-deficient ``Phi_I`` (e.g. a basis whose modes were not
+        chosen for these points, such as the stress basis at the ECM points): the fit is then
+        the minimum-norm least-squares solution and the residual is measured against the
+        numerical range of ``Phi_I`` (its left singular vectors above ``1e-12 sigma_1``).
+        """
+        self = cls.__new__(cls)
+        self._setup(np.asarray(Phi_I, dtype=np.float64), np.asarray(sample_ids).astype(np.int64).ravel(),
+                    int(ncomp), strict=strict)
+        return self
+
     # the small replicated part, shared with from_dict
-    def _setup(self, Phi_I: np.ndarray, ids: np.ndarray, ncomp: int) -> None:
+    def _setup(self, Phi_I: np.ndarray, ids: np.ndarray, ncomp: int, strict: bool = True) -> None:
         rows, N = Phi_I.shape
-        if N == 0:
+        if N == 0 and strict:
             raise DdromError("empty basis (0 modes)")
         if rows != ids.size * ncomp:
             raise DdromError(f"Phi_I has {rows} rows, expected {ids.size} x {ncomp}")
-        if rows < N:
+        if rows < N and strict:
             raise DdromError(f"{ids.size} sample points x {ncomp} components = {rows} rows "
                              f"< {N} modes: the least-squares fit is underdetermined")
         if not np.all(np.isfinite(Phi_I)):
             raise DdromError("the sampled basis contains NaN or Inf")
-        s = np.linalg.svd(Phi_I, compute_uv=False)
-        cond = float(s[0] / s[-1]) if s[-1] > 0 else np.inf
-        if not cond <= MAX_COND:
+        s = np.linalg.svd(Phi_I, compute_uv=False) if N else np.zeros(0)
+        cond = float(s[0] / s[-1]) if N and s[-1] > 0 else np.inf
+        if not cond <= MAX_COND and strict:
             raise DdromError(f"the sampled basis is rank deficient (condition number "
                              f"{cond:.3g} > {MAX_COND:g}): choose the sample points with "
                              "qdeim_points")
@@ -504,7 +518,16 @@ class GappyPOD:
         self.n_points = int(ids.size)
         self.cond = cond
         self.redundancy = rows - N
-        self._Q, self._R = np.linalg.qr(Phi_I)
+        self._pinv = None
+        if cond <= MAX_COND:
+            self._Q, self._R = np.linalg.qr(Phi_I)
+        else:
+            # rank deficient (strict=False): the numerical range for the residual, the
+            # pseudo-inverse for the minimum-norm coefficients
+            U, sv, _ = np.linalg.svd(Phi_I, full_matrices=False)
+            keep = sv > 1e-12 * sv[0] if sv.size else np.zeros(0, dtype=bool)
+            self._Q, self._R = U[:, keep], None
+            self._pinv = np.linalg.pinv(Phi_I, rcond=1e-12) if N else np.zeros((0, rows))
 
     # ------------------------------------------------------------------ online
     def _as_rows(self, p_I: Any) -> tuple[np.ndarray, bool]:
@@ -522,7 +545,7 @@ class GappyPOD:
 
     def _solve(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         QtP = self._Q.T @ P
-        a = scipy.linalg.solve_triangular(self._R, QtP)
+        a = scipy.linalg.solve_triangular(self._R, QtP) if self._pinv is None else self._pinv @ P
         return a, QtP
 
     def fit(self, p_I: Any) -> np.ndarray:
@@ -552,23 +575,24 @@ class GappyPOD:
         E = self._indicator(P, QtP)
         return (a[:, 0], float(E[0])) if single else (a, E)
 
-    def _indicator(self, P: np.ndarray, QtP: np.ndarray) -> np.ndarray:
+    def _indicator(self, P: np.ndarray, QtP: np.ndarray, floor: float = 0.0) -> np.ndarray:
         # residual formed explicitly, p - Q (Q^T p), not as sqrt(|p|^2 - |Q^T p|^2):
         # the subtraction of squares loses everything below ~1e-8 relative.
         res = np.linalg.norm(P - self._Q @ QtP, axis=0)
-        nrm = np.linalg.norm(P, axis=0)
+        nrm = np.maximum(np.linalg.norm(P, axis=0), floor)
         return np.divide(res, nrm, out=np.zeros_like(res), where=nrm > 0)
 
-    def indicator(self, p_I: Any) -> Any:
-        """Relative residual of the fit, ``E = ||p_I - Phi_I a||_2 / ||p_I||_2``.
+    def indicator(self, p_I: Any, floor: float = 0.0) -> Any:
+        """Relative residual of the fit, ``E = ||p_I - Phi_I a||_2 / max(||p_I||_2, floor)``.
 
         ``E = 0`` when ``p_I = 0``. ``0 <= E <= 1``; ``E`` is 0 up to round-off
-        (``~1e-15 cond``) when ``p`` is in the span of ``Phi``. Returns a float, or an
-        array of ``m`` values for ``m`` fields.
+        (``~1e-15 cond``) when ``p`` is in the span of ``Phi``. ``floor`` keeps a field at
+        round-off level (the onset of plasticity) from reading as a relative residual of
+        order one. Returns a float, or an array of ``m`` values for ``m`` fields.
         """
         P, single = self._as_rows(p_I)
-        _, QtP = self._solve(P)
-        E = self._indicator(P, QtP)
+        QtP = self._Q.T @ P
+        E = self._indicator(P, QtP, floor)
         return float(E[0]) if single else E
 
     def reconstruct_local(self, a: Any, Phi_loc: Any) -> np.ndarray:

@@ -86,32 +86,27 @@ def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None,
                        tol: float) -> tuple[np.ndarray, bool, float, np.ndarray]:
     """Append ``x`` to the row-distributed basis ``B`` (orthonormal in ``<a, b> = sum w a b``).
 
-    Classical Gram-Schmidt twice (one allreduce of ``B^T W r`` per pass, which is what
-    makes it "twice is enough" accurate); the new direction is kept when its relative
-    residual ``||r|| / ||x||`` exceeds ``tol``. Returns (basis, appended, relative residual,
-    coefficients of ``x`` in the returned basis: the two passes' projections, and ``||r||``
-    on an appended mode since ``x = B c + r``), the same on every rank (sums broadcast
-    from rank 0).
+    Classical Gram-Schmidt twice (:func:`ddrom.reduction.pod.cgs2`: one allreduce per pass,
+    sums broadcast from rank 0 so that the decision is the same everywhere); the new
+    direction is kept when its relative residual ``||r|| / ||x||`` exceeds ``tol``. Returns
+    (basis, appended, relative residual, coefficients of ``x`` in the returned basis: the
+    two passes' projections, and ``||r||`` on an appended mode since ``x = B c + r``).
     """
-    w = np.ones(len(x)) if weights is None else weights
+    from ddrom.reduction.inner import Diagonal, Euclidean
+    from ddrom.reduction.pod import cgs2
 
-    def dot(a, b):
-        return allreduce_sum(np.atleast_1d(a.T @ (w * b) if a.ndim == 2 else np.dot(a, w * b)), comm)
-
-    c = np.zeros(B.shape[1])
-    nx = math.sqrt(float(dot(x, x)[0]))
+    inner = Euclidean() if weights is None else Diagonal(weights)
+    x = np.asarray(x, dtype=float)
+    nx = math.sqrt(float(allreduce_sum(np.array([x @ inner.apply(x).ravel()]), comm)[0]))
     if nx == 0.0:
-        return B, False, 0.0, c
-    r = x.astype(float).copy()
-    for _ in range(2):
-        if B.shape[1]:
-            cp = dot(B, r)
-            r -= B @ cp
-            c += cp
-    nr = math.sqrt(float(dot(r, r)[0]))
-    if nr <= tol * nx:
-        return B, False, nr / nx, c
-    return np.column_stack([B, r / nr]), True, nr / nx, np.append(c, nr)
+        return B, False, 0.0, np.zeros(B.shape[1])
+    Q_new, C, R = cgs2(x, inner, comm, Q_loc=B if B.shape[1] else None, drop_rtol=tol)
+    c = C[:, 0] if B.shape[1] else np.zeros(0)
+    if Q_new.shape[1]:
+        return np.column_stack([B, Q_new]), True, float(R[0, 0]) / nx, np.append(c, R[0, 0])
+    r = x - B @ c                                 # dropped: its (small) residual, for the record
+    nr = math.sqrt(max(float(allreduce_sum(np.array([r @ inner.apply(r).ravel()]), comm)[0]), 0.0))
+    return B, False, nr / nx, c
 
 
 def _gram_update(G: np.ndarray | None, c: np.ndarray) -> np.ndarray | None:

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-import scipy.linalg
 
 from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import ReturnMappingError, from_config
 from ddrom.materials.base import MaterialContext, MaterialError
 from ddrom.parallel import CollectiveError
+from ddrom.reduction.gappy import GappyPOD
 from ddrom.rom.inputs import OnlineInputs
 from ddrom.rom.model import ReducedModel
 
@@ -118,18 +118,21 @@ class ReducedSolver:
         self.Ew = model.E * model.weights[:, None, None]
         N = model.E.shape[1]
         self._E_flat = np.ascontiguousarray(model.E.transpose(1, 0, 2).reshape(N, -1).T)   # (K 6, N)
-        self._gappy_Q = None
+        # the three Gappy fits at the ROM's points (ddrom.reduction.gappy.GappyPOD): p at its
+        # sample points, the stress and the temperature at all points (the latter also at the
+        # sensors); the stress and temperature bases were not sampled for these points, so a
+        # rank-deficient sampled basis is accepted (minimum-norm fit, residual on its range)
+        self._p_gappy = None
         if model.gappy is not None:
             g = model.gappy
-            self._gappy_Q, self._gappy_R = np.linalg.qr(g.basis_at_samples)
+            self._p_gappy = GappyPOD.from_samples(g.basis_at_samples, g.sample_index, strict=False)
             self._gappy_idx = g.sample_index
-        # least-squares stress coefficients from the K sampled stresses: one small matvec per step
         S = model.stress_at_samples
-        self._stress_pinv = np.linalg.pinv(S.reshape(-1, S.shape[-1])) if S is not None else None
-        self._stress_Q = np.linalg.qr(S.reshape(-1, S.shape[-1]))[0] if S is not None else None
+        self._s_gappy = None if S is None else GappyPOD.from_samples(S.reshape(-1, S.shape[-1]),
+                                                                     np.arange(len(model.weights)), 6, strict=False)
         td = model.temperature_data
-        self._temp_Q = None if td is None else np.linalg.qr(td.basis)[0] if td.basis.shape[1] else \
-            np.zeros((td.basis.shape[0], 0))
+        self._t_gappy = None if td is None else GappyPOD.from_samples(td.basis, np.arange(td.basis.shape[0]),
+                                                                      strict=False)
 
     # ------------------------------------------------------------------ data
     def _env(self, t: float) -> dict:
@@ -166,21 +169,10 @@ class ReducedSolver:
         onset of plasticity (p at round-off level, whose relative residual is of order
         one and meaningless) from raising the indicator.
         """
-        if self._gappy_Q is None:
+        if self._p_gappy is None:
             return math.nan
-        pI = p[self._gappy_idx]
-        nrm = max(float(np.linalg.norm(pI)), INDICATOR_FLOOR * float(self.m.info.get("p_sample_scale", 0.0)))
-        if nrm == 0.0:
-            return 0.0
-        res = pI - self._gappy_Q @ (self._gappy_Q.T @ pI)
-        return float(np.linalg.norm(res)) / nrm
-
-    def _residual_ratio(self, Q: np.ndarray, v: np.ndarray, scale: float) -> float:
-        """``||v - Q Q^T v|| / max(||v||, INDICATOR_FLOOR scale)`` (0 for a zero v)."""
-        nrm = max(float(np.linalg.norm(v)), INDICATOR_FLOOR * scale)
-        if nrm == 0.0:
-            return 0.0
-        return float(np.linalg.norm(v - Q @ (Q.T @ v))) / nrm
+        return self._p_gappy.indicator(p[self._gappy_idx],
+                                       INDICATOR_FLOOR * float(self.m.info.get("p_sample_scale", 0.0)))
 
     def indicators(self, p: np.ndarray, stress: np.ndarray, t: float) -> dict[str, float]:
         """The indicator components of a step (:data:`INDICATOR_COMPONENTS`; nan when the model
@@ -189,26 +181,27 @@ class ReducedSolver:
         at INDICATOR_FLOOR times the training's largest sampled norm."""
         out = {"p": self.indicator(p), "stress": math.nan, "temperature": math.nan}
         info = self.m.info
-        if self._stress_Q is not None:
-            out["stress"] = self._residual_ratio(self._stress_Q, np.asarray(stress).reshape(-1),
-                                                 float(info.get("stress_sample_scale", 0.0)))
+        if self._s_gappy is not None:
+            out["stress"] = self._s_gappy.indicator(np.asarray(stress).reshape(-1),
+                                                    INDICATOR_FLOOR * float(info.get("stress_sample_scale", 0.0)))
         td = self.m.temperature_data
         if td is not None:
             v = self.inputs.temperature.with_sensors(t) - td.T_ref
-            out["temperature"] = self._residual_ratio(self._temp_Q, v, float(info.get("temperature_sample_scale",
-                                                                                        0.0)))
+            out["temperature"] = self._t_gappy.indicator(
+                v, INDICATOR_FLOOR * float(info.get("temperature_sample_scale", 0.0)))
         return out
 
     def p_coefficients(self, p: np.ndarray) -> np.ndarray:
         """a = argmin ||Phi_I a - p_I|| (empty without Gappy data)."""
-        if self._gappy_Q is None:
+        if self._p_gappy is None:
             return np.zeros(0)
-        return scipy.linalg.solve_triangular(self._gappy_R, self._gappy_Q.T @ p[self._gappy_idx])
+        return self._p_gappy.fit(p[self._gappy_idx])
 
     def stress_coefficients(self, stress: np.ndarray) -> np.ndarray:
-        if self._stress_pinv is None:
+        """b = argmin ||Psi_I b - sigma_I|| over all the model's points (minimum norm)."""
+        if self._s_gappy is None:
             return np.zeros(0)
-        return self._stress_pinv @ stress.reshape(-1)
+        return self._s_gappy.fit(np.asarray(stress).reshape(-1))
 
     # ---------------------------------------------------------------- march
     def _tangent(self, D: np.ndarray) -> np.ndarray:
