@@ -71,6 +71,13 @@ def evaluate(case: Any, comm: Any, *, calibrate_on: int | None = None, extra_tol
     return results
 
 
+def events(ev: list[dict]) -> list[dict]:
+    """The enrichment events of a run, with their time split (replay, HF step, update and its parts)."""
+    keys = ("step", "reason", "modes_added", "points_added", "seconds", "seconds_replay", "seconds_hf_step",
+            "seconds_update", "update_split", "hf_newton_iterations")
+    return [{k: x[k] for k in keys if k in x} for x in ev]
+
+
 def _finite_max(v) -> float:
     a = np.array([x for x in v if x is not None and np.isfinite(x)], dtype=float)
     return float(a.max()) if a.size else math.nan
@@ -86,9 +93,10 @@ def _record(e: dict, run: Any, hf_secs: dict) -> dict:
             "n_enrichments": len(ev), "n_modes": res.model.n_modes if res.model is not None else None,
             "rom_seconds": res.seconds, "hf_seconds": hf_secs.get(run.name),
             "cost_ratio": res.seconds / hf_secs[run.name] if hf_secs.get(run.name) else None,
+            "seconds_replay": sum(x["seconds_replay"] for x in ev),
             "seconds_hf_step": sum(x["seconds_hf_step"] for x in ev),
             "seconds_update": sum(x["seconds_update"] for x in ev),
-            "events": [{k: x[k] for k in ("step", "reason", "modes_added", "points_added", "seconds")} for x in ev],
+            "events": events(ev),
             "extrapolation": run.inputs.extrapolation,
             "u_error_per_step": e["u_error_per_step"], "p_error_per_step": e["p_error_per_step"],
             "indicators_per_step": e["indicators_per_step"]}

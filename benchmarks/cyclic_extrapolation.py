@@ -93,7 +93,7 @@ values = [{{ T_max = 700.0, S_max = 130.0 }}]
 
 
 def main() -> None:
-    from _enrichment import _finite_max, write_json
+    from _enrichment import _finite_max, events, write_json
 
     from ddrom.parallel import Timers
     from ddrom.rom.calibration import calibrate_indicator
@@ -148,7 +148,8 @@ def main() -> None:
                 "rom": label, "name": run.name, "params": run.params, "u": e["displacement"],
                 "p": e["plastic_strain"], "stress": e["stress"], "u_step_max": _finite_max(e["u_error_per_step"]),
                 "p_step_max": _finite_max(e["p_error_per_step"]), "n_enrichments": res.n_enrichments,
-                "enrichment_steps": [ev["step"] for ev in res.enrichments], "rom_seconds": res.seconds,
+                "enrichment_steps": [ev["step"] for ev in res.enrichments], "events": events(res.enrichments),
+                "rom_seconds": res.seconds, "enrichment_seconds": res.enrichment_seconds,
                 "speedup": hf_seconds[run.name] / res.seconds, "extrapolation": run.inputs.extrapolation,
                 "u_error_per_step": e["u_error_per_step"], "p_error_per_step": e["p_error_per_step"],
                 "indicators_per_step": e["indicators_per_step"]})

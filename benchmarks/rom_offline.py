@@ -70,7 +70,7 @@ def main() -> None:
                           pod_tol=args.pod_tol, ecm_tol=args.ecm_tol)) if comm.rank == 0 else None
     path = comm.bcast(path, root=0)
     t0 = time.perf_counter()
-    hf = hf_sweep(path, comm, which="training", quiet=True)
+    hf = hf_sweep(path, comm, which="training")
     t_hf = time.perf_counter() - t0
     # the snapshot reads inside the POD/Gappy stages, timed by wrapping the store from outside
     from ddrom.io.store import SnapshotStore

@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ddrom.workflow.hf import hf_sweep
-    from ddrom.workflow.rom import offline, rom_path
+    from ddrom.workflow.rom import build_rom, rom_path
     from ddrom.workflow.build import load_case_collectively
     from ddrom.rom.model import load_model
     from ddrom.rom.online import ReducedSolver
@@ -72,7 +72,7 @@ def main() -> None:
                               ecm_tol=args.ecm_tol)) if comm.rank == 0 else None
         path = comm.bcast(path, root=0)
         t0 = time.perf_counter()
-        hf = hf_sweep(path, comm, which="training", quiet=True)
+        hf = hf_sweep(path, comm, which="training")
         t_hf = time.perf_counter() - t0
         off = build_rom(path, comm)
         case = load_case_collectively(path, comm)

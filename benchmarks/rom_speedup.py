@@ -99,7 +99,7 @@ def main() -> None:
     contexts: list = []
     _capture(rom_pipeline, "hf_context", contexts)
     _capture(rom_pipeline, "hf_sweep", sweeps)
-    _capture(rom_pipeline, "offline", offlines)
+    _capture(rom_pipeline, "build_rom", offlines)
     comm.Barrier()
     t0 = time.perf_counter()
     s = rom_pipeline.run(path, comm)
