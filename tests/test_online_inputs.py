@@ -43,19 +43,24 @@ def write_xdmf_series(path: Path, points, cells, frames) -> None:
             w.write_data(t, point_data=data)
 
 
-def write_fields(folder: Path, specs: dict[str, tuple[float, float]]) -> None:
+def write_fields_serial(folder: Path, specs: dict[str, tuple[float, float]]) -> None:
     """Hot-spot fields on the box's nodes (natural order): XDMF time series of one step, and VTU."""
     import meshio
 
     from ddrom.mesh.generators import generate
 
+    m = generate("box", **BOX)
+    for name, (xc, amp) in specs.items():
+        T = hot_spot(m.points, xc, amp)
+        write_xdmf_series(folder / f"{name}.xdmf", m.points, [(m.cell_type, m.cells)], [(0.0, {"T": T})])
+        meshio.write(str(folder / f"{name}.vtu"), meshio.Mesh(m.points, [(m.cell_type, m.cells)],
+                                                                point_data={"T": T}))
+
+
+def write_fields(folder: Path, specs: dict[str, tuple[float, float]]) -> None:
+    """:func:`write_fields_serial` on rank 0, every rank waits."""
     if COMM.rank == 0:
-        m = generate("box", **BOX)
-        for name, (xc, amp) in specs.items():
-            T = hot_spot(m.points, xc, amp)
-            write_xdmf_series(folder / f"{name}.xdmf", m.points, [(m.cell_type, m.cells)], [(0.0, {"T": T})])
-            meshio.write(str(folder / f"{name}.vtu"), meshio.Mesh(m.points, [(m.cell_type, m.cells)],
-                                                                    point_data={"T": T}))
+        write_fields_serial(folder, specs)
     COMM.Barrier()
 
 
@@ -325,3 +330,18 @@ def test_api_exports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"          # import ddrom stays light
     assert json.loads(json.dumps(sorted(ddrom.__all__)))
+
+
+def test_store_hash_follows_the_content_of_temperature_files(tmp_path):
+    """A temperature field edited in place (same file name) changes the store hash: the HF
+    stores of the old field are not taken for up to date."""
+    import shutil
+
+    d = Path(COMM.bcast(str(tmp_path) if COMM.rank == 0 else None, root=0))
+    if COMM.rank == 0:
+        write_fields_serial(d, {"f1": (0.8, 300.0), "f2": (2.0, 200.0)})
+    data = base_data(["f1", "f2"], ["f1"])
+    before = ddrom.Case.from_dict(data, d).store_hash("training")
+    assert ddrom.Case.from_dict(data, d).store_hash("training") == before
+    shutil.copy(d / "f1.h5", d / "f2.h5")           # f2's heavy data replaced, its XDMF unchanged
+    assert ddrom.Case.from_dict(data, d).store_hash("training") != before

@@ -1003,8 +1003,38 @@ class Case:
         other set, so that editing the test points does not invalidate the training runs."""
         base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test")}
         base["points"] = {which: self._points.get(which, [])}
+        files = self.input_file_hashes(which)
+        if files:
+            # the content of the files the HF reads (a temperature field edited in place must
+            # not leave an up-to-date store of the old field)
+            base["files"] = files
         return hashlib.sha256(json.dumps(base, sort_keys=True, separators=(",", ":"),
                                          allow_nan=False).encode()).hexdigest()
+
+    def input_file_hashes(self, which: str) -> dict[str, str]:
+        """SHA-256 of the temperature files of the points of ``which`` (and of a series' frame
+        files), by path as the case names them; cached (computed once per case object)."""
+        cache = self.__dict__.setdefault("_file_hashes", {})
+        if which in cache:
+            return cache[which]
+        import glob
+        import os
+
+        from ddrom.hf.problem import file_sha256, fill_placeholders
+
+        out: dict[str, str] = {}
+        temp = self.raw.get("temperature", {})
+        if temp.get("file"):
+            for p in self._points.get(which, []) or [self.default_parameters()]:
+                name = fill_placeholders(temp["file"], p, "temperature.file")
+                full = self._resolve(name)
+                paths = sorted(glob.glob(str(full))) if any(ch in name for ch in "*?[") else [str(full)]
+                for f in paths:
+                    out.setdefault(os.path.relpath(f, self.folder), file_sha256(f))
+                    for side in _side_files(f):
+                        out.setdefault(os.path.relpath(side, self.folder), file_sha256(side))
+        cache[which] = out
+        return out
 
     def training_parameters(self) -> list[dict[str, float]]:
         """The training points, ``[{name: value}]`` with every parameter (a fresh copy)."""
@@ -1041,6 +1071,20 @@ class Case:
     def default_parameters(self) -> dict[str, float]:
         """``{name: default}`` for the parameters that have a default."""
         return {n: p["default"] for n, p in self.raw["parameters"].items() if "default" in p}
+
+
+def _side_files(path: str) -> list[str]:
+    """Heavy-data files an XDMF or PVD file points to (their content is the field's)."""
+    import os
+    import re as _re
+
+    low = path.lower()
+    if not low.endswith((".xdmf", ".xmf", ".pvd")) or not os.path.isfile(path):
+        return []
+    text = open(path, encoding="utf-8", errors="replace").read()
+    names = _re.findall(r"([\w./-]+\.h5):" if not low.endswith(".pvd") else r'file="([^"]+)"', text)
+    base = os.path.dirname(os.path.abspath(path))
+    return sorted({os.path.join(base, n) for n in names if os.path.isfile(os.path.join(base, n))})
 
 
 def validate(data: Mapping[str, Any], folder: Path | str = ".") -> tuple[dict, list[str], list[str], dict, dict]:
