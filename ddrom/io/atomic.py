@@ -76,6 +76,8 @@ def os_error_message(exc: BaseException) -> str:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno:
             text = os.strerror(e.errno)
+            if isinstance(e.strerror, str) and e.strerror.startswith(text):
+                return e.strerror            # ddrom's own, with details after the reason
             own = str(e)
             return text if text in own else f"{text} ({own})" if own else text
         e = e.__cause__ or e.__context__
