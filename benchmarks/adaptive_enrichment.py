@@ -23,7 +23,6 @@ output folder) plots indicator and true error per step, plain vs enriched.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -132,10 +131,9 @@ def main() -> None:
                          f"{r.get('seconds_hf_step', 0):>8.2f}{r.get('seconds_update', 0):>8.2f}")
         print("\n".join(lines), flush=True)
         if args.json:
-            tmp = args.json + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(results, f, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
-            os.replace(tmp, args.json)
+            from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+            write_json(args.json, results, indent=2, default=str)
     rank0_print(comm, "")
 
 
