@@ -27,10 +27,13 @@ from typing import Any, Mapping
 from ddrom.parallel import CollectiveError, DdromError, as_mpi, root_only
 
 __all__ = ["MeshSize", "Estimate", "generator_mesh_size", "store_bytes", "estimate_hf", "estimate_offline",
-           "available_memory", "free_disk", "check_resources", "ResourceReport", "OVERRIDE_ENV", "format_bytes"]
+           "available_memory", "free_disk", "check_resources", "ResourceReport", "OVERRIDE_ENV", "MAX_TIME_STEPS", "format_bytes"]
 
 #: Set to 1 to skip the refusal (the estimate is still computed and returned).
 OVERRIDE_ENV = "DDROM_IGNORE_RESOURCES"
+#: Most time steps a case may ask for (a validation limit: beyond, it is a typo such as
+#: ``dt = 1e-12``; an HF sweep of a million steps per simulation is already weeks).
+MAX_TIME_STEPS = 1_000_000
 
 #: Memory of a rank before any data: Python, numpy, PETSc, SLEPc, mpi4py, h5py
 #: (measured: 92 MB for ``ddrom info``, 150 MB at the start of ``ddrom hf``).
