@@ -631,7 +631,8 @@ MAX_CHOL_PASSES = 3
 
 
 def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_global: int,
-             row_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict] | None:
+             row_ids: np.ndarray | None = None, drop_rtol: float = DROP_RTOL, sketch: list | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict] | None:
     """Randomized-preconditioned Cholesky-QR of the row-distributed ``W``, SVD of ``R``.
 
     Returns ``(sigma_all, U_loc (n_local x N), Vh (N x m), info)`` with
@@ -642,7 +643,8 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
     ``row_ids`` (global ids of the local rows, independent of the partition): the sketch
     is placed by them and summed exactly, the Gram matrices are exact and the local
     products row by row (:mod:`ddrom.reduction.exact`), so the result is the same bits
-    for any partition and number of ranks.
+    for any partition and number of ranks. ``drop_rtol``: the dependence threshold of
+    the sketch's QR; ``sketch``: a one-element list caching the sketch between attempts.
     """
     from mpi4py import MPI
 
@@ -663,18 +665,22 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
         return ex.reproducible_sqnorms(X, c) if repro else allreduce_sum(np.einsum("ij,ij->j", X, X), c)
 
     # 1. Sketch and preconditioner: Y = Omega W (k x m), QR of Y on rank 0.
-    if repro:
+    if sketch is not None and sketch:
+        Y = sketch[0]
+    elif repro:
         Y = ex.exact_sketch(W, row_ids, k, c, SKETCH_NNZ)
     else:
         offset = c.exscan(n_loc, op=MPI.SUM) if c.size > 1 else 0
         offset = 0 if offset is None else int(offset)
         Y = allreduce_sum(sparse_sign_sketch(W, offset, k, SKETCH_NNZ), c)
+    if sketch is not None and not sketch:
+        sketch.append(Y)
     plan = None
     if c.rank == 0:
         with _single_thread():
             ynorm = np.linalg.norm(Y, axis=0)
             R0 = np.linalg.qr(Y, mode="r")
-            keep = (np.abs(np.diag(R0)) > DROP_RTOL * ynorm) & (ynorm > 0)
+            keep = (np.abs(np.diag(R0)) > drop_rtol * ynorm) & (ynorm > 0)
             if not keep.all():
                 R0 = np.linalg.qr(Y[:, keep], mode="r") if keep.any() else np.zeros((0, 0))
         plan = (keep, np.triu(R0))
@@ -762,7 +768,24 @@ def _pod_rcholqr(S, comm, inner, n, opts):
         return _pod_tsqr(S, comm, inner, n, opts)
     scale = inner.row_scale
     W = S if scale is None else S * scale[:, None]
-    out = _rcholqr(W, comm, sel, n, opts.get("row_ids"))
+    row_ids = opts.get("row_ids")
+    if row_ids is not None:
+        # Partition-independent: the fallback must be too. Numerically rank-deficient
+        # snapshots (smooth in the parameters) put columns right at the sketch's dependence
+        # threshold, where the residual check of the dropped ones can fail (measured:
+        # 2.6e-12 > RESID_RTOL with 9 of 20 columns dropped, 1.2e-13 with 6): keeping more
+        # columns is tried first, then the method of snapshots with an exact Gram matrix.
+        cache: list = []
+        for factor in (1.0, 1 / 4, 1 / 16):
+            out = _rcholqr(W, comm, sel, n, row_ids, DROP_RTOL * factor, cache)
+            if out is not None:
+                s, U, Vh, info = out
+                info["drop_rtol"] = DROP_RTOL * factor
+                return s, (U if scale is None else U / scale[:, None]), Vh, info
+        s, U, Vh, info = _snapshots_exact(W, comm, opts)
+        info["fallback"] = "rcholqr safety check failed: method of snapshots, exact Gram (reproducible)"
+        return s, (U if scale is None else U / scale[:, None]), Vh, info
+    out = _rcholqr(W, comm, sel, n)
     if out is None:
         s, U, Vh, info = _pod_tsqr(S, comm, inner, n, opts)
         info["fallback"] = "rcholqr safety check failed: Householder TSQR"
@@ -772,6 +795,27 @@ def _pod_rcholqr(S, comm, inner, n, opts):
     if scale is not None:
         U = U / scale[:, None]
     return s, U, Vh, info
+
+
+def _snapshots_exact(W: np.ndarray, comm: Any, opts: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Method of snapshots on ``W = M^{1/2} S`` with an exact Gram matrix: the same bits for
+    any partition (the reproducible fallback of rcholqr). Resolves only the singular
+    values above :data:`SNAPSHOTS_FLOOR` ``sigma_1`` (the Gram squares the condition)."""
+    from ddrom.reduction.exact import exact_gram, row_matmul
+
+    c = as_mpi(comm)
+    C = exact_gram(W, c)
+    eig = None
+    if c.rank == 0:
+        with _single_thread():
+            lam, V = sla.eigh(C)
+        eig = (lam[::-1].copy(), V[:, ::-1].copy())
+    lam, V = c.bcast(eig, root=0)
+    sigma_all = np.sqrt(np.clip(lam, 0.0, None))
+    N = _select(sigma_all, opts["rtol"], opts["atol"], opts["l2_err"], opts["modes"], floor=SNAPSHOTS_FLOOR)
+    U = row_matmul(W, V[:, :N] / sigma_all[:N]) if W.shape[0] else np.zeros((0, N))
+    return sigma_all, U, V[:, :N].T.copy(), {"variant": "snapshots-exact", "floor": SNAPSHOTS_FLOOR,
+                                              "reproducible": True}
 
 
 def _pod_slepc(S, comm, inner, n, opts):
