@@ -14,7 +14,8 @@ Layout (schema ``ddrom-snapshots``, version :data:`SCHEMA_VERSION`)
 ``/simulations/<name>``
     attributes ``params`` (JSON), ``index`` (creation order), ``n_steps``, ``last_step``
     and ``complete`` (set by :meth:`SimulationWriter.finish`); datasets, all time-major
-    with ``nt = n_steps + 1`` (step 0 is t = 0) and chunked by time step:
+    with ``nt = n_steps + 1`` (step 0 is t = 0) and chunked by time step (chunks of at
+    most 1 MiB, see below):
     ``time`` (nt,), ``displacement`` (nt, N, 3), ``stress`` (nt, M, nq, 6) in Mandel
     notation, ``p`` (nt, M, nq) cumulated plastic strain, ``state`` (nt, M, nq, n_state)
     internal variables, and for ParaView the cell averages ``p_cell`` (nt, M) and
@@ -25,10 +26,24 @@ of ranks that wrote it: a store written on 3 ranks is read on 1 or 2. Each rank 
 and reads the contiguous natural slice given by :class:`~ddrom.mesh.distributed.NaturalMap`
 with one collective hyperslab transfer per dataset; no mesh-size array is ever gathered.
 
+Integrity: every dataset is chunked and carries HDF5's Fletcher32 checksum per chunk
+(root attribute ``checksums = "fletcher32"``; :mod:`ddrom.io.integrity`). Every read
+verifies the chunks it touches; a damaged one raises, on every rank, an error naming the
+file and the dataset. ``ddrom verify FILE`` checks a whole file. Files written before
+checksums are read as before (their datasets are reported as unprotected).
+
+Full disks: the disk space of a simulation is reserved (``fallocate``) when it is added,
+before anything is computed or written; on a full disk :meth:`SnapshotStore.add_simulation`
+raises one error naming the file, the space needed and the space free, and closes the
+store (kept for a resume if it holds finished simulations, removed otherwise). Any other
+failed write removes the ``.partial`` file and is reported the same way
+(:mod:`ddrom.io.h5atomic`, which explains why: Open MPI's collective I/O can lose a
+write error silently, and HDF5 crashes at exit once a flush has failed).
+
 Crash safety: the file is written under ``<path>.partial`` and renamed to ``<path>`` by
-:meth:`SnapshotStore.finalize` after ``complete`` is set and the file closed, so a file at
-the final path is always complete. Reopening with ``mode="a"`` moves a final file back to
-``.partial`` for the time of the session. The file is flushed when a simulation is added
+:meth:`SnapshotStore.finalize` after ``complete`` is set and the file closed and flushed
+to the disk (``fsync``), so a file at the final path is always complete. Reopening with
+``mode="a"`` moves a final file back to ``.partial`` for the time of the session. The file is flushed when a simulation is added
 and when it is finished (not per step: the fsync costs more than the write), so an
 interrupted sweep resumes with its finished simulations; an unfinished one is rewritten.
 Datasets are created without fill (unwritten steps hold no meaningful values: trust
