@@ -162,3 +162,37 @@ def test_cli_outside_collective_aborts_the_job(tmp_path, np_, kind):
     want = "SystemExit: a library called sys.exit(1)" if kind == "systemexit" else "CustomBase: custom trouble"
     assert want in r.stderr and f"rank {np_ - 1}" in r.stderr, r.stderr
     assert seconds < 60
+
+
+# ------------------------------------------------------------- inside the HF solver
+@pytest.mark.mpi
+@pytest.mark.parametrize("kind", ["exception", "systemexit"])
+def test_material_failure_on_one_rank_stops_every_rank(kind):
+    """A constitutive update (e.g. a UMAT plugin) that raises on one rank only, inside the
+    Newton loop whose next step is a collective reduction: every rank gets the same error."""
+    from ddrom.hf.loads import Dirichlet, Loads
+    from ddrom.hf.solver import HFSolver, SolverOptions
+    from ddrom.materials import from_config
+    from ddrom.mesh.generators import box
+    from helpers import distributed
+
+    dm = distributed(lambda: box(1.0, 1.0, 1.0, 3, 3, 3))
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0, 1, 2), 0.0),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 1e-3 * t)])
+    s = HFSolver(dm, from_config({"law": "elastic", "E": 200e3, "nu": 0.3}), loads, SolverOptions())
+    real = s.material.update
+
+    def update(*args, **kw):
+        if COMM.rank == COMM.size - 1:
+            raise KINDS[kind][0]()
+        return real(*args, **kw)
+
+    st0 = s.initial_state()
+    s.material.update = update
+    with pytest.raises(CollectiveError) as info:          # inside Newton
+        s.step(st0, 1.0)
+    assert str(info.value) == f"constitutive update: {KINDS[kind][1]}"
+    with pytest.raises(CollectiveError) as info:          # in the initial state
+        s.initial_state()
+    assert str(info.value) == f"constitutive update (initial state): {KINDS[kind][1]}"
+    assert COMM.allreduce(1) == COMM.size

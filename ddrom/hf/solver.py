@@ -21,7 +21,8 @@ from ddrom.hf.loads import Loads, evaluate
 from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
-from ddrom.parallel import CollectiveError, Timers, as_mpi, as_petsc
+from ddrom.parallel import (CollectiveError, Timers, as_mpi, as_petsc, collective, describe_exception,
+                            raise_collective)
 
 
 @dataclass
@@ -198,16 +199,18 @@ class HFSolver:
         ne, nq = self.dm.n_cells, self.dm.n_qp
         u = np.zeros(self.asm.n_local_dofs)
         T = np.array(self.temperature(t0), dtype=float)
-        internal = self.material.initial_state(ne * nq)
-        resp = self.material.update(np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
-                                    tangent=False)
+        resp = None
+        with collective(self.comm, "constitutive update (initial state)"):   # a plugin may fail on one rank
+            internal = self.material.initial_state(ne * nq)
+            resp = self.material.update(np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
+                                        tangent=False)
         return State(t0, u, resp.stress.reshape(ne, nq, 6), resp.state, T)
 
     def _evaluate(self, u: np.ndarray, old: State, T: np.ndarray, dt: float, tangent: bool):
         """Material update at all points; collective failure flag so all ranks agree."""
         ne, nq = self.dm.n_cells, self.dm.n_qp
         eps = self.asm.strains(u).reshape(ne * nq, 6)
-        resp, msg = None, None
+        resp, msg, fatal = None, None, None
         try:
             with self.timers("constitutive"):
                 resp = self.material.update(eps, old.internal, old.T.ravel(), T.ravel(), dt, tangent=tangent)
@@ -215,7 +218,13 @@ class HFSolver:
                 msg = "non-finite stress"
         except ReturnMappingError as exc:
             msg = str(exc)
-        bad = as_mpi(self.comm).allreduce(1 if msg else 0)
+        except BaseException as exc:  # noqa: BLE001 - a plugin, numpy, an interrupt on this rank only
+            fatal = describe_exception(exc, "constitutive update")
+        # one reduction decides for every rank: 1 = cut the step back, 2 = stop everywhere
+        c = as_mpi(self.comm)
+        bad = c.allreduce(2 if fatal else (1 if msg else 0), op=_max_op())
+        if bad == 2:
+            raise_collective(c, fatal)
         if bad:
             raise NotConverged(msg or "constitutive update failed on another rank")
         return resp
@@ -320,3 +329,9 @@ def _ksp_reason(reason: int) -> str:
 
     names = {v: k for k, v in vars(PETSc.KSP.ConvergedReason).items() if isinstance(v, int)}
     return names.get(reason, str(reason))
+
+
+def _max_op():
+    from mpi4py import MPI
+
+    return MPI.MAX
