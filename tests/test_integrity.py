@@ -178,3 +178,49 @@ def _store_serial(folder: Path) -> tuple[str, object]:
     if COMM.size != 1:
         pytest.skip("writes its store on one rank")
     return _store(folder)
+
+
+@pytest.mark.mpi
+def test_parallel_writer_kernel_for_other_files(shared_tmp):
+    """What the ROM writer will use: replicated arrays, scalars and a distributed array through
+    ParallelH5, committed atomically; verify_file checks them all; a flipped byte is named."""
+    from ddrom.io.h5atomic import ParallelH5
+
+    path = shared_tmp / "rom.h5"
+    E = np.arange(60.0).reshape(5, 4, 3)
+    with ParallelH5.create(path, COMM, "ROM file") as h5:
+        g = h5.f.create_group("online")
+        h5.write_array(g, "E", E)
+        h5.write_array(g, "point_gids", np.arange(5))
+        h5.write_array(g, "volume", np.float64(2.5))
+        h5.write_array(g, "empty", np.zeros((0, 3)))
+        n_per = 7
+        d = h5.create_dataset(h5.f, "basis", (n_per * COMM.size, 2))
+        h5.write(d, (n_per * COMM.rank, 0), np.full((n_per, 2), float(COMM.rank)))
+    assert not os.path.exists(f"{path}.partial") and os.path.exists(path)
+    rep = verify_file(path, COMM)
+    assert rep.ok and not rep.unprotected and rep.digests_checked == 1, rep.summary()
+    if COMM.rank == 0:
+        with h5py.File(path, "r") as f:
+            assert np.array_equal(f["online/E"][...], E) and f["online/volume"][()] == 2.5
+            assert np.array_equal(f["basis"][:, 0], np.repeat(np.arange(COMM.size), n_per).astype(float))
+        flip_byte(str(path), "/online/E", (0, 0, 0))
+    COMM.Barrier()
+    rep = verify_file(path, COMM)
+    assert not rep.ok and "/online/E is corrupt" in rep.corrupt[0]
+
+
+@pytest.mark.mpi
+def test_parallel_writer_failure_on_one_rank_leaves_nothing(shared_tmp):
+    """An exception on one rank inside the with-block: every rank raises, no file is left."""
+    from ddrom.io.h5atomic import ParallelH5
+    from ddrom.parallel import CollectiveError
+
+    path = shared_tmp / "out.h5"
+    with pytest.raises(CollectiveError, match="ValueError: only on the last rank"):
+        with ParallelH5.create(path, COMM, "ROM file") as h5:
+            h5.write_array(h5.f, "x", np.ones(3))
+            if COMM.rank == COMM.size - 1:
+                raise ValueError("only on the last rank")
+    COMM.Barrier()
+    assert not path.exists() and not Path(f"{path}.partial").exists()

@@ -316,6 +316,39 @@ class ParallelH5:
         self._agree(msg)
         return group[name]
 
+    def write_array(self, group: Any, name: str, data: Any) -> Any:
+        """Create ``group/name`` holding ``data``, the same array on every rank (replicated,
+        e.g. the small reduced operators of a ROM file), with its checksum.
+
+        Arrays get Fletcher32 chunks and are written collectively from rank 0 (parallel
+        HDF5 refuses an independent write through a filter, which is what
+        ``h5py.Group.create_dataset(data=...)`` would do); scalars are stored
+        contiguous with a SHA-256 digest attribute; empty arrays hold nothing.
+        Distributed arrays: :meth:`create_dataset` then :meth:`write` of each rank's slice.
+        """
+        from ddrom.io.integrity import stamp_digest
+
+        a = np.asarray(data)
+        a = np.ascontiguousarray(a) if a.ndim else a       # (ascontiguousarray makes a scalar 1-D)
+        if a.dtype.kind not in "fiub":
+            raise DdromError(f"{self.what} {self.file}: dataset {group.name}/{name}: only numeric arrays "
+                             f"(got {a.dtype})")
+        if a.ndim == 0 or 0 in a.shape:
+            msg, d = None, None
+            try:
+                d = group.create_dataset(name, data=a)
+                if a.ndim == 0:
+                    stamp_digest(d, a)
+            except BaseException as exc:  # noqa: BLE001
+                msg = io_error_message(exc, f"{self.what} {self.file}: cannot write dataset {group.name}/{name}",
+                                       self.file)
+            self._agree(msg)
+            return d
+        dtype = "i8" if a.dtype.kind in "iub" else "f8"
+        d = self.create_dataset(group, name, a.shape, dtype)
+        self.write(d, (0,) * a.ndim, a if self.comm.rank == 0 else np.zeros((0,) * a.ndim))
+        return d
+
     @staticmethod
     def _spaces(dset: Any, start: Sequence[int], count: Sequence[int]):
         """File and memory dataspaces of the block ``start:start+count`` (empty if a count is 0)."""
