@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import sys
 import logging
 import time
 from typing import Any, Callable, Iterator
@@ -18,11 +18,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _emit_json(args: Any, comm: Any, payload: dict) -> None:
     """The command's summary as strict JSON (NaN and infinities as null) to a file or stdout."""
-    from ddrom.workflow.rom import json_default, strict_json
+    import json
+
+    from ddrom.io.jsonio import NONFINITE_KEY, strict
+    from ddrom.workflow.rom import json_default
 
     if not getattr(args, "json", None) or comm.rank != 0:
         return
-    text = json.dumps(strict_json(payload), indent=2, default=json_default, allow_nan=False)
+    value, bad = strict(payload, json_default)
+    if bad and isinstance(value, dict):
+        value[NONFINITE_KEY] = bad            # as in the files the library writes (ddrom.io.jsonio)
+    text = json.dumps(value, indent=2, allow_nan=False)
     if args.json == "-":
         print(text, flush=True)
     else:
@@ -447,6 +453,28 @@ def _import_run(args: Any, comm: Any) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- verify
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="an HDF5 file written by ddrom (snapshot store, ROM file, ...)")
+    p.add_argument("--require-checksums", action="store_true",
+                   help="also fail (exit 2) when some dataset carries no checksum (older files)")
+    _add_common(p)
+
+
+def _verify_run(args: Any, comm: Any) -> int:
+    from ddrom.io.integrity import verify_file
+
+    report = verify_file(args.file, comm)
+    if not args.quiet:
+        rank0_print(comm, report.summary())
+    _emit_json(args, comm, report.as_dict())
+    if not report.ok or (args.require_checksums and report.unprotected):
+        if comm.rank == 0 and args.quiet:
+            print("\n".join(report.corrupt) or f"{args.file}: datasets without checksum", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("versions of Python, MPI, PETSc, SLEPc, h5py; parallel capabilities", _info_args, _info_run),
     "hf": ("compute the high-fidelity parameter sweep of a case into its snapshot store", _hf_args, _hf_run),
@@ -461,6 +489,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "online": ("run the ROM on the test parameters (or --param NAME=VALUE ...)", _online_args, _online_run),
     "run": ("HF training sweep, offline, online on the test parameters, HF reference and comparison "
             "(writes summary.json)", _case_args, _run_run),
+    "verify": ("check the checksums of every dataset of a ddrom HDF5 file (exit 2 naming what is corrupt)",
+               _verify_args, _verify_run),
     "report": ("Markdown + PNG (or self-contained HTML) report of a run: OUTPUT_DIR/report/report.md|html",
                _report_args, _report_run),
 }

@@ -21,7 +21,8 @@ from ddrom.hf.loads import Loads, evaluate
 from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
-from ddrom.parallel import CollectiveError, DdromError, Timers, as_mpi, as_petsc, raise_collective
+from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
+                            raise_collective)
 
 
 @dataclass
@@ -199,13 +200,16 @@ class HFSolver:
         ne, nq = self.dm.n_cells, self.dm.n_qp
         u = np.zeros(self.asm.n_local_dofs)
         T = np.array(self.temperature(t0), dtype=float)
-        internal = self.material.initial_state(ne * nq)
-        msg = None
-        try:        # a zero increment at t0 (KINC = 0 for a UMAT)
+        resp, msg = None, None
+        where = f"material update of the initial state (t = {t0:.6g})"
+        try:        # a zero increment at t0 (KINC = 0 for a UMAT); a plugin may fail on one rank only
+            internal = self.material.initial_state(ne * nq)
             resp = self.material.update(np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
                                         tangent=False, context=self.asm.material_context(t0, 0))
         except DdromError as exc:
-            msg = f"material update of the initial state (t = {t0:.6g}) failed: {exc}"
+            msg = f"{where} failed: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ... on this rank only
+            msg = describe_exception(exc, where)
         raise_collective(self.comm, msg)
         return State(t0, u, resp.stress.reshape(ne, nq, 6), resp.state, T)
 
@@ -229,14 +233,16 @@ class HFSolver:
                 msg = "non-finite stress"
         except ReturnMappingError as exc:
             msg = str(exc)
-        except DdromError as exc:
+        except DdromError as exc:       # MaterialError (a UMAT's XIT, ...): not cured by a smaller step
             fatal = str(exc)
-        from mpi4py import MPI
-
-        worst = as_mpi(self.comm).allreduce(2 if fatal else 1 if msg else 0, op=MPI.MAX)
-        if worst == 2:
-            raise_collective(self.comm, fatal)
-        if worst:
+        except BaseException as exc:  # noqa: BLE001 - a plugin, numpy, an interrupt on this rank only
+            fatal = describe_exception(exc, "constitutive update")
+        # one reduction decides for every rank: 1 = cut the step back, 2 = stop everywhere
+        c = as_mpi(self.comm)
+        bad = c.allreduce(2 if fatal else (1 if msg else 0), op=_max_op())
+        if bad == 2:
+            raise_collective(c, fatal)
+        if bad:
             raise NotConverged(msg or "constitutive update failed on another rank")
         return resp
 
@@ -360,3 +366,9 @@ def _ksp_reason(reason: int) -> str:
 
     names = {v: k for k, v in vars(PETSc.KSP.ConvergedReason).items() if isinstance(v, int)}
     return names.get(reason, str(reason))
+
+
+def _max_op():
+    from mpi4py import MPI
+
+    return MPI.MAX

@@ -87,7 +87,7 @@ import numpy as np
 
 from ddrom.io.matching import (Router, bbox_diagonal, case_cell_centroids, case_node_coordinates,
                                match_rows)
-from ddrom.parallel import CollectiveError, DdromError, as_mpi, raise_collective
+from ddrom.parallel import CollectiveError, DdromError, as_mpi, describe_exception, raise_collective
 
 DEFAULT_COORD_RTOL = 1e-6   # files in single precision or ASCII lose digits; relative to the diagonal
 _VOLUME = {"hexahedron": 8, "tetra": 4}
@@ -727,8 +727,8 @@ class DisplacementSeries:
                     self._reader = _FilesReader(info.files, spec)
             except DdromError as exc:
                 msg = str(exc)
-            except Exception as exc:  # noqa: BLE001
-                msg = f"{spec}: cannot read it ({type(exc).__name__}: {exc})"
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too: the other ranks wait
+                msg = describe_exception(exc, f"{spec}: cannot read it")
         raise_collective(c, msg)
         info = c.bcast(info, root=0)
         self.source, self.kind, self.n_steps = info.source, info.kind, info.n_steps
@@ -739,7 +739,7 @@ class DisplacementSeries:
             self._collective(lambda: setattr(self, "_reader", _PiecesReader(info.files, c.rank, c.size)))
         try:
             self._setup(dm, coord_rtol, node_order)
-        except Exception:
+        except BaseException:
             self.close()
             raise
 
@@ -751,8 +751,8 @@ class DisplacementSeries:
             fn()
         except DdromError as exc:
             msg = str(exc)
-        except Exception as exc:  # noqa: BLE001
-            msg = f"{self.source}: cannot read it ({type(exc).__name__}: {exc})"
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the other ranks wait
+            msg = describe_exception(exc, f"{self.source}: cannot read it")
         raise_collective(self._c, msg)
 
     def _setup(self, dm: Any, coord_rtol: float, node_order: str) -> None:
@@ -847,8 +847,8 @@ class DisplacementSeries:
                 s = to_mandel(v, f"{self.source} (step {k}): field {self.stress_field!r}", self.stress_order)
                 if center == "point":
                     s = s[self._file_cells].mean(axis=1)
-            except DdromError as exc:
-                msg = str(exc)
+            except BaseException as exc:  # noqa: BLE001 - reported on every rank
+                msg = describe_exception(exc, f"{self.source} (step {k}): field {self.stress_field!r}")
         raise_collective(self._c, msg)
         return self._cells.route(s, 6)
 

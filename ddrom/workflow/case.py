@@ -549,6 +549,20 @@ def _post_time(out: dict, given: dict, path: str, ctx: _Context) -> None:
         ctx.error(path, "give t_end with n_steps or dt, or an explicit list of times")
     elif ("n_steps" in given) == ("dt" in given):
         ctx.error(path, "give exactly one of n_steps and dt with t_end")
+    else:
+        # A time grid of 1e9 or 1e12 steps is a typo (dt = 1e-12), not a run: refuse it here,
+        # naming the keys, before anything allocates per-step arrays.
+        from ddrom.io.estimate import MAX_TIME_STEPS
+
+        t_end, dt, n = out.get("t_end"), out.get("dt"), out.get("n_steps")
+        if "dt" in given and isinstance(t_end, (int, float)) and isinstance(dt, (int, float)) and dt > 0:
+            steps = t_end / dt
+            if not math.isfinite(steps) or steps > MAX_TIME_STEPS:
+                ctx.error(_join(path, "dt"), f"t_end = {t_end:g} with dt = {dt:g} gives {steps:.3g} time steps, "
+                                             f"more than the {MAX_TIME_STEPS} a case may have")
+        elif "n_steps" in given and isinstance(n, int) and n > MAX_TIME_STEPS:
+            ctx.error(_join(path, "n_steps"), f"n_steps = {n} is more than the {MAX_TIME_STEPS} time steps "
+                                              "a case may have")
 
 
 def _sampling_table(kind: str) -> Table:
