@@ -65,7 +65,7 @@ def test_base_case_defaults_and_helpers(tmp_path):
     assert raw["loads"]["dirichlet"][1]["components"] == [0]
     assert raw["loads"]["pressure"] == [] and raw["loads"]["traction"] == []
     assert raw["temperature"] == {"T_ref": 20.0, "expression": 20.0, "scale": 1.0}
-    assert raw["solver"] == {"newton_rtol": 1e-8, "newton_atol": 1e-12, "max_iterations": 25, "line_search": True,
+    assert raw["solver"] == {"newton_rtol": 1e-8, "newton_atol": 1e-12, "max_iterations": 25, "line_search": "fallback",
                              "max_cutbacks": 6, "petsc_options": {}, "element_technology": "bbar"}
     assert raw["rom"]["pod_tol"] == 1e-4 and "max_modes" not in raw["rom"]
     assert case.parameter_names == ["A", "B"] and case.default_parameters() == {"A": 1.5}
@@ -135,7 +135,7 @@ def test_demo_and_tiny_cases_validate():
     (lambda s: s.replace("nx = 2", 'nx = "2"'), "mesh.args.nx: expected an integer, got string '2'"),
     (lambda s: s.replace("E = 200e3", "E = -1.0"), "material.E: material 'elastic': parameter 'E' must be > 0"),
     (lambda s: s.replace('law = "elastic"', 'law = "elastc"'), "material: [material]: unknown law 'elastc'"),
-    (lambda s: s + '\n[solver]\nline_search = "yes"\n', "solver.line_search: expected true or false, got string"),
+    (lambda s: s + '\n[solver]\nline_search = "yes"\n', "solver.line_search: expected one of fallback, always, never (or true/false), got 'yes'"),
     # missing required keys
     (lambda s: s.replace('name = "t1"', ''), "case.name: missing required key"),
     (lambda s: s.replace("t_end = 1.0\n", ""), "time: give t_end with n_steps or dt"),

@@ -159,3 +159,32 @@ def test_unknown_region_and_no_dirichlet_are_errors():
         HFSolver(dm, from_config(ELASTIC), Loads(dirichlet=[Dirichlet("left")]))
     with pytest.raises(DdromError, match="rigid-body"):
         HFSolver(dm, from_config(ELASTIC), Loads(traction=[Traction("xmax", (1.0, 0, 0))]))
+
+
+@pytest.mark.mpi
+def test_newton_line_search_only_as_a_fallback_on_a_j2_cantilever():
+    """A J2 cantilever loaded into plasticity over 5 steps: the default line search
+    ("fallback") takes the plain Newton path -- the same iterations and answer as plain
+    Newton -- where backtracking at every iteration ("always") needs many more."""
+    J2 = {"law": "j2", "E": 200e3, "nu": 0.3, "sigma_y": 250.0, "H": 1000.0}
+    dm = distributed(lambda: box(10.0, 1.0, 1.0, 20, 2, 2))
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0, 1, 2))],
+                  traction=[Traction("xmax", (0.0, lambda t, **k: -8.0 * t, 0.0))])
+    counts, tips = {}, {}
+    for policy in ("never", "fallback", "always"):
+        opts = SolverOptions(rtol=1e-10, atol=1e-14, line_search=policy, petsc_options={"ksp_rtol": 1e-12})
+        s = HFSolver(dm, from_config(J2), loads, opts)
+        st, n = s.initial_state(), 0
+        for k in range(1, 6):
+            st, info = s.step(st, k / 5)
+            n += info.newton_iterations
+        counts[policy] = n
+        tips[policy] = MPI.COMM_WORLD.allreduce(float(np.abs(st.owned_displacement(dm.n_owned)).max()),
+                                                op=MPI.MAX)
+        p = s.material.cumulated_plastic_strain(st.internal)
+        assert MPI.COMM_WORLD.allreduce(float(p.max()) if p.size else 0.0, op=MPI.MAX) > 1e-2  # plastic
+    assert counts["fallback"] == counts["never"], counts        # measured: 16 and 16
+    assert counts["always"] > 2 * counts["never"], counts       # measured: 94 (with cut-backs)
+    assert tips["fallback"] == tips["never"], tips
+    with pytest.raises(DdromError, match="line_search 'sometimes'"):
+        SolverOptions(line_search="sometimes")

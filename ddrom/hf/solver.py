@@ -18,7 +18,7 @@ import numpy as np
 
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import Loads, evaluate
-from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
+from ddrom.hf.stepping import CutbacksExhausted, LineSearch, NewtonOptions, NotConverged, advance
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
@@ -53,6 +53,7 @@ class StepInfo:
     newton_iterations: int = 0
     ksp_iterations: int = 0
     cutbacks: int = 0
+    line_search_steps: int = 0     # Newton updates shortened by the line search
     residual: float = 0.0
 
 
@@ -289,7 +290,7 @@ class HFSolver:
         fext = self.sum_to_owned(self.external_force(t))
         resp, r, ref = self._residual(u, old, T, dt, fext)
         norm = self._norm(r)
-        nown = 3 * self.dm.n_owned
+        search = LineSearch(opt.line_search)
         for it in range(opt.max_iterations + 1):
             info.residual = norm / max(ref, 1e-300)
             if not math.isfinite(norm):
@@ -328,12 +329,13 @@ class HFSolver:
                     norm_t = self._norm(r_t)
                 except NotConverged:
                     norm_t = math.inf
-                if (not opt.line_search or norm_t <= (1.0 - 1e-4 * alpha) * norm
-                        or alpha < 1.0 / 16):
+                if not search.backtrack(norm_t, norm, alpha):
                     break
                 alpha *= 0.5
             if not math.isfinite(norm_t):
                 raise NotConverged(f"update at iteration {it} gives a non-finite residual")
+            search.accepted(norm_t, norm)
+            info.line_search_steps += alpha < 1.0
             u, resp, r, ref, norm = u_try, resp_t, r_t, ref_t, norm_t
         raise NotConverged(f"no convergence in {opt.max_iterations} iterations "
                            f"(relative residual {norm / max(ref, 1e-300):.3e})")

@@ -577,6 +577,18 @@ def _sampling_table(kind: str) -> Table:
     }, one_of=[("grid", "random", "values", "table")])
 
 
+def _line_search(value: Any, path: str, ctx: _Context) -> Any:
+    """``"fallback"``, ``"always"`` or ``"never"``; ``true``/``false`` mean fallback/never."""
+    from ddrom.hf.stepping import LINE_SEARCH
+
+    if isinstance(value, bool):
+        return "fallback" if value else "never"
+    if isinstance(value, str) and value in LINE_SEARCH:
+        return value
+    ctx.error(path, f"expected one of {', '.join(LINE_SEARCH)} (or true/false), got {_show(value)}")
+    return _BAD
+
+
 def _indicator_component(name: str, path: str, ctx: _Context) -> bool:
     from ddrom.rom.online import INDICATOR_COMPONENTS
 
@@ -667,7 +679,7 @@ SCHEMA = Table({
         "newton_rtol": Key(Num(gt=0, lt=1), _SOLVER.rtol),
         "newton_atol": Key(Num(ge=0), _SOLVER.atol),
         "max_iterations": Key(Int(ge=1), _SOLVER.max_iterations),
-        "line_search": Key(Bool(), _SOLVER.line_search),
+        "line_search": Key(Custom(_line_search, "fallback, always, never (or true/false)"), _SOLVER.line_search),
         "max_cutbacks": Key(Int(ge=0), _SOLVER.max_cutbacks),
         "petsc_options": Key(MapOf(Scalar(), key_check=_petsc_key), {}),
         "element_technology": Key(Str(choices=("full", "bbar")), "bbar" if _SOLVER.bbar else "full"),
