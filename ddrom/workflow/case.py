@@ -631,6 +631,12 @@ SCHEMA = Table({
             "region": Key(Str(), REQUIRED),
             "vector": Key(_VECTOR3, REQUIRED),
         })), []),
+        # optional (absent when not given): a default [] would change the hashes of every
+        # existing case, and so invalidate its snapshot stores, for a key it does not use
+        "nodal": Key(ListOf(Table({
+            "region": Key(Str(), REQUIRED),
+            "force_per_node": Key(_VECTOR3, REQUIRED),
+        })), doc="*CLOAD: the force vector applied at every node of the region"),
         "body_force": Key(Table({"vector": Key(_VECTOR3, REQUIRED)})),
         "centrifugal": Key(Table({
             "omega": Key(Expr(("t",)), REQUIRED),
