@@ -49,7 +49,8 @@ def offline_options(case: Any) -> OfflineOptions:
     r = case.raw["rom"]
     return OfflineOptions(pod_tol=r["pod_tol"], stress_tol=r["stress_tol"], ecm_tol=r["ecm_tol"],
                           p_tol=r["dual_pod_tol"], max_modes=r.get("max_modes"), pod_method=r.get("pod_method"),
-                          temperature_tol=r["temperature_tol"], temperature_sensors=r["temperature_sensors"])
+                          temperature_tol=r["temperature_tol"], temperature_sensors=r["temperature_sensors"],
+                          noise_margin=r["noise_margin"])
 
 
 def indicator_options(case: Any) -> IndicatorOptions:
