@@ -21,6 +21,7 @@ from ddrom.parallel import DdromError
 from helpers import gather_natural
 from helpers import all_ok as _all_ok
 from helpers import import_box_mesh as _box_mesh
+from helpers import IMPORT_CASE as _IMPORT_CASE
 from helpers import write_import_case as _write_case
 
 pytestmark = pytest.mark.slow
@@ -311,6 +312,47 @@ def test_pattern_with_globbed_vtu_series(ref, work):
     assert main(["import", case, "--pattern", pattern, "--quiet"]) == 0
     _check_store_equals_ref(ref, case, ["train_000", "train_001"])
     assert main(["import", case, "--pattern", os.path.join(work, "nothing_{u_max}.xdmf"), "--quiet"]) == 2
+
+
+@pytest.mark.mpi
+def test_pattern_imports_only_the_points_of_the_list(ref, work):
+    """``--pattern`` with a glob of ``.pvd`` files (one per folder): only the files of the case's
+    training points are imported, a folder of another point is skipped and named; ``--which
+    test`` imports the test point into ``hf_test.h5`` (named as ``ddrom hf`` would). The
+    summary reports each simulation's equilibrium residual (ddrom's own double-precision data:
+    round-off) and its noise floor (none to speak of)."""
+    import json
+
+    from ddrom.cli.main import main
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.hf import store_path
+
+    case = os.path.join(work, "imp.toml")
+    if COMM.rank == 0:
+        for sim, p in (("train_000", P0), ("train_001", P1), ("train_000", {"u_max": 0.006, "T_max": 300.0})):
+            _write_vtu_series(ref, os.path.join(work, "runs", f"u{p['u_max']:g}_T{p['T_max']:g}"), sim, perm=True)
+        with open(case, "w") as f:
+            f.write(_IMPORT_CASE.format(name="imp") + "\n[test]\nvalues = [{ u_max = 0.008, T_max = 500.0 }]\n")
+    COMM.Barrier()
+    pattern = os.path.join(work, "runs", "u{u_max}_T{T_max}", "*.pvd")
+    out = os.path.join(work, "imp.json")
+    assert main(["import", case, "--pattern", pattern, "--quiet", "--json", out]) == 0
+    summary = COMM.bcast(json.loads(open(out).read()) if COMM.rank == 0 else None, root=0)
+    assert summary["skipped"] == [os.path.join(work, "runs", "u0.006_T300", "*.pvd")], summary["skipped"]
+    assert summary["finalized"] and summary["missing_training_points"] == []
+    for sim in summary["simulations"]:
+        assert sim["equilibrium"]["max_relative"] < 1e-6 and sim["noise_floor"]["digits"] is None, sim
+        assert sim["noise_floor"]["stress"] < 1e-10 and sim["noise_floor"]["displacement"] < 1e-12, sim
+    _check_store_equals_ref(ref, case, ["train_000", "train_001"])
+    assert main(["import", case, "--pattern", pattern, "--which", "test", "--quiet", "--json", out]) == 0
+    summary = COMM.bcast(json.loads(open(out).read()) if COMM.rank == 0 else None, root=0)
+    assert [s["simulation"] for s in summary["simulations"]] == ["test_000"] and len(summary["skipped"]) == 2
+    assert summary["which"] == "test" and summary["finalized"] and summary["store"].endswith("hf_test.h5")
+    c = load_case_collectively(case, COMM)
+    assert COMM.bcast(store_path(c, "test").is_file() if COMM.rank == 0 else None, root=0)
+    # a pattern none of whose files is a point of the list
+    assert main(["import", case, "--pattern", os.path.join(work, "runs", "u{u_max}_T300", "*.pvd"),
+                 "--param", "T_max=300", "--quiet"]) == 2
 
 
 def test_pattern_parsing(tmp_path):

@@ -578,12 +578,12 @@ def _defaults():
     from ddrom.hf.solver import SolverOptions
     from ddrom.rom.enrichment import EnrichmentOptions
     from ddrom.rom.offline import OfflineOptions
-    from ddrom.workflow.options import IndicatorOptions
+    from ddrom.workflow.options import ImportOptions, IndicatorOptions
 
-    return SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions()
+    return SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions(), ImportOptions()
 
 
-_SOLVER, _OFFLINE, _ENRICH, _INDICATOR = _defaults()
+_SOLVER, _OFFLINE, _ENRICH, _INDICATOR, _IMPORT = _defaults()
 _XYZT = ("x", "y", "z", "t")
 _VECTOR3 = ListOf(Expr(_XYZT), length=3)
 
@@ -691,6 +691,11 @@ SCHEMA = Table({
             "save": Key(Bool(), _ENRICH.save),
         }), {}),
     }, unknown="warn"), {}),
+    # optional (absent when not given) and outside the hashes: the checks of an import do not
+    # change what a store holds
+    "import": Key(Table({
+        "equilibrium_tol": Key(Num(gt=0), _IMPORT.equilibrium_tol),
+    })),
     "training": Key(_sampling_table("training")),
     "test": Key(_sampling_table("test")),
 })
@@ -919,7 +924,7 @@ class Case:
         differ only by comments, formatting, key order or explicitly written defaults.
         Results record it to tell which configuration produced them.
     hf_hash : str
-        The same without the ``[rom]`` table: what the HF snapshot stores depend on.
+        The same without the ``[rom]`` and ``[import]`` tables: what the HF snapshot stores depend on.
     warnings : list of str
         Non-fatal findings (unknown ``[rom]`` keys, test points outside the training box...),
         each with its path; the CLI prints them on rank 0.
@@ -1008,7 +1013,7 @@ class Case:
     def store_hash(self, which: str) -> str:
         """What the HF store of parameter set ``which`` depends on: ``hf_hash`` without the
         other set, so that editing the test points does not invalidate the training runs."""
-        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test")}
+        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test", "import")}
         base["points"] = {which: self._points.get(which, [])}
         return hashlib.sha256(json.dumps(base, sort_keys=True, separators=(",", ":"),
                                          allow_nan=False).encode()).hexdigest()
@@ -1105,7 +1110,7 @@ def _build_case(data: dict, path: Path, folder: Path, file_hash: str) -> Case:
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     # What the HF results depend on: everything but the ROM settings, so that tuning the
     # ROM tolerances does not invalidate (and recompute) the snapshot stores.
-    hf_raw = {k: v for k, v in raw.items() if k != "rom"}
+    hf_raw = {k: v for k, v in raw.items() if k not in ("rom", "import")}
     hf_canonical = json.dumps(hf_raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return Case(path=path, folder=folder, raw=raw, hash=file_hash,
                 config_hash=hashlib.sha256(canonical.encode()).hexdigest(), warnings=warnings,

@@ -2,8 +2,8 @@
 
 Each option has ONE default, in the dataclass of the layer that uses it:
 :class:`~ddrom.hf.solver.SolverOptions` (Newton: :class:`~ddrom.hf.stepping.NewtonOptions`),
-:class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`
-and :class:`IndicatorOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the
+:class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`,
+:class:`IndicatorOptions` and :class:`ImportOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the
 defaults of its keys from them, so a case that omits a key, a Python user who builds the
 options by hand and the command line get the same value; the functions here only map the
 case's keys (all present after validation) onto the fields.
@@ -36,6 +36,31 @@ class IndicatorOptions:
     confidence: float = 0.95
     tolerance: float | None = None
     tolerances: dict = field(default_factory=dict)
+
+
+@dataclass
+class ImportOptions:
+    """Checks of ``ddrom import`` (``[import]`` keys; ``--equilibrium-tol`` overrides).
+
+    equilibrium_tol : largest equilibrium residual of an imported step, relative to the
+        external forces (to the reactions without external forces;
+        :class:`~ddrom.hf.consistency.EquilibriumCheck`), and largest deviation of the
+        displacement from the case's Dirichlet values relative to the largest
+        displacement; above it the import stops (the data and the case describe different
+        problems). Measured (tests/test_calculix.py): consistent CalculiX ``.frd`` data
+        (6 digits, CalculiX's default convergence test: residual forces within 0.5 % of
+        the average force) leave 7e-4 .. 8e-3; full vs B-bar integration 0.5 .. 7.5, a
+        Young's modulus or a load 10 % off 0.1 .. 0.66, i.e. at least 5 times the default;
+        ddrom's or DOLFINx's own double-precision solutions leave 1e-8 .. 1e-10.
+    """
+
+    equilibrium_tol: float = 2e-2
+
+
+def import_options(case: Any) -> ImportOptions:
+    """The case's ``[import]`` keys (the dataclass defaults when the section is absent)."""
+    cfg = case.raw.get("import") or {}
+    return ImportOptions(**{k: cfg[k] for k in ("equilibrium_tol",) if k in cfg})
 
 
 def solver_options(case: Any) -> SolverOptions:
