@@ -10,6 +10,14 @@
   law at the .frd displacements with full integration (to the printed precision) and not
   with B-bar, and the .frd series imports through DisplacementSeries into the mesh read
   from the deck, with the same data at 1 and 3 ranks.
+* ``ddrom import`` of those data: the equilibrium check passes them under the deck's
+  formulation and stops on B-bar, a wrong Young's modulus or a wrong load (nothing
+  written); the noise floor of the 6 printed digits is stored; the replay is compared with
+  the .dat point by point (and the .dat read in the wrong component order differs).
+* The CalculiX workflow of the README end to end (cases/calculix: decks written from its
+  template, run by ccx at 6 forces; ``ddrom import``, ``offline``, ``online``, ``import
+  --which test``, ``calibrate`` through the command at 1 and 3 ranks): the ROM against
+  CalculiX's .frd and .dat at the unseen force, with default settings.
 """
 from __future__ import annotations
 
@@ -205,12 +213,11 @@ NX, NY, NZ, LX = 8, 2, 2, 4.0
 TIMES = [0.25, 0.5, 0.75, 1.0]
 
 
-def cantilever_deck(pressure: float = 20.0, tip_force: float | None = None, times: list = TIMES) -> str:
-    """C3D8 cantilever 4 x 1 x 1, clamped at x = 0, pressure on the top face (surface TOP), or
-    with ``tip_force`` a force per node (*CLOAD) down at the nodes of x = 4 (node set TIP);
+def cantilever_deck(pressure: float = 20.0) -> str:
+    """C3D8 cantilever 4 x 1 x 1, clamped at x = 0, pressure on the top face (surface TOP);
     interior nodes moved (seeded) so that the elements are not parallelepipeds; elastic-
-    plastic with a linear *PLASTIC table; fixed increments ending at ``times``; *NODE FILE U,
-    *EL FILE S, PE, *NODE PRINT U, *EL PRINT S, PEEQ, COORD."""
+    plastic with a linear *PLASTIC table; 4 fixed increments; *NODE FILE U, *EL FILE S, PE,
+    *NODE PRINT U, *EL PRINT S, PEEQ, COORD (cases/calculix/mesh.inp has its geometry)."""
     rng = np.random.default_rng(5)
     nid, lines, k = {}, ["*HEADING", "ddrom test cantilever", "*NODE, NSET=NALL"], 1
     for kk in range(NZ + 1):
@@ -235,13 +242,9 @@ def cantilever_deck(pressure: float = 20.0, tip_force: float | None = None, time
     lines += ["*NSET, NSET=FIX", ", ".join(str(nid[0, j, kk]) for j in range(NY + 1) for kk in range(NZ + 1))]
     lines += ["*ELSET, ELSET=TOPE, GENERATE", f"{(NZ - 1) * NX * NY + 1}, {NZ * NX * NY}, 1",
               "*SURFACE, NAME=TOP", "TOPE, S2"]
-    load = ["*DSLOAD", f"TOP, P, {pressure}"]
-    if tip_force is not None:
-        lines += ["*NSET, NSET=TIP", ", ".join(str(nid[NX, j, kk]) for j in range(NY + 1) for kk in range(NZ + 1))]
-        load = ["*CLOAD", f"TIP, 3, {-tip_force!r}"]
     lines += ["*MATERIAL, NAME=STEEL", "*ELASTIC", f"{E}, {NU}", "*PLASTIC", f"{SY}, 0.",
               f"{SY + HARD * 0.1}, 0.1", "*SOLID SECTION, ELSET=EALL, MATERIAL=STEEL", "*BOUNDARY", "FIX, 1, 3",
-              "*STEP", "*STATIC, DIRECT", f"{times[0]}, {times[-1]}", *load,
+              "*STEP", "*STATIC, DIRECT", f"{TIMES[0]}, {TIMES[-1]}", "*DSLOAD", f"TOP, P, {pressure}",
               "*NODE FILE", "U, RF", "*EL FILE", "S, PE", "*NODE PRINT, NSET=NALL", "U",
               "*EL PRINT, ELSET=EALL", "S, PEEQ, COORD", "*END STEP"]
     return "\n".join(lines) + "\n"
@@ -593,61 +596,29 @@ def test_ccx_dat_comparisons_and_component_order(ccx_run):
 
 
 # ============================================================== the CalculiX workflow end to end
-TRAIN_F, TEST_F = [2.0, 2.5, 3.0, 3.5, 4.0], 3.2
-E2E_TIMES = [0.1 * (k + 1) for k in range(10)]
-E2E_CASE = """
-[case]
-name = "ccx_cantilever"
-output = "out{ranks}"
-
-[mesh]
-file = "runs/F2/job.inp"          # every run's deck has the same mesh
-
-[material]
-law = "j2"
-E = {E}
-nu = {NU}
-sigma_y = {SY}
-H = {HARD}
-
-[parameters]
-F = {{ min = 2.0, max = 4.0, description = "tip force per node (*CLOAD on TIP)" }}
-
-[time]
-times = {TIMES}
-
-[loads]
-dirichlet = [{{ region = "FIX" }}]
-nodal = [{{ region = "TIP", force_per_node = [0, 0, "-F * t"] }}]
-
-[solver]
-element_technology = "full"       # CalculiX's C3D8
-
-[training]
-values = {TRAIN}
-
-[test]
-values = [{{ F = {TEST} }}]
-"""
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_F, TEST_F = [2.0, 2.5, 3.0, 3.5, 4.0], 3.2        # cases/calculix/cantilever.toml's points
+N_INC = 10
 
 
 @pytest.fixture(scope="module")
 def ccx_sweep():
-    """CalculiX runs of the *CLOAD cantilever at the training forces and an unseen one,
-    ``runs/F<F>/job.*`` (10 increments each; rank 0 runs ccx)."""
+    """The README's CalculiX workflow, its first step: cases/calculix (mesh deck, job template,
+    case) copied to a folder, one deck per force written from the template, ``runs/F<F>/job.inp``,
+    and run by ccx (rank 0)."""
     if CCX is None:
         pytest.skip("CalculiX (ccx) is not installed")
     folder, err = None, None
     if COMM.rank == 0:
         folder = Path(tempfile.mkdtemp(prefix="ddrom_ccx_e2e_"))
         try:
+            for name in ("mesh.inp", "job.inp.in", "cantilever.toml"):
+                shutil.copy(ROOT / "cases" / "calculix" / name, folder / name)
+            template = (folder / "job.inp.in").read_text()
             for f in TRAIN_F + [TEST_F]:
                 run = folder / "runs" / f"F{f:g}"
                 run.mkdir(parents=True)
-                run_ccx(run, "job", cantilever_deck(tip_force=f, times=E2E_TIMES))
-            (folder / "case.toml").write_text(E2E_CASE.format(
-                E=E, NU=NU, SY=SY, HARD=HARD, TIMES=[round(t, 12) for t in E2E_TIMES], TEST=TEST_F,
-                TRAIN="[" + ", ".join(f"{{ F = {f} }}" for f in TRAIN_F) + "]", ranks="{ranks}"))
+                run_ccx(run, "job", template.replace("@F@", f"{f:g}"))
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             err = str(exc)
     folder, err = COMM.bcast((folder, err), root=0)
@@ -675,7 +646,7 @@ def _rom_errors_against_calculix(folder: Path, fields: Path, sim: str) -> dict:
     acc = np.zeros(6)
     try:
         np.testing.assert_allclose(st.read_times(sim)[1:], u_ref.times, rtol=1e-5)
-        for k in range(1, len(E2E_TIMES) + 1):
+        for k in range(1, N_INC + 1):
             u, uc = st.read_displacement(sim, k, dm), u_ref.displacement(k - 1)
             p, pc = st.read_qp(sim, "p", k, dm), ip.peeq(k - 1)
             s, sc = st.read_qp(sim, "stress", k, dm), ip.stress(k - 1)
@@ -691,9 +662,9 @@ def _rom_errors_against_calculix(folder: Path, fields: Path, sim: str) -> dict:
 
 @needs_ccx
 def test_calculix_workflow_end_to_end(ccx_sweep):
-    """The CalculiX workflow of the README with the commands (``mpirun -n 1`` and ``-n 3``):
-    ``ddrom import --pattern 'runs/F{F}/*.frd'`` takes the training runs (the unseen run in the
-    same folder is skipped and named) with their ``.dat`` comparisons, ``ddrom offline``
+    """The CalculiX workflow of the README (cases/calculix) with the commands (``mpirun -n 1``
+    and ``-n 3``): ``ddrom import --pattern 'runs/F{F}/*.frd'`` (a glob) takes the training runs
+    (the unseen run in the same folder is skipped and named) with their ``.dat`` comparisons, ``ddrom offline``
     keeps the stress POD above the data's noise floor with default settings, ``ddrom online
     --fields`` at the unseen force; the ROM matches CalculiX there (displacement from the
     .frd, plastic strain and stress from the .dat, at integration points) and the results
@@ -709,7 +680,7 @@ def test_calculix_workflow_end_to_end(ccx_sweep):
     for ranks in (1, 3):
         t0 = time.perf_counter()
         case = folder / f"case{ranks}.toml"
-        case.write_text((folder / "case.toml").read_text().replace("{ranks}", str(ranks)))
+        case.write_text((folder / "cantilever.toml").read_text().replace('output = "out"', f'output = "out{ranks}"'))
 
         def cli(*args: str) -> dict:
             r = ddrom_cli(ranks, *args, "--quiet", "--json", "-", cwd=folder, timeout=600)

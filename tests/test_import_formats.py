@@ -355,6 +355,23 @@ def test_pattern_imports_only_the_points_of_the_list(ref, work):
                  "--param", "T_max=300", "--quiet"]) == 2
 
 
+@pytest.mark.mpi
+def test_boundary_values_other_than_the_cases_are_caught(ref, work):
+    """Data computed with another prescribed displacement (u_max = 0.004 imported as 0.005):
+    the deviation at the case's Dirichlet DOFs stops the import, naming the boundary conditions."""
+    from ddrom.parallel import CollectiveError
+    from ddrom.workflow.importing import import_series
+
+    pvd = COMM.bcast(_write_vtu_series(ref, os.path.join(work, "ext"), "train_000", perm=False)
+                     if COMM.rank == 0 else None)
+    case = _write_case(work, "imp")
+    with pytest.raises(CollectiveError, match=r"-> import_000: step 1 \(t = 0\.5\) is not a solution of the case's "
+                                              r"problem: the displacement at the case's Dirichlet DOFs differs from "
+                                              r"the prescribed values by 2\.50e-01 of the largest displacement"):
+        import_series(case, COMM, pvd, {"u_max": 0.005, "T_max": 100.0})
+    assert _no_store(case)
+
+
 def test_pattern_parsing(tmp_path):
     from ddrom.workflow.importing import _pattern_jobs
 

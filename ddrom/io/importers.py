@@ -45,10 +45,10 @@ Node (and cell) matching: see :mod:`ddrom.io.matching` (``--node-order``: ``auto
 keeps the file's order when it is the case's natural order, else matches by
 coordinates; ``keep`` requires the natural order; ``coordinates`` always matches).
 
-Stress (``stress_field``): a cell field (one tensor per cell) or a point field. A point
-field is reduced to cells as the mean of the cell's node values (the cell average of the
-interpolated field for affine cells), computed on the reading rank on the file's own
-cells. Cells are matched by their centroids, like nodes.
+Stress (``stress_field``) and plastic strain (``peeq_field``, a scalar): a cell field or
+a point field. A point field is reduced to cells as the mean of the cell's node values
+(the cell average of the interpolated field for affine cells), computed on the reading
+rank on the file's own cells. Cells are matched by their centroids, like nodes.
 
 Stress components (conventions)
 -------------------------------
@@ -65,9 +65,11 @@ Stress components (conventions)
                         (S11 S22 S33 S12 S13 S23)    (:data:`ABAQUS_ORDER`)
   ====================  ===========================  ==========================
 
-  :func:`to_mandel` takes the order explicitly (``order=``); the default is VTK's.
-  Reading CalculiX's ``.dat`` stresses in VTK order swaps the xz and yz shears, which
-  shows as a "difference" of tens of percent with no other hint.
+  :func:`to_mandel` takes the order explicitly (``order=``: 6 names, or ``"vtk"`` /
+  ``"abaqus"``, :data:`NAMED_ORDERS`); the default is VTK's. ``ddrom import
+  --stress-order`` passes it (default: VTK's for a field of the series, Abaqus' for a
+  CalculiX ``.dat``). Reading CalculiX's ``.dat`` stresses in VTK order swaps the xz and
+  yz shears, which shows as a "difference" of tens of percent with no other hint.
 * **In the snapshot store** and everywhere inside ddrom, stresses (and strains) are
   Mandel 6-vectors ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``
   (:mod:`ddrom.materials.tensors`): the Euclidean norm of the 6-vector is the Frobenius

@@ -250,7 +250,9 @@ def _pattern_jobs(pattern: str) -> list[ImportJob]:
         found[spec] = {k: float(v) for k, v in raw.items()}
     if not found:
         raise DdromError(f"--pattern {pattern!r}: no file matches (numbers expected in the {{NAME}} fields)")
-    return [ImportJob(s, found[s]) for s in sorted(found, key=natural_key)]
+    # by the parameter values (in the pattern's order of fields): 'F2', 'F2.5', 'F10'
+    return [ImportJob(s, found[s]) for s in sorted(found, key=lambda s: ([found[s][n] for n in names],
+                                                                         natural_key(s)))]
 
 
 def jobs_from_table(path: str, comm: Any) -> list[ImportJob]:
