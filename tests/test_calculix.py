@@ -587,6 +587,16 @@ def test_ccx_dat_comparisons_and_component_order(ccx_run):
     assert r["peeq_comparison"]["center"] == "point" and not r["peeq_comparison"]["counts_as_noise"]
     assert "p_replay" not in r["noise_floor"] and "stress_replay" not in r["noise_floor"]
     bad = _ccx_case(ccx_run, "out_cmp_bad")
+    short = ccx_run / "short" / "cant.dat"           # printed up to t = 0.5 only (the deck next to it)
+    if COMM.rank == 0:
+        short.parent.mkdir()
+        shutil.copy(ccx_run / "cant.inp", short.parent / "cant.inp")
+        text = (ccx_run / "cant.dat").read_text()
+        short.write_text(text[:text.index(" and time  0.7500000E+00")].rsplit("\n", 1)[0] + "\n")
+    COMM.Barrier()
+    with pytest.raises(CollectiveError, match=r"short/cant\.dat: no 'stresses' printed at t = 0\.75 \(printed "
+                                              r"at \[0\.25, 0\.5\]\); print it at every output time of"):
+        import_series(bad, COMM, frd, {"P": 20.0}, stress_field=str(short))
     with pytest.raises(CollectiveError, match=r"nope\.dat: file not found \(the CalculiX \.dat to compare with\)"):
         import_series(bad, COMM, frd, {"P": 20.0}, stress_field=str(ccx_run / "nope.dat"))
     with pytest.raises(CollectiveError, match=r"^ddrom import: stress component order 'xx yy zz': expected 6 "

@@ -373,6 +373,8 @@ class _Sources:
 
     def dat_steps(self, quantity: str, path: str, times: np.ndarray) -> np.ndarray:
         """Block index of ``quantity`` in the ``.dat`` at each of ``times`` (collective)."""
+        from ddrom.io.calculix import DAT_TITLES
+
         ip = self.dats[path]
         have = np.asarray(ip.times(quantity), dtype=float)
         scale = max(float(np.abs(times).max(initial=0.0)), 1e-300)
@@ -381,7 +383,7 @@ class _Sources:
             j = int(np.abs(have - t).argmin()) if have.size else -1
             # the .dat prints times with 7 digits, the .frd with 6
             if j < 0 or abs(have[j] - t) > 2e-5 * scale:
-                raise CollectiveError(f"{path}: no {ip.title_of(quantity)!r} printed at t = {t:g} (printed at "
+                raise CollectiveError(f"{path}: no {DAT_TITLES.get(quantity, quantity)!r} printed at t = {t:g} (printed at "
                                       f"{[float(f'{x:.6g}') for x in have]}); print it at every output time of "
                                       f"{self.series.source} (*EL PRINT)")
             out.append(j)
