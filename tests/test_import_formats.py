@@ -382,6 +382,32 @@ def test_pattern_parsing(tmp_path):
     assert got == [("run_E1e5_F.5.xdmf", 1e5, 0.5), ("run_E200e3_F-1.5.xdmf", 200e3, -1.5)]
 
 
+def test_precision_of_values_and_rounding_noise():
+    """Significant digits read off the values (6 for CalculiX's E12.5, none for computed
+    doubles or float32 data, 0 for a zero field); the rounding-noise realization stays within
+    half a unit of each value's last digit and depends on the ids only (not on the partition)."""
+    from ddrom.io.precision import half_units, hash_uniform, rounding_noise, significant_digits
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=5000) * 10.0 ** rng.integers(-8, 3, 5000)
+    printed = np.array([float(f"{v:12.5E}") for v in x])
+    assert significant_digits(printed) == 6 and significant_digits(np.round(printed, 20)) == 6
+    assert significant_digits(np.array([float(f"{v:.3e}") for v in x])) == 4
+    assert significant_digits(x) is None and significant_digits(x.astype(np.float32)) is None
+    assert significant_digits(np.zeros(7)) == 0 and significant_digits([0.25, 1000.0, 12.5]) == 3
+    h = half_units(printed, 6)
+    np.testing.assert_allclose(h, 0.5 * 10.0 ** (np.floor(np.log10(np.abs(printed))) - 5))      # d.ddddd E e
+    assert half_units([0.0, 2.0], 6)[0] == 0.0 and half_units([2.0], None, 1e-7)[0] == 1e-7
+    ids = np.arange(30000)
+    u = hash_uniform(ids, 4)
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.01
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
+    np.testing.assert_array_equal(hash_uniform(ids[::-1], 4), u[::-1])         # the same for an id anywhere
+    assert not np.array_equal(hash_uniform(ids, 5), u)                            # another step, another draw
+    d = rounding_noise(printed, ids[:5000], 6, salt=1)
+    assert np.all(np.abs(d) <= h) and np.abs(d).max() > 0.9 * h.max()
+
+
 def test_to_mandel():
     from ddrom.io.importers import to_mandel
 

@@ -395,8 +395,8 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("case", help="case file (TOML)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--series", metavar="FILE_OR_PATTERN",
-                     help="one displacement time series: .xdmf, .pvd, .pvtu, CalculiX .frd, or a glob of VTU/PVTU files "
-                          "(quoted; natural order)")
+                     help="one displacement time series: .xdmf, .pvd, .pvtu, CalculiX .frd, or a glob of VTU/PVTU "
+                          "files (quoted; natural order)")
     src.add_argument("--table", metavar="CSV_OR_TOML",
                      help="several simulations: a CSV with a header 'series,<param>,...[,name]' or a TOML "
                           "file of [[simulation]] tables (series paths relative to the table)")

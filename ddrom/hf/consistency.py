@@ -218,8 +218,9 @@ class ReplayNoise:
         du = rounding_noise(u, self.ids, digits, epsilon, salt=k)
         st = self.rep.step(float(t), u + du, k)
         w = self.w
+        ws = w[..., None]
         self._acc += [float(np.sum(du * du)), float(np.sum(u * u)),
-                      float(np.sum(w[..., None] * (st.stress - stress) ** 2)), float(np.sum(w[..., None] * stress ** 2)),
+                      float(np.sum(ws * (st.stress - stress) ** 2)), float(np.sum(ws * stress ** 2)),
                       float(np.sum(w * (st.p - p) ** 2)), float(np.sum(w * p ** 2))]
         return st.stress - stress
 

@@ -36,7 +36,8 @@ Checks of the data (every step, in parallel, reported in the summary):
   replayed stress and the plastic strain; with a compared field (below) given at
   integration points or per cell, the RMS relative difference to the replay counts too.
   It is stored with each simulation (metadata ``noise``): the offline stage keeps its
-  POD tolerances above it (:func:`ddrom.rom.offline.noise_floors`).
+  POD tolerances above it (:func:`ddrom.rom.offline.noise_floors`). Double-precision
+  binary data carry round-off only: their second replay is skipped (floor 0).
 
 Comparisons with the producer's own stress or plastic strain (``stress_field``,
 ``peeq_field``): a field of the series (cell data, or point data averaged over each
@@ -383,7 +384,8 @@ class _Sources:
             j = int(np.abs(have - t).argmin()) if have.size else -1
             # the .dat prints times with 7 digits, the .frd with 6
             if j < 0 or abs(have[j] - t) > 2e-5 * scale:
-                raise CollectiveError(f"{path}: no {DAT_TITLES.get(quantity, quantity)!r} printed at t = {t:g} (printed at "
+                title = DAT_TITLES.get(quantity, quantity)
+                raise CollectiveError(f"{path}: no {title!r} printed at t = {t:g} (printed at "
                                       f"{[float(f'{x:.6g}') for x in have]}); print it at every output time of "
                                       f"{self.series.source} (*EL PRINT)")
             out.append(j)
@@ -613,6 +615,7 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
                 writer = store.add_simulation(sim, p, n_steps=len(times) - 1)
                 added.append(sim)
                 zero = np.zeros((dm.n_owned, 3))
+                noisy = True
                 with Progress(comm, total=len(times), desc=f"import {sim}", quiet=not progress) as bar:
                     for k, t in enumerate(times):
                         kf = k - 1 if prepend else k
@@ -620,7 +623,12 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
                         st = rep.step(float(t), u, k)
                         d = _digits(u, comm) if kf >= 0 else 0
                         digits.append(d)
-                        ds = noise.step(k, float(t), u, st.stress, st.p, d, src.series.value_epsilon)
+                        # double-precision data: a noise of round-off, not worth a second replay
+                        # (decided once per simulation: the noisy replay is a history)
+                        if d is None and src.series.value_epsilon <= np.finfo(np.float64).eps:
+                            noisy = False
+                        ds = noise.step(k, float(t), u, st.stress, st.p, d, src.series.value_epsilon) \
+                            if noisy else None
                         if k > 0:        # step 0 is the initial state, as in ddrom's own runs
                             r = check.residual(float(t), u, st.stress, ds)
                             residuals.append((k, r))
