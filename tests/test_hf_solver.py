@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ddrom.hf.loads import Dirichlet, Loads, Pressure, Traction, BodyForce, Centrifugal
+from ddrom.hf.loads import Dirichlet, Loads, NodalForce, Pressure, Traction, BodyForce, Centrifugal
 from ddrom.hf.solver import HFSolver, SolverOptions
 from ddrom.materials import from_config
 from ddrom.mesh.boundary import boundary_facets
@@ -138,6 +138,26 @@ def test_pressure_and_body_loads_balance_reactions():
     # gravity -rho g V (V = 1); centrifugal x-resultant rho w^2 * int x dV = rho w^2 * 0.5 * V
     np.testing.assert_allclose(total, [-5.0 + rho * w * w * 0.5, rho * w * w * 1.0, 1.0 - rho * g],
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.mpi
+def test_nodal_forces_act_once_at_every_node_of_the_region():
+    """A nodal force (*CLOAD) is the given vector at every node of the region, counted once
+    whatever rank owns or ghosts the node; it may depend on x, y, z, t; the reactions balance it."""
+    comm = MPI.COMM_WORLD
+    dm = distributed(lambda: box(1.0, 2.0, 0.5, 3, 4, 2))
+    loads = Loads(dirichlet=[Dirichlet("xmin")],
+                  nodal=[NodalForce("xmax", (2.0, 0.0, lambda x, y, z, t: y * t))])
+    s = HFSolver(dm, from_config(ELASTIC), loads, TIGHT)
+    total = comm.allreduce(s.sum_to_owned(s.external_force(2.0)).reshape(-1, 3).sum(axis=0))
+    # 5 x 3 nodes on x = 1; y = 0, 0.5, ..., 2 on 3 nodes each: sum y = 15
+    np.testing.assert_allclose(total, [30.0, 0.0, 30.0], rtol=1e-13)
+    st, _ = s.step(s.initial_state(), 2.0, 1)
+    _, _, fint = s.force_residual(st.stress, np.zeros(3 * dm.n_owned))
+    fixed = s.fixed[: 3 * dm.n_owned].reshape(-1, 3).any(axis=1)
+    # the internal forces sum to zero: at the support they carry minus the load
+    support = comm.allreduce(fint.reshape(-1, 3)[fixed].sum(axis=0))
+    np.testing.assert_allclose(support, -total, rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.mpi

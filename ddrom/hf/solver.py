@@ -133,6 +133,12 @@ class HFSolver:
         if nfixed == 0:
             raise CollectiveError("no Dirichlet condition: the problem has rigid-body motions")
         self._facets = {name: dm.facet_geometry(name) for name in loads.boundary_regions()}
+        # nodal forces act on the owned nodes only: a ghost's force is its owner's (the local
+        # contributions are summed over ranks, so adding it on both would count it twice)
+        self._nodal = []
+        for nf in loads.nodal:
+            nodes = dm.region_nodes(nf.region)
+            self._nodal.append((nodes[nodes < dm.n_owned], nf.vector))
 
     # ------------------------------------------------------------- evaluators
     def temperature(self, t: float) -> np.ndarray:
@@ -160,6 +166,11 @@ class HFSolver:
             vec = np.stack([evaluate(c, xq.shape[:2], x=xq[..., 0], y=xq[..., 1], z=xq[..., 2], t=t)
                             for c in tr.vector], axis=-1)
             f += self.asm.surface_load(nodes, N, vec * dA[..., None])
+        X = self.dm.coords
+        for nodes, vector in self._nodal:
+            x = X[nodes]
+            for j, c in enumerate(vector):
+                f[3 * nodes + j] += evaluate(c, (len(nodes),), x=x[:, 0], y=x[:, 1], z=x[:, 2], t=t)
         x = self.xq
         body = np.zeros(x.shape)
         for b in L.body:
