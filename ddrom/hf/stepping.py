@@ -17,8 +17,13 @@ class NewtonOptions:
     Convergence: ``||r|| <= rtol * ref + atol`` (``ref`` as each solver defines it).
 
     ``line_search``: ``"fallback"`` (default) takes the full Newton step unless it fails --
-    a residual that is not finite (a failed constitutive update) or that grows for a second
-    iteration in a row -- and only then backtracks (halving, down to 1/16); ``"always"``
+    a residual that is not finite (a failed constitutive update) or that grows after the first
+    iteration -- and only then backtracks (halving, down to 1/16). The first iteration may
+    grow the residual: from the elastic predictor of a plastic increment it routinely does,
+    and that step is where quadratic convergence starts. Plain Newton's growth from later
+    iterates is how its 2-cycles on plastic problems begin (measured: a thermally loaded J2
+    box cycled at a relative residual ~0.9 for 25 iterations and cut back 5 times, where
+    backtracking on any later growth needs no cut-back); ``"always"``
     backtracks at every iteration until the residual decreases enough (Armijo): safe, but on
     plastic problems whose residual does not decrease monotonically it turns quadratic
     convergence into slow halving (measured: 3x the iterations on a J2 cantilever);
@@ -50,7 +55,7 @@ class LineSearch:
 
     def __init__(self, policy: str):
         self.policy = policy
-        self.growths = 0          # consecutive iterations whose residual grew
+        self.iterations = 0       # accepted updates so far
 
     def backtrack(self, norm_t: float, norm: float, alpha: float) -> bool:
         if self.policy == "never" or alpha < 1.0 / 16:
@@ -59,11 +64,11 @@ class LineSearch:
             return True
         if self.policy == "always":
             return norm_t > (1.0 - 1e-4 * alpha) * norm
-        # fallback: a first growth is Newton's own business, a second one in a row is not
-        return norm_t > norm and self.growths >= 1
+        # fallback: the first update's growth is Newton's own business, a later one is not
+        return norm_t > norm and self.iterations >= 1
 
     def accepted(self, norm_t: float, norm: float) -> None:
-        self.growths = self.growths + 1 if norm_t > norm else 0
+        self.iterations += 1
 
 
 class NotConverged(Exception):
