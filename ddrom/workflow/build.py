@@ -22,7 +22,7 @@ _COMPONENT = {"x": 0, "y": 1, "z": 2, 0: 0, 1: 1, 2: 2}
 
 def build_mesh(case: Any, comm: Any) -> DistributedMesh:
     """Generate or read the mesh on rank 0 (with the case's geometric regions), then distribute."""
-    from ddrom.mesh.distribute import distribute
+    from ddrom.mesh.scatter import distribute
 
     c = as_mpi(comm)
     cfg = case.raw["mesh"]
