@@ -2,11 +2,12 @@
 
 Each option has ONE default, in the dataclass of the layer that uses it:
 :class:`~ddrom.hf.solver.SolverOptions` (Newton: :class:`~ddrom.hf.stepping.NewtonOptions`),
-:class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`
-and :class:`IndicatorOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the
-defaults of its keys from them, so a case that omits a key, a Python user who builds the
-options by hand and the command line get the same value; the functions here only map the
-case's keys (all present after validation) onto the fields.
+:class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`,
+:class:`~ddrom.rom.classifier.ClassifierOptions` and :class:`IndicatorOptions`. The case
+schema (:mod:`ddrom.workflow.case`) takes the defaults of its keys from them, so a case that
+omits a key, a Python user who builds the options by hand and the command line get the same
+value; the functions here only map the case's keys (all present after validation) onto the
+fields.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddrom.hf.solver import SolverOptions
+from ddrom.rom.classifier import ClassifierOptions
 from ddrom.rom.enrichment import EnrichmentOptions
 from ddrom.rom.offline import OfflineOptions
 
@@ -50,6 +52,11 @@ def offline_options(case: Any) -> OfflineOptions:
     return OfflineOptions(pod_tol=r["pod_tol"], stress_tol=r["stress_tol"], ecm_tol=r["ecm_tol"],
                           p_tol=r["dual_pod_tol"], max_modes=r.get("max_modes"), pod_method=r.get("pod_method"),
                           temperature_tol=r["temperature_tol"], temperature_sensors=r["temperature_sensors"])
+
+
+def classifier_options(case: Any) -> ClassifierOptions:
+    r = case.raw["rom"]
+    return ClassifierOptions(method=r["classifier"], margin=r["classifier_margin"])
 
 
 def indicator_options(case: Any) -> IndicatorOptions:
