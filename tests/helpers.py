@@ -163,3 +163,57 @@ def write_case(tmp, text: str, name: str = "case.toml"):
     p = Path(tmp) / name
     p.write_text(text)
     return p
+
+
+# ---------------------------------------------------------------- clustering data
+def weighted_gram(S: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return S.T @ (w[:, None] * S)
+
+
+def regimes_data(seed: int = 0, n: int = 80, n_regimes: int = 3, sims_per_regime: int = 4,
+                 steps: int = 6, eps: float = 0.1):
+    """Snapshots that are scaled copies of a few directions: the distinct-regimes case.
+
+    Regime r lives in span{d_r, P_r} (3-D, mutually orthogonal across regimes): each
+    snapshot is ``A_sim * t/T * (d_r + eps P_r xi_t)``; the simulation amplitudes
+    A_sim span four orders of magnitude (1e-2 .. 1e2). Returns S (n, m), the
+    simulation of each column, the regime of each column, the regime of each sim.
+    """
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, 3 * n_regimes)))
+    amps = 10.0 ** rng.uniform(-2, 2, n_regimes * sims_per_regime)
+    cols, sims, reg = [], [], []
+    s = 0
+    for r in range(n_regimes):
+        d, P = Q[:, 3 * r], Q[:, 3 * r + 1:3 * r + 3]
+        for _ in range(sims_per_regime):
+            for t in range(1, steps + 1):
+                cols.append(amps[s] * (t / steps) * (d + eps * P @ rng.standard_normal(2)))
+                sims.append(s)
+                reg.append(r)
+            s += 1
+    reg = np.array(reg)
+    sims = np.array(sims)
+    return np.array(cols).T, sims, reg, reg[np.unique(sims, return_index=True)[1]]
+
+
+def hot_spot_data(n: int = 300, s: int = 12, steps: int = 4, width: float = 0.08):
+    """Simulations of a mechanical load then a moving hot spot: a continuum of regimes.
+
+    Simulation a: ``10**logS_a min(t, 2)/2 u_mech + max(t - 2, 0)/2 50 f(phi_a)`` with
+    ``f(phi)`` a Gaussian of width ``width`` centred at ``0.5 + 0.3 cos(phi)`` (on [0, 1]),
+    ``phi_a = 2 pi a / s`` and amplitudes ``logS_a`` scrambled over the positions (two
+    decades). The subspace depends on phi only, through cos(phi). Returns S (n, s steps),
+    the simulation of each column, phi and logS per simulation.
+    """
+    x = np.linspace(0.0, 1.0, n)
+    phis = np.arange(s) * 2.0 * np.pi / s
+    logS = 2.0 * ((5 * np.arange(s)) % s) / (s - 1)
+    umech = np.sin(np.pi * x)
+    cols, sims = [], []
+    for a in range(s):
+        spot = np.exp(-((x - 0.5 - 0.3 * np.cos(phis[a])) / width) ** 2)
+        for t in range(1, steps + 1):
+            cols.append(10 ** logS[a] * min(t, 2) / 2 * umech + max(t - 2, 0) / 2 * 50.0 * spot)
+            sims.append(a)
+    return np.array(cols).T, np.array(sims), phis, logS

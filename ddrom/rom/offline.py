@@ -88,8 +88,10 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
         else:
             U = store.read_block("displacement", dm, sims=sims)
             U[solver.fixed[:nown]] = 0.0
+            # a cap above the number of snapshots (a small cluster's local basis) is no cap
+            cap = None if options.max_modes is None else min(int(options.max_modes), U.shape[1])
             r_u = pod(U, comm, Euclidean(), l2_err=l2_err_from_relative(options.pod_tol, U, comm),
-                      rtol=1e-12, modes=options.max_modes, name="displacement snapshots", **kw)
+                      rtol=1e-12, modes=cap, name="displacement snapshots", **kw)
             del U
     Phi = r_u.modes_loc
     check_all(comm, Phi.shape[1] > 0, "the displacement snapshots are all zero: nothing to reduce")
