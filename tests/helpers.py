@@ -217,3 +217,68 @@ def hot_spot_data(n: int = 300, s: int = 12, steps: int = 4, width: float = 0.08
             cols.append(10 ** logS[a] * min(t, 2) / 2 * umech + max(t - 2, 0) / 2 * 50.0 * spot)
             sims.append(a)
     return np.array(cols).T, np.array(sims), phis, logS
+
+
+# ----------------------------------------------------------- a case with two regimes
+#: A bar heated by a hot spot at position P along it and pulled by a traction A: the thermal
+#: displacement's shape depends on P (two groups of training positions, near each end), not
+#: on A. Elastic, 3 steps: the HF sweep takes seconds.
+REGIMES_CASE = """
+[case]
+name = "{name}"
+
+[mesh]
+generator = "box"
+args = {{ lx = 4.0, ly = 1.0, lz = 1.0, nx = 12, ny = 2, nz = 2 }}
+
+[material]
+law = "elastic"
+E = 200e3
+nu = 0.3
+alpha = 1.2e-5
+T_ref = 20.0
+
+[parameters]
+P = {{ min = 0.0, max = 4.0, default = 2.0, description = "position of the hot spot" }}
+A = {{ min = 1.0, max = 100.0, default = 10.0, scale = "log" }}
+
+[time]
+times = [1.0, 2.0, 3.0]
+
+[loads]
+dirichlet = [{{ region = "xmin" }}]
+traction = [{{ region = "xmax", vector = ["A * ramp(t, 1)", 0.0, 0.0] }}]
+
+[temperature]
+expression = "20 + 300 * clip(t - 1, 0, 1) * exp(-((x - P) / 0.4)**2)"
+
+[solver]
+newton_rtol = 1e-10
+petsc_options = {{ ksp_rtol = 1e-12 }}
+
+[rom]
+pod_tol = 1e-8
+ecm_tol = 1e-8
+n_clusters = 2
+{extra_rom}
+
+[training]
+values = [
+  {{ P = 0.4, A = 3.0 }}, {{ P = 0.7, A = 50.0 }}, {{ P = 1.0, A = 10.0 }},
+  {{ P = 3.0, A = 80.0 }}, {{ P = 3.3, A = 2.0 }}, {{ P = 3.6, A = 20.0 }},
+]
+
+[test]
+values = [{{ P = 0.7, A = 30.0 }}, {{ P = 2.0, A = 10.0 }}, {{ P = 1.1, A = 10.0 }}]
+"""
+
+
+def write_regimes_case(folder, name: str = "regimes", extra_rom: str = "", comm=MPI.COMM_WORLD) -> str:
+    """REGIMES_CASE in ``folder`` (rank 0 writes; every rank gets the path)."""
+    from pathlib import Path
+
+    path = Path(folder) / f"{name}.toml"
+    if comm.rank == 0:
+        path.write_text(REGIMES_CASE.format(name=name, extra_rom=extra_rom))
+    comm.Barrier()
+    return str(path)

@@ -260,14 +260,24 @@ def recommend(table: list[dict], error_target: float, budget: float | None = Non
 
 
 def format_table(table: list[dict]) -> str:
-    """Plain-text rendering of :func:`efficiency_table` (what ``ddrom cluster`` prints)."""
+    """Plain-text rendering of :func:`efficiency_table` (what ``ddrom cluster`` prints), with the
+    held-out columns of :func:`merge_heldout` when present."""
+    held = any("heldout_mean_local" in r for r in table)
     head = (f"{'k':>3} {'N':>4} {'mean local':>11} {'mean global':>11} {'gain':>7} "
-            f"{'max local':>10} {'max global':>10} {'cost x':>7}  sizes")
+            f"{'max local':>10} {'max global':>10} {'cost x':>7}")
+    if held:
+        head += f" | {'held local':>10} {'held global':>11} {'gain':>6} {'fallback':>8}"
+    head += "  sizes"
     lines = [head, "-" * len(head)]
     for r in table:
-        lines.append(f"{r['k']:>3} {r['N']:>4} {r['mean_local']:>11.3e} {r['mean_global']:>11.3e} "
-                     f"{r['gain_mean']:>7.3g} {r['max_local']:>10.3e} {r['max_global']:>10.3e} "
-                     f"{r['offline_ratio']:>7.2f}  {r['cluster_sizes']}")
+        line = (f"{r['k']:>3} {r['N']:>4} {r['mean_local']:>11.3e} {r['mean_global']:>11.3e} "
+                f"{r['gain_mean']:>7.3g} {r['max_local']:>10.3e} {r['max_global']:>10.3e} "
+                f"{r['offline_ratio']:>7.2f}")
+        if held:
+            line += (f" | {r.get('heldout_mean_local', float('nan')):>10.3e} "
+                     f"{r.get('heldout_mean_global', float('nan')):>11.3e} {r.get('heldout_gain', float('nan')):>6.3g} "
+                     f"{r.get('heldout_fallback', float('nan')):>8.2f}")
+        lines.append(line + f"  {r['cluster_sizes']}")
     return "\n".join(lines)
 
 
@@ -491,7 +501,8 @@ def merge_heldout(table: list[dict], heldout: list[dict]) -> list[dict]:
             ml, mg = h["heldout_mean"], h["heldout_mean_global"]
             r.update(heldout_mean_local=ml, heldout_max_local=h["heldout_max"], heldout_mean_global=mg,
                      heldout_max_global=h["heldout_max_global"],
-                     heldout_gain=mg / ml if ml > 0 else (1.0 if mg == 0 else float("inf")),
+                     heldout_gain=(float("nan") if not np.isfinite(ml) else mg / ml if ml > 0
+                                   else (1.0 if mg == 0 else float("inf"))),
                      heldout_fallback=h["heldout_fallback"], classifiers=h["classifiers"])
         out.append(r)
     return out

@@ -52,7 +52,7 @@ from ddrom.parallel import DdromError
 
 __all__ = ["FeatureGroup", "Relevance", "group_sq_distances", "fit_relevance", "NearestMedoid", "KNearest",
            "MLP", "CLASSIFIERS", "make_classifier", "classifier_from_state", "folds_of", "heldout_predictions",
-           "select_classifier", "class_medoids"]
+           "select_classifier", "class_medoids", "DEFAULT_FOLDS"]
 
 
 @dataclass(frozen=True)
@@ -377,6 +377,11 @@ def classifier_from_state(meta: dict, arrays: dict) -> Any:
 
 
 # ---------------------------------------------------------------- cross-validation
+#: Default number of folds of the held-out criterion and check of ``ddrom cluster`` (simulation
+#: i held out in fold i mod DEFAULT_FOLDS; fewer simulations: leave-one-out).
+DEFAULT_FOLDS = 4
+
+
 def folds_of(n: int, n_folds: int | None) -> list[np.ndarray]:
     """Held-out items of each fold: item i in fold ``i mod n_folds`` (None or >= n: leave-one-out).
 

@@ -29,13 +29,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ddrom.parallel import CollectiveError, Timers, as_mpi, get_logger
+from ddrom.reduction.routing import DEFAULT_FOLDS
 from ddrom.workflow.hf import store_path
 from ddrom.workflow.options import classifier_options, offline_options
 from ddrom.workflow.rom import _online_newton, as_case, build_rom_file, hf_context, run_routed
 
-#: Default number of folds of the held-out criterion and check (simulation i held out in fold
-#: i mod n_folds); fewer simulations: leave-one-out.
-DEFAULT_FOLDS = 4
 
 #: POD tolerance of the ROMs of the a posteriori check: their size is the configuration's N
 #: (``max_modes``), not the case's ``pod_tol``, so that they are the table's configurations.
@@ -110,6 +108,8 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
     from ddrom.reduction.routing import folds_of
     from ddrom.rom.classifier import InputFeatures
 
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2):
+        raise CollectiveError(f"cluster: folds must be an integer >= 2 (or None: leave-one-out), got {folds!r}")
     if check is not None and check not in CHECK_MODES:
         raise CollectiveError(f"cluster: check must be one of {', '.join(CHECK_MODES)} or None, got {check!r}")
     c = as_mpi(comm)
@@ -315,4 +315,17 @@ def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, 
     return {"mode": mode, "protocol": protocol, "configs": rows}
 
 
-__all__ = ["cluster_report", "heldout_online", "DEFAULT_FOLDS", "CHECK_POD_TOL"]
+def format_check(check: dict) -> str:
+    """Plain-text rendering of :func:`heldout_online` (what ``ddrom cluster`` prints)."""
+    head = (f"{'k':>3} {'N':>4} {'mean u':>10} {'max u':>10} {'mean p':>10} {'mean stress':>11} {'s/run':>9} "
+            f"{'modes':>6} {'points':>7} {'local':>6} {'fallback':>8}")
+    lines = [f"held-out online errors ({check['protocol']}):", head, "-" * len(head)]
+    for r in check["configs"]:
+        lines.append(f"{r['k']:>3} {r['N']:>4} {r['mean_displacement']:>10.3e} {r['max_displacement']:>10.3e} "
+                     f"{r['mean_plastic_strain']:>10.3e} {r['mean_stress']:>11.3e} {r['seconds_mean']:>9.2e} "
+                     f"{r['modes_mean']:>6.1f} {r['points_mean']:>7.1f} {r['routed_local']:>3}/{r['n_runs']:<2} "
+                     f"{r['fallbacks']:>8}")
+    return "\n".join(lines)
+
+
+__all__ = ["cluster_report", "heldout_online", "format_check", "DEFAULT_FOLDS", "CHECK_POD_TOL"]

@@ -196,6 +196,9 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
     model = load_model(rpath, comm)
     problem = build_problem(case)
     router = load_router(rpath, comm)
+    if router is not None:
+        # the case's margin at online time (the ROM file keeps the one its classifier was chosen with)
+        router.threshold = classifier_options(case).margin
     if points is None:
         named = [(f"test_{i:03d}", p) for i, p in enumerate(case.test_parameters())]
         if not named:
