@@ -509,13 +509,14 @@ def merge_heldout(table: list[dict], heldout: list[dict]) -> list[dict]:
 
 
 def recommend_heldout(table: list[dict], error_target: float | None = None, budget: float | None = None, *,
-                      metric: str = "mean", gain_min: float = GAIN_MIN) -> dict:
+                      metric: str = "mean", gain_min: float = GAIN_MIN, noise: float = 1e-8) -> dict:
     """Choose (k, N) from the held-out columns (:func:`merge_heldout`); the global basis unless
     local bases are clearly better on simulations they were not built from.
 
     At each N, local bases "pay off" when the best k > 1 (within ``offline_ratio <= budget``)
     has ``heldout_<metric>_local * gain_min < heldout_<metric>_global`` (same N, hence about
-    the same online cost); the candidate at that N is then that k, else the global basis.
+    the same online cost) and the global error exceeds ``noise`` (errors from a Gram matrix
+    are not resolved below ~1e-8); the candidate at that N is then that k, else the global basis.
     With ``error_target``: the smallest N whose candidate reaches it (``heldout_<metric>``
     <= target); without: the N whose candidate has the smallest held-out error (the
     smallest such N within a relative 1e-9).
@@ -539,7 +540,7 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
         loc = [r for r in at if r["k"] > 1 and (budget is None or r["offline_ratio"] <= budget)]
         best = min(loc, key=lambda r: (r[key_l], r["k"])) if loc else None
         g_err = glob[key_l] if glob is not None else at[0][key_g]
-        if best is not None and best[key_l] * gain_min < g_err:
+        if best is not None and best[key_l] * gain_min < g_err and g_err > noise:
             cands[N] = (best, True)
         elif glob is not None:
             cands[N] = (glob, False)
@@ -563,7 +564,8 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
     r, pays = cands[N]
     if pays:
         msg = (f"local bases pay off: k={r['k']}, N={N} reach held-out {metric} error {r[key_l]:.3g} against "
-               f"{r[key_g]:.3g} for the global basis of the same size (x{r[key_g] / r[key_l]:.2f})")
+               f"{r[key_g]:.3g} for the global basis of the same size"
+               + (f" (x{r[key_g] / r[key_l]:.2f})" if r[key_l] > 0 else ""))
     else:
         msg = (f"the global basis: N={N}, held-out {metric} error {r[key_l]:.3g}; no local configuration at "
                f"this N is below it by x{gain_min:g}")
