@@ -42,7 +42,8 @@ def test_input_features_of_declared_scales_and_temperatures():
     np.testing.assert_allclose(d(X), d(V), atol=1e-12)
     meta, arrays = g.state()
     back = InputFeatures.from_state(json.loads(json.dumps(meta)), arrays)
-    np.testing.assert_array_equal(back.vector({"phi": 1, "S": 2, "E": 3}, V[2]), g.vector({"phi": 1, "S": 2, "E": 3}, V[2]))
+    p = {"phi": 1, "S": 2, "E": 3}
+    np.testing.assert_array_equal(back.vector(p, V[2]), g.vector(p, V[2]))
 
 
 def test_parameter_scale_keys_are_validated_and_do_not_touch_the_hf_store(tmp_path):
@@ -179,7 +180,8 @@ def test_cluster_report_heldout_criterion_and_online_check(shared_tmp):
     assert out["heldout"]["folds"] == [[0, 3], [1, 4], [2, 5]]
     rows = {(r["k"], r["N"]): r for r in out["table"]}
     for r in rows.values():
-        assert np.isfinite(r["heldout_mean_local"]) and r["heldout_mean_global"] == rows[(1, r["N"])]["heldout_mean_local"]
+        assert np.isfinite(r["heldout_mean_local"])
+        assert r["heldout_mean_global"] == rows[(1, r["N"])]["heldout_mean_local"]
         # a held-out simulation is never better represented than the training ones by their own global basis
         assert r["k"] > 1 or r["heldout_mean_local"] >= r["mean_local"] - 1e-9
     rec = out["recommendation"]
@@ -200,3 +202,33 @@ def test_cluster_report_heldout_criterion_and_online_check(shared_tmp):
     assert t["check"]["configs"][1]["runs"][0]["cluster"] == 0      # a training position, its cluster
     with pytest.raises(DdromError, match="folds must be an integer >= 2"):
         cluster_report(path, comm, folds=1)
+
+
+def test_router_decisions_margin_and_unavailable_features():
+    """The router's three outcomes without a ROM: sure (its cluster), unsure (the global basis),
+    and temperature features that cannot be computed (the global basis, reason given)."""
+    from types import SimpleNamespace
+
+    from ddrom.reduction.routing import NearestMedoid
+    from ddrom.rom.classifier import InputFeatures, Router
+
+    feats = InputFeatures({"x": {"kind": "number"}})
+    clf = NearestMedoid().fit(np.array([[0.0], [1.0], [4.0], [5.0]]), [0, 0, 1, 1])
+    router = Router(feats, np.ones(1), clf, 0.2)
+    sure = router.decide(np.array([0.2]))
+    assert (sure.cluster, sure.fallback) == (0, None) and sure.margin > 0.2
+    unsure = router.decide(np.array([2.1]))                  # medoids 0 and 4: margin (2.1 - 1.9) / 4
+    assert unsure.cluster is None and unsure.predicted == 1 and unsure.fallback == "margin"
+    assert "margin 0.05 < 0.2" in unsure.reason
+    d = unsure.to_dict()
+    assert json.loads(json.dumps(d)) == d and set(d) >= {"cluster", "predicted", "margin", "fallback", "reason"}
+
+    class Failing:
+        def bind(self, model):
+            raise DdromError("fields/T.xdmf: time 3 outside the series' span [0, 2]")
+
+    V = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    tfeats = InputFeatures.fit({"x": {"kind": "number"}}, V, [1.0], 20.0)
+    router = Router(tfeats, np.ones(tfeats.n_features), clf, 0.2)
+    d = router.route(SimpleNamespace(params={"x": 0.0}, temperature=Failing()), model=None)
+    assert d.cluster is None and d.fallback == "features" and "outside the series' span" in d.reason

@@ -49,7 +49,7 @@ from ddrom.reduction.clustering import (
 __all__ = ["projection_errors_sq", "cumulative_errors_sq", "relative_errors_by_simulation",
            "clustering_errors", "offline_cost", "efficiency_table", "recommend",
            "format_table", "plot_efficiency", "basis_errors", "routed_errors", "heldout_table",
-           "merge_heldout", "recommend_heldout", "GAIN_MIN"]
+           "merge_heldout", "recommend_heldout", "leave_one_out_errors", "choose_classifier", "GAIN_MIN"]
 
 #: Local bases "pay off" when their mean held-out error is below the global basis' at the same
 #: N divided by this: a 10 % margin, so that a difference within the scatter of a few held-out
@@ -366,7 +366,7 @@ def routed_errors(E: np.ndarray, labels: np.ndarray, margins: np.ndarray, margin
     return np.where(ok.reshape((-1,) + (1,) * (local.ndim - 1)), local, E[idx, -1])
 
 
-def _loo_errors(C: np.ndarray, groups: Sequence[np.ndarray], train: np.ndarray, labels: np.ndarray,
+def leave_one_out_errors(C: np.ndarray, groups: Sequence[np.ndarray], train: np.ndarray, labels: np.ndarray,
                 Ns: Sequence[int], k: int, sv_rtol: float) -> np.ndarray:
     """For each training simulation a: errors onto the cluster bases and the global basis built
     without a, (len(train), k + 1, len(Ns)) (the loss of a classifier's leave-one-out routing)."""
@@ -381,7 +381,7 @@ def choose_classifier(X: np.ndarray, labels: np.ndarray, E_loo: np.ndarray, marg
                       D: np.ndarray | None, method: str = "auto", seed: int = 0) -> tuple[Any, dict]:
     """The classifier of the local bases: ``method``, or with ``"auto"`` the candidate of
     :data:`~ddrom.reduction.routing.CLASSIFIERS` whose leave-one-out routing (margin fallback
-    included) has the smallest mean error ``E_loo`` (:func:`_loo_errors`: (n, k + 1) for one
+    included) has the smallest mean error ``E_loo`` (:func:`leave_one_out_errors`: (n, k + 1) for one
     basis size, a name; (n, k + 1, nN): one name per N)."""
     from ddrom.reduction.routing import CLASSIFIERS, select_classifier
 
@@ -460,7 +460,7 @@ def heldout_table(C: np.ndarray, sims: Any, ks: Sequence[int], Ns: Sequence[int]
             E = basis_errors(C, groups, train, held, lab_T, Ns, k, sv_rtol)
             names = [classifier] * len(Ns)
             if classifier == "auto":
-                E_loo = _loo_errors(C, groups, train, lab_T, Ns, k, sv_rtol)
+                E_loo = leave_one_out_errors(C, groups, train, lab_T, Ns, k, sv_rtol)
                 names, _ = choose_classifier(Xw[train], lab_T, E_loo, margin, D=DT, seed=seed)
             fits: dict[str, Any] = {}
             for i, N in enumerate(Ns):
@@ -491,7 +491,7 @@ def merge_heldout(table: list[dict], heldout: list[dict]) -> list[dict]:
     """The rows of :func:`efficiency_table` with the held-out columns of :func:`heldout_table`
     (same (k, N)): ``heldout_mean_local``, ``heldout_max_local``, ``heldout_mean_global``,
     ``heldout_max_global``, ``heldout_gain`` (global / local), ``heldout_fallback``,
-    ``classifiers``."""
+    ``classifiers``, ``heldout_errors`` (per simulation)."""
     by = {(r["k"], r["N"]): r for r in heldout}
     out = []
     for r in table:
@@ -503,7 +503,8 @@ def merge_heldout(table: list[dict], heldout: list[dict]) -> list[dict]:
                      heldout_max_global=h["heldout_max_global"],
                      heldout_gain=(float("nan") if not np.isfinite(ml) else mg / ml if ml > 0
                                    else (1.0 if mg == 0 else float("inf"))),
-                     heldout_fallback=h["heldout_fallback"], classifiers=h["classifiers"])
+                     heldout_fallback=h["heldout_fallback"], classifiers=h["classifiers"],
+                     heldout_errors=h["errors"])
         out.append(r)
     return out
 
@@ -525,7 +526,8 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
     -------
     dict
         ``choice`` (the row, or None), ``local_pays_off``, ``global_N`` (smallest N at which
-        the global basis reaches the target, or None), ``message``, ``basis`` ("held-out").
+        the global basis reaches the target, or None), ``per_N`` (the candidate of each N:
+        ``N, k, local, heldout_local, heldout_global``), ``message``, ``basis`` ("held-out").
     """
     if metric not in ("mean", "max"):
         raise DdromError(f"recommend: metric must be 'mean' or 'max', got {metric!r}")
@@ -545,8 +547,14 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
         elif glob is not None:
             cands[N] = (glob, False)
     if not cands:
-        return {"choice": None, "local_pays_off": False, "global_N": None, "basis": "held-out",
+        return {"choice": None, "local_pays_off": False, "global_N": None, "basis": "held-out", "per_N": [],
                 "message": "no configuration with held-out errors"}
+    per_N = [{"N": N, "k": r["k"], "local": pays, "heldout_local": r[key_l], "heldout_global": r[key_g]}
+             for N, (r, pays) in sorted(cands.items())]
+    where = [p for p in per_N if p["local"]]
+    also = ("; local bases pay off at " + ", ".join(f"N={p['N']} (k={p['k']}: {p['heldout_local']:.3g} vs "
+                                                     f"{p['heldout_global']:.3g})" for p in where)) if where else \
+        "; local bases pay off at no tabulated N"
     gl = [N for N, (r, _) in cands.items() if r[key_g] <= (error_target if error_target is not None else -1)]
     global_N = min(gl) if gl else None
     if error_target is not None:
@@ -554,9 +562,9 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
         if not ok:
             best_N = min(cands, key=lambda N: cands[N][0][key_l])
             r, pays = cands[best_N]
-            return {"choice": r, "local_pays_off": pays, "global_N": None, "basis": "held-out",
+            return {"choice": r, "local_pays_off": pays, "global_N": None, "basis": "held-out", "per_N": per_N,
                     "message": f"no (k, N) reaches held-out {metric} error {error_target:g}; the best is "
-                               f"k={r['k']}, N={r['N']} ({r[key_l]:.3g}): enlarge N"}
+                               f"k={r['k']}, N={r['N']} ({r[key_l]:.3g}): enlarge N" + also}
         N = min(ok)
     else:
         best = min(r[key_l] for r, _ in cands.values())
@@ -569,4 +577,7 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
     else:
         msg = (f"the global basis: N={N}, held-out {metric} error {r[key_l]:.3g}; no local configuration at "
                f"this N is below it by x{gain_min:g}")
-    return {"choice": r, "local_pays_off": pays, "global_N": global_N, "basis": "held-out", "message": msg}
+    if not pays:
+        msg += also
+    return {"choice": r, "local_pays_off": pays, "global_N": global_N, "basis": "held-out", "per_N": per_N,
+            "message": msg}

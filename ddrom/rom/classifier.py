@@ -305,9 +305,9 @@ class Router:
         return self.decide(f.vector(inputs.params, T))
 
 
-def train_router(problem: Any, model: Any, params: Sequence[Mapping[str, Any]], C: np.ndarray, groups: Sequence[np.ndarray],
-                 labels: Sequence[int], D: np.ndarray, n_modes: Sequence[int], n_global: int, options: ClassifierOptions,
-                 comm: Any) -> tuple[dict, dict[str, np.ndarray]]:
+def train_router(problem: Any, model: Any, params: Sequence[Mapping[str, Any]], C: np.ndarray,
+                 groups: Sequence[np.ndarray], labels: Sequence[int], D: np.ndarray, n_modes: Sequence[int],
+                 n_global: int, options: ClassifierOptions, comm: Any) -> tuple[dict, dict[str, np.ndarray]]:
     """Fit the router of local bases (module doc); returns the ROM file's ``(meta, arrays)``.
 
     ``params``: the training points (in the order of ``groups``, ``labels``, ``D``); ``C``:
@@ -318,7 +318,7 @@ def train_router(problem: Any, model: Any, params: Sequence[Mapping[str, Any]], 
     (files), the fits are made on rank 0 and broadcast (a neural network's fit is not
     bitwise reproducible across processes).
     """
-    from ddrom.reduction.criterion import _loo_errors, choose_classifier
+    from ddrom.reduction.criterion import choose_classifier, leave_one_out_errors
     from ddrom.reduction.routing import fit_relevance, make_classifier
 
     c = as_mpi(comm)
@@ -337,7 +337,7 @@ def train_router(problem: Any, model: Any, params: Sequence[Mapping[str, Any]], 
             y = np.asarray(labels, dtype=int)
             k = int(y.max()) + 1
             Ns = sorted(set(int(n) for n in n_modes) | {int(n_global)})
-            E = _loo_errors(C, groups, np.arange(len(params)), y, Ns, k, 1e-6)
+            E = leave_one_out_errors(C, groups, np.arange(len(params)), y, Ns, k, 1e-6)
             # each basis at its own size: the local models' modes, the global model's
             Ek = np.stack([E[:, b, Ns.index(int(n_modes[b]) if b < k else int(n_global))] for b in range(k + 1)],
                           axis=1)
@@ -348,7 +348,8 @@ def train_router(problem: Any, model: Any, params: Sequence[Mapping[str, Any]], 
             meta = {"version": 2, "method": name, "requested": options.method, "margin": options.margin,
                     "seed": options.seed, "cv_loss": losses, "classifier": cmeta, "features": fmeta,
                     "relevance": {} if rel is None else {
-                        "by_source": rel.by_source(), "groups": {g.name: float(s) for g, s in zip(rel.groups, rel.shares)},
+                        "by_source": rel.by_source(),
+                        "groups": {g.name: float(s) for g, s in zip(rel.groups, rel.shares)},
                         "r2": rel.r2, "uniform": rel.uniform}}
             arrays = {"features": X, "multipliers": np.ones(0) if rel is None else rel.multipliers,
                       **farrays, **{f"clf_{k_}": v for k_, v in carrays.items()}}

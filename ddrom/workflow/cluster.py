@@ -259,7 +259,8 @@ def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, 
                                       f"run `ddrom hf {case.path} --which test` again")
             tests = sorted((s for s in ref_store.simulations() if s.complete), key=lambda s: s.name)
             plan = [(None, [(s.name, dict(s.params)) for s in tests])]
-            protocol = f"the case's {len(tests)} test points against their HF store, ROMs from every training simulation"
+            protocol = (f"the case's {len(tests)} test points against their HF store, ROMs from every training "
+                        "simulation")
         folder = Path(case.output_dir) / "cluster_check"
         if c.rank == 0:
             folder.mkdir(parents=True, exist_ok=True)
