@@ -232,3 +232,93 @@ def test_router_decisions_margin_and_unavailable_features():
     router = Router(tfeats, np.ones(tfeats.n_features), clf, 0.2)
     d = router.route(SimpleNamespace(params={"x": 0.0}, temperature=Failing()), model=None)
     assert d.cluster is None and d.fallback == "features" and "outside the series' span" in d.reason
+
+
+FIELDS_CASE = """
+[case]
+name = "fields"
+
+[mesh]
+generator = "box"
+args = { lx = 4.0, ly = 1.0, lz = 1.0, nx = 12, ny = 2, nz = 2 }
+
+[material]
+law = "elastic"
+E = 200e3
+nu = 0.3
+alpha = 1.2e-5
+T_ref = 20.0
+
+[parameters]
+field = { kind = "file" }
+A = { min = 1.0, max = 100.0, default = 10.0 }
+
+[time]
+times = [1.0, 2.0]
+
+[loads]
+dirichlet = [{ region = "xmin" }]
+traction = [{ region = "xmax", vector = ["A * ramp(t, 1)", 0.0, 0.0] }]
+
+[temperature]
+file = "{field}"
+field = "T"
+scale = "ramp(t - 1, 1)"
+T_ref = 20.0
+
+[solver]
+newton_rtol = 1e-10
+
+[rom]
+pod_tol = 1e-8
+n_clusters = 2
+
+[training]
+values = [
+  { field = "f/a1.xdmf", A = 3.0 }, { field = "f/a2.xdmf", A = 50.0 }, { field = "f/a3.xdmf", A = 10.0 },
+  { field = "f/b1.xdmf", A = 80.0 }, { field = "f/b2.xdmf", A = 2.0 }, { field = "f/b3.xdmf", A = 20.0 },
+]
+"""
+#: hot-spot positions of the fields: two groups near each end of the bar; "copy" has b2's
+#: content under another name, "middle" is halfway between the groups
+SPOTS = {"a1": 0.4, "a2": 0.7, "a3": 1.0, "b1": 3.0, "b2": 3.3, "b3": 3.6, "copy": 3.3, "middle": 2.0}
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_temperature_fields_are_routed_by_their_content(shared_tmp):
+    """A field read from a file is routed by what it looks like: a copy of a training field
+    under another name goes to that field's cluster, surely; a field between the two groups
+    is unsure (the global basis runs). The file parameter itself is no feature."""
+    import contextlib
+
+    import meshio
+
+    import ddrom as api
+    from ddrom.mesh.generators import generate
+
+    comm = MPI.COMM_WORLD
+    if comm.rank == 0:
+        (shared_tmp / "f").mkdir(exist_ok=True)
+        m = generate("box", lx=4.0, ly=1.0, lz=1.0, nx=12, ny=2, nz=2)
+        for name, xc in SPOTS.items():
+            T = 20.0 + 300.0 * np.exp(-((m.points[:, 0] - xc) / 0.4) ** 2)
+            with contextlib.chdir(shared_tmp / "f"), meshio.xdmf.TimeSeriesWriter(f"{name}.xdmf") as w:
+                w.write_points_cells(m.points, [(m.cell_type, m.cells)])
+                w.write_data(0.0, point_data={"T": T})
+        (shared_tmp / "fields.toml").write_text(FIELDS_CASE)
+    comm.Barrier()
+    path = str(shared_tmp / "fields.toml")
+    api.run_hf(path, comm)
+    s = api.build_rom(path, comm)
+    assert s["classifier"]["relevance"]["by_source"]["temperature"] > 0.9
+    from ddrom.rom.model import load_classifier
+
+    meta = load_classifier(shared_tmp / "out" / "fields" / "rom.h5", comm)
+    b2 = meta["labels"][meta["names"].index(next(n for n, p in zip(meta["names"], meta["params"])
+                                                 if p["field"].endswith("b2.xdmf")))]
+    runs = api.run_rom(path, comm, [{"field": "f/copy.xdmf", "A": 7.0}, {"field": "f/middle.xdmf", "A": 7.0}],
+                       write=False).runs
+    copy, middle = runs[0].result.routing, runs[1].result.routing
+    assert copy["cluster"] == b2 and copy["margin"] > 0.9
+    assert middle["cluster"] is None and middle["fallback"] == "margin"
