@@ -33,6 +33,18 @@ same (sum m_c = m), and the ROM term is paid k times; with n >> m >> N the ratio
 close to 1, which is why the decisive comparison is at equal *error* (the global
 basis needs a larger N, see :func:`recommend`). ``modes_total`` (storage n sum N_c)
 is reported as well.
+
+Held-out errors (:func:`heldout_table`, what ``ddrom cluster`` recommends from). The
+training projection error above is in-sample: a cluster of a few simulations is fitted
+exactly once N reaches its rank, whatever lies between them, so it cannot say whether a
+local basis helps a *new* point. The held-out table answers that from C too: folds of
+simulations are held out; for each fold the clustering, the feature relevance, the
+classifier and the bases are built from the other simulations only, and each held-out
+simulation is routed as an online run would be (the global basis when the classifier is
+unsure) and projected onto the basis it reaches (:func:`basis_errors`). It ignores what a
+ROM adds to a projection (Galerkin, hyper-reduction, the march), which the a posteriori
+check of :mod:`ddrom.workflow.cluster` measures. :func:`recommend_heldout` takes local bases
+only where they beat the global basis of the same N by :data:`GAIN_MIN`.
 """
 from __future__ import annotations
 
