@@ -322,3 +322,58 @@ def test_temperature_fields_are_routed_by_their_content(shared_tmp):
     copy, middle = runs[0].result.routing, runs[1].result.routing
     assert copy["cluster"] == b2 and copy["margin"] > 0.9
     assert middle["cluster"] is None and middle["fallback"] == "margin"
+
+
+def test_run_routed_falls_back_on_divergence_and_indicator(monkeypatch):
+    """run_routed without a ROM file: stand-ins for the models and the reduced solver."""
+    from types import SimpleNamespace
+
+    import ddrom.rom.model as model_mod
+    import ddrom.rom.online as online_mod
+    from ddrom.rom.classifier import RoutingDecision
+    from ddrom.workflow.rom import indicator_exceeded, run_routed
+
+    glob, local = SimpleNamespace(name="global"), SimpleNamespace(name="local")
+    behaviour = {}
+
+    class Solver:
+        def __init__(self, m, options=None, inputs=None):
+            self.m = m
+
+        def run(self, enricher=None):
+            if self.m is local and behaviour.get("diverge"):
+                raise online_mod.OnlineDivergence("reduced Newton diverged at step 2")
+            ind = behaviour.get("indicator", 0.0) if self.m is local else 0.0
+            return SimpleNamespace(seconds=0.5, model=self.m, indicators={"stress": np.array([0.0, 0.0, ind])})
+
+    monkeypatch.setattr(online_mod, "ReducedSolver", Solver)
+    monkeypatch.setattr(model_mod, "load_model", lambda path, comm, local=None: globals_local(local))
+
+    def globals_local(c):
+        assert c == 1
+        return local
+
+    class Router:
+        def route(self, inputs, model):
+            return RoutingDecision(1, 1, 0.7, "knn", 0.2)
+
+    res, _ = run_routed(glob, Path("rom.h5"), Router(), None, None, None, tolerances={"stress": 0.1})
+    assert res.model is local and res.cluster == 1 and res.routing["fallback"] is None
+    behaviour.update(indicator=0.5)
+    res, _ = run_routed(glob, Path("rom.h5"), Router(), None, None, None, tolerances={"stress": 0.1})
+    assert res.model is glob and res.cluster is None and res.routing["fallback"] == "indicator"
+    assert res.routing["indicator"] == {"step": 2, "component": "stress", "value": 0.5, "tolerance": 0.1,
+                                        "local_seconds": 0.5}
+    # no tolerance: no indicator check
+    res, _ = run_routed(glob, Path("rom.h5"), Router(), None, None, None, tolerances={})
+    assert res.model is local
+    behaviour.update(diverge=True)
+    res, _ = run_routed(glob, Path("rom.h5"), Router(), None, None, None)
+    assert res.model is glob and res.routing["fallback"] == "divergence" and "diverged at step 2" in \
+        res.routing["reason"]
+    # the global model's divergence is the run's error
+    with pytest.raises(online_mod.OnlineDivergence):
+        run_routed(local, Path("rom.h5"), None, None, None, None)
+    assert indicator_exceeded(SimpleNamespace(indicators={"p": np.array([np.nan, 2.0]), "stress": np.array([3.0, 0])}),
+                              {"p": 1.0, "stress": 1.0}) == {"step": 0, "component": "stress", "value": 3.0,
+                                                             "tolerance": 1.0}

@@ -246,7 +246,8 @@ class RoutingDecision:
     ``cluster``: the local model run (None: the global one); ``predicted``: the classifier's
     choice; ``margin``; ``fallback``: why the global basis was taken instead (``"margin"``,
     ``"features"``: the features could not be computed, ``"indicator"``: the local ROM's
-    indicator exceeded its tolerance), or None; ``reason``: in words.
+    indicator exceeded its tolerance, ``"divergence"``: its reduced Newton diverged), or
+    None; ``reason``: in words.
     """
 
     cluster: int | None

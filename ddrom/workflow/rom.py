@@ -281,14 +281,15 @@ def run_routed(model: Any, rpath: Path, router: Any, inputs: Any, comm: Any, new
     tolerance, the given or calibrated ones) at some step is run again on the global model
     (fallback ``"indicator"``; the discarded local run's seconds are in
     ``routing["indicator"]["local_seconds"]``); with enrichment the local model is enriched
-    instead. ``enricher_for(model, cluster)`` gives the run's enricher.
+    instead; a local run whose reduced Newton diverges is run again on the global model too
+    (fallback ``"divergence"``). ``enricher_for(model, cluster)`` gives the run's enricher.
 
     Returns the :class:`~ddrom.rom.online.OnlineResult` (``cluster``, ``rom_file`` and
     ``routing`` set: :meth:`~ddrom.rom.classifier.RoutingDecision.to_dict`, or None without
     local bases) and the enricher (or None).
     """
     from ddrom.rom.model import load_model
-    from ddrom.rom.online import ReducedSolver
+    from ddrom.rom.online import OnlineDivergence, ReducedSolver
 
     decision = router.route(inputs, model) if router is not None else None
     cl = decision.cluster if decision is not None else None
@@ -300,7 +301,16 @@ def run_routed(model: Any, rpath: Path, router: Any, inputs: Any, comm: Any, new
             cache[cl] = load_model(rpath, comm, local=cl)
         m = cache[cl]
     enricher = enricher_for(m, cl) if enricher_for is not None else None
-    res = ReducedSolver(m, options=newton, inputs=inputs).run(enricher=enricher)
+    try:
+        res = ReducedSolver(m, options=newton, inputs=inputs).run(enricher=enricher)
+    except OnlineDivergence as exc:
+        if cl is None or enricher is not None:
+            raise
+        # the march is replicated: every rank diverged at the same step, every rank falls back
+        decision.fallback, decision.cluster = "divergence", None
+        decision.reason = f"the local ROM of cluster {cl} diverged ({exc}); the global basis ran"
+        res = ReducedSolver(model, options=newton, inputs=inputs).run()
+        cl = None
     if cl is not None and enricher is None and tolerances:
         over = indicator_exceeded(res, tolerances)
         if over is not None:
