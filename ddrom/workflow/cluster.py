@@ -272,6 +272,9 @@ def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, 
                 opts = dataclasses.replace(opts0, pod_tol=CHECK_POD_TOL, max_modes=N)
                 glob = None
                 for k, _ in [cfg for cfg in configs if cfg[1] == N]:
+                    if train is not None and k > len(train):
+                        log.warning(f"  check fold {f}: k={k} clusters of {len(train)} training simulations: skipped")
+                        continue
                     path = folder / f"fold{f}_k{k}_N{N}.h5"
                     t0 = time.perf_counter()
                     model, gbases, _ = build_rom_file(case, comm, solver, train_store, path, opts, k, copts,
@@ -299,6 +302,8 @@ def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, 
                         path.unlink(missing_ok=True)
         rows = []
         for (k, N), runs in results.items():
+            if not runs:
+                continue
             u = np.array([x["displacement"] for x in runs])
             rows.append({"k": k, "N": N, "runs": runs, "n_runs": len(runs),
                          "mean_displacement": float(u.mean()), "max_displacement": float(u.max()),
