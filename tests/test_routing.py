@@ -195,3 +195,14 @@ def test_basis_errors_match_explicit_projections():
                 Sa = S[:, groups[a]]
                 r = Sa - U[:, :N] @ (U[:, :N].T @ Sa)
                 assert E[i, b, j] == pytest.approx(np.linalg.norm(r) / np.linalg.norm(Sa), rel=1e-6, abs=1e-9)
+
+
+def test_heldout_criterion_without_features_runs_the_global_basis():
+    """No feature tells the simulations apart (e.g. only a file parameter and one temperature):
+    the classifier is always unsure and every held-out simulation takes the global basis."""
+    S, sims, _, _ = regimes_data()
+    C = S.T @ S
+    rows = cr.heldout_table(C, sims, [1, 3], [3], features=lambda train: (np.zeros((12, 0)), []),
+                            folds=rt.folds_of(12, 4))
+    glob, loc = rows
+    assert loc["heldout_fallback"] == 1.0 and loc["heldout_mean"] == glob["heldout_mean"]

@@ -398,6 +398,9 @@ def choose_classifier(X: np.ndarray, labels: np.ndarray, E_loo: np.ndarray, marg
     from ddrom.reduction.routing import CLASSIFIERS, select_classifier
 
     cands = tuple(CLASSIFIERS) if method == "auto" else (method,)
+    if np.asarray(X).shape[1] == 0:
+        # no feature tells the simulations apart: every point is unsure (margin 0), the global basis runs
+        cands = ("nearest_medoid",)
     return select_classifier(X, labels, lambda lab, mar: np.mean(routed_errors(E_loo, lab, mar, margin), axis=0),
                              D=D, candidates=cands, seed=seed)
 
