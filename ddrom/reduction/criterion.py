@@ -294,7 +294,8 @@ def format_table(table: list[dict]) -> str:
 
 
 def plot_efficiency(table: list[dict], path: str, title: str | None = None) -> str:
-    """Write a PNG: mean and max relative error versus N, one line per k, global dashed.
+    """Write a PNG: mean and max relative error versus N, one line per k, global dashed (and,
+    dotted, the held-out errors of :func:`merge_heldout` when the table has them).
 
     Uses the Agg canvas directly (no pyplot state, works without a display).
     """
@@ -305,15 +306,23 @@ def plot_efficiency(table: list[dict], path: str, title: str | None = None) -> s
     FigureCanvasAgg(fig)
     ks = sorted({r["k"] for r in table})
     for ax, metric in zip(fig.subplots(1, 2), ("mean", "max")):
-        for k in ks:
+        for i, k in enumerate(ks):
             rows = sorted((r for r in table if r["k"] == k), key=lambda r: r["N"])
             if k == 1:
                 continue
             ax.semilogy([r["N"] for r in rows], [max(r[f"{metric}_local"], 1e-17) for r in rows],
-                        "o-", label=f"{k} clusters")
+                        "o-", color=f"C{i}", label=f"{k} clusters")
         rows = sorted({r["N"]: r for r in table}.values(), key=lambda r: r["N"])
         ax.semilogy([r["N"] for r in rows], [max(r[f"{metric}_global"], 1e-17) for r in rows],
                     "k--", label="global basis")
+        if any(f"heldout_{metric}_local" in r for r in table):
+            # what the recommendation uses: simulations held out of the bases they are projected on
+            for i, k in enumerate(ks):
+                hr = sorted((r for r in table if r["k"] == k and f"heldout_{metric}_local" in r),
+                            key=lambda r: r["N"])
+                ax.semilogy([r["N"] for r in hr], [max(r[f"heldout_{metric}_local"], 1e-17) for r in hr],
+                            ":", color="k" if k == 1 else f"C{i}", marker=None if k == 1 else "x",
+                            label="global, held out" if k == 1 else f"{k} clusters, held out")
         ax.set_xlabel("basis size N")
         ax.set_ylabel(f"{metric} relative projection error")
         ax.grid(True, which="both", alpha=0.3)

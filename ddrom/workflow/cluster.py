@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ddrom.parallel import CollectiveError, Timers, as_mpi, get_logger
+from ddrom.parallel import CollectiveError, Timers, as_mpi, get_logger, raise_collective
 from ddrom.reduction.routing import DEFAULT_FOLDS
 from ddrom.workflow.hf import store_path
 from ddrom.workflow.options import classifier_options, offline_options
@@ -149,8 +149,6 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
                                          classifier=copts.method, margin=copts.margin, seed=copts.seed)
             except Exception as exc:  # noqa: BLE001 - one message on every rank, no hang
                 msg = f"held-out criterion: {type(exc).__name__}: {exc}"
-        from ddrom.parallel import raise_collective
-
         raise_collective(c, msg)
         held = c.bcast(held, root=0)
         table = merge_heldout(table, held)
