@@ -288,6 +288,7 @@ def _online_run(args: Any, comm: Any) -> int:
     rows = [(r["name"], f"{r['seconds'] * 1e3:.2f} ms, {r['steps']} steps (t_end {r['t_end']:g}), "
                         f"{r['newton_iterations']} Newton its, max indicator {_fmt_opt(r['max_indicator'])}"
                         + (f", {r['n_enrichments']} enrichments" if r["n_enrichments"] else "")
+                        + _routing_text(r.get("routing"))
                         + "".join(f"; {n}" for n in _flags(r))) for r in runs]
     rows += _timer_rows(timers) + [("wall time (s)", f"{wall:.2f}")]
     _print_table(args, comm, f"ddrom online summary ({len(runs)} run(s), {out['n_modes']} modes)", rows)
@@ -322,6 +323,15 @@ def _run_run(args: Any, comm: Any) -> int:
                  _timer_rows(summary["timers"]) + [("wall time (s)", f"{summary['wall_seconds']:.2f}")])
     _emit_json(args, comm, summary)
     return 0
+
+
+def _routing_text(routing: dict | None) -> str:
+    """The basis a run took, for the online summary ('' without local bases)."""
+    if not routing:
+        return ""
+    if routing["cluster"] is not None:
+        return f", local basis {routing['cluster']} ({routing['classifier']}, margin {routing['margin']:.2f})"
+    return f", global basis ({routing['fallback']} fallback)"
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
