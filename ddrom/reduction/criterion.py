@@ -534,14 +534,15 @@ def merge_heldout(table: list[dict], heldout: list[dict]) -> list[dict]:
 
 
 def recommend_heldout(table: list[dict], error_target: float | None = None, budget: float | None = None, *,
-                      metric: str = "mean", gain_min: float = GAIN_MIN, noise: float = 1e-8) -> dict:
+                      metric: str = "mean", gain_min: float = GAIN_MIN, noise: float = 1e-6) -> dict:
     """Choose (k, N) from the held-out columns (:func:`merge_heldout`); the global basis unless
     local bases are clearly better on simulations they were not built from.
 
     At each N, local bases "pay off" when the best k > 1 (within ``offline_ratio <= budget``)
     has ``heldout_<metric>_local * gain_min < heldout_<metric>_global`` (same N, hence about
-    the same online cost) and the global error exceeds ``noise`` (errors from a Gram matrix
-    are not resolved below ~1e-8); the candidate at that N is then that k, else the global basis.
+    the same online cost) and the global error exceeds ``noise`` (an error from a Gram matrix
+    is resolved to ~1e-8 only, ~2e-8 is measured for an exact span, and HF snapshots carry
+    their solver's tolerance); the candidate at that N is then that k, else the global basis.
     With ``error_target``: the smallest N whose candidate reaches it (``heldout_<metric>``
     <= target); without: the N whose candidate has the smallest held-out error (the
     smallest such N within a relative 1e-9).
