@@ -171,6 +171,44 @@ def format_case(res: dict, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def markdown(res: dict) -> str:
+    """The case's tables in Markdown (what benchmarks/README.md shows)."""
+    online = {(r["k"], r["N"]): r for r in res["check"]["configs"]}
+    test = {(r["k"], r["N"]): r for r in res["test"]["check"]["configs"]} if "test" in res else {}
+    head = ("| k | N | training proj. | held-out proj. | fallback | online u (held out) | max | modes | points "
+            "| local runs |" + (" online u (test points) | local runs |" if test else ""))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in res["table"]:
+        key = (r["k"], r["N"])
+        o = online.get(key)
+        if o is None:
+            continue
+        row = (f"| {r['k']} | {r['N']} | {r['mean_local']:.2e} | {r['heldout_mean_local']:.3g} | "
+               f"{r['heldout_fallback']:.2f} | {o['mean_displacement']:.3g} | {o['max_displacement']:.2g} | "
+               f"{o['modes_mean']:.1f} | {o['points_mean']:.0f} | {o['routed_local']}/{o['n_runs']} |")
+        if test:
+            t = test[key]
+            row += f" {t['mean_displacement']:.3g} | {t['routed_local']}/{t['n_runs']} |"
+        lines.append(row)
+    lines.append("")
+    head = "| N | criterion | held out: its choice | global | best k | right? |"
+    if test:
+        head += " test points: its choice | global | best k | right? |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    tests = {p["N"]: p for p in res["test"]["per_N"]} if test else {}
+
+    def cells(p: dict) -> str:
+        return (f" {p['online_error_criterion_choice']:.3g} | {p['online_error_global']:.3g} | "
+                f"{p['best_k_online']} ({p['best_online']:.3g}) | {'yes' if p['criterion_right'] else 'miss'} |")
+
+    for p in res["per_N"]:
+        row = f"| {p['N']} | {'k=' + str(p['criterion_k']) if p['criterion_local'] else 'global'} |" + cells(p)
+        if test:
+            row += cells(tests[p["N"]])
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
@@ -180,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--Ns", type=int, nargs="+", default=[2, 4, 8, 12], help="modes per basis")
     p.add_argument("--folds", type=int, default=4, help="folds of the training simulations (0: leave-one-out)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="also write the tables in Markdown")
     a = p.parse_args(argv)
     comm = MPI.COMM_WORLD
     if 1 not in a.ks:
@@ -198,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\nSpearman held-out criterion vs online (folds / test points): " + ", ".join(
             f"{r['case']}: {r['spearman_heldout']:.3f}" + (f" / {r['test']['spearman_heldout']:.3f}" if "test" in r
                                                           else "") for r in results))
+        if a.markdown:
+            with open(a.markdown, "w") as f:
+                for r in results:
+                    f.write(f"### {r['case']}\n\n{markdown(r)}\n\n")
+            print(f"wrote {a.markdown}")
         if a.json:
             from ddrom.workflow.rom import json_default, strict_json
 
