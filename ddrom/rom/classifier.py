@@ -319,6 +319,7 @@ def train_router(problem: Any, model: Any, params: Sequence[Mapping[str, Any]], 
     (files), the fits are made on rank 0 and broadcast (a neural network's fit is not
     bitwise reproducible across processes).
     """
+    from ddrom.reduction.clustering import SV_RTOL
     from ddrom.reduction.criterion import choose_classifier, leave_one_out_errors
     from ddrom.reduction.routing import fit_relevance, make_classifier
 
@@ -338,7 +339,7 @@ def train_router(problem: Any, model: Any, params: Sequence[Mapping[str, Any]], 
             y = np.asarray(labels, dtype=int)
             k = int(y.max()) + 1
             Ns = sorted(set(int(n) for n in n_modes) | {int(n_global)})
-            E = leave_one_out_errors(C, groups, np.arange(len(params)), y, Ns, k, 1e-6)
+            E = leave_one_out_errors(C, groups, np.arange(len(params)), y, Ns, k, SV_RTOL)
             # each basis at its own size: the local models' modes, the global model's
             Ek = np.stack([E[:, b, Ns.index(int(n_modes[b]) if b < k else int(n_global))] for b in range(k + 1)],
                           axis=1)
@@ -357,6 +358,8 @@ def train_router(problem: Any, model: Any, params: Sequence[Mapping[str, Any]], 
             out = (meta, arrays)
         except DdromError as exc:
             msg = f"local-basis classifier: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the other ranks wait for rank 0: one message, no hang
+            msg = f"local-basis classifier: {type(exc).__name__}: {exc}"
     raise_collective(c, msg)
     return c.bcast(out, root=0)
 
