@@ -12,7 +12,6 @@ alarms of the calibrated tolerances step by step.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -131,9 +130,7 @@ def table(results: dict, title: str) -> str:
 
 
 def write_json(results: dict, path: str) -> None:
-    from ddrom.workflow.rom import json_default, strict_json
+    from ddrom.io.jsonio import write_json as _write
+    from ddrom.workflow.rom import json_default
 
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(strict_json(results), f, indent=2, default=json_default, allow_nan=False)
-    os.replace(tmp, path)
+    _write(path, results, default=json_default)

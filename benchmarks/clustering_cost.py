@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -114,10 +113,11 @@ def main(argv=None) -> int:
     print(line("grassmann D + PAM (sims)", [r["clustering"]["grassmann D (sims)"]
                                             + r["clustering"]["PAM (sims)"] for r in results], pods))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"benchmark": "clustering_cost", "python": sys.version.split()[0],
+        from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+        write_json(a.json, {"benchmark": "clustering_cost", "python": sys.version.split()[0],
                        "numpy": np.__version__, "machine": platform.machine(),
-                       "args": vars(a), "results": results}, f, indent=2)
+                       "args": vars(a), "results": results}, indent=2)
         print(f"wrote {a.json}")
     return 0
 

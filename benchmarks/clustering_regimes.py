@@ -46,7 +46,6 @@ Usage (from the repository root; everything from C is replicated, so any rank co
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -282,8 +281,9 @@ def main(argv=None) -> int:
         print(f"snapshot level: angle PAM lower than euclidean k-means at {s_snap['lower']}/"
               f"{s_snap['total']}, higher at {s_snap['higher']}, tie at {s_snap['tie']}")
         if a.json:
-            with open(a.json, "w") as f:
-                json.dump({"benchmark": "clustering_regimes", "case": a.case, "ranks": comm.size,
+            from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+            write_json(a.json, {"benchmark": "clustering_regimes", "case": a.case, "ranks": comm.size,
                            "python": sys.version.split()[0], "numpy": np.__version__,
                            "machine": platform.machine(), "args": vars(a),
                            "n_rows": data["n_rows"], "n_snapshots": int(data["C"].shape[0]),
@@ -291,8 +291,7 @@ def main(argv=None) -> int:
                            "seconds": {"hf": data["seconds_hf"],
                                        "read_gram": data["seconds_read_gram"], "clustering": t_cl},
                            "results": res, "summary": {"simulation": s_sim, "simulation_chordal": s_chord,
-                                       "snapshot": s_snap}},
-                          f, indent=2)
+                                       "snapshot": s_snap}}, indent=2)
             print(f"wrote {a.json}")
     return 0
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import platform
@@ -200,10 +199,11 @@ def main() -> None:
                   f"{r['scipy_cold_s']:11.3f} "
                   f"{r['scipy_cold_s'] / r['lawson_hanson_warm_s']:7.1f} {r['max_abs_diff']:9.1e}")
         if a.json:
-            with open(a.json, "w") as f:
-                json.dump({"ranks": comm.size, "tol": a.tol, "kmax": a.kmax,
+            from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+            write_json(a.json, {"ranks": comm.size, "tol": a.tol, "kmax": a.kmax,
                            "machine": platform.platform(), "numpy": np.__version__,
-                           "cases": rows, "nnls_growing_pool": nn}, f, indent=1)
+                           "cases": rows, "nnls_growing_pool": nn}, indent=1)
 
 
 if __name__ == "__main__":

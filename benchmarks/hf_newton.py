@@ -267,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
             meta = {"python": platform.python_version(), "numpy": np.__version__,
                     "petsc": ".".join(map(str, PETSc.Sys.getVersion())), "machine": platform.machine(),
                     "ranks": comm.size, "material": MATERIAL, "stretch": STRETCH}
-            with open(args.json, "w") as f:
-                json.dump({"benchmark": "hf_newton", "meta": meta, "rows": rows}, f, indent=1)
+            from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+            write_json(args.json, {"benchmark": "hf_newton", "meta": meta, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import resource
 import sys
@@ -322,8 +321,9 @@ def main(argv: list[str] | None = None) -> None:
         meta = {"python": platform.python_version(), "numpy": np.__version__, "dolfinx": dolfinx.__version__,
                 "petsc": ".".join(map(str, PETSc.Sys.getVersion())), "ranks": comm.size, "rtol": args.rtol,
                 "repeat": args.repeat, "machine": platform.machine()}
-        with open(args.json, "w") as fh:
-            json.dump({"benchmark": "hf_vs_dolfinx", "meta": meta, "rows": rows}, fh, indent=1)
+        from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+        write_json(args.json, {"benchmark": "hf_vs_dolfinx", "meta": meta, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ Usage (from the repository root; ``--quick`` for a small grid)::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -243,14 +242,14 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(f"### {r['case']}\n\n{markdown(r)}\n\n")
             print(f"wrote {a.markdown}")
         if a.json:
-            from ddrom.workflow.rom import json_default, strict_json
+            from ddrom.io.jsonio import write_json
+            from ddrom.workflow.rom import json_default
 
-            with open(a.json, "w") as f:
-                json.dump(strict_json({"benchmark": "local_bases_online", "ranks": comm.size,
-                                       "python": sys.version.split()[0], "numpy": np.__version__,
-                                       "machine": platform.machine(), "args": vars(a),
-                                       "ddrom_version": ddrom.__version__, "cases": results}),
-                          f, indent=1, default=json_default, allow_nan=False)
+            write_json(a.json, {"benchmark": "local_bases_online", "ranks": comm.size,
+                                "python": sys.version.split()[0], "numpy": np.__version__,
+                                "machine": platform.machine(), "args": vars(a),
+                                "ddrom_version": ddrom.__version__, "cases": results},
+                       indent=1, default=json_default)
             print(f"wrote {a.json}")
     return 0
 

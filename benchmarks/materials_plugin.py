@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import platform
 import shutil
 import tempfile
@@ -138,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
                 "repeat": args.repeat, "processes": 1, "tangent": True,
                 "compile": "cmake -DCMAKE_BUILD_TYPE=Release (gcc/gfortran -O3)"}
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "materials_plugin", "meta": meta, "rows": rows}, f, indent=1)
+        from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+        write_json(args.json, {"benchmark": "materials_plugin", "meta": meta, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

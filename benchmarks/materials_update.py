@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
@@ -85,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         meta = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
                 "repeat": args.repeat, "processes": 1}
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "materials_update", "meta": meta, "rows": rows}, f, indent=1)
+        from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+        write_json(args.json, {"benchmark": "materials_update", "meta": meta, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

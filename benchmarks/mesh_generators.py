@@ -8,7 +8,6 @@ so that the cost of each step before distribution can be compared in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -59,8 +58,10 @@ def main() -> None:
     for name, nc, nd, t in rows:
         print(f"{name:38s} {nc:9d} {nd:9d} {t:8.3f} {t / ref:7.1f}")
     if args.json:
-        args.json.write_text(json.dumps([dict(operation=a, cells=b, dofs=c, seconds=d, ratio_to_box=d / ref)
-                                         for a, b, c, d in rows], indent=1))
+        from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+        write_json(args.json, [dict(operation=a, cells=b, dofs=c, seconds=d, ratio_to_box=d / ref)
+                               for a, b, c, d in rows], indent=1)
 
 
 if __name__ == "__main__":

@@ -334,8 +334,9 @@ def main() -> None:
                                     load_before=load0, load_after=load1))
         del S_loc
     if comm.rank == 0 and args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+        write_json(args.json, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ of the whole snapshot matrix that a batch POD would hold. Side by side: the batc
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import tracemalloc
 
@@ -91,8 +90,9 @@ def main() -> None:
                   f"{w['matrix_MB']:9.2f} {w['basis_MB']:9.2f} {w['seconds']:8.2f} "
                   f"{w['error_bound']:9.2e}")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+            from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+            write_json(args.json, rows, indent=1)
 
 
 if __name__ == "__main__":

@@ -107,8 +107,9 @@ def main() -> None:
                         "numpy": np.__version__, "load_average": os.getloadavg(), "case": path}}
         print(compare([doc]))
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(doc, f, indent=1)
+            from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+            write_json(args.json, doc, indent=1)
 
 
 def compare(docs: list[dict]) -> str:

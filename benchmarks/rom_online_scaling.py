@@ -25,7 +25,6 @@ Run (the HF sweeps at 2 ranks; the online march is replicated, rank 0 reports)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -114,9 +113,9 @@ def main() -> None:
                     "numpy": np.__version__, "ranks": comm.size, "load_average": os.getloadavg(),
                     "steps": args.steps, "training": training, "test": test, "pod_tol": args.pod_tol,
                     "ecm_tol": args.ecm_tol, "repeat": args.repeat}
-            with open(args.json, "w") as f:
-                json.dump({"benchmark": "rom_online_scaling", "meta": meta, "rows": rows, "ratios_largest_smallest": ratios},
-                          f, indent=1)
+            from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+            write_json(args.json, {"benchmark": "rom_online_scaling", "meta": meta, "rows": rows, "ratios_largest_smallest": ratios}, indent=1)
 
 
 def table(rows: list[dict], ratios: dict) -> str:

@@ -30,7 +30,6 @@ few minutes per simulation. Run::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -162,8 +161,9 @@ def main() -> None:
             meta = {"ddrom_version": ddrom.__version__, "python": platform.python_version(),
                     "numpy": np.__version__, "host": platform.node(), "load_average": os.getloadavg(),
                     "case": path}
-            with open(args.json, "w") as f:
-                json.dump({"benchmark": "rom_speedup", "meta": meta, "row": row}, f, indent=1,
+            from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+            write_json(args.json, {"benchmark": "rom_speedup", "meta": meta, "row": row}, indent=1,
                           default=lambda o: o.item() if hasattr(o, "item") else str(o))
 
 

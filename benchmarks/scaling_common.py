@@ -106,9 +106,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def write_json(path: str | None, payload: dict) -> None:
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.write("\n")
+        from ddrom.io.jsonio import write_json as write_strict  # NaN -> null, atomic
+
+        write_strict(path, payload, indent=1)
 
 
 def run_sweeps(label: str, script: str, sweeps: int, ranks: Sequence[int],

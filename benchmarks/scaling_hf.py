@@ -61,8 +61,9 @@ def worker(out: str, sizes: list[int], steps: int) -> None:
         rows.append(hf_newton.run_size(n, steps, comm))
         rows[-1]["cpu_share"] = cpu_share(comm, time.process_time() - c0, time.perf_counter() - w0)
     if comm.rank == 0:
-        with open(out, "w") as f:
-            json.dump({"rows": rows}, f)
+        from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+        write_json(out, {"rows": rows})
 
 
 def cpu_share(comm, cpu: float, wall: float) -> float:

@@ -217,8 +217,9 @@ def worker(out: str, sizes: list[int], m: int, repeat: int, methods: list[str]) 
             rows.append({"n": n, "m": m, "ranks": P, "method": method, **measure(S, comm, method, repeat)})
         del S
     if r == 0:
-        with open(out, "w") as f:
-            json.dump({"rows": rows}, f)
+        from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
+
+        write_json(out, {"rows": rows})
 
 
 def report(results: dict) -> str:

@@ -34,6 +34,11 @@ Time functions (for cyclic loading; ``t`` any array, the other arguments scalars
   expressions of scalar names (e.g. a parameter: ``interp(t, [0, 1, 2], [0, A, 0])``).
 
 Numbers are accepted wherever an expression is (``Expression(2.5)`` is a constant).
+
+Degenerate calls are refused when the expression is built, not at its first evaluation:
+a time function whose shape arguments (period, width, table) are constants is checked
+then (``tri(t, 0)``, ``ramp(t, -1)``, ``trapezoid(t, 10, 6, 0, 6)``, ``interp(t, [1, 0],
+[0, 1])``), and so is a constant divisor of 0 in ``mod(t, 0)`` or ``t % 0``.
 """
 from __future__ import annotations
 
@@ -148,6 +153,10 @@ FUNCTIONS: dict[str, _Fn] = {
     "trapezoid": _Fn(trapezoid, 4, 5),
     "interp": _Fn(interp, 3, lists=(1, 2)),
 }
+
+#: Time functions whose arguments after ``t`` shape the signal (period, width, table):
+#: degenerate constant values are refused when the expression is built.
+_SHAPE_ARGUMENTS = frozenset({"ramp", "tri", "cycle", "trapezoid", "interp"})
 
 #: Named constants.
 CONSTANTS: dict[str, float] = {"pi": float(np.pi)}
@@ -342,7 +351,14 @@ class Expression:
                 raise self._err(f"{name!r} is a function: call it, e.g. {name}(...)")
             raise self._err(self._unknown(name))
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            op, a, b = _BINOPS[type(node.op)], sub(node.left), sub(node.right)
+            right_used: set[str] = set()
+            op, a, b = _BINOPS[type(node.op)], sub(node.left), self._compile(node.right, right_used, depth + 1)
+            used |= right_used
+            if isinstance(node.op, ast.Mod) and not right_used:
+                with np.errstate(all="ignore"):
+                    divisor = np.asarray(b({}))
+                if divisor.ndim == 0 and float(divisor) == 0.0:
+                    raise self._err("'%': the divisor (period) is 0")
             return lambda env: op(a(env), b(env))
         if isinstance(node, ast.UnaryOp):
             a = sub(node.operand)
@@ -402,16 +418,21 @@ class Expression:
             want = str(spec.nmin) if spec.nmin == spec.nmax else f"{spec.nmin} to {spec.nmax}"
             raise self._err(f"{name}() takes {want} argument(s), got {n}")
         args: list[Compiled] = []
+        arg_used: list[set[str]] = []
         for i, a in enumerate(node.args):
+            mine: set[str] = set()
             if isinstance(a, (ast.List, ast.Tuple)):
                 if i not in spec.lists:
                     raise self._err(f"{name}(): a list is not allowed as argument {i + 1}"
                                     + (" (lists are accepted only as the tables of interp)" if name != "interp" else ""))
-                items = [self._compile(e, used, depth + 2) for e in a.elts]
+                items = [self._compile(e, mine, depth + 2) for e in a.elts]
                 args.append(self._table(name, items))
             else:
-                args.append(self._compile(a, used, depth + 1))
+                args.append(self._compile(a, mine, depth + 1))
+            used |= mine
+            arg_used.append(mine)
         fn = spec.fn
+        self._check_constant_arguments(name, fn, args, arg_used)
 
         def call(env: Mapping[str, Any]) -> Any:
             vals = [a(env) for a in args]
@@ -422,6 +443,35 @@ class Expression:
             except (TypeError, ValueError) as exc:
                 raise self._err(f"{name}(): {exc}") from None
         return call
+
+    def _check_constant_arguments(self, name: str, fn: Callable[..., Any], args: list[Compiled],
+                                  arg_used: list[set[str]]) -> None:
+        """Refuse a degenerate call at construction when its shape arguments are constants.
+
+        ``tri(t, 0)`` depends on ``t``, so it is not evaluated at construction; without this
+        check it passed validation and failed at the first evaluation, on every rank
+        separately. The time functions (:data:`_SHAPE_ARGUMENTS`) are called once here
+        with ``t = 0`` and their constant arguments, so that their own checks (period,
+        width, table) run now; ``mod`` with a constant divisor of 0 is refused too.
+        Arguments that use a name (a parameter) can only be checked when evaluated.
+        """
+        if name == "mod" and len(args) == 2 and not arg_used[1]:
+            with np.errstate(all="ignore"):
+                divisor = np.asarray(args[1]({}))
+            if divisor.ndim == 0 and float(divisor) == 0.0:
+                raise self._err("mod(): the divisor (period) is 0")
+            return
+        if name not in _SHAPE_ARGUMENTS or self.functions.get(name) is not FUNCTIONS.get(name):
+            return
+        if any(arg_used[1:]):
+            return
+        try:
+            with np.errstate(all="ignore"):
+                fn(np.float64(0.0), *[a({}) for a in args[1:]])
+        except DdromError as exc:
+            raise self._err(str(exc)) from None
+        except (TypeError, ValueError) as exc:
+            raise self._err(f"{name}(): {exc}") from None
 
     def _table(self, fname: str, items: list[Compiled]) -> Compiled:
         def table(env: Mapping[str, Any]) -> np.ndarray:

@@ -170,7 +170,7 @@ def test_cluster_report_heldout_criterion_and_online_check(shared_tmp):
     recommended configuration and of the global ROM on the same folds, identical on every rank."""
     import ddrom as api
     from ddrom.workflow.cluster import cluster_report
-    from ddrom.workflow.rom import strict_json
+    from ddrom.io.jsonio import dumps as strict_dumps
 
     comm = MPI.COMM_WORLD
     path = write_regimes_case(shared_tmp, "check")
@@ -193,8 +193,8 @@ def test_cluster_report_heldout_criterion_and_online_check(shared_tmp):
         assert np.isfinite(c["mean_displacement"]) and c["seconds_mean"] > 0
         assert c["routed_local"] + c["fallbacks"] == (6 if c["k"] > 1 else 0)
     # the same report on every rank (the fits are made on rank 0 and broadcast)
-    text = json.dumps(strict_json({k_: v for k_, v in out.items() if k_ not in ("timers", "check")}), sort_keys=True,
-                      default=str)
+    text, _ = strict_dumps({k_: v for k_, v in out.items() if k_ not in ("timers", "check")}, sort_keys=True,
+                           default=str)
     all_ok(len(set(comm.allgather(text))) == 1, "cluster report differs between ranks")
     # test points against their HF store: ROMs from every training simulation
     t = cluster_report(path, comm, ks=[1, 2], Ns=[4], folds=3, check="test", check_configs=[(1, 4), (2, 4)])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import sys
 import logging
 import time
 from typing import Any, Callable, Iterator
@@ -18,11 +18,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _emit_json(args: Any, comm: Any, payload: dict) -> None:
     """The command's summary as strict JSON (NaN and infinities as null) to a file or stdout."""
-    from ddrom.workflow.rom import json_default, strict_json
+    import json
+
+    from ddrom.io.jsonio import NONFINITE_KEY, strict
+    from ddrom.workflow.rom import json_default
 
     if not getattr(args, "json", None) or comm.rank != 0:
         return
-    text = json.dumps(strict_json(payload), indent=2, default=json_default, allow_nan=False)
+    value, bad = strict(payload, json_default)
+    if bad and isinstance(value, dict):
+        value[NONFINITE_KEY] = bad            # as in the files the library writes (ddrom.io.jsonio)
+    text = json.dumps(value, indent=2, allow_nan=False)
     if args.json == "-":
         print(text, flush=True)
     else:
@@ -420,33 +426,52 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("case", help="case file (TOML)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--series", metavar="FILE_OR_PATTERN",
-                     help="one displacement time series: .xdmf, .pvd, .pvtu, or a glob of VTU/PVTU files "
-                          "(quoted; natural order)")
+                     help="one displacement time series: .xdmf, .pvd, .pvtu, CalculiX .frd, or a glob of VTU/PVTU "
+                          "files (quoted; natural order)")
     src.add_argument("--table", metavar="CSV_OR_TOML",
                      help="several simulations: a CSV with a header 'series,<param>,...[,name]' or a TOML "
                           "file of [[simulation]] tables (series paths relative to the table)")
     src.add_argument("--pattern", metavar="PATTERN",
-                     help="several simulations from file names: 'runs/run_E{E}_F{F}.xdmf' ({NAME} = the "
-                          "value of parameter NAME; glob characters allowed)")
+                     help="several simulations from file names: 'runs/run_E{E}_F{F}.frd' ({NAME} = the "
+                          "value of parameter NAME; glob characters allowed, for every format); only the "
+                          "files of points of the case's list (--which) are imported, the others are "
+                          "skipped and named")
+    p.add_argument("--which", choices=["training", "test"], default="training",
+                   help="the store and the list of points: hf_training.h5 (default) or hf_test.h5 (the "
+                        "reference of `ddrom calibrate`)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="parameter values (repeatable; with --table/--pattern: for the parameters they do "
                         "not give; missing ones take their default)")
     p.add_argument("--field", default="displacement", help="point field holding the displacement (default: displacement)")
-    p.add_argument("--stress-field", metavar="NAME",
-                   help="also read this stress field (cell or point data; 9 or 6 components) and report "
-                        "its difference to the replayed stress (cell averages)")
+    p.add_argument("--stress-field", metavar="NAME_OR_DAT",
+                   help="compare the replayed stress with this field of the series (cell or point data; 9 or 6 "
+                        "components, see --stress-order; cell averages), or with the integration-point "
+                        "stresses of a CalculiX .dat ('{series}.dat': the .dat next to each series)")
+    p.add_argument("--stress-order", metavar="ORDER",
+                   help="order of 6-component stresses: 'xx yy zz xy yz xz' or 'vtk' (VTK, ParaView, meshio, "
+                        "CalculiX .frd: the default for fields of a series), 'xx yy zz xy xz yz' or 'abaqus' "
+                        "(Abaqus, CalculiX .dat: the default for a .dat)")
+    p.add_argument("--peeq-field", metavar="NAME_OR_DAT",
+                   help="compare the replayed cumulated plastic strain with this scalar field of the series "
+                        "(e.g. PE of a .frd; cell averages) or with PEEQ of a CalculiX .dat ('{series}.dat')")
+    from ddrom.workflow.options import ImportOptions
+
+    p.add_argument("--equilibrium-tol", type=float, metavar="TOL",
+                   help="stop when a step's equilibrium residual under the case's problem exceeds TOL (relative "
+                        "to the external forces; default [import] equilibrium_tol, "
+                        f"{ImportOptions.equilibrium_tol:g})")
     p.add_argument("--node-order", choices=["auto", "keep", "coordinates"], default="auto",
                    help="keep the file's node order (must be the case mesh's natural order), match the "
                         "nodes by coordinates, or auto: keep when it fits, else match (default)")
-    p.add_argument("--name", help="simulation name (default: the matching training point, else import_NNN; "
+    p.add_argument("--name", help="simulation name (default: the matching point of the list, else import_NNN; "
                                   "--series only)")
     from ddrom.io.importers import DEFAULT_COORD_RTOL
 
     p.add_argument("--coord-rtol", type=float, metavar="TOL",
                    help=f"node coordinate tolerance relative to the mesh diagonal (default {DEFAULT_COORD_RTOL:g})")
     p.add_argument("--finalize", action="store_true",
-                   help="finalize the training store now (it is finalized anyway once every training "
-                        "point is imported)")
+                   help="finalize the store now (it is finalized anyway once every point of the list is "
+                        "imported)")
     _add_common(p)
 
 
@@ -466,16 +491,52 @@ def _import_run(args: Any, comm: Any) -> int:
     with _output(args), _stage_printer(args, comm, "import", ("mesh",)) as stages:
         summary = import_many(args.case, comm, jobs, field=args.field, finalize=args.finalize,
                               coord_rtol=args.coord_rtol, node_order=args.node_order,
-                              stress_field=args.stress_field, progress=not args.quiet)
+                              stress_field=args.stress_field, progress=not args.quiet,
+                              stress_order=args.stress_order, peeq_field=args.peeq_field, which=args.which,
+                              only_listed=bool(args.pattern), equilibrium_tol=args.equilibrium_tol)
     summary = dict(summary, timers=stages.timers.summary(comm), wall_seconds=_wall(comm, t0))
+    rows = []
+    for s in summary["simulations"]:
+        eq, nf = s["equilibrium"], s["noise_floor"]
+        rows.append((s["simulation"], f"{s['steps']} steps, equilibrium residual <= {eq['max_relative']:.2e} "
+                                      f"(tolerance {eq['tolerance']:g}), noise floor stress {nf['stress']:.1e}, "
+                                      f"p {nf['p']:.1e}"))
+    rows.append(("store", summary["store"] + ("" if summary["finalized"] else
+                                              f" ({len(summary['missing_points'])} point(s) missing)")))
+    if summary["skipped"]:
+        rows.append(("skipped (no point of the list)", ", ".join(summary["skipped"])))
+    _print_table(args, comm, f"ddrom import summary ({summary['which']})", rows)
     _emit_json(args, comm, summary)
+    return 0
+
+
+# ---------------------------------------------------------------------- verify
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="an HDF5 file written by ddrom (snapshot store, ROM file, ...)")
+    p.add_argument("--require-checksums", action="store_true",
+                   help="also fail (exit 2) when some dataset carries no checksum (older files)")
+    _add_common(p)
+
+
+def _verify_run(args: Any, comm: Any) -> int:
+    from ddrom.io.integrity import verify_file
+
+    report = verify_file(args.file, comm)
+    if not args.quiet:
+        rank0_print(comm, report.summary())
+    _emit_json(args, comm, report.as_dict())
+    if not report.ok or (args.require_checksums and report.unprotected):
+        if comm.rank == 0 and args.quiet:
+            print("\n".join(report.corrupt) or f"{args.file}: datasets without checksum", file=sys.stderr)
+        return 2
     return 0
 
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("versions of Python, MPI, PETSc, SLEPc, h5py; parallel capabilities", _info_args, _info_run),
     "hf": ("compute the high-fidelity parameter sweep of a case into its snapshot store", _hf_args, _hf_run),
-    "import": ("import another solver's displacement series as a training simulation (material replay)",
+    "import": ("import another solver's displacement series as training or test simulations (material "
+               "replay, equilibrium check, noise floor)",
                _import_args, _import_run),
     "offline": ("training snapshot store -> ROM file (POD, ECM, Gappy-POD, reduced operators)",
                 _case_args, _offline_run),
@@ -486,6 +547,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "online": ("run the ROM on the test parameters (or --param NAME=VALUE ...)", _online_args, _online_run),
     "run": ("HF training sweep, offline, online on the test parameters, HF reference and comparison "
             "(writes summary.json)", _case_args, _run_run),
+    "verify": ("check the checksums of every dataset of a ddrom HDF5 file (exit 2 naming what is corrupt)",
+               _verify_args, _verify_run),
     "report": ("Markdown + PNG (or self-contained HTML) report of a run: OUTPUT_DIR/report/report.md|html",
                _report_args, _report_run),
 }

@@ -5,14 +5,14 @@ does not know and that look like PETSc options (``-ksp_type cg``, ``-svd_type tr
 go to the PETSc options database, so users tune solvers the way PETSc users do.
 
 Errors: a :class:`~ddrom.parallel.CollectiveError` (bad input found collectively,
-divergence) is printed once by rank 0 and every rank exits with status 2. Anything
-else may have happened on some ranks only: that rank prints it and aborts the whole
-job (``MPI_Abort``), so that no rank waits forever.
+divergence) is printed once by rank 0 and every rank exits with its status (2; 130 for
+an interrupt). Anything else, ``SystemExit`` and every other ``BaseException`` included,
+may have happened on some ranks only: that rank prints it and aborts the whole job
+(``MPI_Abort``, non-zero status), so that no rank waits forever.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -98,13 +98,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CollectiveError as exc:
         if comm.rank == 0:
             print(f"ddrom {args.command}: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
+        return exc.exit_code
     except DdromError as exc:
         print(f"ddrom {args.command}: error (rank {comm.rank}): {exc}", file=sys.stderr, flush=True)
         _abort(comm, EXIT_USER_ERROR)
     except KeyboardInterrupt:
+        print(f"ddrom {args.command}: interrupted on rank {comm.rank}", file=sys.stderr, flush=True)
         _abort(comm, 130)
-    except Exception:  # noqa: BLE001 - last resort: never leave other ranks waiting
+    except SystemExit as exc:
+        # Not ours (argparse exits before this point): a library called sys.exit on this
+        # rank, maybe on this rank only. Leaving alone would let the other ranks wait
+        # forever in their next collective call; the whole job stops, never with status 0.
+        from ddrom.parallel.errors import describe_exception
+
+        code = exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
+        print(f"ddrom {args.command}: error on rank {comm.rank}: {describe_exception(exc)}",
+              file=sys.stderr, flush=True)
+        _abort(comm, code)
+    except BaseException:  # noqa: BLE001 - last resort: never leave other ranks waiting
         print(f"ddrom {args.command}: internal error on rank {comm.rank}:", file=sys.stderr)
         traceback.print_exc()
         sys.stderr.flush()

@@ -30,7 +30,7 @@ from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import evaluate
 from ddrom.materials import Material
 from ddrom.mesh.distributed import DistributedMesh
-from ddrom.parallel import CollectiveError, DdromError, as_mpi
+from ddrom.parallel import CollectiveError, DdromError, as_mpi, describe_exception
 
 
 @dataclass
@@ -100,6 +100,8 @@ class Replayer:
                 msg = "non-finite stress"
         except DdromError as exc:       # ReturnMappingError, MaterialError (a UMAT's XIT), ...
             msg = str(exc)
+        except BaseException as exc:  # noqa: BLE001 - a plugin, numpy, an interrupt on this rank only
+            msg = describe_exception(exc)
         # one verdict for all ranks: a local failure must not leave the others waiting
         bad = as_mpi(self.dm.comm).allgather(msg)
         bad = [m for m in bad if m]

@@ -18,10 +18,11 @@ import numpy as np
 
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import Loads, evaluate
-from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
+from ddrom.hf.stepping import CutbacksExhausted, LineSearch, NewtonOptions, NotConverged, advance
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
-from ddrom.parallel import CollectiveError, DdromError, Timers, as_mpi, as_petsc, raise_collective
+from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
+                            raise_collective)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class StepInfo:
     newton_iterations: int = 0
     ksp_iterations: int = 0
     cutbacks: int = 0
+    line_search_steps: int = 0     # Newton updates shortened by the line search
     residual: float = 0.0
 
 
@@ -131,6 +133,12 @@ class HFSolver:
         if nfixed == 0:
             raise CollectiveError("no Dirichlet condition: the problem has rigid-body motions")
         self._facets = {name: dm.facet_geometry(name) for name in loads.boundary_regions()}
+        # nodal forces act on the owned nodes only: a ghost's force is its owner's (the local
+        # contributions are summed over ranks, so adding it on both would count it twice)
+        self._nodal = []
+        for nf in loads.nodal:
+            nodes = dm.region_nodes(nf.region)
+            self._nodal.append((nodes[nodes < dm.n_owned], nf.vector))
 
     # ------------------------------------------------------------- evaluators
     def temperature(self, t: float) -> np.ndarray:
@@ -158,6 +166,11 @@ class HFSolver:
             vec = np.stack([evaluate(c, xq.shape[:2], x=xq[..., 0], y=xq[..., 1], z=xq[..., 2], t=t)
                             for c in tr.vector], axis=-1)
             f += self.asm.surface_load(nodes, N, vec * dA[..., None])
+        X = self.dm.coords
+        for nodes, vector in self._nodal:
+            x = X[nodes]
+            for j, c in enumerate(vector):
+                f[3 * nodes + j] += evaluate(c, (len(nodes),), x=x[:, 0], y=x[:, 1], z=x[:, 2], t=t)
         x = self.xq
         body = np.zeros(x.shape)
         for b in L.body:
@@ -199,13 +212,16 @@ class HFSolver:
         ne, nq = self.dm.n_cells, self.dm.n_qp
         u = np.zeros(self.asm.n_local_dofs)
         T = np.array(self.temperature(t0), dtype=float)
-        internal = self.material.initial_state(ne * nq)
-        msg = None
-        try:        # a zero increment at t0 (KINC = 0 for a UMAT)
+        resp, msg = None, None
+        where = f"material update of the initial state (t = {t0:.6g})"
+        try:        # a zero increment at t0 (KINC = 0 for a UMAT); a plugin may fail on one rank only
+            internal = self.material.initial_state(ne * nq)
             resp = self.material.update(np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
                                         tangent=False, context=self.asm.material_context(t0, 0))
         except DdromError as exc:
-            msg = f"material update of the initial state (t = {t0:.6g}) failed: {exc}"
+            msg = f"{where} failed: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ... on this rank only
+            msg = describe_exception(exc, where)
         raise_collective(self.comm, msg)
         return State(t0, u, resp.stress.reshape(ne, nq, 6), resp.state, T)
 
@@ -229,14 +245,16 @@ class HFSolver:
                 msg = "non-finite stress"
         except ReturnMappingError as exc:
             msg = str(exc)
-        except DdromError as exc:
+        except DdromError as exc:       # MaterialError (a UMAT's XIT, ...): not cured by a smaller step
             fatal = str(exc)
-        from mpi4py import MPI
-
-        worst = as_mpi(self.comm).allreduce(2 if fatal else 1 if msg else 0, op=MPI.MAX)
-        if worst == 2:
-            raise_collective(self.comm, fatal)
-        if worst:
+        except BaseException as exc:  # noqa: BLE001 - a plugin, numpy, an interrupt on this rank only
+            fatal = describe_exception(exc, "constitutive update")
+        # one reduction decides for every rank: 1 = cut the step back, 2 = stop everywhere
+        c = as_mpi(self.comm)
+        bad = c.allreduce(2 if fatal else (1 if msg else 0), op=_max_op())
+        if bad == 2:
+            raise_collective(c, fatal)
+        if bad:
             raise NotConverged(msg or "constitutive update failed on another rank")
         return resp
 
@@ -283,7 +301,7 @@ class HFSolver:
         fext = self.sum_to_owned(self.external_force(t))
         resp, r, ref = self._residual(u, old, T, dt, fext)
         norm = self._norm(r)
-        nown = 3 * self.dm.n_owned
+        search = LineSearch(opt.line_search)
         for it in range(opt.max_iterations + 1):
             info.residual = norm / max(ref, 1e-300)
             if not math.isfinite(norm):
@@ -322,12 +340,13 @@ class HFSolver:
                     norm_t = self._norm(r_t)
                 except NotConverged:
                     norm_t = math.inf
-                if (not opt.line_search or norm_t <= (1.0 - 1e-4 * alpha) * norm
-                        or alpha < 1.0 / 16):
+                if not search.backtrack(norm_t, norm, alpha):
                     break
                 alpha *= 0.5
             if not math.isfinite(norm_t):
                 raise NotConverged(f"update at iteration {it} gives a non-finite residual")
+            search.accepted(norm_t, norm)
+            info.line_search_steps += alpha < 1.0
             u, resp, r, ref, norm = u_try, resp_t, r_t, ref_t, norm_t
         raise NotConverged(f"no convergence in {opt.max_iterations} iterations "
                            f"(relative residual {norm / max(ref, 1e-300):.3e})")
@@ -360,3 +379,9 @@ def _ksp_reason(reason: int) -> str:
 
     names = {v: k for k, v in vars(PETSc.KSP.ConvergedReason).items() if isinstance(v, int)}
     return names.get(reason, str(reason))
+
+
+def _max_op():
+    from mpi4py import MPI
+
+    return MPI.MAX

@@ -28,7 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ddrom.parallel import as_mpi, raise_collective
+from ddrom.io.atomic import atomic_path, os_error_message, write_text_atomic
+from ddrom.parallel import as_mpi, describe_exception, raise_collective
 
 _SQ2 = np.sqrt(2.0)
 _MESHIO_TYPE = {"hexahedron": "hexahedron", "tetra": "tetra"}
@@ -47,6 +48,13 @@ def natural_mesh_on_root(dm: Any) -> tuple[np.ndarray, np.ndarray] | None:
     # natural node ids through the float scatter: exact below 2**53
     cells = _gather_root(dm.comm, dm.natural_cells, dm.node_natural[dm.cells].astype(np.float64))
     return None if pts is None else (pts, np.rint(cells).astype(np.int64))
+
+
+def _io_message(exc: BaseException, what: str) -> str:
+    """``what: <cause>``: an OSError by its cause ("No space left on device"), anything else by kind."""
+    if isinstance(exc, OSError):
+        return f"{what}: {os_error_message(exc)}"
+    return describe_exception(exc, what)
 
 
 def _von_mises(s: np.ndarray) -> np.ndarray:
@@ -76,8 +84,8 @@ def write_vtu_series(comm: Any, dm: Any, folder: str | os.PathLike, name: str,
     if c.rank == 0:
         try:
             sub.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            msg = f"VTU export: cannot create {sub}: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - reported on every rank
+            msg = _io_message(exc, f"VTU export: cannot create {sub}")
     raise_collective(c, msg)
     mesh = natural_mesh_on_root(dm)
     w = dm.geometry[1]
@@ -98,25 +106,21 @@ def write_vtu_series(comm: Any, dm: Any, folder: str | os.PathLike, name: str,
                 m = meshio.Mesh(pts, [(_MESHIO_TYPE[dm.cell_type], cells)], point_data={"displacement": U},
                                 cell_data={"p": [P], "stress": [S / np.array([1, 1, 1, _SQ2, _SQ2, _SQ2])],
                                            "von_mises": [VM]})
-                tmp = sub / (fname + ".tmp.vtu")
-                meshio.write(str(tmp), m)
-                os.replace(tmp, sub / fname)
-            except Exception as exc:  # noqa: BLE001 - reported on every rank
-                msg = f"VTU export: cannot write {sub / fname}: {type(exc).__name__}: {exc}"
+                with atomic_path(sub / fname) as tmp:
+                    meshio.write(tmp, m, file_format="vtu")
+            except BaseException as exc:  # noqa: BLE001 - reported on every rank
+                msg = _io_message(exc, f"VTU export: cannot write {sub / fname}")
         raise_collective(c, msg)
         entries.append((float(t), f"{name}/{fname}"))
     pvd = folder / f"{name}.pvd"
     if c.rank == 0:
         try:
-            tmp = str(pvd) + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write('<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n<Collection>\n')
-                for t, f in entries:
-                    fh.write(f'  <DataSet timestep="{t!r}" part="0" file="{f}"/>\n')
-                fh.write("</Collection>\n</VTKFile>\n")
-            os.replace(tmp, pvd)
-        except OSError as exc:
-            msg = f"VTU export: cannot write {pvd}: {exc}"
+            text = ('<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n<Collection>\n'
+                    + "".join(f'  <DataSet timestep="{t!r}" part="0" file="{f}"/>\n' for t, f in entries)
+                    + "</Collection>\n</VTKFile>\n")
+            write_text_atomic(pvd, text)
+        except BaseException as exc:  # noqa: BLE001 - reported on every rank
+            msg = _io_message(exc, f"VTU export: cannot write {pvd}")
     raise_collective(c, msg)
     return str(pvd)
 

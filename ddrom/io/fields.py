@@ -148,8 +148,33 @@ def _has_collection(path: str) -> bool:
     return any(g.get("GridType") == "Collection" for g in root.iter() if g.tag.rsplit("}", 1)[-1] == "Grid")
 
 
+class _Frames:
+    """The frame cache and the interpolation in time shared by the two readers."""
+
+    info: FieldSourceInfo
+
+    def __init__(self) -> None:
+        self._cache: dict[int, np.ndarray] = {}
+
+    def frame(self, i: int) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover
+
+    def _remember(self, i: int, values: np.ndarray) -> np.ndarray:
+        if len(self._cache) >= CACHED_FRAMES:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[i] = values
+        return values
+
+    def at(self, t: float) -> np.ndarray:
+        """The field at time ``t`` (linear in time between the two frames around it)."""
+        out = None
+        for i, w in frame_weights(self.info.times, self.info.n_frames, t, self.info.path):
+            out = w * self.frame(i) if out is None else out + w * self.frame(i)
+        return out
+
+
 # ===================================================================== distributed
-class DistributedField:
+class DistributedField(_Frames):
     """A source matched to a distributed mesh; frames at the local nodes, on demand (collective).
 
     Parameters
@@ -160,9 +185,9 @@ class DistributedField:
     """
 
     def __init__(self, info: FieldSourceInfo, dm: Any, coord_rtol: float = DEFAULT_COORD_RTOL):
+        super().__init__()
         self.info, self.dm = info, dm
         self._series = DisplacementSeries(info.path, dm, field=info.field, coord_rtol=coord_rtol)
-        self._cache: dict[int, np.ndarray] = {}
         self._gvec = None
 
     def frame(self, i: int) -> np.ndarray:
@@ -178,19 +203,7 @@ class DistributedField:
         g.array[:] = owned
         g.ghostUpdate(PETSc.InsertMode.INSERT_VALUES, PETSc.ScatterMode.FORWARD)
         with g.localForm() as lf:
-            local = lf.array.copy()
-        if len(self._cache) >= CACHED_FRAMES:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[i] = local
-        return local
-
-    def at(self, t: float) -> np.ndarray:
-        """The field at time ``t`` at the local nodes (linear in time between frames)."""
-        ws = frame_weights(self.info.times, self.info.n_frames, t, self.info.path)
-        out = None
-        for i, w in ws:
-            out = w * self.frame(i) if out is None else out + w * self.frame(i)
-        return out
+            return self._remember(i, lf.array.copy())
 
     def close(self) -> None:
         self._series.close()
@@ -200,7 +213,7 @@ class DistributedField:
 
 
 # ========================================================================= sampled
-class SampledField:
+class SampledField(_Frames):
     """Values of a source at given nodes (natural ids and coordinates), replicated (collective).
 
     See the module documentation for the fast path (XDMF + HDF5 in the case's node order:
@@ -209,11 +222,11 @@ class SampledField:
     """
 
     def __init__(self, info: FieldSourceInfo, comm: Any, coord_rtol: float = DEFAULT_COORD_RTOL):
+        super().__init__()
         self.info, self._c, self.coord_rtol = info, as_mpi(comm), coord_rtol
         self._reader = None
         self._rows: np.ndarray | None = None            # file row of each asked node (rank 0)
         self._ids: np.ndarray | None = None
-        self._cache: dict[int, np.ndarray] = {}
         #: "rows" (only the asked rows were read) or "whole" (whole frames), for the record
         self.access = ""
 
@@ -314,18 +327,7 @@ class SampledField:
             except BaseException as exc:  # noqa: BLE001
                 msg = f"{self.info.path}: cannot read frame {i} ({type(exc).__name__}: {exc})"
         raise_collective(self._c, msg)
-        vals = self._c.bcast(vals, root=0)
-        if len(self._cache) >= CACHED_FRAMES:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[i] = vals
-        return vals
-
-    def at(self, t: float) -> np.ndarray:
-        ws = frame_weights(self.info.times, self.info.n_frames, t, self.info.path)
-        out = None
-        for i, w in ws:
-            out = w * self.frame(i) if out is None else out + w * self.frame(i)
-        return out
+        return self._remember(i, self._c.bcast(vals, root=0))
 
     def close(self) -> None:
         if self._reader is not None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ddrom.parallel import CollectiveError, DdromError, as_mpi, raise_collective
+from ddrom.parallel import CollectiveError, DdromError, as_mpi, describe_exception, raise_collective
 
 MODES = ("auto", "keep", "coordinates")
 
@@ -180,8 +180,8 @@ def match_rows(comm: Any, rows: np.ndarray, case_slice: np.ndarray, diagonal: fl
             ids, method, dmax = _match_on_root(np.concatenate(X_file), np.concatenate(X_case), mode, tol,
                                                single, what, source, hint)
             out = (np.split(ids, np.cumsum(counts)[:-1]), method, dmax)
-        except DdromError as exc:
-            msg = str(exc)
+        except BaseException as exc:  # noqa: BLE001 - the other ranks wait for rank 0's verdict
+            msg = describe_exception(exc, f"{source}: matching {what}s")
         del X_file, X_case
     raise_collective(c, msg)
     method, dmax = c.bcast((out[1], out[2]) if c.rank == 0 else None, root=0)

@@ -14,7 +14,8 @@ Layout (schema ``ddrom-snapshots``, version :data:`SCHEMA_VERSION`)
 ``/simulations/<name>``
     attributes ``params`` (JSON), ``index`` (creation order), ``n_steps``, ``last_step``
     and ``complete`` (set by :meth:`SimulationWriter.finish`); datasets, all time-major
-    with ``nt = n_steps + 1`` (step 0 is t = 0) and chunked by time step:
+    with ``nt = n_steps + 1`` (step 0 is t = 0) and chunked by time step (chunks of at
+    most 1 MiB, see below):
     ``time`` (nt,), ``displacement`` (nt, N, 3), ``stress`` (nt, M, nq, 6) in Mandel
     notation, ``p`` (nt, M, nq) cumulated plastic strain, ``state`` (nt, M, nq, n_state)
     internal variables, and for ParaView the cell averages ``p_cell`` (nt, M) and
@@ -25,10 +26,24 @@ of ranks that wrote it: a store written on 3 ranks is read on 1 or 2. Each rank 
 and reads the contiguous natural slice given by :class:`~ddrom.mesh.distributed.NaturalMap`
 with one collective hyperslab transfer per dataset; no mesh-size array is ever gathered.
 
+Integrity: every dataset is chunked and carries HDF5's Fletcher32 checksum per chunk
+(root attribute ``checksums = "fletcher32"``; :mod:`ddrom.io.integrity`). Every read
+verifies the chunks it touches; a damaged one raises, on every rank, an error naming the
+file and the dataset. ``ddrom verify FILE`` checks a whole file. Files written before
+checksums are read as before (their datasets are reported as unprotected).
+
+Full disks: the disk space of a simulation is reserved (``fallocate``) when it is added,
+before anything is computed or written; on a full disk :meth:`SnapshotStore.add_simulation`
+raises one error naming the file, the space needed and the space free, and closes the
+store (kept for a resume if it holds finished simulations, removed otherwise). Any other
+failed write removes the ``.partial`` file and is reported the same way
+(:mod:`ddrom.io.h5atomic`, which explains why: Open MPI's collective I/O can lose a
+write error silently, and HDF5 crashes at exit once a flush has failed).
+
 Crash safety: the file is written under ``<path>.partial`` and renamed to ``<path>`` by
-:meth:`SnapshotStore.finalize` after ``complete`` is set and the file closed, so a file at
-the final path is always complete. Reopening with ``mode="a"`` moves a final file back to
-``.partial`` for the time of the session. The file is flushed when a simulation is added
+:meth:`SnapshotStore.finalize` after ``complete`` is set and the file closed and flushed
+to the disk (``fsync``), so a file at the final path is always complete. Reopening with
+``mode="a"`` moves a final file back to ``.partial`` for the time of the session. The file is flushed when a simulation is added
 and when it is finished (not per step: the fsync costs more than the write), so an
 interrupted sweep resumes with its finished simulations; an unfinished one is rewritten.
 Datasets are created without fill (unwritten steps hold no meaningful values: trust
@@ -48,16 +63,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 import ddrom
+from ddrom.io.h5atomic import PARTIAL_SUFFIX, ParallelH5, io_error_message
 from ddrom.mesh.reference import CELL_TYPES, FACES
-from ddrom.parallel import DdromError, as_mpi, check_all, collective, raise_collective
+from ddrom.parallel import (CollectiveError, DdromError, as_mpi, check_all, collective, describe_exception,
+                            raise_collective)
 
 SCHEMA = "ddrom-snapshots"
 SCHEMA_VERSION = 1
-PARTIAL_SUFFIX = ".partial"
 QP_FIELDS = ("stress", "p", "state")
 FIELDS = ("displacement",) + QP_FIELDS
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-_CHUNK_ELEMS = 1 << 23          # at most 64 MiB of float64 per chunk
 _COORD_RTOL = 1e-9              # relative to the bounding-box diagonal in check_mesh
 
 
@@ -72,71 +87,17 @@ def _h5py():
     return h5py
 
 
-def _dxpl():
-    from h5py import h5fd, h5p
+def _nbytes(shapes: Iterable[Sequence[int]], itemsize: int = 8) -> int:
+    """Bytes of data of datasets of these shapes, plus the per-chunk checksums and index."""
+    from ddrom.io.integrity import chunk_shape
 
-    p = h5p.create(h5p.DATASET_XFER)
-    p.set_dxpl_mpio(h5fd.MPIO_COLLECTIVE)
-    return p
-
-
-def _spaces(dset, start: Sequence[int], count: Sequence[int]):
-    """File and memory dataspaces for the block ``start:start+count`` (empty if any count is 0)."""
-    from h5py import h5s
-
-    fspace = dset.id.get_space()
-    mspace = h5s.create_simple(tuple(int(c) for c in count))
-    if all(c > 0 for c in count):
-        fspace.select_hyperslab(tuple(int(s) for s in start), tuple(int(c) for c in count))
-    else:
-        # An empty selection still takes part in the collective transfer (h5py's
-        # __setitem__ would return early and leave the other ranks waiting).
-        fspace.select_none()
-        mspace.select_none()
-    return fspace, mspace
-
-
-def _write(dset, start: Sequence[int], data: np.ndarray) -> None:
-    """Collective write of ``data`` at ``start`` (every rank calls, possibly with empty data)."""
-    data = np.ascontiguousarray(data, dtype=dset.dtype)
-    if 0 in dset.shape:      # no storage at all (e.g. no internal variables); same on every rank
-        return
-    fspace, mspace = _spaces(dset, start, data.shape)
-    dset.id.write(mspace, fspace, data, dxpl=_dxpl())
-
-
-def _read(dset, start: Sequence[int], count: Sequence[int]) -> np.ndarray:
-    """Collective read of the block ``start:start+count``."""
-    out = np.empty(tuple(int(c) for c in count), dtype=dset.dtype)
-    if 0 in dset.shape:
-        return out
-    fspace, mspace = _spaces(dset, start, count)
-    dset.id.read(mspace, fspace, out, dxpl=_dxpl())
-    return out
-
-
-def _chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """One time step per chunk, split along the rows if a step exceeds _CHUNK_ELEMS."""
-    if any(s == 0 for s in shape):
-        return None
-    tail = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    rows = max(1, min(shape[1], _CHUNK_ELEMS // tail)) if len(shape) > 1 else 1
-    return (1,) + ((rows,) + tuple(shape[2:]) if len(shape) > 1 else ())
-
-
-def _create(group, name: str, shape: tuple[int, ...], dtype: str = "f8", chunked: bool = False):
-    """Create a dataset that is never filled: parallel HDF5 otherwise writes the fill value
-    over the whole extent at creation (measured: 1.5 s for 74 MB, as long as the data)."""
-    from h5py import h5d, h5p, h5s, h5t
-
-    dcpl = h5p.create(h5p.DATASET_CREATE)
-    chunks = _chunks(shape) if chunked else None
-    if chunks is not None:
-        dcpl.set_chunk(chunks)
-    dcpl.set_fill_time(h5d.FILL_TIME_NEVER)
-    tid = {"f8": h5t.IEEE_F64LE, "i8": h5t.STD_I64LE}[dtype]
-    h5d.create(group.id, name.encode(), tid, h5s.create_simple(tuple(shape)), dcpl=dcpl)
-    return group[name]
+    total = 0
+    for shape in shapes:
+        n = int(np.prod(shape, dtype=np.int64)) * itemsize
+        ch = chunk_shape(shape, itemsize, time_major=len(shape) > 1)
+        chunks = 0 if ch is None else int(np.prod([-(-a // b) for a, b in zip(shape, ch)], dtype=np.int64))
+        total += n + 64 * chunks         # 4 bytes of checksum + the chunk index entry, generously
+    return total
 
 
 def _idle_wait(comm) -> None:
@@ -300,15 +261,23 @@ class SnapshotStore:
     :class:`~ddrom.parallel.DdromError` on every rank.
     """
 
-    def __init__(self, comm: Any, path: str, file: str, f, meta: dict, writable: bool):
+    def __init__(self, comm: Any, h5: ParallelH5, meta: dict, writable: bool):
         self.comm = as_mpi(comm)
-        self.path = path              # final path
-        self.file = file              # the file actually open (path or path.partial)
-        self._f = f
+        self._h5 = h5                 # the file: collective, checksummed, fault-safe I/O
         self._meta = meta
         self.writable = writable
         self._dmesh = None
         self._checked: set[int] = set()
+
+    @property
+    def path(self) -> str:
+        """Final path of the store."""
+        return self._h5.path
+
+    @property
+    def file(self) -> str:
+        """The file actually open (``path`` or ``path + ".partial"``)."""
+        return self._h5.file
 
     # ------------------------------------------------------------- properties
     @property
@@ -337,15 +306,15 @@ class SnapshotStore:
 
     @property
     def is_open(self) -> bool:
-        return self._f is not None
+        return self._h5.is_open
 
     def _where(self) -> str:
         return f"snapshot store {self.file}"
 
     def _file(self):
-        if self._f is None:
+        if not self._h5.is_open:
             raise DdromError(f"{self._where()} is closed")
-        return self._f
+        return self._h5.f
 
     # ----------------------------------------------------------------- create
     @classmethod
@@ -374,7 +343,6 @@ class SnapshotStore:
         h5py = _h5py()
         c = as_mpi(comm)
         path = os.fspath(path)
-        partial = path + PARTIAL_SUFFIX
         state_names = [str(s) for s in state_names]
         _same_everywhere(c, (path, state_names, case_hash), "SnapshotStore.create arguments")
         check_all(c, dmesh.n_nodes_global == c.allreduce(dmesh.n_owned),
@@ -382,9 +350,6 @@ class SnapshotStore:
         msg, header = None, None
         if c.rank == 0:
             try:
-                parent = os.path.dirname(os.path.abspath(path))
-                if not os.path.isdir(parent):
-                    raise DdromError(f"snapshot store {path}: directory {parent} does not exist")
                 prov = {"software": {"ddrom": ddrom.__version__, "python": platform.python_version(),
                                      "numpy": np.__version__, "h5py": h5py.version.version,
                                      "hdf5": h5py.version.hdf5_version},
@@ -393,25 +358,26 @@ class SnapshotStore:
                     prov.update(provenance)
                 header = dict(created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                               provenance=_to_json(prov, "provenance"))
-            except DdromError as exc:
-                msg = str(exc)
+            except BaseException as exc:  # noqa: BLE001 - the other ranks wait for the verdict
+                msg = describe_exception(exc, f"snapshot store {path}")
         raise_collective(c, msg)
         header = c.bcast(header, root=0)
-        with collective(c, f"snapshot store {partial}: cannot create"):
-            f = h5py.File(partial, "w", driver="mpio", comm=c)
+        h5 = ParallelH5.create(path, c, "snapshot store")
         meta = dict(cell_type=dmesh.cell_type, n_nodes=dmesh.n_nodes_global, n_cells=dmesh.n_cells_global,
                     n_qp=dmesh.n_qp, state_names=state_names, complete=False, sims={}, case_hash=case_hash)
-        store = cls(c, path, partial, f, meta, writable=True)
-        f.attrs["schema"] = SCHEMA
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["ddrom_version"] = ddrom.__version__
-        f.attrs["case_hash"] = case_hash
-        f.attrs["created"] = header["created"]
-        f.attrs["provenance"] = header["provenance"]
-        f.attrs["complete"] = False
-        store._write_mesh(dmesh)
-        f.create_group("simulations")
-        f.flush()
+        store = cls(c, h5, meta, writable=True)
+        try:
+            k = dmesh.cells.shape[1]
+            h5.reserve(_nbytes([(dmesh.n_nodes_global, 3), (dmesh.n_cells_global, k)]))
+            h5.set_attrs(dict(schema=SCHEMA, schema_version=SCHEMA_VERSION, ddrom_version=ddrom.__version__,
+                              case_hash=case_hash, created=header["created"], provenance=header["provenance"],
+                              complete=False))
+            store._write_mesh(dmesh)
+            store._file().create_group("simulations")
+            h5.flush()
+        except BaseException:
+            h5.abort()      # a new store that could not even hold its mesh: nothing to keep
+            raise
         store._dmesh = dmesh
         store._checked.add(id(dmesh))
         return store
@@ -425,18 +391,19 @@ class SnapshotStore:
         m.attrs["state_names"] = np.array(self._meta["state_names"], dtype=_h5py().string_dtype())
         nn, nc = dmesh.natural_nodes, dmesh.natural_cells
         k = dmesh.cells.shape[1]
-        pts = _create(m, "points", (dmesh.n_nodes_global, 3))
-        _write(pts, (nn.natural_range[0], 0), nn.to_natural(dmesh.coords[: dmesh.n_owned]))
+        h5 = self._h5
+        pts = h5.create_dataset(m, "points", (dmesh.n_nodes_global, 3))
+        h5.write(pts, (nn.natural_range[0], 0), nn.to_natural(dmesh.coords[: dmesh.n_owned]))
         conn = nc.to_natural(dmesh.node_natural[dmesh.cells].astype(np.float64))
-        cells = _create(m, "cells", (dmesh.n_cells_global, k), "i8")
-        _write(cells, (nc.natural_range[0], 0), np.rint(conn).astype(np.int64))
+        cells = h5.create_dataset(m, "cells", (dmesh.n_cells_global, k), "i8")
+        h5.write(cells, (nc.natural_range[0], 0), np.rint(conn).astype(np.int64))
 
         def write_ids(group, name: str, ids: np.ndarray) -> None:
             # The natural slices are contiguous and rank-ordered, so concatenating the
             # ranks' sorted ids gives the globally sorted list at offset = exclusive scan.
             counts = c.allgather(len(ids))
-            d = _create(group, name, (sum(counts),) + ids.shape[1:], "i8")
-            _write(d, (sum(counts[: c.rank]),) + (0,) * (ids.ndim - 1), ids)
+            d = h5.create_dataset(group, name, (sum(counts),) + ids.shape[1:], "i8")
+            h5.write(d, (sum(counts[: c.rank]),) + (0,) * (ids.ndim - 1), ids)
 
         ns = m.create_group("node_sets")
         for name in sorted(dmesh.node_sets):
@@ -478,7 +445,7 @@ class SnapshotStore:
             truncated or corrupt, not a ddrom store, another schema version, incomplete
             store (mode ``"r"``).
         """
-        h5py = _h5py()
+        _h5py()
         c = as_mpi(comm)
         path = os.fspath(path)
         partial = path + PARTIAL_SUFFIX
@@ -507,17 +474,16 @@ class SnapshotStore:
                 info = (file, meta)
             except DdromError as exc:
                 msg = str(exc)
-            except OSError as exc:
-                msg = f"snapshot store {path}: {exc}"
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too: the other ranks wait
+                msg = io_error_message(exc, f"snapshot store {path}")
         _idle_wait(c)
         raise_collective(c, msg)
         file, meta = c.bcast(info, root=0)
-        with collective(c, f"snapshot store {file}: cannot open"):
-            f = h5py.File(file, "r" if mode == "r" else "r+", driver="mpio", comm=c)
-        store = cls(c, path, file, f, meta, writable=(mode == "a"))
+        h5 = ParallelH5.open(file, c, "snapshot store", mode="r" if mode == "r" else "r+", path=path)
+        store = cls(c, h5, meta, writable=(mode == "a"))
         if mode == "a":
-            f.attrs["complete"] = False
-            f.flush()
+            h5.set_attrs({"complete": False})
+            h5.flush()
         if dmesh is not None:
             store.check_mesh(dmesh)
         return store
@@ -544,7 +510,7 @@ class SnapshotStore:
                   f"{dmesh.n_qp} in the mesh")
         nn, nc = dmesh.natural_nodes, dmesh.natural_cells
         lo, hi = nn.natural_range
-        stored = _read(f["mesh/points"], (lo, 0), (hi - lo, 3))
+        stored = self._h5.read(f["mesh/points"], (lo, 0), (hi - lo, 3))
         mine = nn.to_natural(dmesh.coords[: dmesh.n_owned])
         box = np.concatenate([stored.min(axis=0), -stored.max(axis=0)]) if len(stored) else np.full(6, np.inf)
         c.Allreduce(box.copy(), box, op=_op("MIN"))
@@ -555,7 +521,7 @@ class SnapshotStore:
                   f"(tolerance {rtol:g} x bounding-box diagonal {diag:.3e})")
         lo, hi = nc.natural_range
         k = dmesh.cells.shape[1]
-        conn = _read(f["mesh/cells"], (lo, 0), (hi - lo, k))
+        conn = self._h5.read(f["mesh/cells"], (lo, 0), (hi - lo, k))
         mine = np.rint(nc.to_natural(dmesh.node_natural[dmesh.cells].astype(np.float64))).astype(np.int64)
         bad = c.allreduce(int((conn != mine).any(axis=1).sum()))
         check_all(c, bad == 0, f"{where}: mesh mismatch: {bad} cells have a different connectivity")
@@ -622,6 +588,25 @@ class SnapshotStore:
         f = self._file()
         sims = {s.name: s for s in self.simulations()}
         index = max((s.index for s in sims.values()), default=-1) + 1
+        nt, N, M, nq = n_steps + 1, self.n_nodes, self.n_cells, self.n_qp
+        shapes = {"time": (nt,), "displacement": (nt, N, 3), "stress": (nt, M, nq, 6),
+                  "p": (nt, M, nq), "state": (nt, M, nq, len(self.state_names)),
+                  "p_cell": (nt, M), "von_mises_cell": (nt, M)}
+        # The disk space of the whole simulation is reserved before anything is written:
+        # a full disk is refused here, before the simulation is computed, with the store
+        # still healthy (see ddrom.io.h5atomic). The store is then closed: kept for resume
+        # when it holds finished simulations, removed otherwise (nothing worth keeping).
+        try:
+            self._h5.reserve(_nbytes(shapes.values()))
+        except DdromError as exc:
+            keep = any(s.complete for s in sims.values()) and not self._h5.failed
+            if keep:
+                self._h5.close()
+            else:
+                self._h5.abort()
+            raise CollectiveError(f"{exc}; the store was "
+                                  + ("closed, its finished simulations are kept for a resume once there is "
+                                     "space" if keep else "removed (it held no finished simulation)")) from None
         if name in sims:
             old = sims[name]
             if old.complete:
@@ -637,13 +622,9 @@ class SnapshotStore:
         g.attrs["n_steps"] = n_steps
         g.attrs["last_step"] = -1
         g.attrs["complete"] = False
-        nt, N, M, nq = n_steps + 1, self.n_nodes, self.n_cells, self.n_qp
-        shapes = {"time": (nt,), "displacement": (nt, N, 3), "stress": (nt, M, nq, 6),
-                  "p": (nt, M, nq), "state": (nt, M, nq, len(self.state_names)),
-                  "p_cell": (nt, M), "von_mises_cell": (nt, M)}
         for ds, shape in shapes.items():
-            _create(g, ds, shape, chunked=(ds != "time"))
-        f.flush()
+            self._h5.create_dataset(g, ds, shape, time_major=True)
+        self._h5.flush()
         return SimulationWriter(self, name, n_steps)
 
     # ----------------------------------------------------------------- finish
@@ -651,38 +632,35 @@ class SnapshotStore:
         """Mark the store complete, close it, rename ``.partial`` to the final path (rank 0,
         after a barrier) and write the XDMF sidecar ``<path without .h5>.xdmf``."""
         c = self.comm
-        f = self._file()
+        self._file()
         if not self.writable:
             raise DdromError(f"{self._where()} is open read-only; nothing to finalize")
-        f.attrs["complete"] = True        # set last: the file is complete once this is on disk
-        f.flush()
-        f.close()
-        self._f = None
-        c.Barrier()
-        msg = None
-        if c.rank == 0:
-            try:
-                os.replace(self.file, self.path)
-            except OSError as exc:
-                msg = f"snapshot store {self.file}: cannot rename to {self.path}: {exc}"
-        raise_collective(c, msg)
-        self.file = self.path
+        # set last: the file is complete once this is on disk; commit() closes, fsyncs and
+        # renames (an I/O failure removes the file and names the cause on every rank)
+        self._h5.set_attrs({"complete": True})
+        self._h5.commit()
         msg = None
         if c.rank == 0:
             try:
                 from ddrom.io.xdmf import write_store_xdmf
 
                 write_store_xdmf(self.path)
-            except Exception as exc:  # noqa: BLE001 - reported on every rank
-                msg = f"snapshot store {self.path}: cannot write the XDMF sidecar: {exc}"
+            except BaseException as exc:  # noqa: BLE001 - reported on every rank
+                msg = io_error_message(exc, f"snapshot store {self.path}: cannot write the XDMF sidecar")
         _idle_wait(c)
         raise_collective(c, msg)
 
     def close(self) -> None:
-        """Close the file without finalizing (collective). A ``.partial`` file stays resumable."""
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        """Close the file without finalizing (collective). A ``.partial`` file stays resumable.
+
+        After a failed write the file cannot be trusted: it is removed instead (and a
+        later ``open(mode="a")`` starts over).
+        """
+        self._h5.close()
+
+    def abort(self) -> None:
+        """Close and remove the file being written (collective): nothing of this run is kept."""
+        self._h5.abort()
 
     def __enter__(self) -> "SnapshotStore":
         return self
@@ -705,12 +683,12 @@ class SnapshotStore:
         """(N_nodes, 3) node coordinates in natural order (every rank reads them all: for
         reports and tests of small meshes, not for the solvers)."""
         d = self._file()["mesh/points"]
-        return _read(d, (0, 0), d.shape)
+        return self._h5.read(d, (0, 0), d.shape)
 
     def read_times(self, sim: str) -> np.ndarray:
         """(n_steps + 1,) output times of ``sim`` (on every rank)."""
         d = self._sim(sim)["time"]
-        out = _read(d, (0,), d.shape)
+        out = self._h5.read(d, (0,), d.shape)
         return out
 
     def read_displacement(self, sim: str, step: int, dmesh) -> np.ndarray:
@@ -720,7 +698,7 @@ class SnapshotStore:
         step = self._step_ok(g, sim, step)
         nn = dmesh.natural_nodes
         lo, hi = nn.natural_range
-        return nn.from_natural(_read(g["displacement"], (step, lo, 0), (1, hi - lo, 3))[0])
+        return nn.from_natural(self._h5.read(g["displacement"], (step, lo, 0), (1, hi - lo, 3))[0])
 
     def read_qp(self, sim: str, field: str, step: int, dmesh) -> np.ndarray:
         """(ne_local, nq, ...) integration-point field ``stress``, ``p`` or ``state`` of the local cells."""
@@ -732,7 +710,7 @@ class SnapshotStore:
         d = g[field]
         nc = dmesh.natural_cells
         lo, hi = nc.natural_range
-        nat = _read(d, (step, lo) + (0,) * (d.ndim - 2), (1, hi - lo) + d.shape[2:])[0]
+        nat = self._h5.read(d, (step, lo) + (0,) * (d.ndim - 2), (1, hi - lo) + d.shape[2:])[0]
         if nat.size == 0 and d.shape[-1] == 0:
             return np.zeros((dmesh.n_cells,) + d.shape[2:])
         return nc.from_natural(nat)
@@ -797,7 +775,7 @@ class SnapshotStore:
             ks = np.asarray(ks, dtype=np.int64)
             # one collective read per run of consecutive steps
             for run in np.split(ks, np.flatnonzero(np.diff(ks) != 1) + 1) if len(ks) else []:
-                nat = _read(d, (int(run[0]), lo) + (0,) * len(tail), (len(run), hi - lo) + tail)
+                nat = self._h5.read(d, (int(run[0]), lo) + (0,) * len(tail), (len(run), hi - lo) + tail)
                 for i in range(len(run)):
                     if width:
                         out[:, j] = nmap.from_natural(nat[i]).reshape(-1)
@@ -885,16 +863,16 @@ class SimulationWriter:
         g = f["simulations"][self.name]
         nn, nc = dm.natural_nodes, dm.natural_cells
         lo, _ = nn.natural_range
-        _write(g["displacement"], (k, lo, 0), nn.to_natural(arrays["displacement"])[None])
+        st._h5.write(g["displacement"], (k, lo, 0), nn.to_natural(arrays["displacement"])[None])
         lo, _ = nc.natural_range
         for key in ("stress", "p", "state"):
             a = arrays[key]
             # a state without internal variables has nothing to move (empty collective write)
             nat = nc.to_natural(a) if a.shape[-1] else np.zeros((0,) + a.shape[1:])
-            _write(g[key], (k, lo) + (0,) * (a.ndim - 1), nat[None])
-        _write(g["p_cell"], (k, lo), nc.to_natural(p_cell)[None])
-        _write(g["von_mises_cell"], (k, lo), nc.to_natural(vm_cell)[None])
-        _write(g["time"], (k,), arrays["time"].reshape(1) if c.rank == 0 else np.zeros(0))
+            st._h5.write(g[key], (k, lo) + (0,) * (a.ndim - 1), nat[None])
+        st._h5.write(g["p_cell"], (k, lo), nc.to_natural(p_cell)[None])
+        st._h5.write(g["von_mises_cell"], (k, lo), nc.to_natural(vm_cell)[None])
+        st._h5.write(g["time"], (k,), arrays["time"].reshape(1) if c.rank == 0 else np.zeros(0))
         self._written.add(int(k))
         # No flush here: MPI_File_sync per step cost more than the write itself. An
         # interrupted simulation is rewritten from step 0 on resume; finish() flushes.

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ddrom.io.atomic import write_text_atomic
 from ddrom.parallel import DdromError
 
 #: ddrom cell type -> (XDMF TopologyType, nodes per cell); node orders agree (VTK order).
@@ -135,12 +136,9 @@ def write_xdmf_fields(path_h5: str | os.PathLike, path_xdmf: str | os.PathLike, 
                     else:
                         _hdf_item(att, h5name, fl.dataset, shape, dtype)
     ET.indent(root, space=" ")
-    tmp = path_xdmf + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write('<?xml version="1.0" ?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n')
-        out.write(ET.tostring(root, encoding="unicode"))
-        out.write("\n")
-    os.replace(tmp, path_xdmf)
+    # temporary file renamed into place, removed on any failure (a full disk included)
+    write_text_atomic(path_xdmf, '<?xml version="1.0" ?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n'
+                      + ET.tostring(root, encoding="unicode") + "\n")
 
 
 def store_xdmf_path(path_h5: str | os.PathLike) -> str:

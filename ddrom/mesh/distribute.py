@@ -16,7 +16,7 @@ import numpy as np
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.mesh.mesh import Mesh
 from ddrom.mesh.partition import partition_cells
-from ddrom.parallel import as_mpi, raise_collective
+from ddrom.parallel import DdromError, as_mpi, raise_collective, root_only
 
 
 def _node_owners(cells: np.ndarray, parts: np.ndarray, size: int, n: int) -> np.ndarray:
@@ -91,27 +91,30 @@ def distribute(mesh: Mesh | None, comm: Any, partitioner: str = "ptscotch") -> D
         ``-mat_partitioning_type`` overrides it), ``"rcb"`` or ``"block"``.
     """
     c = as_mpi(comm)
-    msg = None
-    if c.rank == 0:
+
+    def check() -> tuple:
         if mesh is None:
-            msg = "distribute: rank 0 holds no mesh"
-        elif mesh.n_cells < c.size:
-            msg = f"the mesh has {mesh.n_cells} cells, fewer than the {c.size} ranks"
-        elif np.unique(mesh.cells).size != mesh.n_nodes:
+            raise DdromError("distribute: rank 0 holds no mesh")
+        if mesh.n_cells < c.size:
+            raise DdromError(f"the mesh has {mesh.n_cells} cells, fewer than the {c.size} ranks")
+        if np.unique(mesh.cells).size != mesh.n_nodes:
             # Natural node ids index the serial mesh; unused nodes would leave holes in files.
-            msg = "the mesh has nodes that belong to no cell; remove them before distribution"
-    raise_collective(c, msg)
-    head = c.bcast((mesh.cell_type, mesh.n_nodes, mesh.n_cells, sorted(mesh.facet_sets),
-                    sorted(mesh.node_sets), sorted(mesh.cell_sets)) if c.rank == 0 else None, root=0)
-    cell_type, n_nodes, n_cells, facet_names, node_names, cell_names = head
+            raise DdromError("the mesh has nodes that belong to no cell; remove them before distribution")
+        return (mesh.cell_type, mesh.n_nodes, mesh.n_cells, sorted(mesh.facet_sets), sorted(mesh.node_sets),
+                sorted(mesh.cell_sets))
+
+    cell_type, n_nodes, n_cells, facet_names, node_names, cell_names = root_only(c, check, "distribute")
     parts = partition_cells(c, mesh.points if c.rank == 0 else None,
                             mesh.cells if c.rank == 0 else None, cell_type, partitioner)
+    msg = None
     if c.rank == 0:
         empty = np.flatnonzero(np.bincount(parts, minlength=c.size) == 0)
         msg = (f"partitioner {partitioner!r} left ranks {empty.tolist()} without cells"
                if len(empty) else None)
     raise_collective(c, msg if c.rank == 0 else None)
-    pkg = c.scatter(_packages(mesh, parts, c.size) if c.rank == 0 else None, root=0)
+    packages = root_only(c, lambda: _packages(mesh, parts, c.size), "distribute", share=False)
+    pkg = c.scatter(packages, root=0)
+    del packages
     for name in facet_names:
         pkg["facet_sets"].setdefault(name, np.zeros((0, 2), dtype=np.int64))
     for name in node_names:

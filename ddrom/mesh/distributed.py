@@ -65,6 +65,25 @@ class DistributedMesh:
     def ghost_global(self) -> np.ndarray:
         return self.node_global[self.n_owned:]
 
+    # ------------------------------------------------- partition-independent ids
+    def natural_dof_ids(self, block: int = 3) -> np.ndarray:
+        """``block * node_natural + component`` of the owned DOFs, in their local (PETSc) order.
+
+        The ids of a row that do not depend on the partition: give them to
+        :func:`ddrom.reduction.pod.pod` (``row_ids``) for a POD that is bitwise the same
+        at any number of ranks.
+        """
+        nat = self.node_natural[: self.n_owned].astype(np.int64)
+        return (block * nat[:, None] + np.arange(block, dtype=np.int64)).ravel()
+
+    def natural_qp_row_ids(self, ncomp: int = 1) -> np.ndarray:
+        """``(cell_natural nq + q) ncomp + component`` of the local integration-point rows
+        (the layout of :meth:`ddrom.io.store.SnapshotStore.read_block` for ``stress``
+        (ncomp 6), ``p`` (1), ``state`` (n_state)): partition-independent row ids."""
+        nq = self.n_qp
+        pts = (self.cell_natural.astype(np.int64)[:, None] * nq + np.arange(nq, dtype=np.int64)).ravel()
+        return (pts[:, None] * ncomp + np.arange(ncomp, dtype=np.int64)).ravel()
+
     def region_names(self) -> list[str]:
         return sorted(set(self.facet_sets) | set(self.node_sets))
 

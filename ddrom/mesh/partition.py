@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ddrom.mesh.reference import FACES
-from ddrom.parallel import as_mpi, as_petsc
+from ddrom.parallel import as_mpi, as_petsc, root_only
 
 
 def dual_graph(cells: np.ndarray, cell_type: str) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +106,8 @@ def partition_cells(comm: Any, points: np.ndarray | None, cells: np.ndarray | No
         "block": lambda: (np.arange(n_cells) * c.size) // max(n_cells, 1),
         "rcb": lambda: _rcb(points[cells].mean(axis=1), c.size),
     }
+    # rank 0 works alone here: root_only makes a failure there (memory, ...) everyone's error
     if method in local:
-        return local[method]() if c.rank == 0 else None
-    graph = dual_graph(cells, cell_type) if c.rank == 0 else None
+        return root_only(c, local[method], f"partition ({method})", share=False)
+    graph = root_only(c, lambda: dual_graph(cells, cell_type), "partition (dual graph)", share=False)
     return _petsc_partition(c, graph, n_cells, method)

@@ -100,6 +100,7 @@ import numpy as np
 import scipy.optimize
 
 from ddrom.parallel import DdromError, Timers, as_mpi, check_all, collective
+from ddrom.reduction.exact import _reproducible_colsum_chunks, reproducible_colsum  # noqa: F401
 from ddrom.reduction.nnls import LawsonHanson
 
 NNLS_METHODS = ("lawson-hanson", "scipy")
@@ -180,64 +181,6 @@ class IntegrandBasis:
 
 
 # ============================================================================ helpers
-def reproducible_colsum(X_loc: np.ndarray, comm: Any) -> np.ndarray:
-    """Column sums over the rows of all ranks, bitwise independent of the partition.
-
-    Each entry ``x`` of column ``j`` is split exactly into two fixed-point digits on a
-    grid fixed by ``E_j`` with ``max_g |x_gj| < 2^E_j`` (one ``MAX`` allreduce, exact)::
-
-        x = q1 2^(E-b) + q2 2^(E-2b) + t,     q_i integers, |q_i| <= 2^b
-
-    with ``b = min(50, 62 - ceil(log2 G))`` bits (42 for a million rows) so that integer
-    sums cannot overflow int64. The digits are summed exactly (in float by blocks
-    small enough to be exact, then in int64; across ranks by one int64 ``SUM``
-    allreduce, exact in any order) and ``Q1 2^(E-b) + Q2 2^(E-2b)`` is rounded once to
-    double. The tails ``|t| <= 2^(E-2b-1)`` (``~2e-26 max|x|`` for a million rows) are
-    dropped deterministically, entry by entry. The result is thus the correctly rounded
-    sum of the truncated entries: the same bits for any number of ranks.
-    Cost: about a dozen vectorized passes over ``X`` and two small allreduces.
-    """
-    X = np.asarray(X_loc, dtype=float)
-    return _reproducible_colsum_chunks(lambda i0, i1: X[i0:i1], X.shape[0], X.shape[1], comm)
-
-
-def _reproducible_colsum_chunks(chunk, nloc: int, ncol: int, comm: Any) -> np.ndarray:
-    """:func:`reproducible_colsum` of a matrix produced by blocks of rows ``chunk(i0, i1)``
-    (called twice per block: the matrix is never formed)."""
-    from mpi4py import MPI
-
-    c = as_mpi(comm)
-    n = c.allreduce(nloc, op=MPI.SUM)
-    bits = int(min(50, 62 - math.ceil(math.log2(max(n, 2)))))
-    # rows per block: the float sum of a block of digits (|q| <= 2^bits) stays exact
-    step = int(max(1, min(2 ** (53 - bits), (1 << 20) // max(ncol, 1))))
-    amax = np.zeros(ncol)
-    for i0 in range(0, nloc, step):
-        np.maximum(amax, np.abs(chunk(i0, min(i0 + step, nloc))).max(axis=0), out=amax)
-    c.Allreduce(MPI.IN_PLACE, amax, op=MPI.MAX)
-    _, E = np.frexp(amax)                              # amax < 2^E (amax = 0: E = 0)
-    E = E.astype(np.int64)
-    nb = 2
-    up = [np.ldexp(1.0, bits * (k + 1) - E) for k in range(nb)]     # powers of two:
-    down = [np.ldexp(1.0, E - bits * (k + 1)) for k in range(nb)]   # products are exact
-    digits = np.zeros((nb, ncol), dtype=np.int64)
-    for i0 in range(0, nloc, step):
-        R = np.array(chunk(i0, min(i0 + step, nloc)), dtype=float)
-        for k in range(nb):
-            Q = np.rint(R * up[k])                     # |Q| <= 2^bits
-            digits[k] += Q.sum(axis=0).astype(np.int64)
-            if k + 1 < nb:
-                R -= Q * down[k]                       # exact: the remainder is representable
-    c.Allreduce(MPI.IN_PLACE, digits, op=MPI.SUM)
-    out = np.empty(ncol)
-    for j in range(ncol):
-        total = 0
-        for k in range(nb):                            # exact in Python integers
-            total = (total << bits) + int(digits[k, j])
-        out[j] = math.ldexp(float(total), int(E[j]) - nb * bits) if total else 0.0
-    return out
-
-
 def _row_dots(A: np.ndarray, v: np.ndarray, chunk: int) -> np.ndarray:
     """``A_g . v`` for every row, the same bits wherever the row sits in ``A``.
 

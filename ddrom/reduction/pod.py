@@ -224,8 +224,22 @@ def truncate(sigma: Any, rtol: float = 1e-7, atol: float = 0.0, l2_err: float = 
 
 def frobenius_norm(S_loc: np.ndarray, comm: Any = None, inner: InnerProduct | None = None
                    ) -> float:
-    """``||S||_F`` in the ``M`` inner product: ``sqrt(sum_j ||s_j||_M^2)`` (one allreduce)."""
+    """``||S||_F`` in the ``M`` inner product: ``sqrt(sum_j ||s_j||_M^2)``.
+
+    For the Euclidean and diagonal inner products the column sums are exact
+    (:func:`ddrom.reduction.exact.reproducible_sqnorms`): the norm, hence a truncation
+    ``l2_err = eps ||S||_F``, is the same bits for any partition. A sparse ``M``: one
+    allreduce.
+    """
     inner = inner or Euclidean()
+    if inner.diagonal:
+        from ddrom.reduction.exact import reproducible_sqnorms
+
+        w = getattr(inner, "w", None)
+        S = np.asarray(S_loc, dtype=np.float64)
+        if S.ndim == 1:
+            S = S[:, None]
+        return float(np.sqrt(np.sum(reproducible_sqnorms(S, comm, w))))
     return float(np.sqrt(np.sum(inner.norms(S_loc, comm) ** 2)))
 
 
@@ -384,7 +398,7 @@ def sparse_sign_sketch(W_loc: np.ndarray, row_offset: int, k: int, nnz: int = 4,
 
 # ------------------------------------------------------------- re-orthonormalization
 def reorthonormalize(Psi: np.ndarray, inner: InnerProduct, comm: Any, orth_tol: float = 1e-12,
-                     max_passes: int = 3, n_global: int | None = None
+                     max_passes: int = 3, n_global: int | None = None, exact: bool = False
                      ) -> tuple[np.ndarray, float, int]:
     """Cholesky-QR passes in the ``M`` inner product until ``max|Psi^T M Psi - I| <= orth_tol``.
 
@@ -396,13 +410,22 @@ def reorthonormalize(Psi: np.ndarray, inner: InnerProduct, comm: Any, orth_tol: 
     ``R`` is upper triangular so mode ``k`` only mixes with modes ``< k``.
 
     Returns ``(Psi, orth_err, passes)``; ``orth_err`` is measured after the last pass.
+    With ``exact`` (Euclidean or diagonal ``M``) the Gram matrices are exact
+    (:func:`ddrom.reduction.exact.exact_gram`): the passes, and the result, are the same
+    bits for any partition.
     """
     N = Psi.shape[1]
     if N == 0:
         return Psi, 0.0, 0
     passes = 0
     while True:
-        G = inner.gram(Psi, None, comm)
+        if exact:
+            from ddrom.reduction.exact import exact_gram
+
+            scale = inner.row_scale
+            G = exact_gram(Psi if scale is None else Psi * scale[:, None], comm)
+        else:
+            G = inner.gram(Psi, None, comm)
         err = float(np.max(np.abs(G - np.eye(N))))
         if err <= orth_tol or passes >= max_passes:
             return Psi, err, passes
@@ -607,7 +630,8 @@ KAPPA_ONE_PASS = 30.0
 MAX_CHOL_PASSES = 3
 
 
-def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_global: int
+def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_global: int,
+             row_ids: np.ndarray | None = None, drop_rtol: float = DROP_RTOL, sketch: list | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict] | None:
     """Randomized-preconditioned Cholesky-QR of the row-distributed ``W``, SVD of ``R``.
 
@@ -615,22 +639,48 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
     ``W = U diag(sigma) Vh`` to backward-stable accuracy, or ``None`` if a safety check
     failed (the caller falls back to Householder TSQR). Every replicated decision is
     taken on rank 0 and broadcast.
+
+    ``row_ids`` (global ids of the local rows, independent of the partition): the sketch
+    is placed by them and summed exactly, the Gram matrices are exact and the local
+    products row by row (:mod:`ddrom.reduction.exact`), so the result is the same bits
+    for any partition and number of ranks. ``drop_rtol``: the dependence threshold of
+    the sketch's QR; ``sketch``: a one-element list caching the sketch between attempts.
     """
     from mpi4py import MPI
+
+    from ddrom.reduction import exact as ex
 
     c = as_mpi(comm)
     n_loc, m = W.shape
     k = SKETCH_FACTOR * m + 8
-    offset = c.exscan(n_loc, op=MPI.SUM) if c.size > 1 else 0
-    offset = 0 if offset is None else int(offset)
+    repro = row_ids is not None
+    matmul = ex.row_matmul if repro else np.matmul
+
+    def gram(X: np.ndarray, Y2: np.ndarray | None = None) -> np.ndarray:
+        if repro:
+            return ex.exact_gram(X, c, Y2)
+        return allreduce_sum(X.T @ (X if Y2 is None else Y2), c)
+
+    def sqnorms(X: np.ndarray) -> np.ndarray:
+        return ex.reproducible_sqnorms(X, c) if repro else allreduce_sum(np.einsum("ij,ij->j", X, X), c)
+
     # 1. Sketch and preconditioner: Y = Omega W (k x m), QR of Y on rank 0.
-    Y = allreduce_sum(sparse_sign_sketch(W, offset, k, SKETCH_NNZ), c)
+    if sketch is not None and sketch:
+        Y = sketch[0]
+    elif repro:
+        Y = ex.exact_sketch(W, row_ids, k, c, SKETCH_NNZ)
+    else:
+        offset = c.exscan(n_loc, op=MPI.SUM) if c.size > 1 else 0
+        offset = 0 if offset is None else int(offset)
+        Y = allreduce_sum(sparse_sign_sketch(W, offset, k, SKETCH_NNZ), c)
+    if sketch is not None and not sketch:
+        sketch.append(Y)
     plan = None
     if c.rank == 0:
         with _single_thread():
             ynorm = np.linalg.norm(Y, axis=0)
             R0 = np.linalg.qr(Y, mode="r")
-            keep = (np.abs(np.diag(R0)) > DROP_RTOL * ynorm) & (ynorm > 0)
+            keep = (np.abs(np.diag(R0)) > drop_rtol * ynorm) & (ynorm > 0)
             if not keep.all():
                 R0 = np.linalg.qr(Y[:, keep], mode="r") if keep.any() else np.zeros((0, 0))
         plan = (keep, np.triu(R0))
@@ -644,11 +694,10 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
     #    embedding), then Cholesky-QR passes Q <- Q R^{-1}, G = Q^T Q = R^T R; the last R
     #    is not applied to Q but folded into the small factor of the modes.
     Q = _trsm_right(W if D.size == 0 else W[:, K], RK)
-    G = Q.T @ Q
     T = RK.copy()              # W_K = (Q R_pend^{-1}) T, T upper triangular
     R_pend = np.eye(r)
     for _ in range(MAX_CHOL_PASSES):
-        G = allreduce_sum(G, c)
+        G = gram(Q)
         step = None
         if c.rank == 0:
             with _single_thread():
@@ -669,7 +718,6 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
             R_pend = Rc
             break
         Q = _trsm_right(Q, Rc, overwrite=True)
-        G = Q.T @ Q
     else:
         return None
     info["passes"] = len(info["kappa"])
@@ -679,11 +727,11 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
     Rfull[:, K] = T
     if D.size:
         WD = W[:, D]
-        B = allreduce_sum(Q.T @ WD, c)                          # Q^T W_D
+        B = gram(Q, WD)                                         # Q^T W_D
         CD = sla.solve_triangular(R_pend, B, trans="T", lower=False)   # R_pend^{-T} B
-        E = WD - Q @ sla.solve_triangular(R_pend, CD, lower=False)
-        res = np.sqrt(allreduce_sum(np.einsum("ij,ij->j", E, E), c))
-        wn = np.sqrt(allreduce_sum(np.einsum("ij,ij->j", WD, WD), c))
+        E = WD - matmul(Q, sla.solve_triangular(R_pend, CD, lower=False))
+        res = np.sqrt(sqnorms(E))
+        wn = np.sqrt(sqnorms(WD))
         bad = c.bcast(bool(np.any(res > RESID_RTOL * wn)), root=0)
         if bad:
             return None
@@ -708,7 +756,8 @@ def _rcholqr(W: np.ndarray, comm: Any, select: Callable[[np.ndarray], int], n_gl
     else:
         payload = None
     s_all, Vh, Z, N = c.bcast(payload, root=0)
-    U = Q @ Z if n_loc else np.zeros((0, N))
+    U = matmul(Q, Z) if n_loc else np.zeros((0, N))
+    info["reproducible"] = repro
     return s_all, U, Vh, info
 
 
@@ -719,15 +768,54 @@ def _pod_rcholqr(S, comm, inner, n, opts):
         return _pod_tsqr(S, comm, inner, n, opts)
     scale = inner.row_scale
     W = S if scale is None else S * scale[:, None]
+    row_ids = opts.get("row_ids")
+    if row_ids is not None:
+        # Partition-independent: the fallback must be too. Numerically rank-deficient
+        # snapshots (smooth in the parameters) put columns right at the sketch's dependence
+        # threshold, where the residual check of the dropped ones can fail (measured:
+        # 2.6e-12 > RESID_RTOL with 9 of 20 columns dropped, 1.2e-13 with 6): keeping more
+        # columns is tried first, then the method of snapshots with an exact Gram matrix.
+        cache: list = []
+        for factor in (1.0, 1 / 4, 1 / 16):
+            out = _rcholqr(W, comm, sel, n, row_ids, DROP_RTOL * factor, cache)
+            if out is not None:
+                s, U, Vh, info = out
+                info["drop_rtol"] = DROP_RTOL * factor
+                return s, (U if scale is None else U / scale[:, None]), Vh, info
+        s, U, Vh, info = _snapshots_exact(W, comm, opts)
+        info["fallback"] = "rcholqr safety check failed: method of snapshots, exact Gram (reproducible)"
+        return s, (U if scale is None else U / scale[:, None]), Vh, info
     out = _rcholqr(W, comm, sel, n)
     if out is None:
         s, U, Vh, info = _pod_tsqr(S, comm, inner, n, opts)
         info["fallback"] = "rcholqr safety check failed: Householder TSQR"
+        info["reproducible"] = False
         return s, U, Vh, info
     s, U, Vh, info = out
     if scale is not None:
         U = U / scale[:, None]
     return s, U, Vh, info
+
+
+def _snapshots_exact(W: np.ndarray, comm: Any, opts: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Method of snapshots on ``W = M^{1/2} S`` with an exact Gram matrix: the same bits for
+    any partition (the reproducible fallback of rcholqr). Resolves only the singular
+    values above :data:`SNAPSHOTS_FLOOR` ``sigma_1`` (the Gram squares the condition)."""
+    from ddrom.reduction.exact import exact_gram, row_matmul
+
+    c = as_mpi(comm)
+    C = exact_gram(W, c)
+    eig = None
+    if c.rank == 0:
+        with _single_thread():
+            lam, V = sla.eigh(C)
+        eig = (lam[::-1].copy(), V[:, ::-1].copy())
+    lam, V = c.bcast(eig, root=0)
+    sigma_all = np.sqrt(np.clip(lam, 0.0, None))
+    N = _select(sigma_all, opts["rtol"], opts["atol"], opts["l2_err"], opts["modes"], floor=SNAPSHOTS_FLOOR)
+    U = row_matmul(W, V[:, :N] / sigma_all[:N]) if W.shape[0] else np.zeros((0, N))
+    return sigma_all, U, V[:, :N].T.copy(), {"variant": "snapshots-exact", "floor": SNAPSHOTS_FLOOR,
+                                              "reproducible": True}
 
 
 def _pod_slepc(S, comm, inner, n, opts):
@@ -806,7 +894,8 @@ def register_pod_method(name: str, func: Callable) -> None:
 def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
         method: str = DEFAULT_METHOD, rtol: float = 1e-7, atol: float = 0.0,
         l2_err: float = 0.0, modes: int | None = None, orth_tol: float = 1e-12,
-        name: str = "snapshots", options_prefix: str = "ddrom_pod_") -> PODResult:
+        name: str = "snapshots", options_prefix: str = "ddrom_pod_",
+        row_ids: Any = None) -> PODResult:
     """POD of row-distributed snapshots in the inner product ``inner``.
 
     Computes ``S = Psi diag(sigma) Vh`` with ``Psi^T M Psi = I`` (see the module
@@ -840,6 +929,16 @@ def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
         Name of the snapshot set in error messages.
     options_prefix
         PETSc options prefix of the SLEPc solver (method ``"slepc"``).
+    row_ids
+        Global ids of this rank's rows that do not depend on the partition (e.g. the
+        natural DOF ids ``3 node + component``, or ``(cell nq + q) ncomp + component``
+        for integration-point fields; unique over all ranks). With them the POD is
+        bitwise the same for any partition and number of ranks (modes up to their
+        rows' order, singular values, ``vh``): method ``"rcholqr"`` with its sketch
+        placed by the ids and exact reductions (:mod:`ddrom.reduction.exact`), and exact
+        re-orthonormalization. Euclidean or diagonal inner product only. Costs a few
+        times the plain method (exact Gram matrices). ``info["reproducible"]`` tells
+        (False after the rare fallback to Householder TSQR).
 
     Raises
     ------
@@ -856,10 +955,20 @@ def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
     S, n, m = validate_snapshots(S_loc, c, inner, name, modes)
     opts = dict(rtol=rtol, atol=atol, l2_err=l2_err, modes=modes, name=name,
                 options_prefix=options_prefix)
+    exact = row_ids is not None
+    if exact:
+        check_all(c, method == "rcholqr" and inner.diagonal,
+                  f"POD of {name!r}: row_ids (a partition-independent POD) need method 'rcholqr' and a "
+                  f"Euclidean or diagonal inner product, not {method!r} with {inner!r}")
+        ids = np.asarray(row_ids).ravel()
+        check_all(c, ids.shape[0] == S.shape[0] and (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)),
+                  f"POD of {name!r}: row_ids must hold one integer id per local row")
+        opts["row_ids"] = ids.astype(np.int64)
     sigma_all, Psi, vh, info = POD_METHODS[method](S, c, inner, n, opts)
     N = Psi.shape[1]
     t1 = time.perf_counter()
-    Psi, orth_err, passes = reorthonormalize(Psi, inner, c, orth_tol, n_global=n)
+    Psi, orth_err, passes = reorthonormalize(Psi, inner, c, orth_tol, n_global=n,
+                                             exact=exact and info.get("reproducible", False))
     # Deterministic signs, independent of the partition: the largest |entry| of each
     # right singular vector (replicated) is made positive.
     sgn = _sign_fix(vh)

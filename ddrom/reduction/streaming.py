@@ -40,7 +40,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ddrom.parallel import DdromError, as_mpi, check_all, raise_collective
+from ddrom.parallel import DdromError, as_mpi, check_all, describe_exception, raise_collective
 from ddrom.reduction.inner import Euclidean, InnerProduct
 from ddrom.reduction.pod import (
     EPS, PODResult, cgs2, pod, reorthonormalize, truncate, validate_snapshots,
@@ -249,45 +249,35 @@ def save_state(path: str | os.PathLike, ipod: IncrementalPOD, nmap: Any,
     ``modes`` (n_items, rows per item, N) in natural order, so that another partition
     can read them back. ``sigma`` (N,), and the attributes ``schema``, ``version``,
     ``state`` (JSON of :meth:`IncrementalPOD.state`) and ``meta`` (JSON of ``meta``,
-    the caller's consistency data). Written to ``path + ".tmp"``, renamed by rank 0
-    once closed on every rank. Raises :class:`~ddrom.parallel.CollectiveError` on
-    every rank if anything fails.
+    the caller's consistency data). Written to ``path + ".tmp"``, renamed once
+    closed on every rank (:class:`ddrom.io.h5atomic.ParallelH5`). Raises
+    :class:`~ddrom.parallel.CollectiveError` on every rank if anything fails; the
+    previous state file is then untouched.
     """
-    import h5py
+    from ddrom.io.h5atomic import ParallelH5
+    from ddrom.io.jsonio import dumps
 
     c = ipod.comm
     path = str(path)
-    tmp = path + ".tmp"
-    msg = None
-    try:
-        if ipod.U is None:
-            raise DdromError("no snapshot was given yet")
-        n_owned = int(nmap.n_owned)
-        bs = ipod.U.shape[0] // n_owned if n_owned else 0
-        bs = c.allreduce(bs, op=_max())
-        N = ipod.n_modes
-        with h5py.File(tmp, "w", driver="mpio", comm=c) as f:
-            f.attrs["schema"] = STATE_SCHEMA
-            f.attrs["version"] = STATE_VERSION
-            f.attrs["state"] = json.dumps(ipod.state())
-            f.attrs["meta"] = json.dumps(meta or {}, default=str)
-            f.create_dataset("sigma", data=ipod.s)      # replicated: the same on every rank
-            ds = f.create_dataset("modes", shape=(nmap.n_global, bs, N), dtype="f8")
-            if N:
-                nat = nmap.to_natural(ipod.U.reshape(n_owned, bs, N))
-                lo, hi = nmap.natural_range
-                with ds.collective:
-                    ds[lo:hi] = nat
-    except Exception as exc:  # noqa: BLE001 - reported on every rank
-        msg = f"streaming POD state {path}: {type(exc).__name__}: {exc}"
-    raise_collective(c, msg)
-    c.Barrier()
-    if c.rank == 0:
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            msg = f"streaming POD state {tmp}: cannot rename to {path}: {exc}"
-    raise_collective(c, msg)
+    check_all(c, ipod.U is not None, f"streaming POD state {path}: no snapshot was given yet")
+    n_owned = int(nmap.n_owned)
+    bs = ipod.U.shape[0] // n_owned if n_owned else 0
+    bs = c.allreduce(bs, op=_max())
+    N = ipod.n_modes
+    # the kernel shared with the snapshot store: <path>.partial renamed once complete,
+    # space reserved first, checksummed datasets, any failure removes the file and is
+    # raised on every rank naming the file and the cause
+    with ParallelH5.create(path, c, "streaming POD state", suffix=".tmp") as h5:
+        h5.reserve(8 * (nmap.n_global * bs * N + len(ipod.s)))
+        h5.set_attrs({"schema": STATE_SCHEMA, "version": STATE_VERSION,
+                      # strict JSON (non-finite numbers as null); the same text on every rank
+                      "state": dumps(ipod.state())[0], "meta": dumps(meta or {}, default=str)[0]})
+        sig = h5.create_dataset(h5.f, "sigma", (len(ipod.s),))
+        h5.write(sig, (0,), np.asarray(ipod.s) if c.rank == 0 else np.zeros(0))    # replicated: rank 0's
+        ds = h5.create_dataset(h5.f, "modes", (nmap.n_global, bs, N))
+        lo, hi = nmap.natural_range
+        nat = nmap.to_natural(ipod.U.reshape(n_owned, bs, N)) if N else np.zeros((hi - lo, bs, 0))
+        h5.write(ds, (lo, 0, 0), nat)
 
 
 def load_state(path: str | os.PathLike, nmap: Any, comm: Any = None,
@@ -306,7 +296,7 @@ def load_state(path: str | os.PathLike, nmap: Any, comm: Any = None,
     path = str(path)
     if not c.bcast(Path(path).exists() if c.rank == 0 else None, root=0):
         return None, {}, f"{path} does not exist"
-    reason, out = None, None
+    reason, out, fatal = None, None, None
     try:
         with h5py.File(path, "r", driver="mpio", comm=c) as f:
             if f.attrs.get("schema") != STATE_SCHEMA:
@@ -326,6 +316,10 @@ def load_state(path: str | os.PathLike, nmap: Any, comm: Any = None,
             out = (U, f["sigma"][...], json.loads(f.attrs["state"]), json.loads(f.attrs["meta"]))
     except Exception as exc:  # noqa: BLE001 - any problem means: do not use it
         reason = f"{path}: {type(exc).__name__}: {exc}"
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: stop, on every rank
+        fatal = describe_exception(exc, f"streaming POD state {path}")
+    # a rank interrupted while reading must stop the others, not leave them waiting below
+    raise_collective(c, fatal)
     bad = c.allreduce(reason is not None, op=_lor())
     if bad:
         reason = c.allgather(reason)

@@ -557,6 +557,20 @@ def _post_time(out: dict, given: dict, path: str, ctx: _Context) -> None:
         ctx.error(path, "give t_end with n_steps or dt, or an explicit list of times")
     elif ("n_steps" in given) == ("dt" in given):
         ctx.error(path, "give exactly one of n_steps and dt with t_end")
+    else:
+        # A time grid of 1e9 or 1e12 steps is a typo (dt = 1e-12), not a run: refuse it here,
+        # naming the keys, before anything allocates per-step arrays.
+        from ddrom.io.estimate import MAX_TIME_STEPS
+
+        t_end, dt, n = out.get("t_end"), out.get("dt"), out.get("n_steps")
+        if "dt" in given and isinstance(t_end, (int, float)) and isinstance(dt, (int, float)) and dt > 0:
+            steps = t_end / dt
+            if not math.isfinite(steps) or steps > MAX_TIME_STEPS:
+                ctx.error(_join(path, "dt"), f"t_end = {t_end:g} with dt = {dt:g} gives {steps:.3g} time steps, "
+                                             f"more than the {MAX_TIME_STEPS} a case may have")
+        elif "n_steps" in given and isinstance(n, int) and n > MAX_TIME_STEPS:
+            ctx.error(_join(path, "n_steps"), f"n_steps = {n} is more than the {MAX_TIME_STEPS} time steps "
+                                              "a case may have")
 
 
 def _sampling_table(kind: str) -> Table:
@@ -569,6 +583,18 @@ def _sampling_table(kind: str) -> Table:
                       doc="explicit points"),
         "table": Key(File(), doc="a CSV file: a header of parameter names, one point per row"),
     }, one_of=[("grid", "random", "values", "table")])
+
+
+def _line_search(value: Any, path: str, ctx: _Context) -> Any:
+    """``"fallback"``, ``"always"`` or ``"never"``; ``true``/``false`` mean fallback/never."""
+    from ddrom.hf.stepping import LINE_SEARCH
+
+    if isinstance(value, bool):
+        return "fallback" if value else "never"
+    if isinstance(value, str) and value in LINE_SEARCH:
+        return value
+    ctx.error(path, f"expected one of {', '.join(LINE_SEARCH)} (or true/false), got {_show(value)}")
+    return _BAD
 
 
 def _indicator_component(name: str, path: str, ctx: _Context) -> bool:
@@ -590,12 +616,13 @@ def _defaults():
     from ddrom.rom.enrichment import EnrichmentOptions
     from ddrom.rom.offline import OfflineOptions
     from ddrom.rom.classifier import ClassifierOptions
-    from ddrom.workflow.options import IndicatorOptions
+    from ddrom.workflow.options import ImportOptions, IndicatorOptions
 
-    return SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions(), ClassifierOptions()
+    return (SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions(), ImportOptions(),
+            ClassifierOptions())
 
 
-_SOLVER, _OFFLINE, _ENRICH, _INDICATOR, _CLASSIFIER = _defaults()
+_SOLVER, _OFFLINE, _ENRICH, _INDICATOR, _IMPORT, _CLASSIFIER = _defaults()
 from ddrom.rom.classifier import CLASSIFIER_METHODS as _CLASSIFIER_METHODS  # noqa: E402
 _XYZT = ("x", "y", "z", "t")
 _VECTOR3 = ListOf(Expr(_XYZT), length=3)
@@ -647,6 +674,12 @@ SCHEMA = Table({
             "region": Key(Str(), REQUIRED),
             "vector": Key(_VECTOR3, REQUIRED),
         })), []),
+        # optional (absent when not given): a default [] would change the hashes of every
+        # existing case, and so invalidate its snapshot stores, for a key it does not use
+        "nodal": Key(ListOf(Table({
+            "region": Key(Str(), REQUIRED),
+            "force_per_node": Key(_VECTOR3, REQUIRED),
+        })), doc="*CLOAD: the force vector applied at every node of the region"),
         "body_force": Key(Table({"vector": Key(_VECTOR3, REQUIRED)})),
         "centrifugal": Key(Table({
             "omega": Key(Expr(("t",)), REQUIRED),
@@ -669,7 +702,7 @@ SCHEMA = Table({
         "newton_rtol": Key(Num(gt=0, lt=1), _SOLVER.rtol),
         "newton_atol": Key(Num(ge=0), _SOLVER.atol),
         "max_iterations": Key(Int(ge=1), _SOLVER.max_iterations),
-        "line_search": Key(Bool(), _SOLVER.line_search),
+        "line_search": Key(Custom(_line_search, "fallback, always, never (or true/false)"), _SOLVER.line_search),
         "max_cutbacks": Key(Int(ge=0), _SOLVER.max_cutbacks),
         "petsc_options": Key(MapOf(Scalar(), key_check=_petsc_key), {}),
         "element_technology": Key(Str(choices=("full", "bbar")), "bbar" if _SOLVER.bbar else "full"),
@@ -682,6 +715,7 @@ SCHEMA = Table({
         "stress_tol": Key(Num(gt=0, lt=1), _OFFLINE.stress_tol),
         "temperature_tol": Key(Num(gt=0, lt=1), _OFFLINE.temperature_tol),
         "temperature_sensors": Key(Int(ge=0), _OFFLINE.temperature_sensors),
+        "noise_margin": Key(Num(ge=0), _OFFLINE.noise_margin),
         "pod_method": Key(Str(choices=("rcholqr", "tsqr", "snapshots", "slepc", "streaming"))),
         "stream_during_hf": Key(Bool(), False),
         "n_clusters": Key(Int(ge=1), 1),
@@ -701,6 +735,11 @@ SCHEMA = Table({
             "save": Key(Bool(), _ENRICH.save),
         }), {}),
     }, unknown="warn"), {}),
+    # optional (absent when not given) and outside the hashes: the checks of an import do not
+    # change what a store holds
+    "import": Key(Table({
+        "equilibrium_tol": Key(Num(gt=0), _IMPORT.equilibrium_tol),
+    })),
     "training": Key(_sampling_table("training")),
     "test": Key(_sampling_table("test")),
 })
@@ -929,7 +968,7 @@ class Case:
         differ only by comments, formatting, key order or explicitly written defaults.
         Results record it to tell which configuration produced them.
     hf_hash : str
-        The same without the ``[rom]`` table: what the HF snapshot stores depend on.
+        The same without the ``[rom]`` and ``[import]`` tables: what the HF snapshot stores depend on.
     warnings : list of str
         Non-fatal findings (unknown ``[rom]`` keys, test points outside the training box...),
         each with its path; the CLI prints them on rank 0.
@@ -1018,7 +1057,7 @@ class Case:
     def store_hash(self, which: str) -> str:
         """What the HF store of parameter set ``which`` depends on: ``hf_hash`` without the
         other set, so that editing the test points does not invalidate the training runs."""
-        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test", "parameters")}
+        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test", "import", "parameters")}
         # a parameter's scale and period only tell the local-basis classifier how to see it
         base["parameters"] = {n: {k: v for k, v in p.items() if k not in ("scale", "period")}
                               for n, p in self.raw.get("parameters", {}).items()}
@@ -1162,7 +1201,7 @@ def _build_case(data: dict, path: Path, folder: Path, file_hash: str) -> Case:
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     # What the HF results depend on: everything but the ROM settings, so that tuning the
     # ROM tolerances does not invalidate (and recompute) the snapshot stores.
-    hf_raw = {k: v for k, v in raw.items() if k != "rom"}
+    hf_raw = {k: v for k, v in raw.items() if k not in ("rom", "import")}
     hf_canonical = json.dumps(hf_raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return Case(path=path, folder=folder, raw=raw, hash=file_hash,
                 config_hash=hashlib.sha256(canonical.encode()).hexdigest(), warnings=warnings,

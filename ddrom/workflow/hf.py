@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 import ddrom
 from ddrom.parallel import Progress, Timers, as_mpi, get_logger

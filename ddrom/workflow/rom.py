@@ -9,7 +9,6 @@ only with ``progress=True``. Files are written where the case says (``case.outpu
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -430,24 +429,10 @@ def read_online_times(stem: Path) -> np.ndarray | None:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Strict JSON (NaN and infinities as null), written under a temporary name then renamed."""
-    tmp = str(path) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(strict_json(payload), f, indent=2, default=json_default, allow_nan=False)
-    os.replace(tmp, path)
+    """Strict JSON (NaN and infinities as null, listed under ``nonfinite_as_null``), atomically."""
+    from ddrom.io.jsonio import write_json as _write
 
-
-def strict_json(o: Any) -> Any:
-    """``o`` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
-    if isinstance(o, (float, np.floating)):
-        return float(o) if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: strict_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [strict_json(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return strict_json(o.tolist())
-    return o
+    _write(path, payload, default=json_default)
 
 
 def json_default(o: Any) -> Any:
