@@ -21,7 +21,7 @@ runs):
    correlation between each a priori ranking (training / held-out) and the online one
    over the grid.
 
-Usage (from the repository root; ``--quick`` for a small grid)::
+Usage (from the repository root; a small grid for a smoke run: ``--ks 1 2 --Ns 2 4 --folds 3``)::
 
     mpirun -n 2 .venv/bin/python benchmarks/local_bases_online.py \\
         cases/regimes_hot_spot.toml cases/regimes_load_circle.toml cases/hot_spots.toml \\

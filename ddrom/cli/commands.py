@@ -341,7 +341,7 @@ def _routing_text(routing: dict | None) -> str:
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
-    from ddrom.reduction.routing import DEFAULT_FOLDS
+    from ddrom.workflow.cluster import DEFAULT_FOLDS
 
     _case_args(p)
     p.add_argument("--clusters", type=int, nargs="+", metavar="K", help="numbers of clusters (default 1..4)")
