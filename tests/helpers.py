@@ -163,3 +163,122 @@ def write_case(tmp, text: str, name: str = "case.toml"):
     p = Path(tmp) / name
     p.write_text(text)
     return p
+
+
+# ---------------------------------------------------------------- clustering data
+def weighted_gram(S: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return S.T @ (w[:, None] * S)
+
+
+def regimes_data(seed: int = 0, n: int = 80, n_regimes: int = 3, sims_per_regime: int = 4,
+                 steps: int = 6, eps: float = 0.1):
+    """Snapshots that are scaled copies of a few directions: the distinct-regimes case.
+
+    Regime r lives in span{d_r, P_r} (3-D, mutually orthogonal across regimes): each
+    snapshot is ``A_sim * t/T * (d_r + eps P_r xi_t)``; the simulation amplitudes
+    A_sim span four orders of magnitude (1e-2 .. 1e2). Returns S (n, m), the
+    simulation of each column, the regime of each column, the regime of each sim.
+    """
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, 3 * n_regimes)))
+    amps = 10.0 ** rng.uniform(-2, 2, n_regimes * sims_per_regime)
+    cols, sims, reg = [], [], []
+    s = 0
+    for r in range(n_regimes):
+        d, P = Q[:, 3 * r], Q[:, 3 * r + 1:3 * r + 3]
+        for _ in range(sims_per_regime):
+            for t in range(1, steps + 1):
+                cols.append(amps[s] * (t / steps) * (d + eps * P @ rng.standard_normal(2)))
+                sims.append(s)
+                reg.append(r)
+            s += 1
+    reg = np.array(reg)
+    sims = np.array(sims)
+    return np.array(cols).T, sims, reg, reg[np.unique(sims, return_index=True)[1]]
+
+
+def hot_spot_data(n: int = 300, s: int = 12, steps: int = 4, width: float = 0.08):
+    """Simulations of a mechanical load then a moving hot spot: a continuum of regimes.
+
+    Simulation a: ``10**logS_a min(t, 2)/2 u_mech + max(t - 2, 0)/2 50 f(phi_a)`` with
+    ``f(phi)`` a Gaussian of width ``width`` centred at ``0.5 + 0.3 cos(phi)`` (on [0, 1]),
+    ``phi_a = 2 pi a / s`` and amplitudes ``logS_a`` scrambled over the positions (two
+    decades). The subspace depends on phi only, through cos(phi). Returns S (n, s steps),
+    the simulation of each column, phi and logS per simulation.
+    """
+    x = np.linspace(0.0, 1.0, n)
+    phis = np.arange(s) * 2.0 * np.pi / s
+    logS = 2.0 * ((5 * np.arange(s)) % s) / (s - 1)
+    umech = np.sin(np.pi * x)
+    cols, sims = [], []
+    for a in range(s):
+        spot = np.exp(-((x - 0.5 - 0.3 * np.cos(phis[a])) / width) ** 2)
+        for t in range(1, steps + 1):
+            cols.append(10 ** logS[a] * min(t, 2) / 2 * umech + max(t - 2, 0) / 2 * 50.0 * spot)
+            sims.append(a)
+    return np.array(cols).T, np.array(sims), phis, logS
+
+
+# ----------------------------------------------------------- a case with two regimes
+#: A bar heated by a hot spot at position P along it and pulled by a traction A: the thermal
+#: displacement's shape depends on P (two groups of training positions, near each end), not
+#: on A. Elastic, 3 steps: the HF sweep takes seconds.
+REGIMES_CASE = """
+[case]
+name = "{name}"
+
+[mesh]
+generator = "box"
+args = {{ lx = 4.0, ly = 1.0, lz = 1.0, nx = 12, ny = 2, nz = 2 }}
+
+[material]
+law = "elastic"
+E = 200e3
+nu = 0.3
+alpha = 1.2e-5
+T_ref = 20.0
+
+[parameters]
+P = {{ min = 0.0, max = 4.0, default = 2.0, description = "position of the hot spot" }}
+A = {{ min = 1.0, max = 100.0, default = 10.0, scale = "log" }}
+
+[time]
+times = [1.0, 2.0, 3.0]
+
+[loads]
+dirichlet = [{{ region = "xmin" }}]
+traction = [{{ region = "xmax", vector = ["A * ramp(t, 1)", 0.0, 0.0] }}]
+
+[temperature]
+expression = "20 + 300 * clip(t - 1, 0, 1) * exp(-((x - P) / 0.4)**2)"
+
+[solver]
+newton_rtol = 1e-10
+petsc_options = {{ ksp_rtol = 1e-12 }}
+
+[rom]
+pod_tol = 1e-8
+ecm_tol = 1e-8
+n_clusters = 2
+{extra_rom}
+
+[training]
+values = [
+  {{ P = 0.4, A = 3.0 }}, {{ P = 0.7, A = 50.0 }}, {{ P = 1.0, A = 10.0 }},
+  {{ P = 3.0, A = 80.0 }}, {{ P = 3.3, A = 2.0 }}, {{ P = 3.6, A = 20.0 }},
+]
+
+[test]
+values = [{{ P = 0.7, A = 30.0 }}, {{ P = 2.0, A = 10.0 }}, {{ P = 1.1, A = 10.0 }}]
+"""
+
+
+def write_regimes_case(folder, name: str = "regimes", extra_rom: str = "", comm=MPI.COMM_WORLD) -> str:
+    """REGIMES_CASE in ``folder`` (rank 0 writes; every rank gets the path)."""
+    from pathlib import Path
+
+    path = Path(folder) / f"{name}.toml"
+    if comm.rank == 0:
+        path.write_text(REGIMES_CASE.format(name=name, extra_rom=extra_rom))
+    comm.Barrier()
+    return str(path)

@@ -168,6 +168,10 @@ def test_run_pipeline_and_cluster(tmp_path, np_):
     assert r.returncode == 0, r.stderr
     cl = json.loads((tmp_path / "cl.json").read_text())
     assert cl["simulations"] == 3 and {row["k"] for row in cl["table"]} == {1, 2, 3}
+    # held-out criterion and its a posteriori check: one linear pattern, the global basis is exact
+    assert cl["heldout"]["protocol"] == "leave-one-out over the 3 training simulations"
+    assert cl["recommendation"]["choice"]["k"] == 1 and not cl["recommendation"]["local_pays_off"]
+    assert cl["check"]["mode"] == "folds" and all(c["mean_displacement"] < 1e-8 for c in cl["check"]["configs"])
 
 
 @pytest.mark.parametrize("np_", [1, 3])

@@ -12,38 +12,7 @@ from ddrom.reduction import clustering as cl
 from ddrom.reduction import criterion as cr
 from ddrom.reduction.kmedoids import (alternating_kmedoids, canonical_labels, kernel_kmeans,
                                       pam)
-
-
-# ----------------------------------------------------------------------------- data
-def weighted_gram(S: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return S.T @ (w[:, None] * S)
-
-
-def regimes_data(seed: int = 0, n: int = 80, n_regimes: int = 3, sims_per_regime: int = 4,
-                 steps: int = 6, eps: float = 0.1):
-    """Snapshots that are scaled copies of a few directions: the distinct-regimes case.
-
-    Regime r lives in span{d_r, P_r} (3-D, mutually orthogonal across regimes): each
-    snapshot is ``A_sim * t/T * (d_r + eps P_r xi_t)``; the simulation amplitudes
-    A_sim span four orders of magnitude (1e-2 .. 1e2). Returns S (n, m), the
-    simulation of each column, the regime of each column, the regime of each sim.
-    """
-    rng = np.random.default_rng(seed)
-    Q, _ = np.linalg.qr(rng.standard_normal((n, 3 * n_regimes)))
-    amps = 10.0 ** rng.uniform(-2, 2, n_regimes * sims_per_regime)
-    cols, sims, reg = [], [], []
-    s = 0
-    for r in range(n_regimes):
-        d, P = Q[:, 3 * r], Q[:, 3 * r + 1:3 * r + 3]
-        for _ in range(sims_per_regime):
-            for t in range(1, steps + 1):
-                cols.append(amps[s] * (t / steps) * (d + eps * P @ rng.standard_normal(2)))
-                sims.append(s)
-                reg.append(r)
-            s += 1
-    reg = np.array(reg)
-    sims = np.array(sims)
-    return np.array(cols).T, sims, reg, reg[np.unique(sims, return_index=True)[1]]
+from helpers import regimes_data, weighted_gram
 
 
 def same_partition(a, b) -> bool:
@@ -413,27 +382,6 @@ def test_efficiency_table_recommender_and_plot(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-# ------------------------------------------------------------------ online classifiers
-def test_online_classifiers_pick_the_regime():
-    S, sims, reg, sim_reg = regimes_data()
-    C = S.T @ S
-    grs = cl.cluster(C, 3, dissimilarity="grassmann_max", sims=sims)
-    # parameters per simulation: load direction (defines the regime) and amplitude
-    rng = np.random.default_rng(12)
-    theta = sim_reg * 2.0 + rng.uniform(-0.3, 0.3, sim_reg.size)
-    amp = rng.uniform(1.0, 100.0, sim_reg.size)
-    P = np.column_stack([theta, amp / 100.0])
-    nm = cl.NearestMedoidClassifier(scale=None).fit(P, grs.medoids, grs.labels)
-    new = np.array([[0.1, 0.5], [2.2, 0.1], [3.9, 0.9]])
-    expected = grs.labels[[int(np.flatnonzero(sim_reg == r)[0]) for r in (0, 1, 2)]]
-    np.testing.assert_array_equal(nm.predict(new), expected)
-    pytest.importorskip("sklearn")
-    feats = np.column_stack([np.cos(theta), np.sin(theta)])
-    knn = cl.KNNClassifier(n_neighbors=3).fit(feats, grs.labels)
-    np.testing.assert_array_equal(
-        knn.predict(np.column_stack([np.cos(new[:, 0]), np.sin(new[:, 0])])), expected)
-
-
 # ------------------------------------------------------------------------ bad input
 def test_bad_input_names_the_object():
     C = np.eye(4)
@@ -511,11 +459,3 @@ def test_clustering_from_a_distributed_gram_is_partition_invariant():
                                 n_rows=101)
     for a, b in zip(t, t_ref):
         assert a["mean_local"] == pytest.approx(b["mean_local"], rel=1e-10, abs=1e-12)
-
-
-def test_knn_without_scikit_learn_says_how_to_install(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "sklearn", None)   # makes `import sklearn` fail
-    with pytest.raises(DdromError, match="pip install scikit-learn"):
-        cl.KNNClassifier().fit(np.eye(3), [0, 1, 1])

@@ -331,11 +331,14 @@ def test_failing_hf_step_leaves_rom_file_untouched(shared_tmp):
 @pytest.mark.mpi
 def test_enrichment_of_a_local_basis(shared_tmp):
     """With local bases (n_clusters = 2) the point's cluster model is enriched from that
-    cluster's bases; the enriched ROM repairs the run like the global one."""
+    cluster's bases; the enriched ROM repairs the run like the global one. (The test point
+    extrapolates, A = 1.8: the classifier is unsure there and would run the global basis;
+    classifier_margin = 0 keeps its choice.)"""
     comm = MPI.COMM_WORLD
     path = _case(shared_tmp, comm, "local")
     if comm.rank == 0:
-        text = Path(path).read_text().replace("ecm_tol = 1e-8", "ecm_tol = 1e-8\nn_clusters = 2").replace(
+        text = Path(path).read_text().replace("ecm_tol = 1e-8", "ecm_tol = 1e-8\nn_clusters = 2\n"
+                                              "classifier_margin = 0").replace(
             "values = [{ A = 0.5 }, { A = 1.0 }]", "values = [{ A = 0.5 }, { A = 0.6 }, { A = 0.9 }, { A = 1.0 }]")
         Path(path).write_text(text)
     comm.Barrier()
@@ -343,7 +346,11 @@ def test_enrichment_of_a_local_basis(shared_tmp):
 
     s = run(path, comm)
     e = s["enrichment"]
-    assert s["per_test_parameter"][0]["cluster"] is not None
+    plain, enriched = s["per_test_parameter"][0], e["per_test_parameter"][0]
+    # without enrichment the local run exceeds the indicator tolerance: the global basis ran instead
+    assert plain["routing"]["fallback"] == "indicator" and plain["cluster"] is None, plain["routing"]
+    # with enrichment the local model is enriched instead
+    assert enriched["cluster"] == plain["routing"]["predicted"] is not None
     assert e["n_enrichments"] >= 1
     assert e["rel_error_plastic_strain"] < 1e-2 * s["rel_error_plastic_strain"], (s, e)
 

@@ -294,6 +294,7 @@ def _online_run(args: Any, comm: Any) -> int:
     rows = [(r["name"], f"{r['seconds'] * 1e3:.2f} ms, {r['steps']} steps (t_end {r['t_end']:g}), "
                         f"{r['newton_iterations']} Newton its, max indicator {_fmt_opt(r['max_indicator'])}"
                         + (f", {r['n_enrichments']} enrichments" if r["n_enrichments"] else "")
+                        + _routing_text(r.get("routing"))
                         + "".join(f"; {n}" for n in _flags(r))) for r in runs]
     rows += _timer_rows(timers) + [("wall time (s)", f"{wall:.2f}")]
     _print_table(args, comm, f"ddrom online summary ({len(runs)} run(s), {out['n_modes']} modes)", rows)
@@ -330,15 +331,32 @@ def _run_run(args: Any, comm: Any) -> int:
     return 0
 
 
+def _routing_text(routing: dict | None) -> str:
+    """The basis a run took, for the online summary ('' without local bases)."""
+    if not routing:
+        return ""
+    if routing["cluster"] is not None:
+        return f", local basis {routing['cluster']} ({routing['classifier']}, margin {routing['margin']:.2f})"
+    return f", global basis ({routing['fallback']} fallback)"
+
+
 def _cluster_args(p: argparse.ArgumentParser) -> None:
+    from ddrom.workflow.cluster import DEFAULT_FOLDS
+
     _case_args(p)
     p.add_argument("--clusters", type=int, nargs="+", metavar="K", help="numbers of clusters (default 1..4)")
     p.add_argument("--modes", type=int, nargs="+", metavar="N", help="basis sizes (default 1, 2, 4, ... 32)")
     p.add_argument("--dissimilarity", default="grassmann_max",
                    help="grassmann_max | grassmann_rss | euclidean_trajectory (default grassmann_max)")
     p.add_argument("--error-target", type=float,
-                   help="relative projection error wanted (a recommendation is printed only with it)")
+                   help="mean held-out relative error wanted (default: the most accurate configuration)")
     p.add_argument("--budget", type=float, help="offline cost budget relative to the global basis (default: none)")
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
+                   help=f"folds of the training simulations held out (default {DEFAULT_FOLDS}; 0: leave-one-out)")
+    p.add_argument("--check", choices=["folds", "test", "none"], default="folds",
+                   help="a posteriori check of the recommendation against the global ROM: held-out online errors of "
+                        "ROMs built on the folds (default), on the test points against their HF store, or none")
+    p.add_argument("--keep-roms", action="store_true", help="keep the check's ROM files (OUTPUT/cluster_check/)")
 
 
 def _run_rows(s: dict) -> list[tuple[str, Any]]:
@@ -362,16 +380,23 @@ def _run_rows(s: dict) -> list[tuple[str, Any]]:
 
 def _cluster_run(args: Any, comm: Any) -> int:
     from ddrom.reduction.criterion import format_table
-    from ddrom.workflow.cluster import cluster_report
+    from ddrom.workflow.cluster import cluster_report, format_check
 
     with _output(args):
         out = cluster_report(args.case, comm, args.clusters, args.modes, args.dissimilarity,
-                             args.error_target, args.budget, plots=True)
+                             args.error_target, args.budget, plots=True, folds=args.folds or None,
+                             check=None if args.check == "none" else args.check, keep_roms=args.keep_roms)
     if not args.quiet:
         rank0_print(comm, f"ddrom cluster: {out['simulations']} simulations, {out['snapshots']} snapshots, "
-                          f"dissimilarity {out['dissimilarity']}\n" + format_table(out["table"]))
+                          f"dissimilarity {out['dissimilarity']}"
+                          + (f"; held out: {out['heldout']['protocol']}" if "heldout" in out else "")
+                          + "\n" + format_table(out["table"]))
         if "recommendation" in out:
-            rank0_print(comm, "  " + out["recommendation"]["message"])
+            rank0_print(comm, "  recommendation (held-out criterion): " + out["recommendation"]["message"])
+        if "recommendation_training" in out:
+            rank0_print(comm, "  (training projection errors alone: " + out["recommendation_training"]["message"] + ")")
+        if "check" in out:
+            rank0_print(comm, format_check(out["check"]))
     _emit_json(args, comm, out)
     return 0
 

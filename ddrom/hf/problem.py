@@ -38,10 +38,21 @@ from ddrom.parallel import DdromError
 
 PARAMETER_KINDS = ("number", "file")
 
+#: How a number parameter enters the classifier that routes a new point to a local basis
+#: (:mod:`ddrom.rom.classifier`): its value (``linear``), its logarithm (``log``, a quantity
+#: spanning decades), or an angle-like value of period ``period`` (``periodic``: the
+#: harmonics ``cos(2 pi h x / period)``, ``sin(...)``, so that 0 and ``period`` coincide).
+#: It does not change the physics (the HF store does not depend on it).
+PARAMETER_SCALES = ("linear", "log", "periodic")
+
 
 @dataclass(frozen=True)
 class ParameterSpec:
-    """A declared parameter. ``kind = "file"``: its values are file paths (no range)."""
+    """A declared parameter. ``kind = "file"``: its values are file paths (no range).
+
+    ``scale`` (:data:`PARAMETER_SCALES`) and ``period`` (with ``scale = "periodic"``) say
+    how a number parameter is seen by the local-basis classifier; the physics ignores them.
+    """
 
     name: str
     kind: str = "number"
@@ -49,6 +60,8 @@ class ParameterSpec:
     max: float | None = None
     default: float | str | None = None
     description: str = ""
+    scale: str = "linear"
+    period: float | None = None
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"kind": self.kind}
@@ -57,12 +70,17 @@ class ParameterSpec:
                 d[k] = getattr(self, k)
         if self.description:
             d["description"] = self.description
+        # only when declared: the description of a case without scales is unchanged
+        if self.scale != "linear":
+            d["scale"] = self.scale
+        if self.period is not None:
+            d["period"] = self.period
         return d
 
     @classmethod
     def from_dict(cls, name: str, d: Mapping[str, Any]) -> "ParameterSpec":
         return cls(name, d.get("kind", "number"), d.get("min"), d.get("max"), d.get("default"),
-                   d.get("description", ""))
+                   d.get("description", ""), d.get("scale", "linear"), d.get("period"))
 
 
 @dataclass(frozen=True)

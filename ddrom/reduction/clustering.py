@@ -40,8 +40,7 @@ __all__ = [
     "principal_cosines", "grassmann_max", "grassmann_rss", "grassmann_chordal",
     "euclidean_trajectory",
     "trajectory_kernel", "Clustering", "cluster", "local_pod_coefficients",
-    "global_pod_coefficients", "local_bases", "NearestMedoidClassifier", "KNNClassifier",
-    "SV_RTOL",
+    "global_pod_coefficients", "local_bases", "SV_RTOL",
 ]
 
 #: Default relative cut-off on singular values: a mode of a Gram block with
@@ -572,102 +571,3 @@ def local_bases(C: np.ndarray, clustering: Clustering, N: int, **kw: Any
                                       validate=False, **kw)
         out.append((cols, W, s))
     return out
-
-
-# ----------------------------------------------------------------- online classifiers
-def _as_2d(x: Any, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=float)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2:
-        raise DdromError(f"{name}: expected (n_items, n_features), got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise DdromError(f"{name}: contains NaN or Inf")
-    return x
-
-
-class NearestMedoidClassifier:
-    """Online choice of the local basis: the cluster of the nearest medoid in parameter space.
-
-    Parameters are scaled per component by the training standard deviation
-    (``scale="std"``), the range (``"range"``) or not at all (``None``), so that
-    parameters in different units weigh alike. Distance: Euclidean on the scaled
-    parameters; ties go to the lower cluster index.
-    """
-
-    def __init__(self, scale: str | None = "std"):
-        if scale not in ("std", "range", None):
-            raise DdromError(f"NearestMedoidClassifier: unknown scale {scale!r}")
-        self.scale = scale
-
-    def fit(self, params: Any, medoids: Sequence[int], labels: Sequence[int] | None = None
-            ) -> "NearestMedoidClassifier":
-        """``params``: (n_items, p) parameters of the training items; ``medoids``: item
-        index of each cluster's medoid (cluster c is the one of ``medoids[c]``)."""
-        P = _as_2d(params, "training parameters")
-        medoids = np.asarray(medoids, dtype=int)
-        if medoids.size == 0 or medoids.min() < 0 or medoids.max() >= P.shape[0]:
-            raise DdromError("NearestMedoidClassifier: medoid indices out of range of the "
-                             f"{P.shape[0]} training items")
-        if self.scale == "std":
-            s = P.std(axis=0)
-        elif self.scale == "range":
-            s = np.ptp(P, axis=0)
-        else:
-            s = np.ones(P.shape[1])
-        self.scale_ = np.where(s > 0, s, 1.0)
-        self.centers_ = P[medoids] / self.scale_
-        self.classes_ = (np.arange(medoids.size) if labels is None
-                         else np.asarray(labels)[medoids])
-        return self
-
-    def predict(self, params: Any) -> np.ndarray:
-        """Cluster of each row of ``params`` (n_new, p)."""
-        Q = _as_2d(params, "parameters") / self.scale_
-        if Q.shape[1] != self.centers_.shape[1]:
-            raise DdromError(f"parameters: {Q.shape[1]} components, trained on "
-                             f"{self.centers_.shape[1]}")
-        d2 = ((Q[:, None, :] - self.centers_[None, :, :]) ** 2).sum(axis=-1)
-        return self.classes_[np.argmin(d2, axis=1)]
-
-
-def _sklearn_neighbors():
-    try:
-        from sklearn import neighbors
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DdromError("the k-nearest-neighbours classifier needs scikit-learn: "
-                         "pip install scikit-learn") from exc
-    return neighbors
-
-
-class KNNClassifier:
-    """Online choice of the local basis by k-nearest neighbours on input features.
-
-    A thin wrapper of ``sklearn.neighbors.KNeighborsClassifier`` (imported lazily, a
-    :class:`DdromError` says how to install it if missing). Features are the inputs of
-    each training item (e.g. the sampled temperature field and load), standardized
-    per component with the training mean and standard deviation.
-    """
-
-    def __init__(self, n_neighbors: int = 3, weights: str = "distance", standardize: bool = True):
-        self.n_neighbors = int(n_neighbors)
-        self.weights = weights
-        self.standardize = standardize
-
-    def fit(self, features: Any, labels: Sequence[int]) -> "KNNClassifier":
-        neighbors = _sklearn_neighbors()
-        X = _as_2d(features, "training features")
-        y = np.asarray(labels)
-        if y.shape != (X.shape[0],):
-            raise DdromError(f"KNNClassifier: {X.shape[0]} feature rows but {y.size} labels")
-        self.mean_ = X.mean(axis=0) if self.standardize else np.zeros(X.shape[1])
-        s = X.std(axis=0) if self.standardize else np.ones(X.shape[1])
-        self.scale_ = np.where(s > 0, s, 1.0)
-        k = min(self.n_neighbors, X.shape[0])
-        self.model_ = neighbors.KNeighborsClassifier(n_neighbors=k, weights=self.weights)
-        self.model_.fit((X - self.mean_) / self.scale_, y)
-        return self
-
-    def predict(self, features: Any) -> np.ndarray:
-        X = _as_2d(features, "features")
-        return self.model_.predict((X - self.mean_) / self.scale_)

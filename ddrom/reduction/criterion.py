@@ -33,6 +33,18 @@ same (sum m_c = m), and the ROM term is paid k times; with n >> m >> N the ratio
 close to 1, which is why the decisive comparison is at equal *error* (the global
 basis needs a larger N, see :func:`recommend`). ``modes_total`` (storage n sum N_c)
 is reported as well.
+
+Held-out errors (:func:`heldout_table`, what ``ddrom cluster`` recommends from). The
+training projection error above is in-sample: a cluster of a few simulations is fitted
+exactly once N reaches its rank, whatever lies between them, so it cannot say whether a
+local basis helps a *new* point. The held-out table answers that from C too: folds of
+simulations are held out; for each fold the clustering, the feature relevance, the
+classifier and the bases are built from the other simulations only, and each held-out
+simulation is routed as an online run would be (the global basis when the classifier is
+unsure) and projected onto the basis it reaches (:func:`basis_errors`). It ignores what a
+ROM adds to a projection (Galerkin, hyper-reduction, the march), which the a posteriori
+check of :mod:`ddrom.workflow.cluster` measures. :func:`recommend_heldout` takes local bases
+only where they beat the global basis of the same N by :data:`GAIN_MIN`.
 """
 from __future__ import annotations
 
@@ -48,7 +60,13 @@ from ddrom.reduction.clustering import (
 
 __all__ = ["projection_errors_sq", "cumulative_errors_sq", "relative_errors_by_simulation",
            "clustering_errors", "offline_cost", "efficiency_table", "recommend",
-           "format_table", "plot_efficiency"]
+           "format_table", "plot_efficiency", "basis_errors", "routed_errors", "heldout_table",
+           "merge_heldout", "recommend_heldout", "leave_one_out_errors", "choose_classifier", "GAIN_MIN"]
+
+#: Local bases "pay off" when their mean held-out error is below the global basis' at the same
+#: N divided by this: a 10 % margin, so that a difference within the scatter of a few held-out
+#: simulations does not buy k ROMs.
+GAIN_MIN = 1.1
 
 
 def projection_errors_sq(C: np.ndarray, basis_cols: Sequence[int], W: np.ndarray,
@@ -254,19 +272,30 @@ def recommend(table: list[dict], error_target: float, budget: float | None = Non
 
 
 def format_table(table: list[dict]) -> str:
-    """Plain-text rendering of :func:`efficiency_table` (what ``ddrom cluster`` prints)."""
+    """Plain-text rendering of :func:`efficiency_table` (what ``ddrom cluster`` prints), with the
+    held-out columns of :func:`merge_heldout` when present."""
+    held = any("heldout_mean_local" in r for r in table)
     head = (f"{'k':>3} {'N':>4} {'mean local':>11} {'mean global':>11} {'gain':>7} "
-            f"{'max local':>10} {'max global':>10} {'cost x':>7}  sizes")
+            f"{'max local':>10} {'max global':>10} {'cost x':>7}")
+    if held:
+        head += f" | {'held local':>10} {'held global':>11} {'gain':>6} {'fallback':>8}"
+    head += "  sizes"
     lines = [head, "-" * len(head)]
     for r in table:
-        lines.append(f"{r['k']:>3} {r['N']:>4} {r['mean_local']:>11.3e} {r['mean_global']:>11.3e} "
-                     f"{r['gain_mean']:>7.3g} {r['max_local']:>10.3e} {r['max_global']:>10.3e} "
-                     f"{r['offline_ratio']:>7.2f}  {r['cluster_sizes']}")
+        line = (f"{r['k']:>3} {r['N']:>4} {r['mean_local']:>11.3e} {r['mean_global']:>11.3e} "
+                f"{r['gain_mean']:>7.3g} {r['max_local']:>10.3e} {r['max_global']:>10.3e} "
+                f"{r['offline_ratio']:>7.2f}")
+        if held:
+            line += (f" | {r.get('heldout_mean_local', float('nan')):>10.3e} "
+                     f"{r.get('heldout_mean_global', float('nan')):>11.3e} {r.get('heldout_gain', float('nan')):>6.3g} "
+                     f"{r.get('heldout_fallback', float('nan')):>8.2f}")
+        lines.append(line + f"  {r['cluster_sizes']}")
     return "\n".join(lines)
 
 
 def plot_efficiency(table: list[dict], path: str, title: str | None = None) -> str:
-    """Write a PNG: mean and max relative error versus N, one line per k, global dashed.
+    """Write a PNG: mean and max relative error versus N, one line per k, global dashed (and,
+    dotted, the held-out errors of :func:`merge_heldout` when the table has them).
 
     Uses the Agg canvas directly (no pyplot state, works without a display).
     """
@@ -277,15 +306,23 @@ def plot_efficiency(table: list[dict], path: str, title: str | None = None) -> s
     FigureCanvasAgg(fig)
     ks = sorted({r["k"] for r in table})
     for ax, metric in zip(fig.subplots(1, 2), ("mean", "max")):
-        for k in ks:
+        for i, k in enumerate(ks):
             rows = sorted((r for r in table if r["k"] == k), key=lambda r: r["N"])
             if k == 1:
                 continue
             ax.semilogy([r["N"] for r in rows], [max(r[f"{metric}_local"], 1e-17) for r in rows],
-                        "o-", label=f"{k} clusters")
+                        "o-", color=f"C{i}", label=f"{k} clusters")
         rows = sorted({r["N"]: r for r in table}.values(), key=lambda r: r["N"])
         ax.semilogy([r["N"] for r in rows], [max(r[f"{metric}_global"], 1e-17) for r in rows],
                     "k--", label="global basis")
+        if any(f"heldout_{metric}_local" in r for r in table):
+            # what the recommendation uses: simulations held out of the bases they are projected on
+            for i, k in enumerate(ks):
+                hr = sorted((r for r in table if r["k"] == k and f"heldout_{metric}_local" in r),
+                            key=lambda r: r["N"])
+                ax.semilogy([r["N"] for r in hr], [max(r[f"heldout_{metric}_local"], 1e-17) for r in hr],
+                            ":", color="k" if k == 1 else f"C{i}", marker=None if k == 1 else "x",
+                            label="global, held out" if k == 1 else f"{k} clusters, held out")
         ax.set_xlabel("basis size N")
         ax.set_ylabel(f"{metric} relative projection error")
         ax.grid(True, which="both", alpha=0.3)
@@ -295,3 +332,277 @@ def plot_efficiency(table: list[dict], path: str, title: str | None = None) -> s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+# =========================================================== held-out (a priori) criterion
+def basis_errors(C: np.ndarray, groups: Sequence[np.ndarray], train: Sequence[int], held: Sequence[int],
+                 labels: Sequence[int] | None, Ns: Sequence[int], n_clusters: int | None = None,
+                 sv_rtol: float = SV_RTOL) -> np.ndarray:
+    """Relative errors of held-out simulations onto bases built from training simulations only.
+
+    Simulation ``a`` has the snapshot columns ``groups[a]``. The bases are the POD (method
+    of snapshots, from the Gram blocks of ``C``) of the training simulations of each
+    cluster ``c`` (``labels[i]`` is the cluster of ``train[i]``; clusters 0..n_clusters-1),
+    then of all training simulations (the global basis, last). For each basis and N the
+    error of held-out simulation a is ``sqrt(sum_{j in a} e_j^2 / sum_{j in a} C_jj)``
+    (:func:`cumulative_errors_sq`; N beyond a basis' rank uses all of it).
+
+    Returns
+    -------
+    (len(held), n_clusters + 1, len(Ns)) array; NaN for a cluster without training simulation.
+    """
+    train = np.asarray(train, dtype=int)
+    held = np.asarray(held, dtype=int)
+    Ns = np.asarray(Ns, dtype=int)
+    k = 0 if labels is None else (int(n_clusters) if n_clusters is not None else int(np.max(labels)) + 1)
+    sets = [train[np.asarray(labels) == c] for c in range(k)] if labels is not None else []
+    sets.append(train)
+    cols_h = np.concatenate([groups[a] for a in held]) if held.size else np.zeros(0, dtype=int)
+    owner = np.concatenate([np.full(len(groups[a]), i) for i, a in enumerate(held)]) if held.size \
+        else np.zeros(0, dtype=int)
+    den = np.bincount(owner, weights=C[cols_h, cols_h], minlength=held.size)
+    out = np.full((held.size, len(sets), Ns.size), np.nan)
+    for b, sims_b in enumerate(sets):
+        if sims_b.size == 0 or held.size == 0:
+            continue
+        cols = np.concatenate([groups[a] for a in sims_b])
+        W, _ = orthonormal_coefficients(C[np.ix_(cols, cols)], sv_rtol, n_max=int(Ns.max()))
+        err = cumulative_errors_sq(C, cols, W, cols_h, Ns)               # (nN, n cols_h)
+        num = np.stack([np.bincount(owner, weights=e, minlength=held.size) for e in err], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, b, :] = np.sqrt(np.where(den[:, None] > 0, num / den[:, None], 0.0))
+    return out
+
+
+def routed_errors(E: np.ndarray, labels: np.ndarray, margins: np.ndarray, margin: float) -> np.ndarray:
+    """Errors of routed simulations: ``E[i, labels[i]]`` when ``margins[i] >= margin``, else the
+    global basis' ``E[i, -1]`` (the online fallback); also the global one when the routed
+    cluster has no basis (NaN). ``E``: (n, k + 1, ...) from :func:`basis_errors`."""
+    E = np.asarray(E)
+    idx = np.arange(E.shape[0])
+    lab = np.asarray(labels, dtype=int)
+    ok = (np.asarray(margins) >= margin) & (lab >= 0) & (lab < E.shape[1] - 1)
+    local = E[idx, np.where(ok, lab, E.shape[1] - 1)]
+    local = np.where(np.isnan(local), E[idx, -1], local)
+    return np.where(ok.reshape((-1,) + (1,) * (local.ndim - 1)), local, E[idx, -1])
+
+
+def leave_one_out_errors(C: np.ndarray, groups: Sequence[np.ndarray], train: np.ndarray, labels: np.ndarray,
+                Ns: Sequence[int], k: int, sv_rtol: float) -> np.ndarray:
+    """For each training simulation a: errors onto the cluster bases and the global basis built
+    without a, (len(train), k + 1, len(Ns)) (the loss of a classifier's leave-one-out routing)."""
+    out = np.empty((train.size, k + 1, len(Ns)))
+    for i, a in enumerate(train):
+        keep = np.arange(train.size) != i
+        out[i] = basis_errors(C, groups, train[keep], [a], labels[keep], Ns, k, sv_rtol)[0]
+    return out
+
+
+def choose_classifier(X: np.ndarray, labels: np.ndarray, E_loo: np.ndarray, margin: float, *,
+                      D: np.ndarray | None, method: str = "auto", seed: int = 0) -> tuple[Any, dict]:
+    """The classifier of the local bases: ``method``, or with ``"auto"`` the candidate of
+    :data:`~ddrom.reduction.routing.CLASSIFIERS` whose leave-one-out routing (margin fallback
+    included) has the smallest mean error ``E_loo`` (:func:`leave_one_out_errors`: (n, k + 1) for one
+    basis size, a name; (n, k + 1, nN): one name per N)."""
+    from ddrom.reduction.routing import CLASSIFIERS, select_classifier
+
+    cands = tuple(CLASSIFIERS) if method == "auto" else (method,)
+    if np.asarray(X).shape[1] == 0:
+        # no feature tells the simulations apart: every point is unsure (margin 0), the global basis runs
+        cands = ("nearest_medoid",)
+    return select_classifier(X, labels, lambda lab, mar: np.mean(routed_errors(E_loo, lab, mar, margin), axis=0),
+                             D=D, candidates=cands, seed=seed)
+
+
+def heldout_table(C: np.ndarray, sims: Any, ks: Sequence[int], Ns: Sequence[int], *,
+                  features: Any, folds: Sequence[np.ndarray], dissimilarity: str = "grassmann_max",
+                  classifier: str = "auto", margin: float = 0.2, seed: int = 0, sv_rtol: float = SV_RTOL,
+                  dissimilarity_options: dict | None = None) -> list[dict]:
+    """The a priori criterion on held-out simulations: each (k, N) as an online run would see it.
+
+    For each fold (``folds``: indices of the held-out simulations, in the sorted order of the
+    distinct labels of ``sims``), with the other simulations only: the features and their
+    relevance (``features(train) -> (X, groups)``: the features of every simulation,
+    fitted on the training ones; :func:`~ddrom.reduction.routing.fit_relevance` on the
+    training pairs of the simulation dissimilarity), the k-medoids clusters (PAM on the
+    dissimilarity), a classifier (``classifier``, or with ``"auto"`` the one whose
+    leave-one-out routing within the training simulations errs least, per N), the local and
+    global PODs; each held-out simulation is then routed (the global basis when the
+    classifier's margin is below ``margin``) and projected onto the basis it reaches
+    (:func:`basis_errors`). Every simulation is held out once.
+
+    This predicts the online error of a configuration better than the training projection
+    error of :func:`efficiency_table`, which a cluster of few simulations fits exactly
+    (N >= its rank) whatever happens between them; it ignores what the ROM adds to a
+    projection (the Galerkin and hyper-reduction errors), which the a posteriori check
+    (:func:`ddrom.workflow.cluster.cluster_report`) measures.
+
+    Returns
+    -------
+    list of dict
+        One row per (k, N): ``heldout_mean``, ``heldout_max`` (of the routed errors; k = 1:
+        the global basis), ``heldout_mean_global``, ``heldout_max_global`` (the global
+        basis at the same N), ``heldout_fallback`` (fraction of the held-out simulations the
+        margin sent to the global basis), ``classifiers`` (fold -> chosen classifier),
+        ``errors`` (per simulation).
+    """
+    from ddrom.reduction.kmedoids import pam
+    from ddrom.reduction.routing import fit_relevance, make_classifier
+
+    C = check_gram(C)
+    sims = _as_sims(sims, C.shape[0])
+    from ddrom.reduction.clustering import simulation_groups
+
+    _, groups = simulation_groups(sims)
+    s = len(groups)
+    Ns = [int(N) for N in Ns]
+    D = _dissimilarity(C, dissimilarity, sims=sims, **dict(dissimilarity_options or {}))
+    errs = {(k, N): np.full(s, np.nan) for k in ks for N in Ns}
+    fallback = {(k, N): np.zeros(s, dtype=bool) for k in ks for N in Ns}
+    chosen: dict[tuple[int, int], dict[int, str]] = {(k, N): {} for k in ks for N in Ns}
+    glob = {N: np.full(s, np.nan) for N in Ns}
+    for f, held in enumerate(folds):
+        held = np.asarray(held, dtype=int)
+        train = np.setdiff1d(np.arange(s), held)
+        if train.size == 0 or held.size == 0:
+            continue
+        X, fgroups = features(train)
+        DT = D[np.ix_(train, train)]
+        Xw = fit_relevance(np.asarray(X)[train], fgroups, DT).transform(X) if len(fgroups) else \
+            np.zeros((s, 0))
+        Eg = basis_errors(C, groups, train, held, None, Ns, sv_rtol=sv_rtol)
+        for i, N in enumerate(Ns):
+            glob[N][held] = Eg[:, 0, i]
+        for k in ks:
+            if k == 1:
+                for i, N in enumerate(Ns):
+                    errs[(1, N)][held] = Eg[:, 0, i]
+                continue
+            if k > train.size:
+                continue
+            lab_T = np.asarray(pam(DT, k).labels)
+            E = basis_errors(C, groups, train, held, lab_T, Ns, k, sv_rtol)
+            names = [classifier] * len(Ns)
+            if classifier == "auto":
+                E_loo = leave_one_out_errors(C, groups, train, lab_T, Ns, k, sv_rtol)
+                names, _ = choose_classifier(Xw[train], lab_T, E_loo, margin, D=DT, seed=seed)
+            fits: dict[str, Any] = {}
+            for i, N in enumerate(Ns):
+                name = str(names[i])
+                if name not in fits:
+                    fits[name] = make_classifier(name, seed).fit(Xw[train], lab_T, DT).predict_margin(Xw[held])
+                lab_h, mar_h = fits[name]
+                errs[(k, N)][held] = routed_errors(E[:, :, i], lab_h, mar_h, margin)
+                fallback[(k, N)][held] = mar_h < margin
+                chosen[(k, N)][f] = name
+    rows = []
+    for k in ks:
+        for N in Ns:
+            e, g = errs[(k, N)], glob[N]
+            ok = ~np.isnan(e)
+            rows.append({"k": int(k), "N": int(N),
+                         "heldout_mean": float(np.mean(e[ok])) if ok.any() else float("nan"),
+                         "heldout_max": float(np.max(e[ok])) if ok.any() else float("nan"),
+                         "heldout_mean_global": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan"),
+                         "heldout_max_global": float(np.nanmax(g)) if np.isfinite(g).any() else float("nan"),
+                         "heldout_fallback": float(np.mean(fallback[(k, N)][ok])) if ok.any() and k > 1 else 0.0,
+                         "classifiers": {str(f): n for f, n in chosen[(k, N)].items()},
+                         "errors": e.tolist()})
+    return rows
+
+
+def merge_heldout(table: list[dict], heldout: list[dict]) -> list[dict]:
+    """The rows of :func:`efficiency_table` with the held-out columns of :func:`heldout_table`
+    (same (k, N)): ``heldout_mean_local``, ``heldout_max_local``, ``heldout_mean_global``,
+    ``heldout_max_global``, ``heldout_gain`` (global / local), ``heldout_fallback``,
+    ``classifiers``, ``heldout_errors`` (per simulation)."""
+    by = {(r["k"], r["N"]): r for r in heldout}
+    out = []
+    for r in table:
+        h = by.get((r["k"], r["N"]))
+        r = dict(r)
+        if h is not None:
+            ml, mg = h["heldout_mean"], h["heldout_mean_global"]
+            r.update(heldout_mean_local=ml, heldout_max_local=h["heldout_max"], heldout_mean_global=mg,
+                     heldout_max_global=h["heldout_max_global"],
+                     heldout_gain=(float("nan") if not np.isfinite(ml) else mg / ml if ml > 0
+                                   else (1.0 if mg == 0 else float("inf"))),
+                     heldout_fallback=h["heldout_fallback"], classifiers=h["classifiers"],
+                     heldout_errors=h["errors"])
+        out.append(r)
+    return out
+
+
+def recommend_heldout(table: list[dict], error_target: float | None = None, budget: float | None = None, *,
+                      metric: str = "mean", gain_min: float = GAIN_MIN, noise: float = 1e-6) -> dict:
+    """Choose (k, N) from the held-out columns (:func:`merge_heldout`); the global basis unless
+    local bases are clearly better on simulations they were not built from.
+
+    At each N, local bases "pay off" when the best k > 1 (within ``offline_ratio <= budget``)
+    has ``heldout_<metric>_local * gain_min < heldout_<metric>_global`` (same N, hence about
+    the same online cost) and the global error exceeds ``noise`` (an error from a Gram matrix
+    is resolved to ~1e-8 only, ~2e-8 is measured for an exact span, and HF snapshots carry
+    their solver's tolerance); the candidate at that N is then that k, else the global basis.
+    With ``error_target``: the smallest N whose candidate reaches it (``heldout_<metric>``
+    <= target); without: the N whose candidate has the smallest held-out error (the
+    smallest such N within a relative 1e-9).
+
+    Returns
+    -------
+    dict
+        ``choice`` (the row, or None), ``local_pays_off``, ``global_N`` (smallest N at which
+        the global basis reaches the target, or None), ``per_N`` (the candidate of each N:
+        ``N, k, local, heldout_local, heldout_global``), ``message``, ``basis`` ("held-out").
+    """
+    if metric not in ("mean", "max"):
+        raise DdromError(f"recommend: metric must be 'mean' or 'max', got {metric!r}")
+    key_l, key_g = f"heldout_{metric}_local", f"heldout_{metric}_global"
+    rows = [r for r in table if key_l in r and np.isfinite(r[key_l])]
+    if not rows:
+        raise DdromError("recommend_heldout: the table has no held-out errors (merge_heldout)")
+    cands = {}
+    for N in sorted({r["N"] for r in rows}):
+        at = [r for r in rows if r["N"] == N]
+        glob = next((r for r in at if r["k"] == 1), None)
+        loc = [r for r in at if r["k"] > 1 and (budget is None or r["offline_ratio"] <= budget)]
+        best = min(loc, key=lambda r: (r[key_l], r["k"])) if loc else None
+        g_err = glob[key_l] if glob is not None else at[0][key_g]
+        if best is not None and best[key_l] * gain_min < g_err and g_err > noise:
+            cands[N] = (best, True)
+        elif glob is not None:
+            cands[N] = (glob, False)
+    if not cands:
+        return {"choice": None, "local_pays_off": False, "global_N": None, "basis": "held-out", "per_N": [],
+                "message": "no configuration with held-out errors"}
+    per_N = [{"N": N, "k": r["k"], "local": pays, "heldout_local": r[key_l], "heldout_global": r[key_g]}
+             for N, (r, pays) in sorted(cands.items())]
+    where = [p for p in per_N if p["local"]]
+    also = ("; local bases pay off at " + ", ".join(f"N={p['N']} (k={p['k']}: {p['heldout_local']:.3g} vs "
+                                                     f"{p['heldout_global']:.3g})" for p in where)) if where else \
+        "; local bases pay off at no tabulated N"
+    gl = [N for N, (r, _) in cands.items() if r[key_g] <= (error_target if error_target is not None else -1)]
+    global_N = min(gl) if gl else None
+    if error_target is not None:
+        ok = [N for N, (r, _) in cands.items() if r[key_l] <= error_target]
+        if not ok:
+            best_N = min(cands, key=lambda N: cands[N][0][key_l])
+            r, pays = cands[best_N]
+            return {"choice": r, "local_pays_off": pays, "global_N": None, "basis": "held-out", "per_N": per_N,
+                    "message": f"no (k, N) reaches held-out {metric} error {error_target:g}; the best is "
+                               f"k={r['k']}, N={r['N']} ({r[key_l]:.3g}): enlarge N" + also}
+        N = min(ok)
+    else:
+        best = min(r[key_l] for r, _ in cands.values())
+        N = min(n for n, (r, _) in cands.items() if r[key_l] <= best * (1 + 1e-9))
+    r, pays = cands[N]
+    if pays:
+        msg = (f"local bases pay off: k={r['k']}, N={N} reach held-out {metric} error {r[key_l]:.3g} against "
+               f"{r[key_g]:.3g} for the global basis of the same size"
+               + (f" (x{r[key_g] / r[key_l]:.2f})" if r[key_l] > 0 else ""))
+    else:
+        msg = (f"the global basis: N={N}, held-out {metric} error {r[key_l]:.3g}; no local configuration at "
+               f"this N is below it by x{gain_min:g}")
+    if not pays:
+        msg += also
+    return {"choice": r, "local_pays_off": pays, "global_N": global_N, "basis": "held-out", "per_N": per_N,
+            "message": msg}

@@ -16,6 +16,12 @@ A ROM file is one HDF5 file, self-contained and independent of the number of ran
     The distributed bases in natural numbering (``displacement`` (3 N_nodes, N) rows in
     natural node order; ``p`` (G, Np) rows in natural point order) for reconstruction
     of full fields, read back on any number of ranks.
+``/local/<c>``
+    With local bases: each cluster's ``online`` model and ``bases``; the root attribute
+    ``classifier`` (JSON: training simulations, clusters, medoids, the classifier's
+    metadata) and the group ``/classifier`` (its numpy arrays: training features, relevance
+    multipliers, temperature feature modes, the classifier's weights) route a new input to
+    one of them (:mod:`ddrom.rom.classifier`). No pickles.
 """
 from __future__ import annotations
 
@@ -30,14 +36,17 @@ import ddrom
 from ddrom.parallel import CollectiveError, as_mpi, raise_collective
 
 SCHEMA = "ddrom-rom"
-SCHEMA_VERSION = 4     # 2: stress basis at the sample points (online stress coefficients)
+SCHEMA_VERSION = 5     # 2: stress basis at the sample points (online stress coefficients)
 #                        3: stress_gram (ECM integrand columns weighted by the stress snapshots)
 #                        4: the problem description (regions, expressions, temperature source,
 #                           mesh signature) and the sample points' nodes and shape values
+#                        5: the local-basis classifier's arrays (/classifier: features, their
+#                           relevance, the fitted classifier)
 #: Versions this ddrom reads (a version-2 file has no stress_gram: its ECM columns were
 #: unweighted, and an enrichment of it keeps them unweighted; a version-3 file has no
-#: problem description: the online stage runs its stored expressions only).
-READABLE_SCHEMA_VERSIONS = (2, 3, 4)
+#: problem description: the online stage runs its stored expressions only; before version
+#: 5 the classifier is refitted from the training parameters, ddrom.rom.classifier).
+READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5)
 
 
 @dataclass
@@ -194,7 +203,8 @@ def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_
     calibration carried over to an enriched ROM.
     ``bases``: name -> (NaturalMap, owned rows (n_owned, bs, ncols)) written in natural order.
     ``local``: one (model, bases) per cluster (local bases), with the ``classifier`` data
-    (training parameters, cluster labels, medoids) that picks one online.
+    (training parameters, cluster labels, medoids; JSON-able, and under ``"arrays"`` a dict
+    of numpy arrays written as datasets of ``/classifier``) that picks one online.
     """
     import h5py
 
@@ -218,7 +228,13 @@ def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_
                 _write_model(g.create_group("online"), m_c)
                 _write_bases(f, f"local/{ic:03d}/bases", b_c)
             if classifier is not None:
-                f.attrs["classifier"] = json.dumps(classifier, default=str)
+                arrays = classifier.get("arrays", {})
+                f.attrs["classifier"] = json.dumps({k: v for k, v in classifier.items() if k != "arrays"},
+                                                   default=str)
+                if arrays:
+                    cg = f.create_group("classifier")
+                    for name, v in arrays.items():
+                        cg.create_dataset(name, data=np.asarray(v))
             f.attrs["n_local"] = len(local or [])
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
@@ -262,15 +278,22 @@ def load_model(path: str | os.PathLike, comm: Any, local: int | None = None) -> 
 
 
 def load_classifier(path: str | os.PathLike, comm: Any) -> dict | None:
-    """The local-basis classifier data of a ROM file (None when it has no local bases)."""
+    """The local-basis classifier data of a ROM file (None when it has no local bases): the
+    JSON metadata, with its arrays under ``"arrays"`` (empty before schema 5)."""
     import h5py
 
     c = as_mpi(comm)
-    data = None
+    data, msg = None, None
     if c.rank == 0:
-        with h5py.File(path, "r") as f:
-            if int(f.attrs.get("n_local", 0)) > 0:
-                data = json.loads(f.attrs["classifier"])
+        try:
+            with h5py.File(path, "r") as f:
+                if int(f.attrs.get("n_local", 0)) > 0:
+                    data = json.loads(f.attrs["classifier"])
+                    data["arrays"] = {k: f["classifier"][k][...] for k in f["classifier"]} if "classifier" in f \
+                        else {}
+        except (OSError, KeyError, ValueError) as exc:
+            msg = f"{path}: cannot read the local-basis classifier ({type(exc).__name__}: {exc})"
+    raise_collective(c, msg)
     return c.bcast(data, root=0)
 
 

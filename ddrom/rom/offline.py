@@ -151,8 +151,10 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
         else:
             U = store.read_block("displacement", dm, sims=sims)
             U[solver.fixed[:nown]] = 0.0
+            # a cap above the number of snapshots (a small cluster's local basis) is no cap
+            cap = None if options.max_modes is None else min(int(options.max_modes), U.shape[1])
             r_u = pod(U, comm, Euclidean(), l2_err=l2_err_from_relative(options.pod_tol, U, comm),
-                      rtol=1e-12, modes=options.max_modes, name="displacement snapshots", **kw)
+                      rtol=1e-12, modes=cap, name="displacement snapshots", **kw)
             del U
     Phi = r_u.modes_loc
     check_all(comm, Phi.shape[1] > 0, "the displacement snapshots are all zero: nothing to reduce")
@@ -597,32 +599,41 @@ class DisplacementStream:
         c.Barrier()
 
 
-def cluster_simulations(solver: HFSolver, store: Any, n_clusters: int, dissimilarity: str = "grassmann_max"
-                        ) -> dict:
+def cluster_simulations(solver: HFSolver, store: Any, n_clusters: int, dissimilarity: str = "grassmann_max",
+                        sims: list[str] | None = None) -> dict:
     """Group the training simulations into ``n_clusters`` regimes (physics-informed local bases).
 
     One distributed Gram matrix of the displacement snapshots (t = 0 excluded, prescribed
-    DOFs zeroed), then k-medoids (PAM) on the Grassmann dissimilarity of the simulations'
-    subspaces, replicated and deterministic.
+    DOFs zeroed), made bitwise identical on every rank (a clustering is a discrete
+    decision), then k-medoids (PAM) on the dissimilarity of the simulations' subspaces,
+    replicated and deterministic. ``sims``: only these simulations (default: every complete one).
+
+    Returns ``names``, ``labels``, ``medoids`` (indices into ``names``), ``params``,
+    ``dissimilarity``, and for the classifier: ``C`` (the Gram matrix), ``groups`` (the
+    columns of each simulation, in ``names`` order) and ``D`` (their dissimilarities).
     """
     from ddrom.reduction import Euclidean
-    from ddrom.reduction.clustering import cluster
+    from ddrom.reduction.clustering import agree, cluster, dissimilarity as _dis, simulation_groups
 
     dm = solver.dm
-    infos = [s for s in store.simulations() if s.complete]
+    infos = [s for s in store.simulations() if s.complete and (sims is None or s.name in sims)]
     names = [s.name for s in infos]
     check_all(solver.comm, n_clusters <= len(names),
               f"rom.n_clusters = {n_clusters} exceeds the {len(names)} training simulations")
     steps = range(1, infos[0].n_steps + 1)
     U = store.read_block("displacement", dm, sims=names, steps=steps)
     U[solver.fixed[: 3 * dm.n_owned]] = 0.0
-    C = Euclidean().gram(U, comm=solver.comm)
+    C = agree(Euclidean().gram(U, comm=solver.comm), solver.comm)
     del U
     labels = [lab[0] for lab in store.snapshot_labels(sims=names, steps=steps)]
-    cl = cluster(C, n_clusters, dissimilarity=dissimilarity, method="pam", sims=labels)
+    D_sorted = _dis(C, dissimilarity, sims=labels)              # simulations in sorted name order
+    cl = cluster(C, n_clusters, dissimilarity=dissimilarity, method="pam", sims=labels, D=D_sorted)
     order = [list(cl.sim_names).index(n) for n in names]
     sim_labels = np.asarray(cl.labels)[order]
     medoid_names = [str(cl.sim_names[i]) for i in cl.medoids]
     params = [s.params for s in infos]
+    sorted_names, sorted_groups = simulation_groups(labels)
+    groups = [sorted_groups[list(sorted_names).index(n)] for n in names]
+    D = D_sorted[np.ix_(order, order)]
     return {"names": names, "labels": sim_labels.tolist(), "medoids": [names.index(m) for m in medoid_names],
-            "params": params, "dissimilarity": dissimilarity}
+            "params": params, "dissimilarity": dissimilarity, "C": C, "groups": groups, "D": D}

@@ -75,6 +75,7 @@ class OnlineResult:
     seconds: float = 0.0
     step_seconds: list = field(default_factory=list)
     cluster: int | None = None          # local basis used (None: the global one)
+    routing: dict | None = None         # how the basis was chosen (ddrom.rom.classifier.RoutingDecision)
     enrichments: list = field(default_factory=list)     # one dict per enrichment event
     model: ReducedModel | None = None   # the model at the end of the march (enriched or not)
     bases: dict | None = None           # enriched bases, this rank's natural slice per name (None: not enriched)

@@ -496,10 +496,14 @@ def _post_mesh(out: dict, given: dict, path: str, ctx: _Context) -> None:
 
 def _post_parameters(out: dict, given: dict, path: str, ctx: _Context) -> None:
     for name, p in out.items():
+        scale = p.get("scale", "linear")
+        if "period" in p and scale != "periodic":
+            ctx.error(_join(_join(path, name), "period"), f"a period needs scale = \"periodic\" (scale is {scale!r})")
         if p.get("kind") == "file":
-            extra = [k for k in ("min", "max") if k in p]
+            extra = [k for k in ("min", "max", "scale") if k in p]
             if extra:
-                ctx.error(_join(path, name), f"a parameter of kind \"file\" has no range ({', '.join(extra)})")
+                ctx.error(_join(path, name), f"a parameter of kind \"file\" has no range or scale "
+                                             f"({', '.join(extra)})")
             if "default" in p and not isinstance(p["default"], str):
                 ctx.error(_join(_join(path, name), "default"), "a file parameter's default is a path (a string)")
             continue
@@ -510,6 +514,10 @@ def _post_parameters(out: dict, given: dict, path: str, ctx: _Context) -> None:
         if isinstance(p.get("default"), str):
             ctx.error(_join(_join(path, name), "default"), "expected a number")
             continue
+        if scale == "periodic" and "period" not in p:
+            ctx.error(_join(path, name), "scale = \"periodic\" needs a period (e.g. period = 360 for degrees)")
+        if scale == "log" and "min" in p and p["min"] <= 0:
+            ctx.error(_join(_join(path, name), "scale"), f"scale = \"log\" needs min > 0, got min = {p['min']:g}")
         if "min" in p and "max" in p and p["min"] > p["max"]:
             ctx.error(_join(path, name), f"min = {p['min']:g} is greater than max = {p['max']:g}")
         elif "default" in p and "min" in p and not p["min"] <= p["default"] <= p["max"]:
@@ -599,17 +607,23 @@ def _indicator_component(name: str, path: str, ctx: _Context) -> bool:
     return False
 
 
+from ddrom.hf.problem import PARAMETER_SCALES as _PARAMETER_SCALES  # noqa: E402
+
+
 def _defaults():
     """The option objects whose field defaults are the case keys' defaults (one source)."""
     from ddrom.hf.solver import SolverOptions
     from ddrom.rom.enrichment import EnrichmentOptions
     from ddrom.rom.offline import OfflineOptions
+    from ddrom.rom.classifier import ClassifierOptions
     from ddrom.workflow.options import ImportOptions, IndicatorOptions
 
-    return SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions(), ImportOptions()
+    return (SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions(), ImportOptions(),
+            ClassifierOptions())
 
 
-_SOLVER, _OFFLINE, _ENRICH, _INDICATOR, _IMPORT = _defaults()
+_SOLVER, _OFFLINE, _ENRICH, _INDICATOR, _IMPORT, _CLASSIFIER = _defaults()
+from ddrom.rom.classifier import CLASSIFIER_METHODS as _CLASSIFIER_METHODS  # noqa: E402
 _XYZT = ("x", "y", "z", "t")
 _VECTOR3 = ListOf(Expr(_XYZT), length=3)
 
@@ -622,6 +636,9 @@ SCHEMA = Table({
         "max": Key(Num()),
         "default": Key(Value()),
         "description": Key(Str()),
+        "scale": Key(Str(choices=_PARAMETER_SCALES), doc="how the local-basis classifier sees the value: "
+                     "linear (default), log, periodic (with period)"),
+        "period": Key(Num(gt=0), doc="period of a periodic parameter (e.g. 360 for an angle in degrees)"),
     }), key_check=_parameter_name, post=_post_parameters), {}, doc="name -> {min, max, default}"),
     "case": Key(Table({
         "name": Key(Str(pattern=r"[A-Za-z0-9_.-]+", pattern_doc="use letters, digits and _ . - "
@@ -702,7 +719,8 @@ SCHEMA = Table({
         "pod_method": Key(Str(choices=("rcholqr", "tsqr", "snapshots", "slepc", "streaming"))),
         "stream_during_hf": Key(Bool(), False),
         "n_clusters": Key(Int(ge=1), 1),
-        "classifier": Key(Str(choices=("nearest_medoid", "knn")), "nearest_medoid"),
+        "classifier": Key(Str(choices=_CLASSIFIER_METHODS), _CLASSIFIER.method),
+        "classifier_margin": Key(Num(ge=0, le=1), _CLASSIFIER.margin),
         "indicator_tol": Key(Num(gt=0)),
         "indicator_target": Key(Num(gt=0, lt=1), _INDICATOR.target),
         "indicator_target_u": Key(Num(gt=0, lt=1), _INDICATOR.target_u),
@@ -1039,7 +1057,10 @@ class Case:
     def store_hash(self, which: str) -> str:
         """What the HF store of parameter set ``which`` depends on: ``hf_hash`` without the
         other set, so that editing the test points does not invalidate the training runs."""
-        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test", "import")}
+        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test", "import", "parameters")}
+        # a parameter's scale and period only tell the local-basis classifier how to see it
+        base["parameters"] = {n: {k: v for k, v in p.items() if k not in ("scale", "period")}
+                              for n, p in self.raw.get("parameters", {}).items()}
         base["points"] = {which: self._points.get(which, [])}
         files = self.input_file_hashes(which)
         if files:

@@ -3,10 +3,11 @@
 Each option has ONE default, in the dataclass of the layer that uses it:
 :class:`~ddrom.hf.solver.SolverOptions` (Newton: :class:`~ddrom.hf.stepping.NewtonOptions`),
 :class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`,
-:class:`IndicatorOptions` and :class:`ImportOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the
-defaults of its keys from them, so a case that omits a key, a Python user who builds the
-options by hand and the command line get the same value; the functions here only map the
-case's keys (all present after validation) onto the fields.
+:class:`~ddrom.rom.classifier.ClassifierOptions`, :class:`IndicatorOptions` and
+:class:`ImportOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the defaults of
+its keys from them, so a case that omits a key, a Python user who builds the options by hand
+and the command line get the same value; the functions here only map the case's keys (all
+present after validation) onto the fields.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddrom.hf.solver import SolverOptions
+from ddrom.rom.classifier import ClassifierOptions
 from ddrom.rom.enrichment import EnrichmentOptions
 from ddrom.rom.offline import OfflineOptions
 
@@ -82,6 +84,11 @@ def offline_options(case: Any) -> OfflineOptions:
                           p_tol=r["dual_pod_tol"], max_modes=r.get("max_modes"), pod_method=r.get("pod_method"),
                           temperature_tol=r["temperature_tol"], temperature_sensors=r["temperature_sensors"],
                           noise_margin=r["noise_margin"])
+
+
+def classifier_options(case: Any) -> ClassifierOptions:
+    r = case.raw["rom"]
+    return ClassifierOptions(method=r["classifier"], margin=r["classifier_margin"])
 
 
 def indicator_options(case: Any) -> IndicatorOptions:

@@ -526,7 +526,9 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
     if _copy_figure(crit, rdir):
         md += ["![cluster criterion](cluster_criterion.png)", "",
                "From `ddrom cluster`: relative projection error of the training snapshots with local "
-               "(clustered) bases versus one global basis, against the basis size N.", ""]
+               "(clustered) bases versus one global basis, against the basis size N (solid); dotted: "
+               "simulations held out of the bases they are routed to and projected on, what the "
+               "recommendation uses.", ""]
     else:
         md += ["`ddrom cluster` has not been run on this case (no `cluster_criterion.png`).", ""]
 

@@ -22,7 +22,8 @@ from ddrom.parallel import CollectiveError, Progress, Timers, as_mpi, get_logger
 from ddrom.workflow.build import (build_loads, build_mesh, build_problem, load_case_collectively,
                                   sanity_check_regions)
 from ddrom.workflow.hf import hf_sweep, store_path
-from ddrom.workflow.options import enrichment_options, indicator_options, offline_options, solver_options
+from ddrom.workflow.options import (classifier_options, enrichment_options, indicator_options, offline_options,
+                                    solver_options)
 
 
 def rom_path(case: Any) -> Path:
@@ -53,53 +54,83 @@ def hf_context(case: Any, comm: Any, timers: Timers | None = None) -> tuple[Any,
 def build_rom(case: Any, comm: Any, *, context: tuple | None = None, plots: bool = False,
               path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Training store -> ROM file (POD, ECM, Gappy-POD, reduced operators; local bases with
-    ``[rom] n_clusters > 1``). Returns the offline summary (modes, points, tolerances, timers)."""
+    ``[rom] n_clusters > 1`` and the classifier that routes a new input to one of them).
+    Returns the offline summary (modes, points, tolerances, classifier, timers)."""
     from ddrom.io.store import SnapshotStore
-    from ddrom.rom.model import save_model
-    from ddrom.rom.offline import build_reduced_model
 
     case = as_case(case, comm)
     timers = Timers()
     dm, solver = context or hf_context(case, comm, timers)
-    problem = build_problem(case)
     spath = store_path(case, "training")
     store = SnapshotStore.open(spath, comm, mode="r", dmesh=dm)
     if store.case_hash != case.store_hash("training"):
         store.close()
         raise CollectiveError(f"{spath} was computed from another version of the case file; "
                               f"run `ddrom hf {case.path}` again")
-    opts = offline_options(case)
-    t0 = time.perf_counter()
-    model, bases = build_reduced_model(problem, solver, store, opts, timers)
-    local, classifier = [], None
-    k = int(case.raw["rom"]["n_clusters"])
-    log = get_logger(comm)
-    if k > 1:
-        from ddrom.rom.offline import cluster_simulations
-
-        with timers("clustering"):
-            classifier = cluster_simulations(solver, store, k)
-        classifier["method"] = case.raw["rom"]["classifier"]
-        for ic in range(k):
-            sims = [n for n, lab in zip(classifier["names"], classifier["labels"]) if lab == ic]
-            local.append(build_reduced_model(problem, solver, store, opts, timers, sims=sims))
-        log.info("  local bases: " + ", ".join(
-            f"cluster {ic}: {len(m.info['simulations'])} simulations, {m.n_modes} modes, {m.n_points} points"
-            for ic, (m, _) in enumerate(local)))
-    store.close()
     path = Path(path) if path is not None else rom_path(case)
-    with timers("write_rom"):
-        save_model(path, model, comm, case_hash=case.config_hash,
-                   provenance={"case": str(case.path), "ranks": as_mpi(comm).size,
-                               "store": str(spath), "options": vars(opts)},
-                   bases=bases, local=local, classifier=classifier)
+    t0 = time.perf_counter()
+    try:
+        model, _, info = build_rom_file(case, comm, solver, store, path, offline_options(case),
+                                        int(case.raw["rom"]["n_clusters"]), classifier_options(case), timers=timers)
+    finally:
+        store.close()
     seconds = as_mpi(comm).allreduce(time.perf_counter() - t0, op=_max())
-    summary = {"rom": str(path), "seconds": seconds, **model.info, "timers": timers.summary(comm)}
+    summary = {"rom": str(path), "seconds": seconds, **model.info, **info, "timers": timers.summary(comm)}
     if plots and as_mpi(comm).rank == 0:
         from ddrom.workflow.plots import plot_singular_values
 
         plot_singular_values(model, Path(case.output_dir) / "singular_values.png")
     return summary
+
+
+def build_rom_file(case: Any, comm: Any, solver: Any, store: Any, path: Path, opts: Any, n_clusters: int,
+                   copts: Any, *, sims: list[str] | None = None, timers: Timers | None = None,
+                   global_model: tuple | None = None) -> tuple[Any, dict, dict[str, Any]]:
+    """Build the reduced models of the training simulations ``sims`` (default all) of an open
+    store and write the ROM file ``path``: the global model, and with ``n_clusters > 1`` one
+    model per cluster and their router (:func:`ddrom.rom.classifier.train_router`).
+
+    ``global_model``: an already built ``(model, bases)`` of the same simulations and
+    options (reused, not rebuilt). Returns the global model, its bases (as ``global_model``
+    takes them) and a summary of the local bases (``clusters``: sizes, modes and points per
+    cluster; ``classifier``: method, relevance, cross-validation losses).
+    """
+    from ddrom.rom.classifier import train_router
+    from ddrom.rom.model import save_model
+    from ddrom.rom.offline import build_reduced_model, cluster_simulations
+
+    timers = timers or Timers()
+    problem = build_problem(case)
+    model, bases = global_model or build_reduced_model(problem, solver, store, opts, timers, sims=sims)
+    local, classifier, info = [], None, {}
+    log = get_logger(comm)
+    if n_clusters > 1:
+        with timers("clustering"):
+            cdata = cluster_simulations(solver, store, n_clusters, sims=sims)
+        for ic in range(n_clusters):
+            members = [n for n, lab in zip(cdata["names"], cdata["labels"]) if lab == ic]
+            local.append(build_reduced_model(problem, solver, store, opts, timers, sims=members))
+        with timers("classifier"):
+            meta, arrays = train_router(problem, model, cdata["params"], cdata["C"], cdata["groups"], cdata["labels"],
+                                        cdata["D"], [m.n_modes for m, _ in local], model.n_modes, copts, comm)
+        classifier = {**{k: cdata[k] for k in ("names", "labels", "medoids", "params", "dissimilarity")}, **meta,
+                      "arrays": arrays}
+        info["clusters"] = [{"simulations": len(m.info["simulations"]), "modes": m.n_modes, "points": m.n_points}
+                            for m, _ in local]
+        info["classifier"] = {k: meta[k] for k in ("method", "requested", "margin", "cv_loss", "relevance")}
+        log.info("  local bases: " + ", ".join(
+            f"cluster {ic}: {len(m.info['simulations'])} simulations, {m.n_modes} modes, {m.n_points} points"
+            for ic, (m, _) in enumerate(local)))
+        log.info(f"  classifier: {meta['method']} (requested {meta['requested']}; leave-one-out losses "
+                 + ", ".join(f"{k} {v:.3g}" for k, v in meta["cv_loss"].items()) + "); relevance "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in meta["relevance"].get("by_source", {}).items()))
+    with timers("write_rom"):
+        save_model(path, model, comm, case_hash=case.config_hash,
+                   provenance={"case": str(case.path), "ranks": as_mpi(comm).size,
+                               "store": str(store.path), "options": vars(opts),
+                               **({"simulations": list(sims)} if sims is not None else {})},
+                   bases=bases, local=local, classifier=classifier)
+    return model, bases, info
 
 
 # ==================================================================== online
@@ -154,17 +185,19 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
     one point; ``save_rom=False`` or ``[rom.enrichment] save = false``: not saved). With
     ``write``, rank 0 writes ``online_<run>.h5`` and ``.json`` next to the ROM's outputs.
     """
-    from ddrom.rom.classifier import local_basis_picker
+    from ddrom.rom.classifier import load_router
     from ddrom.rom.inputs import online_inputs
     from ddrom.rom.model import load_model, read_calibration
-    from ddrom.rom.online import ReducedSolver
 
     case = as_case(case, comm)
     log = get_logger(comm)
     rpath = Path(rom) if rom else rom_path(case)
     model = load_model(rpath, comm)
     problem = build_problem(case)
-    pick = local_basis_picker(rpath, comm)
+    router = load_router(rpath, comm)
+    if router is not None:
+        # the case's margin at online time (the ROM file keeps the one its classifier was chosen with)
+        router.threshold = classifier_options(case).margin
     if points is None:
         named = [(f"test_{i:03d}", p) for i, p in enumerate(case.test_parameters())]
         if not named:
@@ -173,6 +206,8 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
         named = [(point_name(p), dict(p)) for p in points]
     eopts = enrichment_options(case, enabled=enrich, tolerance=indicator_tol, tolerances=indicator_tols,
                                max_enrichments=max_enrichments, calibration=read_calibration(rpath, comm))
+    # the local ROM's safety net without enrichment: the tolerances given or calibrated
+    check_tols = eopts.all_tolerances(calibrated_only=True)
     if not eopts.enabled:
         eopts = None
     elif not eopts.all_tolerances(calibrated_only=True):
@@ -189,20 +224,24 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
         dm, solver = context or hf_context(case, comm, timers)
     out = OnlineRuns([], model, eopts, str(rpath))
     bar = Progress(comm, total=len(named), desc="ROM runs", quiet=not progress or len(named) < 2, unit="run")
+    locals_: dict[int, Any] = {}
     for name, params in named:
         inputs = online_inputs(model, problem, params, comm=comm, allow_defaults=allow_defaults,
                                rom=str(rpath), case=case.path.name)
-        cl = pick(inputs.params) if pick else None
-        m = model if cl is None else load_model(rpath, comm, local=cl)
-        enricher = None
-        if eopts is not None:
-            enricher = _enricher(case, problem, solver, dm, m, rpath, cl, inputs, eopts, timers)
         for note in inputs.notes:
             log.info(f"  {name}: {note}")
         for note in _extrapolation_notes(inputs):
             log.warning(f"  warning: {name}: {note}")
-        res = ReducedSolver(m, options=_online_newton(case), inputs=inputs).run(enricher=enricher)
-        res.cluster, res.rom_file = cl, str(rpath)
+        enricher_for = None
+        if eopts is not None:
+            def enricher_for(m, cl, inputs=inputs):
+                return _enricher(case, problem, solver, dm, m, rpath, cl, inputs, eopts, timers)
+        res, enricher = run_routed(model, rpath, router, inputs, comm, _online_newton(case), tolerances=check_tols,
+                                   enricher_for=enricher_for, local_models=locals_)
+        if res.routing:
+            r = res.routing
+            log.info(f"  {name}: " + (f"local basis {r['cluster']} ({r['classifier']}, margin {r['margin']:.3g})"
+                                      if r["cluster"] is not None else f"global basis: {r['reason']}"))
         run = RomRun(name, inputs.params, res, inputs)
         if enricher is not None and res.n_enrichments:
             # in the natural layout: the partition of a later mesh (compare, reconstruction) may differ
@@ -227,6 +266,74 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
             as_mpi(comm).Barrier()
     bar.close()
     return out
+
+
+def run_routed(model: Any, rpath: Path, router: Any, inputs: Any, comm: Any, newton: Any, *,
+               tolerances: Mapping[str, float] | None = None, enricher_for: Any = None,
+               local_models: dict | None = None) -> tuple[Any, Any]:
+    """One online run on the basis its router picks, with the safety net of local bases.
+
+    ``router`` (:func:`ddrom.rom.classifier.load_router`; None: the global model runs) picks a
+    local model, or the global one when the classifier is unsure (margin below its
+    threshold) or the features cannot be computed. Without enrichment (``enricher_for``
+    None), a local run whose indicator exceeds a tolerance of ``tolerances`` (component ->
+    tolerance, the given or calibrated ones) at some step is run again on the global model
+    (fallback ``"indicator"``; the discarded local run's seconds are in
+    ``routing["indicator"]["local_seconds"]``); with enrichment the local model is enriched
+    instead; a local run whose reduced Newton diverges is run again on the global model too
+    (fallback ``"divergence"``). ``enricher_for(model, cluster)`` gives the run's enricher.
+
+    Returns the :class:`~ddrom.rom.online.OnlineResult` (``cluster``, ``rom_file`` and
+    ``routing`` set: :meth:`~ddrom.rom.classifier.RoutingDecision.to_dict`, or None without
+    local bases) and the enricher (or None).
+    """
+    from ddrom.rom.model import load_model
+    from ddrom.rom.online import OnlineDivergence, ReducedSolver
+
+    decision = router.route(inputs, model) if router is not None else None
+    cl = decision.cluster if decision is not None else None
+    if cl is None:
+        m = model
+    else:
+        cache = local_models if local_models is not None else {}
+        if cl not in cache:
+            cache[cl] = load_model(rpath, comm, local=cl)
+        m = cache[cl]
+    enricher = enricher_for(m, cl) if enricher_for is not None else None
+    try:
+        res = ReducedSolver(m, options=newton, inputs=inputs).run(enricher=enricher)
+    except OnlineDivergence as exc:
+        if cl is None or enricher is not None:
+            raise
+        # the march is replicated: every rank diverged at the same step, every rank falls back
+        decision.fallback, decision.cluster = "divergence", None
+        decision.reason = f"the local ROM of cluster {cl} diverged ({exc}); the global basis ran"
+        res = ReducedSolver(model, options=newton, inputs=inputs).run()
+        cl = None
+    if cl is not None and enricher is None and tolerances:
+        over = indicator_exceeded(res, tolerances)
+        if over is not None:
+            decision.fallback, decision.cluster = "indicator", None
+            decision.reason = (f"the local ROM of cluster {cl} exceeded the {over['component']} indicator "
+                               f"tolerance ({over['value']:.3g} > {over['tolerance']:.3g} at step {over['step']}); "
+                               "the global basis ran")
+            decision.indicator = {**over, "local_seconds": res.seconds}
+            res = ReducedSolver(model, options=newton, inputs=inputs).run()
+            cl = None
+    res.cluster, res.rom_file = cl, str(rpath)
+    res.routing = decision.to_dict() if decision is not None else None
+    return res, enricher
+
+
+def indicator_exceeded(res: Any, tolerances: Mapping[str, float]) -> dict | None:
+    """The first (step, component) of a run whose indicator exceeds its tolerance, or None."""
+    first = None
+    for comp, tol in tolerances.items():
+        v = np.asarray((res.indicators or {}).get(comp, []), dtype=float)
+        bad = np.flatnonzero(np.isfinite(v) & (v > tol))
+        if bad.size and (first is None or bad[0] < first["step"]):
+            first = {"step": int(bad[0]), "component": comp, "value": float(v[bad[0]]), "tolerance": float(tol)}
+    return first
 
 
 def _online_newton(case: Any):
@@ -277,7 +384,8 @@ def run_summary(run: RomRun) -> dict[str, Any]:
         "max_indicator": _finite_max(res.indicator),
         "max_indicators": {k: _finite_max(v) for k, v in (res.indicators or {}).items()},
         "n_enrichments": res.n_enrichments, "enrichment_seconds": res.enrichment_seconds,
-        "enrichments": res.enrichments, "rom_file": getattr(res, "rom_file", None), "saved_rom": run.saved_rom}
+        "enrichments": res.enrichments, "rom_file": getattr(res, "rom_file", None), "saved_rom": run.saved_rom,
+        "routing": getattr(res, "routing", None)}
     if inputs is not None:
         summary.update(defaulted_parameters=inputs.defaulted, differences_from_training=inputs.notes,
                        extrapolation=inputs.extrapolation, temperature_file=inputs.temperature.source,
@@ -404,7 +512,7 @@ def compare_runs(case: Any, comm: Any, runs: list, model: Any, which: str = "tes
             m, bases = run_bases(getattr(res, "rom_file", None) or rom_path(case), dm, model, res)
             solver.set_loads(problem.bind(params, dm))
             e = compare(dm, solver, m, bases, store, name, res)
-            e.update(params=params, cluster=res.cluster, n_modes=m.n_modes)
+            e.update(params=params, cluster=res.cluster, n_modes=m.n_modes, routing=getattr(res, "routing", None))
             get_logger(comm).info(f"  {name}: relative errors u {e['displacement']:.2e}, "
                                   f"p {e['plastic_strain']:.2e}, stress {e['stress']:.2e}")
             out.append(e)
@@ -554,5 +662,6 @@ def _max():
     return MPI.MAX
 
 
-__all__ = ["rom_path", "as_case", "hf_context", "build_rom", "run_rom", "RomRun", "OnlineRuns", "point_name",
+__all__ = ["rom_path", "as_case", "hf_context", "build_rom", "build_rom_file", "run_rom", "run_routed",
+           "indicator_exceeded", "RomRun", "OnlineRuns", "point_name",
            "run_summary", "write_online_result", "reconstruct_fields", "compare_runs", "calibrate", "run"]
