@@ -54,6 +54,29 @@ def gather(A_loc: np.ndarray, comm) -> np.ndarray:
     return np.vstack(comm.allgather(A_loc))
 
 
+def flip_byte(path: str, dataset: str, coord: tuple[int, ...], at: int = 16) -> None:
+    """Flip one byte inside the chunk of ``dataset`` that holds element ``coord`` (serial)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info_by_coord(coord)
+    assert info.size > at + 4
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + at)
+        b = fh.read(1)
+        fh.seek(info.byte_offset + at)
+        fh.write(bytes([b[0] ^ 0x5A]))
+
+
+def flip_attribute_byte(path: str, text: str) -> None:
+    """Flip one byte of an attribute's text stored in the file (its first occurrence; serial)."""
+    data = open(path, "rb").read()
+    at = data.index(text.encode())
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        fh.write(bytes([data[at] ^ 0x01]))
+
+
 def ddrom_cli(np_: int, *args: str, cwd=None, timeout: float = 240):
     """Run ``mpirun -n np_ ddrom ARGS`` in a clean MPI environment (this test process may itself
     be an MPI singleton or a rank of a job); returns the CompletedProcess."""
