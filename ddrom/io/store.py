@@ -42,8 +42,11 @@ write error silently, and HDF5 crashes at exit once a flush has failed).
 
 Crash safety: the file is written under ``<path>.partial`` and renamed to ``<path>`` by
 :meth:`SnapshotStore.finalize` after ``complete`` is set and the file closed and flushed
-to the disk (``fsync``), so a file at the final path is always complete. Reopening with
-``mode="a"`` moves a final file back to ``.partial`` for the time of the session. The file is flushed when a simulation is added
+to the disk (``fsync``), so a file at the final path is always complete. Reopening a
+finalized store with ``mode="a"`` (to extend it) works on a copy, ``.partial`` (a
+copy-on-write clone where the file system has them): the finalized file stays intact at
+its path until the extended store is finalized over it, so an extension that fails, is
+interrupted or killed loses nothing of the previous output. The file is flushed when a simulation is added
 and when it is finished (not per step: the fsync costs more than the write), so an
 interrupted sweep resumes with its finished simulations; an unfinished one is rewritten.
 Datasets are created without fill (unwritten steps hold no meaningful values: trust
@@ -433,8 +436,9 @@ class SnapshotStore:
             Final path of the store.
         mode : {"r", "a"}
             ``"r"``: read a finalized store (``complete`` must be true). ``"a"``: resume or
-            extend: opens ``path + ".partial"`` if present (an interrupted run), else moves
-            the finalized ``path`` to ``.partial`` until the next :meth:`finalize`.
+            extend: opens ``path + ".partial"`` if present (an interrupted run), else a copy
+            of the finalized ``path`` as ``.partial``; ``path`` itself is untouched until
+            the next :meth:`finalize` replaces it (:meth:`abort` leaves it as it was).
         dmesh : DistributedMesh, optional
             If given, :meth:`check_mesh` is called (needed before writing).
 
@@ -465,17 +469,21 @@ class SnapshotStore:
                     raise DdromError(f"snapshot store {path}: file not found")
                 meta = _inspect(file, require_complete=(mode == "r"))
                 if mode == "a" and file == path:
-                    # Never modify a file at the final path: it must stay complete.
-                    os.replace(path, partial)
-                    xdmf = os.path.splitext(path)[0] + ".xdmf"
-                    if os.path.exists(xdmf):
-                        os.remove(xdmf)
+                    # Never modify a file at the final path: it must stay complete, and stay
+                    # there (with its XDMF) until the extended copy replaces it.
+                    from ddrom.io.atomic import copy_file, remove_quietly
+
+                    try:
+                        copy_file(path, partial)
+                    except BaseException:
+                        remove_quietly(partial)
+                        raise
                     file = partial
                 info = (file, meta)
             except DdromError as exc:
                 msg = str(exc)
             except BaseException as exc:  # noqa: BLE001 - SystemExit too: the other ranks wait
-                msg = io_error_message(exc, f"snapshot store {path}")
+                msg = io_error_message(exc, f"snapshot store {path}", partial if mode == "a" else None)
         _idle_wait(c)
         raise_collective(c, msg)
         file, meta = c.bcast(info, root=0)
