@@ -240,8 +240,9 @@ def acquire(folder: str | os.PathLike, comm: Any, argv: Sequence[str] | None = N
     fd = record = None
     if c.rank == 0:
         try:
-            fd, record, holder, previous, removed = _lock_on_root(folder, list(sys.argv if argv is None else argv),
-                                                                   c.size, shared)
+            if argv is None:                  # `ddrom hf case.toml`, not the venv's full path
+                argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv else []
+            fd, record, holder, previous, removed = _lock_on_root(folder, list(argv), c.size, shared)
             payload = ("", holder, previous, removed)
         except _Busy as busy:
             who = _describe_shared(busy.shared) if busy.holder is None and busy.shared is not None \

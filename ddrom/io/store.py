@@ -322,7 +322,8 @@ class SnapshotStore:
     # ----------------------------------------------------------------- create
     @classmethod
     def create(cls, path: str | os.PathLike, dmesh, *, state_names: Sequence[str],
-               case_hash: str = "", provenance: dict | None = None, comm: Any) -> "SnapshotStore":
+               case_hash: str = "", provenance: dict | None = None, comm: Any,
+               private: bool = False) -> "SnapshotStore":
         """Create a new store for ``dmesh`` (collective).
 
         The file is written as ``path + ".partial"`` (an existing one is overwritten) and
@@ -342,6 +343,10 @@ class SnapshotStore:
         provenance : dict, optional
             JSON-serializable description of the run, stored with the software versions.
         comm : communicator
+        private : bool
+            Written as ``path + ".partial.<pid>"`` (not resumable) instead of
+            ``path + ".partial"``: for a file that two commands may write at the same time
+            (``ddrom online --fields``; :meth:`ddrom.io.h5atomic.ParallelH5.create`).
         """
         h5py = _h5py()
         c = as_mpi(comm)
@@ -365,7 +370,7 @@ class SnapshotStore:
                 msg = describe_exception(exc, f"snapshot store {path}")
         raise_collective(c, msg)
         header = c.bcast(header, root=0)
-        h5 = ParallelH5.create(path, c, "snapshot store")
+        h5 = ParallelH5.create(path, c, "snapshot store", private=private)
         meta = dict(cell_type=dmesh.cell_type, n_nodes=dmesh.n_nodes_global, n_cells=dmesh.n_cells_global,
                     n_qp=dmesh.n_qp, state_names=state_names, complete=False, sims={}, case_hash=case_hash)
         store = cls(c, h5, meta, writable=True)

@@ -37,7 +37,7 @@ import numpy as np
 
 import ddrom
 from ddrom.io.atomic import atomic_update
-from ddrom.io.h5atomic import ParallelH5, io_error_message
+from ddrom.io.h5atomic import SLACK, ParallelH5, io_error_message, reserve_space
 from ddrom.io.integrity import (ATTRS_DIGEST_ATTR, IntegrityError, attrs_error_message, check_attrs, disk_bytes,
                                 read_error_message, stamp_attrs)
 from ddrom.parallel import DdromError, as_mpi, collective, root_only
@@ -409,6 +409,9 @@ def store_calibration(path: str | os.PathLike, calibration: dict, comm: Any) -> 
     def update() -> None:
         try:
             with atomic_update(path) as tmp:
+                # HDF5 must not meet a full disk (it cannot close the file after a failed
+                # write and crashes at exit): the room for the new attribute is reserved first
+                reserve_space(tmp, SLACK + 4 * len(json.dumps(calibration)))
                 with h5py.File(tmp, "a") as f:
                     f.attrs["indicator_calibration"] = json.dumps(calibration)
                     stamp_attrs(f)
