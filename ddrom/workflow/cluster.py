@@ -48,8 +48,11 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
                            "dissimilarity": dissimilarity, "table": table, "timers": timers.summary(comm)}
     if error_target is not None:
         out["recommendation"] = recommend(table, error_target, budget)
-    if plots and c.rank == 0:
+    if plots:
+        from ddrom.io.h5atomic import write_on_root
+
         path = Path(case.output_dir) / "cluster_criterion.png"
-        plot_efficiency(table, str(path), f"{case.name}: local ({dissimilarity}) vs global bases")
+        write_on_root(c, lambda: plot_efficiency(table, str(path), f"{case.name}: local ({dissimilarity}) vs "
+                                                                    "global bases"), f"figure {path}", path)
         out["plot"] = str(path)
     return out
