@@ -186,3 +186,61 @@ def write_case(tmp, text: str, name: str = "case.toml"):
     p = Path(tmp) / name
     p.write_text(text)
     return p
+
+
+#: A small plate with a hole (mirror-symmetric: near-ties for the ECM and Gappy points), Chaboche
+#: law, 4 training and 1 test point of 6 steps: the fault drills (test_faults) and the
+#: reproducibility of `ddrom offline` across rank counts (test_reproducible).
+PLATE_CASE = """
+[case]
+name = "faults"
+
+[mesh]
+generator = "plate_with_hole"
+args = { width = 40.0, height = 20.0, thickness = 2.0, radius = 2.5, n_around = 32, n_radial = 4, n_thick = 1 }
+
+[mesh.regions]
+left_mid = "near(x, -20) and near(y, 0)"
+
+[material]
+law = "chaboche"
+E = { T = [20.0, 800.0], value = [200e3, 150e3] }
+nu = 0.3
+alpha = 1.4e-5
+T_ref = 20.0
+sigma_y = { T = [20.0, 800.0], value = [300.0, 200.0] }
+H = 1000.0
+C = 50e3
+gamma = 300.0
+K = 150.0
+N = 7.0
+
+[parameters]
+T_max = { min = 500.0, max = 800.0, default = 650.0 }
+S_max = { min = 100.0, max = 140.0, default = 120.0 }
+
+[time]
+t_end = 20.0
+n_steps = 6
+
+[loads]
+dirichlet = [
+  { region = "left", components = ["x"] },
+  { region = "left_mid", components = ["y"] },
+  { region = "back", components = ["z"] },
+]
+traction = [{ region = "right", vector = ["S_max * tri(t, 20)", 0.0, 0.0] }]
+
+[temperature]
+expression = "20 + (T_max - 20) * ramp(t, 5) * (0.9 + 0.1 * exp(-(x / 8)**2))"
+
+[rom]
+pod_tol = 1e-6
+ecm_tol = 1e-6
+
+[training]
+grid = { T_max = [500.0, 800.0], S_max = [100.0, 140.0] }
+
+[test]
+values = [{ T_max = 725.0, S_max = 130.0 }]
+"""
