@@ -19,7 +19,9 @@ and, side by side in the same run, the ratio of a cold ``scipy.optimize.nnls`` p
 iteration (``--scipy``, the whole ECM rerun with ``nnls="scipy"``; small cases only by
 default) and the ratio of the deterministic per-row score kernel (``einsum``) to a
 BLAS ``gemv`` (``A @ r``) on the same local matrix. A second table times the NNLS
-alone on a pool growing to ``cols`` columns (warm Lawson-Hanson vs cold scipy).
+alone on a pool growing to ``cols`` columns (warm Lawson-Hanson vs cold scipy), a third
+the NNLS with many more rows than columns (``--tall``, an enrichment's ECM) with the thin
+QR factors ddrom keeps against full ``m x m`` ones.
 
 Measured (2-core VM shared with other jobs, load average 7-10, tol 1e-6, kmax 40; the
 same points, bitwise, at 1 and 2 ranks in every case; 1e6 x 500 skipped: 4 GB)::
@@ -92,7 +94,7 @@ def kernel_ratio(A: np.ndarray, repeat: int = 3) -> tuple[float, float]:
     t_pw = t_blas = np.inf
     for _ in range(repeat):
         t0 = time.perf_counter()
-        _row_dots(A, r, 0.0, chunk)
+        _row_dots(A, r, chunk)
         t1 = time.perf_counter()
         A @ r
         t2 = time.perf_counter()
@@ -125,6 +127,57 @@ def nnls_growing_pool(ncols: int, seed: int = 0) -> dict:
     return {"cols": ncols, "lawson_hanson_warm_s": t_lh, "scipy_cold_s": t_sp,
             "passive": int(np.count_nonzero(x_lh)),
             "max_abs_diff": float(np.abs(x_lh - x_sp).max())}
+
+
+class _FullQ(LawsonHanson):
+    """The factor updates as they were before the thin QR: full ``m x m`` ``Q`` (reference)."""
+
+    def __init__(self, b):
+        super().__init__(b)
+        self.Q, self.R = np.eye(self.m), np.zeros((self.m, 0))
+
+    def _qr_append(self, j: int) -> bool:
+        import scipy.linalg as sla
+
+        k = len(self.passive)
+        if k >= self.m or self.colnorm[j] == 0.0:
+            return False
+        u = self._rows[j]
+        Q, R = sla.qr(u[:, None]) if k == 0 else sla.qr_insert(self.Q, self.R, u, k, which="col",
+                                                                 check_finite=False)
+        if abs(R[k, k]) <= self.rcond * self.colnorm[j]:
+            return False
+        self.Q, self.R = Q, R
+        self.passive.append(j)
+        return True
+
+    def _qr_delete(self, positions: list[int]) -> None:
+        import scipy.linalg as sla
+
+        for pos in sorted(positions, reverse=True):
+            if len(self.passive) == 1:
+                self.Q, self.R = np.eye(self.m), np.zeros((self.m, 0))
+            else:
+                self.Q, self.R = sla.qr_delete(self.Q, self.R, pos, 1, which="col", check_finite=False)
+            del self.passive[pos]
+
+
+def nnls_tall(m: int, ncols: int, seed: int = 0) -> dict:
+    """NNLS with many more rows than pool columns (an enrichment's ECM: ``m`` integrand
+    columns, a few hundred points): thin QR factors (ddrom) against full ``m x m`` ones."""
+    rng = np.random.default_rng(seed)
+    M = np.abs(rng.standard_normal((m, ncols))) + 0.1 * rng.standard_normal((m, ncols))
+    b = M @ np.abs(rng.standard_normal(ncols))
+    out = {"m": m, "cols": ncols}
+    for name, cls in (("thin", LawsonHanson), ("full", _FullQ)):
+        lh = cls(b)
+        t0 = time.perf_counter()
+        for j in range(ncols):
+            lh.add_columns(M[:, j])
+            x = lh.solve().x
+        out[f"{name}_s"] = time.perf_counter() - t0
+        out[f"{name}_rel_residual"] = float(np.linalg.norm(M @ x - b) / np.linalg.norm(b))
+    return out
 
 
 def run_case(G: int, ncols: int, tol: float, comm, scipy_too: bool, kmax: float) -> dict:
@@ -162,6 +215,8 @@ def main() -> None:
                    help="also run the scipy NNLS variant when G*cols is at most this")
     p.add_argument("--kmax", type=float, default=40.0,
                    help="largest wave number of the integrands (higher: more points)")
+    p.add_argument("--tall", nargs="*", default=["2000x300", "5000x400"], metavar="MxC",
+                   help="NNLS-only cases with m rows and C pool columns, thin vs full QR")
     p.add_argument("--json", type=str, default=None)
     a = p.parse_args()
     comm = MPI.COMM_WORLD
@@ -198,12 +253,18 @@ def main() -> None:
             print(f"{r['cols']:5d} {r['passive']:8d} {r['lawson_hanson_warm_s']:9.3f} "
                   f"{r['scipy_cold_s']:11.3f} "
                   f"{r['scipy_cold_s'] / r['lawson_hanson_warm_s']:7.1f} {r['max_abs_diff']:9.1e}")
+        tall = [nnls_tall(int(mc.split("x")[0]), int(mc.split("x")[1])) for mc in a.tall]
+        print("\nNNLS with m rows >> pool columns (rank 0 alone): thin vs full QR factors, seconds")
+        print(f"{'m':>6} {'cols':>5} {'thin':>8} {'full':>8} {'full/thin':>9} {'residual thin/full':>20}")
+        for r in tall:
+            print(f"{r['m']:6d} {r['cols']:5d} {r['thin_s']:8.2f} {r['full_s']:8.2f} "
+                  f"{r['full_s'] / r['thin_s']:9.1f} {r['thin_rel_residual']:9.1e}/{r['full_rel_residual']:.1e}")
         if a.json:
             from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
 
             write_json(a.json, {"ranks": comm.size, "tol": a.tol, "kmax": a.kmax,
                            "machine": platform.platform(), "numpy": np.__version__,
-                           "cases": rows, "nnls_growing_pool": nn}, indent=1)
+                           "cases": rows, "nnls_growing_pool": nn, "nnls_tall": tall}, indent=1)
 
 
 if __name__ == "__main__":

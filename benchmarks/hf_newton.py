@@ -53,7 +53,7 @@ from ddrom.hf import assembly as assembly_mod
 from ddrom.hf.loads import Dirichlet, Loads
 from ddrom.hf.solver import HFSolver, SolverOptions
 from ddrom.materials import from_config
-from ddrom.mesh.distribute import distribute
+from ddrom.mesh.scatter import distribute
 from ddrom.mesh.generators import box
 
 MATERIAL = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 1000.0,

@@ -56,7 +56,7 @@ from mpi4py import MPI
 from ddrom.hf.loads import Dirichlet, Loads, Traction
 from ddrom.hf.solver import HFSolver, SolverOptions
 from ddrom.materials import from_config
-from ddrom.mesh.distribute import distribute
+from ddrom.mesh.scatter import distribute
 from ddrom.mesh.generators import box
 
 E, NU = 200e3, 0.3

@@ -5,7 +5,7 @@ import numpy as np
 from mpi4py import MPI
 
 import ddrom  # noqa: F401  (environment for petsc4py/h5py)
-from ddrom.mesh.distribute import distribute
+from ddrom.mesh.scatter import distribute
 
 
 def distributed(make_mesh, comm=MPI.COMM_WORLD, partitioner="ptscotch"):

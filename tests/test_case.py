@@ -65,7 +65,7 @@ def test_base_case_defaults_and_helpers(tmp_path):
     assert raw["loads"]["dirichlet"][1]["components"] == [0]
     assert raw["loads"]["pressure"] == [] and raw["loads"]["traction"] == []
     assert raw["temperature"] == {"T_ref": 20.0, "expression": 20.0, "scale": 1.0}
-    assert raw["solver"] == {"newton_rtol": 1e-8, "newton_atol": 1e-12, "max_iterations": 25, "line_search": True,
+    assert raw["solver"] == {"newton_rtol": 1e-8, "newton_atol": 1e-12, "max_iterations": 25, "line_search": "fallback",
                              "max_cutbacks": 6, "petsc_options": {}, "element_technology": "bbar"}
     assert raw["rom"]["pod_tol"] == 1e-4 and "max_modes" not in raw["rom"]
     assert case.parameter_names == ["A", "B"] and case.default_parameters() == {"A": 1.5}
@@ -135,7 +135,7 @@ def test_demo_and_tiny_cases_validate():
     (lambda s: s.replace("nx = 2", 'nx = "2"'), "mesh.args.nx: expected an integer, got string '2'"),
     (lambda s: s.replace("E = 200e3", "E = -1.0"), "material.E: material 'elastic': parameter 'E' must be > 0"),
     (lambda s: s.replace('law = "elastic"', 'law = "elastc"'), "material: [material]: unknown law 'elastc'"),
-    (lambda s: s + '\n[solver]\nline_search = "yes"\n', "solver.line_search: expected true or false, got string"),
+    (lambda s: s + '\n[solver]\nline_search = "yes"\n', "solver.line_search: expected one of fallback, always, never (or true/false), got 'yes'"),
     # missing required keys
     (lambda s: s.replace('name = "t1"', ''), "case.name: missing required key"),
     (lambda s: s.replace("t_end = 1.0\n", ""), "time: give t_end with n_steps or dt"),
@@ -274,13 +274,14 @@ def test_validate_without_file_and_schema_is_declarative():
     assert "time: missing required key" in errors
     # every section of the documentation is in the schema table
     assert list(SCHEMA.keys) == ["parameters", "case", "mesh", "material", "time", "loads", "temperature",
-                                 "solver", "rom", "training", "test"]
+                                 "solver", "rom", "import", "training", "test"]
 
 
 def test_every_load_kind_and_option_validates(tmp_path):
     extra = '''pressure = [{ region = "zmax", value = "1e2 * A * cycle(t, 1) * (1 + x)" }]
 traction = [{ region = "ymax", vector = [0, "B * trapezoid(t, 1, 0.2, 0.3)", "interp(t, [0, 1], [0, A])"] }]
 body_force = { vector = [0, 0, -9.81e-6] }
+nodal = [{ region = "corner", force_per_node = ["A * ramp(t, 1)", 0, "x + z"] }]
 centrifugal = { omega = "1000 * ramp(t, 0.5)", density = 8.2e-9, axis = [0, 1, 0] }'''
     text = (loads(extra)(BASE)
             .replace('args = { nx = 2, ny = 2, nz = 2 }',
@@ -296,6 +297,22 @@ centrifugal = { omega = "1000 * ramp(t, 0.5)", density = 8.2e-9, axis = [0, 1, 0
     np.testing.assert_allclose(case.expression("loads.traction[0].vector[2]")(t=0.5, A=2.0), 1.0)
     assert case.expression("loads.body_force.vector[2]").constant == -9.81e-6
     assert case.expression("loads.centrifugal.omega")(t=0.25) == 500.0
+    assert case.expression("loads.nodal[0].force_per_node[0]")(t=0.5, A=2.0) == 1.0
+    # a nodal force needs its region and 3 components (a force at every node of the region)
+    bad = errors_of(tmp_path, loads('nodal = [{ force_per_node = [1, 0] }]')(BASE))
+    assert "loads.nodal[0].region: missing required key" in bad
+    assert "loads.nodal[0].force_per_node: expected an array of 3 values, got 2" in bad
+    # the import checks ([import]) and the noise margin ([rom]) default from their option objects
+    from ddrom.rom.offline import OfflineOptions
+    from ddrom.workflow.options import ImportOptions, import_options
+
+    assert import_options(case).equilibrium_tol == ImportOptions.equilibrium_tol == 2e-2
+    assert case.raw["rom"]["noise_margin"] == OfflineOptions.noise_margin and "import" not in case.raw
+    given = load_case(write(tmp_path, text + "\n[import]\nequilibrium_tol = 0.05\n", "imp.toml"))
+    assert import_options(given).equilibrium_tol == 0.05
+    # the import's checks change no snapshot store
+    assert given.hf_hash == case.hf_hash and given.store_hash("training") == case.store_hash("training")
+    assert "import.equilibrium_tol: must be > 0" in errors_of(tmp_path, BASE + "\n[import]\nequilibrium_tol = 0\n")
     # the file/field pair of a temperature file
     msg = errors_of(tmp_path, BASE + '\n[temperature]\nfile = "case.toml"\n')
     assert "  - temperature.file: requires temperature.field" in msg

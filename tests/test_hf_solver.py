@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ddrom.hf.loads import Dirichlet, Loads, Pressure, Traction, BodyForce, Centrifugal
+from ddrom.hf.loads import Dirichlet, Loads, NodalForce, Pressure, Traction, BodyForce, Centrifugal
 from ddrom.hf.solver import HFSolver, SolverOptions
 from ddrom.materials import from_config
 from ddrom.mesh.boundary import boundary_facets
@@ -141,6 +141,26 @@ def test_pressure_and_body_loads_balance_reactions():
 
 
 @pytest.mark.mpi
+def test_nodal_forces_act_once_at_every_node_of_the_region():
+    """A nodal force (*CLOAD) is the given vector at every node of the region, counted once
+    whatever rank owns or ghosts the node; it may depend on x, y, z, t; the reactions balance it."""
+    comm = MPI.COMM_WORLD
+    dm = distributed(lambda: box(1.0, 2.0, 0.5, 3, 4, 2))
+    loads = Loads(dirichlet=[Dirichlet("xmin")],
+                  nodal=[NodalForce("xmax", (2.0, 0.0, lambda x, y, z, t: y * t))])
+    s = HFSolver(dm, from_config(ELASTIC), loads, TIGHT)
+    total = comm.allreduce(s.sum_to_owned(s.external_force(2.0)).reshape(-1, 3).sum(axis=0))
+    # 5 x 3 nodes on x = 1; y = 0, 0.5, ..., 2 on 3 nodes each: sum y = 15
+    np.testing.assert_allclose(total, [30.0, 0.0, 30.0], rtol=1e-13)
+    st, _ = s.step(s.initial_state(), 2.0, 1)
+    _, _, fint = s.force_residual(st.stress, np.zeros(3 * dm.n_owned))
+    fixed = s.fixed[: 3 * dm.n_owned].reshape(-1, 3).any(axis=1)
+    # the internal forces sum to zero: at the support they carry minus the load
+    support = comm.allreduce(fint.reshape(-1, 3)[fixed].sum(axis=0))
+    np.testing.assert_allclose(support, -total, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.mpi
 def test_divergence_is_reported_on_every_rank():
     """Perfect plasticity pulled beyond the limit load: the Newton cannot converge."""
     dm = distributed(lambda: box(1.0, 1.0, 1.0, 2, 2, 2))
@@ -159,3 +179,49 @@ def test_unknown_region_and_no_dirichlet_are_errors():
         HFSolver(dm, from_config(ELASTIC), Loads(dirichlet=[Dirichlet("left")]))
     with pytest.raises(DdromError, match="rigid-body"):
         HFSolver(dm, from_config(ELASTIC), Loads(traction=[Traction("xmax", (1.0, 0, 0))]))
+
+
+@pytest.mark.mpi
+def test_newton_line_search_only_as_a_fallback_on_a_j2_cantilever():
+    """A J2 cantilever loaded into plasticity over 5 steps: the default line search
+    ("fallback") takes the plain Newton path -- the same iterations and answer as plain
+    Newton -- where backtracking at every iteration ("always") needs many more."""
+    J2 = {"law": "j2", "E": 200e3, "nu": 0.3, "sigma_y": 250.0, "H": 1000.0}
+    dm = distributed(lambda: box(10.0, 1.0, 1.0, 20, 2, 2))
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0, 1, 2))],
+                  traction=[Traction("xmax", (0.0, lambda t, **k: -8.0 * t, 0.0))])
+    counts, tips = {}, {}
+    for policy in ("never", "fallback", "always"):
+        opts = SolverOptions(rtol=1e-10, atol=1e-14, line_search=policy, petsc_options={"ksp_rtol": 1e-12})
+        s = HFSolver(dm, from_config(J2), loads, opts)
+        st, n = s.initial_state(), 0
+        for k in range(1, 6):
+            st, info = s.step(st, k / 5)
+            n += info.newton_iterations
+        counts[policy] = n
+        tips[policy] = MPI.COMM_WORLD.allreduce(float(np.abs(st.owned_displacement(dm.n_owned)).max()),
+                                                op=MPI.MAX)
+        p = s.material.cumulated_plastic_strain(st.internal)
+        assert MPI.COMM_WORLD.allreduce(float(p.max()) if p.size else 0.0, op=MPI.MAX) > 1e-2  # plastic
+    assert counts["fallback"] == counts["never"], counts        # measured: 16 and 16
+    assert counts["always"] > 2 * counts["never"], counts       # measured: 94 (with cut-backs)
+    assert tips["fallback"] == tips["never"], tips
+    # a thermally loaded J2 box whose plain Newton 2-cycles (relative residual ~0.9 for 25
+    # iterations, 5 cut-backs): the fallback backtracks there and needs no cut-back
+    thermal = {**J2, "alpha": 1.2e-5, "T_ref": 20.0, "H": 1500.0}
+    dm = distributed(lambda: box(2.0, 1.0, 0.5, 5, 3, 2))
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 4e-3 * np.sin(np.pi * t / 2) * (1 + 0.3 * y))],
+                  temperature=lambda x, y, z, t, **k: 20.0 + 150 * x * t)
+    cuts = {}
+    for policy in ("never", "fallback"):
+        opts = SolverOptions(rtol=1e-11, atol=1e-14, line_search=policy,
+                             petsc_options={"ksp_rtol": 1e-13, "pc_type": "jacobi", "ksp_max_it": 5000})
+        s = HFSolver(dm, from_config(thermal), loads, opts)
+        st, cuts[policy] = s.initial_state(), 0
+        for k, t in enumerate([0.5, 1.0, 1.5, 2.0, 2.5]):
+            st, info = s.step(st, t, k)
+            cuts[policy] += info.cutbacks
+    assert cuts["never"] > 0 and cuts["fallback"] == 0, cuts      # measured: 5 and 0
+    with pytest.raises(DdromError, match="line_search 'sometimes'"):
+        SolverOptions(line_search="sometimes")

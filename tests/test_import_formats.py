@@ -21,6 +21,7 @@ from ddrom.parallel import DdromError
 from helpers import gather_natural
 from helpers import all_ok as _all_ok
 from helpers import import_box_mesh as _box_mesh
+from helpers import IMPORT_CASE as _IMPORT_CASE
 from helpers import write_import_case as _write_case
 
 pytestmark = pytest.mark.slow
@@ -313,6 +314,64 @@ def test_pattern_with_globbed_vtu_series(ref, work):
     assert main(["import", case, "--pattern", os.path.join(work, "nothing_{u_max}.xdmf"), "--quiet"]) == 2
 
 
+@pytest.mark.mpi
+def test_pattern_imports_only_the_points_of_the_list(ref, work):
+    """``--pattern`` with a glob of ``.pvd`` files (one per folder): only the files of the case's
+    training points are imported, a folder of another point is skipped and named; ``--which
+    test`` imports the test point into ``hf_test.h5`` (named as ``ddrom hf`` would). The
+    summary reports each simulation's equilibrium residual (ddrom's own double-precision data:
+    round-off) and its noise floor (none to speak of)."""
+    import json
+
+    from ddrom.cli.main import main
+    from ddrom.workflow.build import load_case_collectively
+    from ddrom.workflow.hf import store_path
+
+    case = os.path.join(work, "imp.toml")
+    if COMM.rank == 0:
+        for sim, p in (("train_000", P0), ("train_001", P1), ("train_000", {"u_max": 0.006, "T_max": 300.0})):
+            _write_vtu_series(ref, os.path.join(work, "runs", f"u{p['u_max']:g}_T{p['T_max']:g}"), sim, perm=True)
+        with open(case, "w") as f:
+            f.write(_IMPORT_CASE.format(name="imp") + "\n[test]\nvalues = [{ u_max = 0.008, T_max = 500.0 }]\n")
+    COMM.Barrier()
+    pattern = os.path.join(work, "runs", "u{u_max}_T{T_max}", "*.pvd")
+    out = os.path.join(work, "imp.json")
+    assert main(["import", case, "--pattern", pattern, "--quiet", "--json", out]) == 0
+    summary = COMM.bcast(json.loads(open(out).read()) if COMM.rank == 0 else None, root=0)
+    assert summary["skipped"] == [os.path.join(work, "runs", "u0.006_T300", "*.pvd")], summary["skipped"]
+    assert summary["finalized"] and summary["missing_training_points"] == []
+    for sim in summary["simulations"]:
+        assert sim["equilibrium"]["max_relative"] < 1e-6 and sim["noise_floor"]["digits"] is None, sim
+        assert sim["noise_floor"]["stress"] < 1e-10 and sim["noise_floor"]["displacement"] < 1e-12, sim
+    _check_store_equals_ref(ref, case, ["train_000", "train_001"])
+    assert main(["import", case, "--pattern", pattern, "--which", "test", "--quiet", "--json", out]) == 0
+    summary = COMM.bcast(json.loads(open(out).read()) if COMM.rank == 0 else None, root=0)
+    assert [s["simulation"] for s in summary["simulations"]] == ["test_000"] and len(summary["skipped"]) == 2
+    assert summary["which"] == "test" and summary["finalized"] and summary["store"].endswith("hf_test.h5")
+    c = load_case_collectively(case, COMM)
+    assert COMM.bcast(store_path(c, "test").is_file() if COMM.rank == 0 else None, root=0)
+    # a pattern none of whose files is a point of the list
+    assert main(["import", case, "--pattern", os.path.join(work, "runs", "u{u_max}_T300", "*.pvd"),
+                 "--param", "T_max=300", "--quiet"]) == 2
+
+
+@pytest.mark.mpi
+def test_boundary_values_other_than_the_cases_are_caught(ref, work):
+    """Data computed with another prescribed displacement (u_max = 0.004 imported as 0.005):
+    the deviation at the case's Dirichlet DOFs stops the import, naming the boundary conditions."""
+    from ddrom.parallel import CollectiveError
+    from ddrom.workflow.importing import import_series
+
+    pvd = COMM.bcast(_write_vtu_series(ref, os.path.join(work, "ext"), "train_000", perm=False)
+                     if COMM.rank == 0 else None)
+    case = _write_case(work, "imp")
+    with pytest.raises(CollectiveError, match=r"-> import_000: step 1 \(t = 0\.5\) is not a solution of the case's "
+                                              r"problem: the displacement at the case's Dirichlet DOFs differs from "
+                                              r"the prescribed values by 2\.50e-01 of the largest displacement"):
+        import_series(case, COMM, pvd, {"u_max": 0.005, "T_max": 100.0})
+    assert _no_store(case)
+
+
 def test_pattern_parsing(tmp_path):
     from ddrom.workflow.importing import _pattern_jobs
 
@@ -321,6 +380,32 @@ def test_pattern_parsing(tmp_path):
     jobs = _pattern_jobs(str(tmp_path / "run_E{E}_F{F}.xdmf"))
     got = sorted((os.path.basename(j.series), j.params["E"], j.params["F"]) for j in jobs)
     assert got == [("run_E1e5_F.5.xdmf", 1e5, 0.5), ("run_E200e3_F-1.5.xdmf", 200e3, -1.5)]
+
+
+def test_precision_of_values_and_rounding_noise():
+    """Significant digits read off the values (6 for CalculiX's E12.5, none for computed
+    doubles or float32 data, 0 for a zero field); the rounding-noise realization stays within
+    half a unit of each value's last digit and depends on the ids only (not on the partition)."""
+    from ddrom.io.precision import half_units, hash_uniform, rounding_noise, significant_digits
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=5000) * 10.0 ** rng.integers(-8, 3, 5000)
+    printed = np.array([float(f"{v:12.5E}") for v in x])
+    assert significant_digits(printed) == 6 and significant_digits(np.round(printed, 20)) == 6
+    assert significant_digits(np.array([float(f"{v:.3e}") for v in x])) == 4
+    assert significant_digits(x) is None and significant_digits(x.astype(np.float32)) is None
+    assert significant_digits(np.zeros(7)) == 0 and significant_digits([0.25, 1000.0, 12.5]) == 3
+    h = half_units(printed, 6)
+    np.testing.assert_allclose(h, 0.5 * 10.0 ** (np.floor(np.log10(np.abs(printed))) - 5))      # d.ddddd E e
+    assert half_units([0.0, 2.0], 6)[0] == 0.0 and half_units([2.0], None, 1e-7)[0] == 1e-7
+    ids = np.arange(30000)
+    u = hash_uniform(ids, 4)
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.01
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
+    np.testing.assert_array_equal(hash_uniform(ids[::-1], 4), u[::-1])         # the same for an id anywhere
+    assert not np.array_equal(hash_uniform(ids, 5), u)                            # another step, another draw
+    d = rounding_noise(printed, ids[:5000], 6, salt=1)
+    assert np.all(np.abs(d) <= h) and np.abs(d).max() > 0.9 * h.max()
 
 
 def test_to_mandel():

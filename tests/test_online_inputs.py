@@ -322,6 +322,87 @@ def test_cli_online_time_override_and_flags(built):
     assert r.returncode == 2 and r.stderr.count("unknown parameter(s) ['B']") == 1, r.stderr
 
 
+# ============================================================== nodal concentrated loads
+NODAL = [{"region": "xmax", "force_per_node": ["A * t", 0.0, 0.0]},
+         {"region": "ymax", "force_per_node": [0.0, 0.0, "B * t * (1 + x)"]}]
+
+
+@pytest.fixture(scope="module")
+def nodal_built(tmp_path_factory):
+    """An elastic bar under two nodal forces (*CLOAD): a constant one on the nodes of x = 4 and
+    one that depends on x on the nodes of y = 1; trained on each alone."""
+    folder = Path(COMM.bcast(str(tmp_path_factory.mktemp("nodal")) if COMM.rank == 0 else None, root=0))
+    case = ddrom.Case.from_dict({
+        "case": {"name": "nodal"}, "mesh": {"generator": "box", "args": dict(BOX)},
+        "material": {"law": "elastic", "E": 200e3, "nu": 0.3},
+        "parameters": {"A": {"min": 0.0, "max": 2.0}, "B": {"min": 0.0, "max": 2.0}},
+        "time": {"t_end": 1.0, "n_steps": 2},
+        "loads": {"dirichlet": [{"region": "xmin"}], "nodal": NODAL},
+        "solver": {"newton_rtol": 1e-11, "petsc_options": {"ksp_rtol": 1e-13}},
+        "rom": {"pod_tol": 1e-9, "ecm_tol": 1e-9},
+        "training": {"values": [{"A": 1.0, "B": 0.0}, {"A": 0.0, "B": 1.0}]},
+        "test": {"values": [{"A": 0.5, "B": 1.7}]},
+    }, folder)
+    ddrom.run_hf(case, COMM, which="all")
+    ddrom.build_rom(case, COMM)
+    return case
+
+
+@pytest.mark.mpi
+def test_nodal_loads_through_the_rom(nodal_built):
+    """The reduced load terms of a nodal force are the modes' values at the region's nodes (summed
+    for a force constant in space, one row per node, in coordinate order, otherwise), whatever
+    the number of ranks; the ROM reproduces the HF at an unseen point (elastic: exactly)."""
+    import h5py
+
+    from ddrom.mesh.generators import generate
+    from ddrom.rom.model import load_model
+    from ddrom.workflow.rom import rom_path
+
+    case = nodal_built
+    runs = ddrom.run_rom(case, COMM, write=False)
+    err = ddrom.compare_runs(case, COMM, runs.runs, runs.model)[0]
+    assert err["displacement"] < 1e-8 and err["stress"] < 1e-8, err
+    # the load terms against the ROM file's basis (natural order) read whole (tests only)
+    model = load_model(rom_path(case), COMM)
+    with h5py.File(rom_path(case), "r") as f:
+        phi = f["bases"]["displacement"][...]                           # (nodes, 3, N)
+    mesh = generate("box", **BOX)
+    terms = {L.source: L for L in model.loads}
+    assert sorted(terms) == [f"loads.nodal[{i}].force_per_node[{j}]" for i in range(2) for j in range(3)]
+    xmax = mesh.nodes_of("xmax")
+    for j in range(3):
+        t = terms[f"loads.nodal[0].force_per_node[{j}]"]
+        assert t.kind == "nodal" and t.xyz is None
+        np.testing.assert_allclose(t.coeff[0], phi[xmax, j].sum(axis=0), rtol=1e-12, atol=1e-14)
+    ymax = mesh.nodes_of("ymax")
+    ymax = ymax[np.lexsort(mesh.points[ymax].T[::-1])]                 # by x, then y, then z
+    t = terms["loads.nodal[1].force_per_node[2]"]
+    np.testing.assert_array_equal(t.xyz, mesh.points[ymax])
+    np.testing.assert_allclose(t.coeff, phi[ymax, 2], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("nodal, what", [
+    ([dict(NODAL[0], region="zmax"), NODAL[1]], r"loads \(name, kind, region\)"),
+    ([dict(NODAL[0], force_per_node=["A * t * y", 0.0, 0.0]), NODAL[1]],
+     r"loads.nodal\[0\].force_per_node\[0\] = 'A \* t \* y' depends on x, y, z"),
+])
+def test_nodal_load_differences_refused_by_name(nodal_built, nodal, what):
+    _expect_refused(nodal_built.replace({"loads": {"nodal": nodal}}), what)
+
+
+@pytest.mark.mpi
+def test_nodal_load_amplitudes_run(nodal_built):
+    """Other amplitudes on the same nodes run: twice A is the run at 2 A."""
+    case = nodal_built.replace({"loads": {"nodal": [dict(NODAL[0], force_per_node=["2 * A * t", 0.0, 0.0]),
+                                                    NODAL[1]]}})
+    run = ddrom.run_rom(case, COMM, [{"A": 0.5, "B": 0.3}], write=False).runs[0]
+    assert any("load expressions differ" in n for n in run.inputs.notes), run.inputs.notes
+    ref = ddrom.run_rom(nodal_built, COMM, [{"A": 1.0, "B": 0.3}], write=False).runs[0]
+    np.testing.assert_allclose(run.result.q, ref.result.q, rtol=1e-10, atol=1e-14)
+
+
 def test_api_exports():
     for name in ("load_case", "Case", "run_hf", "build_rom", "run_rom", "calibrate", "cluster", "import_series",
                  "compare_runs", "reconstruct_fields", "run_pipeline", "make_report"):

@@ -21,7 +21,7 @@ import h5py
 from ddrom.io import SnapshotStore, read_data_item, von_mises
 from ddrom.io.store import SCHEMA_VERSION
 from ddrom.mesh import CELL_TYPES, Mesh
-from ddrom.mesh.distribute import distribute
+from ddrom.mesh.scatter import distribute
 from ddrom.mesh.generators import box
 from ddrom.parallel import DdromError
 

@@ -438,33 +438,52 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("case", help="case file (TOML)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--series", metavar="FILE_OR_PATTERN",
-                     help="one displacement time series: .xdmf, .pvd, .pvtu, or a glob of VTU/PVTU files "
-                          "(quoted; natural order)")
+                     help="one displacement time series: .xdmf, .pvd, .pvtu, CalculiX .frd, or a glob of VTU/PVTU "
+                          "files (quoted; natural order)")
     src.add_argument("--table", metavar="CSV_OR_TOML",
                      help="several simulations: a CSV with a header 'series,<param>,...[,name]' or a TOML "
                           "file of [[simulation]] tables (series paths relative to the table)")
     src.add_argument("--pattern", metavar="PATTERN",
-                     help="several simulations from file names: 'runs/run_E{E}_F{F}.xdmf' ({NAME} = the "
-                          "value of parameter NAME; glob characters allowed)")
+                     help="several simulations from file names: 'runs/run_E{E}_F{F}.frd' ({NAME} = the "
+                          "value of parameter NAME; glob characters allowed, for every format); only the "
+                          "files of points of the case's list (--which) are imported, the others are "
+                          "skipped and named")
+    p.add_argument("--which", choices=["training", "test"], default="training",
+                   help="the store and the list of points: hf_training.h5 (default) or hf_test.h5 (the "
+                        "reference of `ddrom calibrate`)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="parameter values (repeatable; with --table/--pattern: for the parameters they do "
                         "not give; missing ones take their default)")
     p.add_argument("--field", default="displacement", help="point field holding the displacement (default: displacement)")
-    p.add_argument("--stress-field", metavar="NAME",
-                   help="also read this stress field (cell or point data; 9 or 6 components) and report "
-                        "its difference to the replayed stress (cell averages)")
+    p.add_argument("--stress-field", metavar="NAME_OR_DAT",
+                   help="compare the replayed stress with this field of the series (cell or point data; 9 or 6 "
+                        "components, see --stress-order; cell averages), or with the integration-point "
+                        "stresses of a CalculiX .dat ('{series}.dat': the .dat next to each series)")
+    p.add_argument("--stress-order", metavar="ORDER",
+                   help="order of 6-component stresses: 'xx yy zz xy yz xz' or 'vtk' (VTK, ParaView, meshio, "
+                        "CalculiX .frd: the default for fields of a series), 'xx yy zz xy xz yz' or 'abaqus' "
+                        "(Abaqus, CalculiX .dat: the default for a .dat)")
+    p.add_argument("--peeq-field", metavar="NAME_OR_DAT",
+                   help="compare the replayed cumulated plastic strain with this scalar field of the series "
+                        "(e.g. PE of a .frd; cell averages) or with PEEQ of a CalculiX .dat ('{series}.dat')")
+    from ddrom.workflow.options import ImportOptions
+
+    p.add_argument("--equilibrium-tol", type=float, metavar="TOL",
+                   help="stop when a step's equilibrium residual under the case's problem exceeds TOL (relative "
+                        "to the external forces; default [import] equilibrium_tol, "
+                        f"{ImportOptions.equilibrium_tol:g})")
     p.add_argument("--node-order", choices=["auto", "keep", "coordinates"], default="auto",
                    help="keep the file's node order (must be the case mesh's natural order), match the "
                         "nodes by coordinates, or auto: keep when it fits, else match (default)")
-    p.add_argument("--name", help="simulation name (default: the matching training point, else import_NNN; "
+    p.add_argument("--name", help="simulation name (default: the matching point of the list, else import_NNN; "
                                   "--series only)")
     from ddrom.io.importers import DEFAULT_COORD_RTOL
 
     p.add_argument("--coord-rtol", type=float, metavar="TOL",
                    help=f"node coordinate tolerance relative to the mesh diagonal (default {DEFAULT_COORD_RTOL:g})")
     p.add_argument("--finalize", action="store_true",
-                   help="finalize the training store now (it is finalized anyway once every training "
-                        "point is imported)")
+                   help="finalize the store now (it is finalized anyway once every point of the list is "
+                        "imported)")
     _add_resources(p)
     _add_common(p)
 
@@ -487,8 +506,21 @@ def _import_run(args: Any, comm: Any) -> int:
         summary = import_many(args.case, comm, jobs, field=args.field, finalize=args.finalize,
                               coord_rtol=args.coord_rtol, node_order=args.node_order,
                               stress_field=args.stress_field, progress=not args.quiet, case=case,
+                              stress_order=args.stress_order, peeq_field=args.peeq_field, which=args.which,
+                              only_listed=bool(args.pattern), equilibrium_tol=args.equilibrium_tol,
                               ignore_resources=args.ignore_resources)
     summary = dict(summary, timers=stages.timers.summary(comm), wall_seconds=_wall(comm, t0))
+    rows = []
+    for s in summary["simulations"]:
+        eq, nf = s["equilibrium"], s["noise_floor"]
+        rows.append((s["simulation"], f"{s['steps']} steps, equilibrium residual <= {eq['max_relative']:.2e} "
+                                      f"(tolerance {eq['tolerance']:g}), noise floor stress {nf['stress']:.1e}, "
+                                      f"p {nf['p']:.1e}"))
+    rows.append(("store", summary["store"] + ("" if summary["finalized"] else
+                                              f" ({len(summary['missing_points'])} point(s) missing)")))
+    if summary["skipped"]:
+        rows.append(("skipped (no point of the list)", ", ".join(summary["skipped"])))
+    _print_table(args, comm, f"ddrom import summary ({summary['which']})", rows)
     _emit_json(args, comm, summary)
     return 0
 
@@ -518,7 +550,8 @@ def _verify_run(args: Any, comm: Any) -> int:
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("versions of Python, MPI, PETSc, SLEPc, h5py; parallel capabilities", _info_args, _info_run),
     "hf": ("compute the high-fidelity parameter sweep of a case into its snapshot store", _hf_args, _hf_run),
-    "import": ("import another solver's displacement series as a training simulation (material replay)",
+    "import": ("import another solver's displacement series as training or test simulations (material "
+               "replay, equilibrium check, noise floor)",
                _import_args, _import_run),
     "offline": ("training snapshot store -> ROM file (POD, ECM, Gappy-POD, reduced operators)",
                 _case_resource_args, _offline_run),

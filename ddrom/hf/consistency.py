@@ -75,6 +75,11 @@ class EquilibriumResidual:
         Its component (0, 1, 2).
     worst_position : tuple of float
         Its coordinates.
+    noise : float
+        The part the data's precision explains: the norm of the free-DOF internal forces of
+        a stress noise given to :meth:`EquilibriumCheck.residual` (the replay along the
+        displacement plus its rounding error, :class:`ReplayNoise`), relative to the same
+        scale as ``relative`` (0 without one).
     """
 
     t: float
@@ -88,6 +93,7 @@ class EquilibriumResidual:
     worst_node: int = -1
     worst_component: int = -1
     worst_position: tuple = ()
+    noise: float = 0.0
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -106,19 +112,27 @@ class EquilibriumCheck:
         self.dm = solver.dm
         self._c = as_mpi(solver.comm)
 
-    def residual(self, t: float, u_owned: np.ndarray, stress: np.ndarray) -> EquilibriumResidual:
+    def residual(self, t: float, u_owned: np.ndarray, stress: np.ndarray,
+                 stress_noise: np.ndarray | None = None) -> EquilibriumResidual:
         """The residual at time ``t`` of the owned displacement ``u_owned`` (n_owned, 3) and the
-        stress ``stress`` (ne, nq, 6) at the integration points (e.g. replayed along the history)."""
+        stress ``stress`` (ne, nq, 6) at the integration points (e.g. replayed along the history).
+
+        ``stress_noise`` (ne, nq, 6): a perturbation of the stress the data's precision explains
+        (:meth:`ReplayNoise.step`); the norm of its free-DOF internal forces is ``noise``."""
         from mpi4py import MPI
 
         s, dm, c = self.solver, self.dm, self._c
         nown = 3 * dm.n_owned
+        shape = (dm.n_cells, dm.n_qp, 6)
         fext = s.sum_to_owned(s.external_force(t))
-        r, ref, fint = s.force_residual(np.asarray(stress).reshape(dm.n_cells, dm.n_qp, 6), fext)
+        r, ref, fint = s.force_residual(np.asarray(stress).reshape(shape), fext)
         fixed = s.fixed[:nown]
-        norms = np.array([float(r @ r), float(fext @ fext), float(fint[fixed] @ fint[fixed])])
+        rn = np.zeros(0)
+        if stress_noise is not None:
+            rn = s.force_residual(np.asarray(stress_noise).reshape(shape), np.zeros(nown))[0]
+        norms = np.array([float(r @ r), float(fext @ fext), float(fint[fixed] @ fint[fixed]), float(rn @ rn)])
         c.Allreduce(MPI.IN_PLACE, norms, op=MPI.SUM)
-        res, ext, reac = (math.sqrt(v) for v in norms)
+        res, ext, reac, noise = (math.sqrt(v) for v in norms)
         # the displacement against the case's Dirichlet values at the constrained DOFs
         u = np.asarray(u_owned, dtype=float).reshape(-1)
         uD = np.zeros(s.asm.n_local_dofs)
@@ -139,8 +153,9 @@ class EquilibriumCheck:
             return a / b if b > 0 else (0.0 if a == 0 else math.inf)
 
         worst = best if best[0] > 0 else (0.0, -1, -1, ())
-        return EquilibriumResidual(float(t), ratio(res, ext if ext > 0 else reac), ratio(res, ref), res, ref, ext,
-                                   reac, float(mismatch), worst[1], worst[2], worst[3])
+        scale = ext if ext > 0 else reac
+        return EquilibriumResidual(float(t), ratio(res, scale), ratio(res, ref), res, ref, ext,
+                                   reac, float(mismatch), worst[1], worst[2], worst[3], ratio(noise, scale))
 
     def series(self, times: Sequence[float], displacement: Callable[[int], np.ndarray],
                replayer: Replayer | None = None) -> list[EquilibriumResidual]:
@@ -165,4 +180,68 @@ class EquilibriumCheck:
         return out
 
 
-__all__ = ["EquilibriumCheck", "EquilibriumResidual"]
+class ReplayNoise:
+    """The noise the precision of imported displacements leaves in the replayed fields.
+
+    Data printed with ``d`` significant digits are known to half a unit of their last
+    digit; strains are differences of neighbouring values, so the replayed stress and
+    plastic strain carry a relative noise much larger than ``10^-d`` (CalculiX's 6-digit
+    ``.frd``: 1e-4 .. 1e-3 on the stress of a coarse C3D8 cantilever). A POD truncated below
+    that level keeps modes of noise. This class measures it directly: the material is
+    replayed a second time along the displacement plus one realization of its rounding
+    error (:func:`ddrom.io.precision.rounding_noise`: uniform within half a unit of each
+    value's last digit, drawn from the natural DOF ids and the step, so the same for any
+    number of ranks), and the differences are accumulated in the norms of the offline
+    stage's PODs (Euclidean on the DOFs, quadrature-weighted at the integration points).
+
+    Collective: every method is called by every rank.
+    """
+
+    def __init__(self, dm: Any, material: Any, temperature: Any, assembler: Any):
+        self.dm = dm
+        self._c = as_mpi(dm.comm)
+        self.rep = Replayer(dm, material, temperature, assembler=assembler)
+        self.w = assembler.wdet                                          # (ne, nq) w det J
+        self.ids = 3 * np.asarray(dm.node_natural[: dm.n_owned], dtype=np.int64)[:, None] + np.arange(3)
+        self._acc = np.zeros(6)            # |du|^2 |u|^2 |ds|^2 |s|^2 |dp|^2 |p|^2 on this rank
+
+    def step(self, k: int, t: float, u_owned: np.ndarray, stress: np.ndarray, p: np.ndarray,
+             digits: int | None, epsilon: float = 0.0) -> np.ndarray:
+        """Step ``k`` at time ``t``: the owned displacement (n_owned, 3) as read, the replayed
+        ``stress`` (ne, nq, 6) and ``p`` (ne, nq) of the unperturbed history, and the
+        precision of the values (significant ``digits``, None for binary data of machine
+        epsilon ``epsilon``). Returns the stress noise (ne, nq, 6): the perturbed replay's
+        stress minus ``stress`` (for :meth:`EquilibriumCheck.residual`)."""
+        from ddrom.io.precision import rounding_noise
+
+        u = np.asarray(u_owned, dtype=float).reshape(-1, 3)
+        du = rounding_noise(u, self.ids, digits, epsilon, salt=k)
+        st = self.rep.step(float(t), u + du, k)
+        w = self.w
+        ws = w[..., None]
+        self._acc += [float(np.sum(du * du)), float(np.sum(u * u)),
+                      float(np.sum(ws * (st.stress - stress) ** 2)), float(np.sum(ws * stress ** 2)),
+                      float(np.sum(w * (st.p - p) ** 2)), float(np.sum(w * p ** 2))]
+        return st.stress - stress
+
+    def totals(self) -> dict:
+        """``{quantity: {"noise2": ..., "norm2": ...}}`` summed over the ranks (collective):
+        the squared norms of the noise and of the field over all steps so far, for
+        ``displacement``, ``stress`` and ``p``. Sums of several simulations combine into
+        the relative noise of a snapshot set, ``sqrt(sum noise2 / sum norm2)``."""
+        a = self._c.allreduce(self._acc)
+        return {q: {"noise2": float(a[2 * i]), "norm2": float(a[2 * i + 1])}
+                for i, q in enumerate(("displacement", "stress", "p"))}
+
+    def close(self) -> None:
+        self.rep.close()
+
+
+def relative(entry: dict | None) -> float:
+    """``sqrt(noise2 / norm2)`` of a :meth:`ReplayNoise.totals` entry (0 for a zero field)."""
+    if not entry or entry.get("norm2", 0.0) <= 0.0:
+        return 0.0
+    return math.sqrt(entry["noise2"] / entry["norm2"])
+
+
+__all__ = ["EquilibriumCheck", "EquilibriumResidual", "ReplayNoise", "relative"]

@@ -53,6 +53,17 @@ class Traction:
 
 
 @dataclass
+class NodalForce:
+    """A force ``[fx, fy, fz](x, y, z, t)`` applied at **every node** of ``region`` (force units,
+    not per area): Abaqus' and CalculiX's ``*CLOAD`` on a node set. The total force on the
+    region is the vector times its number of nodes (for an expression of x, y, z: the sum of
+    its values at the nodes). Components at Dirichlet DOFs are taken by the support."""
+
+    region: str
+    vector: Sequence[Field] = (0.0, 0.0, 0.0)
+
+
+@dataclass
 class BodyForce:
     """Body force per unit volume ``[bx, by, bz](x, y, z, t)``."""
 
@@ -82,6 +93,7 @@ class Loads:
     dirichlet: list[Dirichlet] = field(default_factory=list)
     pressure: list[Pressure] = field(default_factory=list)
     traction: list[Traction] = field(default_factory=list)
+    nodal: list[NodalForce] = field(default_factory=list)
     body: list[BodyForce] = field(default_factory=list)
     centrifugal: list[Centrifugal] = field(default_factory=list)
     temperature: Field = 20.0
@@ -90,4 +102,4 @@ class Loads:
         return {p.region for p in self.pressure} | {t.region for t in self.traction}
 
     def all_regions(self) -> set[str]:
-        return self.boundary_regions() | {d.region for d in self.dirichlet}
+        return self.boundary_regions() | {d.region for d in self.dirichlet} | {n.region for n in self.nodal}

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ddrom.expressions import Expression
-from ddrom.hf.loads import BodyForce, Centrifugal, Dirichlet, Loads, Pressure, Traction
+from ddrom.hf.loads import BodyForce, Centrifugal, Dirichlet, Loads, NodalForce, Pressure, Traction
 from ddrom.parallel import DdromError
 
 PARAMETER_KINDS = ("number", "file")
@@ -77,7 +77,8 @@ class DirichletSpec:
 @dataclass(frozen=True)
 class LoadSpec:
     """One load: ``pressure`` (one value), ``traction`` or ``body`` (three components, force per
-    area / per volume), ``centrifugal`` (``rho omega(t)^2 r``: one value, ``omega``)."""
+    area / per volume), ``nodal`` (three components, the force applied at every node of the
+    region: ``*CLOAD``), ``centrifugal`` (``rho omega(t)^2 r``: one value, ``omega``)."""
 
     kind: str
     values: tuple[Expression, ...]
@@ -86,6 +87,18 @@ class LoadSpec:
     axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
     center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     key: str = ""                    # how messages and the ROM file name it, e.g. "loads.traction[0]"
+
+    def sources(self) -> list[str]:
+        """The case paths of its scalar terms, one per value: ``loads.traction[0].vector[1]``,
+        ``loads.nodal[0].force_per_node[2]``, ``loads.pressure[0].value``, ``loads.centrifugal.omega``
+        (how the ROM file names its projected load terms)."""
+        return [f"{self.key}.{c}" for c in LOAD_COMPONENTS[self.kind]]
+
+
+#: The case keys of each load kind's scalar values, in order.
+LOAD_COMPONENTS = {"pressure": ("value",), "traction": tuple(f"vector[{j}]" for j in range(3)),
+                   "body": tuple(f"vector[{j}]" for j in range(3)),
+                   "nodal": tuple(f"force_per_node[{j}]" for j in range(3)), "centrifugal": ("omega",)}
 
 
 @dataclass(frozen=True)
@@ -238,6 +251,8 @@ class Problem:
                 out.pressure.append(Pressure(L.region, vals[0]))
             elif L.kind == "traction":
                 out.traction.append(Traction(L.region, vals))
+            elif L.kind == "nodal":
+                out.nodal.append(NodalForce(L.region, vals))
             elif L.kind == "body":
                 out.body.append(BodyForce(vals))
             elif L.kind == "centrifugal":

@@ -18,7 +18,7 @@ import numpy as np
 
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import Loads, evaluate
-from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
+from ddrom.hf.stepping import CutbacksExhausted, LineSearch, NewtonOptions, NotConverged, advance
 from ddrom.materials import Material, ReturnMappingError
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
@@ -53,6 +53,7 @@ class StepInfo:
     newton_iterations: int = 0
     ksp_iterations: int = 0
     cutbacks: int = 0
+    line_search_steps: int = 0     # Newton updates shortened by the line search
     residual: float = 0.0
 
 
@@ -132,6 +133,12 @@ class HFSolver:
         if nfixed == 0:
             raise CollectiveError("no Dirichlet condition: the problem has rigid-body motions")
         self._facets = {name: dm.facet_geometry(name) for name in loads.boundary_regions()}
+        # nodal forces act on the owned nodes only: a ghost's force is its owner's (the local
+        # contributions are summed over ranks, so adding it on both would count it twice)
+        self._nodal = []
+        for nf in loads.nodal:
+            nodes = dm.region_nodes(nf.region)
+            self._nodal.append((nodes[nodes < dm.n_owned], nf.vector))
 
     # ------------------------------------------------------------- evaluators
     def temperature(self, t: float) -> np.ndarray:
@@ -159,6 +166,11 @@ class HFSolver:
             vec = np.stack([evaluate(c, xq.shape[:2], x=xq[..., 0], y=xq[..., 1], z=xq[..., 2], t=t)
                             for c in tr.vector], axis=-1)
             f += self.asm.surface_load(nodes, N, vec * dA[..., None])
+        X = self.dm.coords
+        for nodes, vector in self._nodal:
+            x = X[nodes]
+            for j, c in enumerate(vector):
+                f[3 * nodes + j] += evaluate(c, (len(nodes),), x=x[:, 0], y=x[:, 1], z=x[:, 2], t=t)
         x = self.xq
         body = np.zeros(x.shape)
         for b in L.body:
@@ -289,7 +301,7 @@ class HFSolver:
         fext = self.sum_to_owned(self.external_force(t))
         resp, r, ref = self._residual(u, old, T, dt, fext)
         norm = self._norm(r)
-        nown = 3 * self.dm.n_owned
+        search = LineSearch(opt.line_search)
         for it in range(opt.max_iterations + 1):
             info.residual = norm / max(ref, 1e-300)
             if not math.isfinite(norm):
@@ -328,12 +340,13 @@ class HFSolver:
                     norm_t = self._norm(r_t)
                 except NotConverged:
                     norm_t = math.inf
-                if (not opt.line_search or norm_t <= (1.0 - 1e-4 * alpha) * norm
-                        or alpha < 1.0 / 16):
+                if not search.backtrack(norm_t, norm, alpha):
                     break
                 alpha *= 0.5
             if not math.isfinite(norm_t):
                 raise NotConverged(f"update at iteration {it} gives a non-finite residual")
+            search.accepted(norm_t, norm)
+            info.line_search_steps += alpha < 1.0
             u, resp, r, ref, norm = u_try, resp_t, r_t, ref_t, norm_t
         raise NotConverged(f"no convergence in {opt.max_iterations} iterations "
                            f"(relative residual {norm / max(ref, 1e-300):.3e})")

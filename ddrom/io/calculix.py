@@ -710,14 +710,18 @@ class IntegrationPointSeries:
         v = v.reshape(-1, self.n_points, nv)
         return np.take_along_axis(v, self.point_order[:, :, None], axis=1)
 
-    def stress(self, k: int) -> np.ndarray:
-        """(n_cells, n_points, 6) Mandel stress of the k-th ``stresses`` block (Abaqus order in the file)."""
+    def stress(self, k: int, order: str | None = None) -> np.ndarray:
+        """(n_cells, n_points, 6) Mandel stress of the k-th ``stresses`` block; ``order``: the
+        file's component order (default Abaqus', which the ``.dat`` prints: ``xx yy zz xy xz yz``)."""
         from ddrom.io.importers import ABAQUS_ORDER, to_mandel
 
         s = self.read("S", k)
         if s.shape[2] != 6:
             raise CollectiveError(f"{self.source}: stresses with {s.shape[2]} components, expected 6 (3D solids)")
-        return to_mandel(s.reshape(-1, 6), self.source, ABAQUS_ORDER).reshape(s.shape)
+        try:
+            return to_mandel(s.reshape(-1, 6), self.source, order or ABAQUS_ORDER).reshape(s.shape)
+        except DdromError as exc:       # a bad order: the same verdict on every rank
+            raise CollectiveError(str(exc)) from None
 
     def peeq(self, k: int) -> np.ndarray:
         """(n_cells, n_points) equivalent plastic strain of the k-th ``PEEQ`` block."""

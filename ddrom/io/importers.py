@@ -45,10 +45,10 @@ Node (and cell) matching: see :mod:`ddrom.io.matching` (``--node-order``: ``auto
 keeps the file's order when it is the case's natural order, else matches by
 coordinates; ``keep`` requires the natural order; ``coordinates`` always matches).
 
-Stress (``stress_field``): a cell field (one tensor per cell) or a point field. A point
-field is reduced to cells as the mean of the cell's node values (the cell average of the
-interpolated field for affine cells), computed on the reading rank on the file's own
-cells. Cells are matched by their centroids, like nodes.
+Stress (``stress_field``) and plastic strain (``peeq_field``, a scalar): a cell field or
+a point field. A point field is reduced to cells as the mean of the cell's node values
+(the cell average of the interpolated field for affine cells), computed on the reading
+rank on the file's own cells. Cells are matched by their centroids, like nodes.
 
 Stress components (conventions)
 -------------------------------
@@ -65,9 +65,11 @@ Stress components (conventions)
                         (S11 S22 S33 S12 S13 S23)    (:data:`ABAQUS_ORDER`)
   ====================  ===========================  ==========================
 
-  :func:`to_mandel` takes the order explicitly (``order=``); the default is VTK's.
-  Reading CalculiX's ``.dat`` stresses in VTK order swaps the xz and yz shears, which
-  shows as a "difference" of tens of percent with no other hint.
+  :func:`to_mandel` takes the order explicitly (``order=``: 6 names, or ``"vtk"`` /
+  ``"abaqus"``, :data:`NAMED_ORDERS`); the default is VTK's. ``ddrom import
+  --stress-order`` passes it (default: VTK's for a field of the series, Abaqus' for a
+  CalculiX ``.dat``). Reading CalculiX's ``.dat`` stresses in VTK order swaps the xz and
+  yz shears, which shows as a "difference" of tens of percent with no other hint.
 * **In the snapshot store** and everywhere inside ddrom, stresses (and strains) are
   Mandel 6-vectors ``[s11, s22, s33, sqrt2 s12, sqrt2 s23, sqrt2 s13]``
   (:mod:`ddrom.materials.tensors`): the Euclidean norm of the 6-vector is the Frobenius
@@ -104,6 +106,8 @@ def natural_key(s: str) -> list:
 VTK_ORDER = "xx yy zz xy yz xz"
 #: Abaqus' and CalculiX ``.dat``'s order (S11 S22 S33 S12 S13 S23).
 ABAQUS_ORDER = "xx yy zz xy xz yz"
+#: Orders a user may give by name (``--stress-order abaqus``).
+NAMED_ORDERS = {"vtk": VTK_ORDER, "abaqus": ABAQUS_ORDER}
 #: Mandel slot of each component name (either index order of a shear names the same slot).
 _SLOT = {"xx": 0, "yy": 1, "zz": 2, "xy": 3, "yx": 3, "yz": 4, "zy": 4, "xz": 5, "zx": 5,
          "11": 0, "22": 1, "33": 2, "12": 3, "21": 3, "23": 4, "32": 4, "13": 5, "31": 5}
@@ -115,19 +119,22 @@ def component_order(order: str | Sequence[str], where: str = "") -> np.ndarray:
     ``order`` is a string of 6 names separated by blanks or commas (or a sequence of
     them); a name is ``xx, yy, zz, xy, yz, xz`` (or ``yx``, ``zy``, ``zx``, or the index
     form ``11, 22, 33, 12, 23, 13``), case-insensitive. Each of the 6 components must
-    appear exactly once.
+    appear exactly once. ``"vtk"`` and ``"abaqus"`` name :data:`VTK_ORDER` and
+    :data:`ABAQUS_ORDER` (:data:`NAMED_ORDERS`).
 
     Raises
     ------
     DdromError
         Naming ``where`` and the order: a wrong count, an unknown name or a repeated component.
     """
+    if isinstance(order, str) and order.strip().lower() in NAMED_ORDERS:
+        order = NAMED_ORDERS[order.strip().lower()]
     names = (re.split(r"[\s,;]+", order.strip()) if isinstance(order, str) else [str(n) for n in order])
     names = [n.lower().strip() for n in names if n.strip()]
     head = f"{where}: " if where else ""
     if len(names) != 6:
         raise DdromError(f"{head}stress component order {order!r}: expected 6 names such as "
-                         f"{VTK_ORDER!r}, got {len(names)}")
+                         f"{VTK_ORDER!r}, or one of {', '.join(NAMED_ORDERS)}, got {len(names)} name(s)")
     bad = [n for n in names if n not in _SLOT]
     if bad:
         raise DdromError(f"{head}stress component order {order!r}: unknown component {bad[0]!r} "
@@ -352,7 +359,8 @@ class _FrdReader(_Reader):
     """
 
     #: names a caller may use for the displacement and the stress
-    ALIASES = {"DISPLACEMENT": "DISP", "U": "DISP", "STRESS": "STRESS", "S": "STRESS", "SIGMA": "STRESS"}
+    ALIASES = {"DISPLACEMENT": "DISP", "U": "DISP", "STRESS": "STRESS", "S": "STRESS", "SIGMA": "STRESS",
+               "PEEQ": "PE"}
 
     def __init__(self, path: str, field: str):
         from ddrom.io.calculix import FrdFile
@@ -696,21 +704,30 @@ class DisplacementSeries:
     stress_center : "point" | "cell" | None
     stress_order : str or None
         Order of 6-component stresses (see :func:`to_mandel`); None is VTK's.
+    peeq_center : "point" | "cell" | None
+        Where the plastic-strain field ``peeq_field`` is given (a scalar per node or cell,
+        e.g. CalculiX's nodal ``PE``), None without one.
     n_pieces : int
         Pieces per step (parallel VTU), else 1.
+    value_epsilon : float
+        Machine epsilon of the binary type of the point values read so far (``float32``
+        data: 1.2e-7; 0 before the first read).
     """
 
     def __init__(self, spec: str, dm: Any, field: str = "displacement",
                  coord_rtol: float = DEFAULT_COORD_RTOL, node_order: str = "auto",
-                 stress_field: str | None = None, stress_order: str | Sequence[str] | None = None):
+                 stress_field: str | None = None, stress_order: str | Sequence[str] | None = None,
+                 peeq_field: str | None = None):
         c = as_mpi(dm.comm)
         self.dm, self.field, self._c, self.stress_field = dm, field, c, stress_field
+        self.peeq_field = peeq_field
         if stress_order is not None:
             try:        # the same verdict on every rank (a pure function of the argument)
                 component_order(stress_order, spec)
             except DdromError as exc:
                 raise CollectiveError(str(exc)) from None
         self.stress_order = stress_order
+        self.value_epsilon = 0.0
         self._reader: _Reader = _Empty()
         info, msg = None, None
         if c.rank == 0:
@@ -777,25 +794,31 @@ class DisplacementSeries:
                        single=single, what="node", source=self.source, hint=hint)
         self.node_match, self.max_coordinate_distance = m.method, m.max_distance
         self._nodes = Router(c, dm.natural_nodes, m.natural_ids, self.source, "node")
-        self.stress_center, self._cells = None, None
-        if self.stress_field is None:
+        self.stress_center, self.peeq_center, self._cells = None, None, None
+        if self.stress_field is None and self.peeq_field is None:
             return
-        # The field's center, decided on rank 0 (it reads the first piece of a parallel file).
+        # The fields' centers, decided on rank 0 (it reads the first piece of a parallel file).
+        wanted = [f for f in (self.stress_field, self.peeq_field) if f is not None]
         got = [None]
-        self._collective(lambda: got.__setitem__(0, (self._reader.centers(0, self.stress_field),
+        self._collective(lambda: got.__setitem__(0, ([self._reader.centers(0, f) for f in wanted],
                                                      self._reader.field_names(0)) if c.rank == 0 else None))
         centers, names = c.bcast(got[0], root=0)
-        if not centers:
-            raise CollectiveError(f"{self.source}: no field {self.stress_field!r} for --stress-field "
-                             f"(fields: {names})")
-        self.stress_center = "cell" if "cell" in centers else "point"
+        for f, cs, option in zip(wanted, centers, [o for o, f in (("--stress-field", self.stress_field),
+                                                                 ("--peeq-field", self.peeq_field)) if f]):
+            if not cs:
+                raise CollectiveError(f"{self.source}: no field {f!r} for {option} (fields: {names})")
+        where = ["cell" if "cell" in cs else "point" for cs in centers]
+        if self.stress_field is not None:
+            self.stress_center = where.pop(0)
+        if self.peeq_field is not None:
+            self.peeq_center = where.pop(0)
         n_cells = c.allreduce(len(cells))
         if n_cells == 0:
-            raise CollectiveError(f"{self.source}: no hexahedra or tetrahedra: cannot compare a stress field")
+            raise CollectiveError(f"{self.source}: no hexahedra or tetrahedra: cannot compare a field per cell")
         centroids = self._reader.points[cells].mean(axis=1) if cells.size else np.zeros((0, 3))
         mc = match_rows(c, centroids, case_cell_centroids(dm), diag, mode=node_order, coord_rtol=coord_rtol,
                         single=single, what="cell", source=self.source,
-                        hint="the stress must be given on the case mesh's cells")
+                        hint="the compared fields must be given on the case mesh's cells")
         self._cells = Router(c, dm.natural_cells, mc.natural_ids, self.source, "cell")
 
     # ------------------------------------------------------------------ steps
@@ -820,6 +843,10 @@ class DisplacementSeries:
         """(n_owned, ncomp) values of point field ``name`` at step ``k`` at this rank's owned
         nodes (collective). A 2-component field read for 3 components gets a zero third."""
         u = self._read(k, name, "point", ncomp)
+        # the binary precision of the file's values (float32 data keep ~7 digits), for the
+        # noise-floor estimate of an import (ddrom.io.precision)
+        eps = float(np.finfo(u.dtype).eps) if u.dtype.kind == "f" and u.size else 0.0
+        self.value_epsilon = max(self.value_epsilon, self._c.allreduce(eps, op=_mpi_max()))
         rows = len(self._reader.points)
         bad = None
         ok = (2, 3) if ncomp == 3 else (ncomp,)
@@ -833,26 +860,49 @@ class DisplacementSeries:
 
     def stress_cells(self, k: int) -> np.ndarray:
         """(n_cells, 6) Mandel stress of step ``k`` per local cell (cell mean of a point field)."""
-        if self._cells is None:
+        if self.stress_field is None:
             raise DdromError("no stress field was requested")
-        center = self.stress_center
-        v = self._read(k, self.stress_field, center, None)
-        msg, s = None, np.zeros((0, 6))
+        return self._cell_field(k, self.stress_field, self.stress_center, 6,
+                                lambda v, where: to_mandel(v, where, self.stress_order))
+
+    def peeq_cells(self, k: int) -> np.ndarray:
+        """(n_cells,) plastic-strain field of step ``k`` per local cell (cell mean of a point field)."""
+        if self.peeq_field is None:
+            raise DdromError("no plastic-strain field was requested")
+
+        def scalar(v: np.ndarray, where: str) -> np.ndarray:
+            if v.shape[1] != 1:
+                raise DdromError(f"{where}: a plastic-strain field has 1 component per item, got {v.shape[1]}")
+            return v
+
+        return self._cell_field(k, self.peeq_field, self.peeq_center, 1, scalar)[:, 0]
+
+    def _cell_field(self, k: int, name: str, center: str, ncomp: int, convert) -> np.ndarray:
+        """(n_cells, ncomp) values of field ``name`` of step ``k`` per local cell: ``convert(values,
+        where)`` on the reading rank, then the mean over each cell's nodes for a point field."""
+        v = self._read(k, name, center, None)
+        msg, s = None, np.zeros((0, ncomp))
         n = len(self._reader.points) if center == "point" else len(self._file_cells)
         if n:
             try:
                 if v.shape[0] != n:
-                    raise DdromError(f"{self.source} (step {k}): {center} field {self.stress_field!r} "
+                    raise DdromError(f"{self.source} (step {k}): {center} field {name!r} "
                                      f"has {v.shape[0]} rows, expected {n}")
-                s = to_mandel(v, f"{self.source} (step {k}): field {self.stress_field!r}", self.stress_order)
+                s = convert(v, f"{self.source} (step {k}): field {name!r}")
                 if center == "point":
                     s = s[self._file_cells].mean(axis=1)
             except BaseException as exc:  # noqa: BLE001 - reported on every rank
                 msg = describe_exception(exc, f"{self.source} (step {k}): field {self.stress_field!r}")
         raise_collective(self._c, msg)
-        return self._cells.route(s, 6)
+        return self._cells.route(s, ncomp)
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = _Empty()
+
+
+def _mpi_max():
+    from mpi4py import MPI
+
+    return MPI.MAX

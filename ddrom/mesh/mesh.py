@@ -1,6 +1,6 @@
 """The serial mesh container: what a generator builds or a reader reads, before distribution.
 
-Only rank 0 ever holds a :class:`Mesh` of the whole part; :mod:`ddrom.mesh.distribute`
+Only rank 0 ever holds a :class:`Mesh` of the whole part; :mod:`ddrom.mesh.scatter`
 turns it into one :class:`~ddrom.mesh.distributed.DistributedMesh` subdomain per rank.
 """
 from __future__ import annotations

@@ -18,10 +18,13 @@ independent, hence ``|P| <= rank(M) <= m``.
 
 Warm start
 ----------
-:class:`LawsonHanson` keeps the QR factorization of ``M_P`` (full ``Q``, ``m x m``)
-between calls and updates it by Givens rotations when a column enters or leaves
-(``scipy.linalg.qr_insert`` / ``qr_delete``, O(m^2) per change instead of a new
-O(m |P|^2) factorization). Columns can be appended to the pool between solves; a
+:class:`LawsonHanson` keeps the thin QR factorization of ``M_P`` (``Q`` ``m x |P|``,
+``R`` ``|P| x |P|``) between calls and updates it when a column enters (one
+orthogonalization, ``scipy.linalg.qr_insert`` on the economic factors) or leaves (Givens
+rotations, ``qr_delete``): O(m |P|) per change instead of a new O(m |P|^2)
+factorization. A full ``m x m`` ``Q`` made every change O(m^2) and copied ``m^2``
+numbers; with ``m`` in the thousands (integrand columns of an enrichment's ECM) that
+copy was most of the enrichment's cost. Columns can be appended to the pool between solves; a
 solve then *continues* from the current optimal state of the previous problem, which
 is a valid Lawson-Hanson state of the enlarged problem, so the method only does the
 work the new columns require. This is what the greedy of the empirical cubature
@@ -90,8 +93,8 @@ class LawsonHanson:
         self.colnorm = np.zeros(0)
         self.x = np.zeros(0)
         self.passive: list[int] = []          # pool indices, in the column order of R
-        self.Q = np.eye(m)
-        self.R = np.zeros((m, 0))
+        self.Q = np.zeros((m, 0))
+        self.R = np.zeros((0, 0))
 
     # ----------------------------------------------------------------- pool
     @property
@@ -136,9 +139,12 @@ class LawsonHanson:
             return False
         u = self._rows[j]
         if k == 0:
-            Q, R = sla.qr(u[:, None])
+            Q, R = sla.qr(u[:, None], mode="economic")
         else:
-            Q, R = sla.qr_insert(self.Q, self.R, u, k, which="col", check_finite=False)
+            try:
+                Q, R = sla.qr_insert(self.Q, self.R, u, k, which="col", check_finite=False)
+            except np.linalg.LinAlgError:       # the thin update refuses a column in span(Q)
+                return False
         if abs(R[k, k]) <= self.rcond * self.colnorm[j]:
             return False
         self.Q, self.R = Q, R
@@ -148,7 +154,7 @@ class LawsonHanson:
     def _qr_delete(self, positions: list[int]) -> None:
         for pos in sorted(positions, reverse=True):
             if len(self.passive) == 1:
-                self.Q, self.R = np.eye(self.m), np.zeros((self.m, 0))
+                self.Q, self.R = np.zeros((self.m, 0)), np.zeros((0, 0))
             else:
                 self.Q, self.R = sla.qr_delete(self.Q, self.R, pos, 1, which="col",
                                                check_finite=False)

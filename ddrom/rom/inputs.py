@@ -15,7 +15,8 @@ element technology (B-bar / full integration)      refused
 material                                           refused
 parameter names or kinds                           refused
 Dirichlet regions or components                    refused
-load kinds or regions (a term added or removed)    refused
+load kinds or regions (a term added or removed,     refused
+a nodal force moved to other nodes)
 a load constant in space made space-dependent      refused (the ROM projected its sum only)
 time grid (longer span, other steps)               runs; a span beyond the training's is
                                                    reported as time extrapolation
@@ -44,17 +45,9 @@ SPACE_TIME = ("x", "y", "z", "t")
 
 def load_expressions(problem: Any) -> dict[str, Expression]:
     """``source -> Expression`` of every scalar load term of a Problem (``loads.pressure[0].value``,
-    ``loads.traction[1].vector[2]``, ``loads.body_force.vector[0]``, ``loads.centrifugal.omega``)."""
-    out: dict[str, Expression] = {}
-    for L in problem.loads:
-        if L.kind == "pressure":
-            out[f"{L.key}.value"] = L.values[0]
-        elif L.kind in ("traction", "body"):
-            for j in range(3):
-                out[f"{L.key}.vector[{j}]"] = L.values[j]
-        else:
-            out[f"{L.key}.omega"] = L.values[0]
-    return out
+    ``loads.traction[1].vector[2]``, ``loads.nodal[0].force_per_node[1]``, ``loads.body_force.vector[0]``,
+    ``loads.centrifugal.omega``: :meth:`~ddrom.hf.problem.LoadSpec.sources`)."""
+    return {src: e for L in problem.loads for src, e in zip(L.sources(), L.values)}
 
 
 def _space_dependent(expr: Expression) -> bool:

@@ -52,6 +52,11 @@ class OfflineOptions:
     temperature_sensors : points spread over the part (farthest-point sampling) where the
         online stage reads the temperature for that component, besides the sample points:
         a new hot spot larger than their covering radius is seen wherever it is.
+    noise_margin : the POD tolerances of the displacement, the stress and the plastic strain
+        are kept at least this many times the training data's noise floor (imported data:
+        :func:`noise_floors`); a tolerance below the floor keeps modes of noise (measured on
+        CalculiX data: the stress POD at 1e-5 keeps modes of rounding noise whose reduced
+        points and Gappy fit the data cannot support). 0 disables it.
     """
 
     pod_tol: float = 1e-4
@@ -62,6 +67,62 @@ class OfflineOptions:
     pod_method: str | None = None
     temperature_tol: float = 1e-8
     temperature_sensors: int = 64
+    noise_margin: float = 3.0
+
+
+#: The POD tolerance of each quantity of a noise floor (OfflineOptions field, case key).
+_FLOOR_TOLERANCES = {"displacement": ("pod_tol", "pod_tol"), "stress": ("stress_tol", "stress_tol"),
+                     "p": ("p_tol", "dual_pod_tol")}
+
+
+def noise_floors(store: Any, sims: list[str] | None = None) -> dict[str, float]:
+    """The relative noise of the training snapshots, per quantity (``displacement``, ``stress``,
+    ``p``): what ``ddrom import`` recorded with each simulation (metadata ``noise``: the noise
+    the precision of the values leaves after the replay, and the RMS difference to a field
+    the producer gave at integration points or per cell), combined over the simulations as
+    ``sqrt(sum noise^2 / sum norm^2)``, the larger of the two estimates. 0 for a quantity no
+    simulation records (ddrom's own HF runs: double precision, no floor to respect)."""
+    acc: dict[str, np.ndarray] = {}
+    for info in store.simulations():
+        if not info.complete or (sims is not None and info.name not in sims):
+            continue
+        meta = store.metadata(info.name, "noise") or {}
+        for key, v in meta.items():
+            if isinstance(v, dict) and "noise2" in v:
+                acc.setdefault(key, np.zeros(2))
+                acc[key] += [float(v["noise2"]), float(v["norm2"])]
+    out = {}
+    for q in _FLOOR_TOLERANCES:
+        vals = [np.sqrt(a[0] / a[1]) for k, a in acc.items() if k in (q, f"{q}_replay") and a[1] > 0]
+        out[q] = float(max(vals, default=0.0))
+    return out
+
+
+def tolerances_above_noise(options: OfflineOptions, floors: dict[str, float], comm: Any = None
+                           ) -> tuple[OfflineOptions, dict[str, dict]]:
+    """``options`` with the POD tolerances raised to ``noise_margin`` times the noise floors
+    (:func:`noise_floors`) where they are below; logs each change and the key that sets it.
+    Returns the options and ``{quantity: {"floor", "tolerance", "raised_from"}}``."""
+    from dataclasses import replace
+
+    from ddrom.parallel import get_logger
+
+    out, report = options, {}
+    for q, (fld, key) in _FLOOR_TOLERANCES.items():
+        floor = float(floors.get(q, 0.0))
+        tol = getattr(options, fld)
+        want = options.noise_margin * floor
+        entry = {"floor": floor, "tolerance": tol}
+        if want > tol:
+            out = replace(out, **{fld: want})
+            entry.update(tolerance=want, raised_from=tol)
+            get_logger(comm).warning(
+                f"  {q} POD tolerance raised from {tol:g} to {want:.2e}: {options.noise_margin:g} x the noise floor "
+                f"{floor:.2e} of the training data (the precision of the imported values, see `ddrom import`); "
+                f"a smaller [rom] {key} would keep modes of noise. Set [rom] {key} >= {want:.2e} to silence this, "
+                "or [rom] noise_margin = 0 to keep it")
+        report[q] = entry
+    return out, report
 
 
 def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: OfflineOptions,
@@ -79,6 +140,8 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
     timers = timers or Timers()
     dm = solver.dm
     comm = solver.comm
+    floors = noise_floors(store, sims)
+    options, raised = tolerances_above_noise(options, floors, comm)
     # the streaming method applies to the displacement; the other PODs use the default
     kw = {"method": options.pod_method} if options.pod_method not in (None, "streaming") else {}
     # Natural row ids make the (default) POD bitwise independent of the partition, hence
@@ -153,7 +216,9 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
     del Tsnap
     model.info.update({"pod_tol": options.pod_tol, "stress_tol": options.stress_tol, "p_tol": options.p_tol,
                        "pod_method": r_u.method, "temperature_tol": options.temperature_tol,
-                       "temperature_sensors": options.temperature_sensors})
+                       "temperature_sensors": options.temperature_sensors, "noise_floors": floors,
+                       "noise_margin": options.noise_margin,
+                       "raised_tolerances": {q: r["raised_from"] for q, r in raised.items() if "raised_from" in r}})
     model.info["simulations"] = list(sims) if sims is not None else [s.name for s in store.simulations()
                                                                       if s.complete]
     return model, distributed_bases(dm, Phi, r_s.modes_loc, Phip, PhiT)

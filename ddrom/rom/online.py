@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddrom.hf.stepping import CutbacksExhausted, NewtonOptions, NotConverged, advance
+from ddrom.hf.stepping import CutbacksExhausted, LineSearch, NewtonOptions, NotConverged, advance
 from ddrom.materials import ReturnMappingError, from_config
 from ddrom.materials.base import MaterialContext, MaterialError
 from ddrom.parallel import CollectiveError
@@ -251,6 +251,7 @@ class ReducedSolver:
         if err:
             return None, err
         norm = np.linalg.norm(r)
+        search = LineSearch(opt.line_search)
         for it in range(opt.max_iterations + 1):
             if not math.isfinite(norm):
                 return None, f"non-finite residual at iteration {it}"
@@ -269,11 +270,12 @@ class ReducedSolver:
                 q_try = q + alpha * dq
                 resp_t, r_t, ref_t, err = self._residual(q_try, v, state, T_old, T, dt, fext, t_old)
                 norm_t = np.linalg.norm(r_t) if err is None else math.inf
-                if not opt.line_search or norm_t <= (1 - 1e-4 * alpha) * norm or alpha < 1 / 16:
+                if not search.backtrack(norm_t, norm, alpha):
                     break
                 alpha *= 0.5
             if not math.isfinite(norm_t):
                 return None, f"update at iteration {it} fails ({err or 'non-finite residual'})"
+            search.accepted(norm_t, norm)
             q, resp, r, ref, norm = q_try, resp_t, r_t, ref_t, norm_t
         return None, f"no convergence in {opt.max_iterations} iterations (relative residual {norm / ref:.3e})"
 

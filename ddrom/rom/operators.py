@@ -101,10 +101,11 @@ class LoadTerm:
 
     Online: ``F_ext += sum_j value(x_j, t) * coeff[j]``. When the value does not depend
     on space there is one row (``xyz`` None) and the cost is O(N); otherwise one row per
-    quadrature point of the loaded surface or volume (cost proportional to it).
+    quadrature point of the loaded surface or volume, or per node of a nodal force (cost
+    proportional to it).
     """
 
-    kind: str              # pressure | traction | body | centrifugal
+    kind: str              # pressure | traction | nodal | body | centrifugal
     source: str            # the case path of the expression, e.g. loads.pressure[0].value
     coeff: np.ndarray      # (J, N)
     xyz: np.ndarray | None  # (J, 3) or None when spatially constant
@@ -117,7 +118,8 @@ def _space_dependent(expr: Any) -> bool:
 
 def reduced_load_terms(solver: HFSolver, problem: Any, modes_local: np.ndarray) -> list[LoadTerm]:
     """Project every load term of a :class:`~ddrom.hf.problem.Problem` on the basis (surface and
-    volume quadrature). Each scalar term is named by ``source`` (``"loads.traction[0].vector[1]"``)."""
+    volume quadrature; a nodal force: the modes' values at the region's nodes). Each scalar
+    term is named by ``source`` (``"loads.traction[0].vector[1]"``)."""
     dm, asm = solver.dm, solver.asm
     terms: list[LoadTerm] = []
     comm = solver.comm
@@ -148,18 +150,26 @@ def reduced_load_terms(solver: HFSolver, problem: Any, modes_local: np.ndarray) 
             terms.append(LoadTerm(kind, source, rows[:, 3:], rows[:, :3]))
 
     for L in problem.loads:
+        src = L.sources()
         if L.kind == "pressure":
-            surface("pressure", f"{L.key}.value", L.values[0], L.region, lambda nw: -nw)
+            surface("pressure", src[0], L.values[0], L.region, lambda nw: -nw)
         elif L.kind == "traction":
             for j in range(3):
                 e = np.eye(3)[j]
-                surface("traction", f"{L.key}.vector[{j}]", L.values[j], L.region,
+                surface("traction", src[j], L.values[j], L.region,
                         lambda nw, e=e: np.linalg.norm(nw, axis=-1)[..., None] * e)
+        elif L.kind == "nodal":
+            # a force at each node: the projection is the modes' values there (owned nodes
+            # only, each node counted once over the ranks)
+            nodes = dm.region_nodes(L.region)
+            nodes = nodes[nodes < dm.n_owned]
+            for j in range(3):
+                _add("nodal", src[j], L.values[j], modes_local[3 * nodes + j], dm.coords[nodes])
         elif L.kind == "body":
             for j in range(3):
                 dens = np.zeros(solver.xq.shape)
                 dens[..., j] = 1.0
-                volume("body", f"{L.key}.vector[{j}]", L.values[j], dens)
+                volume("body", src[j], L.values[j], dens)
         elif L.kind == "centrifugal":
             from ddrom.hf.loads import Centrifugal
 

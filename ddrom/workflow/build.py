@@ -22,7 +22,7 @@ _COMPONENT = {"x": 0, "y": 1, "z": 2, 0: 0, 1: 1, 2: 2}
 
 def build_mesh(case: Any, comm: Any) -> DistributedMesh:
     """Generate or read the mesh on rank 0 (with the case's geometric regions), then distribute."""
-    from ddrom.mesh.distribute import distribute
+    from ddrom.mesh.scatter import distribute
 
     c = as_mpi(comm)
     cfg = case.raw["mesh"]
@@ -70,6 +70,9 @@ def build_problem(case: Any) -> "Problem":
     for i, tr in enumerate(L.get("traction", [])):
         loads.append(LoadSpec("traction", tuple(case.expression(f"loads.traction[{i}].vector[{j}]")
                                                 for j in range(3)), tr["region"], key=f"loads.traction[{i}]"))
+    for i, nf in enumerate(L.get("nodal", [])):
+        loads.append(LoadSpec("nodal", tuple(case.expression(f"loads.nodal[{i}].force_per_node[{j}]")
+                                             for j in range(3)), nf["region"], key=f"loads.nodal[{i}]"))
     if L.get("body_force"):
         loads.append(LoadSpec("body", tuple(case.expression(f"loads.body_force.vector[{j}]") for j in range(3)),
                               key="loads.body_force"))
@@ -137,7 +140,7 @@ def sanity_check_regions(case: Any, dm: DistributedMesh) -> None:
     """Every region a load names exists on the mesh (checked before any solve)."""
     L = case.raw.get("loads", {})
     wanted = []
-    for kind in ("dirichlet", "pressure", "traction"):
+    for kind in ("dirichlet", "pressure", "traction", "nodal"):
         for i, d in enumerate(L.get(kind, [])):
             if d["region"] not in dm.region_names():
                 wanted.append(f"loads.{kind}[{i}].region: unknown region {d['region']!r}")

@@ -577,6 +577,18 @@ def _sampling_table(kind: str) -> Table:
     }, one_of=[("grid", "random", "values", "table")])
 
 
+def _line_search(value: Any, path: str, ctx: _Context) -> Any:
+    """``"fallback"``, ``"always"`` or ``"never"``; ``true``/``false`` mean fallback/never."""
+    from ddrom.hf.stepping import LINE_SEARCH
+
+    if isinstance(value, bool):
+        return "fallback" if value else "never"
+    if isinstance(value, str) and value in LINE_SEARCH:
+        return value
+    ctx.error(path, f"expected one of {', '.join(LINE_SEARCH)} (or true/false), got {_show(value)}")
+    return _BAD
+
+
 def _indicator_component(name: str, path: str, ctx: _Context) -> bool:
     from ddrom.rom.online import INDICATOR_COMPONENTS
 
@@ -592,12 +604,12 @@ def _defaults():
     from ddrom.hf.solver import SolverOptions
     from ddrom.rom.enrichment import EnrichmentOptions
     from ddrom.rom.offline import OfflineOptions
-    from ddrom.workflow.options import IndicatorOptions
+    from ddrom.workflow.options import ImportOptions, IndicatorOptions
 
-    return SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions()
+    return SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions(), ImportOptions()
 
 
-_SOLVER, _OFFLINE, _ENRICH, _INDICATOR = _defaults()
+_SOLVER, _OFFLINE, _ENRICH, _INDICATOR, _IMPORT = _defaults()
 _XYZT = ("x", "y", "z", "t")
 _VECTOR3 = ListOf(Expr(_XYZT), length=3)
 
@@ -645,6 +657,12 @@ SCHEMA = Table({
             "region": Key(Str(), REQUIRED),
             "vector": Key(_VECTOR3, REQUIRED),
         })), []),
+        # optional (absent when not given): a default [] would change the hashes of every
+        # existing case, and so invalidate its snapshot stores, for a key it does not use
+        "nodal": Key(ListOf(Table({
+            "region": Key(Str(), REQUIRED),
+            "force_per_node": Key(_VECTOR3, REQUIRED),
+        })), doc="*CLOAD: the force vector applied at every node of the region"),
         "body_force": Key(Table({"vector": Key(_VECTOR3, REQUIRED)})),
         "centrifugal": Key(Table({
             "omega": Key(Expr(("t",)), REQUIRED),
@@ -667,7 +685,7 @@ SCHEMA = Table({
         "newton_rtol": Key(Num(gt=0, lt=1), _SOLVER.rtol),
         "newton_atol": Key(Num(ge=0), _SOLVER.atol),
         "max_iterations": Key(Int(ge=1), _SOLVER.max_iterations),
-        "line_search": Key(Bool(), _SOLVER.line_search),
+        "line_search": Key(Custom(_line_search, "fallback, always, never (or true/false)"), _SOLVER.line_search),
         "max_cutbacks": Key(Int(ge=0), _SOLVER.max_cutbacks),
         "petsc_options": Key(MapOf(Scalar(), key_check=_petsc_key), {}),
         "element_technology": Key(Str(choices=("full", "bbar")), "bbar" if _SOLVER.bbar else "full"),
@@ -680,6 +698,7 @@ SCHEMA = Table({
         "stress_tol": Key(Num(gt=0, lt=1), _OFFLINE.stress_tol),
         "temperature_tol": Key(Num(gt=0, lt=1), _OFFLINE.temperature_tol),
         "temperature_sensors": Key(Int(ge=0), _OFFLINE.temperature_sensors),
+        "noise_margin": Key(Num(ge=0), _OFFLINE.noise_margin),
         "pod_method": Key(Str(choices=("rcholqr", "tsqr", "snapshots", "slepc", "streaming"))),
         "stream_during_hf": Key(Bool(), False),
         "n_clusters": Key(Int(ge=1), 1),
@@ -698,6 +717,11 @@ SCHEMA = Table({
             "save": Key(Bool(), _ENRICH.save),
         }), {}),
     }, unknown="warn"), {}),
+    # optional (absent when not given) and outside the hashes: the checks of an import do not
+    # change what a store holds
+    "import": Key(Table({
+        "equilibrium_tol": Key(Num(gt=0), _IMPORT.equilibrium_tol),
+    })),
     "training": Key(_sampling_table("training")),
     "test": Key(_sampling_table("test")),
 })
@@ -926,7 +950,7 @@ class Case:
         differ only by comments, formatting, key order or explicitly written defaults.
         Results record it to tell which configuration produced them.
     hf_hash : str
-        The same without the ``[rom]`` table: what the HF snapshot stores depend on.
+        The same without the ``[rom]`` and ``[import]`` tables: what the HF snapshot stores depend on.
     warnings : list of str
         Non-fatal findings (unknown ``[rom]`` keys, test points outside the training box...),
         each with its path; the CLI prints them on rank 0.
@@ -1015,7 +1039,7 @@ class Case:
     def store_hash(self, which: str) -> str:
         """What the HF store of parameter set ``which`` depends on: ``hf_hash`` without the
         other set, so that editing the test points does not invalidate the training runs."""
-        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test")}
+        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test", "import")}
         base["points"] = {which: self._points.get(which, [])}
         files = self.input_file_hashes(which)
         if files:
@@ -1156,7 +1180,7 @@ def _build_case(data: dict, path: Path, folder: Path, file_hash: str) -> Case:
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     # What the HF results depend on: everything but the ROM settings, so that tuning the
     # ROM tolerances does not invalidate (and recompute) the snapshot stores.
-    hf_raw = {k: v for k, v in raw.items() if k != "rom"}
+    hf_raw = {k: v for k, v in raw.items() if k not in ("rom", "import")}
     hf_canonical = json.dumps(hf_raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return Case(path=path, folder=folder, raw=raw, hash=file_hash,
                 config_hash=hashlib.sha256(canonical.encode()).hexdigest(), warnings=warnings,

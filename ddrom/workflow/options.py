@@ -2,8 +2,8 @@
 
 Each option has ONE default, in the dataclass of the layer that uses it:
 :class:`~ddrom.hf.solver.SolverOptions` (Newton: :class:`~ddrom.hf.stepping.NewtonOptions`),
-:class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`
-and :class:`IndicatorOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the
+:class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`,
+:class:`IndicatorOptions` and :class:`ImportOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the
 defaults of its keys from them, so a case that omits a key, a Python user who builds the
 options by hand and the command line get the same value; the functions here only map the
 case's keys (all present after validation) onto the fields.
@@ -38,6 +38,37 @@ class IndicatorOptions:
     tolerances: dict = field(default_factory=dict)
 
 
+@dataclass
+class ImportOptions:
+    """Checks of ``ddrom import`` (``[import]`` keys; ``--equilibrium-tol`` overrides).
+
+    equilibrium_tol : the part of an imported step's equilibrium residual (relative to the
+        external forces, to the reactions without external forces;
+        :class:`~ddrom.hf.consistency.EquilibriumCheck`) that the precision of the data does
+        not explain: a step passes when its residual is at most ``equilibrium_tol`` plus
+        :data:`ddrom.workflow.importing.NOISE_ALLOWANCE` times the residual one realization
+        of the data's rounding error gives; also the largest deviation of the displacement
+        from the case's Dirichlet values, relative to the largest displacement. Above it
+        the import stops: the data and the case describe different problems. The default
+        leaves room for another code's own convergence test (CalculiX's and Abaqus': the
+        residual forces within 0.5 % of the average force) on top of the data's precision.
+        Measured on C3D8 cantilevers run by CalculiX 2.20 (tests/test_calculix.py):
+        consistent 6-digit ``.frd`` data leave 7e-4 .. 1.6e-2 (the latter under a
+        concentrated load near collapse, where the rounding noise alone gives 1.4e-2);
+        B-bar instead of full integration 1.6 .. 6.6, a Young's modulus 10 % off 0.1 .. 1.1
+        (5 % off: 0.05), a load 10 % off 0.09 (5 % off: 0.048); ddrom's own double-precision
+        runs (Newton tolerance 1e-8) 3e-9 .. 7e-9.
+    """
+
+    equilibrium_tol: float = 2e-2
+
+
+def import_options(case: Any) -> ImportOptions:
+    """The case's ``[import]`` keys (the dataclass defaults when the section is absent)."""
+    cfg = case.raw.get("import") or {}
+    return ImportOptions(**{k: cfg[k] for k in ("equilibrium_tol",) if k in cfg})
+
+
 def solver_options(case: Any) -> SolverOptions:
     s = case.raw["solver"]
     return SolverOptions(rtol=s["newton_rtol"], atol=s["newton_atol"], max_iterations=s["max_iterations"],
@@ -49,7 +80,8 @@ def offline_options(case: Any) -> OfflineOptions:
     r = case.raw["rom"]
     return OfflineOptions(pod_tol=r["pod_tol"], stress_tol=r["stress_tol"], ecm_tol=r["ecm_tol"],
                           p_tol=r["dual_pod_tol"], max_modes=r.get("max_modes"), pod_method=r.get("pod_method"),
-                          temperature_tol=r["temperature_tol"], temperature_sensors=r["temperature_sensors"])
+                          temperature_tol=r["temperature_tol"], temperature_sensors=r["temperature_sensors"],
+                          noise_margin=r["noise_margin"])
 
 
 def indicator_options(case: Any) -> IndicatorOptions:

@@ -1,4 +1,4 @@
-"""Distribution of a serial mesh (on rank 0) into one subdomain per rank.
+"""Scatter of a serial mesh (read or generated on rank 0) into one subdomain per rank.
 
 Rank 0 reads or generates the whole mesh, the cells are partitioned in parallel, and
 each rank receives only its cells, its owned nodes and its ghost nodes. Rank 0 drops
