@@ -15,6 +15,10 @@ a communicator -- an mpi4py or petsc4py one -- and a case: a
     errors = ddrom.compare_runs(case, comm, runs.runs, runs.model)   # needs the HF test store
     summary = ddrom.run_pipeline(case, comm)             # all of it, as `ddrom run`
 
+The library does not lock output folders (the command line does); hold
+``ddrom.output_lock(case, comm)`` around the calls when another writer may use the same
+folder at the same time.
+
 Progress goes to the ``ddrom`` logger (rank 0): ``ddrom.configure_logging()`` shows it.
 Option defaults live in one place each (:mod:`ddrom.workflow.options`). See ``docs/`` for
 the architecture and the algorithms.
@@ -41,6 +45,7 @@ _API = {
     "import_series": ("ddrom.workflow.importing", "import_series"),
     "import_many": ("ddrom.workflow.importing", "import_many"),
     "make_report": ("ddrom.workflow.report", "report"),
+    "output_lock": ("ddrom.workflow.locking", "output_lock"),
     "configure_logging": ("ddrom.parallel.log", "configure_logging"),
     "DdromError": ("ddrom.parallel.errors", "DdromError"),
     "CollectiveError": ("ddrom.parallel.errors", "CollectiveError"),

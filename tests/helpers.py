@@ -54,6 +54,29 @@ def gather(A_loc: np.ndarray, comm) -> np.ndarray:
     return np.vstack(comm.allgather(A_loc))
 
 
+def flip_byte(path: str, dataset: str, coord: tuple[int, ...], at: int = 16) -> None:
+    """Flip one byte inside the chunk of ``dataset`` that holds element ``coord`` (serial)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info_by_coord(coord)
+    assert info.size > at + 4
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + at)
+        b = fh.read(1)
+        fh.seek(info.byte_offset + at)
+        fh.write(bytes([b[0] ^ 0x5A]))
+
+
+def flip_attribute_byte(path: str, text: str) -> None:
+    """Flip one byte of an attribute's text stored in the file (its first occurrence; serial)."""
+    data = open(path, "rb").read()
+    at = data.index(text.encode())
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        fh.write(bytes([data[at] ^ 0x01]))
+
+
 def ddrom_cli(np_: int, *args: str, cwd=None, timeout: float = 240):
     """Run ``mpirun -n np_ ddrom ARGS`` in a clean MPI environment (this test process may itself
     be an MPI singleton or a rank of a job); returns the CompletedProcess."""
@@ -282,3 +305,61 @@ def write_regimes_case(folder, name: str = "regimes", extra_rom: str = "", comm=
         path.write_text(REGIMES_CASE.format(name=name, extra_rom=extra_rom))
     comm.Barrier()
     return str(path)
+
+
+#: A small plate with a hole (mirror-symmetric: near-ties for the ECM and Gappy points), Chaboche
+#: law, 4 training and 1 test point of 6 steps: the fault drills (test_faults) and the
+#: reproducibility of `ddrom offline` across rank counts (test_reproducible).
+PLATE_CASE = """
+[case]
+name = "faults"
+
+[mesh]
+generator = "plate_with_hole"
+args = { width = 40.0, height = 20.0, thickness = 2.0, radius = 2.5, n_around = 32, n_radial = 4, n_thick = 1 }
+
+[mesh.regions]
+left_mid = "near(x, -20) and near(y, 0)"
+
+[material]
+law = "chaboche"
+E = { T = [20.0, 800.0], value = [200e3, 150e3] }
+nu = 0.3
+alpha = 1.4e-5
+T_ref = 20.0
+sigma_y = { T = [20.0, 800.0], value = [300.0, 200.0] }
+H = 1000.0
+C = 50e3
+gamma = 300.0
+K = 150.0
+N = 7.0
+
+[parameters]
+T_max = { min = 500.0, max = 800.0, default = 650.0 }
+S_max = { min = 100.0, max = 140.0, default = 120.0 }
+
+[time]
+t_end = 20.0
+n_steps = 6
+
+[loads]
+dirichlet = [
+  { region = "left", components = ["x"] },
+  { region = "left_mid", components = ["y"] },
+  { region = "back", components = ["z"] },
+]
+traction = [{ region = "right", vector = ["S_max * tri(t, 20)", 0.0, 0.0] }]
+
+[temperature]
+expression = "20 + (T_max - 20) * ramp(t, 5) * (0.9 + 0.1 * exp(-(x / 8)**2))"
+
+[rom]
+pod_tol = 1e-6
+ecm_tol = 1e-6
+
+[training]
+grid = { T_max = [500.0, 800.0], S_max = [100.0, 140.0] }
+
+[test]
+values = [{ T_max = 725.0, S_max = 130.0 }]
+"""

@@ -151,4 +151,5 @@ def test_ddrom_hf_on_a_full_disk(tmpfs, np_):
     assert r.stderr.count(line) == 1, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "Segmentation" not in r.stderr
     assert (tmpfs / "previous.out").read_bytes() == PREVIOUS
-    assert sorted(p.name for p in store.parent.iterdir()) == ["hf_training.h5.partial"]
+    assert sorted(p.name for p in store.parent.iterdir()) == [".ddrom.lock", "hf_training.h5.partial"]
+    assert (store.parent / ".ddrom.lock").read_text() == ""      # the lock was released

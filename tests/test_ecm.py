@@ -332,7 +332,7 @@ def test_ecm_argmax_fallback_gives_the_same_points(monkeypatch, sent):
     reductions always decide, 1: whenever a rank has several), the points are the same."""
     import sys
 
-    ecm_mod = sys.modules["ddrom.reduction.ecm"]       # (the package re-exports the function)
+    argmax_mod = sys.modules["ddrom.parallel.argmax"]   # the kernel the ECM's argmax is
 
     A, w, gid = smooth_random(300, 12, seed=4)
     A = np.vstack([A, A[:40]])                       # exact duplicates: many near-ties
@@ -340,7 +340,7 @@ def test_ecm_argmax_fallback_gives_the_same_points(monkeypatch, sent):
     gid = np.concatenate([gid, 10 * 300 + np.arange(40, dtype=np.int64)])
     A_l, w_l, g_l = split(COMM, A, w, gid)
     ref = ecm(A_l, w_l, g_l, COMM, tol=1e-9)
-    monkeypatch.setattr(ecm_mod, "_TIES_SENT", sent)
+    monkeypatch.setattr(argmax_mod, "TIES_SENT", sent)
     res = ecm(A_l, w_l, g_l, COMM, tol=1e-9)
     assert np.array_equal(res.point_gids, ref.point_gids)
     assert np.array_equal(res.selection_history, ref.selection_history)

@@ -111,3 +111,113 @@ def test_disk_only_refusal(shared_tmp, monkeypatch):
     with pytest.raises(CollectiveError, match=r"needs about 4096\.0 PiB of disk in .* is free\."):
         check_resources(est, COMM, shared_tmp)
     assert check_resources(est, COMM, None).ok          # no folder: memory only
+
+
+# ------------------------------------------------------------------ wired into the stages
+BOX_CASE = """
+[case]
+name = "big"
+
+[mesh]
+generator = "box"
+args = {{ lx = 1.0, ly = 1.0, lz = 1.0, nx = {n}, ny = {n}, nz = {n} }}
+
+[material]
+law = "elastic"
+E = 200e3
+nu = 0.3
+
+[parameters]
+u_max = {{ min = 0.001, max = 0.01, default = 0.005 }}
+
+[time]
+t_end = 1.0
+n_steps = 20
+
+[loads]
+dirichlet = [
+  {{ region = "xmin", components = ["x"] }},
+  {{ region = "ymin", components = ["y"] }},
+  {{ region = "zmin", components = ["z"] }},
+  {{ region = "xmax", components = ["x"], value = "u_max * ramp(t, 1)" }},
+]
+
+[training]
+values = [{{ u_max = 0.002 }}, {{ u_max = 0.008 }}]
+"""
+
+
+@pytest.mark.parametrize("command", ["hf", "run"])
+def test_huge_box_refused_before_allocating(tmp_path, command):
+    """A 400^3 box (64 million cells): refused with the estimate and what is available, in
+    a bounded time, before rank 0 builds anything (its peak memory stays that of a start-up)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from helpers import clean_mpi_env
+
+    if COMM.size != 1:
+        pytest.skip("starts its own mpirun")
+    (tmp_path / "big.toml").write_text(BOX_CASE.format(n=400))
+    env = {k: v for k, v in clean_mpi_env().items() if k != OVERRIDE_ENV}
+    t0 = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb=%M", "mpirun", "-n", "2", "--oversubscribe",
+                        str(Path(sys.executable).parent / "ddrom"), command, str(tmp_path / "big.toml"), "--quiet"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    secs = time.perf_counter() - t0
+    assert r.returncode == 2 and secs < 60, (r.returncode, secs, r.stderr[-3000:])
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith(f"ddrom {command}: error:")]
+    assert len(line) == 1, r.stderr[-3000:]
+    stage = {"hf": "HF sweep", "run": "pipeline"}[command]
+    assert f"ddrom {command}: error: {stage}: refused before allocating anything:" in line[0], line[0]
+    assert "64000000 hexahedron cells" in line[0]
+    assert "of memory on a node" in line[0] and "is available (" in line[0] and OVERRIDE_ENV in line[0]
+    assert "--ignore-resources" in line[0]
+    rss = int(r.stderr.rsplit("maxrss_kb=", 1)[1].split()[0])
+    assert rss < 1_000_000, f"{rss} kB: something was allocated before the refusal"
+    assert not (tmp_path / "out" / "big" / "hf_training.h5.partial").exists()
+
+
+@pytest.mark.mpi
+def test_stages_refuse_and_override(shared_tmp, monkeypatch):
+    """With (pretend) 1 MiB of memory, the HF sweep is refused before its mesh or store
+    exists; --ignore-resources / the environment variable run it anyway, with a warning."""
+    import logging
+
+    import ddrom.io.estimate as est_mod
+    from ddrom.io.estimate import MeshSize
+    from ddrom.workflow.case import load_case
+    from ddrom.workflow.hf import hf_sweep
+    from ddrom.workflow.resources import check_hf, check_offline
+
+    monkeypatch.delenv(OVERRIDE_ENV, raising=False)
+    folder = shared_tmp / "refuse"
+    if COMM.rank == 0:
+        folder.mkdir()
+        (folder / "box.toml").write_text(BOX_CASE.format(n=2).replace("n_steps = 20", "n_steps = 2"))
+    COMM.Barrier()
+    case = load_case(folder / "box.toml")
+    monkeypatch.setattr(est_mod, "available_memory", lambda: (1 << 20, "a test limit"))
+    monkeypatch.setattr(est_mod, "_rss", lambda: 0)
+    with pytest.raises(CollectiveError, match=r"^HF sweep: refused before allocating anything: 8 hexahedron cells, "
+                                              r"27 nodes, 2 steps x 2 simulation\(s\) .* is available \(a test limit\)"):
+        hf_sweep(case, COMM)
+    assert not (folder / "out" / "big").exists() or not any((folder / "out" / "big").iterdir())
+    with pytest.raises(CollectiveError, match=r"^offline stage: refused before allocating anything: offline on "
+                                              r"30 snapshots"):
+        check_offline(case, COMM, MeshSize(8, 27), 30)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("ddrom").addHandler(handler)
+    try:
+        rep = check_hf(case, COMM, ["training"], ignore=True)
+        monkeypatch.setenv(OVERRIDE_ENV, "1")
+        assert not check_hf(case, COMM, ["training"]).ok
+    finally:
+        logging.getLogger("ddrom").removeHandler(handler)
+    assert not rep.ok and "refused before allocating" in rep.message
+    if COMM.rank == 0:
+        assert any("running anyway" in r.getMessage() for r in records)

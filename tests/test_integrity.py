@@ -23,7 +23,7 @@ from ddrom.io.integrity import (CHECKSUM, CHECKSUM_ATTR, DIGEST_ATTR, chunk_shap
 from ddrom.io.store import SnapshotStore
 from ddrom.mesh.generators import box
 from ddrom.parallel import DdromError
-from helpers import distributed
+from helpers import distributed, flip_byte
 
 COMM = MPI.COMM_WORLD
 DDROM = str(Path(sys.executable).parent / "ddrom")
@@ -43,18 +43,6 @@ def _store(folder: Path, n_steps: int = 3) -> tuple[str, object]:
         w.finish()
     st.finalize()
     return path, dm
-
-
-def flip_byte(path: str, dataset: str, coord: tuple[int, ...], at: int = 16) -> None:
-    """Flip one byte inside the chunk of ``dataset`` that holds element ``coord`` (serial)."""
-    with h5py.File(path, "r") as f:
-        info = f[dataset].id.get_chunk_info_by_coord(coord)
-    assert info.size > at + 4
-    with open(path, "r+b") as fh:
-        fh.seek(info.byte_offset + at)
-        b = fh.read(1)
-        fh.seek(info.byte_offset + at)
-        fh.write(bytes([b[0] ^ 0x5A]))
 
 
 @pytest.mark.mpi

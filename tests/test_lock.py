@@ -116,3 +116,87 @@ def test_unwritable_folder_is_one_clear_error(tmp_path):
     f.write_text("x")
     with pytest.raises(CollectiveError, match="cannot take the lock"):
         acquire(f, MPI.COMM_SELF)
+
+
+HOLDER_SHARED = HOLDER.replace('argv=["ddrom", "hf", "case.toml"])', 'argv=["ddrom", "online", "case.toml"], shared=True)')
+
+
+def _start(code: str, folder):
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=_clean_env())
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _stop(proc) -> None:
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.wait(30)
+
+
+def test_shared_holders_share_and_keep_writers_out(tmp_path):
+    """ddrom online runs share a folder; a writer (exclusive) is refused naming them, and a
+    shared holder is refused while a writer holds it."""
+    other = _start(HOLDER_SHARED, tmp_path)
+    try:
+        with acquire(tmp_path, MPI.COMM_SELF, argv=["ddrom", "online", "b"], shared=True) as lock:
+            assert lock.shared and lock.held
+            with pytest.raises(CollectiveError) as info:
+                acquire(tmp_path, MPI.COMM_SELF, argv=["ddrom", "offline", "c"])
+            msg = str(info.value)
+            assert "2 command(s) sharing it" in msg and f"pid {other.pid}" in msg and "'ddrom online" in msg, msg
+    finally:
+        _stop(other)
+    # the writer now holds it: a shared holder is refused, naming it
+    writer = _start(HOLDER, tmp_path)
+    try:
+        with pytest.raises(CollectiveError, match=rf"in use by 'ddrom hf case.toml' \(pid {writer.pid}"):
+            acquire(tmp_path, MPI.COMM_SELF, shared=True)
+    finally:
+        _stop(writer)
+    with acquire(tmp_path, MPI.COMM_SELF, shared=True):
+        pass
+
+
+def test_record_of_a_killed_shared_holder_is_pruned(tmp_path):
+    from ddrom.io.lock import shared_holders
+
+    proc = _start(HOLDER_SHARED, tmp_path)
+    assert [h["pid"] for h in shared_holders(tmp_path)] == [proc.pid]
+    proc.kill()
+    proc.wait(30)
+    assert shared_holders(tmp_path) == []                 # its record was not locked: removed
+    assert not list((tmp_path / ".ddrom.lock.d").glob("*.json"))
+    with acquire(tmp_path, MPI.COMM_SELF) as lock:        # nothing left in the way of a writer
+        assert not lock.shared
+
+
+def test_exclusive_holder_removes_temporaries_of_killed_commands(tmp_path):
+    """Private temporaries of dead processes go; those of live ones, resumable .partial
+    stores and other files stay."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    keep = ["hf_training.h5.partial", "rom.h5", f"online_x.json.tmp.{os.getpid()}", "notes.tmp.txt"]
+    gone = [f"online_x.json.tmp.{dead.pid}", f"rom_fields.h5.partial.{dead.pid}", f"report/report.md.tmp.{dead.pid}"]
+    (tmp_path / "report").mkdir()
+    for name in keep + gone:
+        (tmp_path / name).write_text("x")
+    with acquire(tmp_path, MPI.COMM_SELF, shared=True) as lock:      # shared holders never clean
+        assert lock.removed == []
+    with acquire(tmp_path, MPI.COMM_SELF) as lock:
+        assert sorted(lock.removed) == sorted(str(tmp_path / n) for n in gone)
+    assert all((tmp_path / n).exists() for n in keep) and not any((tmp_path / n).exists() for n in gone)
+
+
+def test_output_lock_context_manager(tmp_path):
+    """The library's lock (ddrom.output_lock) on a case's output folder."""
+    import ddrom
+
+    class Case:                                            # anything with an output_dir
+        output_dir = tmp_path / "out"
+
+    with ddrom.output_lock(Case(), MPI.COMM_SELF, argv=["notebook"]) as lock:
+        assert lock.holder["argv"] == ["notebook"] and read_holder(Case.output_dir)["argv"] == ["notebook"]
+        with pytest.raises(CollectiveError, match="in use by 'notebook'"):
+            acquire(Case.output_dir, MPI.COMM_SELF)
+    assert read_holder(Case.output_dir) is None

@@ -356,9 +356,23 @@ def test_resume_incomplete_simulation(tmpdir_shared):
     eq_all(st.read_displacement("train_1", 0, dm), u_field(X, 0, 0), "overwritten step")
     st.close()
 
-    # reopening a finalized store for appending moves it back to .partial until finalize()
+    # reopening a finalized store for appending extends a copy (.partial); the finalized file
+    # stays at its path, untouched, until the copy is finalized over it ...
+    def digest(p):
+        import hashlib
+
+        return COMM.bcast(hashlib.sha256(open(p, "rb").read()).hexdigest() if COMM.rank == 0 else None, root=0)
+
+    final = digest(path)
     st = SnapshotStore.open(path, COMM, mode="a", dmesh=dm)
-    all_ok(not os.path.exists(path) and os.path.exists(path + ".partial"), "append in place")
+    all_ok(os.path.exists(path) and os.path.exists(path + ".partial"), "extended in place")
+    write_sims(st, dm, {"test_0": {"T": 1.0}})
+    all_ok(digest(path) == final, "the finalized file changed while being extended")
+    # ... so an extension that fails (or is killed) loses nothing: abort() removes the copy
+    st.abort()
+    idle_barrier()
+    all_ok(digest(path) == final and not os.path.exists(path + ".partial"), "abort of an extension")
+    st = SnapshotStore.open(path, COMM, mode="a", dmesh=dm)
     write_sims(st, dm, {"test_0": {"T": 1.0}})
     st.finalize()
     with SnapshotStore.open(path, COMM) as st:

@@ -46,6 +46,26 @@ def _output(args: Any) -> Iterator[None]:
     yield
 
 
+def _add_resources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ignore-resources", dest="ignore_resources", action="store_true", default=None,
+                   help="run even if the estimated memory or disk exceeds what is available (default: refuse "
+                        "before allocating; also DDROM_IGNORE_RESOURCES=1)")
+
+
+def _case(args: Any, comm: Any) -> Any:
+    """The validated case of a command (every rank; one message if it is wrong)."""
+    from ddrom.workflow.build import load_case_collectively
+
+    return load_case_collectively(args.case, comm)
+
+
+def _lock(target: Any, comm: Any, shared: bool = False) -> Any:
+    """The output folder's lock for the whole command (ddrom.workflow.locking)."""
+    from ddrom.workflow.locking import output_lock
+
+    return output_lock(target, comm, shared=shared)
+
+
 def _stage_printer(args: Any, comm: Any, label: str, stages: Any = None) -> Any:
     from ddrom.parallel import StagePrinter
 
@@ -108,6 +128,7 @@ def _hf_args(p: argparse.ArgumentParser) -> None:
                    help="also feed the streaming displacement POD with every converged training step "
                         "(default: [rom] stream_during_hf)")
     p.add_argument("--no-stream-pod", dest="stream_pod", action="store_false", help="do not")
+    _add_resources(p)
     _add_common(p)
 
 
@@ -115,9 +136,11 @@ def _hf_run(args: Any, comm: Any) -> int:
     from ddrom.workflow.hf import hf_sweep
 
     t0 = time.perf_counter()
-    with _output(args):
-        summary = hf_sweep(args.case, comm, which=args.which, resume=not args.restart, progress=not args.quiet,
-                           max_simulations=args.max_simulations, stream_pod=args.stream_pod)
+    case = _case(args, comm)
+    with _output(args), _lock(case, comm):
+        summary = hf_sweep(case, comm, which=args.which, resume=not args.restart, progress=not args.quiet,
+                           max_simulations=args.max_simulations, stream_pod=args.stream_pod,
+                           ignore_resources=args.ignore_resources)
     summary["wall_seconds"] = _wall(comm, t0)
     rows = [("ranks", summary["ranks"]), ("DOFs", summary.get("mesh", {}).get("dofs"))]
     for name, st in summary["sets"].items():
@@ -153,11 +176,17 @@ def _case_args(p: argparse.ArgumentParser) -> None:
     _add_common(p)
 
 
+def _case_resource_args(p: argparse.ArgumentParser) -> None:
+    _case_args(p)
+    _add_resources(p)
+
+
 def _offline_run(args: Any, comm: Any) -> int:
     from ddrom.workflow.rom import build_rom
 
-    with _output(args), _stage_printer(args, comm, "offline", OFFLINE_STAGES):
-        s = build_rom(args.case, comm, plots=True)
+    case = _case(args, comm)
+    with _output(args), _lock(case, comm), _stage_printer(args, comm, "offline", OFFLINE_STAGES):
+        s = build_rom(case, comm, plots=True, ignore_resources=args.ignore_resources)
     rows = [("modes (displacement)", s["n_modes"]), ("stress modes (ECM columns)", s["n_stress_modes"]),
             ("reduced points (ECM)", s["n_reduced_points"]), ("extra Gappy points", s["n_gappy_extra_points"]),
             ("plastic-strain modes", s["n_p_modes"]),
@@ -171,8 +200,9 @@ def _offline_run(args: Any, comm: Any) -> int:
 def _calibrate_run(args: Any, comm: Any) -> int:
     from ddrom.workflow.rom import calibrate
 
-    with _output(args), _stage_printer(args, comm, "calibrate", ("mesh",)):
-        res = calibrate(args.case, comm, plots=True, progress=not args.quiet)
+    case = _case(args, comm)
+    with _output(args), _lock(case, comm), _stage_printer(args, comm, "calibrate", ("mesh",)):
+        res = calibrate(case, comm, plots=True, progress=not args.quiet, ignore_resources=args.ignore_resources)
     cal = res["calibration"]
     rows = [(k, cal[k]) for k in ("pairs", "pearson_log", "slope", "intercept", "residual_std_log",
                                   "error_target", "confidence", "indicator_tolerance_fit",
@@ -269,8 +299,10 @@ def _online_run(args: Any, comm: Any) -> int:
     from ddrom.workflow.rom import reconstruct_fields, run_rom, run_summary
 
     t0 = time.perf_counter()
-    with _output(args), _stage_printer(args, comm, "online", ONLINE_STAGES) as stages:
-        case = load_case_collectively(args.case, comm)
+    case = load_case_collectively(args.case, comm)
+    # shared: ROM runs of one case may run side by side (job arrays); not with a writer of the folder
+    with _output(args), _lock(case, comm, shared=True), \
+            _stage_printer(args, comm, "online", ONLINE_STAGES) as stages:
         if args.t_end is not None:
             from ddrom.parallel import collective
 
@@ -319,8 +351,10 @@ def _run_run(args: Any, comm: Any) -> int:
     from ddrom.workflow.rom import run
 
     t0 = time.perf_counter()
-    with _output(args), _stage_printer(args, comm, "run", OFFLINE_STAGES) as stages:
-        summary = run(args.case, comm, progress=not args.quiet)
+    case = _case(args, comm)
+    # one lock across the stages (HF sweeps, offline, calibration, online, summary)
+    with _output(args), _lock(case, comm), _stage_printer(args, comm, "run", OFFLINE_STAGES) as stages:
+        summary = run(case, comm, progress=not args.quiet, ignore_resources=args.ignore_resources)
     # summary.json is written by the pipeline; the JSON of the command adds every stage timer
     # seen while it ran (HF setup/solve/write, constitutive/assembly/linear_solve, offline stages)
     summary = dict(summary, timers=stages.timers.summary(comm), wall_seconds=_wall(comm, t0))
@@ -382,8 +416,9 @@ def _cluster_run(args: Any, comm: Any) -> int:
     from ddrom.reduction.criterion import format_table
     from ddrom.workflow.cluster import cluster_report, format_check
 
-    with _output(args):
-        out = cluster_report(args.case, comm, args.clusters, args.modes, args.dissimilarity,
+    case = _case(args, comm)
+    with _output(args), _lock(case, comm):
+        out = cluster_report(case, comm, args.clusters, args.modes, args.dissimilarity,
                              args.error_target, args.budget, plots=True, folds=args.folds or None,
                              check=None if args.check == "none" else args.check, keep_roms=args.keep_roms)
     if not args.quiet:
@@ -410,10 +445,12 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_run(args: Any, comm: Any) -> int:
-    from ddrom.workflow.report import report
+    from ddrom.workflow.report import check_output_dir, report
 
     t0 = time.perf_counter()
-    out = report(args.output_dir, comm, args.output_format)
+    check_output_dir(args.output_dir)           # (not a folder to create: the lock would)
+    with _lock(args.output_dir, comm):
+        out = report(args.output_dir, comm, args.output_format)
     out["wall_seconds"] = _wall(comm, t0)
     if not args.quiet:
         rank0_print(comm, f"ddrom report: wrote {out['report']} ({len(out['pngs'])} figures)")
@@ -472,6 +509,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finalize", action="store_true",
                    help="finalize the store now (it is finalized anyway once every point of the list is "
                         "imported)")
+    _add_resources(p)
     _add_common(p)
 
 
@@ -488,12 +526,14 @@ def _import_run(args: Any, comm: Any) -> int:
         jobs = jobs_from_table(args.table, comm) if args.table else jobs_from_pattern(args.pattern, comm)
         jobs = [ImportJob(j.series, {**fixed, **j.params}, j.name) for j in jobs]
     t0 = time.perf_counter()
-    with _output(args), _stage_printer(args, comm, "import", ("mesh",)) as stages:
+    case = _case(args, comm)
+    with _output(args), _lock(case, comm), _stage_printer(args, comm, "import", ("mesh",)) as stages:
         summary = import_many(args.case, comm, jobs, field=args.field, finalize=args.finalize,
                               coord_rtol=args.coord_rtol, node_order=args.node_order,
-                              stress_field=args.stress_field, progress=not args.quiet,
+                              stress_field=args.stress_field, progress=not args.quiet, case=case,
                               stress_order=args.stress_order, peeq_field=args.peeq_field, which=args.which,
-                              only_listed=bool(args.pattern), equilibrium_tol=args.equilibrium_tol)
+                              only_listed=bool(args.pattern), equilibrium_tol=args.equilibrium_tol,
+                              ignore_resources=args.ignore_resources)
     summary = dict(summary, timers=stages.timers.summary(comm), wall_seconds=_wall(comm, t0))
     rows = []
     for s in summary["simulations"]:
@@ -539,14 +579,15 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                "replay, equilibrium check, noise floor)",
                _import_args, _import_run),
     "offline": ("training snapshot store -> ROM file (POD, ECM, Gappy-POD, reduced operators)",
-                _case_args, _offline_run),
+                _case_resource_args, _offline_run),
     "cluster": ("a priori criterion: local (clustered) vs global bases on the training snapshots",
                 _cluster_args, _cluster_run),
     "calibrate": ("fit the error indicator against the true error on the test points (HF reference "
-                  "computed if missing); stores the indicator tolerance in the ROM file", _case_args, _calibrate_run),
+                  "computed if missing); stores the indicator tolerance in the ROM file", _case_resource_args,
+                  _calibrate_run),
     "online": ("run the ROM on the test parameters (or --param NAME=VALUE ...)", _online_args, _online_run),
     "run": ("HF training sweep, offline, online on the test parameters, HF reference and comparison "
-            "(writes summary.json)", _case_args, _run_run),
+            "(writes summary.json)", _case_resource_args, _run_run),
     "verify": ("check the checksums of every dataset of a ddrom HDF5 file (exit 2 naming what is corrupt)",
                _verify_args, _verify_run),
     "report": ("Markdown + PNG (or self-contained HTML) report of a run: OUTPUT_DIR/report/report.md|html",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["atomic_path", "write_text_atomic", "write_bytes_atomic", "remove_quietly", "temporary_name",
-           "fsync_path", "os_error_message", "stale_temporaries"]
+           "fsync_path", "os_error_message", "stale_temporaries", "copy_file", "atomic_update"]
 
 
 def temporary_name(final: str | os.PathLike, tag: str = "tmp") -> str:
@@ -107,6 +107,47 @@ def atomic_path(final: str | os.PathLike, sync: bool = True) -> Iterator[str]:
         raise
     if sync:
         _fsync_dir(os.path.dirname(os.path.abspath(final)))
+
+
+_FICLONE = 0x40049409          # ioctl(dst, FICLONE, src): Linux reflink (btrfs, XFS, ...)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dst`` (created or truncated): a copy-on-write clone where the file
+    system has one (instant, no extra space until modified), else an in-kernel copy."""
+    import fcntl
+    import shutil
+
+    with open(src, "rb") as fs, open(dst, "wb") as fd:
+        try:
+            fcntl.ioctl(fd.fileno(), _FICLONE, fs.fileno())
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+
+
+@contextlib.contextmanager
+def atomic_update(final: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[str]:
+    """Modify a complete file without ever modifying it in place (one process).
+
+    Yields a copy (:func:`copy_file`) under a temporary name (``tmp``, default
+    :func:`temporary_name`); when the block ends normally the copy is flushed to the disk
+    and renamed over ``final``. On any exception the copy is removed and ``final`` is the
+    previous version, intact: an update interrupted by a crash, a full disk or a kill
+    never leaves a half-modified file at the final path.
+    """
+    final = os.fspath(final)
+    tmp = os.fspath(tmp) if tmp is not None else temporary_name(final)
+    try:
+        copy_file(final, tmp)
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(final)))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, sync: bool = True) -> None:

@@ -343,7 +343,8 @@ def check_resources(estimate: Estimate, comm: Any, folder: str | os.PathLike | N
     if problems:
         message = (f"{what}: refused before allocating anything: {estimate.what} needs "
                    + " and ".join(problems) + ". Reduce the mesh, the steps or the simulations, use more "
-                   f"nodes, or set {OVERRIDE_ENV}=1 to run anyway (the estimate is an upper bound)")
+                   f"nodes, or set {OVERRIDE_ENV}=1 (the command line: --ignore-resources) to run anyway "
+                   "(the estimate is an upper bound)")
     report = ResourceReport(estimate=estimate, node_need=int(info[0]), node_available=int(info[1]),
                             memory_source=info[2], disk_free=disk_free, ok=not problems, message=message)
     if problems and not force:

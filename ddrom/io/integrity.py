@@ -17,6 +17,12 @@ in the attribute :data:`DIGEST_ATTR` instead (:func:`stamp_digest`); empty datas
 hold nothing to protect. The root attribute :data:`CHECKSUM_ATTR` says that the file
 was written this way.
 
+Attributes hold data too: a ROM file keeps its material, expressions and calibration as
+JSON text in attributes, where a flipped byte can turn one valid number into another.
+Groups whose attributes are such data carry the SHA-256 of all their other attributes
+in :data:`ATTRS_DIGEST_ATTR` (:func:`stamp_attrs`), checked by the readers
+(:func:`check_attrs`) and by :func:`verify_file`.
+
 Reading
 -------
 Readers turn a failed read into a message naming the file and the dataset
@@ -41,9 +47,9 @@ import numpy as np
 
 from ddrom.parallel import DdromError, as_mpi, describe_exception
 
-__all__ = ["CHECKSUM", "CHECKSUM_ATTR", "DIGEST_ATTR", "CHUNK_BYTES", "IntegrityError", "chunk_shape",
-           "make_dcpl", "dataset_options", "digest", "stamp_digest", "read_error_message", "is_checksum_error",
-           "VerifyReport", "verify_file"]
+__all__ = ["CHECKSUM", "CHECKSUM_ATTR", "DIGEST_ATTR", "ATTRS_DIGEST_ATTR", "CHUNK_BYTES", "IntegrityError",
+           "chunk_shape", "make_dcpl", "dataset_options", "disk_bytes", "digest", "stamp_digest", "attrs_digest",
+           "stamp_attrs", "check_attrs", "attrs_error_message", "read_error_message", "is_checksum_error", "VerifyReport", "verify_file"]
 
 #: Value of :data:`CHECKSUM_ATTR` in files whose datasets carry checksums.
 CHECKSUM = "fletcher32"
@@ -51,6 +57,8 @@ CHECKSUM = "fletcher32"
 CHECKSUM_ATTR = "checksums"
 #: Attribute holding the SHA-256 digest of a dataset that cannot be chunked (a scalar).
 DIGEST_ATTR = "ddrom_sha256"
+#: Attribute of a group (or the root) holding the SHA-256 of its other attributes.
+ATTRS_DIGEST_ATTR = "ddrom_attrs_sha256"
 #: Target size of a chunk. Small enough that the ranks own different chunks (parallel
 #: HDF5 writes each filtered chunk from one rank: one chunk per step of the whole mesh
 #: would funnel every write through one rank) and that a chunk fits HDF5's default
@@ -114,6 +122,19 @@ def dataset_options(shape: Sequence[int], dtype: Any = "f8", time_major: bool = 
     return {} if ch is None else {"chunks": ch, "fletcher32": True}
 
 
+def disk_bytes(shapes: Sequence[Sequence[int]], itemsize: int = 8, time_major: bool = False) -> int:
+    """Bytes on disk of checksummed datasets of these shapes: data, plus the per-chunk
+    checksum and chunk-index entry (64 bytes, generously) -- what a writer reserves."""
+    total = 0
+    for shape in shapes:
+        shape = tuple(int(x) for x in shape)
+        n = int(np.prod(shape, dtype=np.int64)) * itemsize
+        ch = chunk_shape(shape, itemsize, time_major=time_major and len(shape) > 1)
+        chunks = 0 if ch is None else int(np.prod([-(-a // b) for a, b in zip(shape, ch)], dtype=np.int64))
+        total += n + 64 * chunks
+    return total
+
+
 def digest(data: Any) -> str:
     """SHA-256 (hex) of an array's dtype, shape and bytes (C order, its own byte order)."""
     a = np.ascontiguousarray(np.asarray(data))
@@ -131,6 +152,53 @@ def stamp_digest(dset: Any, data: Any | None = None) -> None:
     """
     value = dset[()] if data is None else np.asarray(data, dtype=dset.dtype).reshape(dset.shape)
     dset.attrs[DIGEST_ATTR] = digest(value)
+
+
+def _canonical(value: Any) -> bytes:
+    """Bytes of an attribute value that do not depend on how h5py hands it back."""
+    if isinstance(value, bytes):
+        return b"s" + value
+    if isinstance(value, str):
+        return b"s" + value.encode()
+    a = np.asarray(value)
+    if a.dtype.kind in "OSU":
+        return b"l" + repr([v.decode() if isinstance(v, bytes) else str(v) for v in a.ravel().tolist()]).encode()
+    return b"a" + digest(a).encode()
+
+
+def attrs_digest(attrs: Any) -> str:
+    """SHA-256 (hex) of a group's attributes (names and values; :data:`ATTRS_DIGEST_ATTR` excluded)."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in attrs.keys() if k != ATTRS_DIGEST_ATTR):
+        h.update(key.encode() + b"\0" + _canonical(attrs[key]) + b"\0")
+    return h.hexdigest()
+
+
+def stamp_attrs(obj: Any) -> None:
+    """Record the digest of the attributes of ``obj`` (a group or file) once they are all set.
+
+    Computed from the attributes as stored (read back), so that a reader recomputes the
+    same bytes; in a parallel file every rank computes and writes the same value.
+    """
+    obj.attrs[ATTRS_DIGEST_ATTR] = attrs_digest(obj.attrs)
+
+
+def check_attrs(obj: Any) -> bool | None:
+    """True if the attributes of ``obj`` match their recorded digest, False if not, None
+    when no digest was recorded (a file written before attribute digests)."""
+    want = obj.attrs.get(ATTRS_DIGEST_ATTR)
+    if want is None:
+        return None
+    want = want.decode() if isinstance(want, bytes) else str(want)
+    return attrs_digest(obj.attrs) == want
+
+
+def attrs_error_message(file: str | os.PathLike, group: str, what: str = "") -> str:
+    """One line naming the file and the group whose attributes fail their digest."""
+    where = f"{what} {os.fspath(file)}" if what else os.fspath(file)
+    return (f"{where}: the attributes of {group} are corrupt (their SHA-256 digest does not match): the file "
+            "was damaged after it was written; recompute or restore it (`ddrom verify` lists every damaged "
+            "part)")
 
 
 # --------------------------------------------------------------------------- reading
@@ -196,14 +264,16 @@ class VerifyReport:
                 "checksums": self.checksums}
 
 
-def _walk(path: str) -> tuple[list[dict], str]:
-    """Rank 0: every dataset of the file (name, shape, dtype, chunks, fletcher32, digest).
+def _walk(path: str) -> tuple[list[dict], str, list[str]]:
+    """Rank 0: every dataset of the file (name, shape, dtype, chunks, fletcher32, digest),
+    the checksum scheme, and a message per group whose attributes fail their digest.
 
     Also reads every attribute, so that damaged object headers show up here.
     """
     import h5py
 
     items: list[dict] = []
+    bad_attrs: list[str] = []
     with h5py.File(path, "r") as f:
         checksums = f.attrs.get(CHECKSUM_ATTR, "")
         checksums = checksums.decode() if isinstance(checksums, bytes) else str(checksums)
@@ -211,6 +281,8 @@ def _walk(path: str) -> tuple[list[dict], str]:
         def visit(name: str, obj: Any) -> None:
             for key in obj.attrs:
                 obj.attrs[key]                 # decode every attribute (damaged headers fail here)
+            if not isinstance(obj, h5py.Dataset) and check_attrs(obj) is False:
+                bad_attrs.append(attrs_error_message(path, "/" + name))
             if isinstance(obj, h5py.Dataset):
                 dg = obj.attrs.get(DIGEST_ATTR)
                 items.append(dict(name="/" + name, shape=tuple(obj.shape), itemsize=obj.dtype.itemsize,
@@ -219,8 +291,10 @@ def _walk(path: str) -> tuple[list[dict], str]:
 
         for key in f.attrs:
             f.attrs[key]
+        if check_attrs(f) is False:
+            bad_attrs.append(attrs_error_message(path, "/ (the root)"))
         f.visititems(visit)
-    return items, checksums
+    return items, checksums, bad_attrs
 
 
 def _work_units(items: list[dict]) -> list[tuple[int, tuple]]:
@@ -276,7 +350,7 @@ def verify_file(path: str | os.PathLike, comm: Any = None) -> VerifyReport:
     if kind == "bad":
         report.corrupt.append(payload)
         return report
-    items, report.checksums = payload
+    items, report.checksums, bad_attrs = payload
     report.datasets = len(items)
     units = _work_units(items)
     bad: dict[int, str] = {}
@@ -311,7 +385,7 @@ def verify_file(path: str | os.PathLike, comm: Any = None) -> VerifyReport:
         report.digests_checked += n_dg
         for i, msg in b.items():
             merged.setdefault(i, msg)
-    report.corrupt = [merged[i] for i in sorted(merged)]
+    report.corrupt = list(bad_attrs) + [merged[i] for i in sorted(merged)]
     report.unprotected = [it["name"] for it in items
                           if not it["fletcher32"] and it["digest"] is None and not any(s == 0 for s in it["shape"])]
     return report

@@ -42,8 +42,11 @@ write error silently, and HDF5 crashes at exit once a flush has failed).
 
 Crash safety: the file is written under ``<path>.partial`` and renamed to ``<path>`` by
 :meth:`SnapshotStore.finalize` after ``complete`` is set and the file closed and flushed
-to the disk (``fsync``), so a file at the final path is always complete. Reopening with
-``mode="a"`` moves a final file back to ``.partial`` for the time of the session. The file is flushed when a simulation is added
+to the disk (``fsync``), so a file at the final path is always complete. Reopening a
+finalized store with ``mode="a"`` (to extend it) works on a copy, ``.partial`` (a
+copy-on-write clone where the file system has them): the finalized file stays intact at
+its path until the extended store is finalized over it, so an extension that fails, is
+interrupted or killed loses nothing of the previous output. The file is flushed when a simulation is added
 and when it is finished (not per step: the fsync costs more than the write), so an
 interrupted sweep resumes with its finished simulations; an unfinished one is rewritten.
 Datasets are created without fill (unwritten steps hold no meaningful values: trust
@@ -319,7 +322,8 @@ class SnapshotStore:
     # ----------------------------------------------------------------- create
     @classmethod
     def create(cls, path: str | os.PathLike, dmesh, *, state_names: Sequence[str],
-               case_hash: str = "", provenance: dict | None = None, comm: Any) -> "SnapshotStore":
+               case_hash: str = "", provenance: dict | None = None, comm: Any,
+               private: bool = False) -> "SnapshotStore":
         """Create a new store for ``dmesh`` (collective).
 
         The file is written as ``path + ".partial"`` (an existing one is overwritten) and
@@ -339,6 +343,10 @@ class SnapshotStore:
         provenance : dict, optional
             JSON-serializable description of the run, stored with the software versions.
         comm : communicator
+        private : bool
+            Written as ``path + ".partial.<pid>"`` (not resumable) instead of
+            ``path + ".partial"``: for a file that two commands may write at the same time
+            (``ddrom online --fields``; :meth:`ddrom.io.h5atomic.ParallelH5.create`).
         """
         h5py = _h5py()
         c = as_mpi(comm)
@@ -362,7 +370,7 @@ class SnapshotStore:
                 msg = describe_exception(exc, f"snapshot store {path}")
         raise_collective(c, msg)
         header = c.bcast(header, root=0)
-        h5 = ParallelH5.create(path, c, "snapshot store")
+        h5 = ParallelH5.create(path, c, "snapshot store", private=private)
         meta = dict(cell_type=dmesh.cell_type, n_nodes=dmesh.n_nodes_global, n_cells=dmesh.n_cells_global,
                     n_qp=dmesh.n_qp, state_names=state_names, complete=False, sims={}, case_hash=case_hash)
         store = cls(c, h5, meta, writable=True)
@@ -433,8 +441,9 @@ class SnapshotStore:
             Final path of the store.
         mode : {"r", "a"}
             ``"r"``: read a finalized store (``complete`` must be true). ``"a"``: resume or
-            extend: opens ``path + ".partial"`` if present (an interrupted run), else moves
-            the finalized ``path`` to ``.partial`` until the next :meth:`finalize`.
+            extend: opens ``path + ".partial"`` if present (an interrupted run), else a copy
+            of the finalized ``path`` as ``.partial``; ``path`` itself is untouched until
+            the next :meth:`finalize` replaces it (:meth:`abort` leaves it as it was).
         dmesh : DistributedMesh, optional
             If given, :meth:`check_mesh` is called (needed before writing).
 
@@ -465,17 +474,21 @@ class SnapshotStore:
                     raise DdromError(f"snapshot store {path}: file not found")
                 meta = _inspect(file, require_complete=(mode == "r"))
                 if mode == "a" and file == path:
-                    # Never modify a file at the final path: it must stay complete.
-                    os.replace(path, partial)
-                    xdmf = os.path.splitext(path)[0] + ".xdmf"
-                    if os.path.exists(xdmf):
-                        os.remove(xdmf)
+                    # Never modify a file at the final path: it must stay complete, and stay
+                    # there (with its XDMF) until the extended copy replaces it.
+                    from ddrom.io.atomic import copy_file, remove_quietly
+
+                    try:
+                        copy_file(path, partial)
+                    except BaseException:
+                        remove_quietly(partial)
+                        raise
                     file = partial
                 info = (file, meta)
             except DdromError as exc:
                 msg = str(exc)
             except BaseException as exc:  # noqa: BLE001 - SystemExit too: the other ranks wait
-                msg = io_error_message(exc, f"snapshot store {path}")
+                msg = io_error_message(exc, f"snapshot store {path}", partial if mode == "a" else None)
         _idle_wait(c)
         raise_collective(c, msg)
         file, meta = c.bcast(info, root=0)

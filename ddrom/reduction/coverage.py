@@ -8,9 +8,10 @@ points first), so that every point of the domain lies within the covering radius
 than it can fall between the points.
 
 Distributed: each rank keeps the distance of its own points to the chosen set; one pick
-is a global argmax carrying (value, global id, owner) -- ties, within a relative 1e-12,
-go to the smallest global id, so the result does not depend on the partition -- then
-the owner's coordinates are broadcast. Cost per point: O(G/P) and two small reductions.
+is a global argmax carrying (value, global id, owner) -- ties, within a relative 1e-6,
+go to the smallest global id (:func:`ddrom.parallel.argmax.argmax_with_owner`), so the
+result does not depend on the partition -- then the owner's coordinates are broadcast.
+Cost per point: O(G/P), one small allgather and one reduction (the covering radius).
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from typing import Any
 import numpy as np
 
 from ddrom.parallel import as_mpi
+
+#: Distances within this (relative) of the largest are ties, broken by the smallest global
+#: id (:func:`ddrom.parallel.argmax.argmax_with_owner`). The value Gappy-POD's sampling has
+#: always used here (the module borrowed its argmax); its docstring said 1e-12.
+TIE_RTOL = 1e-6
 
 
 def farthest_points(xyz_loc: np.ndarray, gid_loc: np.ndarray, n: int, comm: Any = None,
@@ -33,7 +39,7 @@ def farthest_points(xyz_loc: np.ndarray, gid_loc: np.ndarray, n: int, comm: Any 
     start : (S, 3) coordinates of points already chosen (e.g. the ROM's sample points); with
         none, the first point is the one farthest from the centroid of all points
     """
-    from ddrom.reduction.gappy import _argmax_point
+    from ddrom.parallel.argmax import argmax_with_owner
 
     c = as_mpi(comm)
     x = np.asarray(xyz_loc, dtype=float).reshape(-1, 3)
@@ -50,8 +56,9 @@ def farthest_points(xyz_loc: np.ndarray, gid_loc: np.ndarray, n: int, comm: Any 
     radius = float(c.allreduce(float(d.max()) if len(d) else 0.0, op=_max()))
     first = start is None or not len(start)
     while len(chosen) < n:
-        g, owner, vmax = _argmax_point(c, d, gid)
-        if g < 0 or vmax <= 0.0:
+        best = argmax_with_owner(c, d, gid, TIE_RTOL)
+        g, owner = best.gid, best.owner
+        if not best.found or best.value <= 0.0:
             break                          # every point is already chosen
         p = c.bcast(x[np.flatnonzero(gid == g)[0]] if c.rank == owner else None, root=owner)
         chosen.append(g)

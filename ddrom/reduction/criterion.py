@@ -330,7 +330,10 @@ def plot_efficiency(table: list[dict], path: str, title: str | None = None) -> s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from ddrom.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:            # never half a PNG at the final path
+        fig.savefig(tmp, dpi=110, format="png")
     return path
 
 

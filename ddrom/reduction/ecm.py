@@ -68,9 +68,11 @@ Distribution and determinism
   blocking; measured). By default in single precision from a single-precision copy of
   ``A`` (``score_dtype``): the scores only rank the candidates, and the pass over ``A``
   is the largest per-iteration cost (measured 0.43 -> 0.16 ms at 8448 x 264).
-* The argmax is one ``Allgather`` of each rank's best score and near-ties: the largest
-  score, then the smallest global id among the near-ties (scores within ``tie_rtol`` of
-  the best), then its owner (two more reductions only if a rank has many near-ties).
+* The argmax is :func:`ddrom.parallel.argmax.argmax_with_owner` (shared with Q-DEIM and
+  the farthest-point sensors): one ``Allgather`` of each rank's best score and near-ties;
+  the largest score, then the smallest global id among the near-ties (scores within
+  ``tie_rtol`` of the best), then its owner (two more reductions only if a rank has many
+  near-ties).
 * The owner broadcasts the chosen row (``Bcast`` from the owner); the NNLS is solved
   redundantly on every rank on identical data, with BLAS limited to one thread
   (threadpoolctl) so that every rank, at any rank count, rounds the same way.
@@ -100,6 +102,7 @@ import numpy as np
 import scipy.optimize
 
 from ddrom.parallel import DdromError, Timers, as_mpi, check_all, collective
+from ddrom.parallel.argmax import argmax_with_owner
 from ddrom.reduction.exact import _reproducible_colsum_chunks, reproducible_colsum  # noqa: F401
 from ddrom.reduction.nnls import LawsonHanson
 
@@ -213,59 +216,6 @@ def _scores(A: np.ndarray, r: np.ndarray, s: float, nc: int, add_constant: bool,
     sc /= rownorm
     sc[excluded] = -math.inf
     return sc, float(sc.max())
-
-
-#: Near-tie candidates each rank sends with its maximum in the argmax allgather.
-_TIES_SENT = 8
-
-
-def _argmax_near_ties(c: Any, m: float, sc: np.ndarray | None, gid: np.ndarray,
-                      tie_rtol: float) -> tuple[float, int, int]:
-    """(global max score M, smallest gid with score >= M (1 - tie_rtol), its owner rank).
-
-    Equal on every rank and to the result of three reductions (max; min gid of the
-    qualifying points; owner), in one ``Allgather`` of ``[m_r, n_r, (score, gid) x 8]``:
-    a rank's qualifying points are among its own near-ties (score >= m_r (1 - tie_rtol))
-    because M >= m_r; it sends the 8 of smallest gid, and when that is not enough to know
-    its smallest qualifying gid (more than 8 near-ties, none of the 8 qualifying) every
-    rank falls back to the two reductions. Ids are exact in float64 below 2**53.
-    """
-    from mpi4py import MPI
-
-    k = _TIES_SENT
-    buf = np.full(2 + 2 * k, -math.inf)
-    buf[0], buf[1] = m, 0.0
-    if sc is not None and m > 0:
-        near = np.flatnonzero(sc >= m * (1.0 - tie_rtol))
-        near = near[np.argsort(gid[near], kind="stable")]
-        buf[1] = float(near.size)
-        take = near[:k]
-        buf[2:2 + 2 * take.size:2] = sc[take]
-        buf[3:3 + 2 * take.size:2] = gid[take].astype(np.float64)
-    allb = np.empty((c.size, buf.size))
-    c.Allgather(buf, allb)
-    m_glob = float(allb[:, 0].max())
-    if not m_glob > 0:
-        return m_glob, 0, c.rank
-    thr = m_glob * (1.0 - tie_rtol)
-    big = np.iinfo(np.int64).max
-    gbest, owner, unknown = big, c.size, False
-    for r in range(c.size):
-        n = int(allb[r, 1])
-        sco, ids = allb[r, 2:2 + 2 * min(n, k):2], allb[r, 3:3 + 2 * min(n, k):2]
-        q = ids[sco >= thr]
-        if q.size:
-            g = int(q.min())
-            if g < gbest:
-                gbest, owner = g, r
-        elif n > k and allb[r, 0] >= thr:
-            unknown = True
-    if unknown:                                  # rare: many near-ties on one rank
-        cand = gid[sc >= thr] if sc is not None else gid[:0]
-        gmin = int(cand.min()) if cand.size else big
-        gbest = c.allreduce(gmin, op=MPI.MIN)
-        owner = c.allreduce(c.rank if gmin == gbest else c.size, op=MPI.MIN)
-    return m_glob, gbest, owner
 
 
 class _Located:
@@ -604,14 +554,14 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         # global id, so the choice does not depend on the partition. One allgather carries
         # each rank's max and its own near-ties (the only points that can qualify against
         # the global max); the two extra reductions run only if a rank had too many.
-        m_glob, gbest, owner = _argmax_near_ties(c, m, sc, gid, tie_rtol)
-        if not m_glob > 0 and A_sc is not A:
+        top = argmax_with_owner(c, sc, gid, tie_rtol, local_max=m)
+        if not top.value > 0 and A_sc is not A:
             # single-precision scores found no positive correlation: confirm in double
-            # before stopping (every rank takes this branch: m_glob is global)
+            # before stopping (every rank takes this branch: the value is global)
             sc, m = _scores(A, r, s, nc, add_constant, rownorm, blocked | selected_mask, chunk)
-            m_glob, gbest, owner = _argmax_near_ties(c, m, sc, gid, tie_rtol)
-        if m_glob > 0:
-            best = (m_glob, -gbest, owner)
+            top = argmax_with_owner(c, sc, gid, tie_rtol, local_max=m)
+        if top.value > 0:
+            best = (top.value, -top.gid, top.owner)
         t3 = time.perf_counter()
         tm["scores"] += t2 - t1
         tm["argmax_reduce"] += t3 - t2

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.linalg
 
 from ddrom.parallel import DdromError, as_mpi, check_all, collective
+from ddrom.parallel.argmax import argmax_with_owner
 
 __all__ = ["qdeim_points", "GappyPOD", "gather_point_rows"]
 
@@ -153,26 +154,6 @@ def _in_place():
     from mpi4py import MPI
 
     return MPI.IN_PLACE
-
-
-def _argmax_point(c, score: np.ndarray, gid: np.ndarray) -> tuple[int, int, float]:
-    """Global argmax of per-point scores: (gid, owner rank, value); -1 if all are -inf.
-
-    Values within ``TIE_RTOL`` of the maximum are ties, broken by the smallest gid.
-    Two small allreduces (max of the value; min of (gid, rank)).
-    """
-    from mpi4py import MPI
-
-    vloc = float(score.max()) if score.size else -np.inf
-    vmax = c.allreduce(vloc, op=MPI.MAX)
-    if not np.isfinite(vmax):
-        return -1, -1, vmax
-    thr = vmax - TIE_RTOL * abs(vmax)
-    cand = gid[score >= thr]
-    big = np.iinfo(np.int64).max
-    g = int(cand.min()) if cand.size else big
-    g, owner = c.allreduce((g, c.rank), op=MPI.MINLOC)
-    return int(g), int(owner), vmax
 
 
 def _orth_against(Q: np.ndarray, B: np.ndarray, tol: float) -> np.ndarray:
@@ -362,8 +343,9 @@ def qdeim_points(Phi_loc: Any, gid_loc: Any, comm: Any = None, ncomp: int = 1,
     while n_new < target and Q.shape[1] < N:
         score = (R3 ** 2).sum(axis=(1, 2))
         score[~available] = -np.inf
-        g, owner, vmax = _argmax_point(c, score, gid)
-        if g < 0 or vmax <= tol * tol:
+        best = argmax_with_owner(c, score, gid, TIE_RTOL)
+        g, owner = best.gid, best.owner
+        if not best.found or best.value <= tol * tol:
             break                           # no point adds a direction
         B = (np.ascontiguousarray(P3[np.flatnonzero(gid == g)[0]]) if c.rank == owner
                  else np.empty((ncomp, N)))
@@ -404,8 +386,9 @@ def qdeim_points(Phi_loc: Any, gid_loc: Any, comm: Any = None, ncomp: int = 1,
                 since = 0
             score = _dopt_score(M)
             score[~available] = -np.inf
-            g, owner, _ = _argmax_point(c, score, gid)
-            if g < 0:
+            best = argmax_with_owner(c, score, gid, TIE_RTOL)
+            g, owner = best.gid, best.owner
+            if not best.found:
                 break
             B = (np.ascontiguousarray(P3[np.flatnonzero(gid == g)[0]]) if c.rank == owner
                  else np.empty((ncomp, N)))

@@ -22,6 +22,15 @@ A ROM file is one HDF5 file, self-contained and independent of the number of ran
     metadata) and the group ``/classifier`` (its numpy arrays: training features, relevance
     multipliers, temperature feature modes, the classifier's weights) route a new input to
     one of them (:mod:`ddrom.rom.classifier`). No pickles.
+
+Integrity: the file is written through :class:`~ddrom.io.h5atomic.ParallelH5` (``.partial``
+then renamed when complete, disk space reserved first, one error on every rank naming
+the file and the cause on any failure); every dataset carries a Fletcher32 checksum and
+every group a SHA-256 digest of its attributes (root attribute ``checksums``). Readers
+verify what they read and name the damaged dataset or group; ``ddrom verify rom.h5``
+checks the whole file. The file at the final path is never modified: the calibration is
+recorded in a copy renamed over it (:func:`store_calibration`). Files of schema 2-4
+written before checksums are read as they are (nothing to verify).
 """
 from __future__ import annotations
 
@@ -33,7 +42,11 @@ from typing import Any
 import numpy as np
 
 import ddrom
-from ddrom.parallel import CollectiveError, as_mpi, raise_collective
+from ddrom.io.atomic import atomic_update
+from ddrom.io.h5atomic import SLACK, ParallelH5, io_error_message, reserve_space
+from ddrom.io.integrity import (ATTRS_DIGEST_ATTR, IntegrityError, attrs_error_message, check_attrs, disk_bytes,
+                                read_error_message, stamp_attrs)
+from ddrom.parallel import DdromError, as_mpi, collective, root_only
 
 SCHEMA = "ddrom-rom"
 SCHEMA_VERSION = 5     # 2: stress basis at the sample points (online stress coefficients)
@@ -124,80 +137,134 @@ class ReducedModel:
         return int(np.count_nonzero(self.weights))
 
 
-def _write_model(g, m: ReducedModel) -> None:
-    for name in ("E", "E_lift", "weights", "xyz", "point_gids", "times", "sigma_u", "stress_at_samples",
-                 "stress_gram", "point_nodes", "point_shape", "point_node_xyz"):
-        if getattr(m, name) is not None:
-            g.create_dataset(name, data=getattr(m, name))
-    g.attrs["dirichlet"] = json.dumps(m.dirichlet)
-    g.attrs["temperature"] = m.temperature
-    g.attrs["material"] = json.dumps(m.material)
-    g.attrs["parameters"] = json.dumps(m.parameters)
-    g.attrs["info"] = json.dumps(m.info, default=str)
-    if m.problem is not None:
-        g.attrs["problem"] = json.dumps(m.problem)
-    lg = g.create_group("loads")
-    for i, L in enumerate(m.loads):
-        t = lg.create_group(f"{i:03d}")
-        t.attrs["kind"] = L.kind
-        t.attrs["expression"] = L.expression
-        t.attrs["source"] = L.source
-        t.create_dataset("coeff", data=L.coeff)
-        if L.xyz is not None:
-            t.create_dataset("xyz", data=L.xyz)
+#: Array fields of a ReducedModel written as datasets of its group (when not None).
+_ARRAYS = ("E", "E_lift", "weights", "xyz", "point_gids", "times", "sigma_u", "stress_at_samples", "stress_gram",
+           "point_nodes", "point_shape", "point_node_xyz")
+
+
+def _model_arrays(m: ReducedModel) -> list[np.ndarray]:
+    """Every array a model writes (for the disk space reserved before writing)."""
+    out = [np.asarray(getattr(m, n)) for n in _ARRAYS if getattr(m, n) is not None]
+    for L in m.loads:
+        out += [np.asarray(L.coeff)] + ([np.asarray(L.xyz)] if L.xyz is not None else [])
     if m.gappy is not None:
-        gg = g.create_group("gappy")
-        for name, v in asdict(m.gappy).items():
-            gg.create_dataset(name, data=v)
+        out += [np.asarray(v) for v in asdict(m.gappy).values()]
     if m.temperature_data is not None:
-        tg = g.create_group("temperature")
+        out += [np.asarray(v) for v in asdict(m.temperature_data).values() if np.ndim(v)]
+    return out
+
+
+def _write_model(h5: ParallelH5, g: Any, m: ReducedModel) -> None:
+    """The model into group ``g`` of a ROM file being written (collective, the same model
+    on every rank): checksummed datasets, attributes sealed by a digest."""
+    for name in _ARRAYS:
+        if getattr(m, name) is not None:
+            h5.write_array(g, name, getattr(m, name))
+    attrs = {"dirichlet": json.dumps(m.dirichlet), "temperature": m.temperature, "material": json.dumps(m.material),
+             "parameters": json.dumps(m.parameters), "info": json.dumps(m.info, default=str)}
+    if m.problem is not None:
+        attrs["problem"] = json.dumps(m.problem)
+    h5.set_attrs(attrs, g)
+    lg = h5.create_group(g, "loads")
+    for i, L in enumerate(m.loads):
+        t = h5.create_group(lg, f"{i:03d}")
+        h5.set_attrs({"kind": L.kind, "expression": L.expression, "source": L.source}, t)
+        h5.stamp_attrs(t)
+        h5.write_array(t, "coeff", L.coeff)
+        if L.xyz is not None:
+            h5.write_array(t, "xyz", L.xyz)
+    if m.gappy is not None:
+        gg = h5.create_group(g, "gappy")
+        for name, v in asdict(m.gappy).items():
+            h5.write_array(gg, name, v)
+    if m.temperature_data is not None:
+        tg = h5.create_group(g, "temperature")
+        scalars = {}
         for name, v in asdict(m.temperature_data).items():
             if np.ndim(v):
-                tg.create_dataset(name, data=v)
+                h5.write_array(tg, name, v)
             else:
-                tg.attrs[name] = float(v)
+                scalars[name] = float(v)
+        h5.set_attrs(scalars, tg)
+        h5.stamp_attrs(tg)
+    h5.stamp_attrs(g)
 
 
-def _read_model(g) -> ReducedModel:
+class _Reader:
+    """Rank 0's serial reads of a ROM file: a failed read names the file and the dataset, and
+    a group whose attributes fail their digest is named (files written before checksums are
+    read as they are)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, ds: Any) -> np.ndarray:
+        try:
+            return ds[...]
+        except BaseException as exc:  # noqa: BLE001 - named, then raised on every rank by root_only
+            raise IntegrityError(read_error_message(exc, self.path, ds.name, "ROM file")) from None
+
+    def group(self, g: Any) -> Any:
+        if check_attrs(g) is False:
+            raise IntegrityError(attrs_error_message(self.path, g.name, "ROM file"))
+        return g
+
+
+def _read_model(g: Any, read: _Reader) -> ReducedModel:
+    read.group(g)
     loads = []
     for key in sorted(g["loads"]):
-        t = g["loads"][key]
-        loads.append(LoadData(str(t.attrs["kind"]), str(t.attrs["expression"]), t["coeff"][...],
-                              t["xyz"][...] if "xyz" in t else None, str(t.attrs.get("source", ""))))
+        t = read.group(g["loads"][key])
+        loads.append(LoadData(str(t.attrs["kind"]), str(t.attrs["expression"]), read(t["coeff"]),
+                              read(t["xyz"]) if "xyz" in t else None, str(t.attrs.get("source", ""))))
     gappy = None
     if "gappy" in g:
         gg = g["gappy"]
-        gappy = GappyData(**{k: gg[k][...] for k in gg})
+        gappy = GappyData(**{k: read(gg[k]) for k in gg})
     tdata = None
     if "temperature" in g:
-        tg = g["temperature"]
-        tdata = TemperatureData(**{k: tg[k][...] for k in tg}, **{k: float(v) for k, v in tg.attrs.items()})
+        tg = read.group(g["temperature"])
+        tdata = TemperatureData(**{k: read(tg[k]) for k in tg},
+                                **{k: float(v) for k, v in tg.attrs.items() if k != ATTRS_DIGEST_ATTR})
     return ReducedModel(
-        E=g["E"][...], E_lift=g["E_lift"][...], weights=g["weights"][...], xyz=g["xyz"][...],
-        point_gids=g["point_gids"][...], dirichlet=json.loads(g.attrs["dirichlet"]), loads=loads,
+        E=read(g["E"]), E_lift=read(g["E_lift"]), weights=read(g["weights"]), xyz=read(g["xyz"]),
+        point_gids=read(g["point_gids"]), dirichlet=json.loads(g.attrs["dirichlet"]), loads=loads,
         temperature=str(g.attrs["temperature"]), material=json.loads(g.attrs["material"]),
-        parameters=json.loads(g.attrs["parameters"]), times=g["times"][...], sigma_u=g["sigma_u"][...],
-        gappy=gappy, stress_at_samples=g["stress_at_samples"][...],
-        stress_gram=g["stress_gram"][...] if "stress_gram" in g else None, info=json.loads(g.attrs["info"]),
+        parameters=json.loads(g.attrs["parameters"]), times=read(g["times"]), sigma_u=read(g["sigma_u"]),
+        gappy=gappy, stress_at_samples=read(g["stress_at_samples"]),
+        stress_gram=read(g["stress_gram"]) if "stress_gram" in g else None, info=json.loads(g.attrs["info"]),
         problem=json.loads(g.attrs["problem"]) if "problem" in g.attrs else None, temperature_data=tdata,
-        **{k: g[k][...] for k in ("point_nodes", "point_shape", "point_node_xyz") if k in g})
+        **{k: read(g[k]) for k in ("point_nodes", "point_shape", "point_node_xyz") if k in g})
 
 
-def _write_bases(f, group: str, bases: dict) -> None:
-    bg = f.create_group(group)
+def _bases_bytes(bases: dict) -> int:
+    return disk_bytes([(nmap.n_global,) + owned.shape[1:] for nmap, owned in bases.values()])
+
+
+def _write_bases(h5: ParallelH5, parent: Any, group: str, bases: dict) -> None:
+    bg = h5.create_group(parent, group)
     for name, (nmap, owned) in bases.items():
         nat = nmap.to_natural(owned)                      # (n_nat, bs, ncols)
-        ds = bg.create_dataset(name, shape=(nmap.n_global,) + owned.shape[1:], dtype="f8")
-        lo, hi = nmap.natural_range
-        with ds.collective:
-            ds[lo:hi] = nat
+        ds = h5.create_dataset(bg, name, (nmap.n_global,) + owned.shape[1:])
+        lo, _ = nmap.natural_range
+        h5.write(ds, (lo,) + (0,) * (owned.ndim - 1), nat)
 
 
 def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_hash: str = "",
                provenance: dict | None = None, bases: dict[str, tuple[Any, np.ndarray]] | None = None,
                local: list[tuple[ReducedModel, dict]] | None = None, classifier: dict | None = None,
-               attrs: dict[str, str] | None = None) -> None:
-    """Write the ROM file (collective): ``path.partial`` first, renamed when complete.
+               attrs: dict[str, str] | None = None, private: bool = False) -> None:
+    """Write the ROM file (collective) through :class:`~ddrom.io.h5atomic.ParallelH5`.
+
+    Written as ``path.partial`` (``private``: ``path.partial.<pid>``, for files that two
+    concurrent commands may write, e.g. an enriched ROM of ``ddrom online``) and renamed
+    to ``path`` once complete and on disk: a file at ``path`` is always complete, and a
+    previous ROM file there stays intact until then. The disk space is reserved first (a
+    full disk is one error naming the file, the space needed and free, before anything
+    is written); every dataset carries a Fletcher32 checksum and every group's attributes
+    (material, expressions, calibration: JSON) a SHA-256 digest. Any failure on any rank
+    removes the temporary file and raises one CollectiveError naming the file and the
+    cause on every rank.
 
     ``attrs``: extra root attributes (strings, the same on every rank), e.g. the indicator
     calibration carried over to an enriched ROM.
@@ -206,95 +273,111 @@ def save_model(path: str | os.PathLike, model: ReducedModel, comm: Any, *, case_
     (training parameters, cluster labels, medoids; JSON-able, and under ``"arrays"`` a dict
     of numpy arrays written as datasets of ``/classifier``) that picks one online.
     """
+    c = as_mpi(comm)
+    root = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "ddrom_version": ddrom.__version__,
+            "case_hash": case_hash, "provenance": json.dumps(provenance or {}, default=str),
+            "n_local": len(local or [])}
+    arrays = (classifier or {}).get("arrays") or {}
+    if classifier is not None:
+        root["classifier"] = json.dumps({k: v for k, v in classifier.items() if k != "arrays"}, default=str)
+    root.update(attrs or {})
+    models = [model] + [m for m, _ in (local or [])]
+    nbytes = sum(disk_bytes([a.shape for a in _model_arrays(m)]) for m in models)
+    nbytes += _bases_bytes(bases or {}) + sum(_bases_bytes(b) for _, b in (local or []))
+    nbytes += disk_bytes([np.shape(v) for v in arrays.values()])
+    # attributes (JSON texts) and object headers, generously
+    nbytes += 2 * sum(len(str(v)) for v in root.values()) + 64 * 1024 * len(models)
+    with ParallelH5.create(path, c, "ROM file", private=private) as h5:
+        h5.reserve(nbytes)
+        f = h5.f
+        h5.set_attrs(root)
+        # Small replicated data: identical on every rank; every rank makes the same
+        # (collective) metadata calls and rank 0's copy is written.
+        _write_model(h5, h5.create_group(f, "online"), model)
+        if bases:
+            _write_bases(h5, f, "bases", bases)
+        for ic, (m_c, b_c) in enumerate(local or []):
+            g = h5.create_group(f, f"local/{ic:03d}")
+            _write_model(h5, h5.create_group(g, "online"), m_c)
+            _write_bases(h5, g, "bases", b_c)
+        if arrays:
+            cg = h5.create_group(f, "classifier")
+            for name, v in arrays.items():
+                h5.write_array(cg, name, np.asarray(v))
+        h5.set_attrs({"complete": True})
+        h5.stamp_attrs()
+
+
+def _open_checked(path: str, read: _Reader):
+    """Rank 0: the ROM file open serially, its root checked (schema, version, completeness,
+    attribute digest). DdromError naming the file otherwise."""
     import h5py
 
-    c = as_mpi(comm)
-    tmp = str(path) + ".partial"
-    msg = None
     try:
-        with h5py.File(tmp, "w", driver="mpio", comm=c) as f:
-            f.attrs["schema"] = SCHEMA
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["ddrom_version"] = ddrom.__version__
-            f.attrs["case_hash"] = case_hash
-            f.attrs["provenance"] = json.dumps(provenance or {}, default=str)
-            # Small replicated data: identical on every rank; every rank makes the same
-            # (collective) metadata calls and the same data is written.
-            _write_model(f.create_group("online"), model)
-            if bases:
-                _write_bases(f, "bases", bases)
-            for ic, (m_c, b_c) in enumerate(local or []):
-                g = f.create_group(f"local/{ic:03d}")
-                _write_model(g.create_group("online"), m_c)
-                _write_bases(f, f"local/{ic:03d}/bases", b_c)
-            if classifier is not None:
-                arrays = classifier.get("arrays", {})
-                f.attrs["classifier"] = json.dumps({k: v for k, v in classifier.items() if k != "arrays"},
-                                                   default=str)
-                if arrays:
-                    cg = f.create_group("classifier")
-                    for name, v in arrays.items():
-                        cg.create_dataset(name, data=np.asarray(v))
-            f.attrs["n_local"] = len(local or [])
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
-            f.attrs["complete"] = True
-    except Exception as exc:  # noqa: BLE001
-        msg = f"writing ROM file {path}: {type(exc).__name__}: {exc}"
-    raise_collective(c, msg)
-    c.Barrier()
-    if c.rank == 0:
-        os.replace(tmp, path)
-    c.Barrier()
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise DdromError(f"ROM file {path} does not exist (run `ddrom offline` first)") from None
+    except OSError as exc:
+        raise DdromError(f"{path}: unreadable or truncated ROM file ({exc})") from None
+    try:
+        if f.attrs.get("schema") != SCHEMA:
+            raise DdromError(f"{path}: not a ddrom ROM file")
+        if int(f.attrs.get("schema_version", -1)) not in READABLE_SCHEMA_VERSIONS:
+            raise DdromError(f"{path}: ROM file schema version {f.attrs.get('schema_version')} "
+                             f"(this ddrom reads {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; "
+                             "rebuild it with `ddrom offline`)")
+        if not f.attrs.get("complete", False):
+            raise DdromError(f"{path}: incomplete ROM file")
+        read.group(f)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _rom_read(path: str | os.PathLike, comm: Any, fn: Any, what: str = "") -> Any:
+    """``fn(file, reader)`` on rank 0 with the ROM file open and checked; its result (or its
+    error, whatever it is, naming the file) on every rank."""
+    path = os.fspath(path)
+
+    def run() -> Any:
+        read = _Reader(path)
+        f = _open_checked(path, read)
+        try:
+            return fn(f, read)
+        except DdromError:
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            raise DdromError(f"{path}: unreadable or truncated ROM file ({type(exc).__name__}: {exc})") from None
+        finally:
+            f.close()
+
+    return root_only(as_mpi(comm), run, what or f"ROM file {path}")
 
 
 def load_model(path: str | os.PathLike, comm: Any, local: int | None = None) -> ReducedModel:
-    """Read the reduced model (every rank reads the small /online group), or local model ``local``."""
-    import h5py
+    """Read the reduced model (rank 0 reads the small /online group, checksums verified, and
+    broadcasts it), or local model ``local``. A damaged dataset or attribute is one
+    CollectiveError naming the file and the dataset, on every rank."""
+    def fn(f: Any, read: _Reader) -> ReducedModel:
+        if local is not None:
+            return _read_model(f[f"local/{local:03d}/online"], read)
+        return _read_model(f["online"], read)
 
-    c = as_mpi(comm)
-    model, msg = None, None
-    if c.rank == 0:
-        try:
-            with h5py.File(path, "r") as f:
-                if f.attrs.get("schema") != SCHEMA:
-                    msg = f"{path}: not a ddrom ROM file"
-                elif int(f.attrs.get("schema_version", -1)) not in READABLE_SCHEMA_VERSIONS:
-                    msg = (f"{path}: ROM file schema version {f.attrs.get('schema_version')} "
-                           f"(this ddrom reads {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; "
-                           "rebuild it with `ddrom offline`)")
-                elif not f.attrs.get("complete", False):
-                    msg = f"{path}: incomplete ROM file"
-                elif local is not None:
-                    model = _read_model(f[f"local/{local:03d}/online"])
-                else:
-                    model = _read_model(f["online"])
-        except FileNotFoundError:
-            msg = f"ROM file {path} does not exist (run `ddrom offline` first)"
-        except (OSError, KeyError) as exc:
-            msg = f"{path}: unreadable or truncated ROM file ({exc})"
-    raise_collective(c, msg)
-    return c.bcast(model, root=0)
+    return _rom_read(path, comm, fn)
 
 
 def load_classifier(path: str | os.PathLike, comm: Any) -> dict | None:
     """The local-basis classifier data of a ROM file (None when it has no local bases): the
     JSON metadata, with its arrays under ``"arrays"`` (empty before schema 5)."""
-    import h5py
+    def fn(f: Any, read: _Reader) -> dict | None:
+        if int(f.attrs.get("n_local", 0)) <= 0:
+            return None
+        data = json.loads(f.attrs["classifier"])
+        data["arrays"] = {k: read(f["classifier"][k]) for k in f["classifier"]} if "classifier" in f else {}
+        return data
 
-    c = as_mpi(comm)
-    data, msg = None, None
-    if c.rank == 0:
-        try:
-            with h5py.File(path, "r") as f:
-                if int(f.attrs.get("n_local", 0)) > 0:
-                    data = json.loads(f.attrs["classifier"])
-                    data["arrays"] = {k: f["classifier"][k][...] for k in f["classifier"]} if "classifier" in f \
-                        else {}
-        except (OSError, KeyError, ValueError) as exc:
-            msg = f"{path}: cannot read the local-basis classifier ({type(exc).__name__}: {exc})"
-    raise_collective(c, msg)
-    return c.bcast(data, root=0)
+    return _rom_read(path, comm, fn, f"ROM file {path}: local-basis classifier")
 
 
 def load_bases(path: str | os.PathLike, dmesh: Any, names: list[str], group: str = "bases"
@@ -302,66 +385,79 @@ def load_bases(path: str | os.PathLike, dmesh: Any, names: list[str], group: str
     """Read distributed bases of a ROM file into the current distribution (owned rows).
 
     ``displacement`` -> (3 n_owned, N); integration-point bases -> (ne * nq * ncomp, Np).
+    Collective reads with their checksums verified; a damaged chunk is one CollectiveError
+    naming the file and the dataset on every rank.
     """
-    import h5py
-
     c = as_mpi(dmesh.comm)
-    out, msg = {}, None
+    path = os.fspath(path)
+    out: dict[str, np.ndarray] = {}
+    h5 = ParallelH5.open(path, c, "ROM file", "r")
     try:
-        with h5py.File(path, "r", driver="mpio", comm=c) as f:
+        dsets = {}
+        with collective(c, f"ROM file {path}"):
+            f = h5.f
             if group not in f:
-                raise KeyError(f"no /{group} group")
+                raise DdromError(f"ROM file {path}: no /{group} group")
             for name in names:
+                if name not in f[group]:
+                    raise DdromError(f"ROM file {path}: no basis /{group}/{name}")
                 ds = f[group][name]
                 nmap = dmesh.natural_nodes if name == "displacement" else dmesh.natural_cells
                 if ds.shape[0] != nmap.n_global:
-                    raise ValueError(f"basis {name!r} has {ds.shape[0]} rows, the mesh has {nmap.n_global} "
-                                     f"{'nodes' if name == 'displacement' else 'cells'} (ROM built on another mesh?)")
-                lo, hi = nmap.natural_range
-                with ds.collective:
-                    nat = ds[lo:hi]
-                owned = nmap.from_natural(nat)
-                out[name] = owned.reshape(-1, ds.shape[-1])
-    except Exception as exc:  # noqa: BLE001
-        msg = f"{path}: cannot read the bases: {type(exc).__name__}: {exc}"
-    raise_collective(c, msg)
+                    raise DdromError(f"ROM file {path}: basis {name!r} has {ds.shape[0]} rows, the mesh has "
+                                     f"{nmap.n_global} {'nodes' if name == 'displacement' else 'cells'} "
+                                     "(ROM built on another mesh?)")
+                dsets[name] = (ds, nmap)
+        for name, (ds, nmap) in dsets.items():
+            lo, hi = nmap.natural_range
+            nat = h5.read(ds, (lo,) + (0,) * (ds.ndim - 1), (hi - lo,) + ds.shape[1:])
+            out[name] = nmap.from_natural(nat).reshape(-1, ds.shape[-1])
+    finally:
+        h5.close()
     return out
 
 
 def store_calibration(path: str | os.PathLike, calibration: dict, comm: Any) -> None:
-    """Record the indicator calibration in a ROM file (collective; rank 0 writes a small attribute)."""
+    """Record the indicator calibration in a ROM file (collective).
+
+    Never in place: rank 0 updates a copy (a copy-on-write clone where the file system
+    has them) and renames it over the file once flushed to disk
+    (:func:`ddrom.io.atomic.atomic_update`); a failure (a full disk, a kill) leaves the
+    previous file intact and no temporary file, and is raised on every rank.
+    """
     import h5py
 
-    c = as_mpi(comm)
-    msg = None
-    if c.rank == 0:
+    path = os.fspath(path)
+
+    def update() -> None:
         try:
-            with h5py.File(path, "a") as f:
-                f.attrs["indicator_calibration"] = json.dumps(calibration)
+            with atomic_update(path) as tmp:
+                # HDF5 must not meet a full disk (it cannot close the file after a failed
+                # write and crashes at exit): the room for the new attribute is reserved first
+                reserve_space(tmp, SLACK + 4 * len(json.dumps(calibration)))
+                with h5py.File(tmp, "a") as f:
+                    f.attrs["indicator_calibration"] = json.dumps(calibration)
+                    stamp_attrs(f)
         except OSError as exc:
-            msg = f"{path}: cannot record the indicator calibration ({exc})"
-    raise_collective(c, msg)
+            raise DdromError(io_error_message(exc, f"ROM file {path}: cannot record the indicator calibration",
+                                              path)) from None
+
+    root_only(as_mpi(comm), update, f"ROM file {path}: cannot record the indicator calibration")
 
 
 def read_attrs(path: str | os.PathLike, comm: Any, names: tuple[str, ...] = ("indicator_calibration", "provenance",
                                                                           "case_hash")) -> dict[str, Any]:
     """Root attributes of a ROM file, JSON ones decoded (missing ones absent), on every rank."""
-    import h5py
+    def fn(f: Any, read: _Reader) -> dict:
+        out = {}
+        for n in names:
+            if n in f.attrs:
+                v = f.attrs[n]
+                v = v.decode() if isinstance(v, bytes) else v
+                out[n] = json.loads(v) if n in ("indicator_calibration", "provenance") else v
+        return out
 
-    c = as_mpi(comm)
-    out, msg = {}, None
-    if c.rank == 0:
-        try:
-            with h5py.File(path, "r") as f:
-                for n in names:
-                    if n in f.attrs:
-                        v = f.attrs[n]
-                        v = v.decode() if isinstance(v, bytes) else v
-                        out[n] = json.loads(v) if n in ("indicator_calibration", "provenance") else v
-        except OSError as exc:
-            msg = f"{path}: cannot read the ROM file ({exc})"
-    raise_collective(c, msg)
-    return c.bcast(out, root=0)
+    return _rom_read(path, comm, fn)
 
 
 def read_calibration(path: str | os.PathLike, comm: Any) -> dict:

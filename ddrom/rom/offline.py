@@ -135,6 +135,7 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
     snapshots to some simulations (a local basis of a cluster).
     """
     from ddrom.reduction import Diagonal, Euclidean, l2_err_from_relative, pod
+    from ddrom.reduction.pod import DEFAULT_METHOD
 
     timers = timers or Timers()
     dm = solver.dm
@@ -143,6 +144,14 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
     options, raised = tolerances_above_noise(options, floors, comm)
     # the streaming method applies to the displacement; the other PODs use the default
     kw = {"method": options.pod_method} if options.pod_method not in (None, "streaming") else {}
+    # Natural row ids make the (default) POD bitwise independent of the partition, hence
+    # the ECM and Gappy points and the whole ROM file (ddrom.reduction.exact); the other
+    # methods have no such mode and get none.
+    exact = kw.get("method", DEFAULT_METHOD) == "rcholqr"
+
+    def ids(rows: np.ndarray) -> dict:
+        return {"row_ids": rows} if exact else {}
+
     nown = 3 * dm.n_owned
     # 1. displacement POD (prescribed DOFs zeroed: u - lifting)
     with timers("pod_displacement"):
@@ -154,7 +163,8 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
             # a cap above the number of snapshots (a small cluster's local basis) is no cap
             cap = None if options.max_modes is None else min(int(options.max_modes), U.shape[1])
             r_u = pod(U, comm, Euclidean(), l2_err=l2_err_from_relative(options.pod_tol, U, comm),
-                      rtol=1e-12, modes=cap, name="displacement snapshots", **kw)
+                      rtol=1e-12, modes=cap, name="displacement snapshots", **kw,
+                      **ids(dm.natural_dof_ids()))
             del U
     Phi = r_u.modes_loc
     check_all(comm, Phi.shape[1] > 0, "the displacement snapshots are all zero: nothing to reduce")
@@ -164,7 +174,7 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
         Sig = store.read_block("stress", dm, sims=sims)                        # (ne*nq*6, m)
         r_s = pod(Sig, comm, Diagonal(np.repeat(w_qp, 6)), rtol=1e-12,
                   l2_err=l2_err_from_relative(options.stress_tol, Sig, comm, Diagonal(np.repeat(w_qp, 6))),
-                  name="stress snapshots", **kw)
+                  name="stress snapshots", **kw, **ids(dm.natural_qp_row_ids(6)))
         del Sig
     # 4a. POD of p (its Gappy samples are chosen with the ECM points, in hyper_reduce)
     with timers("pod_p"):
@@ -174,7 +184,7 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
         if pn > 0:
             r_p = pod(P, comm, Diagonal(w_qp), rtol=1e-12,
                       l2_err=l2_err_from_relative(options.p_tol, P, comm, Diagonal(w_qp)),
-                      name="plastic strain snapshots", **kw)
+                      name="plastic strain snapshots", **kw, **ids(dm.natural_qp_row_ids(1)))
             Phip, sigma_p = r_p.modes_loc, r_p.sigma
     # 4c. POD of the training temperatures (T - T_ref at the points): the indicator's
     # temperature component measures how far a new field is from their span
@@ -185,7 +195,7 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
         if tn > 0:
             r_T = pod(Tsnap, comm, Diagonal(w_qp), rtol=1e-12,
                       l2_err=l2_err_from_relative(options.temperature_tol, Tsnap, comm, Diagonal(w_qp)),
-                      name="temperature snapshots", **kw)
+                      name="temperature snapshots", **kw, **ids(dm.natural_qp_row_ids(1)))
             PhiT, sigma_T = r_T.modes_loc, r_T.sigma
     model = hyper_reduce(problem, solver, Phi, r_s.modes_loc, Phip, ecm_tol=options.ecm_tol, timers=timers,
                          sigma_u=r_u.sigma_all, sigma_p=sigma_p, stress_gram=np.diag(np.asarray(r_s.sigma) ** 2),

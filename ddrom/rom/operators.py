@@ -22,6 +22,7 @@ import numpy as np
 
 from ddrom.hf.solver import HFSolver
 from ddrom.parallel import as_mpi
+from ddrom.reduction.exact import reproducible_colsum
 
 
 def natural_point_ids(dm) -> np.ndarray:
@@ -140,7 +141,8 @@ def reduced_load_terms(solver: HFSolver, problem: Any, modes_local: np.ndarray) 
 
     def _add(kind, source, expr, c, xyz):
         if not _space_dependent(expr):
-            terms.append(LoadTerm(kind, source, as_mpi(comm).allreduce(c.sum(axis=0))[None, :], None))
+            # exact sum (the same bits for any partition, as the rest of the ROM file)
+            terms.append(LoadTerm(kind, source, reproducible_colsum(c, comm)[None, :], None))
         else:
             # partition-independent order: sort the gathered rows by coordinates
             rows = np.concatenate(as_mpi(comm).allgather(np.column_stack([xyz, c])))
@@ -175,8 +177,8 @@ def reduced_load_terms(solver: HFSolver, problem: Any, modes_local: np.ndarray) 
             dens = unit.force(solver.xq, 0.0)            # rho * 1^2 * r ; online times omega(t)^2
             Nsh = dm.ref.shape(dm.ref.qp)
             phi = modes_local[asm.edofs].reshape(dm.n_cells, dm.ref.n_nodes, 3, -1)
-            c = np.einsum("qa,eaik,eqi,eq->k", Nsh, phi, dens, asm.wdet)
-            terms.append(LoadTerm("centrifugal", f"{L.key}.omega", as_mpi(comm).allreduce(c)[None, :], None))
+            c = np.einsum("qa,eaik,eqi,eq->eqk", Nsh, phi, dens, asm.wdet).reshape(-1, phi.shape[-1])
+            terms.append(LoadTerm("centrifugal", f"{L.key}.omega", reproducible_colsum(c, comm)[None, :], None))
     return terms
 
 

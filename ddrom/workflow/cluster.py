@@ -164,9 +164,12 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
         out["check"] = heldout_online(case, comm, configs, mode=check, folds=folds, context=(dm, solver),
                                       keep_roms=keep_roms)
     out["timers"] = timers.summary(comm)
-    if plots and c.rank == 0:
+    if plots:
+        from ddrom.io.h5atomic import write_on_root
+
         path = Path(case.output_dir) / "cluster_criterion.png"
-        plot_efficiency(table, str(path), f"{case.name}: local ({dissimilarity}) vs global bases")
+        write_on_root(c, lambda: plot_efficiency(table, str(path), f"{case.name}: local ({dissimilarity}) vs "
+                                                                    "global bases"), f"figure {path}", path)
         out["plot"] = str(path)
     return out
 
@@ -220,7 +223,6 @@ def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, 
     from ddrom.rom.classifier import load_router
     from ddrom.rom.evaluation import compare, run_bases
     from ddrom.rom.inputs import online_inputs
-    from ddrom.rom.model import load_model
     from ddrom.workflow.build import build_problem
 
     if mode not in CHECK_MODES:

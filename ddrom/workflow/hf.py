@@ -14,7 +14,9 @@ from typing import Any
 import ddrom
 from ddrom.parallel import Progress, Timers, as_mpi, get_logger
 from ddrom.workflow.build import build_loads, build_mesh, build_times, load_case_collectively, sanity_check_regions
+from ddrom.io.h5atomic import write_on_root
 from ddrom.workflow.options import solver_options
+from ddrom.workflow.resources import check_hf, mesh_size_of
 
 
 def store_path(case: Any, which: str) -> Path:
@@ -29,7 +31,8 @@ def _points(case: Any, which: str) -> list[tuple[str, dict]]:
 
 def hf_sweep(case: Any, comm: Any, which: str = "training", resume: bool = True,
              progress: bool = False, max_simulations: int | None = None,
-             dm: Any = None, stream_pod: bool | None = None) -> dict[str, Any]:
+             dm: Any = None, stream_pod: bool | None = None,
+             ignore_resources: bool | None = None) -> dict[str, Any]:
     """Compute every HF simulation of a parameter set into its snapshot store.
 
     With ``resume``, simulations already complete in an interrupted store are kept and
@@ -44,6 +47,11 @@ def hf_sweep(case: Any, comm: Any, which: str = "training", resume: bool = True,
     the offline stage with ``rom.pod_method = "streaming"`` then starts from it instead
     of reading the store again. A store that is already complete and up to date is not
     streamed (the offline stage streams it from the store).
+
+    Before anything of the size of the problem is allocated, the memory and disk of the
+    sweep are estimated and a request that cannot fit is refused with the estimate and
+    what is available (:mod:`ddrom.workflow.resources`; ``ignore_resources=True`` or
+    ``DDROM_IGNORE_RESOURCES=1`` runs it anyway).
     """
     c = as_mpi(comm)
     if isinstance(case, (str, Path)):
@@ -51,10 +59,14 @@ def hf_sweep(case: Any, comm: Any, which: str = "training", resume: bool = True,
     quiet = not progress
     sets = ["training", "test"] if which == "all" else [which]
     timers = Timers()
+    # early refusal: a generated mesh is counted before it is built, a mesh file once read
+    checked = dm is None and check_hf(case, comm, sets, resume=resume, ignore=ignore_resources) is not None
     if dm is None:
         with timers("mesh"):
             dm = build_mesh(case, comm)
         sanity_check_regions(case, dm)
+    if not checked:
+        check_hf(case, comm, sets, mesh=mesh_size_of(dm), resume=resume, ignore=ignore_resources)
     summary: dict[str, Any] = {"case": str(case.path), "ranks": c.size, "ddrom_version": ddrom.__version__,
                                "mesh": dm.summary(), "sets": {}}
     get_logger(comm).info(f"ddrom hf: {case.path.name}: {dm.n_cells_global} {dm.cell_type} cells, "
@@ -68,8 +80,8 @@ def hf_sweep(case: Any, comm: Any, which: str = "training", resume: bool = True,
     return summary
 
 
-def _up_to_date(path: Path, case: Any, comm: Any, which: str) -> bool:
-    """A complete store of this very case file exists at the final path."""
+def store_up_to_date(path: Path, case: Any, comm: Any, which: str) -> bool:
+    """A complete store of this very case file exists at the final path (collective)."""
     from ddrom.io.store import SnapshotStore
     from ddrom.parallel import DdromError
 
@@ -101,7 +113,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
     options = solver_options(case)
     provenance = {"case": str(case.path), "case_hash": case.store_hash(which), "case_file_sha256": case.hash,
                   "which": which, "times": times.tolist(), "material": material.to_dict()}
-    if resume and _up_to_date(path, case, comm, which):
+    if resume and store_up_to_date(path, case, comm, which):
         get_logger(comm).info(f"  {path.name}: complete and up to date (use --restart to recompute)")
         store = SnapshotStore.open(path, comm, mode="r")
         runs = [{"name": name, "params": params, "skipped": True, "seconds": store.metadata(name, "hf_seconds")}
@@ -120,9 +132,7 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
             get_logger(comm).info(f"  {partial.name}: written by another version of the case file; starting over")
     fresh = store is None
     if store is None:
-        if c.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        c.Barrier()
+        write_on_root(c, lambda: path.parent.mkdir(parents=True, exist_ok=True), f"output folder {path.parent}")
         store = SnapshotStore.create(path, dm, state_names=material.state_names, case_hash=case.store_hash(which),
                                      provenance=provenance, comm=comm)
     done = {s.name for s in store.simulations() if s.complete}

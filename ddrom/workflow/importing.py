@@ -88,9 +88,11 @@ from typing import Any
 import numpy as np
 
 from ddrom.workflow.build import build_loads, build_mesh, build_times, load_case_collectively
+from ddrom.io.h5atomic import write_on_root
 from ddrom.workflow.options import solver_options
+from ddrom.workflow.resources import check_import, mesh_size_of
 from ddrom.workflow.hf import store_path
-from ddrom.parallel import CollectiveError, DdromError, Progress, as_mpi, get_logger, raise_collective
+from ddrom.parallel import CollectiveError, DdromError, Progress, as_mpi, collective, get_logger, root_only
 
 
 @dataclass
@@ -162,18 +164,9 @@ def _full_params(case: Any, params: dict, where: str) -> dict[str, float]:
 
 # ================================================================ several simulations
 def _on_root(comm: Any, fn) -> Any:
-    """``fn()`` on rank 0, its result broadcast; its DdromError raised on every rank."""
-    c = as_mpi(comm)
-    out, msg = None, None
-    if c.rank == 0:
-        try:
-            out = fn()
-        except DdromError as exc:
-            msg = str(exc)
-        except Exception as exc:  # noqa: BLE001
-            msg = f"{type(exc).__name__}: {exc}"
-    raise_collective(c, msg)
-    return c.bcast(out, root=0)
+    """``fn()`` on rank 0, its result broadcast; any exception there (SystemExit of a library
+    included) raised on every rank (:func:`ddrom.parallel.root_only`)."""
+    return root_only(comm, fn, "ddrom import")
 
 
 def _read_table(path: str) -> list[ImportJob]:
@@ -267,27 +260,24 @@ def jobs_from_pattern(pattern: str, comm: Any) -> list[ImportJob]:
 
 
 # ======================================================================= the import
-def _rollback(store: Any, partial: Path, created: bool, was_final: bool, added: list[str], comm: Any) -> None:
-    """Undo this call's writes after a failure (collective; best effort, the error is re-raised)."""
-    c = as_mpi(comm)
+def _rollback(store: Any, created: bool, was_final: bool, added: list[str]) -> None:
+    """Undo this call's writes after a failure (collective; the error is re-raised by the caller).
+
+    A store this call created, or the copy of a finalized store it was extending, is
+    removed: the finalized file was never touched (:meth:`SnapshotStore.open` extends a
+    copy). An interrupted ``.partial`` it was adding to loses this call's simulations.
+    """
+    if created or was_final or not store.is_open:
+        store.abort()
+        return
     try:
-        if created:
-            store.close()
-            c.Barrier()
-            if c.rank == 0 and partial.exists():
-                partial.unlink()
-            c.Barrier()
-            return
-        f = store._file()
-        for name in added:
-            if name in f["simulations"]:
-                del f["simulations"][name]
-        if was_final:
-            store.finalize()
-        else:
-            store.close()
-    except Exception:  # noqa: BLE001 - never hide the original error
-        pass
+        with collective(store.comm, f"ddrom import: rolling back {store.file}"):
+            f = store._file()
+            for name in added:
+                if name in f["simulations"]:
+                    del f["simulations"][name]
+    finally:
+        store.close()
 
 
 def is_dat(field: str | None) -> bool:
@@ -456,7 +446,7 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
                 stress_field: str | None = None, progress: bool = False, case: Any = None,
                 dm: Any = None, *, stress_order: str | None = None, peeq_field: str | None = None,
                 which: str = "training", only_listed: bool = False,
-                equilibrium_tol: float | None = None) -> dict[str, Any]:
+                equilibrium_tol: float | None = None, ignore_resources: bool | None = None) -> dict[str, Any]:
     """Import displacement series as simulations of the training (or test) store, all or nothing
     (collective); see the module doc.
 
@@ -476,6 +466,10 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
     only_listed : import only the jobs whose parameters are a point of that list; skip the
         others (named in the log and in ``skipped``).
     equilibrium_tol : overrides ``[import] equilibrium_tol``.
+    ignore_resources : run even if the estimated memory or disk does not fit. The memory and
+        disk of the import (a replay per simulation into the store) are estimated before
+        the mesh is built (or once it is read, for a mesh file) and a request that cannot
+        fit is refused (:mod:`ddrom.workflow.resources`).
 
     Returns
     -------
@@ -535,8 +529,11 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
     if dup:
         raise CollectiveError(f"ddrom import: several series would be stored as {dup} (same parameters "
                               "or names)")
+    checked = dm is None and check_import(case, comm, len(jobs), ignore=ignore_resources) is not None
     if dm is None:
         dm = build_mesh(case, comm)
+    if not checked:
+        check_import(case, comm, len(jobs), mesh=mesh_size_of(dm), ignore=ignore_resources)
     material = from_config(case.raw["material"])
     case_times = build_times(case)
     opts = dict(field=field, coord_rtol=rtol, node_order=node_order)
@@ -566,13 +563,11 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
     if exists:
         store = SnapshotStore.open(path, comm, mode="a", dmesh=dm)
         if store.case_hash != case.store_hash(which):
-            store.close() if not was_final else store.finalize()
+            store.abort() if was_final else store.close()
             raise CollectiveError(f"{path}: written for another version of the case file (its HF "
                                   "part changed); remove it or import into a fresh output folder")
     else:
-        if c.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        c.Barrier()
+        write_on_root(c, lambda: path.parent.mkdir(parents=True, exist_ok=True), f"output folder {path.parent}")
         store = SnapshotStore.create(
             path, dm, state_names=material.state_names, case_hash=case.store_hash(which), comm=comm,
             provenance={"case": str(case.path), "case_hash": case.store_hash(which), "case_file_sha256": case.hash,
@@ -581,7 +576,7 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
     complete = {s.name for s in store.simulations() if s.complete}
     clash = sorted(set(n for n in names if n) & complete)
     if clash:
-        store.close() if not was_final else store.finalize()
+        store.abort() if was_final else store.close()
         raise CollectiveError(f"{path}: simulation(s) {clash} are already complete in the store; import "
                               "under another --name / 'name' column, or into a fresh output folder")
     added: list[str] = []
@@ -698,7 +693,7 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
         done = {s.name for s in store.simulations() if s.complete}
         do_finalize = finalize or (bool(wanted) and wanted <= done)
     except BaseException:
-        _rollback(store, partial, not exists, was_final, added, comm)
+        _rollback(store, not exists, was_final, added)
         raise
     if do_finalize:
         store.finalize()

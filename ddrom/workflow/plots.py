@@ -2,7 +2,6 @@
 indicator calibration, enrichment runs. Matplotlib's Agg canvas directly: no pyplot state."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,13 @@ def figure(figsize=(6.0, 4.0)):
 
 
 def save(fig, path: Path) -> str:
-    tmp = path.with_name(path.name + ".tmp.png")
+    """Write a figure as PNG atomically (a private temporary renamed into place, removed on
+    any failure: a full disk leaves the previous figure, not half a PNG)."""
+    from ddrom.io.atomic import atomic_path
+
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return path.name
 
 

@@ -20,7 +20,6 @@ import base64
 import html
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ddrom.io.atomic import atomic_path, write_text_atomic
 from ddrom.parallel import CollectiveError
 from ddrom.workflow.plots import figure, plot_calibration, positive, save
 from ddrom.workflow.rom import read_online_times
@@ -57,9 +57,8 @@ def _copy_figure(src: Path, rdir: Path) -> bool:
     """Copy a figure a stage wrote into the report folder (temporary name, then rename)."""
     if not src.is_file():
         return False
-    tmp = rdir / (src.name + ".tmp.png")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, rdir / src.name)
+    with atomic_path(rdir / src.name) as tmp:
+        shutil.copyfile(src, tmp)
     return True
 
 
@@ -533,15 +532,11 @@ def write_report(output_dir: str | Path, output_format: str = "md") -> Path:
         md += ["`ddrom cluster` has not been run on this case (no `cluster_criterion.png`).", ""]
 
     out = rdir / "report.md"
-    tmp = rdir / "report.md.tmp"
     text = "\n".join(md)
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(out, text)
     if output_format == "html":
         out = rdir / "report.html"
-        tmp = rdir / "report.html.tmp"
-        tmp.write_text(markdown_to_html(text, rdir, f"ddrom report: {d.resolve().name}"))
-        os.replace(tmp, out)
+        write_text_atomic(out, markdown_to_html(text, rdir, f"ddrom report: {d.resolve().name}"))
     return out
 
 
@@ -558,14 +553,10 @@ def report(output_dir: str, comm: Any, output_format: str = "md") -> dict[str, A
     Raises :class:`CollectiveError` on every rank if ``output_dir`` is not a ddrom output
     folder or the report cannot be written.
     """
-    from ddrom.parallel import as_mpi, collective
+    from ddrom.io.h5atomic import write_on_root
 
-    c = as_mpi(comm)
-    path = None
-    with collective(comm, "ddrom report"):
-        if c.rank == 0:
-            path = write_report(output_dir, output_format)
-    path = c.bcast(str(path) if path else None, root=0)
+    path = str(write_on_root(comm, lambda: write_report(output_dir, output_format),
+                             f"ddrom report {Path(output_dir) / 'report'}", Path(output_dir) / "report"))
     rdir = Path(path).parent
     return {"report": path, "format": output_format, "markdown": str(rdir / "report.md"),
             "html": str(rdir / "report.html") if output_format == "html" else None,

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 
 import ddrom
-from ddrom.parallel import CollectiveError, Progress, Timers, as_mpi, get_logger
+from ddrom.io.h5atomic import write_on_root
+from ddrom.parallel import CollectiveError, DdromError, Progress, Timers, as_mpi, get_logger
 from ddrom.workflow.build import (build_loads, build_mesh, build_problem, load_case_collectively,
                                   sanity_check_regions)
 from ddrom.workflow.hf import hf_sweep, store_path
@@ -52,34 +53,46 @@ def hf_context(case: Any, comm: Any, timers: Timers | None = None) -> tuple[Any,
 
 # =================================================================== offline
 def build_rom(case: Any, comm: Any, *, context: tuple | None = None, plots: bool = False,
-              path: str | os.PathLike | None = None) -> dict[str, Any]:
+              path: str | os.PathLike | None = None, ignore_resources: bool | None = None) -> dict[str, Any]:
     """Training store -> ROM file (POD, ECM, Gappy-POD, reduced operators; local bases with
     ``[rom] n_clusters > 1`` and the classifier that routes a new input to one of them).
-    Returns the offline summary (modes, points, tolerances, classifier, timers)."""
+    Returns the offline summary (modes, points, tolerances, classifier, timers).
+
+    The memory of the snapshot blocks and the disk of the ROM file are estimated from the
+    store before anything is read, and a request that cannot fit is refused
+    (:func:`ddrom.workflow.resources.check_offline`; ``ignore_resources`` overrides).
+    """
+    from ddrom.io.estimate import MeshSize
     from ddrom.io.store import SnapshotStore
+    from ddrom.workflow.resources import check_offline
 
     case = as_case(case, comm)
     timers = Timers()
-    dm, solver = context or hf_context(case, comm, timers)
     spath = store_path(case, "training")
-    store = SnapshotStore.open(spath, comm, mode="r", dmesh=dm)
-    if store.case_hash != case.store_hash("training"):
-        store.close()
-        raise CollectiveError(f"{spath} was computed from another version of the case file; "
-                              f"run `ddrom hf {case.path}` again")
+    store = SnapshotStore.open(spath, comm, mode="r")
     path = Path(path) if path is not None else rom_path(case)
-    t0 = time.perf_counter()
     try:
+        if store.case_hash != case.store_hash("training"):
+            raise CollectiveError(f"{spath} was computed from another version of the case file; "
+                                  f"run `ddrom hf {case.path}` again")
+        check_offline(case, comm, MeshSize(store.n_cells, store.n_nodes, store.cell_type),
+                      sum(s.n_steps + 1 for s in store.simulations() if s.complete), ignore=ignore_resources)
+        dm, solver = context or hf_context(case, comm, timers)
+        store.check_mesh(dm)
+        t0 = time.perf_counter()
         model, _, info = build_rom_file(case, comm, solver, store, path, offline_options(case),
                                         int(case.raw["rom"]["n_clusters"]), classifier_options(case), timers=timers)
-    finally:
-        store.close()
+    except CollectiveError:
+        store.close()           # collective, as the error is (any other one aborts the job)
+        raise
+    store.close()
     seconds = as_mpi(comm).allreduce(time.perf_counter() - t0, op=_max())
     summary = {"rom": str(path), "seconds": seconds, **model.info, **info, "timers": timers.summary(comm)}
-    if plots and as_mpi(comm).rank == 0:
+    if plots:
         from ddrom.workflow.plots import plot_singular_values
 
-        plot_singular_values(model, Path(case.output_dir) / "singular_values.png")
+        png = Path(case.output_dir) / "singular_values.png"
+        write_on_root(comm, lambda: plot_singular_values(model, png), f"figure {png}", png)
     return summary
 
 
@@ -260,10 +273,9 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
             log.info(f"    enrichment at step {ev['step']} (t = {ev['t']:g}): {ev['reason']}; +{ev['modes_added']} "
                      f"mode(s), +{ev['points_added']}/-{ev['points_removed']} points, {ev['replayed_steps']} steps "
                      f"replayed, {ev['seconds']:.2f} s")
-        if write and as_mpi(comm).rank == 0:
-            write_online_result(Path(case.output_dir) / f"online_{name}", run)
         if write:
-            as_mpi(comm).Barrier()
+            stem = Path(case.output_dir) / f"online_{name}"
+            write_on_root(comm, lambda: write_online_result(stem, run), f"online result {stem}", stem)
     bar.close()
     return out
 
@@ -398,23 +410,34 @@ def write_online_result(stem: Path, run: RomRun) -> None:
 
     HDF5 datasets: ``times`` (nt,), ``q`` (nt, N) reduced coordinates, ``p_coeff`` (nt, Np)
     and ``stress_coeff`` (nt, Ns) coefficients in the run's final bases, ``dirichlet``
-    (nt, D) lifting values, ``indicator`` (nt,) (p component) and ``indicators/<component>``;
-    attributes ``params`` and ``enrichments`` (JSON). Both files are written to temporary
-    names and renamed when complete.
+    (nt, D) lifting values, ``indicator`` (nt,) (p component) and ``indicators/<component>``,
+    with checksums; attributes ``params`` and ``enrichments`` (JSON). Both files are
+    written to private temporary names and renamed when complete
+    (:func:`ddrom.io.h5atomic.write_small_h5`, :func:`write_json`): a failure (a full
+    disk) removes the temporary and leaves a previous result intact; two runs of one
+    point never share a temporary.
     """
-    import h5py
+    from ddrom.io.h5atomic import io_error_message, write_small_h5
+    from ddrom.io.integrity import dataset_options, stamp_attrs
 
     res = run.result
-    h5 = Path(str(stem) + ".h5")
-    with h5py.File(str(h5) + ".tmp", "w") as f:
-        for key in ("times", "q", "p_coeff", "stress_coeff", "dirichlet", "indicator"):
-            f.create_dataset(key, data=np.asarray(getattr(res, key), dtype=float))
-        for key, v in (res.indicators or {}).items():
-            f.create_dataset(f"indicators/{key}", data=np.asarray(v, dtype=float))
+
+    def fill(f: Any) -> None:
+        for key, v in [(k, getattr(res, k)) for k in ("times", "q", "p_coeff", "stress_coeff", "dirichlet",
+                                                       "indicator")] + \
+                [(f"indicators/{k}", v) for k, v in (res.indicators or {}).items()]:
+            a = np.asarray(v, dtype=float)
+            f.create_dataset(key, data=a, **dataset_options(a.shape))
         f.attrs["params"] = json.dumps(run.params)
         f.attrs["enrichments"] = json.dumps(res.enrichments, default=json_default)
-    os.replace(str(h5) + ".tmp", h5)
-    write_json(Path(str(stem) + ".json"), run_summary(run))
+        stamp_attrs(f)
+
+    for path, write in ((Path(str(stem) + ".h5"), lambda p: write_small_h5(p, fill)),
+                        (Path(str(stem) + ".json"), lambda p: write_json(p, run_summary(run)))):
+        try:
+            write(path)
+        except OSError as exc:                   # named by the file, not by its temporary
+            raise DdromError(io_error_message(exc, f"online result {path}", path)) from None
 
 
 def read_online_times(stem: Path) -> np.ndarray | None:
@@ -452,7 +475,8 @@ def _save_enriched(case, comm, res, enricher, path: Path, params, source: Path) 
     save_model(path, res.model, comm, case_hash=case.config_hash,
                provenance={"case": str(case.path), "ranks": as_mpi(comm).size, "enriched_from": str(source),
                            "parameters": params, "enrichments": res.enrichments},
-               bases=enricher.bases(), attrs={"indicator_calibration": json.dumps(cal)} if cal else None)
+               bases=enricher.bases(), attrs={"indicator_calibration": json.dumps(cal)} if cal else None,
+               private=True)      # online runs share the folder: never one temporary for two writers
     get_logger(comm).info(f"  enriched ROM: {path}")
     return path
 
@@ -470,20 +494,26 @@ def reconstruct_fields(case: Any, comm: Any, runs: list, model: Any, path: str |
     dm, solver = context or hf_context(case, comm, Timers())
     problem = build_problem(case)
     path = Path(path) if path is not None else Path(case.output_dir) / "rom_fields.h5"
+    # private temporary: ROM runs of one case (job arrays) may reconstruct at the same time
     store = SnapshotStore.create(path, dm, state_names=[], case_hash=case.hf_hash,
-                                 provenance={"case": str(case.path), "kind": "ROM reconstruction"}, comm=comm)
+                                 provenance={"case": str(case.path), "kind": "ROM reconstruction"}, comm=comm,
+                                 private=True)
     ne, nq = dm.n_cells, dm.n_qp
-    for name, params, res in runs:
-        m, bases = run_bases(getattr(res, "rom_file", None) or rom_path(case), dm, model, res)
-        solver.set_loads(problem.bind(params, dm))
-        rec = Reconstruction(dm, solver, m, bases)
-        writer = store.add_simulation(name, params, n_steps=len(res.times) - 1)
-        for k, t in enumerate(res.times):
-            u = rec.displacement(res, k).reshape(-1, 3)
-            p = rec.plastic_strain(res, k).reshape(ne, nq)
-            sig = rec.stress(res, k).reshape(ne, nq, 6)
-            writer.write_step(k, float(t), u, sig, p, None)
-        writer.finish()
+    try:
+        for name, params, res in runs:
+            m, bases = run_bases(getattr(res, "rom_file", None) or rom_path(case), dm, model, res)
+            solver.set_loads(problem.bind(params, dm))
+            rec = Reconstruction(dm, solver, m, bases)
+            writer = store.add_simulation(name, params, n_steps=len(res.times) - 1)
+            for k, t in enumerate(res.times):
+                u = rec.displacement(res, k).reshape(-1, 3)
+                p = rec.plastic_strain(res, k).reshape(ne, nq)
+                sig = rec.stress(res, k).reshape(ne, nq, 6)
+                writer.write_step(k, float(t), u, sig, p, None)
+            writer.finish()
+    except CollectiveError:
+        store.abort()           # no temporary left; a previous file at `path` stays (collective error)
+        raise
     store.finalize()
     get_logger(comm).info(f"  reconstructed fields: {path} (+ .xdmf for ParaView)")
     if "vtu" in formats:
@@ -523,7 +553,7 @@ def compare_runs(case: Any, comm: Any, runs: list, model: Any, which: str = "tes
 
 # =============================================================== calibration
 def calibrate(case: Any, comm: Any, *, context: tuple | None = None, hf: bool = True, plots: bool = False,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, ignore_resources: bool | None = None) -> dict[str, Any]:
     """Calibrate the error indicator on the test points (HF reference computed if missing).
 
     Runs the plain ROM on the test points, compares it step by step with the HF test
@@ -531,6 +561,7 @@ def calibrate(case: Any, comm: Any, *, context: tuple | None = None, hf: bool = 
     (:func:`ddrom.rom.calibration.calibrate_indicator`) and stores the result (with the
     tolerances for the error targets ``[rom] indicator_target`` (p) and
     ``indicator_target_u`` (u)) in the ROM file, where ``run_rom(enrich=True)`` finds it.
+    ``ignore_resources``: see :func:`ddrom.workflow.hf.hf_sweep` (the test sweep).
     """
     from ddrom.rom.calibration import calibrate_indicator
     from ddrom.rom.model import store_calibration
@@ -542,7 +573,7 @@ def calibrate(case: Any, comm: Any, *, context: tuple | None = None, hf: bool = 
     if hf and not case.test_parameters():
         raise CollectiveError(f"{case.path.name}: calibration needs test points ([test]) with an HF reference")
     if hf:
-        hf_sweep(case, comm, which="test", progress=progress, dm=context[0])
+        hf_sweep(case, comm, which="test", progress=progress, dm=context[0], ignore_resources=ignore_resources)
     on = run_rom(case, comm, enrich=False, context=context, progress=progress)
     errors = compare_runs(case, comm, on.runs, on.model, "test", context)
     io = indicator_options(case)
@@ -550,11 +581,11 @@ def calibrate(case: Any, comm: Any, *, context: tuple | None = None, hf: bool = 
                                       components=INDICATOR_COMPONENTS)
     if calibration.get("pairs", 0) > 0:
         store_calibration(rom_path(case), calibration, comm)
-        if plots and c.rank == 0:
+        if plots:
             from ddrom.workflow.plots import plot_calibration
 
-            plot_calibration(errors, calibration, Path(case.output_dir) / "indicator_calibration.png")
-    c.Barrier()
+            png = Path(case.output_dir) / "indicator_calibration.png"
+            write_on_root(c, lambda: plot_calibration(errors, calibration, png), f"figure {png}", png)
     if "pearson_log" in calibration:
         get_logger(comm).info(
             f"  indicator calibration: Pearson r(log) = {calibration['pearson_log']:.3f} over "
@@ -565,28 +596,33 @@ def calibrate(case: Any, comm: Any, *, context: tuple | None = None, hf: bool = 
 
 
 # ================================================================== pipeline
-def run(case: Any, comm: Any, *, progress: bool = False, plots: bool = True) -> dict[str, Any]:
+def run(case: Any, comm: Any, *, progress: bool = False, plots: bool = True,
+        ignore_resources: bool | None = None) -> dict[str, Any]:
     """HF training sweep, offline, online on the test parameters, HF reference, comparison.
 
     The indicator is calibrated on the plain ROM runs; with ``[rom.enrichment] enabled``
     the test parameters are then run again with enrichment and compared too. Writes
-    ``summary.json`` (rank 0) and returns it.
+    ``summary.json`` (rank 0) and returns it. The whole run's memory and disk are
+    estimated before the mesh is built, and refused if they cannot fit
+    (:func:`ddrom.workflow.resources.check_run`; ``ignore_resources`` overrides).
     """
     from ddrom.parallel.stages import StagePrinter
+    from ddrom.workflow.resources import check_run
 
     case = as_case(case, comm)
+    check_run(case, comm, ignore=ignore_resources)
     # every stage timed anywhere below (HF, offline, online, enrichment), for summary.json
     with StagePrinter(comm, "run", quiet=True) as stages:
-        return _run(case, comm, progress, plots, stages)
+        return _run(case, comm, progress, plots, stages, ignore_resources)
 
 
-def _run(case: Any, comm: Any, progress: bool, plots: bool, stages: Any) -> dict[str, Any]:
+def _run(case: Any, comm: Any, progress: bool, plots: bool, stages: Any, ignore: bool | None) -> dict[str, Any]:
     c = as_mpi(comm)
     context = hf_context(case, comm, Timers())
     dm, solver = context
-    hf_train = hf_sweep(case, comm, which="training", progress=progress, dm=dm)
-    off = build_rom(case, comm, context=context, plots=plots)
-    hf_test = hf_sweep(case, comm, which="test", progress=progress, dm=dm)
+    hf_train = hf_sweep(case, comm, which="training", progress=progress, dm=dm, ignore_resources=ignore)
+    off = build_rom(case, comm, context=context, plots=plots, ignore_resources=ignore)
+    hf_test = hf_sweep(case, comm, which="test", progress=progress, dm=dm, ignore_resources=ignore)
     cal = calibrate(case, comm, context=context, hf=False, plots=plots, progress=progress)
     on, errors, calibration, model = cal["online"], cal["errors"], cal["calibration"], cal["online"].model
     hf_test_secs = {r["name"]: r["seconds"] for r in _runs(hf_test, "test") if r.get("seconds")}
@@ -609,10 +645,11 @@ def _run(case: Any, comm: Any, progress: bool, plots: bool, stages: Any) -> dict
             "rel_error_stress": max((e["stress"] for e in err_e), default=None),
             "per_test_parameter": err_e,
         }
-        if plots and c.rank == 0 and err_e:
+        if plots and err_e:
             from ddrom.workflow.plots import plot_enrichment
 
-            plot_enrichment(errors, err_e, enrichment, Path(case.output_dir) / "enrichment.png")
+            png = Path(case.output_dir) / "enrichment.png"
+            write_on_root(c, lambda: plot_enrichment(errors, err_e, enrichment, png), f"figure {png}", png)
     hf_secs = list(hf_test_secs.values()) or \
         [r["seconds"] for r in _runs(hf_train, "training") if r.get("seconds")]
     rom_secs = [res.seconds for _, _, res in on.runs]
@@ -635,9 +672,8 @@ def _run(case: Any, comm: Any, progress: bool, plots: bool, stages: Any) -> dict
         "mesh": dm.summary(),
         "timers": stages.timers.summary(comm),
     }
-    if c.rank == 0:
-        write_json(Path(case.output_dir) / "summary.json", summary)
-    c.Barrier()
+    out = Path(case.output_dir) / "summary.json"
+    write_on_root(c, lambda: write_json(out, summary), f"summary {out}", out)
     return summary
 
 
