@@ -23,23 +23,7 @@ alone on a pool growing to ``cols`` columns (warm Lawson-Hanson vs cold scipy), 
 the NNLS with many more rows than columns (``--tall``, an enrichment's ECM) with the thin
 QR factors ddrom keeps against full ``m x m`` ones.
 
-Measured (2-core VM shared with other jobs, load average 7-10, tol 1e-6, kmax 40; the
-same points, bitwise, at 1 and 2 ranks in every case; 1e6 x 500 skipped: 4 GB)::
-
-       G  cols  K    iter | 1 rank: total  scores  nnls | 2 ranks: total  scores  reduce+bcast
-     1e5    50   51    73 |          0.21    0.14  0.01 |           0.72    0.22     0.37
-     1e5   200  147   200 |          3.54    3.00  0.21 |           3.52    1.46     2.25
-     1e5   500  244   339 |         11.42   10.30  0.55 |          12.21    8.20     5.22
-     1e6    50   51    76 |          4.80    4.16  0.06 |           4.11    2.43     1.19
-     1e6   200  146   203 |         24.68   22.33  0.17 |          22.79   17.52     3.09
-
-The greedy is dominated by the score pass (one read of the local matrix per
-iteration, ~0.1 s per 1.6 GB); the NNLS is a few percent. At 2 ranks the "reduce" and
-"bcast" times are mostly waiting for the slower rank on the oversubscribed machine,
-not message latency (a few microseconds). NNLS alone on a growing pool: warm
-Lawson-Hanson vs cold scipy 0.6x at 50 columns (Python overhead), 8x at 200, 15x at
-500 (1.0 s vs 15.7 s), same solution to 4e-12. The einsum score kernel costs
-0.6-1.5x a BLAS gemv.
+Measured numbers: benchmarks/README.md, "ECM greedy".
 
 Run at 1 and 2 ranks::
 
