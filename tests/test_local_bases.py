@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -10,7 +11,7 @@ import pytest
 from mpi4py import MPI
 
 import ddrom  # noqa: F401
-from ddrom.parallel import DdromError
+from ddrom.parallel import CollectiveError, DdromError
 from helpers import all_ok, write_regimes_case
 
 
@@ -204,6 +205,34 @@ def test_cluster_report_heldout_criterion_and_online_check(shared_tmp):
     assert t["check"]["configs"][1]["runs"][0]["cluster"] == 0      # a training position, its cluster
     with pytest.raises(DdromError, match="folds must be an integer >= 2"):
         cluster_report(path, comm, folds=1)
+
+
+@pytest.mark.mpi
+def test_check_records_a_configuration_that_cannot_be_built(shared_tmp, monkeypatch):
+    """A configuration whose ROM cannot be built from the check's simulations (e.g. a small
+    cluster's basis singular at the integration points) is a result of the a posteriori
+    check -- ranked worst, with the reason -- not the end of the report."""
+    import ddrom as api
+    import ddrom.workflow.cluster as wc
+
+    comm = MPI.COMM_WORLD
+    path = write_regimes_case(shared_tmp, "unbuildable")
+    api.run_hf(path, comm, which="all")
+    real = wc.build_rom_file
+
+    def build(case, comm_, solver, store, rom, opts, k, copts, **kw):
+        if k == 2:
+            raise CollectiveError("the sampled basis is numerically singular (stand-in)")
+        return real(case, comm_, solver, store, rom, opts, k, copts, **kw)
+
+    monkeypatch.setattr(wc, "build_rom_file", build)
+    out = wc.heldout_online(path, comm, [(1, 4), (2, 4)], mode="test")
+    rows = {(r["k"], r["N"]): r for r in out["configs"]}
+    assert rows[(2, 4)]["mean_displacement"] == math.inf and rows[(2, 4)]["n_runs"] == 0
+    assert rows[(2, 4)]["unbuildable"] == [{"fold": 0, "reason": "the sampled basis is numerically singular "
+                                                                   "(stand-in)"}]
+    assert rows[(1, 4)]["n_runs"] == 3 and np.isfinite(rows[(1, 4)]["mean_displacement"])
+    assert "inf" in wc.format_check(out)
 
 
 def test_router_decisions_margin_and_unavailable_features():

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from ddrom.parallel import DdromError, as_mpi, check_all, collective
+from ddrom.parallel import CollectiveError, DdromError, as_mpi, check_all, collective
 from ddrom.parallel.argmax import argmax_with_owner
 
 __all__ = ["qdeim_points", "GappyPOD", "gather_point_rows"]
@@ -375,9 +375,10 @@ def qdeim_points(Phi_loc: Any, gid_loc: Any, comm: Any = None, ncomp: int = 1,
             try:
                 L = np.linalg.cholesky(A)
             except np.linalg.LinAlgError:  # Q spans R^N, but A = Phi_I^T Phi_I squares cond
-                raise DdromError("the sampled basis is numerically singular (condition "
-                                 "number > 1e8) before oversampling: the basis is nearly "
-                                 "rank deficient at the integration points") from None
+                # A is built from replicated rows: every rank fails here together
+                raise CollectiveError("the sampled basis is numerically singular (condition "
+                                      "number > 1e8) before oversampling: the basis is nearly "
+                                      "rank deficient at the integration points") from None
             if M is None or since >= REFRESH:
                 W = scipy.linalg.solve_triangular(L, Phi.T, lower=True).T
                 W = W.reshape(gid.size, ncomp, N)
