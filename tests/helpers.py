@@ -363,3 +363,36 @@ grid = { T_max = [500.0, 800.0], S_max = [100.0, 140.0] }
 [test]
 values = [{ T_max = 725.0, S_max = 130.0 }]
 """
+
+
+def thermal_j2_box(material, line_search: str = "fallback", comm=MPI.COMM_WORLD):
+    """A box loaded into plasticity by a prescribed stretch and a heating that grows with x,
+    loaded then unloaded past its peak at t = 1 over 5 steps; ``material`` is a law config
+    or a Material. Returns (u, p, stress) in natural order on every rank and the cut-backs.
+
+    Jacobi, not the default GAMG: GAMG's random eigenvalue estimates made CG stop on an
+    "indefinite PC" in some runs, and a cut-back changes a plastic result (path dependence).
+    """
+    from ddrom.hf.loads import Dirichlet, Loads
+    from ddrom.hf.solver import HFSolver, SolverOptions
+    from ddrom.materials import from_config
+    from ddrom.mesh.generators import box
+
+    dm = distributed(lambda: box(2.0, 1.0, 0.5, 5, 3, 2), comm)
+    loads = Loads(
+        dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                   Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 4e-3 * np.sin(np.pi * t / 2) * (1 + 0.3 * y))],
+        temperature=lambda x, y, z, t, **k: 20.0 + 150 * x * t)
+    opts = SolverOptions(rtol=1e-11, atol=1e-14, line_search=line_search,
+                         petsc_options={"ksp_rtol": 1e-13, "pc_type": "jacobi", "ksp_max_it": 5000})
+    s = HFSolver(dm, from_config(material) if isinstance(material, dict) else material, loads, opts)
+    st = s.initial_state()
+    cutbacks = 0
+    for k, t in enumerate([0.5, 1.0, 1.5, 2.0, 2.5]):
+        st, info = s.step(st, t, k)
+        cutbacks += info.cutbacks
+    u = gather_natural(dm.natural_nodes, st.owned_displacement(dm.n_owned), comm)
+    p = gather_natural(dm.natural_cells, s.material.cumulated_plastic_strain(st.internal).reshape(dm.n_cells, -1),
+                       comm)
+    sig = gather_natural(dm.natural_cells, st.stress.reshape(dm.n_cells, -1), comm)
+    return u, p, sig, cutbacks

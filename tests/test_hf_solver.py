@@ -208,20 +208,10 @@ def test_newton_line_search_only_as_a_fallback_on_a_j2_cantilever():
     assert tips["fallback"] == tips["never"], tips
     # a thermally loaded J2 box whose plain Newton 2-cycles (relative residual ~0.9 for 25
     # iterations, 5 cut-backs): the fallback backtracks there and needs no cut-back
+    from helpers import thermal_j2_box
+
     thermal = {**J2, "alpha": 1.2e-5, "T_ref": 20.0, "H": 1500.0}
-    dm = distributed(lambda: box(2.0, 1.0, 0.5, 5, 3, 2))
-    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
-                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 4e-3 * np.sin(np.pi * t / 2) * (1 + 0.3 * y))],
-                  temperature=lambda x, y, z, t, **k: 20.0 + 150 * x * t)
-    cuts = {}
-    for policy in ("never", "fallback"):
-        opts = SolverOptions(rtol=1e-11, atol=1e-14, line_search=policy,
-                             petsc_options={"ksp_rtol": 1e-13, "pc_type": "jacobi", "ksp_max_it": 5000})
-        s = HFSolver(dm, from_config(thermal), loads, opts)
-        st, cuts[policy] = s.initial_state(), 0
-        for k, t in enumerate([0.5, 1.0, 1.5, 2.0, 2.5]):
-            st, info = s.step(st, t, k)
-            cuts[policy] += info.cutbacks
+    cuts = {policy: thermal_j2_box(thermal, policy)[3] for policy in ("never", "fallback")}
     assert cuts["never"] > 0 and cuts["fallback"] == 0, cuts      # measured: 5 and 0
     with pytest.raises(DdromError, match="line_search 'sometimes'"):
         SolverOptions(line_search="sometimes")

@@ -179,39 +179,13 @@ def test_tangent_is_the_derivative_of_the_plugin_stress(plugin_dir):
 # ------------------------------------------------------------------------------------------
 # a whole HF case
 # ------------------------------------------------------------------------------------------
-def _hf_case(material_cfg: dict, comm=MPI.COMM_WORLD):
-    from ddrom.hf.loads import Dirichlet, Loads
-    from ddrom.hf.solver import HFSolver, SolverOptions
-    from ddrom.mesh.generators import box
-    from helpers import distributed, gather_natural
-
-    dm = distributed(lambda: box(2.0, 1.0, 0.5, 5, 3, 2), comm)
-    loads = Loads(
-        dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
-                   Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 4e-3 * np.sin(np.pi * t / 2) * (1 + 0.3 * y))],
-        temperature=lambda x, y, z, t, **k: T_REF + 150 * x * t)
-    # Jacobi, not the default GAMG: GAMG's random eigenvalue estimates made CG stop on an
-    # "indefinite PC" in some runs, and a cut-back changes a plastic result (path dependence)
-    opts = SolverOptions(rtol=1e-11, atol=1e-14, petsc_options={"ksp_rtol": 1e-13, "pc_type": "jacobi",
-                                                                 "ksp_max_it": 5000})
-    s = HFSolver(dm, from_config(material_cfg), loads, opts)
-    st = s.initial_state()
-    cutbacks = 0
-    for k, t in enumerate([0.5, 1.0, 1.5, 2.0, 2.5]):      # load, then unload past the peak at t = 1
-        st, info = s.step(st, t, k)
-        cutbacks += info.cutbacks
-    u = gather_natural(dm.natural_nodes, st.owned_displacement(dm.n_owned), comm)
-    p = gather_natural(dm.natural_cells, s.material.cumulated_plastic_strain(st.internal).reshape(dm.n_cells, -1),
-                       comm)
-    sig = gather_natural(dm.natural_cells, st.stress.reshape(dm.n_cells, -1), comm)
-    return u, p, sig, cutbacks
-
-
 @pytest.mark.mpi
 @pytest.mark.parametrize("lang", ["c", "f"])
 def test_hf_case_with_plugin_equals_builtin(plugin_dir, lang):
-    u_p, p_p, s_p, c_p = _hf_case(umat_cfg(lib(plugin_dir, "j2", lang), "j2", True))
-    u_b, p_b, s_b, c_b = _hf_case(builtin_cfg("j2", True))
+    from helpers import thermal_j2_box
+
+    u_p, p_p, s_p, c_p = thermal_j2_box(umat_cfg(lib(plugin_dir, "j2", lang), "j2", True))
+    u_b, p_b, s_b, c_b = thermal_j2_box(builtin_cfg("j2", True))
     assert p_b.max() > 1e-3, "the case must be plastic"
     assert c_p == c_b == 0
     assert np.abs(u_p - u_b).max() <= 1e-10 * np.abs(u_b).max()
