@@ -191,6 +191,7 @@ def test_cluster_report_heldout_criterion_and_online_check(shared_tmp):
     k, N = rec["choice"]["k"], rec["choice"]["N"]
     check = {(c["k"], c["N"]): c for c in out["check"]["configs"]}
     assert (k, N) in check and (1, N) in check and len(check) == 2
+    assert out["verdict"]["N"] == N and out["verdict"]["agrees"] in (True, False)
     for c in check.values():
         assert c["n_runs"] == 6 and {x["fold"] for x in c["runs"]} == {0, 1, 2}
         assert np.isfinite(c["mean_displacement"]) and c["seconds_mean"] > 0
@@ -233,6 +234,34 @@ def test_check_records_a_configuration_that_cannot_be_built(shared_tmp, monkeypa
                                                                    "(stand-in)"}]
     assert rows[(1, 4)]["n_runs"] == 3 and np.isfinite(rows[(1, 4)]["mean_displacement"])
     assert "inf" in wc.format_check(out)
+    # a recommendation of the configuration that could not be built is overruled by the check
+    v = wc.verdict({"choice": {"k": 2, "N": 4}}, out)
+    assert (v["k"], v["N"], v["agrees"]) == (1, 4, False) and "could not be built in fold 0" in v["message"]
+
+
+def _row(k, N, u, **kw):
+    return {"k": k, "N": N, "mean_displacement": u, **kw}
+
+
+def test_verdict_follows_the_online_check():
+    """The verdict keeps a local recommendation only when the online errors confirm its gain,
+    and names a local gain the a priori criterion missed."""
+    from ddrom.workflow.cluster import verdict
+
+    loc = {"choice": {"k": 3, "N": 6}}
+    v = verdict(loc, {"configs": [_row(3, 6, 0.01), _row(1, 6, 0.05)]})
+    assert (v["k"], v["agrees"]) == (3, True) and "x5.00" in v["message"]
+    v = verdict(loc, {"configs": [_row(3, 6, 0.048), _row(1, 6, 0.05)]})      # gain 1.04 < GAIN_MIN
+    assert (v["k"], v["N"], v["agrees"]) == (1, 6, False) and "a gain below" in v["message"]
+    v = verdict(loc, {"configs": [_row(3, 6, 0.2), _row(1, 6, 0.05)]})
+    assert (v["k"], v["agrees"]) == (1, False)
+    glob = {"choice": {"k": 1, "N": 6}}
+    v = verdict(glob, {"configs": [_row(1, 6, 0.05), _row(2, 6, 0.06)]})
+    assert (v["k"], v["agrees"]) == (1, True)
+    v = verdict(glob, {"configs": [_row(1, 6, 0.05), _row(2, 6, 0.01)]})
+    assert (v["k"], v["agrees"]) == (1, False) and "missed a local gain" in v["message"]
+    v = verdict(glob, {"configs": [_row(1, 6, 0.05), _row(2, 6, math.inf, unbuildable=[{"fold": 1, "reason": "x"}])]})
+    assert (v["k"], v["agrees"]) == (1, True)
 
 
 def test_router_decisions_margin_and_unavailable_features():

@@ -432,6 +432,8 @@ def _cluster_run(args: Any, comm: Any) -> int:
             rank0_print(comm, "  (training projection errors alone: " + out["recommendation_training"]["message"] + ")")
         if "check" in out:
             rank0_print(comm, format_check(out["check"]))
+        if "verdict" in out:
+            rank0_print(comm, "  verdict of the check: " + out["verdict"]["message"])
     _emit_json(args, comm, out)
     return 0
 

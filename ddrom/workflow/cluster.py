@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ddrom.parallel import CollectiveError, Timers, as_mpi, get_logger, raise_collective
+from ddrom.reduction.criterion import GAIN_MIN
 from ddrom.reduction.routing import DEFAULT_FOLDS
 from ddrom.workflow.hf import store_path
 from ddrom.workflow.options import classifier_options, offline_options
@@ -101,7 +102,8 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
         :func:`ddrom.reduction.criterion.merge_heldout`), ``recommendation``
         (:func:`~ddrom.reduction.criterion.recommend_heldout`), ``recommendation_training``
         (the training-error recommendation of earlier versions, with ``error_target``),
-        ``heldout`` (protocol), ``check`` (:func:`heldout_online`), timers.
+        ``heldout`` (protocol), ``check`` (:func:`heldout_online`), ``verdict``
+        (:func:`verdict`: the configuration the check supports), timers.
     """
     from ddrom.io.store import SnapshotStore
     from ddrom.reduction.criterion import (efficiency_table, heldout_table, merge_heldout, plot_efficiency,
@@ -164,6 +166,7 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
         configs = list(check_configs) if check_configs else _default_configs(table, out["recommendation"])
         out["check"] = heldout_online(case, comm, configs, mode=check, folds=folds, context=(dm, solver),
                                       keep_roms=keep_roms)
+        out["verdict"] = verdict(out["recommendation"], out["check"])
     out["timers"] = timers.summary(comm)
     if plots:
         from ddrom.io.h5atomic import write_on_root
@@ -339,6 +342,57 @@ def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, 
     return {"mode": mode, "protocol": protocol, "configs": rows}
 
 
+def verdict(recommendation: dict, check: dict, gain_min: float = GAIN_MIN) -> dict:
+    """The configuration the a posteriori check supports: the a priori choice confronted with
+    the held-out online errors.
+
+    Local bases (k > 1) are kept only when they were built for every fold and their mean
+    online displacement error times ``gain_min`` is below the global basis' of the same N
+    (the rule :func:`~ddrom.reduction.criterion.recommend_heldout` applies to projection
+    errors); otherwise the global basis of that N is the verdict, with the reason. A global
+    a priori choice stays global, and the message names a checked local configuration
+    that the online errors found better (the criterion missed it), so a user sees the
+    disagreement instead of a recommendation the check contradicts.
+
+    Returns
+    -------
+    dict
+        ``k``, ``N``, ``agrees`` (the check supports the a priori choice), ``message``.
+    """
+    ch = recommendation["choice"]
+    k, N = ch["k"], ch["N"]
+    rows = {(r["k"], r["N"]): r for r in check["configs"]}
+    glob = rows.get((1, N))
+    g_err = glob["mean_displacement"] if glob is not None else math.nan
+    if k > 1:
+        loc = rows.get((k, N))
+        if loc is None or glob is None:
+            return {"k": k, "N": N, "agrees": None,
+                    "message": f"k={k}, N={N} (a priori); the check did not compare it with the global basis"}
+        if loc.get("unbuildable"):
+            why = loc["unbuildable"][0]
+            return {"k": 1, "N": N, "agrees": False,
+                    "message": f"the global basis, N={N}: the recommended k={k} could not be built in fold "
+                               f"{why['fold']} ({why['reason']})"}
+        l_err = loc["mean_displacement"]
+        if l_err * gain_min < g_err:
+            return {"k": k, "N": N, "agrees": True,
+                    "message": f"k={k}, N={N}: held-out online displacement error {l_err:.3g} against "
+                               f"{g_err:.3g} for the global basis (x{g_err / l_err if l_err > 0 else math.inf:.2f})"}
+        return {"k": 1, "N": N, "agrees": False,
+                "message": f"the global basis, N={N}: online, the recommended k={k} gave {l_err:.3g} against "
+                           f"{g_err:.3g} for the global basis (a gain below x{gain_min:g})"}
+    better = [r for (kk, nn), r in rows.items() if kk > 1 and nn == N and not r.get("unbuildable")
+              and r["mean_displacement"] * gain_min < g_err]
+    if better:
+        b = min(better, key=lambda r: r["mean_displacement"])
+        return {"k": 1, "N": N, "agrees": False,
+                "message": f"the global basis, N={N} (a priori); but online k={b['k']} gave "
+                           f"{b['mean_displacement']:.3g} against {g_err:.3g}: the criterion missed a local gain"}
+    return {"k": 1, "N": N, "agrees": True,
+            "message": f"the global basis, N={N}: no checked local configuration beats it online"}
+
+
 def format_check(check: dict) -> str:
     """Plain-text rendering of :func:`heldout_online` (what ``ddrom cluster`` prints)."""
     head = (f"{'k':>3} {'N':>4} {'mean u':>10} {'max u':>10} {'mean p':>10} {'mean stress':>11} {'s/run':>9} "
@@ -352,4 +406,4 @@ def format_check(check: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["cluster_report", "heldout_online", "format_check", "DEFAULT_FOLDS", "CHECK_POD_TOL"]
+__all__ = ["cluster_report", "heldout_online", "verdict", "format_check", "DEFAULT_FOLDS", "CHECK_POD_TOL"]
