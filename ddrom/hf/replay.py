@@ -28,7 +28,7 @@ import numpy as np
 
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import evaluate
-from ddrom.materials import Material
+from ddrom.materials import Material, update_in_chunks
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import CollectiveError, DdromError, as_mpi, describe_exception
 
@@ -94,8 +94,8 @@ class Replayer:
         eps = self.asm.strains(self._local(u_owned)).reshape(ne * nq, 6)
         msg = None
         try:
-            resp = self.material.update(eps, internal, T_old.ravel(), T.ravel(), dt, tangent=False,
-                                        context=self.asm.material_context(t0, inc))
+            resp = update_in_chunks(self.material, eps, internal, T_old.ravel(), T.ravel(), dt, tangent=False,
+                                    context=self.asm.material_context(t0, inc))
             if not np.all(np.isfinite(resp.stress)):
                 msg = "non-finite stress"
         except DdromError as exc:       # ReturnMappingError, MaterialError (a UMAT's XIT), ...
