@@ -215,3 +215,32 @@ def test_newton_line_search_only_as_a_fallback_on_a_j2_cantilever():
     assert cuts["never"] > 0 and cuts["fallback"] == 0, cuts      # measured: 5 and 0
     with pytest.raises(DdromError, match="line_search 'sometimes'"):
         SolverOptions(line_search="sometimes")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("bbar", [False, True])
+def test_chunked_kernels_equal_one_block(bbar):
+    """Strains, internal forces and the matrix computed in blocks of a few cells (the
+    default bounds the kernels' temporaries on large meshes; the test meshes fit in one
+    block) equal one block over all cells to round-off, on every rank."""
+    from petsc4py import PETSc
+
+    from ddrom.hf.assembly import Assembler
+
+    dm = distributed(lambda: distort(box(1.0, 0.6, 0.4, 6, 4, 3), 0.02), MPI.COMM_WORLD)
+    rng = np.random.default_rng(7)
+    ne, nq = dm.n_cells, dm.n_qp
+    one, small = Assembler(dm, bbar=bbar, chunk=10 ** 9), Assembler(dm, bbar=bbar, chunk=5)
+    u = rng.standard_normal(one.n_local_dofs)
+    tangent = rng.standard_normal((ne, nq, 6, 6))
+    eps = one.strains(u)
+    assert np.allclose(small.strains(u), eps, rtol=0, atol=1e-13 * np.abs(eps).max())
+    f = one.internal_force(eps)
+    assert np.allclose(small.internal_force(eps), f, rtol=0, atol=1e-13 * np.abs(f).max())
+    fixed = np.zeros(one.n_local_dofs, dtype=bool)
+    fixed[::7] = True
+    A1, A2 = one.create_matrix(), small.create_matrix()
+    one.assemble_matrix(A1, tangent, fixed)
+    small.assemble_matrix(A2, tangent, fixed)
+    A2.axpy(-1.0, A1)
+    assert A2.norm(PETSc.NormType.FROBENIUS) <= 1e-13 * A1.norm(PETSc.NormType.FROBENIUS)

@@ -19,7 +19,7 @@ import numpy as np
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import Loads, evaluate
 from ddrom.hf.stepping import CutbacksExhausted, LineSearch, NewtonOptions, NotConverged, advance
-from ddrom.materials import Material, ReturnMappingError
+from ddrom.materials import Material, ReturnMappingError, update_in_chunks
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
                             raise_collective)
@@ -216,8 +216,8 @@ class HFSolver:
         where = f"material update of the initial state (t = {t0:.6g})"
         try:        # a zero increment at t0 (KINC = 0 for a UMAT); a plugin may fail on one rank only
             internal = self.material.initial_state(ne * nq)
-            resp = self.material.update(np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
-                                        tangent=False, context=self.asm.material_context(t0, 0))
+            resp = update_in_chunks(self.material, np.zeros((ne * nq, 6)), internal, T.ravel(), T.ravel(), 0.0,
+                                    tangent=False, context=self.asm.material_context(t0, 0))
         except DdromError as exc:
             msg = f"{where} failed: {exc}"
         except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ... on this rank only
@@ -239,8 +239,8 @@ class HFSolver:
         ctx = self.asm.material_context(old.t, old.increment + 1)
         try:
             with self.timers("constitutive"):
-                resp = self.material.update(eps, old.internal, old.T.ravel(), T.ravel(), dt, tangent=tangent,
-                                            context=ctx)
+                resp = update_in_chunks(self.material, eps, old.internal, old.T.ravel(), T.ravel(), dt,
+                                        tangent=tangent, context=ctx)
             if not np.all(np.isfinite(resp.stress)):
                 msg = "non-finite stress"
         except ReturnMappingError as exc:
@@ -313,6 +313,10 @@ class HFSolver:
                 break
             with self.timers("assembly"):
                 self.asm.assemble_matrix(self.A, resp.tangent.reshape(ne, nq, 6, 6), self.fixed)
+            # From here on only u, r and the norms of this iterate are used: its stresses,
+            # state and tangent (~1.1 KB per DOF for Chaboche) would otherwise stay alive
+            # next to the trial's while the line search evaluates it.
+            resp = None
             self.b.array[:] = -r
             with self.timers("linear_solve"):
                 self.ksp.setOperators(self.A)
