@@ -70,8 +70,8 @@ checksums are read as before (their datasets are reported as unprotected).
 
 Full disks: the disk space of a simulation is reserved (``fallocate``) when it is added,
 before anything is computed or written (compressed sizes are only known once written: the
-uncompressed size is reserved, :func:`_nbytes`; the blocks not used stay past the end of
-the file until it is closed); on a full disk :meth:`SnapshotStore.add_simulation`
+uncompressed size is reserved, :func:`_nbytes`; the blocks not used are given back when
+the store is finalized); on a full disk :meth:`SnapshotStore.add_simulation`
 raises one error naming the file, the space needed and the space free, and closes the
 store (kept for a resume if it holds finished simulations, removed otherwise). Any other
 failed write removes the ``.partial`` file and is reported the same way
@@ -97,7 +97,7 @@ import json
 import os
 import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
