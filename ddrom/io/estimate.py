@@ -138,7 +138,7 @@ def store_bytes(mesh: MeshSize, n_steps: int, n_simulations: int, n_state: int) 
     """Bytes of a snapshot store (``ddrom.io.store`` layout) before compression, the bound
     its writer reserves: data of every step of every simulation (displacement, stress, p,
     two cell averages, and ``n_state`` internal variables -- 0 unless the store keeps them,
-    ``[output] store_state``) + the mesh. A compressed store is smaller (62 instead of 101 B
+    ``[output] store_state``) + the mesh. A compressed store is smaller (64 instead of 101 B
     per DOF and step on the demo)."""
     per_step = 8 * (3 * mesh.nodes + mesh.cells * mesh.n_qp * (6 + 1 + n_state) + 2 * mesh.cells)
     mesh_b = 8 * (3 * mesh.nodes + mesh.cells * mesh.nodes_per_cell)

@@ -41,17 +41,20 @@ Layout (schema ``ddrom-snapshots``, version :data:`SCHEMA_VERSION`)
     ============================  =========================================  ==============
 
     ``state`` is written only with ``StoreOptions(store_state=True)`` (case key ``[output]
-    store_state``): it is the largest dataset (ns / 6 times the stress: 166 of the 267 B per
-    DOF and step of the demo, Chaboche, 13 internal variables) and no stage reads it. Reading
-    it from a store without it raises one error naming the file and how to write it. The two
-    cell averages (3.2 B per DOF and step on the demo) stay: they let ParaView open the
-    store's XDMF sidecar directly.
+    store_state``): uncompressed it is the largest dataset (ns / 6 times the stress: 166 of
+    the 267 B per DOF and step of the demo, Chaboche, 13 internal variables) and no stage
+    reads it. Reading it from a store without it raises one error naming the file and how
+    to write it. The two cell averages (3.2 B per DOF and step on the demo, 1.4 compressed)
+    stay: they let ParaView open the store's XDMF sidecar directly (``ddrom export``
+    computes its own from p and the stress).
 
-Size (``benchmarks/store_size.py``, demo physics, B per DOF and step, from the file):
-version 1 (everything, uncompressed) 267; version 2 default (no ``state``, ``gzip-1``) 62;
-without compression 101. Compression is lossless (byte shuffle + deflate, or LZF): every
-value reads back bitwise; stress and displacement shrink by ~25-30 %, p (zero outside the
-plastic zone) by ~95 %.
+Size (``benchmarks/store_size.py``, demo physics, B per DOF and stored step, the whole
+file): version 1 (everything, uncompressed) 267.5; version 2 default (no ``state``,
+``gzip-1``) 63.6; without compression 101.4; with ``state`` and ``gzip-1`` 69.8.
+Compression is lossless (byte shuffle + deflate, or LZF): every value reads back bitwise;
+the stress and the displacement shrink by ~25-30 %, p and the internal variables (zero
+outside the plastic zone around the hole) by ~95 %. It costs write time: 15 instead of 5
+ms per step at 1 rank (38 instead of 23 at 3), 1-3 % of an HF step of the demo.
 
 Version 1 files (``state`` in every simulation, no compression) are read as before; a
 store opened with ``mode="a"`` keeps its own layout for the simulations it adds.
@@ -142,15 +145,16 @@ class StoreOptions:
         Also write the material's internal variables ``state`` (nt, M, nq, n_state). No
         stage of ddrom reads them (offline POD, ECM and evaluation, export, clustering,
         enrichment and import read ``displacement``, ``stress`` and ``p``), and they are the
-        largest dataset of a store: n_state / 6 times the stress (13 / 6 for Chaboche, 166 of
-        the demo's 267 B per DOF and step). Keep them to post-process internal variables
+        largest dataset of an uncompressed store: n_state / 6 times the stress (13 / 6 for
+        Chaboche, 166 of the demo's 267 B per DOF and step; compressed, 6 B on the demo,
+        whose plasticity stays around the hole). Keep them to post-process internal variables
         (back stresses, plastic strain tensor) or to restart a material from a stored step.
     compression : str
         Lossless compression of every dataset, one of
         :data:`~ddrom.io.integrity.COMPRESSIONS`. ``"gzip-1"``: byte shuffle + deflate level
         1, in every HDF5 (ParaView reads the XDMF sidecar as before); on the demo it stores
-        62 instead of 101 B per DOF and step (benchmarks/store_size.py), for a few ms per
-        step of the HF run. ``"none"``: the fastest writes and reads; ``"lzf"``: faster than
+        64 instead of 101 B per DOF and step (benchmarks/store_size.py), for ~10 ms more
+        per step of the HF run (1-3 % of its solve). ``"none"``: the fastest writes and reads; ``"lzf"``: faster than
         gzip, a little larger, readable by h5py only.
     """
 
