@@ -241,7 +241,8 @@ def main() -> None:
                   + f"{r['write_ms_per_step']:9.2f}")
         if args.json:
             out = {"case": args.case, "ranks": comm.size, "nodes": dm.n_nodes_global, "dofs": dofs,
-                   "cells": dm.n_cells_global, "n_qp": dm.n_qp, "n_state": len(names), "simulations": [s[0] for s in sims],
+                   "cells": dm.n_cells_global, "n_qp": dm.n_qp, "n_state": len(names),
+                   "simulations": [s[0] for s in sims],
                    "stored_steps": nsteps, "hf_seconds_per_step": hf_step, "repeat": args.repeat,
                    "source": args.source, "host": platform.node(), "ddrom": ddrom.__version__, "layouts": rows,
                    "raw_write_seconds": writes, "raw_read_seconds": reads}

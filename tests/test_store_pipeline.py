@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-import ddrom  # noqa: F401
+import ddrom  # noqa: F401  (environment before h5py)
 from ddrom.parallel import DdromError
 
 COMM = MPI.COMM_WORLD

@@ -47,7 +47,8 @@ import numpy as np
 
 from ddrom.parallel import DdromError, as_mpi, describe_exception
 
-__all__ = ["CHECKSUM", "CHECKSUM_ATTR", "COMPRESSIONS", "check_compression", "DIGEST_ATTR", "ATTRS_DIGEST_ATTR", "CHUNK_BYTES", "IntegrityError",
+__all__ = ["CHECKSUM", "CHECKSUM_ATTR", "COMPRESSIONS", "check_compression", "DIGEST_ATTR", "ATTRS_DIGEST_ATTR",
+           "CHUNK_BYTES", "IntegrityError",
            "chunk_shape", "make_dcpl", "dataset_options", "disk_bytes", "digest", "stamp_digest", "attrs_digest",
            "stamp_attrs", "check_attrs", "attrs_error_message", "read_error_message", "is_checksum_error", "VerifyReport", "verify_file"]
 
