@@ -141,6 +141,10 @@ dirichlet = [
 expression = "20 + (T_max - 20) * ramp(t, 1) * (0.8 + 0.2 * x)"
 T_ref = 20.0
 
+# the import tests compare the replayed internal variables with the HF run's
+[output]
+store_state = true
+
 [training]
 values = [{{ u_max = 0.004, T_max = 100.0 }}, {{ u_max = 0.008, T_max = 500.0 }}]
 """

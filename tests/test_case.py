@@ -274,7 +274,7 @@ def test_validate_without_file_and_schema_is_declarative():
     assert "time: missing required key" in errors
     # every section of the documentation is in the schema table
     assert list(SCHEMA.keys) == ["parameters", "case", "mesh", "material", "time", "loads", "temperature",
-                                 "solver", "rom", "import", "training", "test"]
+                                 "solver", "rom", "import", "output", "training", "test"]
 
 
 def test_every_load_kind_and_option_validates(tmp_path):

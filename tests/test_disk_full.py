@@ -20,7 +20,7 @@ from mpi4py import MPI
 
 import ddrom  # noqa: F401
 from ddrom.io.integrity import verify_file
-from ddrom.io.store import SnapshotStore
+from ddrom.io.store import SnapshotStore, StoreOptions
 from ddrom.mesh.generators import box
 from ddrom.parallel import CollectiveError
 from helpers import distributed
@@ -56,17 +56,20 @@ def _data(dm, k: float):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("n_steps, kept", [(5, True), (30, False)])
-def test_store_refuses_full_disk_collectively(tmpfs, n_steps, kept):
-    """5 steps: the first simulation fits, the second does not (the store is kept with one
-    finished simulation); 30 steps: not even the first fits (the store is removed)."""
+@pytest.mark.parametrize("n_steps, kept, layout", [(5, True, "full"), (30, False, "full"), (10, False, "default")])
+def test_store_refuses_full_disk_collectively(tmpfs, n_steps, kept, layout):
+    """Uncompressed with the internal variables: 5 steps: the first simulation fits, the
+    second does not (the store is kept with one finished simulation); 30 steps: not even the
+    first fits (the store is removed). Compressed (the default): the uncompressed size is
+    reserved, so 10 steps are refused at once although they would compress to little."""
     dm = distributed(lambda: box(1.0, 1.0, 1.0, 6, 6, 6), COMM)
     previous = tmpfs / "previous.out"
     if COMM.rank == 0:
         previous.write_bytes(PREVIOUS)
     COMM.Barrier()
     path = tmpfs / "store.h5"
-    st = SnapshotStore.create(path, dm, state_names=["a", "b"], comm=COMM)
+    opts = StoreOptions(store_state=True, compression="none") if layout == "full" else StoreOptions()
+    st = SnapshotStore.create(path, dm, state_names=["a", "b"], comm=COMM, options=opts)
     done = 0
     with pytest.raises(CollectiveError) as info:
         for s in range(10):

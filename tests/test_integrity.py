@@ -20,7 +20,7 @@ import ddrom  # noqa: F401
 import h5py
 from ddrom.io.integrity import (CHECKSUM, CHECKSUM_ATTR, DIGEST_ATTR, chunk_shape, dataset_options, digest,
                                 stamp_digest, verify_file)
-from ddrom.io.store import SnapshotStore
+from ddrom.io.store import SnapshotStore, StoreOptions
 from ddrom.mesh.generators import box
 from ddrom.parallel import DdromError
 from helpers import distributed, flip_byte
@@ -29,10 +29,11 @@ COMM = MPI.COMM_WORLD
 DDROM = str(Path(sys.executable).parent / "ddrom")
 
 
-def _store(folder: Path, n_steps: int = 3) -> tuple[str, object]:
+def _store(folder: Path, n_steps: int = 3, compression: str = "gzip-1") -> tuple[str, object]:
     dm = distributed(lambda: box(1.0, 1.0, 2.0, 2, 3, 4), COMM)
     path = str(folder / "store.h5")
-    st = SnapshotStore.create(path, dm, state_names=["r"], comm=COMM)
+    st = SnapshotStore.create(path, dm, state_names=["r"], comm=COMM,
+                              options=StoreOptions(store_state=True, compression=compression))
     ne, nq = dm.n_cells, dm.n_qp
     for s in range(2):
         w = st.add_simulation(f"s{s}", {"a": float(s)}, n_steps)
@@ -59,10 +60,14 @@ def test_store_datasets_carry_checksums_and_verify(shared_tmp):
 
 
 @pytest.mark.mpi
-def test_flipped_byte_is_named_on_every_rank(shared_tmp):
-    path, dm = _store(shared_tmp)
+@pytest.mark.parametrize("compression", ["none", "gzip-1", "lzf"])
+def test_flipped_byte_is_named_on_every_rank(shared_tmp, compression):
+    """The checksum covers the bytes on disk: a damaged compressed chunk is found too."""
+    path, dm = _store(shared_tmp, compression=compression)
     if COMM.rank == 0:
-        flip_byte(path, "/simulations/s1/p", (2, 0, 0))
+        with h5py.File(path, "r") as f:
+            assert f["/simulations/s1/p"].compression == {"none": None, "lzf": "lzf"}.get(compression, "gzip")
+        flip_byte(path, "/simulations/s1/p", (2, 0, 0), at=8)
     COMM.Barrier()
     st = SnapshotStore.open(path, COMM, mode="r", dmesh=dm)
     u = st.read_block("displacement", dm)          # the other datasets still read

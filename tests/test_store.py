@@ -18,7 +18,7 @@ from mpi4py import MPI
 
 import ddrom  # noqa: F401  (environment before h5py/petsc4py)
 import h5py
-from ddrom.io import SnapshotStore, read_data_item, von_mises
+from ddrom.io import SnapshotStore, StoreOptions, read_data_item, von_mises
 from ddrom.io.store import SCHEMA_VERSION
 from ddrom.mesh import CELL_TYPES, Mesh
 from ddrom.mesh.scatter import distribute
@@ -79,10 +79,10 @@ def write_sims(store, dmesh, sims=SIMS, finish=True):
             w.finish()
 
 
-def write_store(path, kind="hex", partitioner="ptscotch", comm=COMM):
+def write_store(path, kind="hex", partitioner="ptscotch", comm=COMM, options=None):
     dm = make_dmesh(kind, comm, partitioner)
     st = SnapshotStore.create(path, dm, state_names=STATE, case_hash="ab" * 32,
-                              provenance={"case": "unit test"}, comm=comm)
+                              provenance={"case": "unit test"}, comm=comm, options=options)
     write_sims(st, dm)
     st.finalize()
     return dm
@@ -156,12 +156,21 @@ def qp_weights(mesh: Mesh) -> np.ndarray:
     return np.linalg.det(J) * ref.qw
 
 
+NO_STATE = r"the internal variables \(state, 3 per integration point\) were not stored: .*store_state = true"
+LAYOUTS = {"default": StoreOptions(), "state": StoreOptions(store_state=True, compression="none"),
+           "state-lzf": StoreOptions(store_state=True, compression="lzf")}
+
+
 # ------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("kind", ["hex", "tet"])
-def test_roundtrip_contents_and_reads(kind, tmpdir_shared):
+@pytest.mark.parametrize("kind,layout", [("hex", "default"), ("tet", "default"), ("hex", "state"),
+                                         ("tet", "state-lzf")])
+def test_roundtrip_contents_and_reads(kind, layout, tmpdir_shared):
+    """Every dataset reads back bitwise (compressed or not); ``state`` is absent by default,
+    present when asked; the file equals the serial arrays whatever the number of ranks."""
     path = os.path.join(tmpdir_shared, f"snap_{kind}.h5")
+    opts = LAYOUTS[layout]
     dm = make_dmesh(kind)
-    st = SnapshotStore.create(path, dm, state_names=STATE, case_hash="c0ffee", comm=COMM)
+    st = SnapshotStore.create(path, dm, state_names=STATE, case_hash="c0ffee", comm=COMM, options=opts)
     write_sims(st, dm)
     # nothing at the final path before finalize(), on any rank
     all_ok(not os.path.exists(path) and os.path.exists(path + ".partial"), "final path exists early")
@@ -174,14 +183,20 @@ def test_roundtrip_contents_and_reads(kind, tmpdir_shared):
     info = [(i.name, i.params, i.complete, i.n_steps, i.index, i.last_step) for i in st.simulations()]
     all_ok(info == [(n, p, True, N_STEPS, j, N_STEPS) for j, (n, p) in enumerate(SIMS.items())], str(info))
     all_ok(st.case_hash == "c0ffee" and st.state_names == STATE, "root attributes")
+    all_ok(st.options == opts and st.schema_version == SCHEMA_VERSION, f"options {st.options}")
     X = dm.coords[: dm.n_owned]
+    fields = ("stress", "p", "state") if opts.store_state else ("stress", "p")
     for s, name in enumerate(SIMS):
         eq_all(st.read_times(name), times(s), "times")
         for k in range(N_STEPS + 1):
             eq_all(st.read_displacement(name, k, dm), u_field(X, s, k), f"u {name} {k}")
             ref = qp_fields(dm.cell_natural, dm.n_qp, s, k)
-            for field, r in zip(("stress", "p", "state"), ref):
+            for field, r in zip(fields, ref):
                 eq_all(st.read_qp(name, field, k, dm), r, f"{field} {name} {k}")
+    if not opts.store_state:        # one clear error, naming the file, on every rank
+        msg = raises_all(NO_STATE, st.read_qp, "train_0", "state", 1, dm)
+        all_ok(msg.startswith(f"snapshot store {path}: "), msg)
+        raises_all(NO_STATE, st.read_block, "state", dm)
     # snapshot blocks: owned DOFs 3 i + c in rank-major order, columns sim-major
     B = st.read_block("displacement", dm)
     all_ok(B.shape == (3 * dm.n_owned, len(SIMS) * (N_STEPS + 1)), f"block shape {B.shape}")
@@ -191,9 +206,10 @@ def test_roundtrip_contents_and_reads(kind, tmpdir_shared):
     Bs = st.read_block("stress", dm, sims=["train_1"], steps=[3, 1, 2])
     ref = np.column_stack([qp_fields(dm.cell_natural, dm.n_qp, 1, k)[0].ravel() for k in (3, 1, 2)])
     eq_all(Bs, ref, "stress block")
-    Bq = st.read_block("state", dm, steps=[2])
-    ref = np.column_stack([qp_fields(dm.cell_natural, dm.n_qp, s, 2)[2].ravel() for s in range(len(SIMS))])
-    eq_all(Bq, ref, "state block")
+    if opts.store_state:
+        Bq = st.read_block("state", dm, steps=[2])
+        ref = np.column_stack([qp_fields(dm.cell_natural, dm.n_qp, s, 2)[2].ravel() for s in range(len(SIMS))])
+        eq_all(Bq, ref, "state block")
     st.close()
 
     def file_contents():
@@ -203,6 +219,7 @@ def test_roundtrip_contents_and_reads(kind, tmpdir_shared):
         assert np.all(w > 0)
         with h5py.File(path, "r") as f:
             assert f.attrs["schema"] == "ddrom-snapshots" and f.attrs["schema_version"] == SCHEMA_VERSION
+            assert bool(f.attrs["state_stored"]) == opts.store_state and f.attrs["compression"] == opts.compression
             assert bool(f.attrs["complete"]) and f.attrs["ddrom_version"] == ddrom.__version__
             assert '"mpi_ranks": %d' % COMM.size in f.attrs["provenance"]
             np.testing.assert_array_equal(f["mesh/points"][...], mesh.points)
@@ -218,12 +235,17 @@ def test_roundtrip_contents_and_reads(kind, tmpdir_shared):
             for s, name in enumerate(SIMS):
                 g = f["simulations"][name]
                 assert g["displacement"].chunks[0] == 1       # chunked by time step
+                assert ("state" in g) == opts.store_state
+                for ds in g.values():     # compressed as asked, checksummed after the compression
+                    comp = {"none": None, "lzf": "lzf"}.get(opts.compression, "gzip")
+                    assert ds.compression == comp and ds.shuffle == (comp is not None) and ds.fletcher32, ds.name
                 for k in range(N_STEPS + 1):
                     np.testing.assert_array_equal(g["displacement"][k], u_field(mesh.points, s, k))
                     stress, p, state = qp_fields(np.arange(mesh.n_cells), nq, s, k)
                     np.testing.assert_array_equal(g["stress"][k], stress)
                     np.testing.assert_array_equal(g["p"][k], p)
-                    np.testing.assert_array_equal(g["state"][k], state)
+                    if opts.store_state:
+                        np.testing.assert_array_equal(g["state"][k], state)
                     np.testing.assert_allclose(g["p_cell"][k], (w * p).sum(1) / w.sum(1), rtol=1e-13)
                     np.testing.assert_allclose(g["von_mises_cell"][k],
                                                (w * von_mises(stress)).sum(1) / w.sum(1), rtol=1e-13)
@@ -387,6 +409,13 @@ def _set_attr(name, value, group="/"):
     return edit
 
 
+def _del_attr(name, group="/"):
+    def edit(p):
+        with h5py.File(p, "r+") as f:
+            del f[group].attrs[name]
+    return edit
+
+
 def _truncate(p):
     os.truncate(p, os.path.getsize(p) // 2)
 
@@ -408,7 +437,9 @@ def _drop_dataset(p):
 
 
 BAD = {
-    "schema_version": (_set_attr("schema_version", SCHEMA_VERSION + 1), "schema version 2, this ddrom"),
+    "schema_version": (_set_attr("schema_version", SCHEMA_VERSION + 1),
+                       f"schema version {SCHEMA_VERSION + 1}, this ddrom .* reads versions 1, 2"),
+    "no_layout": (_del_attr("state_stored"), "attribute 'state_stored' missing"),
     "incomplete": (_set_attr("complete", False), "incomplete"),
     "truncated": (_truncate, "truncated or corrupt"),
     "garbage": (_garbage, "not an HDF5 file"),
@@ -496,3 +527,78 @@ def test_store_without_internal_variables(tmpdir_shared):
         all_ok(st.read_block("state", dm).shape == (0, 2), "state block shape")
         ref = np.column_stack([qp_fields(dm.cell_natural, dm.n_qp, 0, k)[1].ravel() for k in range(2)])
         eq_all(st.read_block("p", dm), ref, "p block")
+
+
+def _as_version_1(p):
+    """Turn a store written with ``state`` and without compression into the version-1 layout
+    (the one before StoreOptions): no layout attributes, schema_version 1."""
+    with h5py.File(p, "r+") as f:
+        assert bool(f.attrs["state_stored"]) and f.attrs["compression"] == "none"
+        del f.attrs["state_stored"]
+        del f.attrs["compression"]
+        f.attrs["schema_version"] = 1
+
+
+def test_version_1_store_still_read_and_extended(tmpdir_shared):
+    """A store of the previous schema (state in every simulation, nothing compressed) reads as
+    before, and an extension keeps its layout."""
+    path = os.path.join(tmpdir_shared, "v1.h5")
+    dm = write_store(path, "hex", options=StoreOptions(store_state=True, compression="none"))
+    on_rank0(lambda: _as_version_1(path))
+    X = dm.coords[: dm.n_owned]
+    with SnapshotStore.open(path, COMM, dmesh=dm) as st:
+        all_ok(st.schema_version == 1 and st.state_stored and st.compression == "none", f"{st.options}")
+        for s, name in enumerate(SIMS):
+            for k in range(N_STEPS + 1):
+                eq_all(st.read_displacement(name, k, dm), u_field(X, s, k), f"u {name} {k}")
+                for field, r in zip(("stress", "p", "state"), qp_fields(dm.cell_natural, dm.n_qp, s, k)):
+                    eq_all(st.read_qp(name, field, k, dm), r, f"{field} {name} {k}")
+    st = SnapshotStore.open(path, COMM, mode="a", dmesh=dm)
+    write_sims(st, dm, {"test_0": {"T": 1.0}})
+    st.finalize()
+    with SnapshotStore.open(path, COMM, dmesh=dm) as st:
+        all_ok(st.schema_version == 1, "the version changed")
+        ref = np.column_stack([qp_fields(dm.cell_natural, dm.n_qp, 0, k)[2].ravel() for k in range(N_STEPS + 1)])
+        eq_all(st.read_block("state", dm, sims=["test_0"]), ref, "state of the added simulation")
+
+    def layout():
+        with h5py.File(path, "r") as f:
+            assert f.attrs["schema_version"] == 1 and "state_stored" not in f.attrs
+            g = f["simulations/test_0"]
+            assert "state" in g and g["stress"].compression is None
+    on_rank0(layout)
+
+
+def test_compression_lossless_and_independent_of_the_rank_count(tmpdir_shared):
+    """Every compression reads back the same bits as no compression, and a compressed store
+    written on all ranks holds the same values as one written on rank 0 alone."""
+    paths = {c: os.path.join(tmpdir_shared, f"c_{c}.h5") for c in ("none", "gzip-1", "gzip-4", "lzf")}
+    for comp, path in paths.items():
+        write_store(path, "hex", options=StoreOptions(store_state=True, compression=comp))
+    serial = os.path.join(tmpdir_shared, "c_serial.h5")
+    sub = COMM.Split(0 if COMM.rank == 0 else MPI.UNDEFINED, COMM.rank)
+    if sub != MPI.COMM_NULL:
+        write_store(serial, "hex", comm=sub, options=StoreOptions(store_state=True))
+        sub.Free()
+    from ddrom.io.integrity import verify_file
+
+    for path in list(paths.values()) + [serial]:
+        rep = verify_file(path, COMM)
+        all_ok(rep.ok and not rep.unprotected, rep.summary())
+
+    def same():
+        sizes = {}
+        with h5py.File(paths["none"], "r") as ref:
+            names = []
+            ref.visit(names.append)
+            dsets = [n for n in names if isinstance(ref[n], h5py.Dataset)]
+            for path in list(paths.values()) + [serial]:
+                with h5py.File(path, "r") as f:
+                    for n in dsets:
+                        a, b = ref[n][...], f[n][...]
+                        assert a.dtype == b.dtype and a.shape == b.shape, n
+                        assert a.tobytes() == b.tobytes(), (path, n)
+                    sizes[path] = sum(f[n].id.get_storage_size() for n in dsets if n.startswith("simulations"))
+        assert all(sizes[p] < sizes[paths["none"]] for p in sizes if p != paths["none"]), sizes
+
+    on_rank0(same)

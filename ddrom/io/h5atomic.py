@@ -387,15 +387,17 @@ class ParallelH5:
 
     # ------------------------------------------------------------------ data
     def create_dataset(self, group: Any, name: str, shape: Sequence[int], dtype: str = "f8",
-                       time_major: bool = False, chunks: Sequence[int] | None = None) -> Any:
-        """A dataset with Fletcher32 chunks and no fill (see :func:`ddrom.io.integrity.make_dcpl`)."""
+                       time_major: bool = False, chunks: Sequence[int] | None = None,
+                       compression: str = "none") -> Any:
+        """A dataset with Fletcher32 chunks and no fill, compressed losslessly if asked
+        (see :func:`ddrom.io.integrity.make_dcpl`)."""
         from h5py import h5d, h5s, h5t
 
         shape = tuple(int(s) for s in shape)
         tid = {"f8": h5t.IEEE_F64LE, "i8": h5t.STD_I64LE}[dtype]
         msg = None
         try:
-            dcpl = make_dcpl(shape, 8, time_major=time_major, chunks=chunks)
+            dcpl = make_dcpl(shape, 8, time_major=time_major, chunks=chunks, compression=compression)
             h5d.create(group.id, name.encode(), tid, h5s.create_simple(shape), dcpl=dcpl)
         except BaseException as exc:  # noqa: BLE001
             msg = io_error_message(exc, f"{self.what} {self.file}: cannot create dataset {group.name}/{name}",
@@ -583,6 +585,7 @@ class ParallelH5:
         msg = None
         if self.comm.rank == 0:
             try:
+                _release_reserve(self.file)
                 _fsync(self.file)
                 if self.file != self.path:
                     os.replace(self.file, self.path)
@@ -615,6 +618,17 @@ class ParallelH5:
             raise CollectiveError(f"{self.what} {self.file}: failed on another rank; the file was removed")
         if not isinstance(exc, CollectiveError):
             raise_collective(self.comm, msg)
+
+
+def _release_reserve(path: str) -> None:
+    """Give back the blocks :meth:`ParallelH5.reserve` allocated past the end of a file that
+    is complete: a truncation to its own size frees them (measured on ext4: a store of 458 kB
+    held 1.5 MB of disk before). Without it a finalized file keeps its last reservation --
+    with compressed datasets, up to a whole simulation's uncompressed size -- for good."""
+    try:
+        os.truncate(path, os.path.getsize(path))
+    except OSError:
+        pass            # best effort: the file is complete either way
 
 
 def _fsync(path: str) -> None:

@@ -4,8 +4,9 @@ Layout (schema ``ddrom-snapshots``, version :data:`SCHEMA_VERSION`)
 -------------------------------------------------------------------
 ``/`` attributes
     ``schema``, ``schema_version``, ``ddrom_version``, ``case_hash`` (given by the caller),
-    ``created`` (ISO 8601, UTC), ``provenance`` (JSON string) and ``complete`` (set last,
-    by :meth:`SnapshotStore.finalize`).
+    ``created`` (ISO 8601, UTC), ``provenance`` (JSON string), ``state_stored`` and
+    ``compression`` (the :class:`StoreOptions` it was created with) and ``complete`` (set
+    last, by :meth:`SnapshotStore.finalize`).
 ``/mesh``
     ``points`` (N, 3) float64 and ``cells`` (M, k) int64 in the natural (serial) numbering;
     attributes ``cell_type``, ``n_qp``, ``state_names``; ``node_sets/<name>`` (P,) sorted
@@ -13,13 +14,50 @@ Layout (schema ``ddrom-snapshots``, version :data:`SCHEMA_VERSION`)
     sorted by cell then face.
 ``/simulations/<name>``
     attributes ``params`` (JSON), ``index`` (creation order), ``n_steps``, ``last_step``
-    and ``complete`` (set by :meth:`SimulationWriter.finish`); datasets, all time-major
-    with ``nt = n_steps + 1`` (step 0 is t = 0) and chunked by time step (chunks of at
-    most 1 MiB, see below):
-    ``time`` (nt,), ``displacement`` (nt, N, 3), ``stress`` (nt, M, nq, 6) in Mandel
-    notation, ``p`` (nt, M, nq) cumulated plastic strain, ``state`` (nt, M, nq, n_state)
-    internal variables, and for ParaView the cell averages ``p_cell`` (nt, M) and
-    ``von_mises_cell`` (nt, M).
+    and ``complete`` (set by :meth:`SimulationWriter.finish`); datasets, all float64,
+    time-major with ``nt = n_steps + 1`` (step 0 is t = 0) and chunked by time step (chunks
+    of at most 1 MiB, see below):
+
+    ============================  =========================================  ==============
+    dataset                       content                                    read by
+    ============================  =========================================  ==============
+    ``time`` (nt,)                output times                               every stage
+    ``displacement`` (nt, N, 3)   nodal displacement                         offline POD,
+                                                                             evaluation,
+                                                                             clustering,
+                                                                             export
+    ``stress`` (nt, M, nq, 6)     Mandel stress at the integration points    offline (ECM,
+                                                                             stress basis),
+                                                                             evaluation,
+                                                                             export
+    ``p`` (nt, M, nq)             cumulated plastic strain                   offline (dual
+                                                                             basis),
+                                                                             evaluation,
+                                                                             export
+    ``p_cell`` (nt, M)            volume average of p per cell               ParaView, through
+    ``von_mises_cell`` (nt, M)    volume average of the von Mises stress     the XDMF sidecar
+    ``state`` (nt, M, nq, ns)     internal variables (``state_names``)       nothing of ddrom;
+                                  only if ``state_stored``                   users
+    ============================  =========================================  ==============
+
+    ``state`` is written only with ``StoreOptions(store_state=True)`` (case key ``[output]
+    store_state``): uncompressed it is the largest dataset (ns / 6 times the stress: 166 of
+    the 267 B per DOF and step of the demo, Chaboche, 13 internal variables) and no stage
+    reads it. Reading it from a store without it raises one error naming the file and how
+    to write it. The two cell averages (3.2 B per DOF and step on the demo, 1.4 compressed)
+    stay: they let ParaView open the store's XDMF sidecar directly (``ddrom export``
+    computes its own from p and the stress).
+
+Size (``benchmarks/store_size.py``, demo physics, B per DOF and stored step, the whole
+file): version 1 (everything, uncompressed) 267.5; version 2 default (no ``state``,
+``gzip-1``) 63.6; without compression 101.4; with ``state`` and ``gzip-1`` 69.8.
+Compression is lossless (byte shuffle + deflate, or LZF): every value reads back bitwise;
+the stress and the displacement shrink by ~25-30 %, p and the internal variables (zero
+outside the plastic zone around the hole) by ~95 %. It costs write time: 15 instead of 5
+ms per step at 1 rank (38 instead of 23 at 3), 1-3 % of an HF step of the demo.
+
+Version 1 files (``state`` in every simulation, no compression) are read as before; a
+store opened with ``mode="a"`` keeps its own layout for the simulations it adds.
 
 Because every array is in the natural numbering, the file does not depend on the number
 of ranks that wrote it: a store written on 3 ranks is read on 1 or 2. Each rank writes
@@ -27,13 +65,16 @@ and reads the contiguous natural slice given by :class:`~ddrom.mesh.distributed.
 with one collective hyperslab transfer per dataset; no mesh-size array is ever gathered.
 
 Integrity: every dataset is chunked and carries HDF5's Fletcher32 checksum per chunk
-(root attribute ``checksums = "fletcher32"``; :mod:`ddrom.io.integrity`). Every read
+(root attribute ``checksums = "fletcher32"``; :mod:`ddrom.io.integrity`), computed after
+the compression (it covers the bytes on disk). Every read
 verifies the chunks it touches; a damaged one raises, on every rank, an error naming the
 file and the dataset. ``ddrom verify FILE`` checks a whole file. Files written before
 checksums are read as before (their datasets are reported as unprotected).
 
 Full disks: the disk space of a simulation is reserved (``fallocate``) when it is added,
-before anything is computed or written; on a full disk :meth:`SnapshotStore.add_simulation`
+before anything is computed or written (compressed sizes are only known once written: the
+uncompressed size is reserved, :func:`_nbytes`; the blocks not used are given back when
+the store is finalized); on a full disk :meth:`SnapshotStore.add_simulation`
 raises one error naming the file, the space needed and the space free, and closes the
 store (kept for a resume if it holds finished simulations, removed otherwise). Any other
 failed write removes the ``.partial`` file and is reported the same way
@@ -67,12 +108,18 @@ import numpy as np
 
 import ddrom
 from ddrom.io.h5atomic import PARTIAL_SUFFIX, ParallelH5, io_error_message
+from ddrom.io.integrity import COMPRESSIONS, check_compression
 from ddrom.mesh.reference import CELL_TYPES, FACES
 from ddrom.parallel import (CollectiveError, DdromError, as_mpi, check_all, collective, describe_exception,
                             raise_collective)
 
 SCHEMA = "ddrom-snapshots"
-SCHEMA_VERSION = 1
+#: Version written. 2: ``state`` only when asked (root attribute ``state_stored``), datasets
+#: compressed (root attribute ``compression``).
+SCHEMA_VERSION = 2
+#: Versions read. Version 1 (every store always has ``state``, nothing compressed) is read
+#: as a version-2 store with ``state_stored = True`` and ``compression = "none"``.
+READABLE_VERSIONS = (1, 2)
 QP_FIELDS = ("stress", "p", "state")
 FIELDS = ("displacement",) + QP_FIELDS
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
@@ -90,8 +137,44 @@ def _h5py():
     return h5py
 
 
-def _nbytes(shapes: Iterable[Sequence[int]], itemsize: int = 8) -> int:
-    """Bytes of data of datasets of these shapes, plus the per-chunk checksums and index."""
+@dataclass(frozen=True)
+class StoreOptions:
+    """What a new store holds, and how (the ``[output]`` keys of a case; their defaults are these).
+
+    store_state : bool
+        Also write the material's internal variables ``state`` (nt, M, nq, n_state). No
+        stage of ddrom reads them (offline POD, ECM and evaluation, export, clustering,
+        enrichment and import read ``displacement``, ``stress`` and ``p``), and they are the
+        largest dataset of an uncompressed store: n_state / 6 times the stress (13 / 6 for
+        Chaboche, 166 of the demo's 267 B per DOF and step; compressed, 6 B on the demo,
+        whose plasticity stays around the hole). Keep them to post-process internal variables
+        (back stresses, plastic strain tensor) or to restart a material from a stored step.
+    compression : str
+        Lossless compression of every dataset, one of
+        :data:`~ddrom.io.integrity.COMPRESSIONS`. ``"gzip-1"``: byte shuffle + deflate level
+        1, in every HDF5 (ParaView reads the XDMF sidecar as before); on the demo it stores
+        64 instead of 101 B per DOF and step (benchmarks/store_size.py), for ~10 ms more
+        per step of the HF run (1-3 % of its solve). ``"none"``: the fastest writes and reads; ``"lzf"``: faster than
+        gzip, a little larger, readable by h5py only.
+    """
+
+    store_state: bool = False
+    compression: str = "gzip-1"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.store_state, bool):
+            raise DdromError(f"StoreOptions.store_state must be true or false, got {self.store_state!r}")
+        check_compression(self.compression)
+
+
+def _nbytes(shapes: Iterable[Sequence[int]], itemsize: int = 8, compressed: bool = False) -> int:
+    """Bytes of data of datasets of these shapes, plus the per-chunk checksums and index.
+
+    ``compressed``: the bound of a compressed dataset, whose size is only known once
+    written: a chunk that does not shrink is stored as it is (the filters are optional), or
+    takes at most 0.1 % + 12 bytes more (HDF5's deflate buffer); so the uncompressed size
+    plus that margin is what a writer reserves.
+    """
     from ddrom.io.integrity import chunk_shape
 
     total = 0
@@ -100,6 +183,8 @@ def _nbytes(shapes: Iterable[Sequence[int]], itemsize: int = 8) -> int:
         ch = chunk_shape(shape, itemsize, time_major=len(shape) > 1)
         chunks = 0 if ch is None else int(np.prod([-(-a // b) for a, b in zip(shape, ch)], dtype=np.int64))
         total += n + 64 * chunks         # 4 bytes of checksum + the chunk index entry, generously
+        if compressed:
+            total += n // 1000 + 16 * chunks
     return total
 
 
@@ -213,9 +298,16 @@ def _read_meta(f, where: str, require_complete: bool) -> dict:
         raise DdromError(f"{where}: not a ddrom snapshot store (root attribute schema is "
                          f"{schema!r}, expected {SCHEMA!r})")
     version = _attr(f, "schema_version", where)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise DdromError(f"{where}: schema version {version}, this ddrom "
-                         f"({ddrom.__version__}) reads version {SCHEMA_VERSION}")
+                         f"({ddrom.__version__}) reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if version == 1:
+        state_stored, compression = True, "none"
+    else:
+        state_stored = bool(_attr(f, "state_stored", where))
+        compression = str(_attr(f, "compression", where))
+        if compression not in COMPRESSIONS:
+            raise DdromError(f"{where}: unknown compression {compression!r} in the root attributes")
     complete = bool(_attr(f, "complete", where))
     if require_complete and not complete:
         raise DdromError(f"{where}: the store is incomplete (complete=False): the run that wrote "
@@ -238,6 +330,8 @@ def _read_meta(f, where: str, require_complete: bool) -> dict:
     shapes = {"time": (), "displacement": (n_nodes, 3), "stress": (n_cells, nq, 6),
               "p": (n_cells, nq), "state": (n_cells, nq, ns), "p_cell": (n_cells,),
               "von_mises_cell": (n_cells,)}
+    if not state_stored:
+        del shapes["state"]
     sims = {}
     for name, g in f["simulations"].items():
         n_steps = int(_attr(g, "n_steps", where))
@@ -252,7 +346,8 @@ def _read_meta(f, where: str, require_complete: bool) -> dict:
                           last_step=int(_attr(g, "last_step", where)))
     return dict(cell_type=cell_type, n_nodes=n_nodes, n_cells=n_cells, n_qp=nq,
                 state_names=state_names, complete=complete, sims=sims,
-                case_hash=str(f.attrs.get("case_hash", "")))
+                case_hash=str(f.attrs.get("case_hash", "")), schema_version=int(version),
+                state_stored=state_stored, compression=compression)
 
 
 # ------------------------------------------------------------------- the store
@@ -308,6 +403,40 @@ class SnapshotStore:
         return self._meta.get("case_hash", "")
 
     @property
+    def schema_version(self) -> int:
+        """Schema version of the file (:data:`READABLE_VERSIONS`)."""
+        return self._meta["schema_version"]
+
+    @property
+    def state_stored(self) -> bool:
+        """True if the simulations hold the internal variables ``state`` (see :class:`StoreOptions`)."""
+        return self._meta["state_stored"]
+
+    @property
+    def compression(self) -> str:
+        """Compression of the datasets of new simulations (that of the file when it was created)."""
+        return self._meta["compression"]
+
+    @property
+    def options(self) -> StoreOptions:
+        """The store's layout options (those it was created with)."""
+        return StoreOptions(store_state=self.state_stored, compression=self.compression)
+
+    def _no_state(self) -> bool:
+        """True when ``state`` has nothing to read: a material without internal variables.
+        Raises DdromError (on every rank: it depends on the file only) when the material has
+        some but the store does not hold them."""
+        if self.state_stored:
+            return False
+        if not self.state_names:
+            return True
+        raise DdromError(
+            f"{self._where()}: the internal variables (state, {len(self.state_names)} per integration "
+            "point) were not stored: the store was written with store_state = false (the default). "
+            "To read them, write it again with `store_state = true` in the [output] table of the case "
+            "file (`ddrom hf --restart`), or SnapshotStore.create(..., options=StoreOptions(store_state=True))")
+
+    @property
     def is_open(self) -> bool:
         return self._h5.is_open
 
@@ -323,7 +452,7 @@ class SnapshotStore:
     @classmethod
     def create(cls, path: str | os.PathLike, dmesh, *, state_names: Sequence[str],
                case_hash: str = "", provenance: dict | None = None, comm: Any,
-               private: bool = False) -> "SnapshotStore":
+               private: bool = False, options: StoreOptions | None = None) -> "SnapshotStore":
         """Create a new store for ``dmesh`` (collective).
 
         The file is written as ``path + ".partial"`` (an existing one is overwritten) and
@@ -347,12 +476,15 @@ class SnapshotStore:
             Written as ``path + ".partial.<pid>"`` (not resumable) instead of
             ``path + ".partial"``: for a file that two commands may write at the same time
             (``ddrom online --fields``; :meth:`ddrom.io.h5atomic.ParallelH5.create`).
+        options : StoreOptions, optional
+            Whether ``state`` is stored, and the compression (default: ``StoreOptions()``).
         """
         h5py = _h5py()
         c = as_mpi(comm)
         path = os.fspath(path)
         state_names = [str(s) for s in state_names]
-        _same_everywhere(c, (path, state_names, case_hash), "SnapshotStore.create arguments")
+        options = StoreOptions() if options is None else options
+        _same_everywhere(c, (path, state_names, case_hash, options), "SnapshotStore.create arguments")
         check_all(c, dmesh.n_nodes_global == c.allreduce(dmesh.n_owned),
                   "SnapshotStore.create: the distributed mesh is inconsistent (owned nodes)")
         msg, header = None, None
@@ -372,13 +504,15 @@ class SnapshotStore:
         header = c.bcast(header, root=0)
         h5 = ParallelH5.create(path, c, "snapshot store", private=private)
         meta = dict(cell_type=dmesh.cell_type, n_nodes=dmesh.n_nodes_global, n_cells=dmesh.n_cells_global,
-                    n_qp=dmesh.n_qp, state_names=state_names, complete=False, sims={}, case_hash=case_hash)
+                    n_qp=dmesh.n_qp, state_names=state_names, complete=False, sims={}, case_hash=case_hash,
+                    schema_version=SCHEMA_VERSION, state_stored=options.store_state, compression=options.compression)
         store = cls(c, h5, meta, writable=True)
         try:
             k = dmesh.cells.shape[1]
             h5.reserve(_nbytes([(dmesh.n_nodes_global, 3), (dmesh.n_cells_global, k)]))
             h5.set_attrs(dict(schema=SCHEMA, schema_version=SCHEMA_VERSION, ddrom_version=ddrom.__version__,
                               case_hash=case_hash, created=header["created"], provenance=header["provenance"],
+                              state_stored=options.store_state, compression=options.compression,
                               complete=False))
             store._write_mesh(dmesh)
             store._file().create_group("simulations")
@@ -605,12 +739,15 @@ class SnapshotStore:
         shapes = {"time": (nt,), "displacement": (nt, N, 3), "stress": (nt, M, nq, 6),
                   "p": (nt, M, nq), "state": (nt, M, nq, len(self.state_names)),
                   "p_cell": (nt, M), "von_mises_cell": (nt, M)}
+        if not self.state_stored:
+            del shapes["state"]
+        compression = self.compression
         # The disk space of the whole simulation is reserved before anything is written:
         # a full disk is refused here, before the simulation is computed, with the store
         # still healthy (see ddrom.io.h5atomic). The store is then closed: kept for resume
         # when it holds finished simulations, removed otherwise (nothing worth keeping).
         try:
-            self._h5.reserve(_nbytes(shapes.values()))
+            self._h5.reserve(_nbytes(shapes.values(), compressed=compression != "none"))
         except DdromError as exc:
             keep = any(s.complete for s in sims.values()) and not self._h5.failed
             if keep:
@@ -636,7 +773,7 @@ class SnapshotStore:
         g.attrs["last_step"] = -1
         g.attrs["complete"] = False
         for ds, shape in shapes.items():
-            self._h5.create_dataset(g, ds, shape, time_major=True)
+            self._h5.create_dataset(g, ds, shape, time_major=True, compression=compression)
         self._h5.flush()
         return SimulationWriter(self, name, n_steps)
 
@@ -720,6 +857,8 @@ class SnapshotStore:
             raise DdromError(f"unknown integration-point field {field!r} (expected one of {QP_FIELDS})")
         g = self._sim(sim)
         step = self._step_ok(g, sim, step)
+        if field == "state" and self._no_state():
+            return np.zeros((dmesh.n_cells, self.n_qp, 0))
         d = g[field]
         nc = dmesh.natural_cells
         lo, hi = nc.natural_range
@@ -774,6 +913,8 @@ class SnapshotStore:
         if field not in FIELDS:
             raise DdromError(f"unknown snapshot field {field!r} (expected one of {FIELDS})")
         sel = self._select(sims, steps)
+        if field == "state" and self._no_state():
+            return np.empty((0, sum(len(ks) for _, ks in sel)), order="F")
         nmap = dmesh.natural_nodes if field == "displacement" else dmesh.natural_cells
         lo, hi = nmap.natural_range
         n_local = dmesh.n_owned if field == "displacement" else dmesh.n_cells
@@ -834,7 +975,8 @@ class SimulationWriter:
         p : (ne, nq)
             Cumulated plastic strain.
         state : (ne, nq, n_state) or None
-            Internal variables (None allowed when the store has no state names).
+            Internal variables (None allowed when the store has no state names or does not
+            store them, :attr:`SnapshotStore.state_stored`). Checked, written only if stored.
 
         The cell averages written for ParaView are volume averages over the integration
         points, sum_q w_q detJ_q f_q / sum_q w_q detJ_q, of p and of the von Mises stress
@@ -851,13 +993,14 @@ class SimulationWriter:
         with collective(c, where):
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= self.n_steps:
                 raise DdromError(f"{where}: step must be an integer in 0..{self.n_steps}")
-            if state is None:
-                state = np.zeros((ne, nq, 0))
+            if state is None and (ns == 0 or not st.state_stored):
+                state = np.zeros((ne, nq, ns))
             arrays = {"time": np.asarray(t, dtype=np.float64),
                       "displacement": np.asarray(u_owned, dtype=np.float64),
                       "stress": np.asarray(stress, dtype=np.float64),
                       "p": np.asarray(p, dtype=np.float64),
-                      "state": np.asarray(state, dtype=np.float64)}
+                      "state": np.asarray(state if state is not None else np.zeros((ne, nq, 0)),
+                                          dtype=np.float64)}
             expected = {"time": (), "displacement": (dm.n_owned, 3), "stress": (ne, nq, 6),
                         "p": (ne, nq), "state": (ne, nq, ns)}
             for key, a in arrays.items():
@@ -878,7 +1021,7 @@ class SimulationWriter:
         lo, _ = nn.natural_range
         st._h5.write(g["displacement"], (k, lo, 0), nn.to_natural(arrays["displacement"])[None])
         lo, _ = nc.natural_range
-        for key in ("stress", "p", "state"):
+        for key in ("stress", "p", "state") if st.state_stored else ("stress", "p"):
             a = arrays[key]
             # a state without internal variables has nothing to move (empty collective write)
             nat = nc.to_natural(a) if a.shape[-1] else np.zeros((0,) + a.shape[1:])

@@ -613,16 +613,18 @@ from ddrom.hf.problem import PARAMETER_SCALES as _PARAMETER_SCALES  # noqa: E402
 def _defaults():
     """The option objects whose field defaults are the case keys' defaults (one source)."""
     from ddrom.hf.solver import SolverOptions
+    from ddrom.io.store import StoreOptions
     from ddrom.rom.enrichment import EnrichmentOptions
     from ddrom.rom.offline import OfflineOptions
     from ddrom.rom.classifier import ClassifierOptions
     from ddrom.workflow.options import ImportOptions, IndicatorOptions
 
     return (SolverOptions(), OfflineOptions(), EnrichmentOptions(), IndicatorOptions(), ImportOptions(),
-            ClassifierOptions())
+            ClassifierOptions(), StoreOptions())
 
 
-_SOLVER, _OFFLINE, _ENRICH, _INDICATOR, _IMPORT, _CLASSIFIER = _defaults()
+_SOLVER, _OFFLINE, _ENRICH, _INDICATOR, _IMPORT, _CLASSIFIER, _STORE = _defaults()
+from ddrom.io.integrity import COMPRESSIONS as _COMPRESSIONS  # noqa: E402
 from ddrom.rom.classifier import CLASSIFIER_METHODS as _CLASSIFIER_METHODS  # noqa: E402
 _XYZT = ("x", "y", "z", "t")
 _VECTOR3 = ListOf(Expr(_XYZT), length=3)
@@ -739,6 +741,15 @@ SCHEMA = Table({
     # change what a store holds
     "import": Key(Table({
         "equilibrium_tol": Key(Num(gt=0), _IMPORT.equilibrium_tol),
+    })),
+    # optional and outside the hashes, as [import]: how a snapshot store is written, not what
+    # its simulations compute (a store without the state a case asks for is recomputed:
+    # ddrom.workflow.hf.store_up_to_date)
+    "output": Key(Table({
+        "store_state": Key(Bool(), _STORE.store_state,
+                           doc="also store the material's internal variables (no stage reads them)"),
+        "compression": Key(Str(choices=_COMPRESSIONS), _STORE.compression,
+                           doc="lossless compression of the snapshot stores"),
     })),
     "training": Key(_sampling_table("training")),
     "test": Key(_sampling_table("test")),
@@ -968,7 +979,8 @@ class Case:
         differ only by comments, formatting, key order or explicitly written defaults.
         Results record it to tell which configuration produced them.
     hf_hash : str
-        The same without the ``[rom]`` and ``[import]`` tables: what the HF snapshot stores depend on.
+        The same without the ``[rom]``, ``[import]`` and ``[output]`` tables: what the HF
+        snapshot stores depend on.
     warnings : list of str
         Non-fatal findings (unknown ``[rom]`` keys, test points outside the training box...),
         each with its path; the CLI prints them on rank 0.
@@ -1057,7 +1069,8 @@ class Case:
     def store_hash(self, which: str) -> str:
         """What the HF store of parameter set ``which`` depends on: ``hf_hash`` without the
         other set, so that editing the test points does not invalidate the training runs."""
-        base = {k: v for k, v in self.raw.items() if k not in ("rom", "training", "test", "import", "parameters")}
+        base = {k: v for k, v in self.raw.items()
+                if k not in ("rom", "training", "test", "import", "output", "parameters")}
         # a parameter's scale and period only tell the local-basis classifier how to see it
         base["parameters"] = {n: {k: v for k, v in p.items() if k not in ("scale", "period")}
                               for n, p in self.raw.get("parameters", {}).items()}
@@ -1201,7 +1214,7 @@ def _build_case(data: dict, path: Path, folder: Path, file_hash: str) -> Case:
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     # What the HF results depend on: everything but the ROM settings, so that tuning the
     # ROM tolerances does not invalidate (and recompute) the snapshot stores.
-    hf_raw = {k: v for k, v in raw.items() if k not in ("rom", "import")}
+    hf_raw = {k: v for k, v in raw.items() if k not in ("rom", "import", "output")}
     hf_canonical = json.dumps(hf_raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return Case(path=path, folder=folder, raw=raw, hash=file_hash,
                 config_hash=hashlib.sha256(canonical.encode()).hexdigest(), warnings=warnings,

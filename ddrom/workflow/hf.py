@@ -15,7 +15,7 @@ import ddrom
 from ddrom.parallel import Progress, Timers, as_mpi, get_logger
 from ddrom.workflow.build import build_loads, build_mesh, build_times, load_case_collectively, sanity_check_regions
 from ddrom.io.h5atomic import write_on_root
-from ddrom.workflow.options import solver_options
+from ddrom.workflow.options import solver_options, store_options
 from ddrom.workflow.resources import check_hf, mesh_size_of
 
 
@@ -80,8 +80,15 @@ def hf_sweep(case: Any, comm: Any, which: str = "training", resume: bool = True,
     return summary
 
 
+def lacks_state(store: Any, case: Any) -> bool:
+    """The case asks for the internal variables (``[output] store_state``) and the store,
+    written without them, cannot give them."""
+    return store_options(case).store_state and bool(store.state_names) and not store.state_stored
+
+
 def store_up_to_date(path: Path, case: Any, comm: Any, which: str) -> bool:
-    """A complete store of this very case file exists at the final path (collective)."""
+    """A complete store of this very case file exists at the final path (collective), with
+    the internal variables if the case asks for them."""
     from ddrom.io.store import SnapshotStore
     from ddrom.parallel import DdromError
 
@@ -92,7 +99,7 @@ def store_up_to_date(path: Path, case: Any, comm: Any, which: str) -> bool:
         store = SnapshotStore.open(path, comm, mode="r")
     except DdromError:
         return False   # unreadable or of another schema: recompute it
-    ok = store.case_hash == case.store_hash(which)
+    ok = store.case_hash == case.store_hash(which) and not lacks_state(store, case)
     store.close()
     return ok
 
@@ -130,11 +137,16 @@ def _sweep_set(case, dm, which, resume, quiet, timers, comm, max_simulations=Non
             store.close()
             store = None
             get_logger(comm).info(f"  {partial.name}: written by another version of the case file; starting over")
+        elif lacks_state(store, case):
+            store.close()
+            store = None
+            get_logger(comm).info(f"  {partial.name}: written without the internal variables the case asks for "
+                                  "([output] store_state = true); starting over")
     fresh = store is None
     if store is None:
         write_on_root(c, lambda: path.parent.mkdir(parents=True, exist_ok=True), f"output folder {path.parent}")
         store = SnapshotStore.create(path, dm, state_names=material.state_names, case_hash=case.store_hash(which),
-                                     provenance=provenance, comm=comm)
+                                     provenance=provenance, comm=comm, options=store_options(case))
     done = {s.name for s in store.simulations() if s.complete}
     solver = None
     stream = None

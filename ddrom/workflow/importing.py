@@ -89,7 +89,7 @@ import numpy as np
 
 from ddrom.workflow.build import build_loads, build_mesh, build_times, load_case_collectively
 from ddrom.io.h5atomic import write_on_root
-from ddrom.workflow.options import solver_options
+from ddrom.workflow.options import solver_options, store_options
 from ddrom.workflow.resources import check_import, mesh_size_of
 from ddrom.workflow.hf import store_path
 from ddrom.parallel import CollectiveError, DdromError, Progress, as_mpi, collective, get_logger, root_only
@@ -566,10 +566,16 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
             store.abort() if was_final else store.close()
             raise CollectiveError(f"{path}: written for another version of the case file (its HF "
                                   "part changed); remove it or import into a fresh output folder")
+        if store_options(case).store_state and material.state_names and not store.state_stored:
+            store.abort() if was_final else store.close()
+            raise CollectiveError(f"{path}: written without the internal variables, and the case asks for them "
+                                  "([output] store_state = true); import into a fresh output folder, or "
+                                  "remove the key")
     else:
         write_on_root(c, lambda: path.parent.mkdir(parents=True, exist_ok=True), f"output folder {path.parent}")
         store = SnapshotStore.create(
             path, dm, state_names=material.state_names, case_hash=case.store_hash(which), comm=comm,
+            options=store_options(case),
             provenance={"case": str(case.path), "case_hash": case.store_hash(which), "case_file_sha256": case.hash,
                         "which": which, "times": case_times.tolist(), "material": material.to_dict(),
                         "origin": "ddrom import (material replay of external displacements)"})

@@ -3,8 +3,8 @@
 Each option has ONE default, in the dataclass of the layer that uses it:
 :class:`~ddrom.hf.solver.SolverOptions` (Newton: :class:`~ddrom.hf.stepping.NewtonOptions`),
 :class:`~ddrom.rom.offline.OfflineOptions`, :class:`~ddrom.rom.enrichment.EnrichmentOptions`,
-:class:`~ddrom.rom.classifier.ClassifierOptions`, :class:`IndicatorOptions` and
-:class:`ImportOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the defaults of
+:class:`~ddrom.rom.classifier.ClassifierOptions`, :class:`~ddrom.io.store.StoreOptions`,
+:class:`IndicatorOptions` and :class:`ImportOptions`. The case schema (:mod:`ddrom.workflow.case`) takes the defaults of
 its keys from them, so a case that omits a key, a Python user who builds the options by hand
 and the command line get the same value; the functions here only map the case's keys (all
 present after validation) onto the fields.
@@ -63,6 +63,15 @@ class ImportOptions:
     """
 
     equilibrium_tol: float = 2e-2
+
+
+def store_options(case: Any) -> "StoreOptions":
+    """The case's ``[output]`` keys: the layout of the snapshot stores it writes (the
+    dataclass defaults when the section is absent)."""
+    from ddrom.io.store import StoreOptions
+
+    cfg = case.raw.get("output") or {}
+    return StoreOptions(**{k: cfg[k] for k in ("store_state", "compression") if k in cfg})
 
 
 def import_options(case: Any) -> ImportOptions:

@@ -45,6 +45,13 @@ def _n_state(case: Any) -> int:
     return len(from_config(case.raw["material"]).state_names)     # (a UMAT library is not loaded)
 
 
+def _stored_state(case: Any) -> int:
+    """Internal variables per integration point the case's stores keep (``[output] store_state``)."""
+    from ddrom.workflow.options import store_options
+
+    return _n_state(case) if store_options(case).store_state else 0
+
+
 def _points(case: Any, which: str) -> int:
     return len(case.training_parameters() if which == "training" else case.test_parameters())
 
@@ -82,7 +89,7 @@ def check_hf(case: Any, comm: Any, sets: Sequence[str], *, mesh: MeshSize | None
         # with its test store already computed must not be refused for it)
         sets = [s for s in sets if not store_up_to_date(store_path(case, s), case, comm, s)]
     sims = sum(_points(case, s) for s in sets)
-    est = estimate_hf(mesh, as_mpi(comm).size, n_steps, sims, _n_state(case))
+    est = estimate_hf(mesh, as_mpi(comm).size, n_steps, sims, _n_state(case), _stored_state(case))
     if not sims:
         est.disk = 0
         est.breakdown["store"] = 0
@@ -101,7 +108,8 @@ def check_import(case: Any, comm: Any, n_series: int, *, mesh: MeshSize | None =
     mesh = mesh or case_mesh_size(case)
     if mesh is None:
         return None
-    est = estimate_hf(mesh, as_mpi(comm).size, len(case.times()), int(n_series), _n_state(case))
+    est = estimate_hf(mesh, as_mpi(comm).size, len(case.times()), int(n_series), _n_state(case),
+                      _stored_state(case))
     est.what = f"{int(n_series)} series on {est.what}"
     return _check(est, case, comm, "import", ignore)
 
@@ -123,7 +131,7 @@ def check_run(case: Any, comm: Any, *, ignore: bool | None = None) -> ResourceRe
     n_steps = len(case.times())
     n_state = _n_state(case)
     n_train, n_test = _points(case, "training"), _points(case, "test")
-    hf = estimate_hf(mesh, ranks, n_steps, n_train + n_test, n_state)
+    hf = estimate_hf(mesh, ranks, n_steps, n_train + n_test, n_state, _stored_state(case))
     off = estimate_offline(mesh, ranks, n_train * (n_steps + 1), n_state)
     est = Estimate(what=f"a run of {mesh.cells} {mesh.cell_type} cells, {n_steps} steps x "
                         f"{n_train} training + {n_test} test simulation(s) on {ranks} rank(s)",

@@ -487,8 +487,9 @@ def reconstruct_fields(case: Any, comm: Any, runs: list, model: Any, path: str |
     at ``path`` (default ``OUTPUT/rom_fields.h5``), and with ``"vtu"`` in ``formats`` also as VTU
     per step + PVD in ``<path stem>_vtu/`` (:mod:`ddrom.io.export`). An existing file at ``path``
     is replaced only once the new one is complete."""
-    from ddrom.io.store import SnapshotStore
+    from ddrom.io.store import SnapshotStore, StoreOptions
     from ddrom.rom.evaluation import Reconstruction, run_bases
+    from ddrom.workflow.options import store_options
 
     case = as_case(case, comm)
     dm, solver = context or hf_context(case, comm, Timers())
@@ -497,7 +498,9 @@ def reconstruct_fields(case: Any, comm: Any, runs: list, model: Any, path: str |
     # private temporary: ROM runs of one case (job arrays) may reconstruct at the same time
     store = SnapshotStore.create(path, dm, state_names=[], case_hash=case.hf_hash,
                                  provenance={"case": str(case.path), "kind": "ROM reconstruction"}, comm=comm,
-                                 private=True)
+                                 private=True,
+                                 # the case's compression; no internal variables (a ROM does not keep them)
+                                 options=StoreOptions(compression=store_options(case).compression))
     ne, nq = dm.n_cells, dm.n_qp
     try:
         for name, params, res in runs:
