@@ -35,6 +35,27 @@ def dual_graph(cells: np.ndarray, cell_type: str) -> tuple[np.ndarray, np.ndarra
     return indptr, b[o]
 
 
+def _reset_scotch_random() -> None:
+    """Restart Scotch's random generator, so that a graph gets the same parts every time.
+
+    PT-Scotch draws from one generator for the life of the process: a second partition of
+    the same mesh in one process (a library user running two stages, a test comparing two
+    runs) got other parts, hence results that differ in the last bits. Nothing happens
+    when the library cannot be found (another partitioner, a static build).
+    """
+    import ctypes
+    import ctypes.util
+
+    for name in ("libscotch-7.0.so", "libscotch.so", ctypes.util.find_library("scotch")):
+        if not name:
+            continue
+        try:
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL).SCOTCH_randomReset()
+            return
+        except (OSError, AttributeError):
+            continue
+
+
 def _petsc_partition(comm: Any, graph: tuple[np.ndarray, np.ndarray] | None, n_cells: int,
                      method: str) -> np.ndarray | None:
     """Partition a graph held on rank 0 with PETSc MatPartitioning; parts returned on rank 0."""
@@ -58,6 +79,7 @@ def _petsc_partition(comm: Any, graph: tuple[np.ndarray, np.ndarray] | None, n_c
                                 csr=(ip.astype(PETSc.IntType), idx.astype(PETSc.IntType),
                                      np.ones(len(idx))), comm=as_petsc(c))
     adj.assemble()
+    _reset_scotch_random()
     part = PETSc.MatPartitioning().create(as_petsc(c))
     part.setAdjacency(adj)
     part.setType(method)
