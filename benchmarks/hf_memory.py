@@ -1,0 +1,209 @@
+"""Where the memory of an HF Newton step goes, phase by phase, at the rank count it is launched with.
+
+Problem: that of ``hf_newton.py`` (unit cube of n^3 hexahedra, Chaboche with Armstrong-
+Frederick hardening, imposed non-uniform stretch into plasticity, one load step, solver
+defaults: B-bar, GMRES + GAMG). Reported per rank (max over ranks, and rank 0 apart):
+
+* at the end of each set-up phase (box on rank 0, distribution, geometry, solver with its
+  matrix pattern and KSP, initial state) and around every call of the kernels of the step
+  (strains, internal force, matrix assembly, linear solve): the numpy/Python memory alive
+  (``tracemalloc``: numpy reports its buffers to it), the peak of that memory inside the
+  phase, the process RSS and its high-water mark (``VmHWM``), in MB and in bytes per DOF
+  of the rank;
+* the largest Python allocations alive when the first matrix assembly starts, grouped by
+  the ddrom source line that made them (what the persistent per-DOF arrays are);
+* the non-Python part (RSS high-water mark minus the Python peak): PETSc's matrix, the
+  GAMG hierarchy, Krylov vectors, MPI buffers, the interpreter and libraries.
+
+``tracemalloc`` slows allocation-heavy code; the times of this script mean nothing (use
+``hf_newton.py``). Run::
+
+    mpirun -n 2 .venv/bin/python benchmarks/hf_memory.py --size 70 --json hf_memory_2.json
+
+Options: ``--size n`` (cells per edge; 70 gives 1.07e6 DOFs), ``--top 12``, ``--json PATH``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tracemalloc
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+
+import ddrom  # noqa: E402,F401  (PETSC_DIR before petsc4py)
+from mpi4py import MPI  # noqa: E402
+
+from hf_newton import MATERIAL, STRETCH  # noqa: E402
+
+
+def _status() -> dict[str, float]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS", "VmHWM")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0]) / 1024.0
+    return out
+
+
+class Probe:
+    """Memory at named marks: Python live and peak since the previous mark, RSS, HWM."""
+
+    def __init__(self):
+        self.log: list[tuple[str, float, float, float, float]] = []
+
+    def mark(self, name: str) -> None:
+        cur, peak = tracemalloc.get_traced_memory()
+        st = _status()
+        self.log.append((name, cur / 2 ** 20, peak / 2 ** 20, st["VmRSS"], st["VmHWM"]))
+        tracemalloc.reset_peak()
+
+    def wrap(self, obj, name: str, label: str | None = None) -> None:
+        fn = getattr(obj, name)
+        label = label or name
+
+        def probed(*a, **kw):
+            self.mark(f"before {label}")
+            out = fn(*a, **kw)
+            self.mark(label)
+            return out
+        setattr(obj, name, probed)
+
+    def phases(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for name, cur, peak, rss, hwm in self.log:
+            key = name
+            if name.startswith("before "):
+                continue        # the peak between a "before" mark and the call's end is the call's
+            a = out.setdefault(key, {"calls": 0, "python_live_mb": 0.0, "python_peak_mb": 0.0,
+                                     "rss_mb": 0.0, "hwm_mb": 0.0})
+            a["calls"] += 1
+            a["python_live_mb"] = max(a["python_live_mb"], cur)
+            a["python_peak_mb"] = max(a["python_peak_mb"], peak)
+            a["rss_mb"] = max(a["rss_mb"], rss)
+            a["hwm_mb"] = max(a["hwm_mb"], hwm)
+        # the peak between two kernel calls: the material update and the Newton bookkeeping
+        between = [peak for name, cur, peak, rss, hwm in self.log if name.startswith("before ")]
+        out["between kernels (material update, Newton)"] = {
+            "calls": len(between), "python_live_mb": float("nan"),
+            "python_peak_mb": max(between) if between else 0.0, "rss_mb": float("nan"), "hwm_mb": float("nan")}
+        return out
+
+
+class _KSP:
+    def __init__(self, ksp, probe):
+        self._ksp, self._probe = ksp, probe
+
+    def solve(self, b, x):
+        self._probe.mark("before solve")
+        self._ksp.solve(b, x)
+        self._probe.mark("solve")
+
+    def __getattr__(self, name):
+        return getattr(self._ksp, name)
+
+
+def run(n: int, top: int, comm) -> dict:
+    from ddrom.hf.loads import Dirichlet, Loads
+    from ddrom.hf.solver import HFSolver, SolverOptions
+    from ddrom.materials import from_config
+    from ddrom.mesh.generators import box
+    from ddrom.mesh.scatter import distribute
+
+    probe = Probe()
+    tracemalloc.start(6)
+    probe.mark("start")
+    mesh = box(1.0, 1.0, 1.0, n, n, n) if comm.rank == 0 else None
+    probe.mark("box (rank 0)")
+    dm = distribute(mesh, comm)
+    del mesh
+    gc.collect()
+    probe.mark("distribute")
+    dm.geometry
+    probe.mark("geometry")
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: t * STRETCH * (1 + 0.3 * y))])
+    s = HFSolver(dm, from_config(MATERIAL), loads, SolverOptions())
+    probe.mark("solver (pattern, matrix, KSP)")
+    snapshot = {}
+    asm_matrix = s.asm.assemble_matrix
+
+    def first_matrix(*a, **kw):
+        if "snap" not in snapshot:
+            snapshot["snap"] = tracemalloc.take_snapshot()
+        return asm_matrix(*a, **kw)
+    s.asm.assemble_matrix = first_matrix
+    for name in ("strains", "internal_force", "assemble_matrix"):
+        probe.wrap(s.asm, name)
+    s.ksp = _KSP(s.ksp, probe)
+    st = s.initial_state()
+    probe.mark("initial state")
+    st, info = s.step(st, 1.0, 1)
+    probe.mark("step done")
+    dofs_rank = 3 * dm.n_owned
+    # largest live allocations at the first matrix assembly, by ddrom source line
+    groups: dict[str, int] = {}
+    for stat in snapshot["snap"].statistics("traceback"):
+        frames = [f"{fr.filename.split('ddrom/')[-1]}:{fr.lineno}" for fr in stat.traceback
+                  if "/ddrom/" in fr.filename]
+        key = frames[-1] if frames else "(outside ddrom)"      # the innermost ddrom line
+        groups[key] = groups.get(key, 0) + stat.size
+    live = sorted(groups.items(), key=lambda kv: -kv[1])[:top]
+    phases = probe.phases()
+    hwm = _status()["VmHWM"]
+    py_peak = max(p["python_peak_mb"] for p in phases.values())
+    mine = {"dofs_rank": dofs_rank, "phases": phases, "hwm_mb": hwm, "python_peak_mb": py_peak,
+            "live_at_first_matrix": [{"where": k, "mb": v / 2 ** 20, "bytes_per_dof": v / dofs_rank}
+                                     for k, v in live]}
+    tracemalloc.stop()
+    ranks = comm.gather(mine, root=0)
+    return {"n": n, "dofs": 3 * (n + 1) ** 3, "ranks": comm.size, "newton_iterations": info.newton_iterations,
+            "per_rank": ranks} if comm.rank == 0 else {}
+
+
+def print_report(res: dict) -> None:
+    per = res["per_rank"]
+    print(f"\nhf_memory: {res['dofs']:,} DOFs, {res['ranks']} rank(s), Chaboche, "
+          f"{res['newton_iterations']} Newton iterations")
+    print(f"{'phase':44s} {'calls':>5s} {'py live MB':>10s} {'py peak MB':>10s} {'RSS MB':>8s} "
+          f"{'HWM MB':>8s} {'HWM B/DOF':>9s}   (max over ranks)")
+    names = list(per[0]["phases"])
+    for name in names:
+        rows = [r["phases"][name] for r in per]
+        d = max(r["dofs_rank"] for r in per)
+        hwm = max(x["hwm_mb"] for x in rows)
+        print(f"{name:44s} {rows[0]['calls']:5d} {max(x['python_live_mb'] for x in rows):10.1f} "
+              f"{max(x['python_peak_mb'] for x in rows):10.1f} {max(x['rss_mb'] for x in rows):8.1f} "
+              f"{hwm:8.1f} {hwm * 2 ** 20 / d:9.0f}")
+    for i, r in enumerate(per):
+        print(f"rank {i}: {r['dofs_rank']:,} DOFs, peak RSS {r['hwm_mb']:.0f} MB = "
+              f"{r['hwm_mb'] * 2 ** 20 / r['dofs_rank']:.0f} B/DOF; Python peak {r['python_peak_mb']:.0f} MB "
+              f"({r['python_peak_mb'] * 2 ** 20 / r['dofs_rank']:.0f} B/DOF); the rest (PETSc, MPI, "
+              f"interpreter) {(r['hwm_mb'] - r['python_peak_mb']) * 2 ** 20 / r['dofs_rank']:.0f} B/DOF")
+    print("\nlargest Python allocations alive at the first matrix assembly (rank 0):")
+    for x in per[0]["live_at_first_matrix"]:
+        print(f"  {x['mb']:8.1f} MB {x['bytes_per_dof']:7.0f} B/DOF  {x['where']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=40)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    comm = MPI.COMM_WORLD
+    res = run(args.size, args.top, comm)
+    if comm.rank == 0:
+        print_report(res)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
