@@ -49,6 +49,10 @@ from ddrom.mesh.reference import CELL_TYPES, FACES
 from ddrom.parallel import CollectiveError, DdromError, as_mpi, collective, raise_collective
 
 
+class UnusedNodesError(CollectiveError):
+    """Some nodes belong to no cell (raised on every rank by :func:`distribute_slices`)."""
+
+
 @dataclass
 class MeshSlice:
     """This rank's slice of a mesh in natural numbering (the input of :func:`distribute_slices`).
@@ -358,7 +362,7 @@ def distribute_slices(ms: MeshSlice, comm: Any, partitioner: str = "ptscotch",
     unused = c.allreduce(int(np.sum(ncount == 0)))
     if unused:
         # Natural node ids index the serial mesh; unused nodes would leave holes in files.
-        raise CollectiveError("the mesh has nodes that belong to no cell; remove them before distribution")
+        raise UnusedNodesError("the mesh has nodes that belong to no cell; remove them before distribution")
     nstart = np.concatenate([[0], np.cumsum(ncount)[:-1]])
     slice_nodes = n0 + np.arange(mn, dtype=np.int64)
     owner = src[nstart + slice_nodes % ncount]           # _node_owners' rule
