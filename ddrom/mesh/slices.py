@@ -139,6 +139,34 @@ def _exchange(c: Any, dest: np.ndarray, *arrays: np.ndarray) -> tuple[list[np.nd
     return out, rcount
 
 
+def _face_groups(fn: np.ndarray, n_nodes: int) -> tuple[np.ndarray, int]:
+    """Group id of each face (rows of sorted node ids) and the number of groups.
+
+    :func:`ddrom.mesh.boundary.row_groups` without its int64 copy of the rows: pairs of
+    columns are packed into int64 keys directly (``n_nodes^2 < 2^63`` for any mesh that
+    fits in memory).
+    """
+    n, k = fn.shape
+    if n == 0:
+        return np.zeros(0, np.int64), 0
+    m = np.int64(n_nodes)
+    keys = [fn[:, i].astype(np.int64) * m + fn[:, i + 1] for i in range(0, k - 1, 2)]
+    if k % 2:
+        keys.append(fn[:, -1].astype(np.int64))
+    order = np.lexsort(keys[::-1])
+    new = np.ones(n, dtype=bool)
+    diff = np.zeros(n - 1, dtype=bool)
+    for key in keys:
+        ks = key[order]
+        diff |= ks[1:] != ks[:-1]
+    new[1:] = diff
+    del keys, diff
+    gsorted = np.cumsum(new) - 1
+    ids = np.empty(n, dtype=np.int64)
+    ids[order] = gsorted
+    return ids, int(gsorted[-1]) + 1
+
+
 def _holder(ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Rank whose slice ``[bounds[r], bounds[r+1])`` contains each id."""
     return np.searchsorted(bounds, ids, side="right") - 1
@@ -289,28 +317,28 @@ def distribute_slices(ms: MeshSlice, comm: Any, partitioner: str = "ptscotch",
     # 1. faces: matched on the rank holding the slice of their smallest node
     faces = np.asarray(FACES[ct])
     nf, fk = faces.shape
-    fn = np.sort(ms.cells[:, faces].reshape(mc * nf, fk), axis=1)
-    (rfn, rcell, rface), _ = _exchange(c, _holder(fn[:, 0], nb), fn, np.repeat(my_gid, nf),
+    # int32 ids where they fit: the face arrays are the peak of the whole distribution
+    itype = np.int32 if max(n_nodes, n_cells) < 2**31 else np.int64
+    fn = np.sort(ms.cells.astype(itype)[:, faces].reshape(mc * nf, fk), axis=1)
+    (rfn, rcell, rface), _ = _exchange(c, _holder(fn[:, 0], nb), fn, np.repeat(my_gid.astype(itype), nf),
                                        np.tile(np.arange(nf, dtype=np.int8), mc))
     del fn
-    from ddrom.mesh.boundary import row_groups
-
-    ids, ng = row_groups(rfn)
+    ids, ng = _face_groups(rfn, n_nodes)
     del rfn
     counts = np.bincount(ids, minlength=ng)
     bad = np.flatnonzero(counts > 2)
     nbad = c.allreduce(len(bad))
     if nbad:
-        ex = np.unique(rcell[np.isin(ids, bad[:5])])[:6].tolist()
+        ex = np.unique(rcell[np.isin(ids, bad[:5])]).astype(np.int64)[:6].tolist()
         ex = sorted(sum(c.allgather(ex), []))[:6]
         raise CollectiveError(f"invalid mesh: {nbad} face(s) shared by more than two cells "
                               f"(duplicated or overlapping cells), e.g. in cells {ex}")
     cnt = counts[ids]
     inter = np.flatnonzero(cnt == 2)
     inter = inter[np.argsort(ids[inter], kind="stable")]
-    pairs = rcell[inter].reshape(-1, 2)
+    pairs = rcell[inter].astype(np.int64).reshape(-1, 2)
     ext = cnt == 1
-    ecell, eface = rcell[ext], rface[ext]
+    ecell, eface = rcell[ext].astype(np.int64), rface[ext]
     del ids, counts, cnt, inter, rcell, rface, ext
     a = np.concatenate([pairs[:, 0], pairs[:, 1]])
     b = np.concatenate([pairs[:, 1], pairs[:, 0]])
@@ -525,16 +553,17 @@ def check_orientation_distributed(dm: DistributedMesh, max_report: int = 8) -> N
     from ddrom.mesh.mesh import Mesh
 
     c = dm.mpi
-    inv = deg = np.zeros(0, np.int64)
-    if dm.n_cells:
-        local = Mesh(dm.coords, dm.cells, dm.cell_type)
-        detj = jacobian_determinants(local).min(axis=1)
-        X = dm.coords[dm.cells]
+    r = np.empty(dm.n_cells)
+    chunk = 16384                  # small chunks: (chunk, nq, 3, 3) Jacobians, not a peak of their own
+    for s in range(0, dm.n_cells, chunk):
+        cells = dm.cells[s:s + chunk]
+        detj = jacobian_determinants(Mesh(dm.coords, cells, dm.cell_type), chunk=chunk).min(axis=1)
+        X = dm.coords[cells]
         diag = np.linalg.norm(X.max(axis=1) - X.min(axis=1), axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(diag > 0, detj / diag**3, 0.0)
-        inv = dm.cell_natural[r < -DEGENERATE_RATIO]
-        deg = dm.cell_natural[np.abs(r) <= DEGENERATE_RATIO]
+            r[s:s + chunk] = np.where(diag > 0, detj / diag**3, 0.0)
+    inv = dm.cell_natural[r < -DEGENERATE_RATIO]
+    deg = dm.cell_natural[np.abs(r) <= DEGENERATE_RATIO]
     n_inv, n_deg = c.allreduce(len(inv)), c.allreduce(len(deg))
     if not (n_inv or n_deg):
         return
