@@ -142,13 +142,13 @@ def main() -> None:
     dofs = 3 * (args.n + 1) ** 3
     print(f"box {args.n}^3 hexahedra, {dofs} DOFs; peak RSS (MB) of rank 0 / max of the others; "
           "'+' = minus the RSS after imports")
-    print(f"{'path':9s} {'ranks':>5s} {'seconds':>8s} {'rank0':>8s} {'others':>8s} {'rank0+':>8s} "
+    print(f"{'path':13s} {'ranks':>5s} {'seconds':>8s} {'rank0':>8s} {'others':>8s} {'rank0+':>8s} "
           f"{'others+':>8s} {'ratio':>6s}")
     for r in results:
         pk, bs = r["peak_mb"], r["base_mb"]
         inc = [a - b for a, b in zip(pk, bs)]
         r["ratio_rank0_to_others"] = pk[0] / max(pk[1:])
-        print(f"{r['path']:9s} {r['ranks']:5d} {r['seconds']:8.2f} {pk[0]:8.0f} {max(pk[1:]):8.0f} "
+        print(f"{r['path']:13s} {r['ranks']:5d} {r['seconds']:8.2f} {pk[0]:8.0f} {max(pk[1:]):8.0f} "
               f"{inc[0]:8.0f} {max(inc[1:]):8.0f} {r['ratio_rank0_to_others']:6.2f}")
     if args.json:
         from ddrom.io.jsonio import write_json  # strict JSON, atomic

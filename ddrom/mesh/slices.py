@@ -33,6 +33,16 @@ Memory per rank is ``O((n_cells + n_nodes) / P)`` plus the exchange buffers; no 
 the global size exists anywhere (ranges are located with ``searchsorted`` over the ``P + 1``
 slice bounds). Entries of the sets may be held by any rank.
 
+Why not PETSc's DMPlex (measured at 1.07e6 DOFs, ``benchmarks/mesh_distribution.py``,
+docs/SCALING.md): petsc4py 3.18 builds a DMPlex from a cell list on rank 0 only
+(``createFromCellList``; the parallel ``DMPlexCreateFromCellListParallelPetsc`` is not
+wrapped), so rank 0's peak stays 1.6-1.7x the others' for the bare cell-vertex graph and
+2.1-2.5x with the faces our facet sets need as labels (``interpolate=True``, 700+ MB on
+rank 0, 8-18x the time of this module in the same run); the natural numbering our files depend on is not
+exposed (no ``DMSetUseNatural``/``DMPlexGlobalToNatural`` in petsc4py 3.18), the owner of a
+shared vertex is PETSc's choice rather than ours, and its parallel HDF5 loader reads only
+PETSc's own layout, not XDMF. This module keeps rank 0 at the others' peak (ratio 1.00).
+
 Where a set entry lands after the move: facet sets are sorted by (local cell, local face),
 node and cell sets are sorted unique local indices -- the same as
 :func:`ddrom.mesh.scatter.distribute` up to the order of the facet pairs.
