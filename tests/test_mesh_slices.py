@@ -243,3 +243,30 @@ def test_hf_solve_on_the_sliced_mesh_equals_one_rank():
     add_regions(m, regions)
     u_one = solve(distribute(m, MPI.COMM_SELF), MPI.COMM_SELF)
     assert np.abs(u_par - u_one).max() <= 1e-8 * np.abs(u_one).max()
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("source", ["generator", "xdmf", "vtu"])
+def test_build_mesh_of_a_case_equals_the_rank0_path(source, tmp_path_factory):
+    """What the workflow builds (build_mesh, the sliced path) is what it built before."""
+    import re
+
+    from helpers import tiny_case_text, write_case
+
+    from ddrom.workflow.build import build_mesh, build_mesh_serial, load_case_collectively
+
+    d = _shared_dir(tmp_path_factory)
+    mesh = ('generator = "plate_with_hole"\nargs = { n_around = 16, n_radial = 3, n_thick = 2, '
+            'cell_type = "tetra" }\n')
+    if source != "generator":
+        mesh = f'file = "plate.{source}"\n'
+        if COMM.rank == 0:
+            write_mesh(generate("plate_with_hole", n_around=16, n_radial=3, n_thick=2, cell_type="tetra"),
+                       d / f"plate.{source}")
+    mesh += ('partitioner = "block"\nregions = { xmin = { x = -1.0 }, xmax = { x = 1.0 }, '
+             'ymin = { y = -1.0 }, zmin = { z = -0.1 }, pin = "near(x, 1) and near(y, 1)" }\n')
+    text = re.sub(r'generator = "box"\nargs = .*\n', mesh, tiny_case_text())
+    path = write_case(d, text, f"case_{source}.toml") if COMM.rank == 0 else d / f"case_{source}.toml"
+    COMM.Barrier()
+    case = load_case_collectively(str(path), COMM)
+    _assert_same(build_mesh_serial(case, COMM), build_mesh(case, COMM))
