@@ -11,8 +11,9 @@ other rank's peak (the issue's target: <= 1.5).
 
 Paths:
 
-* ``old``: :func:`ddrom.mesh.generators.box` on rank 0, then
-  :func:`ddrom.mesh.scatter.distribute` (the former default);
+* ``old``: :func:`ddrom.mesh.generators.box` and
+  :func:`ddrom.mesh.boundary.check_orientation` on rank 0, then
+  :func:`ddrom.mesh.scatter.distribute` (the former ``build_mesh``);
 * ``new``: :func:`ddrom.mesh.generators.box_slice` on every rank, then
   :func:`ddrom.mesh.slices.distribute_slices` (what ``build_mesh`` does now);
 * ``xdmf-old`` / ``xdmf``: the same box read from an XDMF/HDF5 file, by
@@ -52,6 +53,7 @@ def worker(path: str, n: int, file: str | None) -> None:
     from mpi4py import MPI
     from petsc4py import PETSc
 
+    from ddrom.mesh.boundary import check_orientation
     from ddrom.mesh.generators import box, box_slice
 
     for mod in ("ddrom.mesh.slices", "ddrom.mesh.scatter", "ddrom.mesh.xdmf", "h5py", "meshio"):
@@ -65,7 +67,11 @@ def worker(path: str, n: int, file: str | None) -> None:
     if path == "old":
         from ddrom.mesh.scatter import distribute
 
-        dm = distribute(box(1, 1, 1, n, n, n) if c.rank == 0 else None, c)
+        mesh = None
+        if c.rank == 0:                   # what build_mesh did: generate, check, distribute
+            mesh = box(1, 1, 1, n, n, n)
+            check_orientation(mesh)
+        dm = distribute(mesh, c)
         n_cells = dm.n_cells
     elif path == "new":
         from ddrom.mesh.slices import distribute_slices
@@ -76,7 +82,7 @@ def worker(path: str, n: int, file: str | None) -> None:
         from ddrom.mesh.io import read_mesh
         from ddrom.mesh.scatter import distribute
 
-        dm = distribute(read_mesh(file) if c.rank == 0 else None, c)
+        dm = distribute(read_mesh(file) if c.rank == 0 else None, c)   # read_mesh checks the orientation
         n_cells = dm.n_cells
     elif path == "xdmf":
         from ddrom.mesh.xdmf import read_distributed
@@ -147,9 +153,10 @@ def main() -> None:
     for r in results:
         pk, bs = r["peak_mb"], r["base_mb"]
         inc = [a - b for a, b in zip(pk, bs)]
-        r["ratio_rank0_to_others"] = pk[0] / max(pk[1:])
-        print(f"{r['path']:13s} {r['ranks']:5d} {r['seconds']:8.2f} {pk[0]:8.0f} {max(pk[1:]):8.0f} "
-              f"{inc[0]:8.0f} {max(inc[1:]):8.0f} {r['ratio_rank0_to_others']:6.2f}")
+        others, others_inc = max(pk[1:], default=float("nan")), max(inc[1:], default=float("nan"))
+        r["ratio_rank0_to_others"] = pk[0] / others if len(pk) > 1 else None
+        print(f"{r['path']:13s} {r['ranks']:5d} {r['seconds']:8.2f} {pk[0]:8.0f} {others:8.0f} "
+              f"{inc[0]:8.0f} {others_inc:8.0f} {pk[0] / others:6.2f}")
     if args.json:
         from ddrom.io.jsonio import write_json  # strict JSON, atomic
 

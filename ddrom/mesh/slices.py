@@ -350,6 +350,9 @@ def distribute_slices(ms: MeshSlice, comm: Any, partitioner: str = "ptscotch",
     ext = cnt == 1
     ecell, eface = rcell[ext].astype(np.int64), rface[ext]
     del ids, counts, cnt, inter, rcell, rface, ext
+    graph = size > 1 and partitioner not in ("block", "rcb")     # only PETSc's partitioners need it
+    if not graph:
+        pairs = pairs[:0]
     a = np.concatenate([pairs[:, 0], pairs[:, 1]])
     b = np.concatenate([pairs[:, 1], pairs[:, 0]])
     del pairs
