@@ -243,6 +243,12 @@ def test_hf_solve_on_the_sliced_mesh_equals_one_rank():
     add_regions(m, regions)
     u_one = solve(distribute(m, MPI.COMM_SELF), MPI.COMM_SELF)
     assert np.abs(u_par - u_one).max() <= 1e-8 * np.abs(u_one).max()
+    if COMM.size >= 3:                        # and on 2 ranks, with the parallel RCB
+        sub = COMM.Split(0 if COMM.rank < 2 else 1, COMM.rank)
+        u_two = solve(distribute_slices(generate_slice("plate_with_hole", sub.rank, sub.size, **args), sub,
+                                        "rcb", regions=regions), sub)
+        sub.Free()
+        assert np.abs(u_two - u_one).max() <= 1e-8 * np.abs(u_one).max()
 
 
 @pytest.mark.mpi
