@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ddrom.mesh.boundary import boundary_facets, select_facets
 from ddrom.mesh.mesh import Mesh
 from ddrom.mesh.reference import FACES
 from ddrom.parallel.errors import DdromError
+
+if TYPE_CHECKING:
+    from ddrom.mesh.slices import MeshSlice
 
 # Hexahedron corners of the unit cube in VTK order.
 _HEX_CORNERS = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0],
@@ -70,12 +73,15 @@ def hex_to_tet(mesh: Mesh) -> Mesh:
     if mesh.cell_type != "hexahedron":
         raise ValueError("hex_to_tet needs a hexahedral mesh")
     cells = mesh.cells[:, KUHN_TETS].reshape(-1, 4)
-    fsets = {}
-    for name, fs in mesh.facet_sets.items():
-        pairs = KUHN_FACE_TABLE[fs[:, 1]]                          # (F, 2, 2)
-        tet = 6 * fs[:, 0][:, None] + pairs[:, :, 0]
-        fsets[name] = np.column_stack([tet.ravel(), pairs[:, :, 1].ravel()])
+    fsets = {name: _tet_facets(fs) for name, fs in mesh.facet_sets.items()}
     return Mesh(mesh.points, cells, "tetra", fsets, dict(mesh.node_sets))
+
+
+def _tet_facets(fs: np.ndarray) -> np.ndarray:
+    """Hexahedron facets ``(cell, face)`` -> the tetrahedron facets of :func:`hex_to_tet` that tile them."""
+    pairs = KUHN_FACE_TABLE[fs[:, 1]]                              # (F, 2, 2)
+    tet = 6 * fs[:, 0][:, None] + pairs[:, :, 0]
+    return np.column_stack([tet.ravel(), pairs[:, :, 1].ravel()])
 
 
 def merge_nodes(points: np.ndarray, cells: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,6 +152,31 @@ def _cell_type(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ box
+def _box_args(lx, ly, lz, nx, ny, nz, origin, cell_type):
+    lx, ly, lz = (_positive(n, v) for n, v in (("lx", lx), ("ly", ly), ("lz", lz)))
+    nx, ny, nz = (_count(n, v) for n, v in (("nx", nx), ("ny", ny), ("nz", nz)))
+    cell_type = _cell_type(cell_type)
+    try:
+        o = np.asarray(origin, dtype=float).reshape(3)
+    except (TypeError, ValueError):
+        raise DdromError(f"mesh argument origin must be 3 numbers, got {origin!r}") from None
+    return lx, ly, lz, nx, ny, nz, o, cell_type
+
+
+# local faces of reference.FACES: 0 zeta=-1, 1 zeta=+1, 2 eta=-1, 3 eta=+1, 4 xi=-1, 5 xi=+1
+_BOX_FACES = (("xmin", 4), ("xmax", 5), ("ymin", 2), ("ymax", 3), ("zmin", 0), ("zmax", 1))
+
+
+def _box_facets(i, j, k, cell_ids, nx, ny, nz) -> dict[str, np.ndarray]:
+    at = {"xmin": i == 0, "xmax": i == nx - 1, "ymin": j == 0, "ymax": j == ny - 1, "zmin": k == 0,
+          "zmax": k == nz - 1}
+    fsets = {}
+    for name, face in _BOX_FACES:
+        c = cell_ids[at[name]]
+        fsets[name] = np.column_stack([c, np.full(c.size, face)])
+    return fsets
+
+
 def box(lx: float = 1.0, ly: float = 1.0, lz: float = 1.0, nx: int = 4, ny: int = 4, nz: int = 4,
         origin: tuple[float, float, float] = (0.0, 0.0, 0.0), cell_type: str = "hexahedron") -> Mesh:
     """Structured box ``[x0, x0 + lx] x [y0, y0 + ly] x [z0, z0 + lz]``.
@@ -155,13 +186,7 @@ def box(lx: float = 1.0, ly: float = 1.0, lz: float = 1.0, nx: int = 4, ny: int 
     zmin, zmax`` partition the boundary (edges and corners belong to the node sets of
     several of them).
     """
-    lx, ly, lz = (_positive(n, v) for n, v in (("lx", lx), ("ly", ly), ("lz", lz)))
-    nx, ny, nz = (_count(n, v) for n, v in (("nx", nx), ("ny", ny), ("nz", nz)))
-    cell_type = _cell_type(cell_type)
-    try:
-        o = np.asarray(origin, dtype=float).reshape(3)
-    except (TypeError, ValueError):
-        raise DdromError(f"mesh argument origin must be 3 numbers, got {origin!r}") from None
+    lx, ly, lz, nx, ny, nz, o, cell_type = _box_args(lx, ly, lz, nx, ny, nz, origin, cell_type)
     xs = o[0] + lx * np.arange(nx + 1) / nx
     ys = o[1] + ly * np.arange(ny + 1) / ny
     zs = o[2] + lz * np.arange(nz + 1) / nz
@@ -174,15 +199,58 @@ def box(lx: float = 1.0, ly: float = 1.0, lz: float = 1.0, nx: int = 4, ny: int 
     base = i + sx * j + sz * k
     offsets = np.array([0, 1, 1 + sx, sx, sz, sz + 1, sz + 1 + sx, sz + sx])
     cells = base[:, None] + offsets
-    # local faces of reference.FACES: 0 zeta=-1, 1 zeta=+1, 2 eta=-1, 3 eta=+1, 4 xi=-1, 5 xi=+1
-    sel = {"xmin": (i == 0, 4), "xmax": (i == nx - 1, 5), "ymin": (j == 0, 2),
-           "ymax": (j == ny - 1, 3), "zmin": (k == 0, 0), "zmax": (k == nz - 1, 1)}
-    fsets = {}
-    for name, (mask, face) in sel.items():
-        c = np.flatnonzero(mask)
-        fsets[name] = np.column_stack([c, np.full(c.size, face)])
+    fsets = _box_facets(i, j, k, np.arange(len(base)), nx, ny, nz)
     mesh = Mesh(pts.reshape(-1, 3), cells, "hexahedron", fsets)
     return hex_to_tet(mesh) if cell_type == "tetra" else mesh
+
+
+def box_slice(rank: int, size: int, lx: float = 1.0, ly: float = 1.0, lz: float = 1.0, nx: int = 4,
+              ny: int = 4, nz: int = 4, origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
+              cell_type: str = "hexahedron") -> "MeshSlice":
+    """Slice ``rank`` of ``size`` of :func:`box`: the same natural numbering, built alone.
+
+    Cells ``slice_range(n_cells, size, rank)`` and nodes ``slice_range(n_nodes, size, rank)``
+    (:func:`ddrom.mesh.slices.slice_range`), with the facet sets of those cells; nothing of
+    the global size is allocated.
+    """
+    from ddrom.mesh.slices import MeshSlice, slice_range
+
+    lx, ly, lz, nx, ny, nz, o, cell_type = _box_args(lx, ly, lz, nx, ny, nz, origin, cell_type)
+    tet = cell_type == "tetra"
+    per = 6 if tet else 1
+    n_cells, n_nodes = per * nx * ny * nz, (nx + 1) * (ny + 1) * (nz + 1)
+    sx, sz = nx + 1, (nx + 1) * (ny + 1)
+    c0, c1 = slice_range(n_cells, size, rank)
+    h0, h1 = c0 // per, -(-c1 // per)
+    hid = np.arange(h0, h1, dtype=np.int64)
+    k, rem = np.divmod(hid, nx * ny)
+    j, i = np.divmod(rem, nx)
+    offsets = np.array([0, 1, 1 + sx, sx, sz, sz + 1, sz + 1 + sx, sz + sx])
+    cells = (i + sx * j + sz * k)[:, None] + offsets
+    fsets = _box_facets(i, j, k, hid, nx, ny, nz)
+    if tet:
+        cells, fsets = _tet_slice(cells, fsets, h0, c0, c1)
+    n0, n1 = slice_range(n_nodes, size, rank)
+    nid = np.arange(n0, n1, dtype=np.int64)
+    nk, rem = np.divmod(nid, sz)
+    nj, ni = np.divmod(rem, sx)
+    # the same expressions as box(), so the coordinates are bitwise equal
+    xs = o[0] + lx * np.arange(nx + 1) / nx
+    ys = o[1] + ly * np.arange(ny + 1) / ny
+    zs = o[2] + lz * np.arange(nz + 1) / nz
+    pts = np.column_stack([xs[ni], ys[nj], zs[nk]])
+    return MeshSlice(cell_type, n_cells, n_nodes, c0, cells, n0, pts, fsets)
+
+
+def _tet_slice(hex_cells: np.ndarray, hex_fsets: dict[str, np.ndarray], h0: int, c0: int,
+               c1: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Tetrahedra ``c0 .. c1 - 1`` of :func:`hex_to_tet` from the hexahedra ``h0 ..`` that contain them."""
+    cells = hex_cells[:, KUHN_TETS].reshape(-1, 4)[c0 - 6 * h0: c1 - 6 * h0]
+    fsets = {}
+    for name, fs in hex_fsets.items():
+        tf = _tet_facets(fs)
+        fsets[name] = tf[(tf[:, 0] >= c0) & (tf[:, 0] < c1)]
+    return cells, fsets
 
 
 # ------------------------------------------------------------------ plate with hole
@@ -254,6 +322,18 @@ def plate_with_hole(width: float = 2.0, height: float = 2.0, thickness: float = 
     Regions: facet sets ``left, right`` (x = -w/2, w/2), ``bottom, top`` (y = -h/2, h/2),
     ``back, front`` (z = -t/2, t/2) and ``hole``; they partition the boundary.
     """
+    pts2, quads2, z, sels, cell_type = _plate2d(width, height, thickness, radius, n_around, n_radial, n_thick,
+                                                cell_type, grading)
+    points, hexes = _extrude(pts2, quads2, z)
+    mesh = Mesh(points, hexes, "hexahedron")
+    bnd = boundary_facets(mesh)
+    mesh.facet_sets = {name: select_facets(mesh, sel, bnd) for name, sel in sels.items()}
+    return hex_to_tet(mesh) if cell_type == "tetra" else mesh
+
+
+def _plate2d(width, height, thickness, radius, n_around, n_radial, n_thick, cell_type, grading):
+    """The 2-D quadrilaterals, layer heights and region selectors of :func:`plate_with_hole`
+    (validated arguments); ``O(n_around n_radial)``, cheap enough for every rank."""
     w, h, t, r = (_positive(n, v) for n, v in (("width", width), ("height", height),
                                                ("thickness", thickness), ("radius", radius)))
     n_around = _count("n_around", n_around, 8, 8)
@@ -305,19 +385,75 @@ def plate_with_hole(width: float = 2.0, height: float = 2.0, thickness: float = 
     pts2, quads2, _ = merge_nodes(np.concatenate(blocks_pts), np.concatenate(blocks_quads), 1e-9 * a)
 
     z = -t / 2 + t * np.arange(n_thick + 1) / n_thick
-    points, hexes = _extrude(pts2, quads2, z)
-    mesh = Mesh(points, hexes, "hexahedron")
-    bnd = boundary_facets(mesh)
     sels = {"left": {"x": -w / 2}, "right": {"x": w / 2}, "bottom": {"y": -h / 2}, "top": {"y": h / 2},
             "back": {"z": -t / 2}, "front": {"z": t / 2}, "hole": {"cylinder": {"radius": r}}}
-    mesh.facet_sets = {name: select_facets(mesh, sel, bnd) for name, sel in sels.items()}
-    return hex_to_tet(mesh) if cell_type == "tetra" else mesh
+    return pts2, quads2, z, sels, cell_type
+
+
+def plate_with_hole_slice(rank: int, size: int, width: float = 2.0, height: float = 2.0,
+                          thickness: float = 0.2, radius: float = 0.25, n_around: int = 32,
+                          n_radial: int = 8, n_thick: int = 2, cell_type: str = "hexahedron",
+                          grading: float | None = None) -> "MeshSlice":
+    """Slice ``rank`` of ``size`` of :func:`plate_with_hole`, in its natural numbering.
+
+    Every rank builds the 2-D mesh (``O(n^(2/3))``) and extrudes only its cells and nodes.
+    The regions are selected as in the serial generator (exterior faces whose nodes all
+    satisfy the selectors, tolerance from the bounding box of the whole plate), with the
+    exterior decided analytically: a side face is exterior iff it is on the boundary of the
+    2-D mesh, a bottom (top) face iff the cell is in the first (last) layer.
+    """
+    from ddrom.mesh.boundary import REL_TOL, point_mask
+    from ddrom.mesh.slices import MeshSlice, slice_range
+
+    pts2, quads2, z, sels, cell_type = _plate2d(width, height, thickness, radius, n_around, n_radial, n_thick,
+                                                cell_type, grading)
+    tet = cell_type == "tetra"
+    per = 6 if tet else 1
+    n2, nq2, nl = pts2.shape[0], quads2.shape[0], z.size
+    n_cells, n_nodes = per * nq2 * (nl - 1), n2 * nl
+    c0, c1 = slice_range(n_cells, size, rank)
+    h0, h1 = c0 // per, -(-c1 // per)
+    layer, q = np.divmod(np.arange(h0, h1, dtype=np.int64), nq2)
+    bottom = quads2[q] + n2 * layer[:, None]
+    hexes = np.concatenate([bottom, bottom + n2], axis=1)        # as _extrude numbers them
+
+    def coords(nodes: np.ndarray) -> np.ndarray:
+        lay, p = np.divmod(nodes, n2)
+        return np.concatenate([pts2[p], z[lay][..., None]], axis=-1)
+
+    one = Mesh(*_extrude(pts2, quads2, z[:2]), "hexahedron")     # one layer: the exterior sides
+    ext2 = np.zeros((nq2, 6), dtype=bool)
+    bf = boundary_facets(one)
+    ext2[bf[:, 0], bf[:, 1]] = True
+    ext = ext2[q]
+    ext[:, 0] = layer == 0                                       # face 0: zeta = -1 (bottom layer)
+    ext[:, 1] = layer == nl - 2                                  # face 1: zeta = +1 (top layer)
+    cell, face = np.nonzero(ext)                                 # sorted by cell, then face
+    cand = np.column_stack([cell + h0, face]).astype(np.int64)
+    fcoords = coords(hexes[cell[:, None], np.asarray(FACES["hexahedron"])[face]])
+    lo = np.array([pts2[:, 0].min(), pts2[:, 1].min(), z.min()])
+    hi = np.array([pts2[:, 0].max(), pts2[:, 1].max(), z.max()])
+    tol = REL_TOL * max(float(np.linalg.norm(hi - lo)), np.finfo(float).tiny)   # boundary._mesh_tol
+    fsets = {name: cand[point_mask(fcoords, sel, tol).all(axis=1)] for name, sel in sels.items()}
+    cells = hexes
+    if tet:
+        cells, fsets = _tet_slice(hexes, fsets, h0, c0, c1)
+    n0, n1 = slice_range(n_nodes, size, rank)
+    return MeshSlice(cell_type, n_cells, n_nodes, c0, cells, n0, coords(np.arange(n0, n1, dtype=np.int64)),
+                     fsets)
 
 
 # ---------------------------------------------------------------------------- table
 GENERATORS: dict[str, Callable[..., Mesh]] = {
     "box": box,
     "plate_with_hole": plate_with_hole,
+}
+
+
+#: sliced versions of :data:`GENERATORS` (same arguments after ``rank, size``)
+SLICE_GENERATORS: dict[str, Callable[..., Any]] = {
+    "box": box_slice,
+    "plate_with_hole": plate_with_hole_slice,
 }
 
 
@@ -342,3 +478,22 @@ def generate(name: str, **kwargs: Any) -> Mesh:
     except TypeError as exc:
         raise DdromError(f"mesh generator {name!r}: {exc}") from None
     return fn(**kwargs)
+
+
+def generate_slice(name: str, rank: int, size: int, **kwargs: Any) -> "MeshSlice":
+    """This rank's :class:`~ddrom.mesh.slices.MeshSlice` of generator ``name`` (no communication).
+
+    The arguments are checked as by :func:`generate` (the same errors on every rank).
+    """
+    if name not in SLICE_GENERATORS:
+        raise DdromError(f"unknown mesh generator {name!r} (available: {', '.join(sorted(GENERATORS))})")
+    sig = inspect.signature(GENERATORS[name])
+    unknown = sorted(set(kwargs) - set(sig.parameters))
+    if unknown:
+        raise DdromError(f"mesh generator {name!r}: unknown argument(s) {unknown} "
+                         f"(arguments: {', '.join(sig.parameters)})")
+    try:
+        sig.bind(**kwargs)
+    except TypeError as exc:
+        raise DdromError(f"mesh generator {name!r}: {exc}") from None
+    return SLICE_GENERATORS[name](rank, size, **kwargs)

@@ -1,7 +1,9 @@
 """The serial mesh container: what a generator builds or a reader reads, before distribution.
 
-Only rank 0 ever holds a :class:`Mesh` of the whole part; :mod:`ddrom.mesh.scatter`
-turns it into one :class:`~ddrom.mesh.distributed.DistributedMesh` subdomain per rank.
+Only rank 0 ever holds a :class:`Mesh` of the whole part, and only on the serial path
+(:mod:`ddrom.mesh.scatter`) or while reading a format that cannot be read in slices;
+the case workflow builds :class:`~ddrom.mesh.slices.MeshSlice` pieces instead
+(:mod:`ddrom.mesh.slices`).
 """
 from __future__ import annotations
 

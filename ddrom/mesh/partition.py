@@ -59,8 +59,6 @@ def _reset_scotch_random() -> None:
 def _petsc_partition(comm: Any, graph: tuple[np.ndarray, np.ndarray] | None, n_cells: int,
                      method: str) -> np.ndarray | None:
     """Partition a graph held on rank 0 with PETSc MatPartitioning; parts returned on rank 0."""
-    from petsc4py import PETSc
-
     c = as_mpi(comm)
     size = c.size
     bounds = [n_cells * r // size for r in range(size + 1)]
@@ -74,10 +72,35 @@ def _petsc_partition(comm: Any, graph: tuple[np.ndarray, np.ndarray] | None, n_c
     else:
         chunks = None
     ip, idx = c.scatter(chunks, root=0)
-    nloc = bounds[c.rank + 1] - bounds[c.rank]
+    mine = partition_local_graph(c, ip, idx, n_cells, method)
+    gathered = c.gather(mine, root=0)
+    return np.concatenate(gathered) if c.rank == 0 else None
+
+
+def partition_local_graph(comm: Any, indptr: np.ndarray, indices: np.ndarray, n_cells: int,
+                          method: str) -> np.ndarray:
+    """Partition a row-distributed dual graph with PETSc MatPartitioning (collective).
+
+    Parameters
+    ----------
+    indptr, indices : CSR of this rank's rows (a contiguous block of the cells, in rank
+        order), column indices global.
+    n_cells : global number of cells (rows).
+    method : PETSc MatPartitioning type (``-mat_partitioning_type`` overrides it).
+
+    Returns
+    -------
+    (len(indptr) - 1,) int64
+        The part (rank) of each of this rank's rows.
+    """
+    from petsc4py import PETSc
+
+    c = as_mpi(comm)
+    nloc = len(indptr) - 1
     adj = PETSc.Mat().createAIJ(size=((nloc, n_cells), (nloc, n_cells)),
-                                csr=(ip.astype(PETSc.IntType), idx.astype(PETSc.IntType),
-                                     np.ones(len(idx))), comm=as_petsc(c))
+                                csr=(np.asarray(indptr).astype(PETSc.IntType),
+                                     np.asarray(indices).astype(PETSc.IntType), np.ones(len(indices))),
+                                comm=as_petsc(c))
     adj.assemble()
     _reset_scotch_random()
     part = PETSc.MatPartitioning().create(as_petsc(c))
@@ -88,8 +111,7 @@ def _petsc_partition(comm: Any, graph: tuple[np.ndarray, np.ndarray] | None, n_c
     part.apply(is_)
     mine = is_.getIndices().astype(np.int64)
     is_.destroy(); part.destroy(); adj.destroy()
-    gathered = c.gather(mine, root=0)
-    return np.concatenate(gathered) if c.rank == 0 else None
+    return mine
 
 
 def _rcb(centroids: np.ndarray, nparts: int) -> np.ndarray:

@@ -4,6 +4,10 @@ Rank 0 reads or generates the whole mesh, the cells are partitioned in parallel,
 each rank receives only its cells, its owned nodes and its ghost nodes. Rank 0 drops
 the serial mesh afterwards: from then on no rank holds the whole mesh.
 
+This is the former default path, kept for callers that build a serial :class:`Mesh`
+(tests, small meshes) and as the reference of :mod:`ddrom.mesh.slices`, which gives the
+same subdomains without rank 0 ever holding the whole mesh (``build_mesh`` uses it).
+
 Node ownership: a node belongs to one of the ranks whose cells contain it, so every
 owned node is touched by a local cell (the solver relies on it).
 """

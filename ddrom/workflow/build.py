@@ -21,7 +21,33 @@ _COMPONENT = {"x": 0, "y": 1, "z": 2, 0: 0, 1: 1, 2: 2}
 
 
 def build_mesh(case: Any, comm: Any) -> DistributedMesh:
-    """Generate or read the mesh on rank 0 (with the case's geometric regions), then distribute."""
+    """Generate or read the mesh in slices (with the case's geometric regions) and distribute it.
+
+    No rank holds the whole mesh: generators build each rank's slice, XDMF/HDF5 files are
+    read in hyperslabs, other formats are read by rank 0 and sent in slices
+    (:mod:`ddrom.mesh.slices`, :mod:`ddrom.mesh.xdmf`).
+    """
+    from ddrom.mesh.slices import distribute_slices
+
+    c = as_mpi(comm)
+    cfg = case.raw["mesh"]
+    partitioner = cfg.get("partitioner", "ptscotch")
+    regions = dict(cfg.get("regions") or {})
+    if cfg.get("generator"):
+        from ddrom.mesh.generators import generate_slice
+
+        ms = None
+        with collective(comm, "mesh"):
+            ms = generate_slice(cfg["generator"], c.rank, c.size, **dict(cfg.get("args", {})))
+        return distribute_slices(ms, comm, partitioner=partitioner, regions=regions)
+    from ddrom.mesh.xdmf import read_distributed
+
+    return read_distributed(case.folder / cfg["file"], comm, partitioner=partitioner, regions=regions)
+
+
+def build_mesh_serial(case: Any, comm: Any) -> DistributedMesh:
+    """The former path: the whole mesh on rank 0, then :func:`ddrom.mesh.scatter.distribute`
+    (kept to compare with :func:`build_mesh`)."""
     from ddrom.mesh.scatter import distribute
 
     c = as_mpi(comm)
