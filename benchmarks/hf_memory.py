@@ -20,7 +20,11 @@ defaults: B-bar, GMRES + GAMG). Reported per rank (max over ranks, and rank 0 ap
 
     mpirun -n 2 .venv/bin/python benchmarks/hf_memory.py --size 70 --json hf_memory_2.json
 
-Options: ``--size n`` (cells per edge; 70 gives 1.07e6 DOFs), ``--top 12``, ``--json PATH``.
+    mpirun -n 2 .venv/bin/python benchmarks/hf_memory.py --size 70 --dolfinx   # the reference
+
+Options: ``--size n`` (cells per edge; 70 gives 1.07e6 DOFs), ``--top 12``, ``--dolfinx``
+(DOLFINx's linear-elastic Q1 problem on the same mesh: assembly and one CG + GAMG solve;
+its peak RSS per rank), ``--json PATH``.
 """
 from __future__ import annotations
 
@@ -166,7 +170,59 @@ def run(n: int, top: int, comm) -> dict:
             "per_rank": ranks} if comm.rank == 0 else {}
 
 
+def run_dolfinx(n: int, comm) -> dict:
+    """DOLFINx's linear-elastic Q1 problem on the same cube: matrix, right-hand side and one
+    CG + GAMG solve (``hf_vs_dolfinx.py``'s set-up); its peak RSS per rank."""
+    import ufl
+    from dolfinx import fem, mesh
+    from dolfinx.fem import petsc as fp
+    from petsc4py import PETSc
+
+    domain = mesh.create_box(comm, [np.zeros(3), np.ones(3)], [n, n, n], mesh.CellType.hexahedron)
+    V = fem.VectorFunctionSpace(domain, ("Lagrange", 1))
+    fdim = domain.topology.dim - 1
+    left = mesh.locate_entities_boundary(domain, fdim, lambda x: np.isclose(x[0], 0.0))
+    bc = fem.dirichletbc(np.zeros(3, dtype=PETSc.ScalarType), fem.locate_dofs_topological(V, fdim, left), V)
+    E, nu = MATERIAL["E"], MATERIAL["nu"]
+    lam, mu = E * nu / ((1 + nu) * (1 - 2 * nu)), E / (2 * (1 + nu))
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+
+    def eps(w):
+        return ufl.sym(ufl.grad(w))
+    dx = ufl.Measure("dx", domain=domain, metadata={"quadrature_degree": 2})
+    a = fem.form(ufl.inner(lam * ufl.tr(eps(u)) * ufl.Identity(3) + 2 * mu * eps(u), eps(v)) * dx)
+    L = fem.form(ufl.dot(fem.Constant(domain, np.array([0.0, 0.0, -1.0])), v) * dx)
+    A = fp.assemble_matrix(a, bcs=[bc])
+    A.assemble()
+    b = fp.assemble_vector(L)
+    fp.apply_lifting(b, [a], bcs=[[bc]])
+    b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+    fp.set_bc(b, [bc])
+    nloc = V.dofmap.index_map.size_local
+    coords = PETSc.Vec().createMPI((3 * nloc, PETSc.DECIDE), bsize=3, comm=comm)
+    coords.array[:] = V.tabulate_dof_coordinates()[:nloc].ravel()
+    A.setNearNullSpace(PETSc.NullSpace().createRigidBody(coords))
+    ksp = PETSc.KSP().create(comm)
+    ksp.setOperators(A)
+    ksp.setType("cg")
+    ksp.getPC().setType("gamg")
+    ksp.setTolerances(rtol=1e-10, max_it=2000)
+    uh = fem.Function(V)
+    ksp.solve(b, uh.vector)
+    hwm = comm.gather(_status()["VmHWM"], root=0)
+    dofs = comm.gather(3 * nloc, root=0)
+    return {"n": n, "dofs": 3 * (n + 1) ** 3, "ranks": comm.size, "ksp_iterations": ksp.getIterationNumber(),
+            "per_rank": [{"dofs_rank": d, "hwm_mb": h} for d, h in zip(dofs, hwm)]} if comm.rank == 0 else {}
+
+
 def print_report(res: dict) -> None:
+    if "phases" not in res["per_rank"][0]:
+        print(f"\nDOLFINx linear elasticity (Q1, CG + GAMG, {res['ksp_iterations']} iterations): "
+              f"{res['dofs']:,} DOFs, {res['ranks']} rank(s)")
+        for i, r in enumerate(res["per_rank"]):
+            print(f"rank {i}: {r['dofs_rank']:,} DOFs, peak RSS {r['hwm_mb']:.0f} MB = "
+                  f"{r['hwm_mb'] * 2 ** 20 / r['dofs_rank']:.0f} B/DOF")
+        return
     per = res["per_rank"]
     print(f"\nhf_memory: {res['dofs']:,} DOFs, {res['ranks']} rank(s), Chaboche, "
           f"{res['newton_iterations']} Newton iterations")
@@ -194,10 +250,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=40)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--dolfinx", action="store_true",
+                    help="DOLFINx's linear-elastic problem on the same mesh instead (its peak RSS)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     comm = MPI.COMM_WORLD
-    res = run(args.size, args.top, comm)
+    res = run_dolfinx(args.size, comm) if args.dolfinx else run(args.size, args.top, comm)
     if comm.rank == 0:
         print_report(res)
         if args.json:
