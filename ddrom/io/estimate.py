@@ -153,7 +153,8 @@ class Estimate:
     ----------
     what : the request, for messages ("ddrom hf of 64000000 hexahedra, 20 steps x 12 simulations").
     memory_per_rank : bytes at the peak on a rank (the largest, the ranks being balanced).
-    memory_rank0_extra : bytes rank 0 needs on top (the serial mesh before distribution).
+    memory_rank0_extra : bytes rank 0 needs on top (the whole mesh, when it reads a file
+        that cannot be read in slices).
     disk : bytes written to the output folder.
     breakdown : the terms, for the message and for tests.
     """
@@ -166,16 +167,20 @@ class Estimate:
 
 
 def estimate_hf(mesh: MeshSize, ranks: int, n_steps: int, n_simulations: int, n_state: int = 0,
-                stored_state: int = 0) -> Estimate:
+                stored_state: int = 0, serial_on_rank0: bool = False) -> Estimate:
     """Memory per rank and disk of an HF sweep (``ddrom hf``): ``n_state`` internal
-    variables per integration point in memory, ``stored_state`` of them in the store."""
+    variables per integration point in memory, ``stored_state`` of them in the store.
+
+    ``serial_on_rank0``: rank 0 reads the whole mesh first (a mesh file meshio reads whole:
+    VTU, Gmsh, ``.inp``); generators and XDMF/HDF5 files are built or read in slices
+    (:mod:`ddrom.mesh.slices`), so rank 0 needs nothing more than the others."""
     ranks = max(1, int(ranks))
     cells_r = math.ceil(mesh.cells / ranks)
     dofs_r = math.ceil(mesh.dofs / ranks)
     cell_b = 8 * _hf_doubles_per_cell(mesh.nodes_per_cell, mesh.n_qp, n_state) * cells_r
     dof_b = HF_BYTES_PER_DOF * dofs_r
     steps_b = BYTES_PER_STEP * (int(n_steps) + 1)
-    rank0 = RANK0_BYTES_PER_CELL * mesh.cells + RANK0_BYTES_PER_NODE * mesh.nodes
+    rank0 = (RANK0_BYTES_PER_CELL * mesh.cells + RANK0_BYTES_PER_NODE * mesh.nodes) if serial_on_rank0 else 0
     disk = store_bytes(mesh, n_steps, n_simulations, stored_state)
     return Estimate(what=(f"{mesh.cells} {mesh.cell_type} cells, {mesh.nodes} nodes, {n_steps} steps x "
                           f"{n_simulations} simulation(s) on {ranks} rank(s)"),
