@@ -2,7 +2,8 @@
 
 Each component ``c`` of the indicator (:data:`ddrom.rom.online.INDICATOR_COMPONENTS`) is
 paired, step by step over the test runs, with the true per-step relative error it is
-meant to watch (:data:`COMPONENT_ERRORS`: the plastic-strain component with the error of
+meant to watch (:data:`COMPONENT_ERRORS`: the plastic-strain components -- the Gappy
+residual ``p`` and the monitor points' hold-out error ``p_monitor`` -- with the error of
 ``p``, the stress and temperature components with the error of ``u``), and
 :func:`calibrate_component` fits ``log(error) = a + b log(indicator)`` over the pairs.
 The tolerance of the component is where the one-sided upper prediction bound of that fit
@@ -17,7 +18,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 #: The true error each indicator component is calibrated against (keys of ddrom.rom.evaluation.compare).
-COMPONENT_ERRORS = {"p": "p_error_per_step", "stress": "u_error_per_step", "temperature": "u_error_per_step"}
+COMPONENT_ERRORS = {"p": "p_error_per_step", "stress": "u_error_per_step", "temperature": "u_error_per_step",
+                    "p_monitor": "p_error_per_step"}
 
 #: Tolerances of components whose calibration data cannot give one (e.g. every test
 #: temperature field lies in the span of the training's, so the temperature component is
