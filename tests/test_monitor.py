@@ -170,3 +170,47 @@ def test_rom_file_without_monitor_points_loads_and_runs(shared_tmp):
     cal = calibrate_indicator(errors, 1e-2, 0.95, targets={"u": 1e-3}, components=INDICATOR_COMPONENTS)
     assert "p_monitor" not in cal.get("tolerances", {})
     assert "too few" in cal["components"]["p_monitor"]["message"]
+
+
+def test_new_field_tolerance_from_the_between_run_scatter():
+    """Two calibration fields whose error/indicator ratios differ by e^0.5: the pooled bound
+    hides it, the new-field bound (Student t with 1 dof on the run offsets) is far lower;
+    one field cannot give a new-field tolerance."""
+    from ddrom.rom.calibration import calibrate_component
+
+    rng = np.random.default_rng(0)
+    pairs, groups = [], []
+    for run, offset in enumerate((0.0, 0.5)):
+        x = np.exp(rng.uniform(math.log(1e-4), math.log(1e-1), 20))
+        pairs += list(zip(x, x * np.exp(offset + 0.05 * rng.standard_normal(20))))
+        groups += [run] * 20
+    two = calibrate_component(pairs, 1e-2, 0.95, groups)
+    assert two["runs"] == 2
+    assert two["between_run_std_log"] > 5 * two["within_run_std_log"]
+    assert two["indicator_tolerance_new_field"] < 0.2 * two["indicator_tolerance"]
+    # the new field of ratio e^1.5 (worse than both) is still caught at the new-field tolerance
+    assert math.exp(1.5) * two["indicator_tolerance_new_field"] < 1e-2
+    one = calibrate_component(pairs[:20], 1e-2, 0.95, groups[:20])
+    assert one["runs"] == 1 and one["indicator_tolerance_new_field"] is None
+    # without groups nothing changes
+    assert "indicator_tolerance_new_field" not in calibrate_component(pairs, 1e-2, 0.95)
+
+
+def test_tolerances_for_a_field_unlike_the_calibration_fields():
+    from ddrom.rom.calibration import FIELD_DISTANCE_TOL, field_distance, tolerances_for_field
+
+    fields = [[[1.0, 0.0], [2.0, 0.0]], [[0.0, 1.0]]]
+    assert field_distance(np.array([[2.0, 0.0], [0.0, 1.0]]), fields) == 0.0
+    assert field_distance(np.array([[1.0, 1.0]]), fields) == pytest.approx(1.0 / math.sqrt(2.0))
+    assert field_distance(np.array([[1.0, 1.0]]), []) == math.inf
+    cal = {"indicator_tolerance": 4e-3, "tolerances": {"p": 4e-3, "p_monitor": 2e-3, "stress": 0.2},
+           "tolerances_new_field": {"p": 1e-3, "p_monitor": None}}
+    tols = {"p": 4e-3, "p_monitor": 2e-3, "stress": 0.2}
+    same, rep = tolerances_for_field(cal, 0.5 * FIELD_DISTANCE_TOL, tols)
+    assert same == tols and not rep["new_field"]
+    new, rep = tolerances_for_field(cal, 0.3, tols)
+    assert new == {"p": 1e-3, "p_monitor": 2e-3, "stress": 0.2}
+    assert rep["replaced"] == {"p": [4e-3, 1e-3]} and rep["not_validated"] == ["p_monitor"]
+    # a tolerance the user gave is not the calibration's to change
+    given, rep = tolerances_for_field(cal, 0.3, {**tols, "p": 5e-3})
+    assert given["p"] == 5e-3 and not rep["replaced"]

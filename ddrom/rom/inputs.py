@@ -189,7 +189,7 @@ class PointTemperature:
     def bind(self, model: Any) -> None:
         """Use the sample points (and temperature sensors) of ``model`` (after an enrichment:
         its new points)."""
-        td, mon = model.temperature_data, model.monitor
+        td, mon = model.temperature_data, getattr(model, "monitor", None)    # a probe has none
         x = model.xyz if td is None else np.vstack([model.xyz, td.sensor_xyz])
         self._K = len(model.weights)
         self._KS = len(x)

@@ -270,7 +270,8 @@ def _read_model(g: Any, read: _Reader) -> ReducedModel:
         parameters=json.loads(g.attrs["parameters"]), times=read(g["times"]), sigma_u=read(g["sigma_u"]),
         gappy=gappy, stress_at_samples=read(g["stress_at_samples"]),
         stress_gram=read(g["stress_gram"]) if "stress_gram" in g else None, info=json.loads(g.attrs["info"]),
-        problem=json.loads(g.attrs["problem"]) if "problem" in g.attrs else None, temperature_data=tdata, monitor=monitor,
+        problem=json.loads(g.attrs["problem"]) if "problem" in g.attrs else None, temperature_data=tdata,
+        monitor=monitor,
         **{k: read(g[k]) for k in ("point_nodes", "point_shape", "point_node_xyz") if k in g})
 
 

@@ -82,6 +82,9 @@ class OnlineResult:
     routing: dict | None = None         # how the basis was chosen (ddrom.rom.classifier.RoutingDecision)
     enrichments: list = field(default_factory=list)     # one dict per enrichment event
     model: ReducedModel | None = None   # the model at the end of the march (enriched or not)
+    #: the run's field against the calibration fields (ddrom.rom.calibration.tolerances_for_field;
+    #: None: not checked, e.g. no calibration fields or no enrichment)
+    field_check: dict | None = None
     bases: dict | None = None           # enriched bases, this rank's natural slice per name (None: not enriched)
 
     @property
@@ -432,6 +435,23 @@ class ReducedSolver:
         out.seconds = time.perf_counter() - t0
         out.model = self.m
         return out
+
+
+def temperature_coordinates(model: ReducedModel, inputs: OnlineInputs) -> np.ndarray | None:
+    """The temperature history of a run in the model's temperature-POD coordinates, (nt, r).
+
+    Per step ``c_k = argmin ||B c - (T(t_k) - T_ref)||`` at the sample points and sensors (the
+    temperature component's fit, :attr:`ReducedModel.temperature_data`); None when the model
+    has no temperature data (schema < 4) or no temperature modes. What
+    :func:`ddrom.rom.calibration.field_distance` compares with the calibration fields. Reads
+    the field at every step (O(K + S) values each; the march reads them again).
+    """
+    td = model.temperature_data
+    if td is None or td.basis.shape[1] == 0:
+        return None
+    inputs.temperature.bind(model)
+    fit = GappyPOD.from_samples(td.basis, np.arange(td.basis.shape[0]), strict=False)
+    return np.array([fit.fit(inputs.temperature.with_sensors(float(t)) - td.T_ref) for t in inputs.times])
 
 
 def _pad(rows: list[np.ndarray]) -> np.ndarray:
