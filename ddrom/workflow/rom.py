@@ -686,7 +686,8 @@ def _run(case: Any, comm: Any, progress: bool, plots: bool, stages: Any, ignore:
         err_e = compare_runs(case, comm, on_e.runs, model, "test", context)
         for e, (name, _, res) in zip(err_e, on_e.runs):
             e.update(n_enrichments=res.n_enrichments, enrichment_seconds=res.enrichment_seconds,
-                     rom_seconds=res.seconds, events=res.enrichments, hf_seconds=hf_test_secs.get(name))
+                     rom_seconds=res.seconds, events=res.enrichments, hf_seconds=hf_test_secs.get(name),
+                     field_check=res.field_check)
             e["cost_ratio_to_hf"] = (res.seconds / hf_test_secs[name]) if hf_test_secs.get(name) else None
         enrichment = {
             "indicator_tolerance": on_e.enrichment.tolerance,
