@@ -11,7 +11,9 @@ A ROM file is one HDF5 file, self-contained and independent of the number of ran
     the stress basis at the points ``stress_at_samples`` (K, 6, Ns), the Gram matrix of
     the stress snapshots' coefficients in that basis ``stress_gram`` (Ns, Ns; it weighs the
     ECM integrand columns, kept so that an enrichment can update it), load terms, Gappy
-    data, material, expressions (texts), parameters, times.
+    data, material, expressions (texts), parameters, times; ``monitor`` (schema 6): the
+    monitor points' ids, coordinates, strain operators, p modes and cell nodes
+    (:class:`MonitorData`).
 ``/bases``
     The distributed bases in natural numbering (``displacement`` (3 N_nodes, N) rows in
     natural node order; ``p`` (G, Np) rows in natural point order) for reconstruction

@@ -10,8 +10,11 @@ iteration is::
     converged when ||F|| <= rtol * max(||F_int||, ||F_ext||, ||sum_g |w_g E[g] . sigma_g| ||) + atol
     K_kl    = sum_g w_g E[g, k] . D_g E[g, l]                        (one contraction)
 
-no operation of size n (DOFs) or G (integration points). The march is replicated on
-every rank (it is small); several ROM runs may share an allocation on sub-communicators.
+no operation of size n (DOFs) or G (integration points). Per accepted increment, the M
+monitor points (:class:`~ddrom.rom.model.MonitorData`) take one material update at
+``eps_M = E_M q + E_lift,M v`` (no tangent): the hold-out check of the p reconstruction,
+O(M). The march is replicated on every rank (it is small); several ROM runs may share an
+allocation on sub-communicators.
 """
 from __future__ import annotations
 
@@ -265,7 +268,7 @@ class ReducedSolver:
     def _monitor_update(self, q, v, mon_old, t_old, t, increment=1):
         """Advance the monitor points' state along an accepted increment: ``eps_M = E_M q +
         E_lift,M v`` and one material update (no tangent). ``mon_old``: (state, T) or None
-        without monitor points. Returns the new (state, T, p_M) or raises NotConverged
+        without monitor points. Returns the new (state, T) or raises NotConverged
         (the increment is then cut back like a failed reduced Newton)."""
         if self._mon is None or mon_old is None:
             return None
