@@ -98,7 +98,8 @@ def _record(e: dict, run: Any, hf_secs: dict) -> dict:
             "events": events(ev),
             "extrapolation": run.inputs.extrapolation,
             "u_error_per_step": e["u_error_per_step"], "p_error_per_step": e["p_error_per_step"],
-            "indicators_per_step": e["indicators_per_step"]}
+            "indicators_per_step": e["indicators_per_step"],
+            "field_check": getattr(res, "field_check", None)}
 
 
 def table(results: dict, title: str) -> str:

@@ -1,7 +1,7 @@
 """Fatigue-style time extrapolation: a ROM trained on 3 load cycles run for 50.
 
     mpirun -n 2 python benchmarks/cyclic_extrapolation.py [--size 64,12,3] [--cycles 50]
-        [--train-cycles 3] [--json PATH]
+        [--train-cycles 3] [--monitor-points 32] [--json PATH]
 
 The demo's physics (plate with a hole, Chaboche nickel alloy with Armstrong-Frederick
 back stress and Norton viscosity, hot band, cyclic traction S_max tri(t, 20), 8 steps per
@@ -13,7 +13,12 @@ cycle) on a finer mesh:
 2. the long case: the same case with ``t_end = 20 x --cycles`` (``Case.with_t_end``): the HF
    run of the whole history at a new point is the reference (timed here), then the plain
    ROM and the enriched ROM run the whole history (``run_rom`` reads the case's time grid:
-   time extrapolation, reported as such).
+   time extrapolation, reported as such). The enriched ROM runs twice: with the calibrated
+   tolerances of the Gappy components only (``enriched-gappy``: the indicator before the
+   monitor points) and with the ``p_monitor`` component too (``enriched``);
+3. per run, the detection counts of both tolerance sets (steps above a target, flagged,
+   missed, false alarms; ``ddrom.rom.calibration.detection``) and the per-step p error
+   against the p and p_monitor indicators at a few cycles.
 
 Prints errors (space-time and largest per step, u and p), enrichments, ROM and HF seconds
 and the speedup on the whole history; ``--json`` writes everything.
@@ -21,6 +26,7 @@ and the speedup on the whole history; ``--json`` writes everything.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -80,6 +86,7 @@ T_ref = 20.0
 pod_tol = 1e-6
 ecm_tol = 1e-6
 indicator_target = 1e-2
+monitor_points = {monitor}
 
 [rom.enrichment]
 max_enrichments = 10
@@ -96,7 +103,7 @@ def main() -> None:
     from _enrichment import _finite_max, events, write_json
 
     from ddrom.parallel import Timers
-    from ddrom.rom.calibration import calibrate_indicator
+    from ddrom.rom.calibration import calibrate_indicator, detection
     from ddrom.rom.model import store_calibration
     from ddrom.rom.online import INDICATOR_COMPONENTS
     from ddrom.workflow.options import indicator_options
@@ -106,6 +113,8 @@ def main() -> None:
     ap.add_argument("--size", default="64,12,3", help="n_around,n_radial,n_thick of the plate (13k DOFs)")
     ap.add_argument("--cycles", type=int, default=50)
     ap.add_argument("--train-cycles", type=int, default=3)
+    ap.add_argument("--monitor-points", type=int, default=32,
+                    help="[rom] monitor_points (0: no p_monitor component)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     comm = MPI.COMM_WORLD
@@ -115,7 +124,7 @@ def main() -> None:
     if comm.rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(CASE.format(na=size[0], nr=size[1], nt=size[2], t_end=20.0 * args.train_cycles,
-                                    n_steps=8 * args.train_cycles))
+                                    n_steps=8 * args.train_cycles, monitor=args.monitor_points))
         ddrom.configure_logging()
     comm.Barrier()
     short = ddrom.load_case(path)
@@ -129,7 +138,12 @@ def main() -> None:
     err_short = ddrom.compare_runs(short, comm, plain_short.runs, plain_short.model, context=context)
     cal = calibrate_indicator(err_short, io.target, io.confidence, targets={"u": io.target_u},
                               components=INDICATOR_COMPONENTS)
-    store_calibration(rom_path(short), cal, comm)
+    gappy = ("p", "stress", "temperature")
+    cal_gappy = calibrate_indicator(err_short, io.target, io.confidence, targets={"u": io.target_u},
+                                    components=gappy)
+    targets = {"p": io.target, "u": io.target_u}
+    tol_sets = {"gappy": {k: v for k, v in (cal.get("tolerances") or {}).items() if k in gappy},
+                "with_monitor": dict(cal.get("tolerances") or {})}
     # the long history: the HF reference (timed), then the plain and the enriched ROM
     long = short.with_t_end(20.0 * args.cycles).replace({"case": {"output": "out_long"}})
     rom = rom_path(short)
@@ -138,8 +152,11 @@ def main() -> None:
     hf_seconds = {r["name"]: r["seconds"] for r in hf["sets"]["test"]["runs"]}
     results = {"mesh": dm.summary(), "ranks": comm.size, "train_cycles": args.train_cycles, "cycles": args.cycles,
                "offline": {k: off[k] for k in ("seconds", "n_modes", "n_reduced_points")}, "calibration": cal,
+               "detection_calibration": {k: detection(err_short, t, targets) for k, t in tol_sets.items()},
                "hf_seconds": hf_seconds, "hf_wall": time.perf_counter() - t0, "runs": []}
-    for label, enrich in (("plain", False), ("enriched", True)):
+    for label, enrich, calib in (("plain", False, cal), ("enriched-gappy", True, cal_gappy), ("enriched", True, cal)):
+        # the ROM file's calibration is what the enrichment takes its tolerances from
+        store_calibration(rom, calib, comm)
         runs = ddrom.run_rom(long, comm, rom=rom, enrich=enrich, context=context, write=False, save_rom=False)
         errs = ddrom.compare_runs(long, comm, runs.runs, runs.model, context=context)
         for run, e in zip(runs.runs, errs):
@@ -152,7 +169,8 @@ def main() -> None:
                 "rom_seconds": res.seconds, "enrichment_seconds": res.enrichment_seconds,
                 "speedup": hf_seconds[run.name] / res.seconds, "extrapolation": run.inputs.extrapolation,
                 "u_error_per_step": e["u_error_per_step"], "p_error_per_step": e["p_error_per_step"],
-                "indicators_per_step": e["indicators_per_step"]})
+                "indicators_per_step": e["indicators_per_step"],
+                "detection": {k: detection([e], t, targets) for k, t in tol_sets.items()}})
     if comm.rank == 0:
         head = f"{'ROM':<10}{'point':<26}{'err u':>9}{'u/step':>9}{'err p':>9}{'p/step':>9}{'enr.':>5}{'ROM s':>9}" \
                f"{'HF s':>9}{'speedup':>9}"
@@ -164,6 +182,20 @@ def main() -> None:
             lines.append(f"{r['rom']:<10}{point:<26}{r['u']:>9.1e}{r['u_step_max']:>9.1e}{r['p']:>9.1e}"
                          f"{r['p_step_max']:>9.1e}{r['n_enrichments']:>5d}{r['rom_seconds']:>9.2f}"
                          f"{hf_seconds[r['name']]:>9.1f}{r['speedup']:>9.0f}")
+        lines.append("detection (steps above a target / flagged / missed / false alarms), tolerances "
+                     "of the Gappy components only vs with p_monitor:")
+        for r in results["runs"]:
+            lines.append(f"  {r['rom']:<16}" + "   ".join(
+                f"{k}: {d['needed']}/{d['flagged']}/{d['missed']}/{d['false_alarms']} of {d['steps']}"
+                for k, d in r["detection"].items()))
+        lines.append("per-step p error vs indicators (p, p_monitor) at the end of cycles:")
+        for r in results["runs"]:
+            pe, ind = r["p_error_per_step"], r["indicators_per_step"]
+            pm = ind.get("p_monitor", [math.nan] * len(pe))
+            cyc = [c for c in (1, 2, 3, 5, 10, 20, 30, 50) if c <= args.cycles]
+            lines.append(f"  {r['rom']:<16}" + "  ".join(
+                f"c{c}: {pe[8 * c]:.2e} ({ind['p'][8 * c]:.1e}, {pm[8 * c]:.1e})"
+                for c in cyc))
         print("\n".join(lines), flush=True)
         if args.json:
             write_json(results, args.json)

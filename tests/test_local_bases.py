@@ -95,7 +95,7 @@ def test_router_in_the_rom_file_and_the_global_fallbacks(shared_tmp):
     rom = shared_tmp / "out" / "routing" / "rom.h5"
     if comm.rank == 0:
         with h5py.File(rom, "r") as f:
-            assert f.attrs["schema_version"] == 5
+            assert f.attrs["schema_version"] == 6
             meta = json.loads(f.attrs["classifier"])
             assert meta["version"] == 2 and meta["features"]["temperature"]["n_modes"] >= 1
             # JSON metadata and numeric arrays only: no pickled object anywhere

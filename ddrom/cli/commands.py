@@ -88,7 +88,7 @@ def _timer_rows(timers: dict, names: Any = None) -> list[tuple[str, str]]:
 
 #: Stages of the offline build (``ddrom.rom.offline`` and the CLI), printed as they run.
 OFFLINE_STAGES = ("mesh", "pod_displacement", "pod_stress", "pod_p", "pod_temperature", "ecm", "gappy",
-                  "operators", "temperature_sensors", "clustering", "write_rom")
+                  "operators", "temperature_sensors", "monitor_points", "clustering", "write_rom")
 
 
 #: Stages of ``ddrom online`` printed as they run: the HF context (for --fields or enrichment)

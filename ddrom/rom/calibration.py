@@ -2,7 +2,8 @@
 
 Each component ``c`` of the indicator (:data:`ddrom.rom.online.INDICATOR_COMPONENTS`) is
 paired, step by step over the test runs, with the true per-step relative error it is
-meant to watch (:data:`COMPONENT_ERRORS`: the plastic-strain component with the error of
+meant to watch (:data:`COMPONENT_ERRORS`: the plastic-strain components -- the Gappy
+residual ``p`` and the monitor points' hold-out error ``p_monitor`` -- with the error of
 ``p``, the stress and temperature components with the error of ``u``), and
 :func:`calibrate_component` fits ``log(error) = a + b log(indicator)`` over the pairs.
 The tolerance of the component is where the one-sided upper prediction bound of that fit
@@ -17,7 +18,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 #: The true error each indicator component is calibrated against (keys of ddrom.rom.evaluation.compare).
-COMPONENT_ERRORS = {"p": "p_error_per_step", "stress": "u_error_per_step", "temperature": "u_error_per_step"}
+COMPONENT_ERRORS = {"p": "p_error_per_step", "stress": "u_error_per_step", "temperature": "u_error_per_step",
+                    "p_monitor": "p_error_per_step"}
 
 #: Tolerances of components whose calibration data cannot give one (e.g. every test
 #: temperature field lies in the span of the training's, so the temperature component is
@@ -28,8 +30,38 @@ UNCALIBRATED_TOLERANCES = {"temperature": 1e-3}
 #: Indicator values below this are round-off (a field exactly in the span): no information.
 NOISE_FLOOR = 1e-12
 
+#: Relative distance (temperature-POD coordinates, :func:`field_distance`) beyond which an
+#: online temperature field counts as unlike every calibration field: its p tolerances are
+#: then the new-field ones (:func:`tolerances_for_field`). The same 0.1 % as the temperature
+#: component's uncalibrated tolerance: below it the field is one of the calibration's up to
+#: the precision of the fields themselves.
+FIELD_DISTANCE_TOL = 1e-3
 
-def calibrate_component(pairs: Iterable[tuple[float, float]], target: float, confidence: float = 0.95) -> dict:
+
+def _tolerance_from_bound(bound: Any, lo: float, hi: float, lt: float, b: float) -> tuple[float, str | None]:
+    """The indicator tolerance of an upper bound ``bound(log indicator)`` of log(error) for the
+    log target ``lt`` over the calibrated range ``[lo, hi]`` (see :func:`calibrate_component`)."""
+    if bound(lo) >= lt:
+        # every calibrated step has an error bound above the target: the tolerance lies below the
+        # smallest calibrated indicator, the error taken to fall at least in proportion to it
+        return float(math.exp(lo + (lt - bound(lo)) / max(b, 1.0))), "below"
+    if bound(hi) < lt:
+        # beyond the largest calibrated indicator the fit is not validated: the error is taken to
+        # grow at least in proportion to the indicator from the bound there (slope max(b, 1) in
+        # log-log), not along a shallower fitted slope trusted over decades
+        return float(math.exp(hi + (lt - bound(hi)) / max(b, 1.0))), "above"
+    # inside the calibrated range: the first indicator where the bound reaches the target
+    grid = np.linspace(lo, hi, 257)
+    k = int(np.argmax([bound(v) >= lt for v in grid]))
+    a_, b_ = float(grid[k - 1]), float(grid[k])
+    for _ in range(60):
+        mid = 0.5 * (a_ + b_)
+        a_, b_ = (mid, b_) if bound(mid) < lt else (a_, mid)
+    return float(math.exp(a_)), None
+
+
+def calibrate_component(pairs: Iterable[tuple[float, float]], target: float, confidence: float = 0.95,
+                        groups: Iterable[int] | None = None) -> dict:
     """Fit ``log(true error) = a + b log(indicator)`` over (indicator, error) pairs.
 
     Returns the Pearson correlation of the logs, the fit, the residual standard deviation
@@ -52,16 +84,33 @@ def calibrate_component(pairs: Iterable[tuple[float, float]], target: float, con
 
     Pairs where the indicator (below :data:`NOISE_FLOOR`) or the error vanish or are not
     finite carry no information and are left out.
+
+    ``groups`` (one label per pair: the calibration run, i.e. the temperature field, it
+    comes from) adds the tolerance for a field unlike every calibration field. The steps of
+    one run share that run's error/indicator ratio, so the scatter of the pooled fit ``s``
+    says how well a calibrated field is predicted, not a new one. With the run offsets
+    ``d_i`` (mean fit residual of run ``i``, ``m`` runs), the within-run scatter ``s_w`` and
+    the between-run one ``s_b = std(d_i)`` (``m - 1`` dof), the new-field bound is
+    ``a + b x + t_{m-1} sqrt(s_w^2 (1 + 1/n + (x - xbar)^2 / Sxx) + s_b^2 (1 + 1/m))``
+    (``t_{m-1}`` Student's quantile at ``confidence`` with ``m - 1`` dof: 6.3 for two
+    runs) and ``indicator_tolerance_new_field`` is where it meets the target. Fewer than two
+    informative runs cannot say how a field's ratio varies: ``indicator_tolerance_new_field``
+    is then None (no tolerance is claimed for a new field). ``runs`` is ``m``.
     """
     from scipy import stats
 
-    x, y = [], []
-    for ind, err in pairs:
+    x, y, g = [], [], []
+    pairs = list(pairs)
+    labels = list(groups) if groups is not None else [0] * len(pairs)
+    for (ind, err), lab in zip(pairs, labels):
         if ind is not None and err is not None and np.isfinite(ind) and np.isfinite(err) and ind > NOISE_FLOOR \
                 and err > 0:
             x.append(math.log(ind))
             y.append(math.log(err))
+            g.append(lab)
     out: dict[str, Any] = {"pairs": len(x), "error_target": float(target), "confidence": float(confidence)}
+    if groups is not None:
+        out["runs"] = len(set(g))
     if len(x) < 3 or np.ptp(x) == 0:
         out["message"] = "too few informative (indicator, error) pairs to calibrate"
         return out
@@ -82,41 +131,47 @@ def calibrate_component(pairs: Iterable[tuple[float, float]], target: float, con
         return a + b * v + tq * s * math.sqrt(1.0 + 1.0 / n + (v - xbar) ** 2 / max(sxx, 1e-300))
 
     lo, hi = float(x.min()), float(x.max())
-    if bound(lo) >= lt:
-        # every calibrated step has an error bound above the target: the tolerance lies below the
-        # smallest calibrated indicator, the error taken to fall at least in proportion to it
-        out["indicator_tolerance"] = float(math.exp(lo + (lt - bound(lo)) / max(b, 1.0)))
-        out["extrapolated"] = "below"
-    elif bound(hi) < lt:
-        # beyond the largest calibrated indicator the fit is not validated: the error is taken to
-        # grow at least in proportion to the indicator from the bound there (slope max(b, 1) in
-        # log-log), not along a shallower fitted slope trusted over decades
-        out["indicator_tolerance"] = float(math.exp(hi + (lt - bound(hi)) / max(b, 1.0)))
-        out["extrapolated"] = "above"
-    else:
-        # inside the calibrated range: the first indicator where the bound reaches the target
-        grid = np.linspace(lo, hi, 257)
-        k = int(np.argmax([bound(v) >= lt for v in grid]))
-        a_, b_ = float(grid[k - 1]), float(grid[k])
-        for _ in range(60):
-            mid = 0.5 * (a_ + b_)
-            a_, b_ = (mid, b_) if bound(mid) < lt else (a_, mid)
-        out["indicator_tolerance"] = float(math.exp(a_))
+    out["indicator_tolerance"], ext = _tolerance_from_bound(bound, lo, hi, lt, b)
+    if ext:
+        out["extrapolated"] = ext
+    if groups is not None:
+        out["indicator_tolerance_new_field"] = None
+        runs = sorted(set(g))
+        if len(runs) >= 2:
+            res = y - (a + b * x)
+            gi = np.array([runs.index(v) for v in g])
+            d = np.array([res[gi == i].mean() for i in range(len(runs))])
+            sw = float(np.sqrt(np.sum((res - d[gi]) ** 2) / max(n - len(runs) - 1, 1)))
+            sb = float(np.std(d, ddof=1))
+            m = len(runs)
+            tm = float(stats.t.ppf(confidence, m - 1))
+
+            def bound_new(v: float) -> float:
+                """Upper prediction bound of log(error) for a new field (between-run scatter)."""
+                lev = 1.0 + 1.0 / n + (v - xbar) ** 2 / max(sxx, 1e-300)
+                return a + b * v + tm * math.sqrt(sw * sw * lev + sb * sb * (1.0 + 1.0 / m))
+
+            tol_new, _ = _tolerance_from_bound(bound_new, lo, hi, lt, b)
+            out.update(indicator_tolerance_new_field=min(tol_new, out["indicator_tolerance"]),
+                       within_run_std_log=sw, between_run_std_log=sb)
     return out
 
 
-def component_pairs(errors: list[dict], component: str) -> list[tuple[float, float]]:
-    """(indicator, true error) per step of every compared run (:func:`ddrom.rom.evaluation.compare`)."""
+def component_pairs(errors: list[dict], component: str, with_runs: bool = False) -> Any:
+    """(indicator, true error) per step of every compared run (:func:`ddrom.rom.evaluation.compare`);
+    ``with_runs``: also the index of the run of every pair."""
     key = COMPONENT_ERRORS[component]
-    pairs = []
-    for e in errors:
+    pairs, runs = [], []
+    for i, e in enumerate(errors):
         ind = (e.get("indicators_per_step") or {}).get(component)
         if ind is None and component == "p":
             ind = e.get("indicator_per_step")
         if ind is None or key not in e:
             continue
-        pairs += list(zip(ind, e[key]))
-    return pairs
+        new = list(zip(ind, e[key]))
+        pairs += new
+        runs += [i] * len(new)
+    return (pairs, runs) if with_runs else pairs
 
 
 def calibrate_indicator(errors: list[dict], target: float, confidence: float = 0.95,
@@ -131,14 +186,15 @@ def calibrate_indicator(errors: list[dict], target: float, confidence: float = 0
     every component that could be calibrated.
     """
     targets = {"p": float(target), **dict(targets or {})}
-    out = calibrate_component(component_pairs(errors, "p"), targets["p"], confidence)
+    pairs, runs = component_pairs(errors, "p", True)
+    out = calibrate_component(pairs, targets["p"], confidence, runs)
     comps: dict[str, dict] = {}
     for name in components:
         quantity = "p" if COMPONENT_ERRORS[name] == "p_error_per_step" else "u"
         if quantity not in targets:
             continue
-        comps[name] = (out if name == "p" else
-                       calibrate_component(component_pairs(errors, name), targets[quantity], confidence))
+        pairs, runs = component_pairs(errors, name, True)
+        comps[name] = out if name == "p" else calibrate_component(pairs, targets[quantity], confidence, runs)
         comps[name] = {**comps[name], "quantity": quantity}
     for name, cc in comps.items():
         if not cc.get("indicator_tolerance") and name in UNCALIBRATED_TOLERANCES:
@@ -147,7 +203,72 @@ def calibrate_indicator(errors: list[dict], target: float, confidence: float = 0
         out["components"] = {k: {kk: vv for kk, vv in v.items() if kk != "components"} for k, v in comps.items()}
         out["tolerances"] = {k: v["indicator_tolerance"] for k, v in comps.items()
                              if v.get("indicator_tolerance")}
+    # the calibration fields (temperature-POD coordinates per step of each run): an online
+    # field unlike all of them takes the new-field tolerances (tolerances_for_field)
+    fields = [np.asarray(e["temperature_coeff_per_step"], dtype=float).tolist() for e in errors
+              if e.get("temperature_coeff_per_step") is not None]
+    if fields:
+        out["fields"] = fields
+        out["tolerances_new_field"] = {k: v.get("indicator_tolerance_new_field") for k, v in
+                                       (comps.items() if comps else [("p", out)])
+                                       if COMPONENT_ERRORS[k] == "p_error_per_step" and v.get("indicator_tolerance")}
     return out
+
+
+def field_distance(coeff: np.ndarray, fields: list) -> float:
+    """How far an online temperature history is from every calibration field.
+
+    ``coeff`` (nt, r): the run's temperature-POD coordinates per step (the temperature
+    component's fit at the sample points and sensors, :attr:`ddrom.rom.online.OnlineResult.
+    temperature_coeff`); ``fields``: the calibration runs' (lists of (nt_j, r)). Returns
+    ``max_k min_{j,l} ||c_k - c_{j,l}|| / max(||c_k||, max_{j,l} ||c_{j,l}|| 1e-3)``: the
+    largest relative distance of a step's field to the nearest calibration step. 0 when the
+    run's field is one of the calibration's; inf without calibration fields.
+    """
+    C = np.asarray(coeff, dtype=float)
+    cal = [np.asarray(f, dtype=float).reshape(-1, C.shape[1] if C.ndim == 2 else 0) for f in fields]
+    cal = [f for f in cal if f.size]
+    if C.ndim != 2 or not cal:
+        return math.inf
+    ref = np.vstack(cal)
+    floor = 1e-3 * float(np.linalg.norm(ref, axis=1).max(initial=0.0))
+    out = 0.0
+    for c in C:
+        den = max(float(np.linalg.norm(c)), floor)
+        if den == 0.0:
+            continue
+        out = max(out, float(np.linalg.norm(ref - c, axis=1).min()) / den)
+    return out
+
+
+def tolerances_for_field(calibration: Mapping[str, Any], distance: float,
+                         tolerances: Mapping[str, float]) -> tuple[dict[str, float], dict]:
+    """The p tolerances of a run whose field is at ``distance`` (:func:`field_distance`).
+
+    Within :data:`FIELD_DISTANCE_TOL` of a calibration field: ``tolerances`` unchanged. Beyond
+    it, each p component's calibrated tolerance is replaced by its new-field one (the bound
+    with the calibration runs' between-run scatter, :func:`calibrate_component`), when the
+    calibration could give one; a component calibrated on fewer than two fields keeps its
+    tolerance and is reported as not validated for this field. Given (not calibrated)
+    tolerances are kept. Returns (tolerances, report: ``distance``, ``new_field``, the
+    ``replaced`` and ``not_validated`` components).
+    """
+    out = dict(tolerances)
+    report: dict[str, Any] = {"distance": float(distance), "new_field": bool(distance > FIELD_DISTANCE_TOL),
+                              "replaced": {}, "not_validated": []}
+    new = calibration.get("tolerances_new_field") or {}
+    if not report["new_field"]:
+        return out, report
+    cal_tols = dict(calibration.get("tolerances") or {"p": calibration.get("indicator_tolerance")})
+    for comp, tol_new in new.items():
+        if comp not in out or out[comp] != cal_tols.get(comp):
+            continue                    # absent, or given by the user: not the calibration's to change
+        if tol_new:
+            report["replaced"][comp] = [out[comp], float(tol_new)]
+            out[comp] = float(tol_new)
+        else:
+            report["not_validated"].append(comp)
+    return out, report
 
 
 def detection(errors: list[dict], tolerances: Mapping[str, float], targets: Mapping[str, float]) -> dict:

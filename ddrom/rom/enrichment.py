@@ -154,6 +154,9 @@ class Enricher:
         self.replayer = Replayer(dm, solver.material, solver.loads.temperature, assembler=solver.asm)
         self._strain_cache: dict = {}                      # strains of the modes so far (hyper_reduce)
         self._start: tuple[int, State] | None = None       # last HF state (step, state); None: t_0
+        #: (internal state (M, n_state), T (M,)) at the enriched model's monitor points after
+        #: the last :meth:`enrich` (None: the model has none)
+        self.monitor_state: tuple[np.ndarray, np.ndarray] | None = None
         self.events: list[dict] = []
 
     @property
@@ -274,7 +277,10 @@ class Enricher:
                                  strain_cache=self._strain_cache, timers=split, PhiT=self.PhiT,
                                  sigma_T=m.temperature_data.sigma if m.temperature_data is not None else None,
                                  n_sensors=len(m.temperature_data.sensor_gids) if m.temperature_data is not None
-                                 else 0)
+                                 else 0,
+                                 # as many monitor points as before (none for a file without them:
+                                 # the component stays absent, as its calibration was)
+                                 n_monitor=len(m.monitor.point_gids) if m.monitor is not None else 0)
             model.info = {**m.info, **model.info,
                           "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
             if model.gappy is not None and "p_sample_scale" not in model.info:
@@ -284,6 +290,12 @@ class Enricher:
             internal = values_at_points(self.dm, new.internal, gids)
             T = values_at_points(self.dm, new.T.reshape(-1), gids)
             stress = values_at_points(self.dm, new.stress.reshape(-1, 6), gids)
+            # the HF state at the monitor points: their march resumes from it too
+            self.monitor_state = None
+            if model.monitor is not None:
+                mg = model.monitor.point_gids
+                self.monitor_state = (values_at_points(self.dm, new.internal, mg),
+                                      values_at_points(self.dm, new.T.reshape(-1), mg))
         s_update = time.perf_counter() - t0
         for name, sec in split.seconds.items():
             self.timers.add(name, sec, split.calls[name])

@@ -164,7 +164,8 @@ def _temp_text(t: Mapping[str, Any]) -> str:
 
 # ===================================================================== temperature
 class PointTemperature:
-    """The temperature at a model's sample points, ``T(t)`` -> (K,), for one parameter point.
+    """The temperature at a model's sample points, ``T(t)`` -> (K,), for one parameter point
+    (also at its temperature sensors and its monitor points).
 
     An expression is evaluated at the points' coordinates. A field read from files is
     interpolated from the nodes of each point's cell with the shape-function values the
@@ -188,9 +189,12 @@ class PointTemperature:
     def bind(self, model: Any) -> None:
         """Use the sample points (and temperature sensors) of ``model`` (after an enrichment:
         its new points)."""
-        td = model.temperature_data
+        td, mon = model.temperature_data, getattr(model, "monitor", None)    # a probe has none
         x = model.xyz if td is None else np.vstack([model.xyz, td.sensor_xyz])
         self._K = len(model.weights)
+        self._KS = len(x)
+        if mon is not None:
+            x = np.vstack([x, mon.xyz])
         self._n = len(x)
         self._env = {"x": x[:, 0], "y": x[:, 1], "z": x[:, 2]}
         self._last = (None, None)
@@ -203,6 +207,10 @@ class PointTemperature:
                 nodes = np.vstack([nodes, td.sensor_nodes])
                 shape = np.vstack([shape, td.sensor_shape])
                 nxyz = np.concatenate([nxyz, td.sensor_node_xyz])
+            if mon is not None:
+                nodes = np.vstack([nodes, mon.point_nodes])
+                shape = np.vstack([shape, mon.point_shape])
+                nxyz = np.concatenate([nxyz, mon.point_node_xyz])
             ids, inv = np.unique(nodes, return_inverse=True)
             xyz = np.zeros((len(ids), 3))
             xyz[inv.ravel()] = nxyz.reshape(-1, 3)
@@ -211,7 +219,8 @@ class PointTemperature:
             self._shape = shape
 
     def _all(self, t: float) -> np.ndarray:
-        """T at the sample points then the sensors, (K + S,); cached for the last t."""
+        """T at the sample points, the sensors and the monitor points, (K + S + M,); cached for
+        the last t."""
         if self._last[0] == t:
             return self._last[1]
         spec = self.spec
@@ -236,7 +245,11 @@ class PointTemperature:
 
     def with_sensors(self, t: float) -> np.ndarray:
         """T at the sample points then at the temperature sensors, (K + S,)."""
-        return self._all(t)
+        return self._all(t)[: self._KS]
+
+    def at_monitors(self, t: float) -> np.ndarray:
+        """T at the model's monitor points, (M,) (empty without them)."""
+        return self._all(t)[self._KS:]
 
     @property
     def access(self) -> str:

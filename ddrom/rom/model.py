@@ -11,7 +11,9 @@ A ROM file is one HDF5 file, self-contained and independent of the number of ran
     the stress basis at the points ``stress_at_samples`` (K, 6, Ns), the Gram matrix of
     the stress snapshots' coefficients in that basis ``stress_gram`` (Ns, Ns; it weighs the
     ECM integrand columns, kept so that an enrichment can update it), load terms, Gappy
-    data, material, expressions (texts), parameters, times.
+    data, material, expressions (texts), parameters, times; ``monitor`` (schema 6): the
+    monitor points' ids, coordinates, strain operators, p modes and cell nodes
+    (:class:`MonitorData`).
 ``/bases``
     The distributed bases in natural numbering (``displacement`` (3 N_nodes, N) rows in
     natural node order; ``p`` (G, Np) rows in natural point order) for reconstruction
@@ -49,17 +51,20 @@ from ddrom.io.integrity import (ATTRS_DIGEST_ATTR, IntegrityError, attrs_error_m
 from ddrom.parallel import DdromError, as_mpi, collective, root_only
 
 SCHEMA = "ddrom-rom"
-SCHEMA_VERSION = 5     # 2: stress basis at the sample points (online stress coefficients)
+SCHEMA_VERSION = 6     # 2: stress basis at the sample points (online stress coefficients)
 #                        3: stress_gram (ECM integrand columns weighted by the stress snapshots)
 #                        4: the problem description (regions, expressions, temperature source,
 #                           mesh signature) and the sample points' nodes and shape values
 #                        5: the local-basis classifier's arrays (/classifier: features, their
 #                           relevance, the fitted classifier)
+#                        6: monitor points (/online/monitor: the hold-out check of the p
+#                           reconstruction, MonitorData)
 #: Versions this ddrom reads (a version-2 file has no stress_gram: its ECM columns were
 #: unweighted, and an enrichment of it keeps them unweighted; a version-3 file has no
 #: problem description: the online stage runs its stored expressions only; before version
-#: 5 the classifier is refitted from the training parameters, ddrom.rom.classifier).
-READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5)
+#: 5 the classifier is refitted from the training parameters, ddrom.rom.classifier; before
+#: version 6 there are no monitor points: the indicator's ``p_monitor`` component is absent).
+READABLE_SCHEMA_VERSIONS = (2, 3, 4, 5, 6)
 
 
 @dataclass
@@ -100,6 +105,28 @@ class TemperatureData:
 
 
 @dataclass
+class MonitorData:
+    """Monitor points: a hold-out set for the p reconstruction (replicated, O(M) per step).
+
+    M integration points disjoint from the K sample points, chosen by Q-DEIM/D-optimal
+    design on the plastic-strain basis (:func:`ddrom.rom.offline.monitor_points`). The
+    online march integrates the constitutive law there along the reduced displacement, as
+    at the sample points, but their values never enter a fit: the Gappy reconstruction
+    ``Phi_p a`` (``a`` fitted at the sample points) is checked against them
+    (:meth:`ddrom.rom.online.ReducedSolver.indicators`, component ``p_monitor``).
+    """
+
+    point_gids: np.ndarray       # (M,) natural point ids
+    xyz: np.ndarray              # (M, 3)
+    E: np.ndarray                # (M, N, 6) strains of the modes
+    E_lift: np.ndarray           # (M, D, 6) strains of the lifting fields
+    p_basis: np.ndarray          # (M, Np) plastic-strain modes at the monitor points
+    point_nodes: np.ndarray      # (M, k) natural node ids of each point's cell (temperature files)
+    point_shape: np.ndarray      # (M, k) shape-function values at the point
+    point_node_xyz: np.ndarray   # (M, k, 3)
+
+
+@dataclass
 class ReducedModel:
     E: np.ndarray                # (K, N, 6)
     E_lift: np.ndarray           # (K, D, 6)
@@ -127,6 +154,8 @@ class ReducedModel:
     point_node_xyz: np.ndarray | None = None
     #: temperature modes at the points and sensors (None: schema < 4)
     temperature_data: TemperatureData | None = None
+    #: monitor points of the p_monitor indicator component (None: schema < 6, or no p basis)
+    monitor: MonitorData | None = None
 
     @property
     def n_modes(self) -> int:
@@ -151,6 +180,8 @@ def _model_arrays(m: ReducedModel) -> list[np.ndarray]:
         out += [np.asarray(v) for v in asdict(m.gappy).values()]
     if m.temperature_data is not None:
         out += [np.asarray(v) for v in asdict(m.temperature_data).values() if np.ndim(v)]
+    if m.monitor is not None:
+        out += [np.asarray(v) for v in asdict(m.monitor).values()]
     return out
 
 
@@ -187,6 +218,10 @@ def _write_model(h5: ParallelH5, g: Any, m: ReducedModel) -> None:
                 scalars[name] = float(v)
         h5.set_attrs(scalars, tg)
         h5.stamp_attrs(tg)
+    if m.monitor is not None:
+        mg = h5.create_group(g, "monitor")
+        for name, v in asdict(m.monitor).items():
+            h5.write_array(mg, name, v)
     h5.stamp_attrs(g)
 
 
@@ -226,6 +261,10 @@ def _read_model(g: Any, read: _Reader) -> ReducedModel:
         tg = read.group(g["temperature"])
         tdata = TemperatureData(**{k: read(tg[k]) for k in tg},
                                 **{k: float(v) for k, v in tg.attrs.items() if k != ATTRS_DIGEST_ATTR})
+    monitor = None
+    if "monitor" in g:
+        mg = g["monitor"]
+        monitor = MonitorData(**{k: read(mg[k]) for k in mg})
     return ReducedModel(
         E=read(g["E"]), E_lift=read(g["E_lift"]), weights=read(g["weights"]), xyz=read(g["xyz"]),
         point_gids=read(g["point_gids"]), dirichlet=json.loads(g.attrs["dirichlet"]), loads=loads,
@@ -234,6 +273,7 @@ def _read_model(g: Any, read: _Reader) -> ReducedModel:
         gappy=gappy, stress_at_samples=read(g["stress_at_samples"]),
         stress_gram=read(g["stress_gram"]) if "stress_gram" in g else None, info=json.loads(g.attrs["info"]),
         problem=json.loads(g.attrs["problem"]) if "problem" in g.attrs else None, temperature_data=tdata,
+        monitor=monitor,
         **{k: read(g[k]) for k in ("point_nodes", "point_shape", "point_node_xyz") if k in g})
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ddrom.hf.solver import HFSolver
 from ddrom.parallel import Timers, as_mpi, check_all
-from ddrom.rom.model import GappyData, LoadData, ReducedModel, TemperatureData
+from ddrom.rom.model import GappyData, LoadData, MonitorData, ReducedModel, TemperatureData
 from ddrom.rom.operators import (all_mode_strains, lifting_fields, mode_values_local,
                                  natural_point_ids, point_coordinates, point_interpolation, reduced_load_terms,
                                  strain_operators, values_at_points)
@@ -57,6 +57,11 @@ class OfflineOptions:
         :func:`noise_floors`); a tolerance below the floor keeps modes of noise (measured on
         CalculiX data: the stress POD at 1e-5 keeps modes of rounding noise whose reduced
         points and Gappy fit the data cannot support). 0 disables it.
+    monitor_points : integration points, disjoint from the sample points, where the online
+        stage integrates the constitutive law too but does not fit: the hold-out check of
+        the p reconstruction (indicator component ``p_monitor``; :func:`monitor_points`).
+        Their online cost is one material update per increment at these points (the
+        sample points take one per Newton iteration). 0: no such component.
     """
 
     pod_tol: float = 1e-4
@@ -68,6 +73,7 @@ class OfflineOptions:
     temperature_tol: float = 1e-8
     temperature_sensors: int = 64
     noise_margin: float = 3.0
+    monitor_points: int = 32
 
 
 #: The POD tolerance of each quantity of a noise floor (OfflineOptions field, case key).
@@ -199,13 +205,17 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
             PhiT, sigma_T = r_T.modes_loc, r_T.sigma
     model = hyper_reduce(problem, solver, Phi, r_s.modes_loc, Phip, ecm_tol=options.ecm_tol, timers=timers,
                          sigma_u=r_u.sigma_all, sigma_p=sigma_p, stress_gram=np.diag(np.asarray(r_s.sigma) ** 2),
-                         PhiT=PhiT, sigma_T=sigma_T, n_sensors=options.temperature_sensors)
+                         PhiT=PhiT, sigma_T=sigma_T, n_sensors=options.temperature_sensors,
+                         n_monitor=options.monitor_points)
     # the training's largest sample norms: the scales below which the indicator components'
     # denominators are floored (ReducedSolver.indicators; the onset of plasticity, a
     # load-free step)
     if model.gappy is not None:
         model.info["p_sample_scale"] = float(np.linalg.norm(values_at_points(dm, P, model.point_gids),
                                                             axis=0).max())
+    if model.monitor is not None:
+        model.info["p_monitor_scale"] = float(np.linalg.norm(values_at_points(dm, P, model.monitor.point_gids),
+                                                             axis=0).max())
     del P
     Sig = store.read_block("stress", dm, sims=sims).reshape(dm.n_cells * dm.n_qp, 6, -1)
     model.info["stress_sample_scale"] = float(np.linalg.norm(
@@ -219,6 +229,7 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
     model.info.update({"pod_tol": options.pod_tol, "stress_tol": options.stress_tol, "p_tol": options.p_tol,
                        "pod_method": r_u.method, "temperature_tol": options.temperature_tol,
                        "temperature_sensors": options.temperature_sensors, "noise_floors": floors,
+                       "monitor_points": options.monitor_points,
                        "noise_margin": options.noise_margin,
                        "raised_tolerances": {q: r["raised_from"] for q, r in raised.items() if "raised_from" in r}})
     model.info["simulations"] = list(sims) if sims is not None else [s.name for s in store.simulations()
@@ -303,7 +314,8 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
                  ecm_initial: np.ndarray | None = None, stress_gram: np.ndarray | None = None,
                  strain_cache: dict | None = None, timers: Timers | None = None,
                  PhiT: np.ndarray | None = None, sigma_T: np.ndarray | None = None,
-                 n_sensors: int = OfflineOptions.temperature_sensors) -> ReducedModel:
+                 n_sensors: int = OfflineOptions.temperature_sensors,
+                 n_monitor: int = OfflineOptions.monitor_points) -> ReducedModel:
     """Steps 3-5 from distributed bases: ECM, Gappy samples, reduced operators.
 
     ``Phi`` (3 n_owned, N) displacement modes (zero on prescribed DOFs), ``Psi``
@@ -375,6 +387,10 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
         pt_nodes, pt_shape, pt_xyz = point_interpolation(dm, all_gids)
     with timers("temperature_sensors"):
         tdata = _temperature_data(problem, solver, all_gids, xyz, PhiT, sigma_T, n_sensors)
+    monitor = None
+    if Phip is not None and n_monitor > 0:
+        with timers("monitor_points"):
+            monitor = monitor_points(solver, Phip, all_gids, n_monitor, modes_local, lifts)
     # one lifting column per (condition, component), in the solver's order
     dirichlet = [d.value.text for d in problem.dirichlet for _ in d.components]
     T = problem.temperature
@@ -391,7 +407,51 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
               "n_stress_modes": int(Psi3.shape[-1]), "n_p_modes": int(Phip.shape[1]) if Phip is not None else 0,
               "ecm_tol": ecm_tol, "ecm_iterations": ecm_res.n_iterations,
               "ecm_relative_residual": float(ecm_res.relative_residual), "ecm_converged": bool(ecm_res.converged)},
-        problem=desc, point_nodes=pt_nodes, point_shape=pt_shape, point_node_xyz=pt_xyz, temperature_data=tdata)
+        problem=desc, point_nodes=pt_nodes, point_shape=pt_shape, point_node_xyz=pt_xyz, temperature_data=tdata,
+        monitor=monitor)
+
+
+def monitor_points(solver: HFSolver, Phip: np.ndarray, sample_gids: np.ndarray, n: int,
+                   modes_local: np.ndarray, lifts: list[np.ndarray]) -> MonitorData | None:
+    """Monitor points: a hold-out set that checks the Gappy reconstruction of p online.
+
+    The Gappy fit ``a = argmin ||Phi_I a - p_I||`` at the sample points I has a residual
+    that sees only the part of ``p_I`` outside ``range(Phi_I)``; an error of ``a`` inside
+    the span (a biased fit, a field whose shape drifted within the sampled rows' range)
+    leaves it unchanged. A hold-out set M, where the online march integrates the
+    constitutive law along the reduced displacement exactly as at I but never fits,
+    measures ``||p_M - Phi_M a||`` -- the reconstruction's own error at points it did not
+    use (cross-validation), whatever its origin.
+
+    M is the greedy D-optimal continuation of I (:func:`ddrom.reduction.gappy.qdeim_points`
+    with ``exclude = I``, phase 2): each point maximizes ``log det(A + phi_g^T phi_g)`` with
+    ``A = Phi_J^T Phi_J`` over the points J chosen so far, i.e. the first one has the
+    largest leverage ``phi_g^T (Phi_I^T Phi_I)^{-1} phi_g`` -- the point where the
+    reconstruction is most sensitive to an error of the sampled values -- and the next
+    ones spread over the remaining directions. Partition-independent (ties broken by the
+    smallest global id) and replicated: O(M (N + D + Np)) data, one material update per
+    increment at M points online. Returns None when the mesh has no point left.
+    """
+    from ddrom.reduction.gappy import qdeim_points
+
+    dm, comm = solver.dm, solver.comm
+    gids = natural_point_ids(dm)
+    free = int(as_mpi(comm).allreduce(int(len(gids)))) - len(sample_gids)
+    n = min(int(n), free)
+    if n <= 0:
+        return None
+    chosen = np.asarray(qdeim_points(Phip, gids, comm, exclude=np.asarray(sample_gids, dtype=np.int64),
+                                     n_extra=n), dtype=np.int64)
+    mon = np.sort(chosen[len(sample_gids):])
+    if len(mon) == 0:
+        return None
+    E = strain_operators(solver, modes_local, mon)
+    E_lift = np.stack([strain_operators(solver, chi[:, None], mon)[:, 0, :] for chi in lifts], axis=1) \
+        if lifts else np.zeros((len(mon), 0, 6))
+    nodes, shape, nxyz = point_interpolation(dm, mon)
+    return MonitorData(point_gids=mon, xyz=point_coordinates(solver, mon), E=E, E_lift=E_lift,
+                       p_basis=values_at_points(dm, Phip, mon).reshape(len(mon), -1), point_nodes=nodes,
+                       point_shape=shape, point_node_xyz=nxyz)
 
 
 def _temperature_data(problem: Any, solver: HFSolver, gids: np.ndarray, xyz: np.ndarray, PhiT: np.ndarray | None,

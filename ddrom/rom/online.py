@@ -10,8 +10,11 @@ iteration is::
     converged when ||F|| <= rtol * max(||F_int||, ||F_ext||, ||sum_g |w_g E[g] . sigma_g| ||) + atol
     K_kl    = sum_g w_g E[g, k] . D_g E[g, l]                        (one contraction)
 
-no operation of size n (DOFs) or G (integration points). The march is replicated on
-every rank (it is small); several ROM runs may share an allocation on sub-communicators.
+no operation of size n (DOFs) or G (integration points). Per accepted increment, the M
+monitor points (:class:`~ddrom.rom.model.MonitorData`) take one material update at
+``eps_M = E_M q + E_lift,M v`` (no tangent): the hold-out check of the p reconstruction,
+O(M). The march is replicated on every rank (it is small); several ROM runs may share an
+allocation on sub-communicators.
 """
 from __future__ import annotations
 
@@ -44,12 +47,16 @@ OnlineOptions = NewtonOptions
 #: is taken relative to that fraction instead of to the current (tiny) value.
 INDICATOR_FLOOR = 1e-3
 
-#: Components of the error indicator (:meth:`ReducedSolver.indicators`), each the relative
-#: residual of a Gappy fit at the ROM's points: of the cumulated plastic strain (``p``), of
-#: the stress (``stress``: elastic errors, e.g. a thermal stress the training never had),
-#: and of the temperature against the span of the training's (``temperature``: a new
-#: field, read at the sample points and at sensors spread over the part).
-INDICATOR_COMPONENTS = ("p", "stress", "temperature")
+#: Components of the error indicator (:meth:`ReducedSolver.indicators`). The first three are
+#: the relative residuals of a Gappy fit at the ROM's points: of the cumulated plastic strain
+#: (``p``), of the stress (``stress``: elastic errors, e.g. a thermal stress the training
+#: never had), and of the temperature against the span of the training's (``temperature``: a
+#: new field, read at the sample points and at sensors spread over the part). Each sees only
+#: what lies outside its basis' range at the fitted points. ``p_monitor`` is the relative
+#: error of the p reconstruction at monitor points the fit did not use (a hold-out check,
+#: :class:`ddrom.rom.model.MonitorData`): it also sees an error of the p coefficients inside
+#: the span (nan for a ROM file without monitor points, schema < 6).
+INDICATOR_COMPONENTS = ("p", "stress", "temperature", "p_monitor")
 
 
 @dataclass
@@ -78,6 +85,9 @@ class OnlineResult:
     routing: dict | None = None         # how the basis was chosen (ddrom.rom.classifier.RoutingDecision)
     enrichments: list = field(default_factory=list)     # one dict per enrichment event
     model: ReducedModel | None = None   # the model at the end of the march (enriched or not)
+    #: the run's field against the calibration fields (ddrom.rom.calibration.tolerances_for_field;
+    #: None: not checked, e.g. no calibration fields or no enrichment)
+    field_check: dict | None = None
     bases: dict | None = None           # enriched bases, this rank's natural slice per name (None: not enriched)
 
     @property
@@ -134,6 +144,8 @@ class ReducedSolver:
         td = model.temperature_data
         self._t_gappy = None if td is None else GappyPOD.from_samples(td.basis, np.arange(td.basis.shape[0]),
                                                                       strict=False)
+        # the monitor points (hold-out of the p reconstruction): only with a p fit to check
+        self._mon = model.monitor if self._p_gappy is not None else None
 
     # ------------------------------------------------------------------ data
     def _env(self, t: float) -> dict:
@@ -175,12 +187,36 @@ class ReducedSolver:
         return self._p_gappy.indicator(p[self._gappy_idx],
                                        INDICATOR_FLOOR * float(self.m.info.get("p_sample_scale", 0.0)))
 
-    def indicators(self, p: np.ndarray, stress: np.ndarray, t: float) -> dict[str, float]:
+    def monitor_indicator(self, p: np.ndarray, p_monitor: np.ndarray | None) -> float:
+        """Hold-out error of the p reconstruction at the monitor points M::
+
+            E_M = ||p_M - Phi_p,M a|| / max(||p_M||, INDICATOR_FLOOR * s_M),   a = argmin ||Phi_p,I a - p_I||
+
+        ``p_M`` integrated by the constitutive law along the reduced displacement (like
+        ``p_I``), never fitted; ``s_M`` the training's largest ``||p_M||``. Unlike the Gappy
+        residual :meth:`indicator`, which is blind to any error of ``a`` inside the span
+        (it is the residual of a projection), ``E_M`` measures the reconstruction itself at
+        points it did not use; nan without monitor points (a ROM file of schema < 6).
+        """
+        if self._mon is None or p_monitor is None:
+            return math.nan
+        a = self.p_coefficients(p)
+        fit = self._mon.p_basis[:, : len(a)] @ a
+        info = self.m.info
+        floor = INDICATOR_FLOOR * float(info.get("p_monitor_scale", info.get("p_sample_scale", 0.0)))
+        den = max(float(np.linalg.norm(p_monitor)), floor)
+        return float(np.linalg.norm(p_monitor - fit) / den) if den > 0 else 0.0
+
+    def indicators(self, p: np.ndarray, stress: np.ndarray, t: float,
+                   p_monitor: np.ndarray | None = None) -> dict[str, float]:
         """The indicator components of a step (:data:`INDICATOR_COMPONENTS`; nan when the model
         has no data for one): relative residuals of the Gappy fits of p, of the stress and of
         ``T - T_ref`` at the ROM's points (the temperature also at its sensors), each floored
-        at INDICATOR_FLOOR times the training's largest sampled norm."""
-        out = {"p": self.indicator(p), "stress": math.nan, "temperature": math.nan}
+        at INDICATOR_FLOOR times the training's largest sampled norm, and the hold-out error
+        of the p reconstruction at the monitor points (:meth:`monitor_indicator`, given
+        ``p_monitor``, the plastic strain there)."""
+        out = {"p": self.indicator(p), "stress": math.nan, "temperature": math.nan,
+               "p_monitor": self.monitor_indicator(p, p_monitor)}
         info = self.m.info
         if self._s_gappy is not None:
             out["stress"] = self._s_gappy.indicator(np.asarray(stress).reshape(-1),
@@ -214,20 +250,36 @@ class ReducedSolver:
     def _strains(self, q: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.einsum("gkc,k->gc", self.E, q) + np.einsum("gdc,d->gc", self.m.E_lift, v)
 
-    def _context(self, t_old: float, increment: int) -> MaterialContext:
+    def _context(self, t_old: float, increment: int, monitor: bool = False) -> MaterialContext:
         """Where the update happens (a UMAT gets the points' cells and numbers, as in the HF)."""
         nq = int(self.m.info.get("n_qp", 0)) or None
-        g = self.m.point_gids
-        return MaterialContext(time=float(t_old), coords=self.m.xyz, element=None if nq is None else g // nq,
+        g, xyz = (self._mon.point_gids, self._mon.xyz) if monitor else (self.m.point_gids, self.m.xyz)
+        return MaterialContext(time=float(t_old), coords=xyz, element=None if nq is None else g // nq,
                                point=None if nq is None else g % nq, increment=increment)
 
-    def _update(self, eps, state_old, T_old, T, dt, tangent, t_old, increment):
+    def _update(self, eps, state_old, T_old, T, dt, tangent, t_old, increment, monitor=False):
         try:
             return self.material.update(eps, state_old, T_old, T, dt, tangent=tangent,
-                                        context=self._context(t_old, increment))
+                                        context=self._context(t_old, increment, monitor))
         except MaterialError as exc:
             # the march is replicated: every rank stops here with the same message
             raise CollectiveError(f"the material stopped the reduced march (t = {t_old:g}): {exc}") from None
+
+    def _monitor_update(self, q, v, mon_old, t_old, t, increment=1):
+        """Advance the monitor points' state along an accepted increment: ``eps_M = E_M q +
+        E_lift,M v`` and one material update (no tangent). ``mon_old``: (state, T) or None
+        without monitor points. Returns the new (state, T) or raises NotConverged
+        (the increment is then cut back like a failed reduced Newton)."""
+        if self._mon is None or mon_old is None:
+            return None
+        M = self._mon
+        T = self.inputs.temperature.at_monitors(t)
+        eps = np.einsum("gkc,k->gc", M.E, q) + np.einsum("gdc,d->gc", M.E_lift, v)
+        try:
+            resp = self._update(eps, mon_old[0], mon_old[1], T, t - t_old, False, t_old, increment, monitor=True)
+        except ReturnMappingError as exc:
+            raise NotConverged(f"the material update at the monitor points failed: {exc}") from None
+        return resp.state, T
 
     def _residual(self, q, v, state_old, T_old, T, dt, fext, t_old=0.0, increment=1):
         try:
@@ -294,13 +346,20 @@ class ReducedSolver:
         v0 = self.dirichlet_values(times[0])
         resp0 = self._update(self._strains(q, v0), state, T, T, 0.0, False, float(times[0]), 0)
         state = resp0.state
+        mon = None                                    # (state, T) at the monitor points
+        if self._mon is not None:
+            Tm = self.inputs.temperature.at_monitors(float(times[0]))
+            eps_m = np.einsum("gdc,d->gc", self._mon.E_lift, v0)
+            mon = (self._update(eps_m, self.material.initial_state(len(self._mon.point_gids)), Tm, Tm, 0.0,
+                                False, float(times[0]), 0, monitor=True).state, Tm)
         nt = len(times)
         rows: dict[str, list] = {"q": [], "p": [], "s": [], "v": [], "ind": [], "inds": [], "sub": []}
         out = OnlineResult(times, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
 
-        def observe(state_, stress_, t_) -> tuple[np.ndarray, dict]:
+        def observe(state_, stress_, t_, mon_) -> tuple[np.ndarray, dict]:
             p_ = self.material.cumulated_plastic_strain(state_)
-            return p_, self.indicators(p_, stress_, t_)
+            pm = None if mon_ is None else self.material.cumulated_plastic_strain(mon_[0])
+            return p_, self.indicators(p_, stress_, t_, pm)
 
         def record(q_, p_, inds, stress_, v_, sub=()) -> None:
             rows["q"].append(q_)
@@ -313,9 +372,10 @@ class ReducedSolver:
             out.p_samples.append(p_)
             out.stress_samples.append(stress_)
 
-        record(q, *observe(state, resp0.stress, float(times[0])), resp0.stress, v0)
+        record(q, *observe(state, resp0.stress, float(times[0]), mon), resp0.stress, v0)
         info = {"newton": 0, "cutbacks": 0}
-        cur = (times[0], q, state, T, None, v0)       # (t, q, state, T, response, lifting values)
+        # (t, q, state, T, response, lifting values, monitor (state, T))
+        cur = (times[0], q, state, T, None, v0, mon)
 
         path: list = []                               # accepted increments of the current step
 
@@ -324,8 +384,9 @@ class ReducedSolver:
             if res is None:
                 raise NotConverged(err)
             q_, resp_, T_, v_ = res
+            mon_ = self._monitor_update(q_, v_, c[6], c[0], t_new)
             path.append((t_new, q_, v_))
-            return (t_new, q_, resp_.state, T_, resp_, v_)
+            return (t_new, q_, resp_.state, T_, resp_, v_, mon_)
 
         for k in range(1, nt):
             ts = time.perf_counter()
@@ -338,9 +399,9 @@ class ReducedSolver:
                 failure = (f"reduced Newton diverged at step {k} (t = {times[k]:.6g}; "
                            f"increment {exc.t_from:.6g} -> {exc.t_to:.6g}): {exc}")
             if failure is None:
-                _, q, state, T, resp, v = new
+                _, q, state, T, resp, v, mon = new
                 stress = resp.stress
-                p, inds = observe(state, stress, float(times[k]))
+                p, inds = observe(state, stress, float(times[k]), mon)
                 trigger = enricher is not None and enricher.wants(inds)
                 reason = enricher.why(inds) if trigger else None
             else:
@@ -355,15 +416,16 @@ class ReducedSolver:
                                                                     sub_hist=rows["sub"])
                 path.clear()                          # step k is the HF state: nothing to replay
                 self.bind(model)
+                mon = getattr(enricher, "monitor_state", None) if self._mon is not None else None
                 event["indicator_before"] = inds["p"]
                 event["indicators_before"] = inds
-                p, inds = observe(state, stress, float(times[k]))
+                p, inds = observe(state, stress, float(times[k]), mon)
                 event["indicator_after"] = inds["p"]
                 event["indicators_after"] = inds
                 out.enrichments.append(event)
             # the increments before t_k of a step the march cut back: the replay follows them
             record(q, p, inds, stress, v, path[:-1])
-            cur = (float(times[k]), q, state, T, None, v)
+            cur = (float(times[k]), q, state, T, None, v, mon)
             out.step_seconds.append(time.perf_counter() - ts)
         out.q = _pad(rows["q"])
         out.p_coeff = _pad(rows["p"])
@@ -376,6 +438,23 @@ class ReducedSolver:
         out.seconds = time.perf_counter() - t0
         out.model = self.m
         return out
+
+
+def temperature_coordinates(model: ReducedModel, inputs: OnlineInputs) -> np.ndarray | None:
+    """The temperature history of a run in the model's temperature-POD coordinates, (nt, r).
+
+    Per step ``c_k = argmin ||B c - (T(t_k) - T_ref)||`` at the sample points and sensors (the
+    temperature component's fit, :attr:`ReducedModel.temperature_data`); None when the model
+    has no temperature data (schema < 4) or no temperature modes. What
+    :func:`ddrom.rom.calibration.field_distance` compares with the calibration fields. Reads
+    the field at every step (O(K + S) values each; the march reads them again).
+    """
+    td = model.temperature_data
+    if td is None or td.basis.shape[1] == 0:
+        return None
+    inputs.temperature.bind(model)
+    fit = GappyPOD.from_samples(td.basis, np.arange(td.basis.shape[0]), strict=False)
+    return np.array([fit.fit(inputs.temperature.with_sensors(float(t)) - td.T_ref) for t in inputs.times])
 
 
 def _pad(rows: list[np.ndarray]) -> np.ndarray:

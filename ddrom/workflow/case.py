@@ -717,6 +717,7 @@ SCHEMA = Table({
         "stress_tol": Key(Num(gt=0, lt=1), _OFFLINE.stress_tol),
         "temperature_tol": Key(Num(gt=0, lt=1), _OFFLINE.temperature_tol),
         "temperature_sensors": Key(Int(ge=0), _OFFLINE.temperature_sensors),
+        "monitor_points": Key(Int(ge=0), _OFFLINE.monitor_points),
         "noise_margin": Key(Num(ge=0), _OFFLINE.noise_margin),
         "pod_method": Key(Str(choices=("rcholqr", "tsqr", "snapshots", "slepc", "streaming"))),
         "stream_during_hf": Key(Bool(), False),

@@ -92,6 +92,7 @@ def offline_options(case: Any) -> OfflineOptions:
     return OfflineOptions(pod_tol=r["pod_tol"], stress_tol=r["stress_tol"], ecm_tol=r["ecm_tol"],
                           p_tol=r["dual_pod_tol"], max_modes=r.get("max_modes"), pod_method=r.get("pod_method"),
                           temperature_tol=r["temperature_tol"], temperature_sensors=r["temperature_sensors"],
+                          monitor_points=r["monitor_points"],
                           noise_margin=r["noise_margin"])
 
 

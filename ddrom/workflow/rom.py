@@ -217,8 +217,9 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
             raise CollectiveError(f"{case.path.name}: no [test] points and no parameter point given")
     else:
         named = [(point_name(p), dict(p)) for p in points]
+    calibration = read_calibration(rpath, comm)
     eopts = enrichment_options(case, enabled=enrich, tolerance=indicator_tol, tolerances=indicator_tols,
-                               max_enrichments=max_enrichments, calibration=read_calibration(rpath, comm))
+                               max_enrichments=max_enrichments, calibration=calibration)
     # the local ROM's safety net without enrichment: the tolerances given or calibrated
     check_tols = eopts.all_tolerances(calibrated_only=True)
     if not eopts.enabled:
@@ -246,15 +247,21 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
         for note in _extrapolation_notes(inputs):
             log.warning(f"  warning: {name}: {note}")
         enricher_for = None
+        field_check = None
         if eopts is not None:
-            def enricher_for(m, cl, inputs=inputs):
-                return _enricher(case, problem, solver, dm, m, rpath, cl, inputs, eopts, timers)
+            run_opts, field_check = _field_tolerances(model, inputs, calibration, eopts)
+            if field_check is not None:
+                _log_field_check(log, name, field_check)
+
+            def enricher_for(m, cl, inputs=inputs, run_opts=run_opts):
+                return _enricher(case, problem, solver, dm, m, rpath, cl, inputs, run_opts, timers)
         res, enricher = run_routed(model, rpath, router, inputs, comm, _online_newton(case), tolerances=check_tols,
                                    enricher_for=enricher_for, local_models=locals_)
         if res.routing:
             r = res.routing
             log.info(f"  {name}: " + (f"local basis {r['cluster']} ({r['classifier']}, margin {r['margin']:.3g})"
                                       if r["cluster"] is not None else f"global basis: {r['reason']}"))
+        res.field_check = field_check
         run = RomRun(name, inputs.params, res, inputs)
         if enricher is not None and res.n_enrichments:
             # in the natural layout: the partition of a later mesh (compare, reconstruction) may differ
@@ -278,6 +285,45 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
             write_on_root(comm, lambda: write_online_result(stem, run), f"online result {stem}", stem)
     bar.close()
     return out
+
+
+def _field_tolerances(model: Any, inputs: Any, calibration: Mapping[str, Any], eopts: Any) -> tuple[Any, dict | None]:
+    """The enrichment options of one run: the p tolerances of a field unlike every calibration
+    field are the calibration's new-field ones (:func:`ddrom.rom.calibration.tolerances_for_field`).
+    Returns (options, report or None when the calibration recorded no fields)."""
+    from dataclasses import replace
+
+    from ddrom.rom.calibration import field_distance, tolerances_for_field
+    from ddrom.rom.online import temperature_coordinates
+
+    if not calibration.get("fields"):
+        return eopts, None
+    coords = temperature_coordinates(model, inputs)
+    d = field_distance(coords, calibration["fields"]) if coords is not None else float("inf")
+    tols, report = tolerances_for_field(calibration, d, eopts.all_tolerances())
+    report["calibration_fields"] = len(calibration["fields"])
+    if not report["replaced"]:
+        return eopts, report
+    p_tol = tols.get("p") if eopts.tolerance is not None else None
+    others = {k: v for k, v in tols.items() if k != "p" and k in eopts.tolerances}
+    return replace(eopts, tolerance=p_tol, tolerances=others), report
+
+
+def _log_field_check(log: Any, name: str, r: dict) -> None:
+    """One line on a run whose field is unlike the calibration fields (nothing otherwise)."""
+    if not r["new_field"]:
+        return
+    text = (f"{name}: temperature field unlike the {r['calibration_fields']} calibration field(s) (relative "
+            f"distance {r['distance']:.2g})")
+    if r["replaced"]:
+        text += "; new-field tolerances " + ", ".join(f"{k} {a:.3g} -> {b:.3g}" for k, (a, b) in r["replaced"].items())
+    if r["not_validated"]:
+        text += ("; not validated for a new field (fewer than 2 calibration fields): "
+                 + ", ".join(r["not_validated"]))
+    if r["not_validated"]:
+        log.warning(f"  warning: {text}")
+    else:
+        log.info(f"  {text}")
 
 
 def run_routed(model: Any, rpath: Path, router: Any, inputs: Any, comm: Any, newton: Any, *,
@@ -534,6 +580,7 @@ def compare_runs(case: Any, comm: Any, runs: list, model: Any, which: str = "tes
     simulations); one dict per run (:func:`ddrom.rom.evaluation.compare`)."""
     from ddrom.io.store import SnapshotStore
     from ddrom.rom.evaluation import compare, run_bases
+    from ddrom.rom.online import temperature_coordinates
 
     case = as_case(case, comm)
     dm, solver = context or hf_context(case, comm, Timers())
@@ -541,11 +588,18 @@ def compare_runs(case: Any, comm: Any, runs: list, model: Any, which: str = "tes
     store = SnapshotStore.open(store_path(case, which), comm, mode="r", dmesh=dm)
     out = []
     try:
-        for name, params, res in runs:
+        for run in runs:
+            name, params, res = run
             m, bases = run_bases(getattr(res, "rom_file", None) or rom_path(case), dm, model, res)
             solver.set_loads(problem.bind(params, dm))
             e = compare(dm, solver, m, bases, store, name, res)
             e.update(params=params, cluster=res.cluster, n_modes=m.n_modes, routing=getattr(res, "routing", None))
+            inputs = getattr(run, "inputs", None)
+            coords = temperature_coordinates(model, inputs) if inputs is not None else None
+            if coords is not None:
+                # the run's field in the ROM file's temperature-POD coordinates: a calibration
+                # records it, so that a later field unlike all of them is recognized
+                e["temperature_coeff_per_step"] = coords.tolist()
             get_logger(comm).info(f"  {name}: relative errors u {e['displacement']:.2e}, "
                                   f"p {e['plastic_strain']:.2e}, stress {e['stress']:.2e}")
             out.append(e)
@@ -635,7 +689,8 @@ def _run(case: Any, comm: Any, progress: bool, plots: bool, stages: Any, ignore:
         err_e = compare_runs(case, comm, on_e.runs, model, "test", context)
         for e, (name, _, res) in zip(err_e, on_e.runs):
             e.update(n_enrichments=res.n_enrichments, enrichment_seconds=res.enrichment_seconds,
-                     rom_seconds=res.seconds, events=res.enrichments, hf_seconds=hf_test_secs.get(name))
+                     rom_seconds=res.seconds, events=res.enrichments, hf_seconds=hf_test_secs.get(name),
+                     field_check=res.field_check)
             e["cost_ratio_to_hf"] = (res.seconds / hf_test_secs[name]) if hf_test_secs.get(name) else None
         enrichment = {
             "indicator_tolerance": on_e.enrichment.tolerance,
