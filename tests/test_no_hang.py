@@ -298,7 +298,7 @@ def stage_case(tmp_path_factory) -> Path:
 #: one (the job is aborted: no hang, but no collective error -- measured: exit 1, or 130 for an
 #: interrupt; the offline build and the online solver are not wrapped as a whole).
 STAGES = {
-    "mesh": ("hf", "ddrom.mesh.generators", "generate", "0", True),           # rank 0 builds the serial mesh
+    "mesh": ("hf", "ddrom.mesh.generators", "generate_slice", "0", True),     # each rank builds its slice
     "hf": ("hf", "ddrom.materials.elastic", "Elastic.update", "last", True),   # the constitutive update
     "offline": ("offline", "ddrom.rom.offline", "build_reduced_model", "last", False),
     "online": ("online", "ddrom.rom.online", "ReducedSolver.external_force", "last", False),
