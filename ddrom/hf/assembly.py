@@ -234,7 +234,6 @@ class Assembler:
         """
         from petsc4py import PETSc
 
-        k3 = 3 * self.k
         data = np.zeros((self.n_blocks, 9))
         kk = self.k * self.k
         for sl in self._chunks():
