@@ -271,3 +271,26 @@ def test_two_runs_in_one_process_are_bitwise_equal():
     j2 = {"law": "j2", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 2000.0}
     (u1, p1, s1, _), (u2, p2, s2, _) = thermal_j2_box(j2), thermal_j2_box(j2)
     assert np.array_equal(u1, u2) and np.array_equal(p1, p2) and np.array_equal(s1, s2)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("bbar", [False, True])
+def test_strains_and_forces_without_b_equal_the_b_matrix_formulas(bbar):
+    """Strains and internal forces are computed from dN/dx without forming B (several times
+    faster); they equal B u and sum_q w B^T sigma with the B (or B-bar) matrices that the
+    element stiffness uses, to round-off, for one field and for several at once."""
+    from ddrom.hf.assembly import Assembler
+
+    dm = distributed(lambda: distort(box(1.0, 0.6, 0.4, 6, 4, 3), 0.02), MPI.COMM_WORLD)
+    a = Assembler(dm, bbar=bbar, chunk=7)
+    rng = np.random.default_rng(11)
+    u = rng.standard_normal(a.n_local_dofs)
+    U = rng.standard_normal((a.n_local_dofs, 3))
+    B = np.concatenate([a.b_matrices(sl) for sl in a._chunks()])
+    for field, spec in ((u, "eqij,ej->eqi"), (U, "eqij,ejm->eqim")):
+        ref = np.einsum(spec, B, field[a.edofs])
+        assert np.abs(a.strains(field) - ref).max() <= 1e-13 * np.abs(ref).max()
+    sig = rng.standard_normal((dm.n_cells, dm.n_qp, 6))
+    fe = np.einsum("eqij,eqi,eq->ej", B, sig, a.wdet)
+    ref = np.bincount(a.edofs.ravel(), fe.ravel(), minlength=a.n_local_dofs)
+    assert np.abs(a.internal_force(sig) - ref).max() <= 1e-13 * np.abs(ref).max()
