@@ -1,6 +1,8 @@
 """Shared helpers for tests: identical data for every number of ranks."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from mpi4py import MPI
 
@@ -400,3 +402,66 @@ def thermal_j2_box(material, line_search: str = "fallback", comm=MPI.COMM_WORLD)
                        comm)
     sig = gather_natural(dm.natural_cells, st.stress.reshape(dm.n_cells, -1), comm)
     return u, p, sig, cutbacks
+
+
+# ----------------------------------------------------------- a bar under traction and heating
+#: A bar clamped at x = 0, pulled and bent by a traction A on x = 4 while heated along x; the
+#: material is one of :data:`ELASTIC_LAW`, :data:`PLASTIC_LAW` (test_rom, test_store_pipeline).
+BAR_CASE = """
+[case]
+name = "{name}"
+
+[mesh]
+generator = "box"
+args = {{ lx = 4.0, ly = 1.0, lz = 1.0, nx = 8, ny = 2, nz = 2 }}
+
+[material]
+{material}
+
+[parameters]
+A = {{ min = 0.5, max = 2.0, default = 1.0 }}
+
+[time]
+t_end = 2.0
+n_steps = 4
+
+[loads]
+dirichlet = [
+  {{ region = "xmin", components = ["x", "y", "z"] }},
+]
+traction = [
+  {{ region = "xmax", vector = ["{sx} * A * tri(t, 2)", 0.0, "-{sz} * A * ramp(t, 1)"] }},
+]
+
+[temperature]
+expression = "20 + 100 * x * ramp(t, 1)"
+
+[solver]
+newton_rtol = 1e-11
+petsc_options = {{ ksp_rtol = 1e-12 }}
+
+[rom]
+pod_tol = {pod_tol}
+ecm_tol = {ecm_tol}
+{extra_rom}
+
+[training]
+values = [{training}]
+{test}"""
+ELASTIC_LAW = 'law = "elastic"\nE = 200e3\nnu = 0.3\nalpha = 1.2e-5\nT_ref = 20.0'
+PLASTIC_LAW = ('law = "chaboche"\nE = 200e3\nnu = 0.3\nsigma_y = 120.0\nH = 2000.0\nC = 20e3\ngamma = 100.0\n'
+               'K = 80.0\nN = 5.0\nalpha = 1.2e-5\nT_ref = 20.0')
+
+
+def write_bar_case(tmp, comm, name: str, material: str, sx=40.0, sz=2.0, pod_tol=1e-10, ecm_tol=1e-10,
+                   training=(0.5, 2.0), test=(1.3,), extra_rom="") -> str:
+    """:data:`BAR_CASE` written as ``tmp/<name>.toml`` on rank 0; no ``[test]`` section when
+    ``test`` is empty."""
+    path = Path(tmp) / f"{name}.toml"
+    if comm.rank == 0:
+        tr = ", ".join(f"{{ A = {a} }}" for a in training)
+        te = ("\n[test]\nvalues = [" + ", ".join(f"{{ A = {a} }}" for a in test) + "]\n") if test else ""
+        path.write_text(BAR_CASE.format(name=name, material=material, sx=sx, sz=sz, pod_tol=pod_tol,
+                                        ecm_tol=ecm_tol, training=tr, test=te, extra_rom=extra_rom))
+    comm.Barrier()
+    return str(path)

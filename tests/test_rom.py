@@ -10,69 +10,9 @@ from mpi4py import MPI
 
 import ddrom  # noqa: F401
 from ddrom.parallel import DdromError
+from helpers import ELASTIC_LAW, PLASTIC_LAW, write_bar_case
 
 pytestmark = pytest.mark.slow
-
-CASE = """
-[case]
-name = "{name}"
-
-[mesh]
-generator = "box"
-args = {{ lx = 4.0, ly = 1.0, lz = 1.0, nx = 8, ny = 2, nz = 2 }}
-
-[material]
-{material}
-
-[parameters]
-A = {{ min = 0.5, max = 2.0, default = 1.0 }}
-
-[time]
-t_end = 2.0
-n_steps = 4
-
-[loads]
-dirichlet = [
-  {{ region = "xmin", components = ["x", "y", "z"] }},
-]
-traction = [
-  {{ region = "xmax", vector = ["{sx} * A * tri(t, 2)", 0.0, "-{sz} * A * ramp(t, 1)"] }},
-]
-
-[temperature]
-expression = "20 + 100 * x * ramp(t, 1)"
-
-[solver]
-newton_rtol = 1e-11
-petsc_options = {{ ksp_rtol = 1e-12 }}
-
-[rom]
-pod_tol = {pod_tol}
-ecm_tol = {ecm_tol}
-{extra_rom}
-
-[training]
-values = [{training}]
-
-[test]
-values = [{test}]
-"""
-ELASTIC = 'law = "elastic"\nE = 200e3\nnu = 0.3\nalpha = 1.2e-5\nT_ref = 20.0'
-PLASTIC = ('law = "chaboche"\nE = 200e3\nnu = 0.3\nsigma_y = 120.0\nH = 2000.0\nC = 20e3\ngamma = 100.0\n'
-           'K = 80.0\nN = 5.0\nalpha = 1.2e-5\nT_ref = 20.0')
-
-
-def _case(tmp: Path, comm, name: str, material: str, sx=40.0, sz=2.0, pod_tol=1e-10, ecm_tol=1e-10,
-          training=(0.5, 2.0), test=(1.3,), extra_rom="") -> str:
-    path = tmp / f"{name}.toml"
-    if comm.rank == 0:
-        tr = ", ".join(f"{{ A = {a} }}" for a in training)
-        te = ", ".join(f"{{ A = {a} }}" for a in test)
-        path.write_text(CASE.format(name=name, material=material, sx=sx, sz=sz, pod_tol=pod_tol, ecm_tol=ecm_tol,
-                                    training=tr, test=te, extra_rom=extra_rom))
-    comm.Barrier()
-    return str(path)
-
 
 @pytest.mark.mpi
 def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
@@ -81,7 +21,7 @@ def test_linear_elastic_rom_is_exact_in_the_span(shared_tmp):
     from ddrom.workflow.rom import run
 
     comm = MPI.COMM_WORLD
-    s = run(_case(shared_tmp, comm, "elastic", ELASTIC), comm)
+    s = run(write_bar_case(shared_tmp, comm, "elastic", ELASTIC_LAW), comm)
     assert s["n_modes"] <= 3                      # traction x, traction z, thermal: 3 patterns
     assert s["rel_error_displacement"] < 1e-8
     assert s["rel_error_stress"] < 1e-7
@@ -94,8 +34,8 @@ def test_plastic_rom_training_and_test_parameters(shared_tmp):
     from ddrom.rom.model import load_model
 
     comm = MPI.COMM_WORLD
-    path = _case(shared_tmp, comm, "plastic", PLASTIC, sx=90.0, sz=3.0, pod_tol=1e-7, ecm_tol=1e-8,
-                 training=(0.5, 1.0, 1.5, 2.0), test=(2.0, 1.3))
+    path = write_bar_case(shared_tmp, comm, "plastic", PLASTIC_LAW, sx=90.0, sz=3.0, pod_tol=1e-7, ecm_tol=1e-8,
+                          training=(0.5, 1.0, 1.5, 2.0), test=(2.0, 1.3))
     s = run(path, comm)
     on_training, off_training = s["per_test_parameter"]
     # A training parameter: errors at the level of the POD/ECM tolerances
@@ -163,8 +103,8 @@ def test_rom_file_and_online_results_partition_invariant(shared_tmp):
     from ddrom.workflow.rom import build_rom, run_rom
 
     world = MPI.COMM_WORLD
-    par = _case(shared_tmp, world, "par", PLASTIC, pod_tol=1e-6, ecm_tol=1e-8)
-    ser = _case(shared_tmp, world, "ser", PLASTIC, pod_tol=1e-6, ecm_tol=1e-8)
+    par = write_bar_case(shared_tmp, world, "par", PLASTIC_LAW, pod_tol=1e-6, ecm_tol=1e-8)
+    ser = write_bar_case(shared_tmp, world, "ser", PLASTIC_LAW, pod_tol=1e-6, ecm_tol=1e-8)
     hf_sweep(par, world)
     build_rom(par, world)
     res_par = run_rom(par, world).runs[0].result
@@ -214,7 +154,7 @@ def test_rom_bases_of_another_mesh_are_refused(shared_tmp):
     from helpers import distributed
 
     comm = MPI.COMM_WORLD
-    path = _case(shared_tmp, comm, "basesmesh", ELASTIC)
+    path = write_bar_case(shared_tmp, comm, "basesmesh", ELASTIC_LAW)
     hf_sweep(path, comm)
     build_rom(path, comm)
     other = distributed(lambda: box(4.0, 1.0, 1.0, 9, 2, 2))
@@ -230,8 +170,8 @@ def test_local_bases_picked_by_the_classifier(shared_tmp):
     from ddrom.rom.model import load_classifier
 
     comm = MPI.COMM_WORLD
-    path = _case(shared_tmp, comm, "local", ELASTIC, pod_tol=1e-10, ecm_tol=1e-10,
-                 training=(0.5, 0.6, 1.9, 2.0), test=(0.55, 2.0), extra_rom="n_clusters = 2")
+    path = write_bar_case(shared_tmp, comm, "local", ELASTIC_LAW, pod_tol=1e-10, ecm_tol=1e-10,
+                          training=(0.5, 0.6, 1.9, 2.0), test=(0.55, 2.0), extra_rom="n_clusters = 2")
     s = run(path, comm)
     clf = load_classifier(Path(path).parent / "out" / "local" / "rom.h5", comm)
     assert clf is not None and len(set(clf["labels"])) == 2
@@ -256,8 +196,9 @@ def test_streaming_pod_offline_matches_batch(shared_tmp):
     comm = MPI.COMM_WORLD
     errs = {}
     for method in ("tsqr", "streaming"):
-        path = _case(shared_tmp, comm, f"pod_{method}", PLASTIC, sx=90.0, sz=3.0, pod_tol=1e-7, ecm_tol=1e-8,
-                     training=(0.5, 1.0, 1.5, 2.0), test=(2.0,), extra_rom=f'pod_method = "{method}"')
+        path = write_bar_case(shared_tmp, comm, f"pod_{method}", PLASTIC_LAW, sx=90.0, sz=3.0, pod_tol=1e-7,
+                              ecm_tol=1e-8, training=(0.5, 1.0, 1.5, 2.0), test=(2.0,),
+                              extra_rom=f'pod_method = "{method}"')
         s = run(path, comm)
         errs[method] = (s["n_modes"], s["rel_error_displacement"])
     assert abs(errs["streaming"][0] - errs["tsqr"][0]) <= 1

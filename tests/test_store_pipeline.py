@@ -15,69 +15,16 @@ from mpi4py import MPI
 
 import ddrom  # noqa: F401  (environment before h5py)
 from ddrom.parallel import DdromError
+from helpers import PLASTIC_LAW, write_bar_case
 
 COMM = MPI.COMM_WORLD
 
-CASE = """
-[case]
-name = "{name}"
-
-[mesh]
-generator = "box"
-args = {{ lx = 4.0, ly = 1.0, lz = 1.0, nx = 8, ny = 2, nz = 2 }}
-
-[material]
-law = "chaboche"
-E = 200e3
-nu = 0.3
-sigma_y = 120.0
-H = 2000.0
-C = 20e3
-gamma = 100.0
-K = 80.0
-N = 5.0
-alpha = 1.2e-5
-T_ref = 20.0
-
-[parameters]
-A = {{ min = 0.5, max = 2.0, default = 1.0 }}
-
-[time]
-t_end = 2.0
-n_steps = 4
-
-[loads]
-dirichlet = [
-  {{ region = "xmin", components = ["x", "y", "z"] }},
-]
-traction = [
-  {{ region = "xmax", vector = ["40.0 * A * tri(t, 2)", 0.0, "-2.0 * A * ramp(t, 1)"] }},
-]
-
-[temperature]
-expression = "20 + 100 * x * ramp(t, 1)"
-
-[solver]
-newton_rtol = 1e-11
-petsc_options = {{ ksp_rtol = 1e-12 }}
-
-[rom]
-pod_tol = 1e-6
-ecm_tol = 1e-8
-
-{output}
-
-[training]
-values = [{{ A = 0.5 }}, {{ A = 2.0 }}]
-"""
-
 
 def _case(folder, name: str, output: str) -> str:
-    path = folder / f"{name}.toml"
-    if COMM.rank == 0:
-        path.write_text(CASE.format(name=name, output=output))
-    COMM.Barrier()
-    return str(path)
+    """The plastic bar of test_rom, trained at A = 0.5 and 2, no test points, with ``output``
+    (an ``[output]`` table) after its ``[rom]`` keys."""
+    return write_bar_case(folder, COMM, name, PLASTIC_LAW, pod_tol=1e-6, ecm_tol=1e-8, test=(),
+                          extra_rom="\n" + output)
 
 
 def _datasets(f: h5py.File) -> list[str]:
