@@ -457,35 +457,9 @@ SLICE_GENERATORS: dict[str, Callable[..., Any]] = {
 }
 
 
-def generate(name: str, **kwargs: Any) -> Mesh:
-    """Build the mesh of generator ``name`` with case-file keyword arguments.
-
-    Raises
-    ------
-    DdromError
-        Unknown generator, unknown or missing argument, invalid value.
-    """
+def _check_arguments(name: str, kwargs: dict[str, Any]) -> None:
+    """The errors of :func:`generate` and :func:`generate_slice` for a name or arguments."""
     if name not in GENERATORS:
-        raise DdromError(f"unknown mesh generator {name!r} (available: {', '.join(sorted(GENERATORS))})")
-    fn = GENERATORS[name]
-    sig = inspect.signature(fn)
-    unknown = sorted(set(kwargs) - set(sig.parameters))
-    if unknown:
-        raise DdromError(f"mesh generator {name!r}: unknown argument(s) {unknown} "
-                         f"(arguments: {', '.join(sig.parameters)})")
-    try:
-        sig.bind(**kwargs)
-    except TypeError as exc:
-        raise DdromError(f"mesh generator {name!r}: {exc}") from None
-    return fn(**kwargs)
-
-
-def generate_slice(name: str, rank: int, size: int, **kwargs: Any) -> "MeshSlice":
-    """This rank's :class:`~ddrom.mesh.slices.MeshSlice` of generator ``name`` (no communication).
-
-    The arguments are checked as by :func:`generate` (the same errors on every rank).
-    """
-    if name not in SLICE_GENERATORS:
         raise DdromError(f"unknown mesh generator {name!r} (available: {', '.join(sorted(GENERATORS))})")
     sig = inspect.signature(GENERATORS[name])
     unknown = sorted(set(kwargs) - set(sig.parameters))
@@ -496,4 +470,24 @@ def generate_slice(name: str, rank: int, size: int, **kwargs: Any) -> "MeshSlice
         sig.bind(**kwargs)
     except TypeError as exc:
         raise DdromError(f"mesh generator {name!r}: {exc}") from None
+
+
+def generate(name: str, **kwargs: Any) -> Mesh:
+    """Build the mesh of generator ``name`` with case-file keyword arguments.
+
+    Raises
+    ------
+    DdromError
+        Unknown generator, unknown or missing argument, invalid value.
+    """
+    _check_arguments(name, kwargs)
+    return GENERATORS[name](**kwargs)
+
+
+def generate_slice(name: str, rank: int, size: int, **kwargs: Any) -> "MeshSlice":
+    """This rank's :class:`~ddrom.mesh.slices.MeshSlice` of generator ``name`` (no communication).
+
+    The arguments are checked as by :func:`generate` (the same errors on every rank).
+    """
+    _check_arguments(name, kwargs)
     return SLICE_GENERATORS[name](rank, size, **kwargs)
