@@ -247,8 +247,12 @@ class ReducedSolver:
         ED = np.matmul(self.Ew, D)                                           # (K, N, 6)
         return ED.transpose(1, 0, 2).reshape(ED.shape[1], -1) @ self._E_flat
 
-    def _strains(self, q: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.einsum("gkc,k->gc", self.E, q) + np.einsum("gdc,d->gc", self.m.E_lift, v)
+    def _strains(self, q: np.ndarray, v: np.ndarray, E: np.ndarray | None = None,
+                 E_lift: np.ndarray | None = None) -> np.ndarray:
+        """``E q + E_lift v`` at the ROM's points (or at the points of the given operators)."""
+        E = self.E if E is None else E
+        E_lift = self.m.E_lift if E_lift is None else E_lift
+        return np.einsum("gkc,k->gc", E, q) + np.einsum("gdc,d->gc", E_lift, v)
 
     def _context(self, t_old: float, increment: int, monitor: bool = False) -> MaterialContext:
         """Where the update happens (a UMAT gets the points' cells and numbers, as in the HF)."""
@@ -274,7 +278,7 @@ class ReducedSolver:
             return None
         M = self._mon
         T = self.inputs.temperature.at_monitors(t)
-        eps = np.einsum("gkc,k->gc", M.E, q) + np.einsum("gdc,d->gc", M.E_lift, v)
+        eps = self._strains(q, v, M.E, M.E_lift)
         try:
             resp = self._update(eps, mon_old[0], mon_old[1], T, t - t_old, False, t_old, increment, monitor=True)
         except ReturnMappingError as exc:
