@@ -23,6 +23,7 @@ from ddrom.materials import Material, ReturnMappingError, update_in_chunks
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
                             raise_collective)
+from ddrom.parallel.memory import release_free_heap
 
 
 @dataclass
@@ -317,6 +318,7 @@ class HFSolver:
             # state and tangent (~1.1 KB per DOF for Chaboche) would otherwise stay alive
             # next to the trial's while the line search evaluates it.
             resp = None
+            release_free_heap()     # the assembly's and the dropped iterate's blocks
             self.b.array[:] = -r
             with self.timers("linear_solve"):
                 self.ksp.setOperators(self.A)
@@ -336,6 +338,7 @@ class HFSolver:
             if reason < 0:
                 raise NotConverged(f"linear solver failed ({_ksp_reason(reason)}) at iteration {it}")
             du = self.owned_to_local(self.x.array)
+            release_free_heap()     # the multigrid set-up's temporaries, before the trial's state
             alpha = 1.0
             while True:
                 u_try = u + alpha * du
