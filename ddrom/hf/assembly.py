@@ -275,66 +275,36 @@ class Assembler:
 
     # ----------------------------------------------------------------- stiffness
     def element_matrices(self, tangent: np.ndarray, sl: slice) -> np.ndarray:
-        """K_e = sum_q w B^T D B for the cells in ``sl``: (nc, 3k, 3k)."""
+        """K_e = sum_q w B^T D B for the cells in ``sl`` (``tangent``: their (nc, nq, 6, 6)
+        tangents): (nc, 3k, 3k)."""
         B = self.b_matrices(sl)
         nc, nq = B.shape[:2]
-        wDB = np.matmul(tangent[sl], B)                                  # (nc,nq,6,3k)
+        wDB = np.matmul(tangent, B)                                      # (nc,nq,6,3k)
         wDB *= self.wdet[sl][:, :, None, None]
         # One (3k x 6nq) @ (6nq x 3k) product per cell: matmul calls BLAS per cell and is
         # ~5x faster than the equivalent three-operand einsum (no batched BLAS path).
         Bt = np.ascontiguousarray(B.reshape(nc, nq * 6, -1).transpose(0, 2, 1))
         return np.matmul(Bt, wDB.reshape(nc, nq * 6, -1))
 
+    def matrix_assembly(self, A, fixed_local: np.ndarray | None = None) -> "MatrixAssembly":
+        """Start an assembly of ``A`` (zeroed now) fed chunk by chunk: the caller passes
+        each chunk's tangent as soon as it is computed (the HF solver does it inside the
+        material update, so the tangent of the whole subdomain never exists), then calls
+        :meth:`MatrixAssembly.finish` on every rank."""
+        return MatrixAssembly(self, A, fixed_local)
+
     def assemble_matrix(self, A, tangent: np.ndarray, fixed_local: np.ndarray | None = None) -> None:
-        """Assemble the tangent stiffness into ``A`` (zeroed first).
+        """Assemble the tangent stiffness (``tangent``: (ne, nq, 6, 6)) into ``A`` (zeroed first).
 
         ``fixed_local``: boolean mask (n_local_dofs,) of Dirichlet DOFs. Their rows and
         columns are removed from the element matrices and a 1 is put on the diagonal of
         the owned ones: the solve then returns exactly 0 there and keeps the matrix
         symmetric when the tangent is.
-
-        Each chunk's blocks of owned rows are added into ``A`` as they are formed; the
-        blocks of rows owned elsewhere are summed into a buffer of the subdomain interface's
-        size, sent by one ``Alltoallv`` and added by their owner in rank order. Every
-        matrix entry is therefore summed in the same order whatever the timing of the
-        messages (``0 + chunk 1 + chunk 2 + ... + sender 0 + sender 1 + ...``).
         """
-        from mpi4py import MPI
-        from petsc4py import PETSc
-
-        ADD = PETSc.InsertMode.ADD_VALUES
-        A.zeroEntries()
-        send = np.zeros((self.n_send_blocks, 9))
-        kk = self.k * self.k
-        for sl, (order, starts, sel_own, csr, sel_send, send_pos) in zip(self._chunks(), self._scatter):
-            Ke = self.element_matrices(tangent, sl)
-            if fixed_local is not None:
-                free = ~fixed_local[self.edofs[sl]]
-                Ke *= free[:, :, None] & free[:, None, :]
-            nc = Ke.shape[0]
-            # (nc, a, i, b, j) -> blocks (nc, a, b) stored column-major: [j, i]
-            blocks = Ke.reshape(nc, self.k, 3, self.k, 3).transpose(0, 1, 3, 4, 2).reshape(nc * kk, 9)
-            del Ke
-            summed = np.add.reduceat(blocks[order], starts, axis=0)
-            del blocks
-            if len(sel_send):
-                send[send_pos] += summed[sel_send]
-            if len(sel_own):
-                indptr, indices, rowmap = csr
-                A.setValuesBlockedIJV(indptr, indices, summed[sel_own].ravel(), addv=ADD, rowmap=rowmap)
-        c = as_mpi(self.comm)
-        recv = np.empty((int(self._recv_counts.sum()), 9))
-        c.Alltoallv([send, 9 * self._send_counts, MPI.DOUBLE], [recv, 9 * self._recv_counts, MPI.DOUBLE])
-        del send
-        for start, stop, (indptr, indices, rowmap) in self._recv_csr:      # senders in rank order
-            A.setValuesBlockedIJV(indptr, indices, recv[start:stop].ravel(), addv=ADD, rowmap=rowmap)
-        if fixed_local is not None:
-            # the diagonal entries of Dirichlet rows are exactly 0 here (masked above)
-            lo = 3 * self.dm.node_range[0]
-            rows = (lo + np.flatnonzero(fixed_local[: self.n_owned_dofs])).astype(PETSc.IntType)
-            A.setValuesIJV(np.arange(len(rows) + 1, dtype=PETSc.IntType), rows, np.ones(len(rows)),
-                           addv=ADD, rowmap=rows)
-        A.assemble()
+        acc = self.matrix_assembly(A, fixed_local)
+        for sl in self._chunks():
+            acc.add(sl, tangent[sl])
+        acc.finish()
 
     # ---------------------------------------------------------------- loads
     def volume_load(self, density_force: np.ndarray) -> np.ndarray:
@@ -348,3 +318,79 @@ class Assembler:
         fe = np.einsum("qa,fqi->fai", N, traction)
         dofs = (3 * nodes[:, :, None] + np.arange(3)).ravel()
         return np.bincount(dofs, fe.ravel(), minlength=self.n_local_dofs)
+
+
+class MatrixAssembly:
+    """One assembly of the tangent stiffness, fed chunk by chunk (:meth:`Assembler.matrix_assembly`).
+
+    Each chunk's blocks of owned rows are added into the matrix as they are formed; the
+    blocks of rows owned elsewhere are summed into a buffer of the subdomain interface's
+    size, sent by one ``Alltoallv`` in :meth:`finish` and added by their owner in rank
+    order. Every matrix entry is therefore summed in the same order whatever the timing
+    of the messages (``0 + chunk 1 + chunk 2 + ... + sender 0 + sender 1 + ...``).
+    """
+
+    def __init__(self, asm: Assembler, A, fixed_local: np.ndarray | None):
+        self.asm, self.A, self.fixed = asm, A, fixed_local
+        A.zeroEntries()
+        self.send = np.zeros((asm.n_send_blocks, 9))
+        self.added = np.zeros(len(asm._scatter), dtype=bool)
+
+    def add(self, sl: slice, tangent: np.ndarray) -> None:
+        """Add the cells of chunk ``sl`` (one of the assembler's chunks, any order) with
+        their tangents (nc, nq, 6, 6)."""
+        from petsc4py import PETSc
+
+        asm = self.asm
+        i, rem = divmod(sl.start, asm.chunk)
+        if rem or sl.stop != min(sl.start + asm.chunk, asm.dm.n_cells) or self.added[i]:
+            raise ValueError(f"cells {sl.start}:{sl.stop} are not a chunk of {asm.chunk} cells "
+                             "still to be added")
+        order, starts, sel_own, csr, sel_send, send_pos = asm._scatter[i]
+        Ke = asm.element_matrices(tangent, sl)
+        if self.fixed is not None:
+            free = ~self.fixed[asm.edofs[sl]]
+            Ke *= free[:, :, None] & free[:, None, :]
+        nc, k = Ke.shape[0], asm.k
+        # (nc, a, i, b, j) -> blocks (nc, a, b) stored column-major: [j, i]
+        blocks = Ke.reshape(nc, k, 3, k, 3).transpose(0, 1, 3, 4, 2).reshape(nc * k * k, 9)
+        del Ke
+        summed = np.add.reduceat(blocks[order], starts, axis=0)
+        del blocks
+        if len(sel_send):
+            self.send[send_pos] += summed[sel_send]
+        if len(sel_own):
+            indptr, indices, rowmap = csr
+            self.A.setValuesBlockedIJV(indptr, indices, summed[sel_own].ravel(),
+                                       addv=PETSc.InsertMode.ADD_VALUES, rowmap=rowmap)
+        self.added[i] = True
+
+    def finish(self) -> None:
+        """Sum the interface blocks on their owners, put the Dirichlet diagonal, assemble
+        (collective)."""
+        from mpi4py import MPI
+        from petsc4py import PETSc
+
+        asm, A = self.asm, self.A
+        if not self.added.all():
+            raise ValueError(f"matrix assembly finished with {int((~self.added).sum())} chunk(s) of cells missing")
+        ADD = PETSc.InsertMode.ADD_VALUES
+        recv = np.empty((int(asm._recv_counts.sum()), 9))
+        as_mpi(asm.comm).Alltoallv([self.send, 9 * asm._send_counts, MPI.DOUBLE],
+                                   [recv, 9 * asm._recv_counts, MPI.DOUBLE])
+        self.send = None
+        for start, stop, (indptr, indices, rowmap) in asm._recv_csr:       # senders in rank order
+            A.setValuesBlockedIJV(indptr, indices, recv[start:stop].ravel(), addv=ADD, rowmap=rowmap)
+        if self.fixed is not None:
+            # the diagonal entries of Dirichlet rows are exactly 0 here (masked in add)
+            lo = 3 * asm.dm.node_range[0]
+            rows = (lo + np.flatnonzero(self.fixed[: asm.n_owned_dofs])).astype(PETSc.IntType)
+            A.setValuesIJV(np.arange(len(rows) + 1, dtype=PETSc.IntType), rows, np.ones(len(rows)),
+                           addv=ADD, rowmap=rows)
+        A.assemble()
+
+    def abandon(self) -> None:
+        """Leave ``A`` assembled (its values meaningless) after a failed update: the next
+        assembly can zero it (collective)."""
+        self.send = None
+        self.A.assemble()

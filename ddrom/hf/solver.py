@@ -11,8 +11,9 @@ gives up with a message naming the step, the iteration and the residual.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -229,6 +230,11 @@ class HFSolver:
     def _evaluate(self, u: np.ndarray, old: State, T: np.ndarray, dt: float, tangent: bool):
         """Material update at all points; collective verdict so all ranks agree.
 
+        With ``tangent``, each block of points' tangent is assembled into ``self.A`` as soon
+        as the material returns it, and the response carries no tangent: the tangent of a
+        whole subdomain (~770 B per DOF on hexahedra) never exists. ``self.A`` is then the
+        matrix of ``u`` (the last state evaluated with a tangent).
+
         A :class:`ReturnMappingError` (or a non-finite stress) on any rank is a
         :class:`NotConverged` on every rank (the step is cut); any other material error
         (a UMAT's XIT, ...) is a :class:`CollectiveError` with that rank's message on every
@@ -238,10 +244,19 @@ class HFSolver:
         eps = self.asm.strains(u).reshape(ne * nq, 6)
         resp, msg, fatal = None, None, None
         ctx = self.asm.material_context(old.t, old.increment + 1)
+        acc = self.asm.matrix_assembly(self.A, self.fixed) if tangent else None
+        matrix_seconds = 0.0
+
+        def assemble(points: slice, tan: np.ndarray) -> None:
+            nonlocal matrix_seconds
+            t0 = time.perf_counter()
+            acc.add(slice(points.start // nq, points.stop // nq), tan.reshape(-1, nq, 6, 6))
+            matrix_seconds += time.perf_counter() - t0
         try:
             with self.timers("constitutive"):
                 resp = update_in_chunks(self.material, eps, old.internal, old.T.ravel(), T.ravel(), dt,
-                                        tangent=tangent, context=ctx)
+                                        tangent=tangent, context=ctx, chunk=self.asm.chunk * nq,
+                                        on_tangent=assemble if tangent else None)
             if not np.all(np.isfinite(resp.stress)):
                 msg = "non-finite stress"
         except ReturnMappingError as exc:
@@ -250,13 +265,21 @@ class HFSolver:
             fatal = str(exc)
         except BaseException as exc:  # noqa: BLE001 - a plugin, numpy, an interrupt on this rank only
             fatal = describe_exception(exc, "constitutive update")
+        # the matrix blocks were formed inside the material update's timer: count them apart
+        self.timers.seconds["constitutive"] -= matrix_seconds
+        self.timers.add("matrix", matrix_seconds, calls=0)
         # one reduction decides for every rank: 1 = cut the step back, 2 = stop everywhere
         c = as_mpi(self.comm)
         bad = c.allreduce(2 if fatal else (1 if msg else 0), op=_max_op())
+        if bad and acc is not None:
+            acc.abandon()
         if bad == 2:
             raise_collective(c, fatal)
         if bad:
             raise NotConverged(msg or "constitutive update failed on another rank")
+        if acc is not None:
+            with self.timers("matrix"):
+                acc.finish()
         return resp
 
     def force_residual(self, stress: np.ndarray, fext_owned: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -291,8 +314,6 @@ class HFSolver:
 
     # ------------------------------------------------------------------ Newton
     def _newton(self, old: State, t: float, info: StepInfo, guess: np.ndarray | None = None) -> State:
-        from petsc4py import PETSc
-
         opt = self.options
         dt = t - old.t
         ne, nq = self.dm.n_cells, self.dm.n_qp
@@ -312,11 +333,10 @@ class HFSolver:
                 return State(t, u, resp.stress.reshape(ne, nq, 6), resp.state, T, old.increment + 1)
             if it == opt.max_iterations:
                 break
-            with self.timers("assembly"):
-                self.asm.assemble_matrix(self.A, resp.tangent.reshape(ne, nq, 6, 6), self.fixed)
-            # From here on only u, r and the norms of this iterate are used: its stresses,
-            # state and tangent (~1.1 KB per DOF for Chaboche) would otherwise stay alive
-            # next to the trial's while the line search evaluates it.
+            # self.A is this iterate's matrix (assembled by its material update). From here
+            # on only u, r and the norms of this iterate are used: its stresses and state
+            # (~0.5 KB per DOF for Chaboche) would otherwise stay alive next to the trial's
+            # while the line search evaluates it.
             resp = None
             release_free_heap()     # the assembly's and the dropped iterate's blocks
             self.b.array[:] = -r

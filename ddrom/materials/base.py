@@ -191,16 +191,26 @@ def _rows(a: Any, sl: slice) -> Any:
 
 def update_in_chunks(material: "Material", eps: np.ndarray, state_old: np.ndarray, T_old: Any, T_new: Any,
                      dt: float, tangent: bool = True, context: MaterialContext | None = None,
-                     chunk: int = UPDATE_CHUNK) -> Response:
+                     chunk: int = UPDATE_CHUNK,
+                     on_tangent: Callable[[slice, np.ndarray], None] | None = None) -> Response:
     """:meth:`Material.update` over consecutive blocks of ``chunk`` points.
 
     Same result as one call (the laws are pointwise), into arrays allocated once: the
     peak memory of the update is its output plus one chunk's temporaries. The context's
     per-point arrays are sliced with the points. An error of any chunk propagates.
+
+    ``on_tangent(points, tangent)``: when given (with ``tangent=True``), each block's
+    tangent (m, 6, 6) is handed to it with its slice of points instead of being stored
+    (the HF solver assembles it at once); the returned ``tangent`` is then None.
     """
     n = eps.shape[0]
+    feed = tangent and on_tangent is not None
     if n <= chunk:
-        return material.update(eps, state_old, T_old, T_new, dt, tangent=tangent, context=context)
+        r = material.update(eps, state_old, T_old, T_new, dt, tangent=tangent, context=context)
+        if feed:
+            on_tangent(slice(0, n), r.tangent)
+            return Response(r.stress, r.state, None)
+        return r
     stress = state = tan = None
     for s in range(0, n, chunk):
         sl = slice(s, min(s + chunk, n))
@@ -210,10 +220,12 @@ def update_in_chunks(material: "Material", eps: np.ndarray, state_old: np.ndarra
                                       for f in ("coords", "element", "point", "length", "predef", "dpred")})
         r = material.update(eps[sl], state_old[sl], _rows(T_old, sl), _rows(T_new, sl), dt, tangent=tangent,
                             context=ctx)
+        if feed:
+            on_tangent(sl, r.tangent)
         if stress is None:
             stress = np.empty((n,) + r.stress.shape[1:])
             state = np.empty((n,) + r.state.shape[1:])
-            tan = np.empty((n,) + r.tangent.shape[1:]) if r.tangent is not None else None
+            tan = np.empty((n,) + r.tangent.shape[1:]) if r.tangent is not None and not feed else None
         stress[sl], state[sl] = r.stress, r.state
         if tan is not None:
             tan[sl] = r.tangent
