@@ -324,3 +324,44 @@ def test_matrix_times_u_is_the_internal_force_of_the_linearized_stress(bbar):
     err = MPI.COMM_WORLD.allreduce(float(np.abs(y.array - expected).max()), op=MPI.MAX)
     assert MPI.COMM_WORLD.allreduce(int(fixed_owned.sum())) > 0
     assert err <= 1e-12 * scale
+
+
+@pytest.mark.mpi
+def test_a_material_failure_in_the_middle_of_a_matrix_assembly_cuts_the_step_back():
+    """The matrix is assembled chunk by chunk inside the material update: a return-mapping
+    failure on one rank after some chunks were added leaves the matrix reusable (the step
+    is cut back on every rank and ends at the answer of an undisturbed run)."""
+    from ddrom.hf.assembly import Assembler
+    from ddrom.materials import ReturnMappingError
+
+    comm = MPI.COMM_WORLD
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0, 1, 2)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 1e-3 * t * (1 + y))])
+
+    class Flaky:
+        def __init__(self, law):
+            self.law, self.calls = law, 0
+
+        def __getattr__(self, name):
+            return getattr(self.law, name)
+
+        def update(self, eps, *args, tangent=True, **kw):
+            self.calls += tangent
+            if tangent and self.calls == 3 and comm.rank == 0:     # mid-way through the first
+                raise ReturnMappingError("test: no return mapping here")
+            return self.law.update(eps, *args, tangent=tangent, **kw)
+
+    def run(material):
+        dm = distributed(lambda: box(1.0, 0.6, 0.4, 6, 4, 3), comm)
+        s = HFSolver(dm, material, loads, TIGHT)
+        s.asm = Assembler(dm, bbar=True, chunk=7)       # several chunks per update
+        s.A = s.asm.create_matrix()
+        s.A.setNearNullSpace(s.nullspace)
+        st, info = s.step(s.initial_state(), 1.0, 1)
+        return gather_natural(dm.natural_nodes, st.owned_displacement(dm.n_owned), comm), info
+
+    flaky = Flaky(from_config(ELASTIC))
+    u_ref, info_ref = run(from_config(ELASTIC))
+    u, info = run(flaky)
+    assert flaky.calls > 3 and info_ref.cutbacks == 0 and info.cutbacks >= 1
+    assert np.allclose(u, u_ref, rtol=0, atol=1e-9 * np.abs(u_ref).max())

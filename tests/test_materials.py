@@ -494,3 +494,12 @@ def test_update_in_chunks_equals_one_call():
         for a in ("stress", "state", "tangent"):
             assert np.array_equal(getattr(got, a), getattr(ref, a)), a
     assert update_in_chunks(law, eps, state, T_old, T_new, 1.0, tangent=False, chunk=10).tangent is None
+    # on_tangent: each block's tangent handed over with its points instead of stored
+    ref = law.update(eps, state, T_old, T_new, 1.0, tangent=True)
+    for chunk in (10, n):
+        fed = []
+        got = update_in_chunks(law, eps, state, T_old, T_new, 1.0, tangent=True, chunk=chunk,
+                               on_tangent=lambda sl, tan: fed.append((sl, tan.copy())))
+        assert got.tangent is None and np.array_equal(got.stress, ref.stress)
+        assert [(sl.start, sl.stop) for sl, _ in fed] == [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+        assert np.array_equal(np.concatenate([t for _, t in fed]), ref.tangent)

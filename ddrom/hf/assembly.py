@@ -271,6 +271,16 @@ class Assembler:
         A.setOption(PETSc.Mat.Option.ROW_ORIENTED, False)
         A.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
         A.setOption(PETSc.Mat.Option.NO_OFF_PROC_ENTRIES, True)    # summed by _pattern's exchange
+        # Every block of the pattern set once (to 0) and assembled: PETSc's first final
+        # assembly squeezes out the preallocated entries nobody set, so an assembly that a
+        # failed material update leaves half done (MatrixAssembly.abandon) would otherwise
+        # shrink the pattern for good.
+        zeros = PETSc.InsertMode.INSERT_VALUES
+        for _, _, sel_own, (indptr, indices, rowmap), _, _ in self._scatter:
+            A.setValuesBlockedIJV(indptr, indices, np.zeros(9 * len(sel_own)), addv=zeros, rowmap=rowmap)
+        for start, stop, (indptr, indices, rowmap) in self._recv_csr:
+            A.setValuesBlockedIJV(indptr, indices, np.zeros(9 * (stop - start)), addv=zeros, rowmap=rowmap)
+        A.assemble()
         return A
 
     # ----------------------------------------------------------------- stiffness
