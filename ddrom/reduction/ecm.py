@@ -61,7 +61,9 @@ Distribution and determinism
   reproducible summation (:func:`reproducible_colsum`: integer accumulation of
   fixed-point digits, one int64 allreduce), so they are bitwise identical for any
   number of ranks and any partition (a plain allreduce is not, and the test with a
-  symmetric Gauss rule then picks mirror-image points at 3 ranks: measured).
+  symmetric Gauss rule then picks mirror-image points at 3 ranks: measured). A caller
+  that passes ``integrals`` (kept from earlier, smaller column sets) must give them with
+  the same property; :mod:`ddrom.rom.integrand` sums its new columns the same way.
 * Scores ``<A_g, r>/||A_g||`` are computed row by row by numpy's ``einsum`` loop,
   whose result depends only on the row's values, not on its position in the local
   array (a BLAS ``gemv`` rounds a row differently depending on where it falls in its
@@ -271,7 +273,7 @@ def _as_gid_list(x, what: str) -> np.ndarray:
 
 # ============================================================================ validation
 def _validate(A_loc, w_loc, gid_loc, comm, tol, max_points, max_iterations, nnls,
-              initial_points, zero_weight_points):
+              initial_points, zero_weight_points, integrals=None):
     with collective(comm, "ecm"):
         A = np.asarray(A_loc)
         if A.ndim != 2:
@@ -306,16 +308,22 @@ def _validate(A_loc, w_loc, gid_loc, comm, tol, max_points, max_iterations, nnls
             raise DdromError(f"ecm: unknown nnls method {nnls!r}; choose from {NNLS_METHODS}")
         init = _as_gid_list(initial_points, "ecm: initial_points")
         zero = _as_gid_list(zero_weight_points, "ecm: zero_weight_points")
+        if integrals is not None:
+            integrals = np.asarray(integrals, dtype=float)
+            if integrals.shape != (A.shape[1],) or not np.all(np.isfinite(integrals)):
+                raise DdromError(f"ecm: integrals must be {A.shape[1]} finite values (one per column), "
+                                 f"got shape {integrals.shape}")
     ncols = A.shape[1]
     lo, hi = comm.allreduce(ncols, op=_op("MIN")), comm.allreduce(ncols, op=_op("MAX"))
     check_all(comm, lo == hi, f"ecm: the number of integrand columns differs between ranks "
                               f"({lo} to {hi})")
     check_all(comm, ncols >= 1, "ecm: A_loc has no column")
-    for name, arr in (("initial_points", init), ("zero_weight_points", zero)):
+    for name, arr in (("initial_points", init), ("zero_weight_points", zero)) + \
+            ((("integrals", integrals),) if integrals is not None else ()):
         ref = comm.bcast(arr, root=0)
         check_all(comm, np.array_equal(ref, arr), f"ecm: {name} differ between ranks")
     return (np.ascontiguousarray(A, dtype=float), np.asarray(w, dtype=float),
-            gid.astype(np.int64), init, zero)
+            gid.astype(np.int64), init, zero, integrals)
 
 
 def _op(name):
@@ -330,7 +338,7 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         initial_points: Any = None, zero_weight_points: Any = None,
         nnls: str = "lawson-hanson", max_iterations: int | None = None,
         tie_rtol: float = 1e-6, score_dtype: str = "float32", keep_pool: bool | None = None,
-        timers: Timers | None = None) -> ECMResult:
+        integrals: np.ndarray | None = None, timers: Timers | None = None) -> ECMResult:
     """Empirical cubature: few points and non-negative weights integrating the columns.
 
     Parameters
@@ -363,6 +371,12 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         the previous points zeroes about a third of them (measured on the enrichments of
         cases/adaptive.toml: 3x fewer greedy iterations, rules within +-7 % points; from
         scratch it gave 9 % more points).
+    integrals : (c,) the exact integrals ``b = A^T w`` of the columns when the caller
+        already has them (replicated, the same bits on every rank: checked), e.g. kept
+        from earlier calls whose columns only grew (:mod:`ddrom.rom.integrand`); the
+        reproducible sum over ``A`` is then skipped. The tolerance is measured against
+        them, so their accuracy is the caller's (reproducible sums give the correctly
+        rounded integrals).
     timers : optional :class:`~ddrom.parallel.Timers` accumulating the stage times.
 
     Returns
@@ -379,13 +393,14 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     c = as_mpi(comm)
     if score_dtype not in SCORE_DTYPES:
         raise DdromError(f"ecm: unknown score_dtype {score_dtype!r}; choose from {SCORE_DTYPES}")
-    A, w, gid, init, zero = _validate(A_loc, w_loc, gid_loc, c, tol, max_points,
-                                      max_iterations, nnls, initial_points,
-                                      zero_weight_points)
+    A, w, gid, init, zero, known = _validate(A_loc, w_loc, gid_loc, c, tol, max_points,
+                                             max_iterations, nnls, initial_points,
+                                             zero_weight_points, integrals)
     with _one_blas_thread():
         return _ecm(A, w, gid, init, zero, c, tol=tol, max_points=max_points,
                     add_constant=add_constant, nnls=nnls, max_iterations=max_iterations,
-                    tie_rtol=tie_rtol, score_dtype=score_dtype, keep_pool=keep_pool, timers=timers)
+                    tie_rtol=tie_rtol, score_dtype=score_dtype, keep_pool=keep_pool, timers=timers,
+                    integrals=known)
 
 
 def _one_blas_thread():
@@ -416,7 +431,7 @@ _CONTROLLER = None
 
 
 def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_iterations,
-         tie_rtol, score_dtype, keep_pool, timers) -> ECMResult:
+         tie_rtol, score_dtype, keep_pool, timers, integrals=None) -> ECMResult:
     from mpi4py import MPI
 
     tm: dict[str, float] = {k: 0.0 for k in ("setup", "scores", "argmax_reduce",
@@ -426,20 +441,36 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
     nce = nc + int(bool(add_constant))
     chunk = max(1, (1 << 16) // nc)
 
-    # --- exact integrals and volume: one reproducible sum
-    def products(i0: int, i1: int) -> np.ndarray:
-        return np.hstack([w[i0:i1, None] * A[i0:i1], w[i0:i1, None]])
+    # --- exact integrals and volume: one reproducible sum (only the volume when the
+    # caller knows the integrals)
+    if integrals is None:
+        def products(i0: int, i1: int) -> np.ndarray:
+            return np.hstack([w[i0:i1, None] * A[i0:i1], w[i0:i1, None]])
 
-    sums = _reproducible_colsum_chunks(products, G, nc + 1, c)
-    integrals, volume = sums[:nc], float(sums[nc])
+        sums = _reproducible_colsum_chunks(products, G, nc + 1, c)
+        integrals, volume = sums[:nc], float(sums[nc])
+    else:
+        integrals = np.array(integrals, dtype=float)
+        volume = float(_reproducible_colsum_chunks(lambda i0, i1: w[i0:i1, None], G, 1, c)[0])
     check_all(c, volume > 0, "ecm: the quadrature weights sum to zero")
+    # One pass over A by blocks that stay in cache: the row norms (per row, hence
+    # position-independent), the weighted column norms (for the constant's scale) and
+    # the single-precision copy the scores use (they only rank candidates, the NNLS
+    # decides the weights in double: half the memory traffic of the one pass over A per
+    # iteration, measured 0.43 -> 0.16 ms at 8448 x 264; still row by row).
+    rn2 = np.empty(G)
+    norms2 = np.zeros(nc)
+    A_sc = np.empty(A.shape, dtype=np.float32) if score_dtype == "float32" else A
+    for i0 in range(0, G, chunk):
+        blk = A[i0:i0 + chunk]
+        np.einsum("ij,ij->i", blk, blk, out=rn2[i0:i0 + chunk])
+        if add_constant:
+            norms2 += np.einsum("ij,ij,i->j", blk, blk, w[i0:i0 + chunk])
+        if A_sc is not A:
+            A_sc[i0:i0 + chunk] = blk
     if add_constant:
         # weighted column norms by a plain allreduce: only their order of magnitude is
         # used, rounded to a power of two (partition-independent, exact scaling)
-        norms2 = np.zeros(nc)
-        for i0 in range(0, G, chunk):
-            blk = A[i0:i0 + chunk]
-            norms2 += np.einsum("ij,ij,i->j", blk, blk, w[i0:i0 + chunk])
         c.Allreduce(MPI.IN_PLACE, norms2, op=MPI.SUM)
         rms = math.sqrt(float(np.mean(norms2)) / volume)
         s = 2.0 ** round(math.log2(rms)) if rms > 0 else 2.0 ** round(-0.5 * math.log2(volume))
@@ -448,21 +479,13 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         s = 0.0
         b = integrals.copy()
     bnorm = float(np.linalg.norm(b))
-    # row norms of [A_g, s], per row (position-independent)
-    rn2 = np.empty(G)
-    for i0 in range(0, G, chunk):
-        blk = A[i0:i0 + chunk]
-        np.einsum("ij,ij->i", blk, blk, out=rn2[i0:i0 + chunk])
+    # row norms of [A_g, s]
     rownorm = np.sqrt(rn2 + s * s)
     del rn2
     blocked = rownorm == 0.0                     # never candidates (cannot help)
     rownorm[blocked] = 1.0
     order = np.argsort(gid, kind="stable")
     gid_sorted = gid[order]
-    # the scores only rank candidates (the NNLS decides the weights in double): single
-    # precision halves the memory traffic of the one pass over A per iteration (measured
-    # 0.43 -> 0.16 ms at 8448 x 264); still row by row, hence position-independent
-    A_sc = A.astype(np.float32) if score_dtype == "float32" else A
     score_chunk = max(1, (1 << 20) // nc)
 
     def ext(rows: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from ddrom.hf.replay import Replayer, ReplayState
 from ddrom.hf.solver import HFSolver, State
 from ddrom.parallel import CollectiveError, Timers, as_mpi
 from ddrom.reduction.inner import allreduce_sum
+from ddrom.rom.integrand import IntegrandCache
 from ddrom.rom.model import ReducedModel
 from ddrom.rom.offline import distributed_bases, hyper_reduce
 from ddrom.rom.operators import lifting_fields, values_at_points
@@ -152,7 +153,9 @@ class Enricher:
         self.w_qp = solver.asm.wdet.ravel()
         self.stress_gram = None if model.stress_gram is None else np.array(model.stress_gram, dtype=float)
         self.replayer = Replayer(dm, solver.material, solver.loads.temperature, assembler=solver.asm)
-        self._strain_cache: dict = {}                      # strains of the modes so far (hyper_reduce)
+        # the modes' local values, strains and ECM integrand blocks so far (hyper_reduce
+        # computes only the new modes' ones: the bases only grow)
+        self._cache = IntegrandCache()
         self._start: tuple[int, State] | None = None       # last HF state (step, state); None: t_0
         #: (internal state (M, n_state), T (M,)) at the enriched model's monitor points after
         #: the last :meth:`enrich` (None: the model has none)
@@ -274,7 +277,7 @@ class Enricher:
                                  ecm_tol=self.options.ecm_tol or float(m.info["ecm_tol"]),
                                  sigma_u=m.sigma_u, sigma_p=m.gappy.sigma if m.gappy is not None else None,
                                  ecm_initial=ecm_initial, stress_gram=self.stress_gram,
-                                 strain_cache=self._strain_cache, timers=split, PhiT=self.PhiT,
+                                 cache=self._cache, timers=split, PhiT=self.PhiT,
                                  sigma_T=m.temperature_data.sigma if m.temperature_data is not None else None,
                                  n_sensors=len(m.temperature_data.sensor_gids) if m.temperature_data is not None
                                  else 0,

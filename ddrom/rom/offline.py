@@ -26,6 +26,8 @@ import numpy as np
 
 from ddrom.hf.solver import HFSolver
 from ddrom.parallel import Timers, as_mpi, check_all
+from ddrom.reduction.exact import row_matmul
+from ddrom.rom.integrand import IntegrandCache, raw_integrand
 from ddrom.rom.model import GappyData, LoadData, MonitorData, ReducedModel, TemperatureData
 from ddrom.rom.operators import (all_mode_strains, lifting_fields, mode_values_local,
                                  natural_point_ids, point_coordinates, point_interpolation, reduced_load_terms,
@@ -294,25 +296,31 @@ def stress_column_weights(stress_gram: np.ndarray | None, n_stress: int) -> np.n
     return U * np.sqrt(lam / lam.max())
 
 
-def _mode_strains(solver: HFSolver, modes_local: np.ndarray, cache: dict | None) -> np.ndarray:
-    """Strains of every mode at every local point (G, N, 6); with a cache, only the new modes."""
-    old = cache.get("mode_strains") if cache is not None else None
-    n_old = old.shape[1] if old is not None and old.shape[1] <= modes_local.shape[1] else 0
-    if n_old == modes_local.shape[1]:
-        E = old
-    elif n_old:
-        E = np.concatenate([old, all_mode_strains(solver, modes_local[:, n_old:])], axis=1)
-    else:
-        E = all_mode_strains(solver, modes_local)
+def _ecm_integrand(solver: HFSolver, Phi: np.ndarray, Psi3: np.ndarray, stress_gram: np.ndarray | None,
+                   cache: IntegrandCache | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The modes on the local DOFs, the ECM columns ``A[g, (k, l)] = eps(phi_k) : (Psi L)_l`` at
+    every local point (G, N Ns) and, with a cache, their exact integrals (else None: the ECM
+    sums them). With a ``cache`` (:class:`ddrom.rom.integrand.IntegrandCache`, bases that only
+    grew since its last call) only the new modes' values, strains and integrand blocks are
+    computed and the integrals come from the cache; without, everything, and the ECM sums
+    the columns itself (the offline stage)."""
+    Ns = Psi3.shape[-1]
+    L = stress_column_weights(stress_gram, Ns)
     if cache is not None:
-        cache["mode_strains"] = E
-    return E
+        modes_local, n0 = cache.mode_values(solver, Phi)
+        strains = cache.mode_strains(solver, modes_local, n0)
+        A, b = cache.integrand(strains, Psi3, L, solver.asm.wdet.ravel(), n0, solver.comm)
+        return modes_local, A, b
+    modes_local = mode_values_local(solver, Phi)
+    strains = all_mode_strains(solver, modes_local)                         # (G, N, 6)
+    PsiL = row_matmul(Psi3.reshape(-1, Ns), L).reshape(Psi3.shape)
+    return modes_local, raw_integrand(strains, PsiL).reshape(strains.shape[0], -1), None
 
 
 def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None, *,
                  ecm_tol: float, sigma_u: np.ndarray, sigma_p: np.ndarray | None = None,
                  ecm_initial: np.ndarray | None = None, stress_gram: np.ndarray | None = None,
-                 strain_cache: dict | None = None, timers: Timers | None = None,
+                 cache: IntegrandCache | None = None, timers: Timers | None = None,
                  PhiT: np.ndarray | None = None, sigma_T: np.ndarray | None = None,
                  n_sensors: int = OfflineOptions.temperature_sensors,
                  n_monitor: int = OfflineOptions.monitor_points) -> ReducedModel:
@@ -323,8 +331,9 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
     ``stress_gram`` (Ns, Ns): Gram matrix of the stress snapshots' coefficients in ``Psi``
     (weights of the ECM columns, :func:`stress_column_weights`; None: unweighted).
     ``ecm_initial``: global point ids to warm-start the ECM from (enrichment).
-    ``strain_cache``: a dict kept by the caller between calls whose modes only grow
-    (enrichment): the strains of the modes already seen are reused, not recomputed.
+    ``cache``: an :class:`~ddrom.rom.integrand.IntegrandCache` kept by the caller between
+    calls whose bases only grow (enrichment): the modes' local values, strains and ECM
+    integrand blocks already computed are reused, and the ECM gets its integrals from it.
     ``PhiT`` (ne nq, r): temperature modes (``T - T_ref``; None: none), read at the sample
     points and at ``n_sensors`` sensor points spread over the part (farthest from the
     sample points and from each other) for the indicator's temperature component.
@@ -339,18 +348,13 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
     ne, nq = dm.n_cells, dm.n_qp
     N = Phi.shape[1]
     w_qp = solver.asm.wdet.ravel()
-    modes_local = mode_values_local(solver, Phi)
     Psi3 = Psi.reshape(ne * nq, 6, -1)
     gids = natural_point_ids(dm)
     # 3. ECM
     with timers("ecm_integrand"):
-        Eall = _mode_strains(solver, modes_local, strain_cache)                 # (G, N, 6)
-        Ns = Psi3.shape[-1]
-        PsiL = (Psi3.reshape(-1, Ns) @ stress_column_weights(stress_gram, Ns)).reshape(Psi3.shape)
-        A = np.einsum("gkc,gcj->gkj", Eall, PsiL).reshape(ne * nq, -1)
-        del PsiL
+        modes_local, A, b = _ecm_integrand(solver, Phi, Psi3, stress_gram, cache)
     with timers("ecm"):
-        ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial)
+        ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial, integrals=b)
         del A
     if not ecm_res.converged:
         from ddrom.parallel import get_logger
