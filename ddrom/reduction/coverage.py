@@ -80,3 +80,16 @@ def _max():
     from mpi4py import MPI
 
     return MPI.MAX
+
+
+def covering_radius(xyz_loc: np.ndarray, points: np.ndarray, comm: Any = None) -> float:
+    """``max_g min_s |x_g - x_s|`` over the points of all ranks (``xyz_loc`` this rank's) and
+    the replicated ``points`` (S, 3): a k-d tree on ``points``, one MAX reduction (exact:
+    the same value for any partition)."""
+    from scipy.spatial import cKDTree
+
+    c = as_mpi(comm)
+    x = np.asarray(xyz_loc, dtype=float).reshape(-1, 3)
+    pts = np.asarray(points, dtype=float).reshape(-1, 3)
+    d = cKDTree(pts).query(x)[0] if len(x) and len(pts) else np.full(len(x), np.inf)
+    return float(c.allreduce(float(d.max()) if len(d) else 0.0, op=_max()))

@@ -82,6 +82,22 @@ Distribution and determinism
 Hence the selected points and weights are the same bits on 1, 2, 3... ranks (given
 the same integrand values), and two runs give the same result.
 
+Batches
+-------
+With ``batch = m > 1`` one pass over ``A`` serves up to ``m`` greedy steps: the ``m`` best
+candidates of the pass (largest scores, ties to the smallest global id, as ``m``
+successive picks on these scores would give; one ``Allgather``, only the picks provable
+from each rank's best ``m + 8`` scores and its largest unsent one) and their rows (one
+reduction) are replicated; then, while the tolerance is not met, the candidate of largest
+*current* normalized score (double precision, from the replicated rows) is taken and the
+NNLS solved, as in step 2-3. The stopping rule is the same (``||r|| <= tol ||b||``, each
+step a positive-correlation step); what changes is that steps after the first choose
+among the pass's candidates rather than among all points, so the points may differ from
+the one-per-pass greedy (not the guarantee). It trades ``m - 1`` passes over ``A`` and ``2
+(m - 1)`` latency-bound collectives for a local choice: the warm-started ECM of an
+enrichment (:mod:`ddrom.rom.enrichment`), which adds some 30 points per call. Same data
+on every rank, so the same points for any partition.
+
 Warm start and imposed points
 -----------------------------
 ``initial_points`` (global ids): the greedy starts from the NNLS solution on these
@@ -338,7 +354,7 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         initial_points: Any = None, zero_weight_points: Any = None,
         nnls: str = "lawson-hanson", max_iterations: int | None = None,
         tie_rtol: float = 1e-6, score_dtype: str = "float32", keep_pool: bool | None = None,
-        integrals: np.ndarray | None = None, timers: Timers | None = None) -> ECMResult:
+        integrals: np.ndarray | None = None, batch: int = 1, timers: Timers | None = None) -> ECMResult:
     """Empirical cubature: few points and non-negative weights integrating the columns.
 
     Parameters
@@ -377,6 +393,8 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         reproducible sum over ``A`` is then skipped. The tolerance is measured against
         them, so their accuracy is the caller's (reproducible sums give the correctly
         rounded integrals).
+    batch : candidates taken from one pass over ``A`` (module docstring, "Batches"); 1 (the
+        default): the classic greedy, one point per pass.
     timers : optional :class:`~ddrom.parallel.Timers` accumulating the stage times.
 
     Returns
@@ -391,6 +409,8 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     from mpi4py import MPI
 
     c = as_mpi(comm)
+    if int(batch) != batch or batch < 1:
+        raise DdromError(f"ecm: batch must be a positive integer, got {batch!r}")
     if score_dtype not in SCORE_DTYPES:
         raise DdromError(f"ecm: unknown score_dtype {score_dtype!r}; choose from {SCORE_DTYPES}")
     A, w, gid, init, zero, known = _validate(A_loc, w_loc, gid_loc, c, tol, max_points,
@@ -400,7 +420,7 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         return _ecm(A, w, gid, init, zero, c, tol=tol, max_points=max_points,
                     add_constant=add_constant, nnls=nnls, max_iterations=max_iterations,
                     tie_rtol=tie_rtol, score_dtype=score_dtype, keep_pool=keep_pool, timers=timers,
-                    integrals=known)
+                    integrals=known, batch=int(batch))
 
 
 def _one_blas_thread():
@@ -430,8 +450,94 @@ def _one_blas_thread():
 _CONTROLLER = None
 
 
+def _top_candidates(c, sc: np.ndarray | None, gid: np.ndarray, m: int, tie_rtol: float) -> list[tuple[int, int]]:
+    """The first (up to) ``m`` points of the ranking that repeated :func:`argmax_with_owner`
+    calls would give on these scores (largest score; ties within ``tie_rtol`` to the smallest
+    global id), as (gid, owner), with positive scores only; one ``Allgather``.
+
+    Each rank sends its ``m + TIES_SENT`` best positive scores (by score, then gid) and the
+    largest score it did not send. A pick is kept only while it is provable from what was
+    sent -- every unsent score lies below the tie window of the current maximum -- so the
+    list is the same for any partition of the same scores; it may be shorter than ``m``
+    (empty: the caller falls back to one :func:`argmax_with_owner` pick).
+    """
+    from ddrom.parallel.argmax import TIES_SENT, tie_threshold
+
+    S = m + TIES_SENT
+    buf = np.full(2 + 2 * S, -math.inf)
+    if sc is not None and sc.size:
+        pos = np.flatnonzero(sc > 0)
+        if pos.size:
+            o = np.lexsort((gid[pos], -sc[pos]))
+            send = pos[o[:S]]
+            buf[2:2 + send.size] = sc[send]
+            buf[2 + S:2 + S + send.size] = gid[send].astype(np.float64)
+            if pos.size > S:
+                buf[0] = float(sc[pos[o[S]]])
+    allb = np.empty((c.size, buf.size))
+    c.Allgather(buf, allb)
+    vals = allb[:, 2:2 + S].ravel()
+    ids = allb[:, 2 + S:].ravel()
+    owners = np.repeat(np.arange(c.size), S)
+    ok = np.isfinite(vals)
+    vals, ids, owners = vals[ok], ids[ok], owners[ok]
+    rest = float(allb[:, 0].max())                 # largest unsent score (-inf: none)
+    out: list[tuple[int, int]] = []
+    alive = np.ones(vals.size, dtype=bool)
+    while len(out) < m and alive.any():
+        M = float(vals[alive].max())
+        thr = tie_threshold(M, tie_rtol)
+        if rest >= thr:
+            break                                  # an unsent point may tie with the maximum
+        win = np.flatnonzero(alive & (vals >= thr))
+        j = win[np.argmin(ids[win])]
+        out.append((int(ids[j]), int(owners[j])))
+        alive[j] = False
+    return out
+
+
+def _take_batch(cand, take, go_on, residual_now, A, rownorm, order, gid_sorted, c, ext, tie_rtol, tm) -> int:
+    """Greedy sub-steps among a batch of candidates: their rows (and row norms) replicated by
+    one reduction, then, while ``go_on()``, the candidate of largest current normalized score
+    ``<[A_g, s], r> / ||[A_g, s]||`` (ties to the smallest gid; double precision, from the
+    replicated rows: the same on every rank) is taken (``take``), as the greedy would, until
+    none has a positive score. Returns the number taken."""
+    from mpi4py import MPI
+
+    from ddrom.parallel.argmax import tie_threshold
+
+    t0 = time.perf_counter()
+    k, nc = len(cand), A.shape[1]
+    gids = np.array([g for g, _ in cand], dtype=np.int64)
+    owners = np.array([o for _, o in cand])
+    buf = np.zeros((k, nc + 1))
+    lidx = np.full(k, -1)
+    for i in np.flatnonzero(owners == c.rank):
+        lidx[i] = int(order[np.searchsorted(gid_sorted, gids[i])])
+        buf[i, :nc] = A[lidx[i]]
+        buf[i, nc] = rownorm[lidx[i]]
+    c.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)      # one non-zero term per entry: exact
+    tm["row_bcast"] += time.perf_counter() - t0
+    rows, rn = buf[:, :nc], buf[:, nc]
+    ext_rows = ext(rows)
+    avail = np.ones(k, dtype=bool)
+    taken = 0
+    while avail.any() and go_on():
+        idx = np.flatnonzero(avail)
+        score = (ext_rows[idx] @ residual_now()) / rn[idx]
+        M = float(score.max())
+        if not M > 0:
+            break
+        win = idx[score >= tie_threshold(M, tie_rtol)]
+        i = int(win[np.argmin(gids[win])])
+        avail[i] = False
+        take(int(gids[i]), int(owners[i]), int(lidx[i]) if owners[i] == c.rank else -1, rows[i])
+        taken += 1
+    return taken
+
+
 def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_iterations,
-         tie_rtol, score_dtype, keep_pool, timers, integrals=None) -> ECMResult:
+         tie_rtol, score_dtype, keep_pool, timers, integrals=None, batch=1) -> ECMResult:
     from mpi4py import MPI
 
     tm: dict[str, float] = {k: 0.0 for k in ("setup", "scores", "argmax_reduce",
@@ -560,11 +666,45 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
     it = 0
     stop = "converged"
     row = np.empty(nc)
+
+    def take(g: int, owner: int, li: int, row_: np.ndarray) -> None:
+        """Steps 2-3 for a chosen point (its row replicated): into Z, NNLS, residual."""
+        nonlocal omega, r, rel
+        t4 = time.perf_counter()
+        if li >= 0:
+            selected_mask[li] = True
+        sel_gid.append(g)
+        sel_owner.append(owner)
+        sel_lidx.append(li)
+        sel_rows.append(ext(row_[None, :])[0])
+        picks.append(g)
+        # 3. NNLS on the selected points, warm-started
+        if nnls == "lawson-hanson":
+            lh.add_columns(sel_rows[-1])
+            omega = lh.solve().x
+        else:
+            omega = scipy.optimize.nnls(np.array(sel_rows).T, b, maxiter=50 * nce)[0]
+        tm["nnls"] += time.perf_counter() - t4
+        if omega[-1] > 0:
+            for t in tabu:                       # the residual changed: retry them later
+                blocked[t] = False
+            tabu.clear()
+        elif li >= 0:
+            blocked[li] = True                   # numerically useless now: not again soon
+            tabu.append(li)
+        drop_zeros()
+        r = residual()
+        rel = float(np.linalg.norm(r)) / bnorm
+        history.append(rel)
+
+    def full() -> bool:
+        return int(np.count_nonzero(omega > 0)) >= cap
+
     while rel > tol:
         if it >= max_iter:
             stop = "max_iterations"
             break
-        if int(np.count_nonzero(omega > 0)) >= cap:
+        if full():
             stop = "max_points" if max_points is not None else "full_rank"
             break
         # 1. local scores and one global argmax reduction
@@ -572,6 +712,18 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         best = (-math.inf, 0, c.rank)
         sc, m = _scores(A_sc, r, s, nc, add_constant, rownorm, blocked | selected_mask, score_chunk)
         t2 = time.perf_counter()
+        if batch > 1:
+            # several candidates from this pass (module docstring, "Batches"): one allgather
+            # for the provable top of the ranking, one reduction for their rows
+            cand = _top_candidates(c, sc, gid, batch, tie_rtol)
+            tm["scores"] += t2 - t1
+            tm["argmax_reduce"] += time.perf_counter() - t2
+            if cand and _take_batch(cand, take, lambda: rel > tol and not full(), lambda: r, A, rownorm,
+                                    order, gid_sorted, c, ext, tie_rtol, tm):
+                it += 1
+                continue
+            # none provable, none positive, or none positive in double: one classic pick
+            t2 = time.perf_counter()
         # Near-ties (scores within tie_rtol of the best: mirror points of a symmetric part,
         # whose scores differ by round-off that depends on the partition) go to the smallest
         # global id, so the choice does not depend on the partition. One allgather carries
@@ -598,33 +750,9 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         if owner == c.rank:
             li = int(order[np.searchsorted(gid_sorted, g)])
             row[:] = A[li]
-            selected_mask[li] = True
         c.Bcast(row, root=owner)
-        t4 = time.perf_counter()
-        tm["row_bcast"] += t4 - t3
-        sel_gid.append(g)
-        sel_owner.append(owner)
-        sel_lidx.append(li)
-        sel_rows.append(ext(row[None, :])[0])
-        picks.append(g)
-        # 3. NNLS on the selected points, warm-started
-        if nnls == "lawson-hanson":
-            lh.add_columns(sel_rows[-1])
-            omega = lh.solve().x
-        else:
-            omega = scipy.optimize.nnls(np.array(sel_rows).T, b, maxiter=50 * nce)[0]
-        tm["nnls"] += time.perf_counter() - t4
-        if omega[-1] > 0:
-            for t in tabu:                       # the residual changed: retry them later
-                blocked[t] = False
-            tabu.clear()
-        elif li >= 0:
-            blocked[li] = True                   # numerically useless now: not again soon
-            tabu.append(li)
-        drop_zeros()
-        r = residual()
-        rel = float(np.linalg.norm(r)) / bnorm
-        history.append(rel)
+        tm["row_bcast"] += time.perf_counter() - t3
+        take(g, owner, li, row)
     for t in tabu:
         blocked[t] = False
     drop_zeros(final=True)                       # the rule: the points of positive weight

@@ -58,6 +58,9 @@ class EnrichmentOptions:
     basis_tol : a snapshot is appended to a basis when ``||x - B B^T x|| > basis_tol ||x||``
         (norms in that basis' inner product) after two Gram-Schmidt passes.
     ecm_tol : tolerance of the warm-started ECM (None: the model's).
+    ecm_batch : candidates the warm-started ECM takes from one pass over its integrand
+        (:mod:`ddrom.reduction.ecm`, "Batches": the same tolerance, fewer passes and
+        collectives; 1: one point per pass). Not a case key: a cost knob of the update.
     enabled : enrich by default (``ddrom online`` without ``--enrich``/``--no-enrich``).
     save : write the enriched ROM of each run.
     """
@@ -66,6 +69,7 @@ class EnrichmentOptions:
     max_enrichments: int = 10
     basis_tol: float = 1e-6
     ecm_tol: float | None = None
+    ecm_batch: int = 8
     tolerances: dict = field(default_factory=dict)
     enabled: bool = False
     save: bool = True
@@ -275,6 +279,7 @@ class Enricher:
             split = Timers()
             model = hyper_reduce(self.problem, solver, self.Phi, self.Psi, self.Phip,
                                  ecm_tol=self.options.ecm_tol or float(m.info["ecm_tol"]),
+                                 ecm_batch=self.options.ecm_batch,
                                  sigma_u=m.sigma_u, sigma_p=m.gappy.sigma if m.gappy is not None else None,
                                  ecm_initial=ecm_initial, stress_gram=self.stress_gram,
                                  cache=self._cache, timers=split, PhiT=self.PhiT,
@@ -283,7 +288,11 @@ class Enricher:
                                  else 0,
                                  # as many monitor points as before (none for a file without them:
                                  # the component stays absent, as its calibration was)
-                                 n_monitor=len(m.monitor.point_gids) if m.monitor is not None else 0)
+                                 n_monitor=len(m.monitor.point_gids) if m.monitor is not None else 0,
+                                 # the temperature component keeps reading where it read
+                                 # (offline._temperature_data): no new sensor sampling
+                                 previous_reads=(m.point_gids, m.temperature_data.sensor_gids)
+                                 if m.temperature_data is not None else None)
             model.info = {**m.info, **model.info,
                           "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
             if model.gappy is not None and "p_sample_scale" not in model.info:

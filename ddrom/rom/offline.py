@@ -323,20 +323,24 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
                  cache: IntegrandCache | None = None, timers: Timers | None = None,
                  PhiT: np.ndarray | None = None, sigma_T: np.ndarray | None = None,
                  n_sensors: int = OfflineOptions.temperature_sensors,
-                 n_monitor: int = OfflineOptions.monitor_points) -> ReducedModel:
+                 n_monitor: int = OfflineOptions.monitor_points, ecm_batch: int = 1,
+                 previous_reads: tuple[np.ndarray, np.ndarray] | None = None) -> ReducedModel:
     """Steps 3-5 from distributed bases: ECM, Gappy samples, reduced operators.
 
     ``Phi`` (3 n_owned, N) displacement modes (zero on prescribed DOFs), ``Psi``
     (ne nq 6, Ns) stress modes, ``Phip`` (ne nq, Np) plastic-strain modes or None.
     ``stress_gram`` (Ns, Ns): Gram matrix of the stress snapshots' coefficients in ``Psi``
     (weights of the ECM columns, :func:`stress_column_weights`; None: unweighted).
-    ``ecm_initial``: global point ids to warm-start the ECM from (enrichment).
+    ``ecm_initial``: global point ids to warm-start the ECM from (enrichment); ``ecm_batch``:
+    candidates per pass of its greedy (:func:`ddrom.reduction.ecm.ecm`).
     ``cache``: an :class:`~ddrom.rom.integrand.IntegrandCache` kept by the caller between
     calls whose bases only grow (enrichment): the modes' local values, strains and ECM
     integrand blocks already computed are reused, and the ECM gets its integrals from it.
     ``PhiT`` (ne nq, r): temperature modes (``T - T_ref``; None: none), read at the sample
     points and at ``n_sensors`` sensor points spread over the part (farthest from the
-    sample points and from each other) for the indicator's temperature component.
+    sample points and from each other) for the indicator's temperature component; with
+    ``previous_reads`` (the previous model's sample and sensor ids: enrichment) the sensors
+    are instead the previous ones plus the sample points that left (:func:`_temperature_data`).
     Shared by the offline stage and the online enrichment, which calls it with the
     enriched bases.
     """
@@ -354,7 +358,8 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
     with timers("ecm_integrand"):
         modes_local, A, b = _ecm_integrand(solver, Phi, Psi3, stress_gram, cache)
     with timers("ecm"):
-        ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial, integrals=b)
+        ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial, integrals=b,
+                      batch=ecm_batch)
         del A
     if not ecm_res.converged:
         from ddrom.parallel import get_logger
@@ -390,7 +395,7 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
         terms = reduced_load_terms(solver, problem, modes_local)
         pt_nodes, pt_shape, pt_xyz = point_interpolation(dm, all_gids)
     with timers("temperature_sensors"):
-        tdata = _temperature_data(problem, solver, all_gids, xyz, PhiT, sigma_T, n_sensors)
+        tdata = _temperature_data(problem, solver, all_gids, xyz, PhiT, sigma_T, n_sensors, previous_reads)
     monitor = None
     if Phip is not None and n_monitor > 0:
         with timers("monitor_points"):
@@ -459,14 +464,33 @@ def monitor_points(solver: HFSolver, Phip: np.ndarray, sample_gids: np.ndarray, 
 
 
 def _temperature_data(problem: Any, solver: HFSolver, gids: np.ndarray, xyz: np.ndarray, PhiT: np.ndarray | None,
-                      sigma_T: np.ndarray | None, n_sensors: int) -> TemperatureData:
+                      sigma_T: np.ndarray | None, n_sensors: int,
+                      previous_reads: tuple[np.ndarray, np.ndarray] | None = None) -> TemperatureData:
     """Sensors spread from the sample points (farthest-point sampling) and the temperature
-    modes at the points and the sensors."""
-    from ddrom.reduction.coverage import farthest_points
+    modes at the points and the sensors.
+
+    With ``previous_reads = (I_old, S_old)`` (an enrichment: the previous model's sample and
+    sensor ids) the sensors are ``S_old - I`` followed by the old sample points that are no
+    longer sample points (``I_old - I``, ascending), so that the points where the temperature
+    component reads the field, ``I + S``, contain the previous ones: its covering radius
+    (recomputed, one pass with a k-d tree and one reduction) is at most the previous one,
+    i.e. a hot spot the previous model would have seen is still seen. A new farthest-point
+    sampling from the new sample points (64 sequential global picks, each a latency-bound
+    collective) would only move sensors that still do their job.
+    """
+    from ddrom.reduction.coverage import covering_radius, farthest_points
 
     dm = solver.dm
     own = natural_point_ids(dm)
-    sensors, radius = farthest_points(solver.xq.reshape(-1, 3), own, n_sensors, solver.comm, start=xyz)
+    if previous_reads is None:
+        sensors, radius = farthest_points(solver.xq.reshape(-1, 3), own, n_sensors, solver.comm, start=xyz)
+    else:
+        old_samples, old_sensors = (np.asarray(a, dtype=np.int64) for a in previous_reads)
+        left = np.setdiff1d(old_samples, np.concatenate([gids, old_sensors]))
+        # a sensor that became a sample point is read there already (no duplicate row)
+        sensors = np.concatenate([old_sensors[~np.isin(old_sensors, gids)], left])
+        radius = covering_radius(solver.xq.reshape(-1, 3),
+                                 np.vstack([xyz, point_coordinates(solver, sensors)]), solver.comm)
     s_nodes, s_shape, s_node_xyz = point_interpolation(dm, sensors)
     s_xyz = point_coordinates(solver, sensors)
     rows = np.concatenate([gids, sensors])
