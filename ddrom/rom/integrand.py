@@ -31,8 +31,9 @@ round-off). Each entry of ``B`` is a reproducible sum
 partition) and each row of ``A`` is computed from its own point's data only, so the ECM
 sees partition-independent data, as when it summed ``A`` itself.
 
-Safety. The cache checks that the bases it is given start with the columns it has seen (a
-checksum of each old column, the decision agreed by all ranks with one small allreduce):
+Safety. The cache checks that the bases it is given start with the columns it has seen (every
+61st row of them kept and compared exactly, the decision agreed by all ranks with one small
+allreduce):
 bases that are not an extension of the cached ones are recomputed from scratch, never
 mixed.
 
@@ -50,11 +51,15 @@ from ddrom.reduction.exact import reproducible_colsum, row_matmul
 from ddrom.rom.operators import all_mode_strains, mode_values_local
 
 
-def _checksum(B: np.ndarray) -> np.ndarray:
-    """A per-column fingerprint of this rank's rows (local, deterministic): ``B^T v`` with a
-    fixed non-constant ``v``, so that a changed column changes it (except by accident)."""
-    v = np.cos(0.7 * np.arange(B.shape[0]))
-    return v @ B if B.size else np.zeros(B.shape[1])
+#: Every SAMPLE_STRIDE-th row of a cached basis is kept to recognize its columns.
+SAMPLE_STRIDE = 61
+
+
+def _sample(B: np.ndarray) -> np.ndarray:
+    """A fingerprint of this rank's rows of ``B``: a copy of every SAMPLE_STRIDE-th row
+    (compared exactly, whatever the memory layout of ``B``; a changed mode changes nearly
+    every row, so the sampled ones too)."""
+    return np.array(B[::SAMPLE_STRIDE], dtype=float)
 
 
 @dataclass
@@ -74,7 +79,7 @@ class IntegrandCache:
     modes_local: np.ndarray | None = None
     strains: np.ndarray | None = None
     raw_integrals: np.ndarray | None = None
-    _sums: dict = field(default_factory=dict)        # name -> checksums of the cached columns
+    _sums: dict = field(default_factory=dict)        # name -> sampled rows of the cached columns
     stats: dict = field(default_factory=lambda: {"modes_computed": 0, "integrand_columns_computed": 0,
                                                  "recomputed_from_scratch": 0})
 
@@ -82,13 +87,13 @@ class IntegrandCache:
         """How many leading columns of ``basis`` are the cached ones (0: start over).
         Collective: every rank takes the same decision."""
         old = self._sums.get(name)
-        n = 0 if old is None or len(old) > basis.shape[1] else len(old)
-        same = bool(n == 0 or np.array_equal(_checksum(basis[:, :n]), old))
+        n = 0 if old is None or old.shape[1] > basis.shape[1] else old.shape[1]
+        same = bool(n == 0 or np.array_equal(_sample(basis[:, :n]), old))
         same = as_mpi(comm).allreduce(same, op=_land())
         if not same:
             self.stats["recomputed_from_scratch"] += 1
             n = 0
-        self._sums[name] = _checksum(basis)
+        self._sums[name] = _sample(basis)
         return n
 
     # ---------------------------------------------------------------- modes
@@ -124,7 +129,7 @@ class IntegrandCache:
                   comm: Any) -> tuple[np.ndarray, np.ndarray]:
         """``A`` (G, N Ns) and its exact integrals ``b`` (N Ns,) (module docstring); ``B`` grown by
         the new pairs only (``n0`` displacement modes cached; the cached stress modes found
-        by their checksums)."""
+        by their sampled rows)."""
         G, N, _ = strains.shape
         Ns = Psi3.shape[-1]
         s0 = self._kept("stress", Psi3.reshape(G * 6, Ns), comm)
