@@ -18,7 +18,14 @@ fails at step ``k``), :meth:`Enricher.enrich`
    the POD inner product (Euclidean on the free DOFs) if its relative residual exceeds
    ``basis_tol``; the same for the stress (quadrature-weighted) and p (weighted) bases;
 4. reruns the ECM warm-started from the current reduced points, the Gappy sample
-   selection and the reduced operators (:func:`ddrom.rom.offline.hyper_reduce`);
+   selection and the reduced operators (:func:`ddrom.rom.offline.hyper_reduce`),
+   incrementally where the enrichment changed nothing: the old modes' local values and
+   strains and the integrals of the old mode pairs are kept
+   (:class:`ddrom.rom.integrand.IntegrandCache`; the same quantities, round-off aside),
+   the ECM takes up to ``ecm_batch`` candidates per pass over its integrand (the same
+   tolerance, :mod:`ddrom.reduction.ecm` "Batches"), and the temperature component keeps
+   the points it read (the previous sensors plus the sample points that left: its
+   covering radius never grows) instead of a new farthest-point sampling;
 5. returns the new model and the HF state at ``t_k`` restricted to the new sample
    points: the march resumes from the HF solution at ``t_k``.
 

@@ -53,7 +53,8 @@ class OfflineOptions:
         component.
     temperature_sensors : points spread over the part (farthest-point sampling) where the
         online stage reads the temperature for that component, besides the sample points:
-        a new hot spot larger than their covering radius is seen wherever it is.
+        a new hot spot larger than their covering radius is seen wherever it is. An
+        enrichment keeps them and adds the sample points it drops (:func:`_temperature_data`).
     noise_margin : the POD tolerances of the displacement, the stress and the plastic strain
         are kept at least this many times the training data's noise floor (imported data:
         :func:`noise_floors`); a tolerance below the floor keeps modes of noise (measured on
