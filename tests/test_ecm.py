@@ -493,3 +493,56 @@ def test_ecm_bad_input_raises_on_every_rank(bad):
         wl = -wl
     with pytest.raises(DdromError):
         ecm(Al, wl, gl, COMM, **kw)
+
+
+@pytest.mark.mpi
+def test_ecm_batch_warm_start_meets_tolerance_identically_at_any_partition():
+    """The enrichment's ECM (warm start, up to 8 candidates per pass over A): the rule meets
+    its tolerance against integrals computed here, the same points and weights for every
+    partition, fewer passes than one point per pass and about as many points."""
+    A, w, gid = smooth_random(600, 18, seed=5)
+    init = ecm(A[:, :12], w, gid, MPI.COMM_SELF, tol=1e-9).point_gids
+
+    def make():
+        return A, w, gid
+
+    out = run_variants(make, tol=1e-9, initial_points=init, batch=8)
+    ref = out["1 rank"]
+    assert ref.converged and ref.relative_residual <= 1e-9
+    check_rule(ref, A, w, gid, 1e-9)
+    for label, res in out.items():
+        assert np.array_equal(res.point_gids, ref.point_gids), label
+        assert np.array_equal(res.selection_history, ref.selection_history), label
+        assert np.array_equal(res.weights, ref.weights), label
+    one = ecm(A, w, gid, MPI.COMM_SELF, tol=1e-9, initial_points=init)
+    assert one.converged
+    assert ref.n_iterations < one.n_iterations, (ref.n_iterations, one.n_iterations)
+    assert ref.n_points <= 1.25 * one.n_points + 2, (ref.n_points, one.n_points)
+    # from scratch too (no pool): still the tolerance
+    cold = ecm(A, w, gid, MPI.COMM_SELF, tol=1e-9, batch=8)
+    assert cold.converged
+    check_rule(cold, A, w, gid, 1e-9)
+
+
+@pytest.mark.mpi
+def test_ecm_given_integrals_are_used_and_checked():
+    """``integrals=`` (the caller's exact integrals, e.g. kept across enrichments): with the
+    reproducible sums the ECM would compute, the same rule bit for bit; a wrong length, or
+    values that differ between ranks, are refused on every rank."""
+    from ddrom.parallel import DdromError
+    from ddrom.reduction.exact import reproducible_colsum
+
+    A, w, gid = smooth_random(400, 10, seed=3)
+    Al, wl, gl = split(COMM, A, w, gid)
+    b = reproducible_colsum(wl[:, None] * Al, COMM)
+    ref = ecm(Al, wl, gl, COMM, tol=1e-8)
+    got = ecm(Al, wl, gl, COMM, tol=1e-8, integrals=b)
+    assert np.array_equal(got.point_gids, ref.point_gids) and np.array_equal(got.weights, ref.weights)
+    assert np.array_equal(got.integrals, b) and got.volume == ref.volume
+    with pytest.raises(DdromError, match="integrals"):
+        ecm(Al, wl, gl, COMM, tol=1e-8, integrals=b[:-1])
+    if COMM.size > 1:
+        with pytest.raises(DdromError, match="integrals differ"):
+            ecm(Al, wl, gl, COMM, tol=1e-8, integrals=b * (1.0 + 1e-15 * COMM.rank))
+    with pytest.raises(DdromError, match="batch"):
+        ecm(Al, wl, gl, COMM, tol=1e-8, batch=0)

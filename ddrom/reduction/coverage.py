@@ -11,7 +11,9 @@ Distributed: each rank keeps the distance of its own points to the chosen set; o
 is a global argmax carrying (value, global id, owner) -- ties, within a relative 1e-6,
 go to the smallest global id (:func:`ddrom.parallel.argmax.argmax_with_owner`), so the
 result does not depend on the partition -- then the owner's coordinates are broadcast.
-Cost per point: O(G/P), one small allgather and one reduction (the covering radius).
+Cost per point: O(G/P) and one small allgather; the start points' distances by a k-d
+tree, O((G/P) log S); the covering radius by one reduction at the end (it is only
+returned: the picks never needed it).
 """
 from __future__ import annotations
 
@@ -46,14 +48,18 @@ def farthest_points(xyz_loc: np.ndarray, gid_loc: np.ndarray, n: int, comm: Any 
     gid = np.asarray(gid_loc, dtype=np.int64)
     d = np.full(len(x), np.inf)
     if start is not None and len(start):
-        for s in np.asarray(start, dtype=float).reshape(-1, 3):
-            np.minimum(d, np.linalg.norm(x - s, axis=1), out=d)
+        # the distance of each point to its nearest start point: a k-d tree instead of one
+        # pass over the points per start point (the enrichment starts from ~100-300 points;
+        # each point's value depends only on it and the start set: partition-independent)
+        from scipy.spatial import cKDTree
+
+        if len(x):
+            d = cKDTree(np.asarray(start, dtype=float).reshape(-1, 3)).query(x)[0]
     else:
         tot = c.allreduce(np.concatenate([x.sum(axis=0), [len(x)]]))
         centroid = tot[:3] / max(tot[3], 1.0)
         d = np.linalg.norm(x - centroid, axis=1)
     chosen: list[int] = []
-    radius = float(c.allreduce(float(d.max()) if len(d) else 0.0, op=_max()))
     first = start is None or not len(start)
     while len(chosen) < n:
         best = argmax_with_owner(c, d, gid, TIE_RTOL)
@@ -66,7 +72,7 @@ def farthest_points(xyz_loc: np.ndarray, gid_loc: np.ndarray, n: int, comm: Any 
             d = np.full(len(x), np.inf)
             first = False
         np.minimum(d, np.linalg.norm(x - p, axis=1), out=d)
-        radius = float(c.allreduce(float(d.max()) if len(d) else 0.0, op=_max()))
+    radius = float(c.allreduce(float(d.max()) if len(d) else 0.0, op=_max()))
     return np.asarray(chosen, dtype=np.int64), radius
 
 
@@ -74,3 +80,16 @@ def _max():
     from mpi4py import MPI
 
     return MPI.MAX
+
+
+def covering_radius(xyz_loc: np.ndarray, points: np.ndarray, comm: Any = None) -> float:
+    """``max_g min_s |x_g - x_s|`` over the points of all ranks (``xyz_loc`` this rank's) and
+    the replicated ``points`` (S, 3): a k-d tree on ``points``, one MAX reduction (exact:
+    the same value for any partition)."""
+    from scipy.spatial import cKDTree
+
+    c = as_mpi(comm)
+    x = np.asarray(xyz_loc, dtype=float).reshape(-1, 3)
+    pts = np.asarray(points, dtype=float).reshape(-1, 3)
+    d = cKDTree(pts).query(x)[0] if len(x) and len(pts) else np.full(len(x), np.inf)
+    return float(c.allreduce(float(d.max()) if len(d) else 0.0, op=_max()))

@@ -18,7 +18,14 @@ fails at step ``k``), :meth:`Enricher.enrich`
    the POD inner product (Euclidean on the free DOFs) if its relative residual exceeds
    ``basis_tol``; the same for the stress (quadrature-weighted) and p (weighted) bases;
 4. reruns the ECM warm-started from the current reduced points, the Gappy sample
-   selection and the reduced operators (:func:`ddrom.rom.offline.hyper_reduce`);
+   selection and the reduced operators (:func:`ddrom.rom.offline.hyper_reduce`),
+   incrementally where the enrichment changed nothing: the old modes' local values and
+   strains and the integrals of the old mode pairs are kept
+   (:class:`ddrom.rom.integrand.IntegrandCache`; the same quantities, round-off aside),
+   the ECM takes up to ``ecm_batch`` candidates per pass over its integrand (the same
+   tolerance, :mod:`ddrom.reduction.ecm` "Batches"), and the temperature component keeps
+   the points it read (the previous sensors plus the sample points that left: its
+   covering radius never grows) instead of a new farthest-point sampling;
 5. returns the new model and the HF state at ``t_k`` restricted to the new sample
    points: the march resumes from the HF solution at ``t_k``.
 
@@ -38,6 +45,7 @@ from ddrom.hf.replay import Replayer, ReplayState
 from ddrom.hf.solver import HFSolver, State
 from ddrom.parallel import CollectiveError, Timers, as_mpi
 from ddrom.reduction.inner import allreduce_sum
+from ddrom.rom.integrand import IntegrandCache
 from ddrom.rom.model import ReducedModel
 from ddrom.rom.offline import distributed_bases, hyper_reduce
 from ddrom.rom.operators import lifting_fields, values_at_points
@@ -57,6 +65,9 @@ class EnrichmentOptions:
     basis_tol : a snapshot is appended to a basis when ``||x - B B^T x|| > basis_tol ||x||``
         (norms in that basis' inner product) after two Gram-Schmidt passes.
     ecm_tol : tolerance of the warm-started ECM (None: the model's).
+    ecm_batch : candidates the warm-started ECM takes from one pass over its integrand
+        (:mod:`ddrom.reduction.ecm`, "Batches": the same tolerance, fewer passes and
+        collectives; 1: one point per pass). Not a case key: a cost knob of the update.
     enabled : enrich by default (``ddrom online`` without ``--enrich``/``--no-enrich``).
     save : write the enriched ROM of each run.
     """
@@ -65,6 +76,7 @@ class EnrichmentOptions:
     max_enrichments: int = 10
     basis_tol: float = 1e-6
     ecm_tol: float | None = None
+    ecm_batch: int = 8
     tolerances: dict = field(default_factory=dict)
     enabled: bool = False
     save: bool = True
@@ -152,7 +164,9 @@ class Enricher:
         self.w_qp = solver.asm.wdet.ravel()
         self.stress_gram = None if model.stress_gram is None else np.array(model.stress_gram, dtype=float)
         self.replayer = Replayer(dm, solver.material, solver.loads.temperature, assembler=solver.asm)
-        self._strain_cache: dict = {}                      # strains of the modes so far (hyper_reduce)
+        # the modes' local values, strains and ECM integrand blocks so far (hyper_reduce
+        # computes only the new modes' ones: the bases only grow)
+        self._cache = IntegrandCache()
         self._start: tuple[int, State] | None = None       # last HF state (step, state); None: t_0
         #: (internal state (M, n_state), T (M,)) at the enriched model's monitor points after
         #: the last :meth:`enrich` (None: the model has none)
@@ -272,15 +286,20 @@ class Enricher:
             split = Timers()
             model = hyper_reduce(self.problem, solver, self.Phi, self.Psi, self.Phip,
                                  ecm_tol=self.options.ecm_tol or float(m.info["ecm_tol"]),
+                                 ecm_batch=self.options.ecm_batch,
                                  sigma_u=m.sigma_u, sigma_p=m.gappy.sigma if m.gappy is not None else None,
                                  ecm_initial=ecm_initial, stress_gram=self.stress_gram,
-                                 strain_cache=self._strain_cache, timers=split, PhiT=self.PhiT,
+                                 cache=self._cache, timers=split, PhiT=self.PhiT,
                                  sigma_T=m.temperature_data.sigma if m.temperature_data is not None else None,
                                  n_sensors=len(m.temperature_data.sensor_gids) if m.temperature_data is not None
                                  else 0,
                                  # as many monitor points as before (none for a file without them:
                                  # the component stays absent, as its calibration was)
-                                 n_monitor=len(m.monitor.point_gids) if m.monitor is not None else 0)
+                                 n_monitor=len(m.monitor.point_gids) if m.monitor is not None else 0,
+                                 # the temperature component keeps reading where it read
+                                 # (offline._temperature_data): no new sensor sampling
+                                 previous_reads=(m.point_gids, m.temperature_data.sensor_gids)
+                                 if m.temperature_data is not None else None)
             model.info = {**m.info, **model.info,
                           "n_enrichments": int(m.info.get("n_enrichments", 0)) + 1}
             if model.gappy is not None and "p_sample_scale" not in model.info:

@@ -26,6 +26,8 @@ import numpy as np
 
 from ddrom.hf.solver import HFSolver
 from ddrom.parallel import Timers, as_mpi, check_all
+from ddrom.reduction.exact import row_matmul
+from ddrom.rom.integrand import IntegrandCache, raw_integrand
 from ddrom.rom.model import GappyData, LoadData, MonitorData, ReducedModel, TemperatureData
 from ddrom.rom.operators import (all_mode_strains, lifting_fields, mode_values_local,
                                  natural_point_ids, point_coordinates, point_interpolation, reduced_load_terms,
@@ -51,7 +53,8 @@ class OfflineOptions:
         component.
     temperature_sensors : points spread over the part (farthest-point sampling) where the
         online stage reads the temperature for that component, besides the sample points:
-        a new hot spot larger than their covering radius is seen wherever it is.
+        a new hot spot larger than their covering radius is seen wherever it is. An
+        enrichment keeps them and adds the sample points it drops (:func:`_temperature_data`).
     noise_margin : the POD tolerances of the displacement, the stress and the plastic strain
         are kept at least this many times the training data's noise floor (imported data:
         :func:`noise_floors`); a tolerance below the floor keeps modes of noise (measured on
@@ -294,40 +297,51 @@ def stress_column_weights(stress_gram: np.ndarray | None, n_stress: int) -> np.n
     return U * np.sqrt(lam / lam.max())
 
 
-def _mode_strains(solver: HFSolver, modes_local: np.ndarray, cache: dict | None) -> np.ndarray:
-    """Strains of every mode at every local point (G, N, 6); with a cache, only the new modes."""
-    old = cache.get("mode_strains") if cache is not None else None
-    n_old = old.shape[1] if old is not None and old.shape[1] <= modes_local.shape[1] else 0
-    if n_old == modes_local.shape[1]:
-        E = old
-    elif n_old:
-        E = np.concatenate([old, all_mode_strains(solver, modes_local[:, n_old:])], axis=1)
-    else:
-        E = all_mode_strains(solver, modes_local)
+def _ecm_integrand(solver: HFSolver, Phi: np.ndarray, Psi3: np.ndarray, stress_gram: np.ndarray | None,
+                   cache: IntegrandCache | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The modes on the local DOFs, the ECM columns ``A[g, (k, l)] = eps(phi_k) : (Psi L)_l`` at
+    every local point (G, N Ns) and, with a cache, their exact integrals (else None: the ECM
+    sums them). With a ``cache`` (:class:`ddrom.rom.integrand.IntegrandCache`, bases that only
+    grew since its last call) only the new modes' values, strains and integrand blocks are
+    computed and the integrals come from the cache; without, everything, and the ECM sums
+    the columns itself (the offline stage)."""
+    Ns = Psi3.shape[-1]
+    L = stress_column_weights(stress_gram, Ns)
     if cache is not None:
-        cache["mode_strains"] = E
-    return E
+        modes_local, n0 = cache.mode_values(solver, Phi)
+        strains = cache.mode_strains(solver, modes_local, n0)
+        A, b = cache.integrand(strains, Psi3, L, solver.asm.wdet.ravel(), n0, solver.comm)
+        return modes_local, A, b
+    modes_local = mode_values_local(solver, Phi)
+    strains = all_mode_strains(solver, modes_local)                         # (G, N, 6)
+    PsiL = row_matmul(Psi3.reshape(-1, Ns), L).reshape(Psi3.shape)
+    return modes_local, raw_integrand(strains, PsiL).reshape(strains.shape[0], -1), None
 
 
 def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None, *,
                  ecm_tol: float, sigma_u: np.ndarray, sigma_p: np.ndarray | None = None,
                  ecm_initial: np.ndarray | None = None, stress_gram: np.ndarray | None = None,
-                 strain_cache: dict | None = None, timers: Timers | None = None,
+                 cache: IntegrandCache | None = None, timers: Timers | None = None,
                  PhiT: np.ndarray | None = None, sigma_T: np.ndarray | None = None,
                  n_sensors: int = OfflineOptions.temperature_sensors,
-                 n_monitor: int = OfflineOptions.monitor_points) -> ReducedModel:
+                 n_monitor: int = OfflineOptions.monitor_points, ecm_batch: int = 1,
+                 previous_reads: tuple[np.ndarray, np.ndarray] | None = None) -> ReducedModel:
     """Steps 3-5 from distributed bases: ECM, Gappy samples, reduced operators.
 
     ``Phi`` (3 n_owned, N) displacement modes (zero on prescribed DOFs), ``Psi``
     (ne nq 6, Ns) stress modes, ``Phip`` (ne nq, Np) plastic-strain modes or None.
     ``stress_gram`` (Ns, Ns): Gram matrix of the stress snapshots' coefficients in ``Psi``
     (weights of the ECM columns, :func:`stress_column_weights`; None: unweighted).
-    ``ecm_initial``: global point ids to warm-start the ECM from (enrichment).
-    ``strain_cache``: a dict kept by the caller between calls whose modes only grow
-    (enrichment): the strains of the modes already seen are reused, not recomputed.
+    ``ecm_initial``: global point ids to warm-start the ECM from (enrichment); ``ecm_batch``:
+    candidates per pass of its greedy (:func:`ddrom.reduction.ecm.ecm`).
+    ``cache``: an :class:`~ddrom.rom.integrand.IntegrandCache` kept by the caller between
+    calls whose bases only grow (enrichment): the modes' local values, strains and ECM
+    integrand blocks already computed are reused, and the ECM gets its integrals from it.
     ``PhiT`` (ne nq, r): temperature modes (``T - T_ref``; None: none), read at the sample
     points and at ``n_sensors`` sensor points spread over the part (farthest from the
-    sample points and from each other) for the indicator's temperature component.
+    sample points and from each other) for the indicator's temperature component; with
+    ``previous_reads`` (the previous model's sample and sensor ids: enrichment) the sensors
+    are instead the previous ones plus the sample points that left (:func:`_temperature_data`).
     Shared by the offline stage and the online enrichment, which calls it with the
     enriched bases.
     """
@@ -339,18 +353,14 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
     ne, nq = dm.n_cells, dm.n_qp
     N = Phi.shape[1]
     w_qp = solver.asm.wdet.ravel()
-    modes_local = mode_values_local(solver, Phi)
     Psi3 = Psi.reshape(ne * nq, 6, -1)
     gids = natural_point_ids(dm)
     # 3. ECM
     with timers("ecm_integrand"):
-        Eall = _mode_strains(solver, modes_local, strain_cache)                 # (G, N, 6)
-        Ns = Psi3.shape[-1]
-        PsiL = (Psi3.reshape(-1, Ns) @ stress_column_weights(stress_gram, Ns)).reshape(Psi3.shape)
-        A = np.einsum("gkc,gcj->gkj", Eall, PsiL).reshape(ne * nq, -1)
-        del PsiL
+        modes_local, A, b = _ecm_integrand(solver, Phi, Psi3, stress_gram, cache)
     with timers("ecm"):
-        ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial)
+        ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial, integrals=b,
+                      batch=ecm_batch)
         del A
     if not ecm_res.converged:
         from ddrom.parallel import get_logger
@@ -386,7 +396,7 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
         terms = reduced_load_terms(solver, problem, modes_local)
         pt_nodes, pt_shape, pt_xyz = point_interpolation(dm, all_gids)
     with timers("temperature_sensors"):
-        tdata = _temperature_data(problem, solver, all_gids, xyz, PhiT, sigma_T, n_sensors)
+        tdata = _temperature_data(problem, solver, all_gids, xyz, PhiT, sigma_T, n_sensors, previous_reads)
     monitor = None
     if Phip is not None and n_monitor > 0:
         with timers("monitor_points"):
@@ -455,14 +465,33 @@ def monitor_points(solver: HFSolver, Phip: np.ndarray, sample_gids: np.ndarray, 
 
 
 def _temperature_data(problem: Any, solver: HFSolver, gids: np.ndarray, xyz: np.ndarray, PhiT: np.ndarray | None,
-                      sigma_T: np.ndarray | None, n_sensors: int) -> TemperatureData:
+                      sigma_T: np.ndarray | None, n_sensors: int,
+                      previous_reads: tuple[np.ndarray, np.ndarray] | None = None) -> TemperatureData:
     """Sensors spread from the sample points (farthest-point sampling) and the temperature
-    modes at the points and the sensors."""
-    from ddrom.reduction.coverage import farthest_points
+    modes at the points and the sensors.
+
+    With ``previous_reads = (I_old, S_old)`` (an enrichment: the previous model's sample and
+    sensor ids) the sensors are ``S_old - I`` followed by the old sample points that are no
+    longer sample points (``I_old - I``, ascending), so that the points where the temperature
+    component reads the field, ``I + S``, contain the previous ones: its covering radius
+    (recomputed, one pass with a k-d tree and one reduction) is at most the previous one,
+    i.e. a hot spot the previous model would have seen is still seen. A new farthest-point
+    sampling from the new sample points (64 sequential global picks, each a latency-bound
+    collective) would only move sensors that still do their job.
+    """
+    from ddrom.reduction.coverage import covering_radius, farthest_points
 
     dm = solver.dm
     own = natural_point_ids(dm)
-    sensors, radius = farthest_points(solver.xq.reshape(-1, 3), own, n_sensors, solver.comm, start=xyz)
+    if previous_reads is None:
+        sensors, radius = farthest_points(solver.xq.reshape(-1, 3), own, n_sensors, solver.comm, start=xyz)
+    else:
+        old_samples, old_sensors = (np.asarray(a, dtype=np.int64) for a in previous_reads)
+        left = np.setdiff1d(old_samples, np.concatenate([gids, old_sensors]))
+        # a sensor that became a sample point is read there already (no duplicate row)
+        sensors = np.concatenate([old_sensors[~np.isin(old_sensors, gids)], left])
+        radius = covering_radius(solver.xq.reshape(-1, 3),
+                                 np.vstack([xyz, point_coordinates(solver, sensors)]), solver.comm)
     s_nodes, s_shape, s_node_xyz = point_interpolation(dm, sensors)
     s_xyz = point_coordinates(solver, sensors)
     rows = np.concatenate([gids, sensors])
