@@ -365,3 +365,20 @@ def test_a_material_failure_in_the_middle_of_a_matrix_assembly_cuts_the_step_bac
     u, info = run(flaky)
     assert flaky.calls > 3 and info_ref.cutbacks == 0 and info.cutbacks >= 1
     assert np.allclose(u, u_ref, rtol=0, atol=1e-9 * np.abs(u_ref).max())
+
+
+@pytest.mark.mpi
+def test_one_matrix_per_solve_for_a_linear_law():
+    """A linear law's residuals go without a tangent and its matrix comes from a second
+    update only when a solve needs one: one assembly per Newton iteration (a linear step:
+    one), not one per evaluation (the converged state's would be wasted)."""
+    comm = MPI.COMM_WORLD
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0, 1, 2)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 1e-3 * t * (1 + y))])
+    dm = distributed(lambda: box(1.0, 0.6, 0.4, 6, 4, 3), comm)
+    s = HFSolver(dm, from_config(ELASTIC), loads, TIGHT)
+    st = s.initial_state()
+    for k in (1, 2):
+        st, info = s.step(st, float(k), k)
+        assert info.newton_iterations == 1
+    assert s.timers.calls["matrix"] == 2

@@ -321,7 +321,12 @@ class HFSolver:
         self.dirichlet_values(u, t)
         T = np.array(self.temperature(t), dtype=float)
         fext = self.sum_to_owned(self.external_force(t))
-        resp, r, ref = self._residual(u, old, T, dt, fext)
+        # The matrix is assembled inside every material update with a tangent (no per-point
+        # tangent kept). For a linear law that update is cheap and the converged state's
+        # matrix would be wasted (a linear step converges after one solve): residuals then
+        # go without a tangent and the matrix comes from a second update when a solve needs it.
+        with_tangent = not getattr(self.material, "linear", False)
+        resp, r, ref = self._residual(u, old, T, dt, fext, tangent=with_tangent)
         norm = self._norm(r)
         search = LineSearch(opt.line_search)
         for it in range(opt.max_iterations + 1):
@@ -333,6 +338,8 @@ class HFSolver:
                 return State(t, u, resp.stress.reshape(ne, nq, 6), resp.state, T, old.increment + 1)
             if it == opt.max_iterations:
                 break
+            if not with_tangent:
+                self._evaluate(u, old, T, dt, tangent=True)
             # self.A is this iterate's matrix (assembled by its material update). From here
             # on only u, r and the norms of this iterate are used: its stresses and state
             # (~0.5 KB per DOF for Chaboche) would otherwise stay alive next to the trial's
@@ -363,7 +370,7 @@ class HFSolver:
             while True:
                 u_try = u + alpha * du
                 try:
-                    resp_t, r_t, ref_t = self._residual(u_try, old, T, dt, fext)
+                    resp_t, r_t, ref_t = self._residual(u_try, old, T, dt, fext, tangent=with_tangent)
                     norm_t = self._norm(r_t)
                 except NotConverged:
                     norm_t = math.inf

@@ -111,6 +111,10 @@ class Material(ABC):
     state_names: list[str]
     #: True when the consistent tangent is symmetric (the HF solver then defaults to CG).
     symmetric_tangent: bool = True
+    #: True when the stress is linear in the strain at a fixed temperature (elasticity): the
+    #: HF solver then evaluates residuals without a tangent and assembles a matrix by a second
+    #: (cheap) update only when a solve needs one -- one matrix per linear step, not two.
+    linear: bool = False
 
     def initial_state(self, n: int) -> np.ndarray:
         """Internal state of a virgin material at ``n`` points: zeros ``(n, n_state)``."""

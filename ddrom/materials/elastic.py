@@ -49,6 +49,7 @@ class Elastic(Material):
 
     name = "elastic"
     n_state = 0
+    linear = True
     state_names: list[str] = []
 
     def __init__(self, cfg: Mapping[str, Any]):
