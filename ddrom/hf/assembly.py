@@ -203,7 +203,6 @@ class Assembler:
         ukey, blk = np.unique(key, return_inverse=True)
         del key
         blk = blk.ravel().astype(np.int32 if len(ukey) < 2 ** 31 else np.int64)
-        self.n_blocks = len(ukey)
         brow, bcol = ukey // ng, ukey % ng
         lo, hi = dm.node_range
         first_node = np.array(c.allgather(lo) + [ng])
