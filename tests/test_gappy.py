@@ -299,6 +299,31 @@ def test_stress_six_components_with_ecm_points():
 
 
 # ----------------------------------------------------------------------------- invariance
+@pytest.mark.mpi
+def test_an_excluded_point_with_a_weak_direction_does_not_cover_it():
+    """An ECM point (in ``exclude``) whose row is 1e-8 of the scale in a direction must not
+    count as covering it: phase 1 then chose no point for that direction and the D-optimal
+    phase met Phi_I^T Phi_I singular (the hot-spot case's p basis: "numerically singular
+    before oversampling"). Now a point strong in that direction is chosen and the sampled
+    basis is well conditioned; the same ids at every rank count."""
+    comm = MPI.COMM_WORLD
+    gid = cell_partition(comm)
+    rng = np.random.default_rng(3)
+    c, s_ = np.cos(0.7), np.sin(0.7)
+    v1, v2 = np.array([c, s_]), np.array([-s_, c])
+    Phi = rng.standard_normal((G, 1)) * v1 + rng.standard_normal((G, 1)) * v2 * (rng.random((G, 1)) < 0.05)
+    ecm = np.arange(10, 40)                 # 30 points whose rows are v1 + 1e-9 of v2
+    Phi[ecm] = rng.uniform(1, 2, (30, 1)) * v1 + 1e-9 * rng.standard_normal((30, 1)) * v2
+    ids = qdeim_points(Phi[gid], gid, comm, exclude=ecm, n_extra=3)
+    assert list(ids[:30]) == list(ecm) and ids.size == 33
+    strong = np.where(np.isin(np.arange(G), ecm), -1.0, (Phi @ v2) ** 2)
+    assert ids[30] == int(np.argmax(strong))
+    gp = GappyPOD(Phi[gid], gid, ids, comm)
+    assert gp.cond < 1e3
+    all_ok = comm.allgather(ids.tolist())
+    assert all(x == all_ok[0] for x in all_ok)
+
+
 def _pipeline(comm, ncomp, N, n_extra, exclude=None):
     gid, Phi_loc, S = setup(comm, ncomp=ncomp, N=N, replicated_basis=True)
     ids = qdeim_points(Phi_loc, gid, comm, ncomp=ncomp, n_extra=n_extra, exclude=exclude)

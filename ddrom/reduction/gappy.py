@@ -46,6 +46,13 @@ __all__ = ["qdeim_points", "GappyPOD", "gather_point_rows"]
 TIE_RTOL = 1e-6
 #: A sampled basis with a condition number above this is rejected (rank deficient).
 MAX_COND = 1e12
+#: Relative norm (to the largest point row) below which a row of a point given in
+#: ``exclude`` adds no direction to the span phase 1 of :func:`qdeim_points` builds. Those
+#: points are not chosen for their residual (e.g. the ECM's): a row that deflates to 1e-8
+#: of the scale would count as covering its direction, phase 1 would stop without choosing
+#: a point for it and the D-optimal phase would meet ``Phi_I^T Phi_I`` singular to working
+#: precision (its eigenvalue ~ norm^2). 1e-6 keeps that eigenvalue >= 1e-12 of the largest.
+EXCLUDED_RANK_TOL = 1e-6
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -318,7 +325,7 @@ def qdeim_points(Phi_loc: Any, gid_loc: Any, comm: Any = None, ncomp: int = 1,
     Q = np.zeros((N, 0))
     R3 = P3.copy()                          # deflated local rows
 
-    def add_point_rows(B: np.ndarray) -> None:
+    def add_point_rows(B: np.ndarray, tol: float = tol) -> None:
         nonlocal Q
         rows.append(B)
         if Q.shape[1] < N:
@@ -336,7 +343,7 @@ def qdeim_points(Phi_loc: Any, gid_loc: Any, comm: Any = None, ncomp: int = 1,
         _, pos = _local_positions(gid, ex)
         available[pos] = False
         for B in B_ex:
-            add_point_rows(B)
+            add_point_rows(B, max(tol, EXCLUDED_RANK_TOL * scale))
 
     target = n_avail if n_req is None else n_req
     n_new = 0
