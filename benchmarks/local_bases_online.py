@@ -77,14 +77,22 @@ def evaluate_case(path: str, comm: Any, ks: list[int], Ns: list[int], folds: int
         t0 = time.perf_counter()
         test = heldout_online(case, comm, configs, mode="test")
         out["seconds"]["test_check"] = time.perf_counter() - t0
-        out["test"] = analyse({**rep, "check": test}, configs, Ns)
+        out["test"] = analyse({**rep, "check": test}, configs, Ns, fold_check=rep["check"])
         out["test"]["check"] = test
     return out
 
 
-def analyse(rep: dict, configs: list[tuple[int, int]], Ns: list[int]) -> dict:
-    """Rankings, per-N decisions and the recommendation's verdict from a cluster report."""
+def analyse(rep: dict, configs: list[tuple[int, int]], Ns: list[int], fold_check: dict | None = None) -> dict:
+    """Rankings, per-N decisions and the recommendation's verdict from a cluster report.
+
+    Per N (the online budget): the a priori criterion's choice and the checked one (what
+    ``ddrom cluster --online-modes N`` recommends: :func:`ddrom.workflow.cluster.verdict` on
+    the held-out online errors of the folds, ``fold_check``, default ``rep["check"]``),
+    each judged against the online errors of ``rep["check"]`` (the folds themselves, or the
+    test points: new simulations neither choice saw).
+    """
     from ddrom.reduction.criterion import GAIN_MIN
+    from ddrom.workflow.cluster import verdict as final_choice
 
     table = {(r["k"], r["N"]): r for r in rep["table"]}
     online = {(r["k"], r["N"]): r for r in rep["check"]["configs"]}
@@ -110,7 +118,15 @@ def analyse(rep: dict, configs: list[tuple[int, int]], Ns: list[int]) -> dict:
                           < table[(1, N)]["heldout_mean_local"])
         choice = best_prior if pays_prior else (1, N)
         c_on = online[choice]["mean_displacement"]
+        fc = fold_check or rep["check"]
+        checked = final_choice({"choice": {"k": choice[0], "N": N}},
+                               {"configs": [r for r in fc["configs"] if r["N"] == N]})
+        k_chk = checked["k"]
+        chk_on = online[(k_chk, N)]["mean_displacement"]
         per_N.append({
+            "checked_k": k_chk, "checked_message": checked["message"], "online_error_checked": chk_on,
+            "checked_right": bool(chk_on <= g if k_chk > 1 else online[best]["mean_displacement"] * GAIN_MIN >= g),
+            "checked_points": online[(k_chk, N)]["points_mean"], "global_points": online[(1, N)]["points_mean"],
             "N": N, "criterion_k": choice[0], "criterion_local": pays_prior,
             "online_error_criterion_choice": c_on, "online_error_global": g,
             "best_k_online": best[0], "best_online": online[best]["mean_displacement"],
@@ -166,6 +182,10 @@ def format_case(res: dict, title: str | None = None) -> str:
         f"N={p['N']}: k={p['criterion_k']} {p['online_error_criterion_choice']:.3e} vs {p['online_error_global']:.3e}, "
         f"best k={p['best_k_online']} ({p['best_online']:.3e}){'' if p['criterion_right'] else ' MISS'}"
         for p in res["per_N"]))
+    lines.append("per N, checked on the folds (ddrom cluster --online-modes N): " + "; ".join(
+        f"N={p['N']}: k={p['checked_k']} {p['online_error_checked']:.3e} vs {p['online_error_global']:.3e} "
+        f"({p['checked_points']:.0f} vs {p['global_points']:.0f} points){'' if p['checked_right'] else ' MISS'}"
+        for p in res["per_N"]))
     lines.append(f"Spearman (a priori vs online mean error over the grid): held-out {res['spearman_heldout']:.3f}, "
                  f"training {res['spearman_training']:.3f}; of the gains over the global basis (k > 1): "
                  f"{res['spearman_gain']:.3f}")
@@ -192,20 +212,28 @@ def markdown(res: dict) -> str:
             row += f" {t['mean_displacement']:.3g} | {t['routed_local']}/{t['n_runs']} |"
         lines.append(row)
     lines.append("")
-    head = "| N | criterion | held out: its choice | global | best k | right? |"
+    head = "| N | a priori | checked | held out: a priori's choice | global | best k | right? |"
     if test:
-        head += " test points: its choice | global | best k | right? |"
+        head += " test points: a priori's choice | right? | checked choice | right? | global | best k |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     tests = {p["N"]: p for p in res["test"]["per_N"]} if test else {}
 
-    def cells(p: dict) -> str:
-        return (f" {p['online_error_criterion_choice']:.3g} | {p['online_error_global']:.3g} | "
-                f"{p['best_k_online']} ({p['best_online']:.3g}) | {'yes' if p['criterion_right'] else 'miss'} |")
+    def kname(k: int) -> str:
+        return "global" if k == 1 else f"k={k}"
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "miss"
 
     for p in res["per_N"]:
-        row = f"| {p['N']} | {'k=' + str(p['criterion_k']) if p['criterion_local'] else 'global'} |" + cells(p)
+        row = (f"| {p['N']} | {kname(p['criterion_k'])} | {kname(p['checked_k'])} | "
+               f"{p['online_error_criterion_choice']:.3g} | {p['online_error_global']:.3g} | "
+               f"{p['best_k_online']} ({p['best_online']:.3g}) | {yes(p['criterion_right'])} |")
         if test:
-            row += cells(tests[p["N"]])
+            t = tests[p["N"]]
+            row += (f" {t['online_error_criterion_choice']:.3g} | {yes(t['criterion_right'])} | "
+                    f"{t['online_error_checked']:.3g} ({t['checked_points']:.0f} pts) | {yes(t['checked_right'])} | "
+                    f"{t['online_error_global']:.3g} ({t['global_points']:.0f} pts) | "
+                    f"{t['best_k_online']} ({t['best_online']:.3g}) |")
         lines.append(row)
     return "\n".join(lines)
 

@@ -190,8 +190,18 @@ def test_cluster_report_heldout_criterion_and_online_check(shared_tmp):
     rec = out["recommendation"]
     k, N = rec["choice"]["k"], rec["choice"]["N"]
     check = {(c["k"], c["N"]): c for c in out["check"]["configs"]}
-    assert (k, N) in check and (1, N) in check and len(check) == 2
-    assert out["verdict"]["N"] == N and out["verdict"]["agrees"] in (True, False)
+    # by default every k at the recommended N is checked, and the verdict chooses among them
+    assert sorted(check) == [(1, N), (2, N)]
+    v = out["verdict"]
+    assert v["N"] == N and v["a_priori"] == [k, N] and v["agrees"] == (v["k"] == k)
+    assert v["online_error"] == check[(v["k"], N)]["mean_displacement"]
+    # the online budget: local or global bases at the N a user affords
+    b = cluster_report(path, comm, ks=[1, 2], Ns=[2, 4, 6], folds=3, check=None, online_modes=2)
+    assert b["recommendation"]["choice"]["N"] == 2 and "check" not in b
+    for bad, msg in (({"online_modes": 3}, "N=3 is not among the basis sizes"),
+                     ({"online_modes": 2, "error_target": 0.1}, "exclude each other")):
+        with pytest.raises(DdromError, match=msg):
+            cluster_report(path, comm, ks=[1, 2], Ns=[2, 4, 6], folds=3, check=None, **bad)
     for c in check.values():
         assert c["n_runs"] == 6 and {x["fold"] for x in c["runs"]} == {0, 1, 2}
         assert np.isfinite(c["mean_displacement"]) and c["seconds_mean"] > 0
@@ -239,29 +249,44 @@ def test_check_records_a_configuration_that_cannot_be_built(shared_tmp, monkeypa
     assert (v["k"], v["N"], v["agrees"]) == (1, 4, False) and "could not be built in fold 0" in v["message"]
 
 
-def _row(k, N, u, **kw):
-    return {"k": k, "N": N, "mean_displacement": u, **kw}
+def _row(k, N, u, modes=None, points=None, **kw):
+    return {"k": k, "N": N, "mean_displacement": u, "modes_mean": N if modes is None else modes,
+            "points_mean": 10.0 * N if points is None else points, **kw}
 
 
 def test_verdict_follows_the_online_check():
-    """The verdict keeps a local recommendation only when the online errors confirm its gain,
-    and names a local gain the a priori criterion missed."""
+    """The final recommendation at the a priori N: an a priori local choice stands (with the k
+    the check found best) unless the check finds it worse than the global basis online; an a
+    priori global choice gives way only to a local gain of GAIN_MIN; never a configuration
+    that was not built in every fold or costs more online; disagreements are named."""
     from ddrom.workflow.cluster import verdict
 
     loc = {"choice": {"k": 3, "N": 6}}
     v = verdict(loc, {"configs": [_row(3, 6, 0.01), _row(1, 6, 0.05)]})
-    assert (v["k"], v["agrees"]) == (3, True) and "x5.00" in v["message"]
-    v = verdict(loc, {"configs": [_row(3, 6, 0.048), _row(1, 6, 0.05)]})      # gain 1.04 < GAIN_MIN
-    assert (v["k"], v["N"], v["agrees"]) == (1, 6, False) and "a gain below" in v["message"]
+    assert (v["k"], v["N"], v["agrees"], v["a_priori"]) == (3, 6, True, [3, 6]) and "x5.00" in v["message"]
+    assert (v["online_error"], v["online_error_global"]) == (0.01, 0.05)
+    v = verdict(loc, {"configs": [_row(3, 6, 0.048), _row(1, 6, 0.05)]})      # not contradicted: stands
+    assert (v["k"], v["agrees"]) == (3, True)
     v = verdict(loc, {"configs": [_row(3, 6, 0.2), _row(1, 6, 0.05)]})
-    assert (v["k"], v["agrees"]) == (1, False)
+    assert (v["k"], v["agrees"]) == (1, False) and "the recommended k=3 gave 0.2 against 0.05" in v["message"]
+    # another k of the same N did better online: the check's k, the a priori one named
+    v = verdict(loc, {"configs": [_row(3, 6, 0.04), _row(2, 6, 0.01), _row(1, 6, 0.05)]})
+    assert (v["k"], v["agrees"]) == (2, False) and "the recommended k=3 gave 0.04" in v["message"]
+    # a gain at a higher online cost (more reduced points than the global ROM) is not taken
+    v = verdict(loc, {"configs": [_row(3, 6, 0.01, points=80.0), _row(1, 6, 0.05, points=60.0)]})
+    assert (v["k"], v["agrees"]) == (1, False) and "higher online cost" in v["message"]
     glob = {"choice": {"k": 1, "N": 6}}
     v = verdict(glob, {"configs": [_row(1, 6, 0.05), _row(2, 6, 0.06)]})
-    assert (v["k"], v["agrees"]) == (1, True)
-    v = verdict(glob, {"configs": [_row(1, 6, 0.05), _row(2, 6, 0.01)]})
-    assert (v["k"], v["agrees"]) == (1, False) and "missed a local gain" in v["message"]
+    assert (v["k"], v["agrees"]) == (1, True) and "no checked local configuration beats it" in v["message"]
+    v = verdict(glob, {"configs": [_row(1, 6, 0.05), _row(2, 6, 0.048)]})     # gain 1.04 < GAIN_MIN
+    assert (v["k"], v["agrees"]) == (1, True) and "a gain below x1.1" in v["message"]
+    v = verdict(glob, {"configs": [_row(1, 6, 0.05), _row(2, 6, 0.01), _row(4, 6, 0.02)]})
+    assert (v["k"], v["agrees"]) == (2, False) and "a local gain it missed" in v["message"]
     v = verdict(glob, {"configs": [_row(1, 6, 0.05), _row(2, 6, math.inf, unbuildable=[{"fold": 1, "reason": "x"}])]})
     assert (v["k"], v["agrees"]) == (1, True)
+    # without a global ROM of that N nothing is compared: the a priori choice, said so
+    v = verdict(loc, {"configs": [_row(3, 6, 0.01)]})
+    assert (v["k"], v["agrees"]) == (3, None) and "no global ROM" in v["message"]
 
 
 def test_router_decisions_margin_and_unavailable_features():

@@ -385,6 +385,9 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--error-target", type=float,
                    help="mean held-out relative error wanted (default: the most accurate configuration)")
     p.add_argument("--budget", type=float, help="offline cost budget relative to the global basis (default: none)")
+    p.add_argument("--online-modes", type=int, metavar="N",
+                   help="the online budget, modes per basis (one of --modes): local or global bases at this N "
+                        "(default: the N of --error-target, or the most accurate N)")
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
                    help=f"folds of the training simulations held out (default {DEFAULT_FOLDS}; 0: leave-one-out)")
     p.add_argument("--check", choices=["folds", "test", "none"], default="folds",
@@ -420,7 +423,8 @@ def _cluster_run(args: Any, comm: Any) -> int:
     with _output(args), _lock(case, comm):
         out = cluster_report(case, comm, args.clusters, args.modes, args.dissimilarity,
                              args.error_target, args.budget, plots=True, folds=args.folds or None,
-                             check=None if args.check == "none" else args.check, keep_roms=args.keep_roms)
+                             check=None if args.check == "none" else args.check, keep_roms=args.keep_roms,
+                             online_modes=args.online_modes)
     if not args.quiet:
         rank0_print(comm, f"ddrom cluster: {out['simulations']} simulations, {out['snapshots']} snapshots, "
                           f"dissimilarity {out['dissimilarity']}"
@@ -433,7 +437,7 @@ def _cluster_run(args: Any, comm: Any) -> int:
         if "check" in out:
             rank0_print(comm, format_check(out["check"]))
         if "verdict" in out:
-            rank0_print(comm, "  verdict of the check: " + out["verdict"]["message"])
+            rank0_print(comm, "  recommendation after the check: " + out["verdict"]["message"])
     _emit_json(args, comm, out)
     return 0
 

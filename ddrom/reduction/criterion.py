@@ -537,7 +537,8 @@ def merge_heldout(table: list[dict], heldout: list[dict]) -> list[dict]:
 
 
 def recommend_heldout(table: list[dict], error_target: float | None = None, budget: float | None = None, *,
-                      metric: str = "mean", gain_min: float = GAIN_MIN, noise: float = 1e-6) -> dict:
+                      metric: str = "mean", gain_min: float = GAIN_MIN, noise: float = 1e-6,
+                      online_modes: int | None = None) -> dict:
     """Choose (k, N) from the held-out columns (:func:`merge_heldout`); the global basis unless
     local bases are clearly better on simulations they were not built from.
 
@@ -547,8 +548,9 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
     is resolved to ~1e-8 only, ~2e-8 is measured for an exact span, and HF snapshots carry
     their solver's tolerance); the candidate at that N is then that k, else the global basis.
     With ``error_target``: the smallest N whose candidate reaches it (``heldout_<metric>``
-    <= target); without: the N whose candidate has the smallest held-out error (the
-    smallest such N within a relative 1e-9).
+    <= target); with ``online_modes`` (the online cost a user affords: modes per basis, one
+    of the table's N): the candidate of that N; with neither: the N whose candidate has the
+    smallest held-out error (the smallest such N within a relative 1e-9).
 
     Returns
     -------
@@ -559,6 +561,8 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
     """
     if metric not in ("mean", "max"):
         raise DdromError(f"recommend: metric must be 'mean' or 'max', got {metric!r}")
+    if error_target is not None and online_modes is not None:
+        raise DdromError("recommend: give an error target or the online modes, not both (the target chooses N)")
     key_l, key_g = f"heldout_{metric}_local", f"heldout_{metric}_global"
     rows = [r for r in table if key_l in r and np.isfinite(r[key_l])]
     if not rows:
@@ -594,6 +598,11 @@ def recommend_heldout(table: list[dict], error_target: float | None = None, budg
                     "message": f"no (k, N) reaches held-out {metric} error {error_target:g}; the best is "
                                f"k={r['k']}, N={r['N']} ({r[key_l]:.3g}): enlarge N" + also}
         N = min(ok)
+    elif online_modes is not None:
+        if online_modes not in cands:
+            raise DdromError(f"recommend: online modes N={online_modes} is not among the table's basis sizes with "
+                             f"held-out errors ({', '.join(str(n) for n in sorted(cands))})")
+        N = online_modes
     else:
         best = min(r[key_l] for r, _ in cands.values())
         N = min(n for n, (r, _) in cands.items() if r[key_l] <= best * (1 + 1e-9))

@@ -77,7 +77,7 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
                    dissimilarity: str = "grassmann_max", error_target: float | None = None,
                    budget: float | None = None, plots: bool = False, *, folds: int | None = DEFAULT_FOLDS,
                    check: str | None = "folds", check_configs: Sequence[tuple[int, int]] | None = None,
-                   keep_roms: bool = False) -> dict[str, Any]:
+                   keep_roms: bool = False, online_modes: int | None = None) -> dict[str, Any]:
     """The local-vs-global criterion of a case: a priori tables, recommendation, a posteriori check.
 
     Parameters
@@ -90,10 +90,12 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
     folds : number of folds of the held-out criterion (None: leave-one-out)
     check : ``"folds"`` (held-out online errors on the same folds), ``"test"`` (the case's
         test points against their HF store) or None (no ROM is built)
-    check_configs : the (k, N) checked a posteriori (default: the recommended one and the
-        global basis of the same N, and when the global one is recommended the best local
-        configuration of that N)
+    check_configs : the (k, N) checked a posteriori (default: every k of ``ks`` at the
+        recommended N, the global basis included: the verdict chooses among them)
     keep_roms : keep the check's ROM files (``OUTPUT/cluster_check/``)
+    online_modes : the online budget, modes per basis (one of ``Ns``): the recommendation
+        chooses local or global bases at this N (None: by ``error_target``, or the most
+        accurate N)
 
     Returns
     -------
@@ -103,7 +105,7 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
         (:func:`~ddrom.reduction.criterion.recommend_heldout`), ``recommendation_training``
         (the training-error recommendation of earlier versions, with ``error_target``),
         ``heldout`` (protocol), ``check`` (:func:`heldout_online`), ``verdict``
-        (:func:`verdict`: the configuration the check supports), timers.
+        (:func:`verdict`: the final recommendation, the configuration the check supports), timers.
     """
     from ddrom.io.store import SnapshotStore
     from ddrom.reduction.criterion import (efficiency_table, heldout_table, merge_heldout, plot_efficiency,
@@ -129,6 +131,10 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
     ks = ks or [k for k in (1, 2, 3, 4) if k <= nsim]
     m = C.shape[0]
     Ns = Ns or sorted({n for n in (1, 2, 4, 8, 12, 16, 24, 32) if n <= m})
+    if online_modes is not None and (error_target is not None or online_modes not in Ns):
+        raise CollectiveError(f"cluster: online modes N={online_modes} " + (
+            "and an error target exclude each other (the target chooses N)" if error_target is not None else
+            f"is not among the basis sizes of the table ({', '.join(str(n) for n in Ns)})"))
     copts = classifier_options(case)
     with timers("criterion"):
         table = efficiency_table(C, labels, ks, Ns, dissimilarity=dissimilarity, n_rows=3 * dm.n_nodes_global)
@@ -158,12 +164,12 @@ def cluster_report(case: Any, comm: Any, ks: list[int] | None = None, Ns: list[i
         out["heldout"] = {"folds": [f.tolist() for f in fl], "n_folds": len(fl),
                           "protocol": _protocol(nsim, len(fl)), "classifier": copts.method,
                           "margin": copts.margin, "simulations": g["names"]}
-        out["recommendation"] = recommend_heldout(table, error_target, budget)
+        out["recommendation"] = recommend_heldout(table, error_target, budget, online_modes=online_modes)
     out["table"] = table
     if error_target is not None:
         out["recommendation_training"] = recommend(table, error_target, budget)
     if check is not None and "recommendation" in out and out["recommendation"]["choice"] is not None:
-        configs = list(check_configs) if check_configs else _default_configs(table, out["recommendation"])
+        configs = list(check_configs) if check_configs else _default_configs(ks, out["recommendation"])
         out["check"] = heldout_online(case, comm, configs, mode=check, folds=folds, context=(dm, solver),
                                       keep_roms=keep_roms)
         out["verdict"] = verdict(out["recommendation"], out["check"])
@@ -185,18 +191,10 @@ def _protocol(nsim: int, n_folds: int) -> str:
             f"fold i mod {n_folds})")
 
 
-def _default_configs(table: list[dict], rec: dict) -> list[tuple[int, int]]:
-    ch = rec["choice"]
-    N = ch["N"]
-    configs = [(ch["k"], N)]
-    if ch["k"] != 1:
-        configs.append((1, N))
-    else:
-        loc = [r for r in table if r["N"] == N and r["k"] > 1 and np.isfinite(r.get("heldout_mean_local", np.nan))]
-        if loc:
-            best = min(loc, key=lambda r: r["heldout_mean_local"])
-            configs.append((best["k"], N))
-    return configs
+def _default_configs(ks: Sequence[int], rec: dict) -> list[tuple[int, int]]:
+    """Every k at the recommended N (the global basis first): the check decides among them."""
+    N = rec["choice"]["N"]
+    return [(1, N)] + [(k, N) for k in sorted(set(ks)) if k > 1]
 
 
 def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, mode: str = "folds",
@@ -343,54 +341,86 @@ def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, 
 
 
 def verdict(recommendation: dict, check: dict, gain_min: float = GAIN_MIN) -> dict:
-    """The configuration the a posteriori check supports: the a priori choice confronted with
-    the held-out online errors.
+    """The final recommendation: the a priori choice's N, and among the configurations the a
+    posteriori check ran at that N the one its held-out online errors support.
 
-    Local bases (k > 1) are kept only when they were built for every fold and their mean
-    online displacement error times ``gain_min`` is below the global basis' of the same N
-    (the rule :func:`~ddrom.reduction.criterion.recommend_heldout` applies to projection
-    errors); otherwise the global basis of that N is the verdict, with the reason. A global
-    a priori choice stays global, and the message names a checked local configuration
-    that the online errors found better (the criterion missed it), so a user sees the
-    disagreement instead of a recommendation the check contradicts.
+    The a priori criterion proposes N and whether local bases pay off there; the check (a
+    cross-validation of the ROMs themselves on simulations they were not built from) picks the
+    local configuration with the smallest mean online displacement error at that N among
+    those built in every fold at no higher online cost than the global ROM (mean modes and
+    reduced points per run), and decides:
+
+    * a priori local: that configuration when its online error is not above the global
+      basis' (both pieces of evidence agree that local bases help; the check chooses k),
+      else the global basis;
+    * a priori global: that configuration only when its online error times ``gain_min`` is
+      below the global basis' (the margin :func:`~ddrom.reduction.criterion.recommend_heldout`
+      asks of projection errors: the check must overturn the criterion clearly), else the
+      global basis.
+
+    At small N the online error is dominated by the hyper-reduction and the reduced Newton,
+    which a projection error does not see: that is where the check overturns the criterion.
+    ``agrees`` says whether the final k is the a priori one; the message names any
+    disagreement (a local choice overruled or replaced by another k, a local gain the
+    criterion missed, a gain at a higher online cost).
 
     Returns
     -------
     dict
-        ``k``, ``N``, ``agrees`` (the check supports the a priori choice), ``message``.
+        ``k``, ``N`` (the final configuration), ``a_priori`` ([k, N] of the criterion),
+        ``agrees``, ``online_error`` and ``online_error_global`` (mean held-out displacement
+        errors, NaN when not checked), ``message``.
     """
     ch = recommendation["choice"]
-    k, N = ch["k"], ch["N"]
+    k0, N = ch["k"], ch["N"]
     rows = {(r["k"], r["N"]): r for r in check["configs"]}
     glob = rows.get((1, N))
-    g_err = glob["mean_displacement"] if glob is not None else math.nan
-    if k > 1:
-        loc = rows.get((k, N))
-        if loc is None or glob is None:
-            return {"k": k, "N": N, "agrees": None,
-                    "message": f"k={k}, N={N} (a priori); the check did not compare it with the global basis"}
-        if loc.get("unbuildable"):
-            why = loc["unbuildable"][0]
-            return {"k": 1, "N": N, "agrees": False,
-                    "message": f"the global basis, N={N}: the recommended k={k} could not be built in fold "
-                               f"{why['fold']} ({why['reason']})"}
-        l_err = loc["mean_displacement"]
-        if l_err * gain_min < g_err:
-            return {"k": k, "N": N, "agrees": True,
-                    "message": f"k={k}, N={N}: held-out online displacement error {l_err:.3g} against "
-                               f"{g_err:.3g} for the global basis (x{g_err / l_err if l_err > 0 else math.inf:.2f})"}
-        return {"k": 1, "N": N, "agrees": False,
-                "message": f"the global basis, N={N}: online, the recommended k={k} gave {l_err:.3g} against "
-                           f"{g_err:.3g} for the global basis (a gain below x{gain_min:g})"}
-    better = [r for (kk, nn), r in rows.items() if kk > 1 and nn == N and not r.get("unbuildable")
-              and r["mean_displacement"] * gain_min < g_err]
-    if better:
-        b = min(better, key=lambda r: r["mean_displacement"])
-        return {"k": 1, "N": N, "agrees": False,
-                "message": f"the global basis, N={N} (a priori); but online k={b['k']} gave "
-                           f"{b['mean_displacement']:.3g} against {g_err:.3g}: the criterion missed a local gain"}
-    return {"k": 1, "N": N, "agrees": True,
-            "message": f"the global basis, N={N}: no checked local configuration beats it online"}
+    out = {"N": N, "a_priori": [k0, N]}
+    if glob is None or not math.isfinite(glob["mean_displacement"]):
+        return {**out, "k": k0, "agrees": None, "online_error": math.nan, "online_error_global": math.nan,
+                "message": f"k={k0}, N={N} (a priori); the check has no global ROM of N={N} to compare with"}
+    g_err = glob["mean_displacement"]
+    loc = [r for (kk, nn), r in rows.items() if kk > 1 and nn == N]
+    built = [r for r in loc if not r.get("unbuildable") and math.isfinite(r["mean_displacement"])]
+    dearer = [r for r in built if r["modes_mean"] > glob["modes_mean"] or r["points_mean"] > glob["points_mean"]]
+    built = [r for r in built if r not in dearer]
+    best = min(built, key=lambda r: (r["mean_displacement"], r["k"])) if built else None
+    # a local a priori choice needs the check not to contradict it; a global one, a clear gain
+    needed = g_err if k0 > 1 else g_err / gain_min
+    take = best is not None and (best["mean_displacement"] <= needed if k0 > 1 else
+                                    best["mean_displacement"] < needed)
+    notes = []
+    if k0 > 1:
+        mine = rows.get((k0, N))
+        if mine is None:
+            notes.append(f"the recommended k={k0} was not checked")
+        elif mine.get("unbuildable"):
+            why = mine["unbuildable"][0]
+            notes.append(f"the recommended k={k0} could not be built in fold {why['fold']} ({why['reason']})")
+        elif not (take and best["k"] == k0):
+            notes.append(f"online, the recommended k={k0} gave {mine['mean_displacement']:.3g} against "
+                         f"{g_err:.3g} for the global basis")
+    for r in dearer:
+        if r["mean_displacement"] < needed:
+            notes.append(f"k={r['k']} gave {r['mean_displacement']:.3g} against {g_err:.3g} but at a higher online "
+                         f"cost ({r['modes_mean']:.1f} modes, {r['points_mean']:.1f} points against "
+                         f"{glob['modes_mean']:.1f}, {glob['points_mean']:.1f})")
+    if k0 == 1 and not take and best is not None and best["mean_displacement"] < g_err:
+        notes.append(f"k={best['k']} gave {best['mean_displacement']:.3g}, a gain below x{gain_min:g}")
+    if take:
+        k, e = best["k"], best["mean_displacement"]
+        head = (f"k={k}, N={N}: held-out online displacement error {e:.3g} against {g_err:.3g} for the global basis "
+                f"(x{g_err / e if e > 0 else math.inf:.2f}) at {best['points_mean']:.1f} against "
+                f"{glob['points_mean']:.1f} reduced points")
+        if k0 == 1:
+            notes.append("the a priori criterion chose the global basis: a local gain it missed, found by the check")
+    else:
+        k, e = 1, g_err
+        head = f"the global basis, N={N}: held-out online displacement error {g_err:.3g}"
+        if k0 == 1 and not notes:
+            head += "; no checked local configuration beats it online"
+    return {**out, "k": k, "agrees": k == k0, "online_error": e, "online_error_global": g_err,
+            "message": head + ("; " + "; ".join(notes) if notes else "")}
 
 
 def format_check(check: dict) -> str:
