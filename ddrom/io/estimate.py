@@ -41,18 +41,21 @@ BASE_BYTES = 160 << 20
 def _hf_doubles_per_cell(k: int, nq: int, n_state: int) -> int:
     """Doubles per local cell of the HF solver at its peak.
 
-    Element matrices of the vectorized assembly (3 copies of (3k)^2), and per
-    integration point the B-bar matrices, stresses, strains, tangents and internal
-    variables (old and new). Measured: 52 KB per hexahedron at the peak of ``ddrom hf``
-    on boxes of 12^3 and 24^3 cells at 2 ranks (elastic; Chaboche +10 %); this model
-    gives 45 KB plus the per-DOF part below.
+    Per integration point what lives for the whole step: shape-function gradients (3 k),
+    stress and strain (12), coordinates, weights and the cell averages of B-bar (~24), the
+    material state of the iterate and of the line-search trial or converged state
+    (2 n_state, + n_state of slack). Element matrices and tangents are no longer stored per
+    cell or point: the kernels run over blocks of 2,048 cells and 16,384 points, whose
+    temporaries (~30 MB) are in :data:`BASE_BYTES`' margin. With :data:`HF_BYTES_PER_DOF`
+    this bounds the measured peaks of a Chaboche Newton step (13 internal variables) on
+    2 ranks: 3,273 MiB per rank at 1.07M DOFs (model 3,347), 738 MiB at 206k (model 768).
     """
-    return 3 * (3 * k) ** 2 + nq * (4 * 6 * 3 * k + 60 + 3 * n_state)
+    return nq * (3 * k + 36 + 3 * n_state)
 
 
-#: Per DOF: the AIJ matrix row (81 nonzeros of 8 + 4 bytes for a hexahedral mesh) and
-#: about twice that for the GAMG hierarchy.
-HF_BYTES_PER_DOF = 3 * 81 * 12
+#: Per DOF: PETSc's AIJ matrix (81 nonzeros of 8 + 4 bytes per row of a hexahedral mesh,
+#: ~1 KB) and the GAMG hierarchy with the GMRES vectors (measured ~2.1-2.4 KB at 2 ranks).
+HF_BYTES_PER_DOF = 4200
 #: Rank 0 builds the serial mesh and its dual graph before distributing it: points,
 #: cells, sorted face keys (np.unique), generator temporaries (measured order: 1 KB
 #: per hexahedron).
