@@ -8,7 +8,6 @@ from mpi4py import MPI
 from ddrom.hf.loads import Dirichlet, Loads, NodalForce, Pressure, Traction, BodyForce, Centrifugal
 from ddrom.hf.solver import HFSolver, SolverOptions
 from ddrom.materials import from_config
-from ddrom.mesh.boundary import boundary_facets
 from ddrom.mesh.generators import box, hex_to_tet
 from ddrom.parallel import DdromError
 from helpers import distributed, distort, gather_natural

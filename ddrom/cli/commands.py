@@ -416,8 +416,7 @@ def _run_rows(s: dict) -> list[tuple[str, Any]]:
 
 
 def _cluster_run(args: Any, comm: Any) -> int:
-    from ddrom.reduction.criterion import format_table
-    from ddrom.workflow.cluster import cluster_report, format_check
+    from ddrom.workflow.cluster import cluster_report, format_check, format_table
 
     case = _case(args, comm)
     with _output(args), _lock(case, comm):

@@ -30,11 +30,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ddrom.parallel import CollectiveError, Timers, as_mpi, get_logger, raise_collective
-from ddrom.reduction.criterion import GAIN_MIN
+from ddrom.reduction.criterion import GAIN_MIN, format_table
 from ddrom.reduction.routing import DEFAULT_FOLDS
 from ddrom.workflow.hf import store_path
-from ddrom.workflow.options import classifier_options, offline_options
-from ddrom.workflow.rom import _online_newton, as_case, build_rom_file, hf_context, run_routed
+from ddrom.workflow.options import classifier_options, offline_options, online_newton_options
+from ddrom.workflow.rom import as_case, build_rom_file, hf_context, run_routed
 
 
 #: POD tolerance of the ROMs of the a posteriori check: their size is the configuration's N
@@ -234,7 +234,7 @@ def heldout_online(case: Any, comm: Any, configs: Sequence[tuple[int, int]], *, 
     log = get_logger(comm)
     dm, solver = context or hf_context(case, comm, Timers())
     problem = build_problem(case)
-    newton = _online_newton(case)
+    newton = online_newton_options(case)
     copts = classifier_options(case)
     configs = [(int(k), int(N)) for k, N in configs]
     train_store = SnapshotStore.open(store_path(case, "training"), comm, mode="r", dmesh=dm)
@@ -436,4 +436,5 @@ def format_check(check: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["cluster_report", "heldout_online", "verdict", "format_check", "DEFAULT_FOLDS", "CHECK_POD_TOL"]
+__all__ = ["cluster_report", "heldout_online", "verdict", "format_check", "format_table", "DEFAULT_FOLDS",
+           "CHECK_POD_TOL"]

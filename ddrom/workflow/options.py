@@ -87,6 +87,15 @@ def solver_options(case: Any) -> SolverOptions:
                          bbar=s["element_technology"] == "bbar", petsc_options=dict(s["petsc_options"]))
 
 
+def online_newton_options(case: Any) -> "OnlineOptions":
+    """The reduced Newton's options: the case's [solver] Newton keys (those of the HF Newton)."""
+    from ddrom.rom.online import OnlineOptions
+
+    s = case.raw["solver"]
+    return OnlineOptions(rtol=s["newton_rtol"], atol=s["newton_atol"], max_iterations=s["max_iterations"],
+                         line_search=s["line_search"], max_cutbacks=s["max_cutbacks"])
+
+
 def offline_options(case: Any) -> OfflineOptions:
     r = case.raw["rom"]
     return OfflineOptions(pod_tol=r["pod_tol"], stress_tol=r["stress_tol"], ecm_tol=r["ecm_tol"],

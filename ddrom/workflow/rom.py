@@ -24,7 +24,7 @@ from ddrom.workflow.build import (build_loads, build_mesh, build_problem, load_c
                                   sanity_check_regions)
 from ddrom.workflow.hf import hf_sweep, store_path
 from ddrom.workflow.options import (classifier_options, enrichment_options, indicator_options, offline_options,
-                                    solver_options)
+                                    online_newton_options, solver_options)
 
 
 def rom_path(case: Any) -> Path:
@@ -255,7 +255,7 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
 
             def enricher_for(m, cl, inputs=inputs, run_opts=run_opts):
                 return _enricher(case, problem, solver, dm, m, rpath, cl, inputs, run_opts, timers)
-        res, enricher = run_routed(model, rpath, router, inputs, comm, _online_newton(case), tolerances=check_tols,
+        res, enricher = run_routed(model, rpath, router, inputs, comm, online_newton_options(case), tolerances=check_tols,
                                    enricher_for=enricher_for, local_models=locals_)
         if res.routing:
             r = res.routing
@@ -392,15 +392,6 @@ def indicator_exceeded(res: Any, tolerances: Mapping[str, float]) -> dict | None
         if bad.size and (first is None or bad[0] < first["step"]):
             first = {"step": int(bad[0]), "component": comp, "value": float(v[bad[0]]), "tolerance": float(tol)}
     return first
-
-
-def _online_newton(case: Any):
-    """The reduced Newton's options: the case's [solver] Newton keys."""
-    from ddrom.rom.online import OnlineOptions
-
-    s = case.raw["solver"]
-    return OnlineOptions(rtol=s["newton_rtol"], atol=s["newton_atol"], max_iterations=s["max_iterations"],
-                         line_search=s["line_search"], max_cutbacks=s["max_cutbacks"])
 
 
 def _enricher(case, problem, solver, dm, model, rpath, cl, inputs, eopts, timers):
