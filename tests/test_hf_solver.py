@@ -382,3 +382,40 @@ def test_one_matrix_per_solve_for_a_linear_law():
         st, info = s.step(st, float(k), k)
         assert info.newton_iterations == 1
     assert s.timers.calls["matrix"] == 2
+
+
+def _gamg_chaboche(comm, petsc_options):
+    """hf_newton's problem on a small box (Chaboche, GMRES + GAMG), two plastic steps."""
+    mat = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 1000.0, "C": 40000.0, "gamma": 150.0}
+    dm = distributed(lambda: box(1.0, 1.0, 1.0, 7, 7, 7), comm)
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: t * 1.5e-3 * (1 + 0.3 * y))])
+    s = HFSolver(dm, from_config(mat), loads,
+                 SolverOptions(rtol=1e-10, atol=1e-14, petsc_options={"ksp_rtol": 1e-12, **petsc_options}))
+    st, its = s.initial_state(), []
+    for k in (1, 2):
+        st, info = s.step(st, float(k), k)
+        its.append((info.newton_iterations, info.ksp_iterations))
+    u = gather_natural(dm.natural_nodes, st.owned_displacement(dm.n_owned), comm)
+    return s, u, its
+
+
+@pytest.mark.mpi
+def test_gamg_product_data_released_after_each_set_up_changes_nothing_but_memory():
+    """The solver frees what GAMG's coarse operators keep for a numeric-only P^T A P
+    (``release_product_data``; ~1.3 KB per DOF of a rank in parallel): the next set-up forms
+    them again, and the solution and the iteration counts are those of the kept data
+    (``-ddrom_gamg_keep_products``)."""
+    from ddrom.parallel.memory import release_product_data
+
+    comm = MPI.COMM_WORLD
+    s, u_rel, its_rel = _gamg_chaboche(comm, {})
+    assert s._release_products and s.ksp.getPC().getType() == "gamg"
+    assert release_product_data(s.ksp)       # found MatProductClear: the release is not a no-op
+    s2, u_keep, its_keep = _gamg_chaboche(comm, {"ddrom_gamg_keep_products": True})
+    assert not s2._release_products
+    assert its_rel == its_keep
+    assert np.abs(u_rel - u_keep).max() <= 1e-9 * np.abs(u_keep).max()
+    # the default comes back for the next solver (the option is in the solver's defaults)
+    s3 = HFSolver(s.dm, s.material, s.loads, SolverOptions())
+    assert s3._release_products

@@ -24,7 +24,7 @@ from ddrom.materials import Material, ReturnMappingError, update_in_chunks
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
                             raise_collective)
-from ddrom.parallel.memory import release_free_heap
+from ddrom.parallel.memory import release_free_heap, release_product_data
 
 
 @dataclass
@@ -65,6 +65,10 @@ _DEFAULT_PETSC = {
     "pc_gamg_reuse_interpolation": "true",
     "ksp_rtol": "1e-10",
     "ksp_max_it": "2000",
+    # ddrom's own: keep what GAMG's coarse operators hold to recompute P^T A P numerically
+    # only (faster set-ups, ~1.3 KB more per DOF of a rank in parallel); see
+    # ddrom.parallel.memory.release_product_data
+    "ddrom_gamg_keep_products": "false",
 }
 
 
@@ -111,6 +115,7 @@ class HFSolver:
         self.ksp = PETSc.KSP().create(comm=as_petsc(self.comm))
         self.ksp.setOperators(self.A)
         self.ksp.setFromOptions()
+        self._release_products = not opts.getBool("ddrom_gamg_keep_products", False)
 
     _case_set: set[str] = set()
 
@@ -349,6 +354,9 @@ class HFSolver:
             self.b.array[:] = -r
             with self.timers("linear_solve"):
                 self.ksp.setOperators(self.A)
+                self.ksp.setUp()
+                if self._release_products:
+                    release_product_data(self.ksp)
                 self.ksp.solve(self.b, self.x)
             reason = self.ksp.getConvergedReason()
             info.ksp_iterations += self.ksp.getIterationNumber()
