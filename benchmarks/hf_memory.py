@@ -136,7 +136,7 @@ def run(n: int, top: int, comm) -> dict:
     del mesh
     gc.collect()
     probe.mark("distribute")
-    dm.geometry
+    dm.weights
     probe.mark("geometry")
     loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
                              Dirichlet("xmax", (0,), lambda x, y, z, t, **k: t * STRETCH * (1 + 0.3 * y))])

@@ -247,6 +247,54 @@ def test_chunked_kernels_equal_one_block(bbar):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("cell_type", ["hexahedron", "tetra"])
+def test_gradients_computed_per_chunk_equal_stored_ones(cell_type):
+    """The kernels compute the shape-function gradients chunk by chunk (none kept for the
+    subdomain): the same bits as gradients computed for all cells at once and kept
+    (``store_gradients``), hence the same strains, forces, matrices and B at selected points;
+    and the explicit 3x3 inverse agrees with ``np.linalg.inv`` to round-off."""
+    from petsc4py import PETSc
+
+    from ddrom.hf.assembly import Assembler
+
+    def make():
+        m = distort(box(1.0, 0.6, 0.4, 6, 4, 3), 0.05, seed=2)
+        return hex_to_tet(m) if cell_type == "tetra" else m
+
+    dm = distributed(make, MPI.COMM_WORLD)
+    ne, nq = dm.n_cells, dm.n_qp
+    dN = dm.gradients()
+    for sl in (slice(0, 5), slice(3, ne), slice(ne - 1, ne)):
+        assert np.array_equal(dm.gradients(sl), dN[sl])
+    idx = np.array([ne - 1, 0, 2, 2])
+    assert np.array_equal(dm.gradients(idx), dN[idx])
+    # against the general inverse
+    dNr = dm.ref.dshape(dm.ref.qp)
+    J = np.einsum("qka,ekb->eqba", dNr, dm.coords[dm.cells])
+    ref = np.einsum("qka,eqab->eqkb", dNr, np.linalg.inv(J))
+    assert np.allclose(dN, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+    assert np.allclose(dm.weights, np.linalg.det(J) * dm.ref.qw, rtol=1e-13, atol=0)
+    rng = np.random.default_rng(3)
+    u = rng.standard_normal(3 * dm.n_local_nodes)
+    tangent = rng.standard_normal((ne, nq, 6, 6))
+    fixed = np.zeros(3 * dm.n_local_nodes, dtype=bool)
+    fixed[::5] = True
+    mats = []
+    for store in (False, True):
+        asm = Assembler(dm, chunk=4, store_gradients=store)
+        eps = asm.strains(u)
+        f = asm.internal_force(eps)
+        B = asm.b_at(idx, np.minimum([0, nq - 1, 1, 1], nq - 1))
+        A = asm.create_matrix()
+        asm.assemble_matrix(A, tangent, fixed)
+        mats.append((eps, f, B, A))
+    (e1, f1, B1, A1), (e2, f2, B2, A2) = mats
+    assert np.array_equal(e1, e2) and np.array_equal(f1, f2) and np.array_equal(B1, B2)
+    A2.axpy(-1.0, A1)
+    assert A2.norm(PETSc.NormType.INFINITY) == 0.0
+
+
+@pytest.mark.mpi
 def test_two_runs_in_one_process_are_bitwise_equal():
     """Repeatable run to run, also inside one process: the same mesh gets the same parts
     (Scotch's generator restarted per partition) and the matrix sums other ranks'
