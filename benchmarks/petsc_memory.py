@@ -56,6 +56,12 @@ def petsc_malloc() -> float:
     return v.value / 2 ** 20
 
 
+def petsc_malloc_max() -> float:
+    v = ctypes.c_double(0.0)
+    LIB.PetscMallocGetMaximumUsage(ctypes.byref(v))
+    return v.value / 2 ** 20
+
+
 def rss() -> tuple[float, float]:
     out = {}
     with open("/proc/self/status") as f:
@@ -116,7 +122,7 @@ def main() -> None:
     def mark(name):
         release_free_heap()
         r, h = rss()
-        log.append((name, r, h, petsc_malloc()))
+        log.append((name, r, h, petsc_malloc(), petsc_malloc_max()))
 
     n = args.size
     mesh = box(1.0, 1.0, 1.0, n, n, n) if comm.rank == 0 else None
@@ -177,9 +183,10 @@ def main() -> None:
         for i, inf in enumerate(all_):
             d = inf["dofs_rank"]
             print(f"rank {i} ({d:,} DOFs): {'mark':32s} {'RSS MB':>8s} {'HWM MB':>8s} {'PetscMalloc MB':>14s}"
-                  f" {'B/DOF':>7s}")
-            for name, r_, h, pm in inf["log"]:
-                print(f"  {'':14s}{name:32s} {r_:8.1f} {h:8.1f} {pm:14.1f} {pm * 2 ** 20 / d:7.0f}")
+                  f" {'B/DOF':>7s} {'its max MB':>10s} {'B/DOF':>7s}")
+            for name, r_, h, pm, pmax in inf["log"]:
+                print(f"  {'':14s}{name:32s} {r_:8.1f} {h:8.1f} {pm:14.1f} {pm * 2 ** 20 / d:7.0f} {pmax:10.1f}"
+                      f" {pmax * 2 ** 20 / d:7.0f}")
             for name, mb in inf["objs"]:
                 print(f"  {'':14s}{name:48s} {mb:8.1f} MB {mb * 2 ** 20 / d:7.0f} B/DOF")
             print(f"  {'':14s}PETSc's live allocations after the set-up, by allocating function:")

@@ -10,6 +10,7 @@ subdomain interface's blocks with one ``Alltoallv``.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,12 @@ class Assembler:
             fe[sl] = f
         return np.bincount(self.edofs.ravel(), fe.ravel(), minlength=self.n_local_dofs)
 
+    @cached_property
+    def qp_coordinates(self) -> np.ndarray:
+        """Physical coordinates (ne, nq, 3) of the integration points, computed once: the
+        material contexts and the solver's load evaluations share them (read-only)."""
+        return self.dm.qp_coordinates()
+
     def material_context(self, time: float, increment: int, step: int = 1) -> Any:
         """The :class:`~ddrom.materials.MaterialContext` of this rank's integration points
         (rows ``e * nq + q``, as the solver's material updates) at the start of an increment.
@@ -187,7 +194,7 @@ class Assembler:
             ne, nq = self.dm.n_cells, self.dm.n_qp
             vol = self.wdet.sum(axis=1)
             self._ctx_arrays = dict(
-                coords=np.ascontiguousarray(self.dm.qp_coordinates().reshape(ne * nq, 3)),
+                coords=self.qp_coordinates.reshape(ne * nq, 3),                  # a view
                 element=np.repeat(np.asarray(self.dm.cell_natural, dtype=np.int64), nq),
                 point=np.tile(np.arange(nq, dtype=np.int64), ne),
                 length=np.repeat(np.cbrt(vol), nq))

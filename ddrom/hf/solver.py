@@ -89,7 +89,7 @@ class HFSolver:
         self.options = options or SolverOptions()
         self.timers = timers or Timers()
         self.asm = Assembler(dmesh, bbar=self.options.bbar)
-        self.xq = dmesh.qp_coordinates()
+        self.xq = self.asm.qp_coordinates              # shared with the material contexts
         self.A = self.asm.create_matrix()
         self.x = self.A.createVecRight()
         self.b = self.A.createVecLeft()
