@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=40)
     ap.add_argument("--solves", type=int, default=1)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--drop-krylov", action="store_true")
     args = ap.parse_args()
     comm = MPI.COMM_WORLD
     from ddrom.hf.loads import Dirichlet, Loads
@@ -153,6 +154,12 @@ def main() -> None:
         if i:
             s._evaluate(u, st, T, 1.0, tangent=True)
             s.ksp.setOperators(s.A)
+            if args.drop_krylov:
+                t = s.ksp.getType()
+                s.ksp.setType("preonly")
+                s.ksp.setType(t)
+                s.ksp.setFromOptions()
+                mark(f"Krylov vectors dropped {i + 1}")
             s.ksp.setUp()
             if s._release_products:
                 release_product_data(s.ksp)

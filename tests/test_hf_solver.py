@@ -466,7 +466,30 @@ def test_gamg_product_data_released_after_each_set_up_changes_nothing_but_memory
     assert np.abs(u_rel - u_keep).max() <= 1e-9 * np.abs(u_keep).max()
     # the default comes back for the next solver (the option is in the solver's defaults)
     s3 = HFSolver(s.dm, s.material, s.loads, SolverOptions())
-    assert s3._release_products
+    assert s3._release_products and s3._gmres_restart == 30
+
+
+@pytest.mark.mpi
+def test_gmres_basis_released_before_each_set_up_keeps_the_restart():
+    """GMRES's basis is freed before each GAMG set-up by re-creating the method
+    (``release_krylov_vectors``): its restart comes back (a restart of 5 changes the
+    iterations, so equal counts with the basis kept show it), other GMRES options turn
+    the release off."""
+    from petsc4py import PETSc
+
+    comm = MPI.COMM_WORLD
+    _, _, its_30 = _gamg_chaboche(comm, {})
+    try:
+        s, u_rel, its_rel = _gamg_chaboche(comm, {"ksp_gmres_restart": 5})
+        assert s._gmres_restart == 5
+        _, u_keep, its_keep = _gamg_chaboche(comm, {"ksp_gmres_restart": 5, "ddrom_gamg_keep_products": True})
+        assert its_rel == its_keep and its_rel != its_30
+        assert np.abs(u_rel - u_keep).max() <= 1e-9 * np.abs(u_keep).max()
+        s2, _, _ = _gamg_chaboche(comm, {"ksp_gmres_modifiedgramschmidt": True})
+        assert s2._gmres_restart is None
+    finally:        # not among the solver's defaults: they would stay for the next tests
+        for k in ("ksp_gmres_restart", "ksp_gmres_modifiedgramschmidt"):
+            PETSc.Options().delValue(k)
 
 
 @pytest.mark.mpi

@@ -24,7 +24,7 @@ from ddrom.materials import Material, ReturnMappingError, update_in_chunks
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
                             raise_collective)
-from ddrom.parallel.memory import release_free_heap, release_product_data
+from ddrom.parallel.memory import release_free_heap, release_krylov_vectors, release_product_data
 
 
 @dataclass
@@ -66,8 +66,8 @@ _DEFAULT_PETSC = {
     "ksp_rtol": "1e-10",
     "ksp_max_it": "2000",
     # ddrom's own: keep what GAMG's coarse operators hold to recompute P^T A P numerically
-    # only (faster set-ups, ~1.3 KB more per DOF of a rank in parallel); see
-    # ddrom.parallel.memory.release_product_data
+    # only (faster set-ups, ~1.3 KB more per DOF of a rank in parallel) and GMRES's basis
+    # across set-ups; see ddrom.parallel.memory.release_product_data, release_krylov_vectors
     "ddrom_gamg_keep_products": "false",
 }
 
@@ -116,6 +116,11 @@ class HFSolver:
         self.ksp.setOperators(self.A)
         self.ksp.setFromOptions()
         self._release_products = not opts.getBool("ddrom_gamg_keep_products", False)
+        # GMRES's basis is freed before each set-up (release_krylov_vectors) when nothing but
+        # its restart was configured (the rest would be lost by re-creating the method)
+        gmres_opts = {k for k in opts.getAll() if k.startswith("ksp_gmres_")} - {"ksp_gmres_restart"}
+        self._gmres_restart = (opts.getInt("ksp_gmres_restart", 30)
+                               if self._release_products and not gmres_opts else None)
 
     _case_set: set[str] = set()
 
@@ -354,6 +359,8 @@ class HFSolver:
             self.b.array[:] = -r
             with self.timers("linear_solve"):
                 self.ksp.setOperators(self.A)
+                if self._gmres_restart is not None:
+                    release_krylov_vectors(self.ksp, self._gmres_restart)
                 self.ksp.setUp()
                 if self._release_products:
                     release_product_data(self.ksp)
