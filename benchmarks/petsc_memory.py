@@ -6,8 +6,13 @@ up (GAMG) and solved once. Reported per rank: RSS and PETSc's own allocations
 (``PetscMallocGetCurrentUsage``; needs ``-malloc_debug`` or ``-malloc_view``, which this
 script turns on) before/after the matrix, the PC set-up and the solve; then the memory of
 each matrix PETSc reports (``MatGetInfo``: the operator, each level's operator and
-interpolation), and the KSP/PC options in force. ``-log_view -log_view_memory`` in
-``PETSC_OPTIONS`` adds PETSc's per-event memory table. Run::
+interpolation), PETSc's live allocations after the set-up grouped by allocating function
+(``PetscMallocDump``), and PETSc's maximum allocation so far at each mark. The solver's
+release of GAMG's product data after each set-up is applied as in the solver
+(``-ddrom_gamg_keep_products`` turns it off); ``--solves N`` re-assembles and re-solves N
+times (re-set-ups), ``--drop-krylov`` frees the Krylov basis before each re-set-up as the
+solver does. ``-log_view -log_view_memory`` in ``PETSC_OPTIONS`` adds PETSc's per-event
+memory table. Run::
 
     mpirun -n 2 .venv/bin/python benchmarks/petsc_memory.py --size 40
     mpirun -n 2 -x PETSC_OPTIONS="-pc_gamg_agg_nsmooths 0" .venv/bin/python benchmarks/petsc_memory.py --size 40
@@ -196,7 +201,7 @@ def main() -> None:
                       f" {pmax * 2 ** 20 / d:7.0f}")
             for name, mb in inf["objs"]:
                 print(f"  {'':14s}{name:48s} {mb:8.1f} MB {mb * 2 ** 20 / d:7.0f} B/DOF")
-            print(f"  {'':14s}PETSc's live allocations after the set-up, by allocating function:")
+            print(f"  {'':14s}PETSc's live allocations after the set-up (and the release, when on), by allocating function:")
             for name, mb in inf["funcs"]:
                 print(f"  {'':14s}  {name:46s} {mb:8.1f} MB {mb * 2 ** 20 / d:7.0f} B/DOF")
     s.ksp.destroy()
