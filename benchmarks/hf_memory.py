@@ -101,8 +101,15 @@ class Probe:
 
 
 class _KSP:
-    def __init__(self, ksp, probe):
-        self._ksp, self._probe = ksp, probe
+    def __init__(self, ksp, probe, snapshot):
+        self._ksp, self._probe, self._snapshot = ksp, probe, snapshot
+
+    def setUp(self):
+        if "solve" not in self._snapshot:
+            self._snapshot["solve"] = tracemalloc.take_snapshot()
+        self._probe.mark("before set-up")
+        self._ksp.setUp()
+        self._probe.mark("KSP set-up")
 
     def solve(self, b, x):
         self._probe.mark("before solve")
@@ -129,7 +136,7 @@ def run(n: int, top: int, comm) -> dict:
     del mesh
     gc.collect()
     probe.mark("distribute")
-    dm.geometry
+    dm.weights
     probe.mark("geometry")
     loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
                              Dirichlet("xmax", (0,), lambda x, y, z, t, **k: t * STRETCH * (1 + 0.3 * y))])
@@ -147,26 +154,31 @@ def run(n: int, top: int, comm) -> dict:
     # its memory shows in "between kernels"
     for name in ("strains", "internal_force"):
         probe.wrap(s.asm, name)
-    s.ksp = _KSP(s.ksp, probe)
+    s.ksp = _KSP(s.ksp, probe, snapshot)
     st = s.initial_state()
     probe.mark("initial state")
     st, info = s.step(st, 1.0, 1)
     probe.mark("step done")
     dofs_rank = 3 * dm.n_owned
     # largest live allocations at the first matrix assembly, by ddrom source line
-    groups: dict[str, int] = {}
-    for stat in snapshot["snap"].statistics("traceback"):
-        frames = [f"{fr.filename.split('ddrom/')[-1]}:{fr.lineno}" for fr in stat.traceback
-                  if "/ddrom/" in fr.filename]
-        key = frames[-1] if frames else "(outside ddrom)"      # the innermost ddrom line
-        groups[key] = groups.get(key, 0) + stat.size
-    live = sorted(groups.items(), key=lambda kv: -kv[1])[:top]
+    def by_line(snap):
+        groups: dict[str, int] = {}
+        for stat in snap.statistics("traceback"):
+            frames = [f"{fr.filename.split('ddrom/')[-1]}:{fr.lineno}" for fr in stat.traceback
+                      if "/ddrom/" in fr.filename]
+            key = frames[-1] if frames else "(outside ddrom)"      # the innermost ddrom line
+            groups[key] = groups.get(key, 0) + stat.size
+        return [{"where": k, "mb": v / 2 ** 20, "bytes_per_dof": v / dofs_rank}
+                for k, v in sorted(groups.items(), key=lambda kv: -kv[1])[:top]]
     phases = probe.phases()
     hwm = _status()["VmHWM"]
     py_peak = max(p["python_peak_mb"] for p in phases.values())
+    # the first mark at which the high-water mark had its final value: the phase of the peak
+    peak_at = next((name for name, cur, peak, rss, h in probe.log if h >= hwm - 0.5), "?")
     mine = {"dofs_rank": dofs_rank, "phases": phases, "hwm_mb": hwm, "python_peak_mb": py_peak,
-            "live_at_first_matrix": [{"where": k, "mb": v / 2 ** 20, "bytes_per_dof": v / dofs_rank}
-                                     for k, v in live]}
+            "peak_reached_in": peak_at,
+            "live_at_first_matrix": by_line(snapshot["snap"]),
+            "live_at_first_set_up": by_line(snapshot["solve"]) if "solve" in snapshot else []}
     tracemalloc.stop()
     ranks = comm.gather(mine, root=0)
     return {"n": n, "dofs": 3 * (n + 1) ** 3, "ranks": comm.size, "newton_iterations": info.newton_iterations,
@@ -243,9 +255,13 @@ def print_report(res: dict) -> None:
         print(f"rank {i}: {r['dofs_rank']:,} DOFs, peak RSS {r['hwm_mb']:.0f} MB = "
               f"{r['hwm_mb'] * 2 ** 20 / r['dofs_rank']:.0f} B/DOF; Python peak {r['python_peak_mb']:.0f} MB "
               f"({r['python_peak_mb'] * 2 ** 20 / r['dofs_rank']:.0f} B/DOF); the rest (PETSc, MPI, "
-              f"interpreter) {(r['hwm_mb'] - r['python_peak_mb']) * 2 ** 20 / r['dofs_rank']:.0f} B/DOF")
+              f"interpreter) {(r['hwm_mb'] - r['python_peak_mb']) * 2 ** 20 / r['dofs_rank']:.0f} B/DOF; "
+              f"peak reached by the mark '{r['peak_reached_in']}'")
     print("\nlargest Python allocations alive at the first matrix assembly (rank 0):")
     for x in per[0]["live_at_first_matrix"]:
+        print(f"  {x['mb']:8.1f} MB {x['bytes_per_dof']:7.0f} B/DOF  {x['where']}")
+    print("\nlargest Python allocations alive at the first KSP set-up (rank 0):")
+    for x in per[0]["live_at_first_set_up"]:
         print(f"  {x['mb']:8.1f} MB {x['bytes_per_dof']:7.0f} B/DOF  {x['where']}")
 
 

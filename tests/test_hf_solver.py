@@ -246,6 +246,54 @@ def test_chunked_kernels_equal_one_block(bbar):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("cell_type", ["hexahedron", "tetra"])
+def test_gradients_computed_per_chunk_equal_stored_ones(cell_type):
+    """The kernels compute the shape-function gradients chunk by chunk (none kept for the
+    subdomain): the same bits as gradients computed for all cells at once and kept
+    (``store_gradients``), hence the same strains, forces, matrices and B at selected points;
+    and the explicit 3x3 inverse agrees with ``np.linalg.inv`` to round-off."""
+    from petsc4py import PETSc
+
+    from ddrom.hf.assembly import Assembler
+
+    def make():
+        m = distort(box(1.0, 0.6, 0.4, 6, 4, 3), 0.05, seed=2)
+        return hex_to_tet(m) if cell_type == "tetra" else m
+
+    dm = distributed(make, MPI.COMM_WORLD)
+    ne, nq = dm.n_cells, dm.n_qp
+    dN = dm.gradients()
+    for sl in (slice(0, 5), slice(3, ne), slice(ne - 1, ne)):
+        assert np.array_equal(dm.gradients(sl), dN[sl])
+    idx = np.array([ne - 1, 0, 2, 2])
+    assert np.array_equal(dm.gradients(idx), dN[idx])
+    # against the general inverse
+    dNr = dm.ref.dshape(dm.ref.qp)
+    J = np.einsum("qka,ekb->eqba", dNr, dm.coords[dm.cells])
+    ref = np.einsum("qka,eqab->eqkb", dNr, np.linalg.inv(J))
+    assert np.allclose(dN, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+    assert np.allclose(dm.weights, np.linalg.det(J) * dm.ref.qw, rtol=1e-13, atol=0)
+    rng = np.random.default_rng(3)
+    u = rng.standard_normal(3 * dm.n_local_nodes)
+    tangent = rng.standard_normal((ne, nq, 6, 6))
+    fixed = np.zeros(3 * dm.n_local_nodes, dtype=bool)
+    fixed[::5] = True
+    mats = []
+    for store in (False, True):
+        asm = Assembler(dm, chunk=4, store_gradients=store)
+        eps = asm.strains(u)
+        f = asm.internal_force(eps)
+        B = asm.b_at(idx, np.minimum([0, nq - 1, 1, 1], nq - 1))
+        A = asm.create_matrix()
+        asm.assemble_matrix(A, tangent, fixed)
+        mats.append((eps, f, B, A))
+    (e1, f1, B1, A1), (e2, f2, B2, A2) = mats
+    assert np.array_equal(e1, e2) and np.array_equal(f1, f2) and np.array_equal(B1, B2)
+    A2.axpy(-1.0, A1)
+    assert A2.norm(PETSc.NormType.INFINITY) == 0.0
+
+
+@pytest.mark.mpi
 def test_two_runs_in_one_process_are_bitwise_equal():
     """Repeatable run to run, also inside one process: the same mesh gets the same parts
     (Scotch's generator restarted per partition) and the matrix sums other ranks'
@@ -381,3 +429,74 @@ def test_one_matrix_per_solve_for_a_linear_law():
         st, info = s.step(st, float(k), k)
         assert info.newton_iterations == 1
     assert s.timers.calls["matrix"] == 2
+
+
+def _gamg_chaboche(comm, petsc_options):
+    """hf_newton's problem on a small box (Chaboche, GMRES + GAMG), two plastic steps."""
+    mat = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 1000.0, "C": 40000.0, "gamma": 150.0}
+    dm = distributed(lambda: box(1.0, 1.0, 1.0, 7, 7, 7), comm)
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: t * 1.5e-3 * (1 + 0.3 * y))])
+    s = HFSolver(dm, from_config(mat), loads,
+                 SolverOptions(rtol=1e-10, atol=1e-14, petsc_options={"ksp_rtol": 1e-12, **petsc_options}))
+    st, its = s.initial_state(), []
+    for k in (1, 2):
+        st, info = s.step(st, float(k), k)
+        its.append((info.newton_iterations, info.ksp_iterations))
+    u = gather_natural(dm.natural_nodes, st.owned_displacement(dm.n_owned), comm)
+    return s, u, its
+
+
+@pytest.mark.mpi
+def test_gamg_product_data_released_after_each_set_up_changes_nothing_but_memory():
+    """The solver frees what GAMG's coarse operators keep for a numeric-only P^T A P
+    (``release_product_data``; ~1.3 KB per DOF of a rank in parallel): the next set-up forms
+    them again, and the solution and the iteration counts are those of the kept data
+    (``-ddrom_gamg_keep_products``)."""
+    from ddrom.parallel.memory import release_product_data
+
+    comm = MPI.COMM_WORLD
+    s, u_rel, its_rel = _gamg_chaboche(comm, {})
+    assert s._release_products and s.ksp.getPC().getType() == "gamg"
+    assert release_product_data(s.ksp)       # found MatProductClear: the release is not a no-op
+    s2, u_keep, its_keep = _gamg_chaboche(comm, {"ddrom_gamg_keep_products": True})
+    assert not s2._release_products
+    assert its_rel == its_keep
+    assert np.abs(u_rel - u_keep).max() <= 1e-9 * np.abs(u_keep).max()
+    # the default comes back for the next solver (the option is in the solver's defaults)
+    s3 = HFSolver(s.dm, s.material, s.loads, SolverOptions())
+    assert s3._release_products and s3._gmres_restart == 30
+
+
+@pytest.mark.mpi
+def test_gmres_basis_released_before_each_set_up_keeps_the_restart():
+    """GMRES's basis is freed before each GAMG set-up by re-creating the method
+    (``release_krylov_vectors``): its restart comes back (a restart of 5 changes the
+    iterations, so equal counts with the basis kept show it), other GMRES options turn
+    the release off."""
+    from petsc4py import PETSc
+
+    comm = MPI.COMM_WORLD
+    _, _, its_30 = _gamg_chaboche(comm, {})
+    try:
+        s, u_rel, its_rel = _gamg_chaboche(comm, {"ksp_gmres_restart": 5})
+        assert s._gmres_restart == 5
+        _, u_keep, its_keep = _gamg_chaboche(comm, {"ksp_gmres_restart": 5, "ddrom_gamg_keep_products": True})
+        assert its_rel == its_keep and its_rel != its_30
+        assert np.abs(u_rel - u_keep).max() <= 1e-9 * np.abs(u_keep).max()
+        s2, _, _ = _gamg_chaboche(comm, {"ksp_gmres_modifiedgramschmidt": True})
+        assert s2._gmres_restart is None
+    finally:        # not among the solver's defaults: they would stay for the next tests
+        for k in ("ksp_gmres_restart", "ksp_gmres_modifiedgramschmidt"):
+            PETSc.Options().delValue(k)
+
+
+@pytest.mark.mpi
+def test_integration_point_coordinates_are_kept_once():
+    """The solver's load evaluations and the material contexts share one array of
+    integration-point coordinates (two copies were kept: 119 B per DOF each)."""
+    dm = distributed(lambda: box(1.0, 0.6, 0.4, 4, 3, 2), MPI.COMM_WORLD)
+    s = HFSolver(dm, from_config(ELASTIC), Loads(dirichlet=[Dirichlet("xmin")]), SolverOptions())
+    ctx = s.asm.material_context(0.0, 1)
+    assert np.shares_memory(ctx.coords, s.xq) and ctx.coords.flags.c_contiguous
+    assert np.array_equal(ctx.coords, dm.qp_coordinates().reshape(-1, 3))

@@ -10,6 +10,7 @@ subdomain interface's blocks with one ``Alltoallv``.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -64,17 +65,26 @@ class Assembler:
         matrices, D B, element matrices: ~36 KB per hexahedron, 75 MB per 2048 cells) whatever
         the mesh size; larger blocks are not faster (numpy's per-call overhead is paid
         per block, the arithmetic is the same).
+    store_gradients : bool
+        Keep the shape-function gradients dN/dx of every integration point (~0.5 KB per
+        DOF on hexahedra) instead of computing each chunk's when a kernel needs them
+        (default: computed, ~1 us per hexahedron and kernel call; same bits either way).
     """
 
-    def __init__(self, dmesh: DistributedMesh, bbar: bool = True, chunk: int = 2048):
+    def __init__(self, dmesh: DistributedMesh, bbar: bool = True, chunk: int = 2048,
+                 store_gradients: bool = False):
         self.dm = dmesh
         self.comm = dmesh.comm
         self.chunk = chunk
-        self.dN, self.wdet = dmesh.geometry                      # (ne,nq,k,3), (ne,nq)
+        self.wdet = dmesh.weights                                 # (ne,nq)
+        self._dN = dmesh.gradients() if store_gradients else None  # (ne,nq,k,3)
         self.bbar = bool(bbar) and dmesh.cell_type == "hexahedron"
         if self.bbar:
+            ne, k = dmesh.cells.shape
             vol = self.wdet.sum(axis=1)
-            self.dNbar = np.einsum("eq,eqkd->ekd", self.wdet, self.dN) / vol[:, None, None]
+            self.dNbar = np.empty((ne, k, 3))
+            for sl in self._chunks():
+                self.dNbar[sl] = np.einsum("eq,eqkd->ekd", self.wdet[sl], self.gradients(sl)) / vol[sl, None, None]
         ne, k = dmesh.cells.shape
         self.k = k
         self.n_local_dofs = 3 * dmesh.n_local_nodes
@@ -83,20 +93,28 @@ class Assembler:
         self._pattern()
 
     # ----------------------------------------------------------------- kinematics
+    def gradients(self, sl: slice) -> np.ndarray:
+        """Shape-function gradients dN/dx (nc, nq, k, 3) of the cells in ``sl``."""
+        return self._dN[sl] if self._dN is not None else self.dm.gradients(sl)
+
     def b_matrices(self, sl: slice) -> np.ndarray:
         """B (or B-bar) matrices (nc, nq, 6, 3k) of the cells in ``sl``."""
-        B = _b_matrices(self.dN[sl])
+        dN = self.gradients(sl)
+        B = _b_matrices(dN)
         if self.bbar:
-            div = self.dN[sl].reshape(B.shape[0], B.shape[1], -1)           # (nc,nq,3k) rows of m^T B
+            div = dN.reshape(B.shape[0], B.shape[1], -1)                    # (nc,nq,3k) rows of m^T B
             divbar = self.dNbar[sl].reshape(B.shape[0], 1, -1)
             B += (_M[:, None] / 3.0)[None, None] * (divbar - div)[:, :, None, :]
         return B
 
     def b_at(self, cells: np.ndarray, qps: np.ndarray) -> np.ndarray:
         """B (or B-bar) matrices (K, 6, 3k) at selected integration points (local cell, qp)."""
-        B = _b_matrices(self.dN[cells, qps])
+        cells = np.asarray(cells)
+        dN = (self._dN[cells, qps] if self._dN is not None
+              else self.dm.gradients(cells)[np.arange(len(cells)), qps])
+        B = _b_matrices(dN)
         if self.bbar:
-            div = self.dN[cells, qps].reshape(len(cells), 3 * self.k)
+            div = dN.reshape(len(cells), 3 * self.k)
             divbar = self.dNbar[cells].reshape(len(cells), 3 * self.k)
             B += (_M[:, None] / 3.0)[None] * (divbar - div)[:, None, :]
         return B
@@ -120,7 +138,7 @@ class Assembler:
         out = np.empty((ne, nq, 6) + u_local.shape[1:])
         for sl in self._chunks():
             ue = u_local[self.edofs[sl]].reshape((-1, k, 3) + u_local.shape[1:])
-            dN = self.dN[sl]
+            dN = self.gradients(sl)
             if multi:
                 H = np.einsum("eqad,eaim->eqidm", dN, ue, optimize=True)
             else:
@@ -148,13 +166,20 @@ class Assembler:
         for sl in self._chunks():
             sg = stress[sl] * self.wdet[sl][:, :, None]                       # w sigma (Mandel)
             S = from_mandel(sg)
-            f = np.matmul(self.dN[sl], S).sum(axis=1)                        # (nc, k, 3): sum_d dN[a,d] S[d,i]
+            dN = self.gradients(sl)
+            f = np.matmul(dN, S).sum(axis=1)                                 # (nc, k, 3): sum_d dN[a,d] S[d,i]
             if self.bbar:
                 p = (sg[:, :, 0] + sg[:, :, 1] + sg[:, :, 2]) / 3.0               # (nc, nq): w tr(sigma) / 3
                 f += self.dNbar[sl] * p.sum(axis=1)[:, None, None]
-                f -= np.einsum("eqai,eq->eai", self.dN[sl], p)
+                f -= np.einsum("eqai,eq->eai", dN, p)
             fe[sl] = f
         return np.bincount(self.edofs.ravel(), fe.ravel(), minlength=self.n_local_dofs)
+
+    @cached_property
+    def qp_coordinates(self) -> np.ndarray:
+        """Physical coordinates (ne, nq, 3) of the integration points, computed once: the
+        material contexts and the solver's load evaluations share them (read-only)."""
+        return self.dm.qp_coordinates()
 
     def material_context(self, time: float, increment: int, step: int = 1) -> Any:
         """The :class:`~ddrom.materials.MaterialContext` of this rank's integration points
@@ -169,7 +194,7 @@ class Assembler:
             ne, nq = self.dm.n_cells, self.dm.n_qp
             vol = self.wdet.sum(axis=1)
             self._ctx_arrays = dict(
-                coords=np.ascontiguousarray(self.dm.qp_coordinates().reshape(ne * nq, 3)),
+                coords=self.qp_coordinates.reshape(ne * nq, 3),                  # a view
                 element=np.repeat(np.asarray(self.dm.cell_natural, dtype=np.int64), nq),
                 point=np.tile(np.arange(nq, dtype=np.int64), ne),
                 length=np.repeat(np.cbrt(vol), nq))

@@ -60,7 +60,7 @@ class Replayer:
         self.dm, self.material, self._temperature = dm, material, temperature
         # an HF solver's assembler can be shared (same mesh and element technology)
         self.asm = assembler if assembler is not None else Assembler(dm, bbar=bbar)
-        self.xq = dm.qp_coordinates()
+        self.xq = self.asm.qp_coordinates              # shared with the material contexts
         self.gvec = dm.create_vector(3)
         self.state: ReplayState | None = None
 

@@ -88,7 +88,7 @@ def write_vtu_series(comm: Any, dm: Any, folder: str | os.PathLike, name: str,
             msg = _io_message(exc, f"VTU export: cannot create {sub}")
     raise_collective(c, msg)
     mesh = natural_mesh_on_root(dm)
-    w = dm.geometry[1]
+    w = dm.weights
     vol = w.sum(axis=1)
     entries = []
     for k, (t, u, sig, p) in enumerate(steps):

@@ -103,15 +103,22 @@ class DistributedMesh:
     # --------------------------------------------------------------- geometry
     @cached_property
     def geometry(self) -> tuple[np.ndarray, np.ndarray]:
-        """Shape-function gradients dN/dx (ne, nq, k, 3) and weights w*detJ (ne, nq).
+        """Shape-function gradients dN/dx (ne, nq, k, 3) and weights w*detJ (ne, nq), kept.
 
+        The HF kernels do not use it: they compute the gradients chunk by chunk
+        (:meth:`gradients`) rather than keep ~0.5 KB per DOF of them on hexahedra.
         Raises CollectiveError on inverted or degenerate cells.
         """
-        ref = self.ref
-        dNr = ref.dshape(ref.qp)                               # (nq, k, 3)
-        X = self.coords[self.cells]                            # (ne, k, 3)
-        J = np.einsum("qka,ekb->eqba", dNr, X)                 # dx_b/dxi_a as (b, a)
-        det = np.linalg.det(J)
+        return self.gradients(), self.weights
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        """Integration weights w*detJ (ne, nq). Raises CollectiveError on inverted or
+        degenerate cells (collective)."""
+        ne = self.n_cells
+        det = np.empty((ne, self.n_qp))
+        for s in range(0, ne, _GEOMETRY_CHUNK):
+            det[s:s + _GEOMETRY_CHUNK] = _inverse(self._jacobians(slice(s, s + _GEOMETRY_CHUNK)))[1]
         bad = det <= 0
         nbad = int(bad.any(axis=1).sum())
         first = self.cell_natural[bad.any(axis=1)][:5].tolist()
@@ -119,9 +126,22 @@ class DistributedMesh:
         check_all(self.comm, total_bad == 0,
                   f"mesh has {total_bad} inverted or degenerate cells (non-positive Jacobian), "
                   f"e.g. cells {self.mpi.allreduce(first)[:5]}")
-        Jinv = np.linalg.inv(J)                                # (ne,nq,a,b): dxi_a/dx_b
-        dN = np.einsum("qka,eqab->eqkb", dNr, Jinv)
-        return dN, det * ref.qw[None, :]
+        return det * self.ref.qw[None, :]
+
+    def _jacobians(self, cells: slice | np.ndarray) -> np.ndarray:
+        """J[b, a] = dx_b/dxi_a (nc, nq, 3, 3) of the selected cells."""
+        dNr = self.ref.dshape(self.ref.qp)                     # (nq, k, 3)
+        X = self.coords[self.cells[cells]]                     # (nc, k, 3)
+        return np.matmul(X.transpose(0, 2, 1)[:, None], dNr[None])
+
+    def gradients(self, cells: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Shape-function gradients dN/dx (nc, nq, k, 3) of the cells selected by a slice or
+        an index array, from their coordinates (~1 us per hexahedron: an explicit 3x3
+        inverse). The same cell gives the same bits whatever the selection it is part of.
+        The cells are assumed valid (:attr:`weights` checks them)."""
+        dNr = self.ref.dshape(self.ref.qp)                     # (nq, k, 3)
+        Jinv = _inverse(self._jacobians(cells))[0]             # (nc, nq, a, b): dxi_a/dx_b
+        return np.matmul(dNr[None], Jinv)
 
     def qp_coordinates(self) -> np.ndarray:
         """(ne, nq, 3) physical coordinates of the integration points."""
@@ -240,3 +260,28 @@ class NaturalMap:
         y.array[:] = natural.reshape(-1)
         sc.scatter(y, x, PETSc.InsertMode.INSERT, PETSc.ScatterMode.REVERSE)
         return x.array.copy().reshape((-1,) + tail)
+
+
+#: cells per block when the weights are computed (bounds the temporaries: ~1 KB per hexahedron)
+_GEOMETRY_CHUNK = 16384
+
+
+def _inverse(J: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverses and determinants of a stack of 3x3 matrices (..., 3, 3), by the adjugate:
+    elementwise arithmetic, ~20x faster than ``np.linalg.inv`` on small matrices, and each
+    matrix's result independent of the stack it is in."""
+    m = [[J[..., i, j] for j in range(3)] for i in range(3)]
+    adj = np.empty_like(J)
+    adj[..., 0, 0] = m[1][1] * m[2][2] - m[1][2] * m[2][1]
+    adj[..., 0, 1] = m[0][2] * m[2][1] - m[0][1] * m[2][2]
+    adj[..., 0, 2] = m[0][1] * m[1][2] - m[0][2] * m[1][1]
+    adj[..., 1, 0] = m[1][2] * m[2][0] - m[1][0] * m[2][2]
+    adj[..., 1, 1] = m[0][0] * m[2][2] - m[0][2] * m[2][0]
+    adj[..., 1, 2] = m[0][2] * m[1][0] - m[0][0] * m[1][2]
+    adj[..., 2, 0] = m[1][0] * m[2][1] - m[1][1] * m[2][0]
+    adj[..., 2, 1] = m[0][1] * m[2][0] - m[0][0] * m[2][1]
+    adj[..., 2, 2] = m[0][0] * m[1][1] - m[0][1] * m[1][0]
+    det = m[0][0] * adj[..., 0, 0] + m[0][1] * adj[..., 1, 0] + m[0][2] * adj[..., 2, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):        # degenerate cells: caught by the caller
+        adj /= det[..., None, None]
+    return adj, det

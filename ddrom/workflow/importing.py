@@ -589,7 +589,7 @@ def import_many(case_path: str, comm: Any, jobs: list[ImportJob], field: str = "
     summaries = []
     solver = None
     try:
-        wdet = dm.geometry[1]                                  # (ne, nq) w * det J
+        wdet = dm.weights                                       # (ne, nq) w * det J
         vol = wdet.sum(axis=1)
         for j, p, name, (times, prepend, source, how, dmax, maps) in zip(jobs, params, names, plans):
             sim = name or f"import_{len(store.simulations()):03d}"
