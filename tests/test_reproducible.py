@@ -177,6 +177,27 @@ def test_pod_with_row_ids_is_bitwise_partition_independent(weighted):
 
 
 @pytest.mark.mpi
+def test_pod_overwrite_scales_in_place_with_the_same_bits():
+    """``overwrite=True`` (the offline stage's stress POD): the weighted snapshots are the
+    caller's block scaled in place, and the POD is bitwise the one of a copy."""
+    n, m = 900, 40
+    S = _graded(n, m)
+    w = np.random.default_rng(5).uniform(0.5, 2.0, n)
+    ids = 7 * np.arange(n) + 3
+    rows = _distribution(n, COMM, 1)
+    ref = pod(S[rows], COMM, Diagonal(w[rows]), rtol=1e-12, row_ids=ids[rows])
+    block = S[rows].copy()
+    r = pod(block, COMM, Diagonal(w[rows]), rtol=1e-12, row_ids=ids[rows], overwrite=True)
+    assert np.array_equal(r.sigma_all, ref.sigma_all) and np.array_equal(r.vh, ref.vh)
+    assert np.array_equal(r.modes_loc, ref.modes_loc)
+    np.testing.assert_array_equal(block, S[rows] * np.sqrt(w[rows])[:, None])   # scaled in place
+    # without row_ids (a path that may go back to the snapshots) nothing is overwritten
+    block = S[rows].copy()
+    pod(block, COMM, Diagonal(w[rows]), rtol=1e-12, overwrite=True)
+    np.testing.assert_array_equal(block, S[rows])
+
+
+@pytest.mark.mpi
 def test_exact_reductions_partition_independent():
     rng = np.random.default_rng(11)
     n = 700

@@ -767,8 +767,14 @@ def _pod_rcholqr(S, comm, inner, n, opts):
         # No M^{1/2} for a sparse M, hence no sketch of it: the M-orthogonal CGS2 QR.
         return _pod_tsqr(S, comm, inner, n, opts)
     scale = inner.row_scale
-    W = S if scale is None else S * scale[:, None]
     row_ids = opts.get("row_ids")
+    if scale is None:
+        W = S
+    elif row_ids is not None and opts.get("overwrite"):
+        # the reproducible path never goes back to S (its fallbacks take W): scale in place
+        W = np.multiply(S, scale[:, None], out=S)
+    else:
+        W = S * scale[:, None]
     if row_ids is not None:
         # Partition-independent: the fallback must be too. Numerically rank-deficient
         # snapshots (smooth in the parameters) put columns right at the sketch's dependence
@@ -895,7 +901,7 @@ def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
         method: str = DEFAULT_METHOD, rtol: float = 1e-7, atol: float = 0.0,
         l2_err: float = 0.0, modes: int | None = None, orth_tol: float = 1e-12,
         name: str = "snapshots", options_prefix: str = "ddrom_pod_",
-        row_ids: Any = None) -> PODResult:
+        row_ids: Any = None, overwrite: bool = False) -> PODResult:
     """POD of row-distributed snapshots in the inner product ``inner``.
 
     Computes ``S = Psi diag(sigma) Vh`` with ``Psi^T M Psi = I`` (see the module
@@ -939,6 +945,11 @@ def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
         re-orthonormalization. Euclidean or diagonal inner product only. Costs a few
         times the plain method (exact Gram matrices). ``info["reproducible"]`` tells
         (False after the rare fallback to Householder TSQR).
+    overwrite
+        The snapshots may be overwritten: with ``row_ids`` and a diagonal inner product
+        they are scaled in place by ``M^{1/2}`` instead of into a copy (one block of the
+        snapshots' size less at the peak; the same bits). The caller must not use
+        ``S_loc`` afterwards. Ignored otherwise.
 
     Raises
     ------
@@ -954,7 +965,7 @@ def pod(S_loc: Any, comm: Any = None, inner: InnerProduct | None = None,
                          f"choose one of {sorted(POD_METHODS)}")
     S, n, m = validate_snapshots(S_loc, c, inner, name, modes)
     opts = dict(rtol=rtol, atol=atol, l2_err=l2_err, modes=modes, name=name,
-                options_prefix=options_prefix)
+                options_prefix=options_prefix, overwrite=bool(overwrite))
     exact = row_ids is not None
     if exact:
         check_all(c, method == "rcholqr" and inner.diagonal,

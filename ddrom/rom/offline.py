@@ -181,9 +181,10 @@ def build_reduced_model(problem: Any, solver: HFSolver, store: Any, options: Off
     w_qp = solver.asm.wdet.ravel()
     with timers("pod_stress"):
         Sig = store.read_block("stress", dm, sims=sims)                        # (ne*nq*6, m)
+        # the largest block of the offline stage: pod may scale it in place (overwrite)
         r_s = pod(Sig, comm, Diagonal(np.repeat(w_qp, 6)), rtol=1e-12,
                   l2_err=l2_err_from_relative(options.stress_tol, Sig, comm, Diagonal(np.repeat(w_qp, 6))),
-                  name="stress snapshots", **kw, **ids(dm.natural_qp_row_ids(6)))
+                  name="stress snapshots", overwrite=True, **kw, **ids(dm.natural_qp_row_ids(6)))
         del Sig
     # 4a. POD of p (its Gappy samples are chosen with the ECM points, in hyper_reduce)
     with timers("pod_p"):
