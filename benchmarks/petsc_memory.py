@@ -40,19 +40,12 @@ from petsc4py import PETSc  # noqa: E402
 from hf_newton import MATERIAL, STRETCH  # noqa: E402
 
 
-def _lib():
-    import glob
+from ddrom.parallel.memory import loaded_libpetsc  # noqa: E402
+from hf_memory import _status  # noqa: E402
 
-    for p in glob.glob(os.path.join(os.environ.get("PETSC_DIR", "/usr/lib/petsc"), "lib", "libpetsc*.so*")) + \
-            glob.glob("/usr/lib/x86_64-linux-gnu/libpetsc_real.so*"):
-        try:
-            return ctypes.CDLL(p)
-        except OSError:
-            continue
-    raise RuntimeError("libpetsc not found")
-
-
-LIB = _lib()
+LIB = loaded_libpetsc()
+if LIB is None:
+    raise RuntimeError("libpetsc not found among this process's libraries")
 
 
 def petsc_malloc() -> float:
@@ -68,12 +61,7 @@ def petsc_malloc_max() -> float:
 
 
 def rss() -> tuple[float, float]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS", "VmHWM")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0]) / 1024.0
+    out = _status()
     return out["VmRSS"], out["VmHWM"]
 
 

@@ -40,9 +40,9 @@ def release_free_heap() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _mat_product_clear():
-    """PETSc's ``MatProductClear`` from the libpetsc petsc4py loaded (petsc4py 3.18 does not
-    wrap it), or None where it cannot be found (then nothing is released)."""
+def loaded_libpetsc() -> ctypes.CDLL | None:
+    """The libpetsc this process loaded (through petsc4py), for the calls petsc4py 3.18 does
+    not wrap; None where it cannot be found."""
     try:
         with open("/proc/self/maps") as f:
             paths = sorted({line.split()[-1] for line in f
@@ -51,12 +51,21 @@ def _mat_product_clear():
         return None
     for path in paths:
         try:
-            fn = ctypes.CDLL(path).MatProductClear
-        except (OSError, AttributeError):
+            return ctypes.CDLL(path)
+        except OSError:
             continue
-        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
-        return fn
     return None
+
+
+@lru_cache(maxsize=1)
+def _mat_product_clear():
+    """PETSc's ``MatProductClear`` (petsc4py 3.18 does not wrap it), or None where it cannot
+    be found (then nothing is released)."""
+    lib = loaded_libpetsc()
+    fn = getattr(lib, "MatProductClear", None) if lib is not None else None
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+    return fn
 
 
 def release_product_data(ksp) -> bool:
