@@ -649,7 +649,7 @@ def _rom_errors_against_calculix(folder: Path, fields: Path, sim: str) -> dict:
 
     run = folder / "runs" / f"F{TEST_F:g}"
     dm = distributed(lambda: read_mesh(run / "job.inp"), COMM)
-    w = dm.geometry[1]
+    w = dm.weights
     st = SnapshotStore.open(fields, COMM, mode="r", dmesh=dm)
     u_ref = DisplacementSeries(str(run / "job.frd"), dm)
     ip = IntegrationPointSeries(str(run / "job.dat"), dm)

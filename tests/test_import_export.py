@@ -50,7 +50,7 @@ def test_store_exported_as_vtu_pvd_reads_back(work):
     assert [os.path.basename(p) for p in pvds] == ["train_000.pvd", "train_001.pvd"]
 
     st = SnapshotStore.open(path, COMM, mode="r", dmesh=dm)
-    w = dm.geometry[1]
+    w = dm.weights
     mesh = _box_mesh()
     for pvd, sim in zip(pvds, ("train_000", "train_001")):
         times = st.read_times(sim)

@@ -48,7 +48,7 @@ def ref():
     hf_sweep(case, COMM, dm=dm)
     st = SnapshotStore.open(store_path(case, "training"), COMM, mode="r", dmesh=dm)
     times = st.read_times("train_000")
-    w = dm.geometry[1]
+    w = dm.weights
     u, sig = {}, {}
     for s in ("train_000", "train_001"):
         u[s], sig[s] = [], []

@@ -641,7 +641,7 @@ def test_hf_and_replay_give_the_umat_its_context(context_plugin, caplog):
     dm, s = _ctx_solver(ctx_cfg(context_plugin))
     ne, nq = dm.n_cells, dm.n_qp
     xq = dm.qp_coordinates().reshape(-1, 3)
-    vol = dm.geometry[1].sum(axis=1)
+    vol = dm.weights.sum(axis=1)
     noel = np.repeat(dm.cell_natural, nq) + 1
     npt = np.tile(np.arange(nq), ne) + 1
     st = s.initial_state()

@@ -69,7 +69,7 @@ PIPELINE = textwrap.dedent('''
     ru = pod(U, c, Euclidean(), rtol=1e-10, row_ids=dm.natural_dof_ids())
     gid = dm.natural_qp_row_ids(1)
     P = Pg[gid]
-    w = dm.geometry[1].ravel()
+    w = dm.weights.ravel()
     rp = pod(P, c, Diagonal(w), rtol=1e-9, row_ids=gid)
     Phi = rp.modes_loc
     iu = np.triu_indices(Phi.shape[1])

@@ -102,16 +102,6 @@ class DistributedMesh:
 
     # --------------------------------------------------------------- geometry
     @cached_property
-    def geometry(self) -> tuple[np.ndarray, np.ndarray]:
-        """Shape-function gradients dN/dx (ne, nq, k, 3) and weights w*detJ (ne, nq), kept.
-
-        The HF kernels do not use it: they compute the gradients chunk by chunk
-        (:meth:`gradients`) rather than keep ~0.5 KB per DOF of them on hexahedra.
-        Raises CollectiveError on inverted or degenerate cells.
-        """
-        return self.gradients(), self.weights
-
-    @cached_property
     def weights(self) -> np.ndarray:
         """Integration weights w*detJ (ne, nq). Raises CollectiveError on inverted or
         degenerate cells (collective)."""
