@@ -214,3 +214,79 @@ def test_tolerances_for_a_field_unlike_the_calibration_fields():
     # a tolerance the user gave is not the calibration's to change
     given, rep = tolerances_for_field(cal, 0.3, {**tols, "p": 5e-3})
     assert given["p"] == 5e-3 and not rep["replaced"]
+
+
+def test_beyond_span_tolerance_from_the_between_block_scatter():
+    """One calibration run whose error/indicator ratio grows over its history (offsets 0,
+    0.15, 0.3 in log over its three thirds): the pooled bound hides the trend, the
+    beyond-span bound (Student t, 2 dof, on the block offsets) is lower and still catches a
+    later step whose ratio went on growing (e^0.45); within the span nothing changes."""
+    from ddrom.rom.calibration import TIME_BLOCKS, calibrate_indicator, component_pairs, tolerances_for_time
+
+    rng = np.random.default_rng(1)
+    n = 30
+    t = np.linspace(0.0, 60.0, n + 1)
+    x = np.exp(rng.uniform(math.log(1e-4), math.log(1e-1), n + 1))
+    offset = np.array([0.0, 0.15, 0.3])[np.minimum((TIME_BLOCKS * t / t[-1]).astype(int), TIME_BLOCKS - 1)]
+    err = x * np.exp(offset + 0.03 * rng.standard_normal(n + 1))
+    run = {"name": "r", "times": t.tolist(), "p_error_per_step": err.tolist(), "u_error_per_step": [0.0] * (n + 1),
+           "indicators_per_step": {"p": x.tolist()}}
+    _, _, blocks = component_pairs([run], "p", with_blocks=True)
+    assert blocks[0] == 0 and blocks[-1] == TIME_BLOCKS - 1 and sorted(set(blocks)) == [0, 1, 2]
+    cal = calibrate_indicator([run], 1e-2, 0.95, components=("p",))
+    tol, beyond = cal["indicator_tolerance"], cal["tolerances_beyond_span"]["p"]
+    assert cal["calibrated_t_end"] == 60.0
+    assert beyond < 0.8 * tol
+    # the later step the trend predicts: missed at the pooled tolerance, caught beyond the span
+    assert math.exp(0.45) * tol > 1e-2 and math.exp(0.45) * beyond < 1e-2
+    tols = {"p": tol, "stress": 0.3}
+    same, rep = tolerances_for_time(cal, 60.0, tols)
+    assert same == tols and not rep["beyond_span"]
+    later, rep = tolerances_for_time(cal, 1000.0, tols)
+    assert rep["beyond_span"] and later == {"p": beyond, "stress": 0.3}
+    assert rep["replaced"] == {"p": [tol, beyond]}
+    # a tolerance the user gave is not the calibration's to change
+    given, rep = tolerances_for_time(cal, 1000.0, {"p": 5e-3})
+    assert given == {"p": 5e-3} and not rep["replaced"]
+    # a calibration without blocks to compare (no bound): kept, reported as not validated
+    none, rep = tolerances_for_time({**cal, "tolerances_beyond_span": {"p": None}}, 1000.0, tols)
+    assert none == tols and rep["not_validated"] == ["p"]
+
+
+@pytest.mark.mpi
+def test_run_beyond_the_calibrated_span_takes_the_beyond_span_tolerances(shared_tmp):
+    """The bar calibrated on its test history, then run twice as long with enrichment: the run
+    reports the span and takes the calibration's beyond-span tolerances (same on every rank)."""
+    from ddrom.rom.calibration import calibrate_indicator
+    from ddrom.rom.model import store_calibration
+    from ddrom.rom.online import INDICATOR_COMPONENTS
+    from ddrom.workflow.case import load_case
+    from ddrom.workflow.hf import hf_sweep
+    from ddrom.workflow.rom import compare_runs, rom_path, run_rom
+
+    comm = MPI.COMM_WORLD
+    path = _case(shared_tmp, comm, "span_t", enabled=False, max_enrichments=1, tol=None)
+    _build(path, comm)
+    hf_sweep(path, comm, which="test")
+    runs = run_rom(path, comm, write=False)
+    errors = compare_runs(path, comm, runs.runs, runs.model)
+    cal = calibrate_indicator(errors, 1e-2, 0.95, targets={"u": 1e-3}, components=INDICATOR_COMPONENTS)
+    case = load_case(path)
+    t_end = float(errors[0]["times"][-1])
+    assert cal["calibrated_t_end"] == t_end
+    beyond = cal["tolerances_beyond_span"]
+    # every calibrated component (the temperature one here is the uncalibrated fallback)
+    assert "p" in beyond and set(beyond) == {k for k, c in cal["components"].items()
+                                             if c.get("indicator_tolerance") and not c.get("fallback")}
+    store_calibration(rom_path(case), cal, comm)
+    # within the span: the calibrated tolerances, no replacement
+    res = run_rom(case, comm, enrich=True, write=False, save_rom=False).runs[0].result
+    assert not res.field_check["time"]["beyond_span"]
+    longer = case.with_t_end(2 * t_end)
+    res = run_rom(longer, comm, enrich=True, write=False, save_rom=False).runs[0].result
+    rep = res.field_check["time"]
+    assert rep["beyond_span"] and rep["t_end"] == pytest.approx(2 * t_end)
+    lowered = {k: v for k, v in beyond.items() if v is not None and v < cal["tolerances"][k]}
+    assert lowered, beyond
+    assert rep["replaced"] == {k: [cal["tolerances"][k], v] for k, v in lowered.items()}
+    assert comm.allgather(sorted(rep["replaced"].items())) == [sorted(rep["replaced"].items())] * comm.size

@@ -76,8 +76,9 @@ def compare(dm: Any, solver: Any, model: Any, bases: dict, store: Any, name: str
 
     ``solver`` must carry the loads of the run's parameter point (the lifting). Returns
     ``displacement``, ``plastic_strain``, ``stress`` (space-time) and the per-step lists
-    ``u_error_per_step``, ``p_error_per_step`` and the run's indicator components
-    (``indicator_per_step`` is the p component; ``indicators_per_step`` all of them).
+    ``u_error_per_step``, ``p_error_per_step``, the run's indicator components
+    (``indicator_per_step`` is the p component; ``indicators_per_step`` all of them) and its
+    ``times``.
     """
     c = as_mpi(dm.comm)
     rec = Reconstruction(dm, solver, model, bases)
@@ -109,7 +110,7 @@ def compare(dm: Any, solver: Any, model: Any, bases: dict, store: Any, name: str
         s_rom = rec.stress(res, k)
         num["stress"] += float(np.sum(w[:, None] * (s_rom - s_hf) ** 2))
         den["stress"] += float(np.sum(w[:, None] * s_hf ** 2))
-    out: dict[str, Any] = {"name": name}
+    out: dict[str, Any] = {"name": name, "times": [float(t) for t in res.times]}
     se = np.array(c.allreduce(np.array(step)))
     out["u_error_per_step"] = _per_step(se[:, 0], se[:, 1])
     out["p_error_per_step"] = _per_step(se[:, 2], se[:, 3])

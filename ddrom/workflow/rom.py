@@ -288,21 +288,30 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
 
 
 def _field_tolerances(model: Any, inputs: Any, calibration: Mapping[str, Any], eopts: Any) -> tuple[Any, dict | None]:
-    """The enrichment options of one run: the p tolerances of a field unlike every calibration
-    field are the calibration's new-field ones (:func:`ddrom.rom.calibration.tolerances_for_field`).
-    Returns (options, report or None when the calibration recorded no fields)."""
+    """The enrichment options of one run: the tolerances of a field unlike every calibration
+    field are the calibration's new-field ones (:func:`ddrom.rom.calibration.tolerances_for_field`),
+    those of a run beyond the calibrated time span its beyond-span ones
+    (:func:`ddrom.rom.calibration.tolerances_for_time`); the smaller where both apply.
+    Returns (options, report or None when the calibration recorded neither fields nor its span)."""
     from dataclasses import replace
 
-    from ddrom.rom.calibration import field_distance, tolerances_for_field
+    from ddrom.rom.calibration import field_distance, tolerances_for_field, tolerances_for_time
     from ddrom.rom.online import temperature_coordinates
 
-    if not calibration.get("fields"):
+    given = eopts.all_tolerances()
+    tols, report = dict(given), None
+    if calibration.get("fields"):
+        coords = temperature_coordinates(model, inputs)
+        d = field_distance(coords, calibration["fields"]) if coords is not None else float("inf")
+        tols, report = tolerances_for_field(calibration, d, given)
+        report["calibration_fields"] = len(calibration["fields"])
+    if calibration.get("calibrated_t_end") is not None:
+        t_tols, t_report = tolerances_for_time(calibration, float(inputs.times[-1]), given)
+        tols = {k: min(v, t_tols.get(k, v)) for k, v in tols.items()}
+        report = {**(report or {"new_field": False, "replaced": {}, "not_validated": []}), "time": t_report}
+    if report is None:
         return eopts, None
-    coords = temperature_coordinates(model, inputs)
-    d = field_distance(coords, calibration["fields"]) if coords is not None else float("inf")
-    tols, report = tolerances_for_field(calibration, d, eopts.all_tolerances())
-    report["calibration_fields"] = len(calibration["fields"])
-    if not report["replaced"]:
+    if tols == given:
         return eopts, report
     p_tol = tols.get("p") if eopts.tolerance is not None else None
     others = {k: v for k, v in tols.items() if k != "p" and k in eopts.tolerances}
@@ -310,7 +319,19 @@ def _field_tolerances(model: Any, inputs: Any, calibration: Mapping[str, Any], e
 
 
 def _log_field_check(log: Any, name: str, r: dict) -> None:
-    """One line on a run whose field is unlike the calibration fields (nothing otherwise)."""
+    """One line on a run whose field is unlike the calibration fields, one on a run beyond the
+    calibrated time span (nothing otherwise)."""
+    t = r.get("time")
+    if t and t["beyond_span"]:
+        text = (f"{name}: t_end = {t['t_end']:g} beyond the calibrated span {t['calibrated_t_end']:g} "
+                f"(x{t['t_end'] / t['calibrated_t_end']:.3g})")
+        if t["replaced"]:
+            text += "; beyond-span tolerances " + ", ".join(f"{k} {a:.3g} -> {b:.3g}"
+                                                            for k, (a, b) in t["replaced"].items())
+        if t["not_validated"]:
+            log.warning(f"  warning: {text}; not validated beyond the calibrated span: " + ", ".join(t["not_validated"]))
+        else:
+            log.info(f"  {text}")
     if not r["new_field"]:
         return
     text = (f"{name}: temperature field unlike the {r['calibration_fields']} calibration field(s) (relative "
