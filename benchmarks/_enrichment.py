@@ -20,7 +20,10 @@ import numpy as np
 
 
 def evaluate(case: Any, comm: Any, *, calibrate_on: int | None = None, extra_tols: list[float] = (),
-             hf_test: bool = True, log=print) -> dict:
+             hf_test: bool = True, test_case: Any = None, log=print) -> dict:
+    """``test_case``: the case the test points run (HF reference, plain and enriched ROM,
+    calibration) when it differs from the training ``case`` -- e.g. a longer history
+    (``case.with_t_end``) in its own output folder; the ROM is the training case's."""
     import ddrom
     from ddrom.parallel import Timers
     from ddrom.rom.calibration import calibrate_indicator, detection
@@ -34,17 +37,20 @@ def evaluate(case: Any, comm: Any, *, calibrate_on: int | None = None, extra_tol
     mesh = dm.summary()
     ddrom.run_hf(case, comm, which="training", dm=dm)
     off = ddrom.build_rom(case, comm, context=context)
-    hf = ddrom.run_hf(case, comm, which="test", resume=not hf_test, dm=dm)
+    tcase = test_case if test_case is not None else case
+    rom = rom_path(case)
+    hf = ddrom.run_hf(tcase, comm, which="test", resume=not hf_test, dm=dm)
     hf_secs = {r["name"]: r["seconds"] for r in hf["sets"]["test"]["runs"]}
-    io = indicator_options(case)
+    hf_newton = {r["name"]: r.get("newton_iterations") for r in hf["sets"]["test"]["runs"]}
+    io = indicator_options(tcase)
     targets = {"p": io.target, "u": io.target_u}
-    plain = ddrom.run_rom(case, comm, enrich=False, context=context, write=False)
-    err0 = ddrom.compare_runs(case, comm, plain.runs, plain.model, context=context)
+    plain = ddrom.run_rom(tcase, comm, rom=rom, enrich=False, context=context, write=False)
+    err0 = ddrom.compare_runs(tcase, comm, plain.runs, plain.model, context=context)
     n_cal = len(err0) if calibrate_on is None else max(1, min(calibrate_on, len(err0)))
     cal = calibrate_indicator(err0[:n_cal], io.target, io.confidence, targets={"u": io.target_u},
                               components=INDICATOR_COMPONENTS)
     cal["calibrated_on"] = [e["name"] for e in err0[:n_cal]]
-    store_calibration(rom_path(case), cal, comm)
+    store_calibration(rom, cal, comm)
     tolerances = dict(cal.get("tolerances") or {})
     if cal.get("indicator_tolerance"):
         tolerances["p"] = cal["indicator_tolerance"]
@@ -52,18 +58,19 @@ def evaluate(case: Any, comm: Any, *, calibrate_on: int | None = None, extra_tol
                                "offline": {k: off[k] for k in ("seconds", "n_modes", "n_reduced_points",
                                                                "n_gappy_extra_points")},
                                "calibration": cal, "tolerances": tolerances, "hf_seconds": hf_secs,
+                               "hf_newton_iterations": hf_newton,
                                "plain": [], "enriched": []}
     results["detection_plain"] = detection(err0, tolerances, targets)
     for e, run in zip(err0, plain.runs):
-        results["plain"].append(_record(e, run, hf_secs))
+        results["plain"].append(_record(e, run, hf_secs, hf_newton))
     sets = [("calibrated", tolerances)] + [(f"p tol {t:g}", {**tolerances, "p": t}) for t in extra_tols]
     for label, tols in sets:
-        enr = ddrom.run_rom(case, comm, enrich=True, context=context, write=False, save_rom=False,
+        enr = ddrom.run_rom(tcase, comm, rom=rom, enrich=True, context=context, write=False, save_rom=False,
                             indicator_tol=tols.get("p", 1e30),
                             indicator_tols={k: v for k, v in tols.items() if k != "p"})
-        err = ddrom.compare_runs(case, comm, enr.runs, plain.model, context=context)
+        err = ddrom.compare_runs(tcase, comm, enr.runs, plain.model, context=context)
         for e, run in zip(err, enr.runs):
-            rec = _record(e, run, hf_secs)
+            rec = _record(e, run, hf_secs, hf_newton)
             rec["tolerances"] = label
             results["enriched"].append(rec)
         results.setdefault("detection_enriched", {})[label] = detection(err, tols, targets)
@@ -82,7 +89,7 @@ def _finite_max(v) -> float:
     return float(a.max()) if a.size else math.nan
 
 
-def _record(e: dict, run: Any, hf_secs: dict) -> dict:
+def _record(e: dict, run: Any, hf_secs: dict, hf_newton: dict) -> dict:
     res = run.result
     ev = res.enrichments
     return {"name": run.name, "params": {k: (os.path.basename(v) if isinstance(v, str) else v)
@@ -95,6 +102,9 @@ def _record(e: dict, run: Any, hf_secs: dict) -> dict:
             "seconds_replay": sum(x["seconds_replay"] for x in ev),
             "seconds_hf_step": sum(x["seconds_hf_step"] for x in ev),
             "seconds_update": sum(x["seconds_update"] for x in ev),
+            # load-independent cost: the enrichments' HF Newton iterations over the HF run's
+            "hf_newton_enrichments": sum(x.get("hf_newton_iterations") or 0 for x in ev),
+            "hf_newton_run": hf_newton.get(run.name),
             "events": events(ev),
             "extrapolation": run.inputs.extrapolation,
             "u_error_per_step": e["u_error_per_step"], "p_error_per_step": e["p_error_per_step"],
@@ -102,10 +112,16 @@ def _record(e: dict, run: Any, hf_secs: dict) -> dict:
             "field_check": getattr(res, "field_check", None)}
 
 
+def _newton_ratio(r: dict) -> str:
+    if not r.get("n_enrichments") or not r.get("hf_newton_run"):
+        return ""
+    return f"{r['hf_newton_enrichments']}/{r['hf_newton_run']}={r['hf_newton_enrichments'] / r['hf_newton_run']:.2f}"
+
+
 def table(results: dict, title: str) -> str:
     t = results["targets"]
     head = (f"{'ROM':<11}{'point':<34}{'err u':>9}{'u/step':>9}{'err p':>9}{'p/step':>9}{'err sig':>9}"
-            f"{'enr.':>5}{'ROM s':>8}{'HF s':>8}{'cost/HF':>8}")
+            f"{'enr.':>5}{'ROM s':>8}{'HF s':>8}{'cost/HF':>8}{'Newton enr/HF':>14}")
     cal = results["calibration"]
     comps = cal.get("components", {})
     lines = [title,
@@ -120,7 +136,8 @@ def table(results: dict, title: str) -> str:
             lines.append(f"{kind:<11}{point[:33]:<34}{r['u']:>9.1e}{r['u_step_max']:>9.1e}{r['p']:>9.1e}"
                          f"{r['p_step_max']:>9.1e}{r['stress']:>9.1e}{r['n_enrichments']:>5d}"
                          f"{r['rom_seconds']:>8.2f}{(r['hf_seconds'] or float('nan')):>8.1f}"
-                         f"{(r['cost_ratio'] or float('nan')):>8.3f}")
+                         f"{(r['cost_ratio'] or float('nan')):>8.3f}"
+                         f"{_newton_ratio(r):>14}")
     d = results["detection_plain"]
     lines.append(f"detection on the plain runs: {d['needed']} of {d['steps']} steps above a target, "
                  f"{d['flagged']} flagged, {d['missed']} missed, {d['false_alarms']} false alarms")
