@@ -245,6 +245,50 @@ def test_replay_follows_the_cut_back_increments_of_the_march(shared_tmp):
 
 
 @pytest.mark.mpi
+def test_replay_from_the_modes_strains_equals_the_replay_of_displacements(shared_tmp):
+    """A second enrichment replays from the first one's HF state with the strains combined
+    from the modes' cached strains (no strain evaluation per step): the same state as the
+    replay of the reconstructed displacements, to round-off."""
+    from ddrom.rom.enrichment import EnrichmentOptions, Enricher
+    from ddrom.workflow.build import build_problem
+    from ddrom.rom.online import ReducedSolver
+
+    comm = MPI.COMM_WORLD
+    params = {"A": 1.8}
+    case, path, dm, solver, model, bases = _built_point(shared_tmp, comm, "mode_strains", params)
+    enr = Enricher(build_problem(case), solver, model, bases, EnrichmentOptions(tolerance=1e30, max_enrichments=2))
+    n_steps = len(ReducedSolver(model, params).run().times) - 1
+    at = {2, n_steps}
+    calls, seen = {"n": 0}, {}
+    orig = enr._state_before
+
+    def spy(k, times, q_hist, v_hist, sub_hist=None):
+        st, n = orig(k, times, q_hist, v_hist, sub_hist)
+        if k == n_steps:
+            E = enr._cache.strains
+            seen["cached"] = E is not None and E.shape[1] >= len(q_hist[k - 1])
+            enr._cache.strains = None                 # the reference: replay of the displacements
+            ref, n_ref = orig(k, times, q_hist, v_hist, sub_hist)
+            enr._cache.strains = E
+            seen.update(n=n, n_ref=n_ref, got=st.internal.copy(), ref=ref.internal.copy(),
+                        s=st.stress.copy(), s_ref=ref.stress.copy())
+            st, n = orig(k, times, q_hist, v_hist, sub_hist)
+        return st, n
+
+    def wants(ind):                                  # called once per converged step, in order
+        calls["n"] += 1
+        return calls["n"] in at
+
+    enr._state_before, enr.wants = spy, wants
+    res = ReducedSolver(model, params).run(enricher=enr)
+    assert [ev["step"] for ev in res.enrichments] == sorted(at)
+    assert seen["cached"] and seen["n"] == seen["n_ref"] == n_steps - 3
+    scale = max(np.abs(seen["ref"]).max(), 1e-300)
+    assert np.abs(seen["got"] - seen["ref"]).max() <= 1e-10 * scale
+    np.testing.assert_allclose(seen["s"], seen["s_ref"], rtol=1e-9, atol=1e-9 * np.abs(seen["s_ref"]).max())
+
+
+@pytest.mark.mpi
 def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
     from ddrom.workflow.rom import run
     from ddrom.rom.model import load_model

@@ -85,13 +85,19 @@ class Replayer:
         material's initial internal variables at the temperature of ``t``).
         """
         ne, nq = self.dm.n_cells, self.dm.n_qp
+        return self.step_strains(t, self.asm.strains(self._local(u_owned)).reshape(ne * nq, 6), step_index)
+
+    def step_strains(self, t: float, eps: np.ndarray, step_index: int | None = None) -> ReplayState:
+        """:meth:`step` with the strains ``eps`` (ne nq, 6) at every local point given instead
+        of the displacement (e.g. combined from the strains of a basis' modes: a reduced
+        history replays without a strain evaluation per step); collective."""
+        ne, nq = self.dm.n_cells, self.dm.n_qp
         T = self.temperature(t)
         old = self.state
         if old is None:
             internal, T_old, dt, t0, inc = self.material.initial_state(ne * nq), T, 0.0, float(t), 0
         else:
             internal, T_old, dt, t0, inc = old.internal, old.T, t - old.t, old.t, old.increment + 1
-        eps = self.asm.strains(self._local(u_owned)).reshape(ne * nq, 6)
         msg = None
         try:
             resp = update_in_chunks(self.material, eps, internal, T_old.ravel(), T.ravel(), dt, tangent=False,

@@ -48,7 +48,7 @@ from ddrom.reduction.inner import allreduce_sum
 from ddrom.rom.integrand import IntegrandCache
 from ddrom.rom.model import ReducedModel
 from ddrom.rom.offline import distributed_bases, hyper_reduce
-from ddrom.rom.operators import lifting_fields, values_at_points
+from ddrom.rom.operators import all_mode_strains, lifting_fields, values_at_points
 
 
 @dataclass
@@ -167,6 +167,7 @@ class Enricher:
         # the modes' local values, strains and ECM integrand blocks so far (hyper_reduce
         # computes only the new modes' ones: the bases only grow)
         self._cache = IntegrandCache()
+        self._chi_strains: np.ndarray | None = None        # (G, n_lift, 6), once needed
         self._start: tuple[int, State] | None = None       # last HF state (step, state); None: t_0
         #: (internal state (M, n_state), T (M,)) at the enriched model's monitor points after
         #: the last :meth:`enrich` (None: the model has none)
@@ -220,11 +221,34 @@ class Enricher:
                                    st.internal, st.T)
         for j in range(first, k):
             for t_sub, q_sub, v_sub in (sub_hist[j] if sub_hist is not None else ()):
-                rp.step(float(t_sub), self._displacement(q_sub, v_sub), j)
-            rp.step(float(times[j]), self._displacement(q_hist[j], v_hist[j]), j)
+                self._replay_step(float(t_sub), q_sub, v_sub, j)
+            self._replay_step(float(times[j]), q_hist[j], v_hist[j], j)
         r = rp.state
         u = solver.owned_to_local(self._displacement(q_hist[k - 1], v_hist[k - 1]))
         return State(float(times[k - 1]), u, r.stress, r.internal, r.T), max(0, k - first)
+
+    def _replay_step(self, t: float, q: np.ndarray, v: np.ndarray, j: int) -> None:
+        """One replayed step of the reduced history. Once an update has computed the modes'
+        strains at every point (:class:`~ddrom.rom.integrand.IntegrandCache`, kept between
+        enrichments), the strains of ``Phi q + chi v`` are combined from them and from the
+        lifting fields' (computed once): a long replay -- an enrichment late in a long
+        history starts from the last HF state -- costs no strain evaluation per step, which
+        was about half of a replayed step (the rest: the law and the temperature). The same
+        strains up to round-off (linear in the displacement; each point from its own rows)."""
+        E = self._cache.strains
+        N = len(q)
+        if E is None or E.shape[1] < N:
+            self.replayer.step(t, self._displacement(q, v), j)
+            return
+        if self._chi_strains is None:
+            lifts = lifting_fields(self.solver)
+            G = E.shape[0]
+            self._chi_strains = all_mode_strains(self.solver, np.column_stack(lifts)) if lifts \
+                else np.zeros((G, 0, 6))
+        eps = np.tensordot(np.asarray(q, dtype=float), E[:, :N, :], axes=([0], [1]))
+        if self._chi_strains.shape[1]:
+            eps += np.tensordot(np.asarray(v, dtype=float), self._chi_strains, axes=([0], [1]))
+        self.replayer.step_strains(t, eps, j)
 
     def enrich(self, k: int, times: np.ndarray, q_hist: list, v_hist: list, v_new: np.ndarray,
                reason: str = "", q_guess: np.ndarray | None = None, sub_hist: list | None = None
