@@ -21,12 +21,15 @@ import numpy as np
 
 def evaluate(case: Any, comm: Any, *, calibrate_on: int | None = None, extra_tols: list[float] = (),
              hf_test: bool = True, test_case: Any = None, log=print) -> dict:
-    """``test_case``: the case the test points run (HF reference, plain and enriched ROM,
-    calibration) when it differs from the training ``case`` -- e.g. a longer history
-    (``case.with_t_end``) in its own output folder; the ROM is the training case's."""
+    """``test_case``: the case the validation points (the test points after the first
+    ``calibrate_on``) run -- HF reference, plain and enriched ROM -- when it differs from
+    the training ``case``, e.g. a longer history (``case.with_t_end``) in its own output
+    folder; the calibration points then run the training case's history (the calibration
+    is what a user has: HF of a few fields over the trained span). The ROM is the training
+    case's."""
     import ddrom
     from ddrom.parallel import Timers
-    from ddrom.rom.calibration import calibrate_indicator, detection
+    from ddrom.rom.calibration import calibrate_indicator, detection, tolerances_for_time
     from ddrom.rom.model import store_calibration
     from ddrom.rom.online import INDICATOR_COMPONENTS
     from ddrom.workflow.options import indicator_options
@@ -37,16 +40,31 @@ def evaluate(case: Any, comm: Any, *, calibrate_on: int | None = None, extra_tol
     mesh = dm.summary()
     ddrom.run_hf(case, comm, which="training", dm=dm)
     off = ddrom.build_rom(case, comm, context=context)
-    tcase = test_case if test_case is not None else case
     rom = rom_path(case)
-    hf = ddrom.run_hf(tcase, comm, which="test", resume=not hf_test, dm=dm)
-    hf_secs = {r["name"]: r["seconds"] for r in hf["sets"]["test"]["runs"]}
-    hf_newton = {r["name"]: r.get("newton_iterations") for r in hf["sets"]["test"]["runs"]}
-    io = indicator_options(tcase)
+    n_pts = len(case.test_parameters())
+    n_cal = n_pts if calibrate_on is None else max(1, min(calibrate_on, n_pts))
+    if test_case is None:
+        subsets = [("", case)]
+    else:
+        values = list(case.raw["test"]["values"])
+        subsets = [("calibration", case.replace({"test": {"values": values[:n_cal]}})),
+                   ("validation", test_case.replace({"test": {"values": values[n_cal:]}}))]
+    io = indicator_options(case)
     targets = {"p": io.target, "u": io.target_u}
-    plain = ddrom.run_rom(tcase, comm, rom=rom, enrich=False, context=context, write=False)
-    err0 = ddrom.compare_runs(tcase, comm, plain.runs, plain.model, context=context)
-    n_cal = len(err0) if calibrate_on is None else max(1, min(calibrate_on, len(err0)))
+    hf_secs, hf_newton, plain_runs, err0, offline_model = {}, {}, [], [], None
+    for label, sub in subsets:
+        hf = ddrom.run_hf(sub, comm, which="test", resume=not hf_test, dm=dm)
+        for r in hf["sets"]["test"]["runs"]:
+            hf_secs[_key(label, r["name"])] = r["seconds"]
+            hf_newton[_key(label, r["name"])] = r.get("newton_iterations")
+        plain = ddrom.run_rom(sub, comm, rom=rom, enrich=False, context=context, write=False)
+        errs = ddrom.compare_runs(sub, comm, plain.runs, plain.model, context=context)
+        for e, run in zip(errs, plain.runs):
+            e["name"] = _key(label, e["name"])
+            run.name = e["name"]
+        plain_runs += plain.runs
+        err0 += errs
+        offline_model = plain.model
     cal = calibrate_indicator(err0[:n_cal], io.target, io.confidence, targets={"u": io.target_u},
                               components=INDICATOR_COMPONENTS)
     cal["calibrated_on"] = [e["name"] for e in err0[:n_cal]]
@@ -60,21 +78,32 @@ def evaluate(case: Any, comm: Any, *, calibrate_on: int | None = None, extra_tol
                                "calibration": cal, "tolerances": tolerances, "hf_seconds": hf_secs,
                                "hf_newton_iterations": hf_newton,
                                "plain": [], "enriched": []}
+    if test_case is not None and cal.get("calibrated_t_end") is not None:
+        t_end = float(err0[-1]["times"][-1])
+        results["tolerances_beyond_span"] = tolerances_for_time(cal, t_end, tolerances)[0]
     results["detection_plain"] = detection(err0, tolerances, targets)
-    for e, run in zip(err0, plain.runs):
+    for e, run in zip(err0, plain_runs):
         results["plain"].append(_record(e, run, hf_secs, hf_newton))
     sets = [("calibrated", tolerances)] + [(f"p tol {t:g}", {**tolerances, "p": t}) for t in extra_tols]
-    for label, tols in sets:
-        enr = ddrom.run_rom(tcase, comm, rom=rom, enrich=True, context=context, write=False, save_rom=False,
-                            indicator_tol=tols.get("p", 1e30),
-                            indicator_tols={k: v for k, v in tols.items() if k != "p"})
-        err = ddrom.compare_runs(tcase, comm, enr.runs, plain.model, context=context)
-        for e, run in zip(err, enr.runs):
-            rec = _record(e, run, hf_secs, hf_newton)
-            rec["tolerances"] = label
-            results["enriched"].append(rec)
-        results.setdefault("detection_enriched", {})[label] = detection(err, tols, targets)
+    for label_t, tols in sets:
+        errs_all = []
+        for label, sub in subsets:
+            enr = ddrom.run_rom(sub, comm, rom=rom, enrich=True, context=context, write=False, save_rom=False,
+                                indicator_tol=tols.get("p", 1e30),
+                                indicator_tols={k: v for k, v in tols.items() if k != "p"})
+            err = ddrom.compare_runs(sub, comm, enr.runs, offline_model, context=context)
+            for e, run in zip(err, enr.runs):
+                e["name"] = run.name = _key(label, e["name"])
+                rec = _record(e, run, hf_secs, hf_newton)
+                rec["tolerances"] = label_t
+                results["enriched"].append(rec)
+            errs_all += err
+        results.setdefault("detection_enriched", {})[label_t] = detection(errs_all, tols, targets)
     return results
+
+
+def _key(label: str, name: str) -> str:
+    return f"{label}/{name}" if label else name
 
 
 def events(ev: list[dict]) -> list[dict]:

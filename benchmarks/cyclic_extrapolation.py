@@ -134,7 +134,7 @@ def main() -> None:
     short = ddrom.load_case(path)
     context = hf_context(short, comm, Timers())
     dm = context[0]
-    ddrom.run_hf(short, comm, which="all", dm=dm)
+    ddrom.run_hf(short, comm, which="all", dm=dm, resume=True)     # the short sweep is not timed: reuse it
     off = ddrom.build_rom(short, comm, context=context)
     # calibration on the short history of the test point
     io = indicator_options(short)

@@ -18,10 +18,12 @@ test point names its file through a parameter of kind ``file``.
   errors need); the last three validate it out of sample: an in-family one, a hot spot at
   y = -6 mm (a place no training field heated), and two hot spots at once.
 
-``--test-cycles N`` (default ``--cycles``): the test fields run N cycles where training ran
-``--cycles`` (the case's ``t_end`` at online time, ``Case.with_t_end``): a thermo-mechanical
-fatigue analysis runs many cycles of a field the ROM never saw; the enrichments happen where
-the new plastic zones open, so their cost over the HF run falls with the history's length.
+``--test-cycles N`` (default ``--cycles``): the validation fields run N cycles where training
+and calibration ran ``--cycles`` (the case's ``t_end`` at online time, ``Case.with_t_end``): a
+thermo-mechanical fatigue analysis runs many cycles of a field the ROM never saw, from a ROM
+trained and calibrated on the first one(s); the enrichments happen where the new plastic
+zones open, so their cost over the HF run falls with the history's length, and the runs go
+beyond the calibrated span (they take the calibration's beyond-span tolerances).
 
 Prints one table (errors plain / enriched, enrichments, cost over the HF run of the same
 field, misses and false alarms of the calibrated tolerances); ``--json`` writes all of it.
