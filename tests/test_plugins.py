@@ -676,6 +676,37 @@ def test_hf_and_replay_give_the_umat_its_context(context_plugin, caplog):
 
 
 @pytest.mark.mpi
+def test_deferred_replay_failure_stops_every_rank_at_the_verdict(context_plugin):
+    """Deferred replay steps (the enrichment's long replays): an XIT past x = 1.5 in the second
+    increment (on some ranks only) raises nothing while replaying; the verdict raises the
+    same CollectiveError with the plugin's message on every rank, none hangs; the failed
+    rank's later steps do nothing; a replay without failure passes its verdict."""
+    from ddrom.hf.replay import Replayer
+    from ddrom.parallel import CollectiveError
+
+    dm, s = _ctx_solver(ctx_cfg(context_plugin))
+    st = s.initial_state()
+    hist = []
+    for k, t in enumerate((0.5, 1.0, 1.5)):
+        st, _ = s.step(st, t, k)
+        hist.append((t, st.owned_displacement(dm.n_owned)))
+    _, bad = _ctx_solver(ctx_cfg(context_plugin, xit_x=1.5, xit_inc=2))
+    for material, fails in ((s.material, False), (bad.material, True)):
+        rep = Replayer(dm, material, s.loads.temperature, assembler=s.asm)
+        rep.step(0.0, np.zeros((dm.n_owned, 3)))
+        for k, (t, u) in enumerate(hist):
+            eps = rep.asm.strains(rep._local(u)).reshape(dm.n_cells * dm.n_qp, 6)
+            rep.step_strains(t, eps, k, defer=True)
+        if fails:
+            with pytest.raises(CollectiveError, match=r"material replay failed at step 1 \(t = 1\): .*XIT"):
+                rep.verdict()
+        else:
+            rep.verdict()
+            assert rep.state.increment == 3
+        rep.close()
+
+
+@pytest.mark.mpi
 def test_xit_in_one_subdomain_stops_every_rank(context_plugin):
     """XIT at the points past x = 1.5 in the second increment (on some ranks only): every rank
     raises the same CollectiveError with the plugin's message, none hangs; an STDB_ABQERR

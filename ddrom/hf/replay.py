@@ -63,6 +63,7 @@ class Replayer:
         self.xq = self.asm.qp_coordinates              # shared with the material contexts
         self.gvec = dm.create_vector(3)
         self.state: ReplayState | None = None
+        self._deferred: str | None = None      # this rank's failure in a deferred step
 
     def temperature(self, t: float) -> np.ndarray:
         x = self.xq
@@ -87,10 +88,18 @@ class Replayer:
         ne, nq = self.dm.n_cells, self.dm.n_qp
         return self.step_strains(t, self.asm.strains(self._local(u_owned)).reshape(ne * nq, 6), step_index)
 
-    def step_strains(self, t: float, eps: np.ndarray, step_index: int | None = None) -> ReplayState:
+    def step_strains(self, t: float, eps: np.ndarray, step_index: int | None = None,
+                     defer: bool = False) -> ReplayState:
         """:meth:`step` with the strains ``eps`` (ne nq, 6) at every local point given instead
         of the displacement (e.g. combined from the strains of a basis' modes: a reduced
-        history replays without a strain evaluation per step); collective."""
+        history replays without a strain evaluation per step); collective.
+
+        ``defer``: no collective verdict at this step: a local failure is kept (the later
+        deferred steps of this rank do nothing) until :meth:`verdict`, which every rank must
+        call after its last deferred step. A long replay then waits for the slowest rank
+        once instead of at every step (~6 of 32 ms per step at 66k points per rank)."""
+        if defer and self._deferred is not None:
+            return self.state                    # this rank failed earlier: verdict() reports it
         ne, nq = self.dm.n_cells, self.dm.n_qp
         T = self.temperature(t)
         old = self.state
@@ -108,15 +117,28 @@ class Replayer:
             msg = str(exc)
         except BaseException as exc:  # noqa: BLE001 - a plugin, numpy, an interrupt on this rank only
             msg = describe_exception(exc)
-        # one verdict for all ranks: a local failure must not leave the others waiting
-        bad = as_mpi(self.dm.comm).allgather(msg)
-        bad = [m for m in bad if m]
-        if bad:
-            where = f"step {step_index} " if step_index is not None else ""
-            raise CollectiveError(f"material replay failed at {where}(t = {t:.6g}): {bad[0]}")
+        where = f"step {step_index} " if step_index is not None else ""
+        if defer:
+            if msg:
+                self._deferred = f"material replay failed at {where}(t = {t:.6g}): {msg}"
+                return self.state
+        else:
+            # one verdict for all ranks: a local failure must not leave the others waiting
+            bad = as_mpi(self.dm.comm).allgather(msg)
+            bad = [m for m in bad if m]
+            if bad:
+                raise CollectiveError(f"material replay failed at {where}(t = {t:.6g}): {bad[0]}")
         p = self.material.cumulated_plastic_strain(resp.state).reshape(ne, nq)
         self.state = ReplayState(float(t), resp.stress.reshape(ne, nq, 6), p, resp.state, T, inc)
         return self.state
+
+    def verdict(self) -> None:
+        """The collective verdict on the deferred steps since the last one (every rank calls
+        it): a failure on any rank is a :class:`CollectiveError` on every rank."""
+        bad = [m for m in as_mpi(self.dm.comm).allgather(self._deferred) if m]
+        self._deferred = None
+        if bad:
+            raise CollectiveError(bad[0])
 
     def close(self) -> None:
         self.gvec.destroy()
