@@ -469,8 +469,8 @@ def test_gamg_product_data_released_after_each_set_up_changes_nothing_but_memory
 
 
 @pytest.mark.mpi
-def test_gmres_basis_released_before_each_set_up_keeps_the_restart():
-    """GMRES's basis is freed before each GAMG set-up by re-creating the method
+def test_gmres_basis_released_after_each_solve_keeps_the_restart():
+    """GMRES's basis is freed after each solve by re-creating the method
     (``release_krylov_vectors``): its restart comes back (a restart of 5 changes the
     iterations, so equal counts with the basis kept show it), other GMRES options turn
     the release off."""

@@ -70,6 +70,10 @@ _DEFAULT_PETSC = {
     # across set-ups; see ddrom.parallel.memory.release_product_data, release_krylov_vectors
     "ddrom_gamg_keep_products": "false",
 }
+# Not a default, read when set (command line or a case's petsc_options):
+# ``ddrom_hypre_inplace`` (default true): with ``pc_type = hypre`` the operator is converted in
+# place into hypre's format for each set-up and solve instead of being copied by hypre (the
+# memory-lean configuration: benchmarks/README.md, "hypre instead of GAMG").
 
 
 class HFSolver:
@@ -117,7 +121,7 @@ class HFSolver:
         self.ksp.setFromOptions()
         self._release_products = not opts.getBool("ddrom_gamg_keep_products", False)
         self._hypre_inplace = opts.getBool("ddrom_hypre_inplace", True)
-        # GMRES's basis is freed before each set-up (release_krylov_vectors) when nothing but
+        # GMRES's basis is freed after each solve (release_krylov_vectors) when nothing but
         # its restart was configured (the rest would be lost by re-creating the method)
         gmres_opts = {k for k in opts.getAll() if k.startswith("ksp_gmres_")} - {"ksp_gmres_restart"}
         self._gmres_restart = (opts.getInt("ksp_gmres_restart", 30)

@@ -103,8 +103,9 @@ def release_product_data(ksp) -> bool:
 
 def release_krylov_vectors(ksp, gmres_restart: int = 30) -> bool:
     """Free the Krylov basis a solved GMRES keeps (``gmres_restart + 1`` vectors: ~250 B
-    per DOF of a rank at 30), so that it does not coexist with the preconditioner's next
-    set-up, the peak of a Newton iteration (collective; before ``ksp.setUp()``).
+    per DOF of a rank at 30), so that it does not coexist with the line search's material
+    updates and the preconditioner's next set-up (collective; the HF solver calls it right
+    after each solve).
 
     The type is set to ``preonly`` and back to ``gmres``, which destroys GMRES's data and
     nothing else (the PC, tolerances and initial-guess flag are the KSP's); the restart
