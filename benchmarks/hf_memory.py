@@ -105,7 +105,7 @@ class _KSP:
         self._ksp, self._probe, self._snapshot = ksp, probe, snapshot
 
     def setUp(self):
-        if "solve" not in self._snapshot:
+        if "solve" not in self._snapshot and tracemalloc.is_tracing():
             self._snapshot["solve"] = tracemalloc.take_snapshot()
         self._probe.mark("before set-up")
         self._ksp.setUp()
@@ -120,7 +120,7 @@ class _KSP:
         return getattr(self._ksp, name)
 
 
-def run(n: int, top: int, comm) -> dict:
+def run(n: int, top: int, comm, trace: bool = True) -> dict:
     from ddrom.hf.loads import Dirichlet, Loads
     from ddrom.hf.solver import HFSolver, SolverOptions
     from ddrom.materials import from_config
@@ -128,7 +128,8 @@ def run(n: int, top: int, comm) -> dict:
     from ddrom.mesh.scatter import distribute
 
     probe = Probe()
-    tracemalloc.start(6)
+    if trace:
+        tracemalloc.start(6)
     probe.mark("start")
     mesh = box(1.0, 1.0, 1.0, n, n, n) if comm.rank == 0 else None
     probe.mark("box (rank 0)")
@@ -146,13 +147,13 @@ def run(n: int, top: int, comm) -> dict:
     start_matrix = s.asm.matrix_assembly
 
     def first_matrix(*a, **kw):
-        if "snap" not in snapshot:
+        if "snap" not in snapshot and tracemalloc.is_tracing():
             snapshot["snap"] = tracemalloc.take_snapshot()
         return start_matrix(*a, **kw)
     s.asm.matrix_assembly = first_matrix
     # the matrix is assembled inside the material update (one chunk's tangent at a time):
     # its memory shows in "between kernels"
-    for name in ("strains", "internal_force"):
+    for name in ("strains", "internal_force", "create_matrix"):     # create_matrix: after a hypre solve
         probe.wrap(s.asm, name)
     s.ksp = _KSP(s.ksp, probe, snapshot)
     st = s.initial_state()
@@ -177,7 +178,7 @@ def run(n: int, top: int, comm) -> dict:
     peak_at = next((name for name, cur, peak, rss, h in probe.log if h >= hwm - 0.5), "?")
     mine = {"dofs_rank": dofs_rank, "phases": phases, "hwm_mb": hwm, "python_peak_mb": py_peak,
             "peak_reached_in": peak_at,
-            "live_at_first_matrix": by_line(snapshot["snap"]),
+            "live_at_first_matrix": by_line(snapshot["snap"]) if "snap" in snapshot else [],
             "live_at_first_set_up": by_line(snapshot["solve"]) if "solve" in snapshot else []}
     tracemalloc.stop()
     ranks = comm.gather(mine, root=0)
@@ -271,10 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--dolfinx", action="store_true",
                     help="DOLFINx's linear-elastic problem on the same mesh instead (its peak RSS)")
+    ap.add_argument("--no-trace", action="store_true",
+                    help="no tracemalloc (RSS and its high-water mark per phase only; no Python columns): "
+                         "the step at its normal speed, for the largest sizes")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     comm = MPI.COMM_WORLD
-    res = run_dolfinx(args.size, comm) if args.dolfinx else run(args.size, args.top, comm)
+    res = run_dolfinx(args.size, comm) if args.dolfinx else run(args.size, args.top, comm, trace=not args.no_trace)
     if comm.rank == 0:
         print_report(res)
         if args.json:

@@ -162,6 +162,12 @@ def run_size(n: int, steps: int, comm) -> dict:
         cut += info.cutbacks
     p = s.material.cumulated_plastic_strain(st.internal)
     plastic = comm.allreduce(int(np.count_nonzero(p > 0))) / comm.allreduce(p.size)
+    # the converged answer, to compare solver configurations: ||u|| over the owned DOFs,
+    # the largest and the mean cumulated plastic strain
+    uo = st.u[: 3 * dm.n_owned]
+    answer = {"u_norm": float(np.sqrt(comm.allreduce(float(uo @ uo)))),
+              "p_max": comm.allreduce(float(p.max()), op=MPI.MAX),
+              "p_mean": comm.allreduce(float(p.sum())) / comm.allreduce(p.size)}
 
     # Phase totals over all steps, max over ranks (the time the job waits for).
     def tot(name, skip=0):
@@ -191,7 +197,7 @@ def run_size(n: int, steps: int, comm) -> dict:
         "matrix_assemblies": n_matrices,
         "ksp_type": s.ksp.getType(), "pc_type": s.ksp.getPC().getType(),
         "ksp_iterations_per_solve": float(np.mean(ksp.its)), "ksp_iterations": list(map(int, ksp.its)),
-        "plastic_fraction": plastic,
+        "plastic_fraction": plastic, "answer": answer,
         "setup_seconds": setup, "per_iteration_seconds": per_it,
         "per_call_seconds": {
             "constitutive_with_strains": cons / evals,
@@ -230,6 +236,11 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['dofs']:>9d} {r['steps']:>5d} {r['newton_iterations']:>6d} "
               f"{r['residual_evaluations'] / r['newton_iterations']:>8.2f} {r['ksp_iterations_per_solve']:>9.1f} "
               f"{r['plastic_fraction']:>7.2f} " + " ".join(f"{p[k]:>12.3f}" for k in keys) + f" {rss:>18}")
+    for r in rows:
+        a = r.get("answer")
+        if a:
+            print(f"{r['dofs']:>9d} converged answer: ||u|| {a['u_norm']:.12e}, max p {a['p_max']:.12e}, "
+                  f"mean p {a['p_mean']:.12e}")
 
 
 def compare(paths: list[str]) -> None:

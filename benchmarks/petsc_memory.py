@@ -24,6 +24,7 @@ import ctypes
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--solves", type=int, default=1)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--drop-krylov", action="store_true")
+    ap.add_argument("--reset-pc", action="store_true", help="KSPReset after each solve (the next assembly without the preconditioner, a set-up from scratch)")
     args = ap.parse_args()
     comm = MPI.COMM_WORLD
     from ddrom.hf.loads import Dirichlet, Loads
@@ -136,7 +138,10 @@ def main() -> None:
     del resp
     mark("first matrix assembled")
     s.b.array[:] = -r
+    secs = {"setup": [], "solve": []}
+    t0 = time.perf_counter()
     s.ksp.setUp()
+    secs["setup"].append(time.perf_counter() - t0)
     mark("KSP set up (GAMG)")
     if s._release_products:          # what the solver does after each set-up
         release_product_data(s.ksp)
@@ -146,19 +151,28 @@ def main() -> None:
     for i in range(args.solves):
         if i:
             s._evaluate(u, st, T, 1.0, tangent=True)
+            mark(f"matrix {i + 1} assembled")
             s.ksp.setOperators(s.A)
-            if args.drop_krylov:
+            if args.drop_krylov and not args.reset_pc:
                 t = s.ksp.getType()
                 s.ksp.setType("preonly")
                 s.ksp.setType(t)
                 s.ksp.setFromOptions()
                 mark(f"Krylov vectors dropped {i + 1}")
+            t0 = time.perf_counter()
             s.ksp.setUp()
+            secs["setup"].append(time.perf_counter() - t0)
             if s._release_products:
                 release_product_data(s.ksp)
+        t0 = time.perf_counter()
         s.ksp.solve(s.b, s.x)
+        secs["solve"].append(time.perf_counter() - t0)
         its.append(s.ksp.getIterationNumber())
         mark(f"solve {i + 1}")
+        if args.reset_pc and i < args.solves - 1:
+            s.ksp.reset()               # the PC's data and the Krylov basis, freed before the next assembly
+            s.ksp.setOperators(s.A)
+            mark(f"KSP reset {i + 1}")
     pc = s.ksp.getPC()
     objs = [("A (operator)", mat_mb(s.A))]
     try:
@@ -179,7 +193,8 @@ def main() -> None:
     all_ = comm.gather(info, root=0)
     if comm.rank == 0:
         print(f"\npetsc_memory: {3 * (n + 1) ** 3:,} DOFs, {comm.size} rank(s), matrix {info['type']}, "
-              f"{info['levels']} levels, KSP iterations {its}")
+              f"{info['levels']} levels, KSP iterations {its}, seconds (rank 0) set-up "
+              f"{' '.join(f'{x:.2f}' for x in secs['setup'])} solve {' '.join(f'{x:.2f}' for x in secs['solve'])}")
         for i, inf in enumerate(all_):
             d = inf["dofs_rank"]
             print(f"rank {i} ({d:,} DOFs): {'mark':32s} {'RSS MB':>8s} {'HWM MB':>8s} {'PetscMalloc MB':>14s}"

@@ -469,8 +469,8 @@ def test_gamg_product_data_released_after_each_set_up_changes_nothing_but_memory
 
 
 @pytest.mark.mpi
-def test_gmres_basis_released_before_each_set_up_keeps_the_restart():
-    """GMRES's basis is freed before each GAMG set-up by re-creating the method
+def test_gmres_basis_released_after_each_solve_keeps_the_restart():
+    """GMRES's basis is freed after each solve by re-creating the method
     (``release_krylov_vectors``): its restart comes back (a restart of 5 changes the
     iterations, so equal counts with the basis kept show it), other GMRES options turn
     the release off."""
@@ -489,6 +489,39 @@ def test_gmres_basis_released_before_each_set_up_keeps_the_restart():
     finally:        # not among the solver's defaults: they would stay for the next tests
         for k in ("ksp_gmres_restart", "ksp_gmres_modifiedgramschmidt"):
             PETSc.Options().delValue(k)
+
+
+HYPRE = {"pc_type": "hypre", "pc_hypre_boomeramg_coarsen_type": "HMIS", "pc_hypre_boomeramg_interp_type": "ext+i",
+         "pc_hypre_boomeramg_P_max": 4, "pc_hypre_boomeramg_agg_nl": 1, "pc_hypre_boomeramg_strong_threshold": 0.5}
+
+
+@pytest.mark.mpi
+def test_hypre_operator_converted_in_place_changes_nothing_but_memory():
+    """With hypre the solver converts the operator in place for the set-up and the solve
+    (hypre's copy is not made next to PETSc's) and makes a new AIJ for the next assembly,
+    and frees the preconditioner after each solve: the same iterations and the same
+    solution to round-off as with hypre's own copy (``-ddrom_hypre_inplace 0``; the
+    operator's products are hypre's, not PETSc's), GAMG's solution to the
+    solver's tolerance, and an AIJ matrix of the same pattern after each step."""
+    from petsc4py import PETSc
+
+    comm = MPI.COMM_WORLD
+    try:
+        s, u_ip, its_ip = _gamg_chaboche(comm, HYPRE)
+        assert s._hypre_inplace and s.ksp.getPC().getType() == "hypre"
+        assert s.A.getType() in ("seqaij", "mpiaij") and s.A.getBlockSize() == 3
+        s2, u_copy, its_copy = _gamg_chaboche(comm, {**HYPRE, "ddrom_hypre_inplace": False})
+        assert not s2._hypre_inplace
+        assert its_ip == its_copy
+        # the Krylov products are hypre's instead of PETSc's: the last bits differ
+        assert np.abs(u_ip - u_copy).max() <= 1e-9 * np.abs(u_copy).max()
+        assert s.A.getInfo()["nz_allocated"] == s2.A.getInfo()["nz_allocated"]
+    finally:        # not among the solver's defaults: they would stay for the next tests
+        for k in list(HYPRE) + ["ddrom_hypre_inplace"]:
+            PETSc.Options().delValue(k)
+    _, u_gamg, its_gamg = _gamg_chaboche(comm, {})
+    assert [n for n, _ in its_ip] == [n for n, _ in its_gamg]
+    assert np.abs(u_ip - u_gamg).max() <= 1e-8 * np.abs(u_gamg).max()
 
 
 @pytest.mark.mpi

@@ -24,7 +24,7 @@ from ddrom.materials import Material, ReturnMappingError, update_in_chunks
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import (CollectiveError, DdromError, Timers, as_mpi, as_petsc, describe_exception,
                             raise_collective)
-from ddrom.parallel.memory import release_free_heap, release_krylov_vectors, release_product_data
+from ddrom.parallel.memory import release_free_heap, release_hypre, release_krylov_vectors, release_product_data
 
 
 @dataclass
@@ -70,6 +70,10 @@ _DEFAULT_PETSC = {
     # across set-ups; see ddrom.parallel.memory.release_product_data, release_krylov_vectors
     "ddrom_gamg_keep_products": "false",
 }
+# Not a default, read when set (command line or a case's petsc_options):
+# ``ddrom_hypre_inplace`` (default true): with ``pc_type = hypre`` the operator is converted in
+# place into hypre's format for each set-up and solve instead of being copied by hypre (the
+# memory-lean configuration: benchmarks/README.md, "hypre instead of GAMG").
 
 
 class HFSolver:
@@ -116,7 +120,8 @@ class HFSolver:
         self.ksp.setOperators(self.A)
         self.ksp.setFromOptions()
         self._release_products = not opts.getBool("ddrom_gamg_keep_products", False)
-        # GMRES's basis is freed before each set-up (release_krylov_vectors) when nothing but
+        self._hypre_inplace = opts.getBool("ddrom_hypre_inplace", True)
+        # GMRES's basis is freed after each solve (release_krylov_vectors) when nothing but
         # its restart was configured (the rest would be lost by re-creating the method)
         gmres_opts = {k for k in opts.getAll() if k.startswith("ksp_gmres_")} - {"ksp_gmres_restart"}
         self._gmres_restart = (opts.getInt("ksp_gmres_restart", 30)
@@ -357,28 +362,7 @@ class HFSolver:
             resp = None
             release_free_heap()     # the assembly's and the dropped iterate's blocks
             self.b.array[:] = -r
-            with self.timers("linear_solve"):
-                self.ksp.setOperators(self.A)
-                if self._gmres_restart is not None:
-                    release_krylov_vectors(self.ksp, self._gmres_restart)
-                self.ksp.setUp()
-                if self._release_products:
-                    release_product_data(self.ksp)
-                self.ksp.solve(self.b, self.x)
-            reason = self.ksp.getConvergedReason()
-            info.ksp_iterations += self.ksp.getIterationNumber()
-            if reason < 0 and self.ksp.getType() == "cg":
-                # CG breaks down when the preconditioned tangent is not positive definite
-                # (GAMG's estimates on a plastic tangent): retry this solve with GMRES rather
-                # than cut the step, which would change the HF load path.
-                self.ksp.setType("gmres")
-                with self.timers("linear_solve"):
-                    self.ksp.solve(self.b, self.x)
-                reason = self.ksp.getConvergedReason()
-                info.ksp_iterations += self.ksp.getIterationNumber()
-                self.ksp.setType("cg")
-            if reason < 0:
-                raise NotConverged(f"linear solver failed ({_ksp_reason(reason)}) at iteration {it}")
+            self._linear_solve(it, info)
             du = self.owned_to_local(self.x.array)
             release_free_heap()     # the multigrid set-up's temporaries, before the trial's state
             alpha = 1.0
@@ -399,6 +383,56 @@ class HFSolver:
             u, resp, r, ref, norm = u_try, resp_t, r_t, ref_t, norm_t
         raise NotConverged(f"no convergence in {opt.max_iterations} iterations "
                            f"(relative residual {norm / max(ref, 1e-300):.3e})")
+
+    def _linear_solve(self, it: int, info: StepInfo) -> None:
+        """Solve ``self.A x = self.b`` into ``self.x`` (collective); :class:`NotConverged`
+        when the KSP fails.
+
+        Then what only a solve needs is freed before the line search's material updates and
+        the next assembly: GMRES's basis, a hypre preconditioner (rebuilt at every set-up
+        anyway). With hypre and ``-ddrom_hypre_inplace`` (default) the operator is moreover
+        converted in place into hypre's format for the set-up and the solve, so that hypre
+        does not copy it (~0.9 KB per DOF of a rank), and a new AIJ matrix with the exact
+        pattern is made for the next assembly.
+        """
+        inplace = self._hypre_inplace and self.ksp.getPC().getType() == "hypre"
+        try:
+            with self.timers("linear_solve"):
+                if inplace:
+                    bs = self.A.getBlockSize()
+                    self.A.convert("hypre")          # in place: the AIJ storage is freed
+                    self.A.setBlockSize(bs)          # lost by the conversion; BoomerAMG's unknowns
+                    self.A.setNearNullSpace(self.nullspace)
+                self.ksp.setOperators(self.A)
+                self.ksp.setUp()
+                if self._release_products:
+                    release_product_data(self.ksp)
+                self.ksp.solve(self.b, self.x)
+            reason = self.ksp.getConvergedReason()
+            info.ksp_iterations += self.ksp.getIterationNumber()
+            if reason < 0 and self.ksp.getType() == "cg":
+                # CG breaks down when the preconditioned tangent is not positive definite
+                # (GAMG's estimates on a plastic tangent): retry this solve with GMRES rather
+                # than cut the step, which would change the HF load path.
+                self.ksp.setType("gmres")
+                with self.timers("linear_solve"):
+                    self.ksp.solve(self.b, self.x)
+                reason = self.ksp.getConvergedReason()
+                info.ksp_iterations += self.ksp.getIterationNumber()
+                self.ksp.setType("cg")
+            if reason < 0:
+                raise NotConverged(f"linear solver failed ({_ksp_reason(reason)}) at iteration {it}")
+        finally:
+            if self._gmres_restart is not None:
+                release_krylov_vectors(self.ksp, self._gmres_restart)
+            release_hypre(self.ksp)
+            if inplace:
+                with self.timers("matrix"):
+                    self.ksp.reset()                 # the PC's references to the hypre operator
+                    self.A.destroy()
+                    self.A = self.asm.create_matrix()
+                    self.A.setNearNullSpace(self.nullspace)
+                    self.ksp.setOperators(self.A)
 
     def step(self, old: State, t: float, step_index: int | None = None,
              guess: np.ndarray | None = None) -> tuple[State, StepInfo]:

@@ -103,8 +103,9 @@ def release_product_data(ksp) -> bool:
 
 def release_krylov_vectors(ksp, gmres_restart: int = 30) -> bool:
     """Free the Krylov basis a solved GMRES keeps (``gmres_restart + 1`` vectors: ~250 B
-    per DOF of a rank at 30), so that it does not coexist with the preconditioner's next
-    set-up, the peak of a Newton iteration (collective; before ``ksp.setUp()``).
+    per DOF of a rank at 30), so that it does not coexist with the line search's material
+    updates and the preconditioner's next set-up (collective; the HF solver calls it right
+    after each solve).
 
     The type is set to ``preonly`` and back to ``gmres``, which destroys GMRES's data and
     nothing else (the PC, tolerances and initial-guess flag are the KSP's); the restart
@@ -122,4 +123,27 @@ def release_krylov_vectors(ksp, gmres_restart: int = 30) -> bool:
     ksp.setType("gmres")
     ksp.setGMRESRestart(gmres_restart)
     ksp.setNormType(norm)
+    return True
+
+
+def release_hypre(ksp) -> bool:
+    """Free a set-up hypre preconditioner (BoomerAMG's hierarchy and hypre's copy of the
+    operator, ~1.2 KB per DOF of a rank) once its solve is done, so that it does not coexist
+    with the material updates of the line search and the next matrix assembly (collective;
+    after ``ksp.solve``).
+
+    hypre re-builds its whole hierarchy at every set-up anyway (nothing is reused from one
+    operator to the next), so freeing it costs only the re-creation of an empty solver.
+    The PC is re-created with the same type (``none`` and back, which destroys the hypre
+    solver; ``PCReset`` keeps it and part of its hierarchy) and its options read again from
+    the options database. Returns False when nothing was done (not hypre).
+    """
+    pc = ksp.getPC()
+    if pc.getType() != "hypre":
+        return False
+    kind = pc.getHYPREType()
+    pc.setType("none")
+    pc.setType("hypre")
+    pc.setHYPREType(kind)
+    pc.setFromOptions()
     return True
