@@ -288,15 +288,7 @@ def tolerances_for_field(calibration: Mapping[str, Any], distance: float,
     new = calibration.get("tolerances_new_field") or {}
     if not report["new_field"]:
         return out, report
-    cal_tols = dict(calibration.get("tolerances") or {"p": calibration.get("indicator_tolerance")})
-    for comp, tol_new in new.items():
-        if comp not in out or out[comp] != cal_tols.get(comp):
-            continue                    # absent, or given by the user: not the calibration's to change
-        if tol_new:
-            report["replaced"][comp] = [out[comp], float(tol_new)]
-            out[comp] = float(tol_new)
-        else:
-            report["not_validated"].append(comp)
+    _lower_calibrated(calibration, new, out, report)
     return out, report
 
 
@@ -327,17 +319,26 @@ def tolerances_for_time(calibration: Mapping[str, Any], t_end: float,
                               "replaced": {}, "not_validated": []}
     if not report["beyond_span"]:
         return out, report
+    _lower_calibrated(calibration, calibration.get("tolerances_beyond_span") or {}, out, report)
+    return out, report
+
+
+def _lower_calibrated(calibration: Mapping[str, Any], lower: Mapping[str, float | None], out: dict,
+                      report: dict) -> None:
+    """Replace in ``out`` each calibrated tolerance by its ``lower`` one (the new-field or the
+    beyond-span bound), recording ``report["replaced"][comp] = [old, new]`` when it is lower;
+    a component whose calibration could not give that bound (None) is listed in
+    ``report["not_validated"]``. Tolerances that are not the calibration's (absent, or given
+    by the user) are left alone."""
     cal_tols = dict(calibration.get("tolerances") or {"p": calibration.get("indicator_tolerance")})
-    for comp, tol_t in (calibration.get("tolerances_beyond_span") or {}).items():
+    for comp, tol in lower.items():
         if comp not in out or out[comp] != cal_tols.get(comp):
             continue                    # absent, or given by the user: not the calibration's to change
-        if tol_t:
-            if tol_t < out[comp]:
-                report["replaced"][comp] = [out[comp], float(tol_t)]
-                out[comp] = float(tol_t)
-        else:
+        if not tol:
             report["not_validated"].append(comp)
-    return out, report
+        elif tol < out[comp]:
+            report["replaced"][comp] = [out[comp], float(tol)]
+            out[comp] = float(tol)
 
 
 def detection(errors: list[dict], tolerances: Mapping[str, float], targets: Mapping[str, float]) -> dict:

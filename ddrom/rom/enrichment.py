@@ -168,7 +168,7 @@ class Enricher:
         # computes only the new modes' ones: the bases only grow)
         self._cache = IntegrandCache()
         self._chi_strains: np.ndarray | None = None        # (G, n_lift, 6), once needed
-        self._replay_strains: tuple | None = None          # (cache strains, N, (G 6, N + n_lift) rows)
+        self._replay_strains: tuple | None = None          # (N, (G 6, N + n_lift) rows), one replay's
         self._start: tuple[int, State] | None = None       # last HF state (step, state); None: t_0
         #: (internal state (M, n_state), T (M,)) at the enriched model's monitor points after
         #: the last :meth:`enrich` (None: the model has none)
@@ -244,7 +244,7 @@ class Enricher:
             self.replayer.step(t, self._displacement(q, v), j)
             return
         G = E.shape[0]
-        if self._replay_strains is None or self._replay_strains[0] is not E or self._replay_strains[1] != N:
+        if self._replay_strains is None or self._replay_strains[0] != N:
             # (G 6, N + n_lift) rows: one matrix-vector product per step (a contraction over
             # the middle axis of (G, N, 6) copied the whole array at every step: 15 ms of a
             # 32 ms replayed step at 66k points per rank)
@@ -253,9 +253,9 @@ class Enricher:
                 self._chi_strains = all_mode_strains(self.solver, np.column_stack(lifts)) if lifts \
                     else np.zeros((G, 0, 6))
             rows = np.concatenate([E[:, :N, :], self._chi_strains], axis=1)
-            self._replay_strains = (E, N, np.ascontiguousarray(rows.transpose(0, 2, 1)).reshape(G * 6, -1))
+            self._replay_strains = (N, np.ascontiguousarray(rows.transpose(0, 2, 1)).reshape(G * 6, -1))
         coeff = np.concatenate([np.asarray(q, dtype=float), np.asarray(v, dtype=float)])
-        self.replayer.step_strains(t, (self._replay_strains[2] @ coeff).reshape(G, 6), j, defer=True)
+        self.replayer.step_strains(t, (self._replay_strains[1] @ coeff).reshape(G, 6), j, defer=True)
 
     def enrich(self, k: int, times: np.ndarray, q_hist: list, v_hist: list, v_new: np.ndarray,
                reason: str = "", q_guess: np.ndarray | None = None, sub_hist: list | None = None

@@ -249,9 +249,9 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
         enricher_for = None
         field_check = None
         if eopts is not None:
-            run_opts, field_check = _field_tolerances(model, inputs, calibration, eopts)
+            run_opts, field_check = _run_tolerances(model, inputs, calibration, eopts)
             if field_check is not None:
-                _log_field_check(log, name, field_check)
+                _log_tolerance_check(log, name, field_check)
 
             def enricher_for(m, cl, inputs=inputs, run_opts=run_opts):
                 return _enricher(case, problem, solver, dm, m, rpath, cl, inputs, run_opts, timers)
@@ -287,7 +287,7 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
     return out
 
 
-def _field_tolerances(model: Any, inputs: Any, calibration: Mapping[str, Any], eopts: Any) -> tuple[Any, dict | None]:
+def _run_tolerances(model: Any, inputs: Any, calibration: Mapping[str, Any], eopts: Any) -> tuple[Any, dict | None]:
     """The enrichment options of one run: the tolerances of a field unlike every calibration
     field are the calibration's new-field ones (:func:`ddrom.rom.calibration.tolerances_for_field`),
     those of a run beyond the calibrated time span its beyond-span ones
@@ -318,7 +318,7 @@ def _field_tolerances(model: Any, inputs: Any, calibration: Mapping[str, Any], e
     return replace(eopts, tolerance=p_tol, tolerances=others), report
 
 
-def _log_field_check(log: Any, name: str, r: dict) -> None:
+def _log_tolerance_check(log: Any, name: str, r: dict) -> None:
     """One line on a run whose field is unlike the calibration fields, one on a run beyond the
     calibrated time span (nothing otherwise)."""
     t = r.get("time")
