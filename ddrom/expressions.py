@@ -167,6 +167,24 @@ RESERVED: frozenset[str] = frozenset(FUNCTIONS) | frozenset(CONSTANTS) | frozens
 _BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
            ast.Pow: np.power, ast.Mod: np.mod, ast.BitAnd: np.logical_and, ast.BitOr: np.logical_or,
            ast.BitXor: np.logical_xor}
+#: ``a ** n`` for these constant exponents by products: ``np.power`` takes glibc's ``pow``,
+#: ~20x slower on negative bases (a Gaussian hot spot ``exp(-(x / w)**2)`` over a mesh
+#: centred on 0: 6.5 ms instead of 1.3 ms per evaluation at 66k points). The product is
+#: correctly rounded for n = 2 and within 2 ulp for 3 and 4 (``pow``: within 1 ulp).
+_INTEGER_POWERS: dict[float, Callable[[Any], Any]] = {
+    2.0: lambda v: np.square(np.asarray(v, dtype=np.float64)),
+    3.0: lambda v: np.multiply(np.square(np.asarray(v, dtype=np.float64)), v),
+    4.0: lambda v: np.square(np.square(np.asarray(v, dtype=np.float64))),
+}
+
+
+def _small_integer_power(exponent: Any) -> Callable[[Any], Any] | None:
+    e = np.asarray(exponent)
+    if e.ndim != 0 or not np.issubdtype(e.dtype, np.number) or np.iscomplexobj(e):
+        return None
+    return _INTEGER_POWERS.get(float(e))
+
+
 _CMPOPS = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal,
            ast.Eq: np.equal, ast.NotEq: np.not_equal}
 
@@ -359,6 +377,10 @@ class Expression:
                     divisor = np.asarray(b({}))
                 if divisor.ndim == 0 and float(divisor) == 0.0:
                     raise self._err("'%': the divisor (period) is 0")
+            if isinstance(node.op, ast.Pow) and not right_used:
+                power = _small_integer_power(b({}))
+                if power is not None:
+                    return lambda env: power(a(env))
             return lambda env: op(a(env), b(env))
         if isinstance(node, ast.UnaryOp):
             a = sub(node.operand)

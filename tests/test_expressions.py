@@ -136,3 +136,20 @@ def test_extra_functions_and_pickling():
         Expression("near(x)", {"x"}, {"near": lambda a, b: a})
     f = pickle.loads(pickle.dumps(Expression("A * ramp(t, 2)", {"t", "A"}, what="w")))
     assert f(t=1.0, A=4.0) == 2.0 and f.what == "w" and f.names == {"t", "A"}
+
+
+def test_small_integer_powers_by_products_match_pow():
+    """``a ** 2``, ``** 3``, ``** 4`` are products (np.power is ~20x slower on negative bases):
+    the same values as ``np.power`` to 2 ulp, for either sign, arrays and scalars, and a
+    float result for an integer base."""
+    x = np.linspace(-20.0, 20.0, 4001)
+    for n in (2, 3, 4):
+        got = Expression(f"(x / 8) ** {n}", XYZT)(x=x, y=0.0, z=0.0, t=0.0)
+        ref = np.power(x / 8, float(n))
+        assert np.allclose(got, ref, rtol=4 * np.finfo(float).eps, atol=0.0)
+        assert np.array_equal(np.sign(got), np.sign(ref))
+    assert Expression("(0 - 3) ** 3")() == -27.0
+    assert Expression("2 ** 2.5")() == pytest.approx(2 ** 2.5)
+    v = Expression("x ** 2", XYZT)(x=np.arange(-3, 4), y=0, z=0, t=0)
+    assert v.dtype == np.float64 and v.tolist() == [9.0, 4.0, 1.0, 0.0, 1.0, 4.0, 9.0]
+    assert Expression("x ** t", XYZT)(x=-2.0, y=0, z=0, t=3.0) == -8.0     # exponent not constant: pow
