@@ -503,3 +503,51 @@ def test_update_in_chunks_equals_one_call():
         assert got.tangent is None and np.array_equal(got.stress, ref.stress)
         assert [(sl.start, sl.stop) for sl, _ in fed] == [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
         assert np.array_equal(np.concatenate([t for _, t in fed]), ref.tangent)
+
+
+def test_parameter_bounds_over_temperature_intervals():
+    """min / max of a table over [T_lo, T_hi]: at the ends or at a node inside; a constant is itself."""
+    p = parse_parameter("chaboche", "sigma_y", {"T": [0.0, 100.0, 200.0, 300.0], "value": [300.0, 320.0, 250.0, 260.0]},
+                        Spec())
+    lo = np.array([-50.0, 50.0, 90.0, 150.0, 250.0, 0.0, 120.0])
+    hi = np.array([20.0, 60.0, 210.0, 150.0, 400.0, 300.0, 180.0])
+    vmin, vmax = p.bounds(lo, hi)
+    nodes = np.array([0.0, 100.0, 200.0, 300.0])
+    dense = [p(np.concatenate([np.linspace(a, b, 2001), nodes[(nodes >= a) & (nodes <= b)]])) for a, b in zip(lo, hi)]
+    np.testing.assert_allclose(vmin, [d.min() for d in dense], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(vmax, [d.max() for d in dense], rtol=0, atol=1e-12)
+    c = parse_parameter("chaboche", "H", 7.0, Spec())
+    assert c.bounds(lo, hi)[0].tolist() == [7.0] * 7 and c.bounds(lo, hi)[1].tolist() == [7.0] * 7
+
+
+@pytest.mark.parametrize("law", ["chaboche", "j2"])
+def test_elastic_bound_is_sound(law):
+    """Wherever Chaboche's elastic bound holds for a strain and a temperature in the interval,
+    the update from that state is elastic (state unchanged, stress independent of dt and T_old);
+    and the bound is not vacuous (it holds at some points that are not at rest)."""
+    rng = np.random.default_rng(3)
+    cfg = {"law": law, "E": {"T": [20.0, 600.0], "value": [200e3, 150e3]}, "nu": {"T": [20.0, 600.0], "value": [0.3, 0.32]},
+           "sigma_y": {"T": [20.0, 300.0, 600.0], "value": [250.0, 260.0, 150.0]}, "H": 2000.0, "C": 30e3, "gamma": 200.0}
+    if law == "chaboche":
+        cfg.update(K=50.0, N=4.0)
+    m = from_config(cfg)
+    n = 4000
+    T0 = rng.uniform(20.0, 600.0, n)
+    # states with plastic strain, back stress and p: one plastic step from rest
+    eps0 = rng.normal(0.0, 2.5e-3, (n, 6))
+    state = m.update(eps0, m.initial_state(n), T0, T0, 1.0, tangent=False).state
+    assert np.count_nonzero(state[:, 12] > 0) > n // 4
+    T_lo, T_hi = np.minimum(T0, T0 + rng.uniform(-100, 100, n)), np.maximum(T0, T0 + rng.uniform(-100, 100, n))
+    b = m.elastic_bound(state, T_lo, T_hi)
+    eps = eps0 + rng.normal(0.0, 1.0e-3, (n, 6)) * rng.uniform(0.0, 1.0, (n, 1))
+    T = rng.uniform(T_lo, T_hi)
+    d = eps - (eps[:, 0] + eps[:, 1] + eps[:, 2])[:, None] / 3.0 * IDENTITY - b.offset
+    holds = b.scale * np.sqrt(np.einsum("ij,ij->i", d, d)) < b.slack
+    assert 50 < np.count_nonzero(holds) < n
+    r1 = m.update(eps[holds], state[holds], T0[holds], T[holds], 0.5, tangent=False)
+    r2 = m.update(eps[holds], state[holds], T[holds] - 30.0, T[holds], 5.0, tangent=False)
+    np.testing.assert_array_equal(r1.state, state[holds])
+    np.testing.assert_array_equal(r1.stress, r2.stress)
+    # the elastic law: every update elastic
+    e = Elastic({"E": 200e3, "nu": 0.3})
+    assert np.all(e.elastic_bound(np.zeros((3, 0)), np.zeros(3), np.ones(3)).slack == np.inf)

@@ -21,16 +21,21 @@ UMAT's XIT) is a :class:`~ddrom.parallel.CollectiveError` on every rank.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ddrom.hf.assembly import Assembler
 from ddrom.hf.loads import evaluate
-from ddrom.materials import Material, update_in_chunks
+from ddrom.materials import ElasticBound, Material, update_in_chunks
 from ddrom.mesh.distributed import DistributedMesh
 from ddrom.parallel import CollectiveError, DdromError, as_mpi, describe_exception
+
+
+#: :meth:`Replayer.step_window` integrates the proven-elastic points once only if they are at
+#: least this fraction of the rank's points (otherwise the test would cost more than it saves).
+WINDOW_MIN_ELASTIC = 0.25
 
 
 @dataclass
@@ -64,6 +69,8 @@ class Replayer:
         self.gvec = dm.create_vector(3)
         self.state: ReplayState | None = None
         self._deferred: str | None = None      # this rank's failure in a deferred step
+        #: (points integrated once, points) of the last window that skipped (for the record)
+        self.window_elastic: tuple[int, int] | None = None
 
     def temperature(self, t: float) -> np.ndarray:
         x = self.xq
@@ -107,16 +114,7 @@ class Replayer:
             internal, T_old, dt, t0, inc = self.material.initial_state(ne * nq), T, 0.0, float(t), 0
         else:
             internal, T_old, dt, t0, inc = old.internal, old.T, t - old.t, old.t, old.increment + 1
-        msg = None
-        try:
-            resp = update_in_chunks(self.material, eps, internal, T_old.ravel(), T.ravel(), dt, tangent=False,
-                                    context=self.asm.material_context(t0, inc))
-            if not np.all(np.isfinite(resp.stress)):
-                msg = "non-finite stress"
-        except DdromError as exc:       # ReturnMappingError, MaterialError (a UMAT's XIT), ...
-            msg = str(exc)
-        except BaseException as exc:  # noqa: BLE001 - a plugin, numpy, an interrupt on this rank only
-            msg = describe_exception(exc)
+        resp, msg = self._integrate(eps, internal, T_old.ravel(), T.ravel(), dt, t0, inc)
         where = f"step {step_index} " if step_index is not None else ""
         if defer:
             if msg:
@@ -131,6 +129,125 @@ class Replayer:
         p = self.material.cumulated_plastic_strain(resp.state).reshape(ne, nq)
         self.state = ReplayState(float(t), resp.stress.reshape(ne, nq, 6), p, resp.state, T, inc)
         return self.state
+
+    def step_window(self, times: Sequence[float], coeffs: np.ndarray, rows: np.ndarray,
+                    step_indices: Sequence[int] | None = None) -> ReplayState:
+        """Deferred steps (:meth:`step_strains` with ``defer=True``) at ``times`` whose strains
+        at the local points are ``rows @ coeffs[j]`` (``rows`` (n 6, k), ``coeffs`` (m, k): the
+        strains of a basis' modes and a reduced history's coordinates); :meth:`verdict` after.
+
+        The points the law proves elastic over the whole window
+        (:meth:`~ddrom.materials.Material.elastic_bound` at their state before it, over their
+        temperature range in it) are integrated once, at the last step: an elastic update
+        leaves the state unchanged and its stress depends on the last strain and temperature
+        only, so the result is the step-by-step one (round-off aside: the strains of a subset
+        of rows). The bound: with ``c_mid``, ``c_rad`` the centre and half-range of each
+        coordinate over the window, every strain of the window is within
+        ``||rows_p c_mid - offset_p|| + sum_k c_rad_k ||rows_p[:, k]||`` (deviatoric parts)
+        of the law's offset at point p. Cost of the test: one temperature evaluation per
+        step and two products per window; the other points are stepped as before. A law
+        without a bound (a compiled UMAT) or a window where fewer than
+        :data:`WINDOW_MIN_ELASTIC` of the points are proven elastic is stepped everywhere.
+        """
+        if self._deferred is not None:
+            return self.state
+        times = [float(t) for t in times]
+        coeffs = np.asarray(coeffs, dtype=float).reshape(len(times), -1)
+        idx = list(step_indices) if step_indices is not None else [None] * len(times)
+        n = rows.shape[0] // 6
+        if self.state is None and times:       # the initial state: a step of zero duration
+            self.step_strains(times[0], (rows @ coeffs[0]).reshape(n, 6), idx[0], defer=True)
+            times, coeffs, idx = times[1:], coeffs[1:], idx[1:]
+        if not times or self._deferred is not None:
+            return self.state
+        old = self.state
+        elastic = None
+        if len(times) > 1:
+            T_lo = T_hi = None
+            for t in times:
+                T = self.temperature(t).ravel()
+                T_lo = T if T_lo is None else np.minimum(T_lo, T)
+                T_hi = T if T_hi is None else np.maximum(T_hi, T)
+            bound = self.material.elastic_bound(old.internal, T_lo, T_hi)
+            if bound is not None:
+                elastic = self._proven_elastic(bound, coeffs, rows)
+        if elastic is None or np.count_nonzero(elastic) < WINDOW_MIN_ELASTIC * n:
+            for t, c, j in zip(times, coeffs, idx):
+                self.step_strains(t, (rows @ c).reshape(n, 6), j, defer=True)
+            return self.state
+        cand, el = np.flatnonzero(~elastic), np.flatnonzero(elastic)
+        k = rows.shape[1]
+        rows_c = rows.reshape(n, 6, k)[cand].reshape(-1, k)
+        internal_c, stress_c = old.internal[cand], None
+        T_prev, t_prev, inc = old.T.ravel(), old.t, old.increment
+        for i, (t, c, j) in enumerate(zip(times, coeffs, idx)):
+            T, inc = self.temperature(t).ravel(), inc + 1
+            if cand.size:
+                resp, msg = self._integrate((rows_c @ c).reshape(-1, 6), internal_c, T_prev[cand], T[cand],
+                                            t - t_prev, t_prev, inc, cand)
+                if msg:
+                    where = f"step {j} " if j is not None else ""
+                    self._deferred = f"material replay failed at {where}(t = {t:.6g}): {msg}"
+                    return self.state
+                internal_c, stress_c = resp.state, resp.stress
+            if i < len(times) - 1:
+                T_prev, t_prev = T, t
+        eps_last = (rows @ coeffs[-1]).reshape(n, 6)
+        resp, msg = self._integrate(eps_last[el], old.internal[el], T_prev[el], T[el], times[-1] - t_prev,
+                                    t_prev, inc, el)
+        if not msg and not np.array_equal(resp.state, old.internal[el]):
+            msg = "a point proven elastic over the window was not (the law's elastic_bound is wrong)"
+        if msg:
+            where = f"step {idx[-1]} " if idx[-1] is not None else ""
+            self._deferred = f"material replay failed at {where}(t = {times[-1]:.6g}): {msg}"
+            return self.state
+        stress = np.empty((n, 6))
+        internal = np.empty_like(old.internal)
+        stress[el], internal[el] = resp.stress, resp.state
+        if cand.size:
+            stress[cand], internal[cand] = stress_c, internal_c
+        ne, nq = self.dm.n_cells, self.dm.n_qp
+        p = self.material.cumulated_plastic_strain(internal).reshape(ne, nq)
+        self.state = ReplayState(times[-1], stress.reshape(ne, nq, 6), p, internal, T.reshape(ne, nq), inc)
+        self.window_elastic = (el.size, n)
+        return self.state
+
+    @staticmethod
+    def _proven_elastic(bound: ElasticBound, coeffs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(n,) bool: the points where every strain ``rows @ c`` with ``c`` in the window's
+        box of coordinates satisfies the law's elastic bound (see :meth:`step_window`)."""
+        n, k = rows.shape[0] // 6, rows.shape[1]
+        lo, hi = coeffs.min(axis=0), coeffs.max(axis=0)
+        mid, rad = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        R = rows.reshape(n, 6, k)
+        # ||dev v||^2 = ||v||^2 - tr(v)^2 / 3 for Mandel vectors: no deviatoric copy of rows
+        tr = R[:, 0, :] + R[:, 1, :] + R[:, 2, :]
+        col2 = np.einsum("pck,pck->pk", R, R) - tr * tr / 3.0
+        spread = np.sqrt(np.maximum(col2, 0.0)) @ rad
+        centre = (rows @ mid).reshape(n, 6)
+        centre[:, :3] -= (centre[:, 0] + centre[:, 1] + centre[:, 2])[:, None] / 3.0
+        centre -= bound.offset
+        dist = np.sqrt(np.einsum("pc,pc->p", centre, centre)) + spread
+        with np.errstate(invalid="ignore"):
+            return bound.scale * dist < bound.slack
+
+    def _integrate(self, eps: np.ndarray, internal: np.ndarray, T_old: np.ndarray, T: np.ndarray, dt: float,
+                   t0: float, inc: int, points: np.ndarray | None = None) -> tuple[Any, str | None]:
+        """One material update of the points ``points`` (all: None) from ``internal``; returns
+        (response, None) or (None, this rank's failure message)."""
+        ctx = self.asm.material_context(t0, inc)
+        if points is not None:
+            ctx = replace(ctx, **{f: getattr(ctx, f)[points] for f in ("coords", "element", "point", "length")
+                                  if getattr(ctx, f) is not None})
+        try:
+            resp = update_in_chunks(self.material, eps, internal, T_old, T, dt, tangent=False, context=ctx)
+            if not np.all(np.isfinite(resp.stress)):
+                return None, "non-finite stress"
+            return resp, None
+        except DdromError as exc:       # ReturnMappingError, MaterialError (a UMAT's XIT), ...
+            return None, str(exc)
+        except BaseException as exc:  # noqa: BLE001 - a plugin, numpy, an interrupt on this rank only
+            return None, describe_exception(exc)
 
     def verdict(self) -> None:
         """The collective verdict on the deferred steps since the last one (every rank calls

@@ -93,6 +93,23 @@ class Response:
     tangent: np.ndarray | None
 
 
+@dataclass
+class ElasticBound:
+    """Where an update is provably elastic, per point (:meth:`Material.elastic_bound`).
+
+    An update from the given state, at temperatures within the given interval, whose
+    total strain ``eps`` satisfies ``scale ||dev(eps) - offset|| < slack`` (Mandel 2-norm)
+    is elastic: it leaves the state unchanged, and its stress depends on ``eps`` and
+    ``T_new`` only (not on ``T_old``, ``dt`` or the strain path). ``slack`` already keeps a
+    margin against round-off in the law's own yield test. Arrays ``(n, 6)``, ``(n,)``,
+    ``(n,)``; ``slack = inf`` for a point that can never yield.
+    """
+
+    offset: np.ndarray
+    scale: np.ndarray
+    slack: np.ndarray
+
+
 class Material(ABC):
     """A constitutive law, vectorized over integration points.
 
@@ -149,6 +166,15 @@ class Material(ABC):
         MaterialError
             The law stopped the computation (a smaller step will not help).
         """
+
+    def elastic_bound(self, state: np.ndarray, T_lo: np.ndarray, T_hi: np.ndarray) -> ElasticBound | None:
+        """A sufficient condition for elastic updates from ``state``, or None (the default:
+        the law offers none, e.g. a compiled UMAT, and every update must be integrated).
+
+        See :class:`ElasticBound`. A replay uses it to integrate once, at the end of a
+        window of steps, the points it proves elastic over the whole window.
+        """
+        return None
 
     def cumulated_plastic_strain(self, state: np.ndarray) -> np.ndarray:
         """Cumulated plastic strain ``p`` at each point, shape ``(n,)``; zeros for elastic laws."""

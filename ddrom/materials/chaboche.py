@@ -43,11 +43,12 @@ Consistent tangent (implicit function theorem, ``P`` the deviatoric projector)::
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ddrom.materials.base import Material, Response, ReturnMappingError, register_law
+from ddrom.materials.base import ElasticBound, Material, Response, ReturnMappingError, register_law
 from ddrom.materials.elastic import check_thermal_keys, elastic_specs, moduli, thermal_strain_trace
 from ddrom.materials.parameters import Spec, nonnegative, parse_parameters, positive
 from ddrom.materials.tensors import IDENTITY, add_isotropic, dev, isotropic_stiffness, von_mises_deviator
@@ -195,6 +196,23 @@ class Chaboche(Material):
         if idx.size:
             self._plastic_points(idx, s_tr, X_old, epsp_old, p_old, Kb, G, T, f_tr, dt, stress, state, D)
         return Response(stress, state, D)
+
+    def elastic_bound(self, state, T_lo, T_hi) -> ElasticBound:
+        """``f_tr = J(s_tr - X) - R <= sqrt(3/2) (2 G ||dev(eps) - eps_p|| + ||X||) - R``, with
+        ``s_tr = 2 G (dev(eps) - eps_p)`` and ``J(a) = sqrt(3/2) ||a||`` on deviators: an
+        update is elastic where ``sqrt(6) G_max ||dev(eps) - eps_p|| < R_min - sqrt(3/2) ||X||``,
+        ``G_max`` and ``R_min = min sigma_y + min H p`` over the temperature interval (Norton
+        flow needs ``f > 0`` too). The margin ``1e-9 R_min`` covers the round-off of the
+        law's own yield test (relative ``YIELD_RTOL`` of the stresses)."""
+        state = np.asarray(state, dtype=float)
+        P = self.params
+        E_max = P["E"].bounds(T_lo, T_hi)[1]
+        nu_min = P["nu"].bounds(T_lo, T_hi)[0]
+        G_max = E_max / (2.0 * (1.0 + nu_min))
+        R_min = P["sigma_y"].bounds(T_lo, T_hi)[0] + P["H"].bounds(T_lo, T_hi)[0] * state[:, 12]
+        X = dev(state[:, 6:12])
+        J_X = np.sqrt(1.5 * np.einsum("ij,ij->i", X, X))
+        return ElasticBound(state[:, :6], math.sqrt(6.0) * G_max, R_min * (1.0 - 1e-9) - J_X)
 
     # -- the return map on the plastic points ------------------------------------------------
     def _plastic_points(self, idx, s_tr_all, X_old_all, epsp_old_all, p_old_all, Kb_all, G_all, T_all,

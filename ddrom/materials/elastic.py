@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddrom.materials.base import Material, Response, register_law
+from ddrom.materials.base import ElasticBound, Material, Response, register_law
 from ddrom.materials.parameters import Parameter, Spec, parse_parameters, positive
 from ddrom.materials.tensors import isotropic_stiffness
 from ddrom.parallel.errors import DdromError
@@ -65,6 +65,11 @@ class Elastic(Material):
         stress[:, :3] += ((K - 2.0 * G / 3.0) * tr - K * thermal_strain_trace(self.params, T))[:, None]
         return Response(stress, np.empty((eps.shape[0], 0)),
                         isotropic_stiffness(K, G) if tangent else None)
+
+    def elastic_bound(self, state, T_lo, T_hi) -> ElasticBound:
+        """Every update is elastic (no state): the whole of a replay's window at once."""
+        n = np.asarray(T_lo).shape[0]
+        return ElasticBound(np.zeros((n, 6)), np.zeros(n), np.full(n, np.inf))
 
     def to_dict(self) -> dict:
         return {"law": self.name, **{k: p.to_config() for k, p in self.params.items()}}

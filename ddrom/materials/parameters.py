@@ -50,6 +50,21 @@ class Parameter:
             return np.full(n, float(self.value))
         return np.broadcast_to(np.interp(temperature, self.T, self.value), (n,)).copy()
 
+    def bounds(self, T_lo: np.ndarray, T_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Smallest and largest value over each temperature interval ``[T_lo, T_hi]``
+        (arrays of one shape): a piecewise-linear table takes them at the interval's ends
+        or at its nodes inside it."""
+        lo, hi = np.asarray(T_lo, dtype=float), np.asarray(T_hi, dtype=float)
+        if self.T is None:
+            return np.full(lo.shape, float(self.value)), np.full(lo.shape, float(self.value))
+        a, b = np.interp(lo, self.T, self.value), np.interp(hi, self.T, self.value)
+        vmin, vmax = np.minimum(a, b), np.maximum(a, b)
+        for Tk, vk in zip(self.T, self.value):
+            inside = (lo <= Tk) & (Tk <= hi)
+            vmin = np.where(inside, np.minimum(vmin, vk), vmin)
+            vmax = np.where(inside, np.maximum(vmax, vk), vmax)
+        return vmin, vmax
+
     def to_config(self) -> float | dict:
         """Case-file form: a float, or ``{"T": [...], "value": [...]}``."""
         if self.T is None:

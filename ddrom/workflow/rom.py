@@ -279,7 +279,8 @@ def run_rom(case: Any, comm: Any, points: list[Mapping[str, Any]] | None = None,
         for ev in res.enrichments:
             log.info(f"    enrichment at step {ev['step']} (t = {ev['t']:g}): {ev['reason']}; +{ev['modes_added']} "
                      f"mode(s), +{ev['points_added']}/-{ev['points_removed']} points, {ev['replayed_steps']} steps "
-                     f"replayed, {ev['seconds']:.2f} s")
+                     f"replayed ({100 * ev.get('replay_elastic_fraction', 0.0):.0f} % of the points proven "
+                     f"elastic), {ev['seconds']:.2f} s")
         if write:
             stem = Path(case.output_dir) / f"online_{name}"
             write_on_root(comm, lambda: write_online_result(stem, run), f"online result {stem}", stem)
