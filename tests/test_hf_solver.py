@@ -533,3 +533,26 @@ def test_integration_point_coordinates_are_kept_once():
     ctx = s.asm.material_context(0.0, 1)
     assert np.shares_memory(ctx.coords, s.xq) and ctx.coords.flags.c_contiguous
     assert np.array_equal(ctx.coords, dm.qp_coordinates().reshape(-1, 3))
+
+
+@pytest.mark.mpi
+def test_a_step_takes_its_own_residual_tolerance():
+    """``step(..., rtol=)`` (an enrichment's HF step): Newton stops at that relative residual
+    -- fewer iterations than the options' tolerance from the same start, the same answer to
+    about that tolerance -- and the options' tolerance is untouched."""
+    comm = MPI.COMM_WORLD
+    mat = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 2000.0, "C": 20e3,
+           "gamma": 100.0, "K": 50.0, "N": 5.0}
+    dm = distributed(lambda: box(2.0, 1.0, 0.5, 8, 5, 3), comm)
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 3e-3 * t * (1 + 0.2 * y))])
+    s = HFSolver(dm, from_config(mat), loads, TIGHT)
+    st0, _ = s.step(s.initial_state(), 0.5, 0)
+    tight, i_tight = s.step(st0, 1.0, 1)
+    loose, i_loose = s.step(st0, 1.0, 1, rtol=1e-4)
+    assert s.options.rtol == TIGHT.rtol
+    assert i_loose.residual <= 1e-4 and i_tight.residual <= TIGHT.rtol + 1e-12
+    assert i_loose.newton_iterations < i_tight.newton_iterations
+    du = comm.allreduce(float(np.abs(loose.u - tight.u).max()), op=MPI.MAX)
+    umax = comm.allreduce(float(np.abs(tight.u).max()), op=MPI.MAX)
+    assert 0.0 < du <= 1e-2 * umax

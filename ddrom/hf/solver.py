@@ -328,8 +328,10 @@ class HFSolver:
         return resp, r, ref
 
     # ------------------------------------------------------------------ Newton
-    def _newton(self, old: State, t: float, info: StepInfo, guess: np.ndarray | None = None) -> State:
+    def _newton(self, old: State, t: float, info: StepInfo, guess: np.ndarray | None = None,
+                rtol: float | None = None) -> State:
         opt = self.options
+        rtol = opt.rtol if rtol is None else rtol
         dt = t - old.t
         ne, nq = self.dm.n_cells, self.dm.n_qp
         u = (old.u if guess is None else guess).copy()
@@ -348,7 +350,7 @@ class HFSolver:
             info.residual = norm / max(ref, 1e-300)
             if not math.isfinite(norm):
                 raise NotConverged(f"residual is not finite at iteration {it}")
-            if norm <= opt.rtol * ref + opt.atol:
+            if norm <= rtol * ref + opt.atol:
                 info.newton_iterations += it
                 return State(t, u, resp.stress.reshape(ne, nq, 6), resp.state, T, old.increment + 1)
             if it == opt.max_iterations:
@@ -435,17 +437,18 @@ class HFSolver:
                     self.ksp.setOperators(self.A)
 
     def step(self, old: State, t: float, step_index: int | None = None,
-             guess: np.ndarray | None = None) -> tuple[State, StepInfo]:
+             guess: np.ndarray | None = None, rtol: float | None = None) -> tuple[State, StepInfo]:
         """Advance from ``old`` to time ``t``, cutting the increment on failure.
 
         ``guess``: local displacement (owned + ghost) to start Newton from at ``t`` (e.g. a
         ROM's prediction; its Dirichlet DOFs are overwritten); only the full increment
-        uses it, sub-steps of a cut-back start from their previous state.
+        uses it, sub-steps of a cut-back start from their previous state. ``rtol``: this
+        step's relative residual tolerance instead of the options' (a ROM's enrichment).
         """
         info = StepInfo()
 
         def attempt(s: State, tn: float) -> State:
-            return self._newton(s, tn, info, guess if tn == t and s is old else None)
+            return self._newton(s, tn, info, guess if tn == t and s is old else None, rtol)
 
         try:
             st, info.cutbacks = advance(old, lambda s: s.t, t, attempt, self.options.max_cutbacks)

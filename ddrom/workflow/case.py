@@ -734,6 +734,7 @@ SCHEMA = Table({
             "indicator_tols": Key(MapOf(Num(gt=0), key_check=_indicator_component)),
             "max_enrichments": Key(Int(ge=0), _ENRICH.max_enrichments),
             "basis_tol": Key(Num(gt=0, lt=1), _ENRICH.basis_tol),
+            "hf_rtol": Key(Num(gt=0, lt=1), _ENRICH.hf_rtol),
             "ecm_tol": Key(Num(gt=0, lt=1)),
             "save": Key(Bool(), _ENRICH.save),
         }), {}),

@@ -140,6 +140,6 @@ def enrichment_options(case: Any, *, enabled: bool | None = None, tolerance: flo
     return EnrichmentOptions(tolerance=None if tol is None else float(tol),
                              max_enrichments=int(max_enrichments if max_enrichments is not None
                                                  else cfg["max_enrichments"]),
-                             basis_tol=cfg["basis_tol"], ecm_tol=cfg.get("ecm_tol"),
+                             basis_tol=cfg["basis_tol"], hf_rtol=cfg["hf_rtol"], ecm_tol=cfg.get("ecm_tol"),
                              tolerances={k: float(v) for k, v in tols.items()}, fallback=fallback,
                              enabled=cfg["enabled"] if enabled is None else bool(enabled), save=cfg["save"])
