@@ -292,6 +292,47 @@ def test_replay_from_the_modes_strains_equals_the_replay_of_displacements(shared
 
 
 @pytest.mark.mpi
+def test_an_enrichment_that_adds_nothing_keeps_the_model(shared_tmp):
+    """An HF step inside every basis' span (here: basis_tol 0.999, and a second enrichment
+    right after a first that took the run's temperature field into its basis) appends
+    nothing: the model is not hyper-reduced again (same modes, points and weights) and the
+    march resumes from the HF state at that step."""
+    from ddrom.rom.enrichment import EnrichmentOptions, Enricher
+    from ddrom.workflow.build import build_problem
+    from ddrom.rom.online import ReducedSolver
+
+    comm = MPI.COMM_WORLD
+    params = {"A": 1.8}
+    case, path, dm, solver, model, bases = _built_point(shared_tmp, comm, "nothing", params)
+    enr = Enricher(build_problem(case), solver, model, bases,
+                   EnrichmentOptions(tolerance=1e30, max_enrichments=2, basis_tol=0.999))
+    calls, models = {"n": 0}, []
+    orig = enr.enrich
+
+    def spy(*a, **kw):
+        models.append(enr.model)
+        return orig(*a, **kw)
+
+    def wants(ind):                                  # called once per converged step, in order
+        calls["n"] += 1
+        return calls["n"] in (4, 5)
+
+    enr.wants, enr.enrich = wants, spy
+    res = ReducedSolver(model, params).run(enricher=enr)
+    first, second = res.enrichments
+    assert (first["step"], second["step"]) == (4, 5)
+    assert not second["hyper_reduced"]
+    assert second["modes_added"] == second["stress_modes_added"] == second["p_modes_added"] == 0
+    assert second["temperature_modes_added"] == 0
+    assert second["points_added"] == second["points_removed"] == 0
+    before, after = models[1], res.model
+    assert after.n_modes == before.n_modes and after.info["n_enrichments"] == 2
+    np.testing.assert_array_equal(after.point_gids, before.point_gids)
+    np.testing.assert_array_equal(after.weights, before.weights)
+    np.testing.assert_array_equal(after.E, before.E)
+
+
+@pytest.mark.mpi
 def test_enriched_run_improves_errors_and_saved_rom_is_reused(shared_tmp):
     from ddrom.workflow.rom import run
     from ddrom.rom.model import load_model

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -347,7 +347,12 @@ class Enricher:
             m = self.model
             ecm_initial = m.point_gids[m.weights > 0]
             split = Timers()
-            model = hyper_reduce(self.problem, solver, self.Phi, self.Psi, self.Phip,
+            appended = add_u or add_s or add_p or add_T
+            # nothing new in any basis: the hyper-reduction would find the same model (the
+            # stress Gram matrix grew by this snapshot's c c^T, which weighs the ECM columns
+            # of the next one), so it is not redone: the march resumes from the HF state on
+            # the same model (a late enrichment of a long run, or a false alarm)
+            model = replace(m) if not appended else hyper_reduce(self.problem, solver, self.Phi, self.Psi, self.Phip,
                                  ecm_tol=self.options.ecm_tol or float(m.info["ecm_tol"]),
                                  ecm_batch=self.options.ecm_batch,
                                  sigma_u=m.sigma_u, sigma_p=m.gappy.sigma if m.gappy is not None else None,
@@ -389,7 +394,7 @@ class Enricher:
             "modes_added": int(add_u), "n_modes": int(model.n_modes), "n_modes_before": int(n_before),
             "displacement_residual": float(res_u), "stress_modes_added": int(add_s),
             "stress_residual": float(res_s), "p_modes_added": int(add_p), "p_residual": float(res_p),
-            "temperature_modes_added": int(add_T),
+            "temperature_modes_added": int(add_T), "hyper_reduced": bool(appended),
             "points_added": len(pts_after - pts_before), "points_removed": len(pts_before - pts_after),
             "n_points": int(model.n_points), "n_sample_points": int(len(model.weights)),
             "replayed_steps": int(n_replayed), "replay_elastic_fraction": float(once / n_pts),
