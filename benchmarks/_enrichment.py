@@ -108,8 +108,9 @@ def _key(label: str, name: str) -> str:
 
 def events(ev: list[dict]) -> list[dict]:
     """The enrichment events of a run, with their time split (replay, HF step, update and its parts)."""
-    keys = ("step", "reason", "modes_added", "points_added", "seconds", "seconds_replay", "seconds_hf_step",
-            "seconds_update", "update_split", "hf_newton_iterations")
+    keys = ("step", "reason", "modes_added", "stress_modes_added", "p_modes_added", "temperature_modes_added",
+            "points_added", "hyper_reduced", "seconds", "seconds_replay", "replay_elastic_fraction",
+            "seconds_hf_step", "seconds_update", "update_split", "hf_newton_iterations")
     return [{k: x[k] for k in keys if k in x} for x in ev]
 
 
