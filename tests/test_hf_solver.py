@@ -553,6 +553,7 @@ def test_a_step_takes_its_own_residual_tolerance():
     assert s.options.rtol == TIGHT.rtol
     assert i_loose.residual <= 1e-4 and i_tight.residual <= TIGHT.rtol + 1e-12
     assert i_loose.newton_iterations < i_tight.newton_iterations
+    assert i_loose.ksp_iterations < i_tight.ksp_iterations        # and its linear solves are inexact
     du = comm.allreduce(float(np.abs(loose.u - tight.u).max()), op=MPI.MAX)
     umax = comm.allreduce(float(np.abs(tight.u).max()), op=MPI.MAX)
     assert 0.0 < du <= 1e-2 * umax
