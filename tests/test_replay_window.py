@@ -113,3 +113,34 @@ def test_a_law_without_a_bound_is_stepped_everywhere():
     assert rep.window_elastic is None
     np.testing.assert_array_equal(rep.state.internal, ref.state.internal)
     np.testing.assert_array_equal(rep.state.stress, ref.state.stress)
+
+
+@pytest.mark.mpi
+def test_a_temperature_failing_on_one_rank_stops_every_rank_at_the_verdict():
+    """A temperature that fails on the last rank only (a field file unreadable there): the
+    deferred steps and the window keep it; the verdict raises on every rank, none hangs;
+    an immediate step raises on every rank too."""
+    comm = MPI.COMM_WORLD
+    for how in ("steps", "window", "immediate"):
+        dm, rep, rows, coeffs = _setup()
+        _stepped(rep, rows, coeffs, [0])
+        ok = rep._temperature
+
+        def bad(x, y, z, t, **k):
+            if comm.rank == comm.size - 1 and t > 0.6:
+                raise OSError("field file unreadable")
+            return ok(x, y, z, t)
+
+        rep._temperature = bad
+        n = rows.shape[0] // 6
+        with pytest.raises(CollectiveError, match=r"temperature at t = 0\.75: OSError: field file unreadable"):
+            if how == "immediate":
+                for k in (1, 2, 3):
+                    rep.step_strains(TIMES[k], (rows @ coeffs[k]).reshape(n, 6), k)
+            else:
+                if how == "steps":
+                    for k in range(1, 6):
+                        rep.step_strains(TIMES[k], (rows @ coeffs[k]).reshape(n, 6), k, defer=True)
+                else:
+                    rep.step_window(TIMES[1:6], coeffs[1:6], rows, list(range(1, 6)))
+                rep.verdict()

@@ -50,6 +50,10 @@ class ReplayState:
     increment: int = 0     # steps replayed after the initial state
 
 
+def _where(step_index: int | None) -> str:
+    return f"step {step_index} " if step_index is not None else ""
+
+
 class Replayer:
     """Replays ``material`` on ``dm`` (vectorized over all local integration points).
 
@@ -108,13 +112,14 @@ class Replayer:
         if defer and self._deferred is not None:
             return self.state                    # this rank failed earlier: verdict() reports it
         ne, nq = self.dm.n_cells, self.dm.n_qp
-        T = self.temperature(t)
+        T, msg = self._temperature_or_failure(t)
         old = self.state
-        if old is None:
-            internal, T_old, dt, t0, inc = self.material.initial_state(ne * nq), T, 0.0, float(t), 0
-        else:
-            internal, T_old, dt, t0, inc = old.internal, old.T, t - old.t, old.t, old.increment + 1
-        resp, msg = self._integrate(eps, internal, T_old.ravel(), T.ravel(), dt, t0, inc)
+        if T is not None:
+            if old is None:
+                internal, T_old, dt, t0, inc = self.material.initial_state(ne * nq), T, 0.0, float(t), 0
+            else:
+                internal, T_old, dt, t0, inc = old.internal, old.T, t - old.t, old.t, old.increment + 1
+            resp, msg = self._integrate(eps, internal, T_old.ravel(), T.ravel(), dt, t0, inc)
         where = f"step {step_index} " if step_index is not None else ""
         if defer:
             if msg:
@@ -163,12 +168,15 @@ class Replayer:
         old = self.state
         elastic = None
         if len(times) > 1:
+            T_lo = T_hi = None
+            for t, j in zip(times, idx):
+                T, msg = self._temperature_or_failure(t)
+                if msg:
+                    self._deferred = f"material replay failed at {_where(j)}(t = {t:.6g}): {msg}"
+                    return self.state
+                T_lo = T.ravel() if T_lo is None else np.minimum(T_lo, T.ravel())
+                T_hi = T.ravel() if T_hi is None else np.maximum(T_hi, T.ravel())
             try:
-                T_lo = T_hi = None
-                for t in times:
-                    T = self.temperature(t).ravel()
-                    T_lo = T if T_lo is None else np.minimum(T_lo, T)
-                    T_hi = T if T_hi is None else np.maximum(T_hi, T)
                 bound = self.material.elastic_bound(old.internal, T_lo, T_hi)
                 if bound is not None:
                     elastic = self._proven_elastic(bound, coeffs, rows)
@@ -185,7 +193,11 @@ class Replayer:
         internal_c, stress_c = old.internal[cand], None
         T_prev, t_prev, inc = old.T.ravel(), old.t, old.increment
         for i, (t, c, j) in enumerate(zip(times, coeffs, idx)):
-            T, inc = self.temperature(t).ravel(), inc + 1
+            T, msg = self._temperature_or_failure(t)
+            if msg:
+                self._deferred = f"material replay failed at {_where(j)}(t = {t:.6g}): {msg}"
+                return self.state
+            T, inc = T.ravel(), inc + 1
             if cand.size:
                 resp, msg = self._integrate((rows_c @ c).reshape(-1, 6), internal_c, T_prev[cand], T[cand],
                                             t - t_prev, t_prev, inc, cand)
@@ -234,6 +246,15 @@ class Replayer:
         dist = np.sqrt(np.einsum("pc,pc->p", centre, centre)) + spread
         with np.errstate(invalid="ignore"):
             return bound.scale * dist < bound.slack
+
+    def _temperature_or_failure(self, t: float) -> tuple[np.ndarray | None, str | None]:
+        """The temperature at the points at ``t``, or (None, this rank's failure message): a
+        field read from a file can fail on one rank only, which must not leave the others
+        waiting at the verdict."""
+        try:
+            return self.temperature(t), None
+        except BaseException as exc:  # noqa: BLE001 - reported collectively by the caller
+            return None, f"temperature at t = {t:.6g}: {describe_exception(exc)}"
 
     def _integrate(self, eps: np.ndarray, internal: np.ndarray, T_old: np.ndarray, T: np.ndarray, dt: float,
                    t0: float, inc: int, points: np.ndarray | None = None) -> tuple[Any, str | None]:
