@@ -371,6 +371,9 @@ class HFSolver:
             else:
                 self._linear_solve(it, info)
             du = self.owned_to_local(self.x.array)
+            # the prescribed values stay exact: a solve stopped early (inexact, or at ksp_rtol)
+            # leaves small components on the identity rows of the Dirichlet DOFs
+            du[self.fixed] = 0.0
             release_free_heap()     # the multigrid set-up's temporaries, before the trial's state
             alpha = 1.0
             while True:
