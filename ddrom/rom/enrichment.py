@@ -65,13 +65,14 @@ class EnrichmentOptions:
     basis_tol : a snapshot is appended to a basis when ``||x - B B^T x|| > basis_tol ||x||``
         (norms in that basis' inner product) after two Gram-Schmidt passes.
     hf_rtol : relative residual at which the enrichment's HF Newton stops (the HF solver's
-        own ``rtol`` when that is larger): the step seeds the bases and restarts the march,
-        whose targets are 1e-3 and above, so it need not be converged as far as an HF
-        reference (1e-8). Measured (13k-DOF temperature fields, 3 cycles): 1e-6 takes 5-25 %
-        fewer Newton iterations than 1e-8, the errors unchanged where they matter (largest
-        p per step 5.3e-4 both); 1e-5 saves more (one iteration per step from the ROM's
-        prediction) but raised one field's largest p error per step from 1.7e-6 to 5.0e-3
-        (half the target: a first plastic step, where p is tiny).
+        own ``rtol`` when that is larger; the default is the HF solver's default, 1e-8). Its
+        linear solves are inexact in any case (:meth:`ddrom.hf.solver.HFSolver.step`: each
+        stops at what its Newton iteration needs; 62k-DOF cyclic case: KSP iterations 59-60
+        -> 28-30 per HF step, the same 2 Newton iterations). A looser ``hf_rtol`` is faster
+        (1e-6: KSP 16-17 per step, 131-133x instead of 103-110x on the cyclic benchmark) but
+        the enriched run then differs between rank counts by about that tolerance (8.9e-6
+        relative in ``q`` on the tests' bar, against round-off at 1e-8), and 1e-5 raised a
+        13k-DOF temperature field's largest p error per step from 1.7e-6 to 5.0e-3.
     ecm_tol : tolerance of the warm-started ECM (None: the model's).
     ecm_batch : candidates the warm-started ECM takes from one pass over its integrand
         (:mod:`ddrom.reduction.ecm`, "Batches": the same tolerance, fewer passes and
@@ -83,7 +84,7 @@ class EnrichmentOptions:
     tolerance: float | None = None
     max_enrichments: int = 10
     basis_tol: float = 1e-6
-    hf_rtol: float = 1e-6
+    hf_rtol: float = 1e-8
     ecm_tol: float | None = None
     ecm_batch: int = 8
     tolerances: dict = field(default_factory=dict)
