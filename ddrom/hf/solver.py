@@ -409,10 +409,16 @@ class HFSolver:
                     self.A.convert("hypre")          # in place: the AIJ storage is freed
                     self.A.setBlockSize(bs)          # lost by the conversion; BoomerAMG's unknowns
                     self.A.setNearNullSpace(self.nullspace)
+                    # the AIJ's storage, freed by the conversion, would stay in glibc's heap,
+                    # resident, through hypre's set-up, which mostly does not reuse it (1.07M
+                    # DOFs, 2 ranks: 375 MB returned here on rank 0; benchmarks/README.md,
+                    # "The hypre step below 4 KB/DOF")
+                    release_free_heap()
                 self.ksp.setOperators(self.A)
                 self.ksp.setUp()
                 if self._release_products:
                     release_product_data(self.ksp)
+                release_free_heap()         # the set-up's temporaries, before the Krylov basis
                 self.ksp.solve(self.b, self.x)
             reason = self.ksp.getConvergedReason()
             info.ksp_iterations += self.ksp.getIterationNumber()
