@@ -378,6 +378,7 @@ class HFSolver:
             alpha = 1.0
             while True:
                 u_try = u + alpha * du
+                resp_t = None       # a rejected trial's stresses and state, not kept beside the next one's
                 try:
                     resp_t, r_t, ref_t = self._residual(u_try, old, T, dt, fext, tangent=with_tangent)
                     norm_t = self._norm(r_t)
@@ -391,6 +392,11 @@ class HFSolver:
             search.accepted(norm_t, norm)
             info.line_search_steps += alpha < 1.0
             u, resp, r, ref, norm = u_try, resp_t, r_t, ref_t, norm_t
+            # resp is dropped once the next matrix is assembled (above): no second reference
+            # may keep it alive through the set-up and solve (the accepted trial's stresses
+            # and state, ~0.4 KB per DOF of a rank for Chaboche: with hypre at 1.07M DOFs on
+            # 2 ranks the peak went from 2,306 to 2,002 MB on rank 0)
+            resp_t = None
         raise NotConverged(f"no convergence in {opt.max_iterations} iterations "
                            f"(relative residual {norm / max(ref, 1e-300):.3e})")
 
@@ -425,10 +431,16 @@ class HFSolver:
                     self.A.convert("hypre")          # in place: the AIJ storage is freed
                     self.A.setBlockSize(bs)          # lost by the conversion; BoomerAMG's unknowns
                     self.A.setNearNullSpace(self.nullspace)
+                    # the AIJ's storage, freed by the conversion, would stay in glibc's heap,
+                    # resident, through hypre's set-up, which mostly does not reuse it (1.07M
+                    # DOFs, 2 ranks: 375 MB returned here on rank 0; benchmarks/README.md,
+                    # "The hypre step below 4 KB/DOF")
+                    release_free_heap()
                 self.ksp.setOperators(self.A)
                 self.ksp.setUp()
                 if self._release_products:
                     release_product_data(self.ksp)
+                release_free_heap()         # the set-up's temporaries, before the Krylov basis
                 self.ksp.solve(self.b, self.x)
             reason = self.ksp.getConvergedReason()
             info.ksp_iterations += self.ksp.getIterationNumber()
@@ -452,6 +464,10 @@ class HFSolver:
                 with self.timers("matrix"):
                     self.ksp.reset()                 # the PC's references to the hypre operator
                     self.A.destroy()
+                    # hypre's matrix, freed, would stay resident in the heap while the new
+                    # AIJ takes fresh pages (1.07M DOFs, 2 ranks: +466 MB on rank 0 here,
+                    # the peak of the step)
+                    release_free_heap()
                     self.A = self.asm.create_matrix()
                     self.A.setNearNullSpace(self.nullspace)
                     self.ksp.setOperators(self.A)
