@@ -178,7 +178,6 @@ class Enricher:
         # computes only the new modes' ones: the bases only grow)
         self._cache = IntegrandCache()
         self._chi_strains: np.ndarray | None = None        # (G, n_lift, 6), once needed
-        self._replay_strains: tuple | None = None          # (N, (G 6, N + n_lift) rows), one replay's
         self._start: tuple[int, State] | None = None       # last HF state (step, state); None: t_0
         #: (internal state (M, n_state), T (M,)) at the enriched model's monitor points after
         #: the last :meth:`enrich` (None: the model has none)
@@ -235,56 +234,39 @@ class Enricher:
             window += [(float(t_sub), q_sub, v_sub, j)
                        for t_sub, q_sub, v_sub in (sub_hist[j] if sub_hist is not None else ())]
             window.append((float(times[j]), q_hist[j], v_hist[j], j))
+        # every step since the last HF state has the coordinates of the same model
         rows = self._strain_rows(len(window[0][1])) if window else None
-        if rows is not None and all(len(w[1]) == len(window[0][1]) for w in window):
-            # one window: the points the law proves elastic along it are integrated once
+        if rows is None:        # no mode strains cached yet (before the first update): step by step
+            for t, q, v, j in window:
+                rp.step(t, self._displacement(q, v), j)
+        else:                   # one window: the points the law proves elastic along it, once
             coeffs = np.array([np.concatenate([np.asarray(q, dtype=float), np.asarray(v, dtype=float)])
                                for _, q, v, _ in window])
             rp.step_window([w[0] for w in window], coeffs, rows, [w[3] for w in window])
-        else:
-            for t, q, v, j in window:
-                self._replay_step(t, q, v, j)
-        self._replay_strains = None                    # built per replay: not kept next to the cache
         rp.verdict()                                   # the deferred steps' failures, on every rank
         r = rp.state
         u = solver.owned_to_local(self._displacement(q_hist[k - 1], v_hist[k - 1]))
         return State(float(times[k - 1]), u, r.stress, r.internal, r.T), max(0, k - first)
 
-    def _replay_step(self, t: float, q: np.ndarray, v: np.ndarray, j: int) -> None:
-        """One replayed step of the reduced history. Once an update has computed the modes'
-        strains at every point (:class:`~ddrom.rom.integrand.IntegrandCache`, kept between
-        enrichments), the strains of ``Phi q + chi v`` are combined from them and from the
-        lifting fields' (computed once): a long replay -- an enrichment late in a long
-        history starts from the last HF state -- costs no strain evaluation per step, which
-        was about half of a replayed step (the rest: the law and the temperature). The same
-        strains up to round-off (linear in the displacement; each point from its own rows)."""
-        N = len(q)
-        rows = self._strain_rows(N)
-        if rows is None:
-            self.replayer.step(t, self._displacement(q, v), j)
-            return
-        coeff = np.concatenate([np.asarray(q, dtype=float), np.asarray(v, dtype=float)])
-        self.replayer.step_strains(t, (rows @ coeff).reshape(-1, 6), j, defer=True)
-
     def _strain_rows(self, N: int) -> np.ndarray | None:
         """(G 6, N + n_lift): the strains of the first ``N`` modes and of the lifting fields at
-        every point, one row per point and component (built once per replay), or None while
-        the cache holds no strains for them."""
+        every point, one row per point and component, or None while the cache holds no
+        strains for them. Once an update has computed the modes' strains at every point
+        (:class:`~ddrom.rom.integrand.IntegrandCache`, kept between enrichments), a replay's
+        strains are ``rows @ (q, v)``: no strain evaluation per step (about half of a replayed
+        step), the same strains up to round-off. Built per replay, not kept next to the cache;
+        one matrix-vector product per step (a contraction over the middle axis of (G, N, 6)
+        copied the whole array at every step: 15 ms of a 32 ms step at 66k points per rank)."""
         E = self._cache.strains
         if E is None or E.shape[1] < N:
             return None
         G = E.shape[0]
-        if self._replay_strains is None or self._replay_strains[0] != N:
-            # one matrix-vector product per step (a contraction over the middle axis of
-            # (G, N, 6) copied the whole array at every step: 15 ms of a 32 ms replayed step
-            # at 66k points per rank)
-            if self._chi_strains is None:
-                lifts = lifting_fields(self.solver)
-                self._chi_strains = all_mode_strains(self.solver, np.column_stack(lifts)) if lifts \
-                    else np.zeros((G, 0, 6))
-            rows = np.concatenate([E[:, :N, :], self._chi_strains], axis=1)
-            self._replay_strains = (N, np.ascontiguousarray(rows.transpose(0, 2, 1)).reshape(G * 6, -1))
-        return self._replay_strains[1]
+        if self._chi_strains is None:
+            lifts = lifting_fields(self.solver)
+            self._chi_strains = all_mode_strains(self.solver, np.column_stack(lifts)) if lifts \
+                else np.zeros((G, 0, 6))
+        rows = np.concatenate([E[:, :N, :], self._chi_strains], axis=1)
+        return np.ascontiguousarray(rows.transpose(0, 2, 1)).reshape(G * 6, -1)
 
     def enrich(self, k: int, times: np.ndarray, q_hist: list, v_hist: list, v_new: np.ndarray,
                reason: str = "", q_guess: np.ndarray | None = None, sub_hist: list | None = None
