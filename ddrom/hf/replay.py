@@ -50,8 +50,10 @@ class ReplayState:
     increment: int = 0     # steps replayed after the initial state
 
 
-def _where(step_index: int | None) -> str:
-    return f"step {step_index} " if step_index is not None else ""
+def _failure(step_index: int | None, t: float, msg: str) -> str:
+    """The one message of a replay failure (step and time) on every rank."""
+    where = f"step {step_index} " if step_index is not None else ""
+    return f"material replay failed at {where}(t = {t:.6g}): {msg}"
 
 
 class Replayer:
@@ -120,17 +122,16 @@ class Replayer:
             else:
                 internal, T_old, dt, t0, inc = old.internal, old.T, t - old.t, old.t, old.increment + 1
             resp, msg = self._integrate(eps, internal, T_old.ravel(), T.ravel(), dt, t0, inc)
-        where = f"step {step_index} " if step_index is not None else ""
         if defer:
             if msg:
-                self._deferred = f"material replay failed at {where}(t = {t:.6g}): {msg}"
+                self._deferred = _failure(step_index, t, msg)
                 return self.state
         else:
             # one verdict for all ranks: a local failure must not leave the others waiting
             bad = as_mpi(self.dm.comm).allgather(msg)
             bad = [m for m in bad if m]
             if bad:
-                raise CollectiveError(f"material replay failed at {where}(t = {t:.6g}): {bad[0]}")
+                raise CollectiveError(_failure(step_index, t, bad[0]))
         p = self.material.cumulated_plastic_strain(resp.state).reshape(ne, nq)
         self.state = ReplayState(float(t), resp.stress.reshape(ne, nq, 6), p, resp.state, T, inc)
         return self.state
@@ -172,7 +173,7 @@ class Replayer:
             for t, j in zip(times, idx):
                 T, msg = self._temperature_or_failure(t)
                 if msg:
-                    self._deferred = f"material replay failed at {_where(j)}(t = {t:.6g}): {msg}"
+                    self._deferred = _failure(j, t, msg)
                     return self.state
                 T_lo = T.ravel() if T_lo is None else np.minimum(T_lo, T.ravel())
                 T_hi = T.ravel() if T_hi is None else np.maximum(T_hi, T.ravel())
@@ -181,7 +182,7 @@ class Replayer:
                 if bound is not None:
                     elastic = self._proven_elastic(bound, coeffs, rows)
             except BaseException as exc:  # noqa: BLE001 - on this rank only: the verdict reports it
-                self._deferred = f"material replay failed before step {idx[0]}: {describe_exception(exc)}"
+                self._deferred = _failure(idx[0], times[0], f"elastic bound: {describe_exception(exc)}")
                 return self.state
         if elastic is None or np.count_nonzero(elastic) < WINDOW_MIN_ELASTIC * n:
             for t, c, j in zip(times, coeffs, idx):
@@ -195,15 +196,14 @@ class Replayer:
         for i, (t, c, j) in enumerate(zip(times, coeffs, idx)):
             T, msg = self._temperature_or_failure(t)
             if msg:
-                self._deferred = f"material replay failed at {_where(j)}(t = {t:.6g}): {msg}"
+                self._deferred = _failure(j, t, msg)
                 return self.state
             T, inc = T.ravel(), inc + 1
             if cand.size:
                 resp, msg = self._integrate((rows_c @ c).reshape(-1, 6), internal_c, T_prev[cand], T[cand],
                                             t - t_prev, t_prev, inc, cand)
                 if msg:
-                    where = f"step {j} " if j is not None else ""
-                    self._deferred = f"material replay failed at {where}(t = {t:.6g}): {msg}"
+                    self._deferred = _failure(j, t, msg)
                     return self.state
                 internal_c, stress_c = resp.state, resp.stress
             if i < len(times) - 1:
@@ -214,8 +214,7 @@ class Replayer:
         if not msg and not np.array_equal(resp.state, old.internal[el]):
             msg = "a point proven elastic over the window was not (the law's elastic_bound is wrong)"
         if msg:
-            where = f"step {idx[-1]} " if idx[-1] is not None else ""
-            self._deferred = f"material replay failed at {where}(t = {times[-1]:.6g}): {msg}"
+            self._deferred = _failure(idx[-1], times[-1], msg)
             return self.state
         stress = np.empty((n, 6))
         internal = np.empty_like(old.internal)
