@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import ddrom  # noqa: E402,F401  (PETSC_DIR before petsc4py)
 from mpi4py import MPI  # noqa: E402
 
-from hf_newton import MATERIAL, STRETCH  # noqa: E402
+from hf_newton import MATERIAL, cube_loads  # noqa: E402
 
 
 def _status() -> dict[str, float]:
@@ -121,7 +121,6 @@ class _KSP:
 
 
 def run(n: int, top: int, comm, trace: bool = True) -> dict:
-    from ddrom.hf.loads import Dirichlet, Loads
     from ddrom.hf.solver import HFSolver, SolverOptions
     from ddrom.materials import from_config
     from ddrom.mesh.generators import box
@@ -139,8 +138,7 @@ def run(n: int, top: int, comm, trace: bool = True) -> dict:
     probe.mark("distribute")
     dm.weights
     probe.mark("geometry")
-    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
-                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: t * STRETCH * (1 + 0.3 * y))])
+    loads = cube_loads()
     s = HFSolver(dm, from_config(MATERIAL), loads, SolverOptions())
     probe.mark("solver (pattern, matrix, KSP)")
     snapshot = {}

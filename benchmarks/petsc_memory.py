@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 from petsc4py import PETSc  # noqa: E402
 
-from hf_newton import MATERIAL, STRETCH  # noqa: E402
+from hf_newton import MATERIAL, cube_loads  # noqa: E402
 
 
 from ddrom.parallel.memory import loaded_libpetsc  # noqa: E402
@@ -106,7 +106,6 @@ def main() -> None:
     ap.add_argument("--reset-pc", action="store_true", help="KSPReset after each solve (the next assembly without the preconditioner, a set-up from scratch)")
     args = ap.parse_args()
     comm = MPI.COMM_WORLD
-    from ddrom.hf.loads import Dirichlet, Loads
     from ddrom.hf.solver import HFSolver, SolverOptions
     from ddrom.materials import from_config
     from ddrom.mesh.generators import box
@@ -124,8 +123,7 @@ def main() -> None:
     mesh = box(1.0, 1.0, 1.0, n, n, n) if comm.rank == 0 else None
     dm = distribute(mesh, comm)
     del mesh
-    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
-                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: t * STRETCH * (1 + 0.3 * y))])
+    loads = cube_loads()
     mark("before solver")
     s = HFSolver(dm, from_config(MATERIAL), loads, SolverOptions())
     mark("solver (matrix pattern, KSP)")

@@ -31,7 +31,7 @@ import ddrom  # noqa: E402,F401  (PETSC_DIR before petsc4py)
 from mpi4py import MPI  # noqa: E402
 
 from hf_memory import _status  # noqa: E402
-from hf_newton import MATERIAL, STRETCH  # noqa: E402
+from hf_newton import MATERIAL, cube_loads  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=40, help="cells per edge (70: 1.07e6 DOFs)")
     ap.add_argument("--solves", type=int, default=2)
     args = ap.parse_args(argv)
-    from ddrom.hf.loads import Dirichlet, Loads
     from ddrom.hf.solver import HFSolver, SolverOptions, StepInfo
     from ddrom.materials import from_config
     from ddrom.mesh.generators import box
@@ -60,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     mesh = box(1.0, 1.0, 1.0, n, n, n) if comm.rank == 0 else None
     dm = distribute(mesh, comm)
     del mesh
-    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
-                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: t * STRETCH * (1 + 0.3 * y))])
+    loads = cube_loads()
     s = HFSolver(dm, from_config(MATERIAL), loads, SolverOptions())
     mark("solver")
     st = s.initial_state()
