@@ -43,6 +43,7 @@ import numpy as np
 
 from ddrom.hf.replay import Replayer, ReplayState
 from ddrom.hf.solver import HFSolver, State
+from ddrom.hf.stepping import NewtonOptions
 from ddrom.parallel import CollectiveError, Timers, as_mpi
 from ddrom.reduction.inner import allreduce_sum
 from ddrom.rom.integrand import IntegrandCache
@@ -84,7 +85,7 @@ class EnrichmentOptions:
     tolerance: float | None = None
     max_enrichments: int = 10
     basis_tol: float = 1e-6
-    hf_rtol: float = 1e-8
+    hf_rtol: float = NewtonOptions.rtol                 # the HF solver's own default
     ecm_tol: float | None = None
     ecm_batch: int = 8
     tolerances: dict = field(default_factory=dict)
