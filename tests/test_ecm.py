@@ -546,3 +546,79 @@ def test_ecm_given_integrals_are_used_and_checked():
             ecm(Al, wl, gl, COMM, tol=1e-8, integrals=b * (1.0 + 1e-15 * COMM.rank))
     with pytest.raises(DdromError, match="batch"):
         ecm(Al, wl, gl, COMM, tol=1e-8, batch=0)
+
+
+def products_case(G=500, n=4, m=6, s=5, seed=11):
+    """Per-point factors of an integrand (strains of modes x stress modes), smooth in space."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(G, 3))
+    basis = np.column_stack([np.ones(G), x, x ** 2, x[:, :1] * x[:, 1:2]])        # (G, 8)
+    left = np.einsum("gb,bnm->gnm", basis, rng.standard_normal((8, n, m)))
+    right = np.einsum("gb,bms->gms", basis, rng.standard_normal((8, m, s)))
+    w = rng.uniform(0.5, 1.5, size=G)
+    return left, right, w, np.arange(G, dtype=np.int64) * 3 + 1
+
+
+def test_point_products_rows_have_the_same_bits_alone_in_blocks_and_whole():
+    """A row of ``PointProducts`` is computed from its own point's factors: the whole matrix,
+    a block, gathered points and one point give the same bits (the ECM recomputes the rows
+    of the points it picks and must see what its scores saw)."""
+    from ddrom.reduction.ecm import PointProducts
+
+    left, right, _, _ = products_case(G=300, n=7, m=6, s=9)
+    P = PointProducts(left, right)
+    full = np.asarray(P)
+    assert full.shape == P.shape == (300, 63)
+    np.testing.assert_allclose(full, np.einsum("gnm,gms->gns", left, right).reshape(300, -1), rtol=1e-13,
+                               atol=1e-13)
+    assert np.array_equal(P[40:97], full[40:97])
+    idx = np.array([299, 3, 150, 151, 0])
+    assert np.array_equal(P[idx], full[idx])
+    for i in (0, 77, 299):
+        assert np.array_equal(P[i], full[i])
+    # non-contiguous factors (a block of the modes, as the enrichment's new pairs)
+    Q = PointProducts(left[:, 2:5], right[:, :, 4:])
+    assert np.array_equal(Q[10:20], np.asarray(Q)[10:20]) and np.array_equal(Q[np.array([5])][0], Q[5])
+    with pytest.raises(DdromError, match="PointProducts"):
+        PointProducts(left, right[:, :5])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("score_dtype", ["float32", "float64"])
+def test_ecm_on_point_products_equals_ecm_on_the_formed_matrix(score_dtype):
+    """``ecm(PointProducts(left, right), ...)`` is the ECM of the formed matrix bit for bit
+    (points, weights, rows, history), at any partition, from scratch and warm-started with
+    batches (the enrichment's call)."""
+    from ddrom.reduction.ecm import PointProducts
+
+    left, right, w, gid = products_case()
+    A = np.asarray(PointProducts(left, right))
+    ll, rl, Al, wl, gl = split(COMM, left, right, A, w, gid)
+    init = ecm(A[:, :8], w, gid, MPI.COMM_SELF, tol=1e-8).point_gids
+    for kw in ({}, {"initial_points": init, "batch": 4}):
+        ref = ecm(A, w, gid, MPI.COMM_SELF, tol=1e-9, score_dtype=score_dtype, **kw)
+        assert ref.converged
+        for got in (ecm(PointProducts(left, right), w, gid, MPI.COMM_SELF, tol=1e-9, score_dtype=score_dtype, **kw),
+                    ecm(PointProducts(ll, rl), wl, gl, COMM, tol=1e-9, score_dtype=score_dtype, **kw),
+                    ecm(Al, wl, gl, COMM, tol=1e-9, score_dtype=score_dtype, **kw)):
+            assert np.array_equal(got.point_gids, ref.point_gids), kw
+            assert np.array_equal(got.weights, ref.weights), kw
+            assert np.array_equal(got.rows, ref.rows), kw
+            assert np.array_equal(got.residual_history, ref.residual_history), kw
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("bad", ["nan", "overflow"])
+def test_ecm_point_products_with_bad_values_raise_on_every_rank(bad):
+    from ddrom.reduction.ecm import PointProducts
+
+    left, right, w, gid = products_case()
+    ll, rl, wl, gl = split(COMM, left, right, w, gid)
+    ll = ll.copy()
+    if COMM.rank == COMM.size - 1 and len(ll):
+        ll[-1, 0, 0] = np.nan if bad == "nan" else 1e300
+        if bad == "overflow":
+            rl = rl.copy()
+            rl[-1, 0, :] = 1e300
+    with pytest.raises(DdromError, match="NaN or infinite"):
+        ecm(PointProducts(ll, rl), wl, gl, COMM, tol=1e-8)

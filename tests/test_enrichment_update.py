@@ -68,6 +68,7 @@ def test_integrand_cache_equals_from_scratch(shared_tmp):
     _, A1, b1 = _ecm_integrand(solver, Phi, Psi3, G, cache)
     _, A0, none = _ecm_integrand(solver, Phi, Psi3, G, None)
     assert none is None
+    A1, A0 = np.asarray(A1), np.asarray(A0)          # (per-point factors: formed here to compare)
     b0 = reproducible_colsum(w[:, None] * A0, comm)
     scale = comm.allreduce(float(np.abs(A0).max()) if A0.size else 0.0, op=MPI.MAX)
     all_ok(bool(np.allclose(A1, A0, rtol=1e-12, atol=1e-13 * scale)), "A differs from scratch")
@@ -81,6 +82,7 @@ def test_integrand_cache_equals_from_scratch(shared_tmp):
     Phi2[:, 0] *= 2.0
     _, A2, b2 = _ecm_integrand(solver, Phi2, Psi3, G, cache)
     _, A3, _ = _ecm_integrand(solver, Phi2, Psi3, G, None)
+    A2, A3 = np.asarray(A2), np.asarray(A3)
     assert cache.stats["recomputed_from_scratch"] == 1
     all_ok(bool(np.allclose(A2, A3, rtol=1e-12, atol=1e-13 * scale)), "A after a reset differs")
     np.testing.assert_allclose(b2, reproducible_colsum(w[:, None] * A3, comm), rtol=1e-12,
@@ -144,6 +146,7 @@ def _ecm_residual(solver, dm, model, Phi, Psi, gram) -> float:
     comm = solver.comm
     w = solver.asm.wdet.ravel()
     _, A, _ = _ecm_integrand(solver, Phi, Psi.reshape(dm.n_cells * dm.n_qp, 6, -1), gram, None)
+    A = np.asarray(A)
     b = reproducible_colsum(w[:, None] * A, comm)
     V = float(reproducible_colsum(w[:, None], comm)[0])
     norms2 = comm.allreduce(np.einsum("ij,ij,i->j", A, A, w))

@@ -2,7 +2,7 @@
 
 Algorithms here only know "rows distributed over ranks + an inner product".
 """
-from ddrom.reduction.ecm import ECMResult, IntegrandBasis, ecm, integrand_matrix_columns
+from ddrom.reduction.ecm import ECMResult, IntegrandBasis, PointProducts, ecm, integrand_matrix_columns
 from ddrom.reduction.gappy import GappyPOD, gather_point_rows, qdeim_points
 from ddrom.reduction.inner import Diagonal, Euclidean, InnerProduct, PetscMatrix
 from ddrom.reduction.pod import (

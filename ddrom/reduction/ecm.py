@@ -206,6 +206,60 @@ class IntegrandBasis:
     sigma_all: np.ndarray
 
 
+# ============================================================================ columns by products
+class PointProducts:
+    """ECM columns given as one small matrix product per point, never formed whole.
+
+    ``A[g] = vec(left[g] @ right[g])`` with ``left`` (G, n, m) and ``right`` (G, m, s): the
+    ``n s`` columns of the reduced internal forces, strains of the displacement modes
+    against the (weighted) stress modes (:mod:`ddrom.rom.integrand`). :func:`ecm` takes it in
+    place of ``A_loc``: its one pass fills the single-precision score copy and the row norms
+    block by block, and the rows of the points it picks are recomputed from their factors;
+    the double-precision ``A`` (``G n s`` doubles per rank) never exists. Indexing (an int,
+    a slice, an integer array) returns the rows, ``np.asarray`` the whole matrix.
+
+    Each row is computed from its own point's factors by ``np.matmul`` on the stack (one
+    BLAS product per point, whose rounding does not depend on the point's place in the
+    stack), so a row has the same bits whether it is computed with all of them, in a block
+    or alone (tested): the ECM's choices stay partition-independent.
+
+    Why: at 121k points per rank, n = 20, s = 48, the whole product and its copy took
+    3-4 s of which 2.4 s in the kernel (page faults of a fresh 0.9 GB array, transparent
+    huge pages), against 0.27 s by blocks, and the peak went from 1.74 to 0.86 GB
+    (``benchmarks/temperature_fields.py``'s enrichments, measured).
+    """
+
+    def __init__(self, left: np.ndarray, right: np.ndarray):
+        left, right = np.asarray(left), np.asarray(right)
+        if left.ndim != 3 or right.ndim != 3 or left.shape[0] != right.shape[0] \
+                or left.shape[2] != right.shape[1]:
+            raise DdromError(f"ecm: PointProducts needs left (G, n, m) and right (G, m, s), got "
+                             f"{left.shape} and {right.shape}")
+        self.left, self.right = left, right
+        self.shape = (left.shape[0], left.shape[1] * right.shape[2])
+        self.ndim, self.dtype = 2, np.dtype(float)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        if isinstance(idx, (int, np.integer)):
+            return self[np.array([idx])][0]
+        if not isinstance(idx, slice):
+            idx = np.asarray(idx)
+        left, right = self.left[idx], self.right[idx]
+        return np.matmul(left, right).reshape(left.shape[0], self.shape[1])
+
+    def __array__(self, dtype=None) -> np.ndarray:
+        full = self[:]
+        return full if dtype is None else full.astype(dtype)
+
+    def finite(self) -> bool:
+        """Whether both factors hold finite values only (the products may still overflow:
+        the ECM checks its row norms too)."""
+        return bool(np.isfinite(self.left).all() and np.isfinite(self.right).all())
+
+
 # ============================================================================ helpers
 def _row_dots(A: np.ndarray, v: np.ndarray, chunk: int) -> np.ndarray:
     """``A_g . v`` for every row, the same bits wherever the row sits in ``A``.
@@ -296,10 +350,11 @@ def _as_gid_list(x, what: str) -> np.ndarray:
 def _validate(A_loc, w_loc, gid_loc, comm, tol, max_points, max_iterations, nnls,
               initial_points, zero_weight_points, integrals=None):
     with collective(comm, "ecm"):
-        A = np.asarray(A_loc)
+        products = isinstance(A_loc, PointProducts)
+        A = A_loc if products else np.asarray(A_loc)
         if A.ndim != 2:
             raise DdromError(f"ecm: A_loc must be 2-D (points x columns), got shape {A.shape}")
-        if not np.issubdtype(A.dtype, np.number) or np.iscomplexobj(A):
+        if not products and (not np.issubdtype(A.dtype, np.number) or np.iscomplexobj(A)):
             raise DdromError("ecm: A_loc must be a real array")
         w = np.asarray(w_loc)
         gid = np.asarray(gid_loc)
@@ -310,7 +365,7 @@ def _validate(A_loc, w_loc, gid_loc, comm, tol, max_points, max_iterations, nnls
             raise DdromError(f"ecm: gid_loc has shape {gid.shape}, expected ({A.shape[0]},)")
         if A.shape[0] and not np.issubdtype(gid.dtype, np.integer):
             raise DdromError("ecm: gid_loc must hold integer global point ids")
-        if not np.all(np.isfinite(A)):
+        if not (A.finite() if products else np.all(np.isfinite(A))):
             raise DdromError("ecm: A_loc contains NaN or infinite values")
         if not np.all(np.isfinite(w)) or (w.size and w.min() < 0):
             raise DdromError("ecm: w_loc must be finite and non-negative")
@@ -343,7 +398,7 @@ def _validate(A_loc, w_loc, gid_loc, comm, tol, max_points, max_iterations, nnls
             ((("integrals", integrals),) if integrals is not None else ()):
         ref = comm.bcast(arr, root=0)
         check_all(comm, np.array_equal(ref, arr), f"ecm: {name} differ between ranks")
-    return (np.ascontiguousarray(A, dtype=float), np.asarray(w, dtype=float),
+    return (A if products else np.ascontiguousarray(A, dtype=float), np.asarray(w, dtype=float),
             gid.astype(np.int64), init, zero, integrals)
 
 
@@ -364,7 +419,8 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
 
     Parameters
     ----------
-    A_loc : (G_local, c) integrand values at this rank's points.
+    A_loc : (G_local, c) integrand values at this rank's points, or a :class:`PointProducts`
+        (the columns as one small product per point, never formed whole).
     w_loc : (G_local,) quadrature weights (>= 0).
     gid_loc : (G_local,) int global ids of these points (unique over all ranks).
     comm : communicator (mpi4py or PETSc).
@@ -579,7 +635,10 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
     # iteration, measured 0.43 -> 0.16 ms at 8448 x 264; still row by row).
     rn2 = np.empty(G)
     norms2 = np.zeros(nc)
-    A_sc = np.empty(A.shape, dtype=np.float32) if score_dtype == "float32" else A
+    if score_dtype == "float32":
+        A_sc = np.empty(A.shape, dtype=np.float32)
+    else:
+        A_sc = np.empty(A.shape) if isinstance(A, PointProducts) else A
     for i0 in range(0, G, chunk):
         blk = A[i0:i0 + chunk]
         np.einsum("ij,ij->i", blk, blk, out=rn2[i0:i0 + chunk])
@@ -587,6 +646,10 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
             norms2 += np.einsum("ij,ij,i->j", blk, blk, w[i0:i0 + chunk])
         if A_sc is not A:
             A_sc[i0:i0 + chunk] = blk
+    if isinstance(A, PointProducts):
+        # finite factors whose products overflow (the dense input was checked whole)
+        check_all(c, bool(np.isfinite(rn2).all()), "ecm: A_loc contains NaN or infinite values "
+                                                   "(products of the integrand's factors overflow)")
     if add_constant:
         # weighted column norms by a plain allreduce: only their order of magnitude is
         # used, rounded to a power of two (partition-independent, exact scaling)
@@ -746,7 +809,7 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         # each rank's max and its own near-ties (the only points that can qualify against
         # the global max); the two extra reductions run only if a rank had too many.
         top = argmax_with_owner(c, sc, gid, tie_rtol, local_max=m)
-        if not top.value > 0 and A_sc is not A:
+        if not top.value > 0 and A_sc.dtype != np.float64:
             # single-precision scores found no positive correlation: confirm in double
             # before stopping (every rank takes this branch: the value is global)
             sc, m = _scores(A, r, s, nc, add_constant, rownorm, blocked | selected_mask, chunk)

@@ -14,8 +14,9 @@ with ``G`` the Gram matrix of the stress snapshots' coefficients,
 
 An enrichment (:mod:`ddrom.rom.enrichment`) appends modes by Gram-Schmidt -- the old columns
 of ``Phi`` and ``Psi`` are kept bit for bit -- and adds the new stress snapshot to ``G``,
-which changes ``L`` and so every column of ``A``: ``A`` is formed again (one small matrix
-product per point, :func:`raw_integrand`). What does not change is kept by
+which changes ``L`` and so every column of ``A``: ``A`` is given to the ECM again as its
+per-point factors (:class:`ddrom.reduction.ecm.PointProducts`: one small matrix product
+per point, formed block by block, never whole). What does not change is kept by
 :class:`IntegrandCache`:
 
 * the modes on the local DOFs (one scatter per new mode instead of one per mode) and
@@ -47,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from ddrom.parallel import as_mpi
-from ddrom.reduction.exact import reproducible_colsum, row_matmul
+from ddrom.reduction.ecm import PointProducts
+from ddrom.reduction.exact import _reproducible_colsum_chunks, row_matmul
 from ddrom.rom.operators import all_mode_strains, mode_values_local
 
 
@@ -126,10 +128,11 @@ class IntegrandCache:
 
     # ------------------------------------------------------------ integrand
     def integrand(self, strains: np.ndarray, Psi3: np.ndarray, L: np.ndarray, w: np.ndarray, n0: int,
-                  comm: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``A`` (G, N Ns) and its exact integrals ``b`` (N Ns,) (module docstring); ``B`` grown by
-        the new pairs only (``n0`` displacement modes cached; the cached stress modes found
-        by their sampled rows)."""
+                  comm: Any) -> tuple[PointProducts, np.ndarray]:
+        """``A`` (G, N Ns; as its per-point factors, :class:`~ddrom.reduction.ecm.PointProducts`)
+        and its exact integrals ``b`` (N Ns,) (module docstring); ``B`` grown by the new pairs
+        only (``n0`` displacement modes cached; the cached stress modes found by their
+        sampled rows)."""
         G, N, _ = strains.shape
         Ns = Psi3.shape[-1]
         s0 = self._kept("stress", Psi3.reshape(G * 6, Ns), comm)
@@ -141,22 +144,18 @@ class IntegrandCache:
             B[:n0, :s0] = B_old[:n0, :s0]
         # the new pairs: the old modes against the new stress modes, the new modes against all
         for kk, jj in ((slice(0, n0), slice(s0, Ns)), (slice(n0, N), slice(0, Ns))):
-            if (kk.stop - kk.start) * (jj.stop - jj.start) == 0:
+            nk, nj = kk.stop - kk.start, jj.stop - jj.start
+            if nk * nj == 0:
                 continue                         # (the same on every rank: the sums are collective)
-            blk = raw_integrand(strains[:, kk], Psi3[:, :, jj])
-            B[kk, jj] = reproducible_colsum(w[:, None] * blk.reshape(G, -1), comm).reshape(blk.shape[1:])
-            self.stats["integrand_columns_computed"] += blk.shape[1] * blk.shape[2]
+            # summed by blocks of points (the same bits as the whole block: the sum is exact
+            # then rounded), so no array of G nk nj doubles is formed
+            blk = PointProducts(strains[:, kk], Psi3[:, :, jj])
+            B[kk, jj] = _reproducible_colsum_chunks(lambda i0, i1: w[i0:i1, None] * blk[i0:i1], G, nk * nj,
+                                                    comm).reshape(nk, nj)
+            self.stats["integrand_columns_computed"] += nk * nj
         self.raw_integrals = B
-        A = raw_integrand(strains, row_matmul(Psi3.reshape(G * 6, Ns), L).reshape(G, 6, Ns))
-        return A.reshape(G, N * Ns), (B @ L).reshape(-1)
-
-
-def raw_integrand(strains: np.ndarray, stress: np.ndarray) -> np.ndarray:
-    """``R[g, k, j] = strains[g, k] . stress[g, :, j]`` (G, N, Ns), one small matrix product per
-    point (``np.matmul`` on the stack: each point's entries are computed from its own rows
-    only, so they do not depend on the partition; 15-30x faster than the equivalent
-    ``einsum`` at G = 30000, N = Ns = 20, measured)."""
-    return np.matmul(strains, stress)
+        A = PointProducts(strains, row_matmul(Psi3.reshape(G * 6, Ns), L).reshape(G, 6, Ns))
+        return A, (B @ L).reshape(-1)
 
 
 def _land():

@@ -26,8 +26,9 @@ import numpy as np
 
 from ddrom.hf.solver import HFSolver
 from ddrom.parallel import Timers, as_mpi, check_all
+from ddrom.reduction.ecm import PointProducts
 from ddrom.reduction.exact import row_matmul
-from ddrom.rom.integrand import IntegrandCache, raw_integrand
+from ddrom.rom.integrand import IntegrandCache
 from ddrom.rom.model import GappyData, LoadData, MonitorData, ReducedModel, TemperatureData
 from ddrom.rom.operators import (all_mode_strains, lifting_fields, mode_values_local,
                                  natural_point_ids, point_coordinates, point_interpolation, reduced_load_terms,
@@ -316,7 +317,7 @@ def _ecm_integrand(solver: HFSolver, Phi: np.ndarray, Psi3: np.ndarray, stress_g
     modes_local = mode_values_local(solver, Phi)
     strains = all_mode_strains(solver, modes_local)                         # (G, N, 6)
     PsiL = row_matmul(Psi3.reshape(-1, Ns), L).reshape(Psi3.shape)
-    return modes_local, raw_integrand(strains, PsiL).reshape(strains.shape[0], -1), None
+    return modes_local, PointProducts(strains, PsiL), None
 
 
 def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarray, Phip: np.ndarray | None, *,
