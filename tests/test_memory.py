@@ -30,3 +30,21 @@ def test_freed_blocks_inside_the_heap_go_back_to_the_os():
     after = _rss_mb()
     assert before - after >= 100.0, (before, after)
     assert all(float(b[0]) == 1.0 for b in keep)
+
+
+@pytest.mark.parametrize("user", [None, "1"])
+def test_numpy_huge_pages_off_unless_the_user_sets_them(user):
+    """``import ddrom`` turns numpy's huge-page advice off (fresh mesh-sized arrays of the
+    enrichment's updates paid for memory compaction in their page faults), before or after
+    numpy's own import; a user's ``NUMPY_MADVISE_HUGEPAGE`` wins."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if user is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = user
+    for first in ("import numpy.core.multiarray as m; import ddrom", "import ddrom; import numpy.core.multiarray as m"):
+        out = subprocess.run([sys.executable, "-c", f"{first}; print(m._set_madvise_hugepage(True))"],
+                             env=env, capture_output=True, text=True, check=True).stdout.strip()
+        # the setter returns the value it replaces
+        assert out == ("True" if user == "1" else "False"), (first, out)
