@@ -458,34 +458,37 @@ def cgs2(B_loc: np.ndarray, inner: InnerProduct, comm: Any, Q_loc: np.ndarray | 
         B = B[:, None]
     n_loc, b = B.shape
     k = 0 if Q_loc is None else Q_loc.shape[1]
-    Qall = np.empty((n_loc, k + b))
-    if k:
-        Qall[:, :k] = Q_loc
+    # the given basis is used where it is (no copy: an enrichment appends one vector to a
+    # mesh-sized basis), the new vectors kept apart
+    Q = Q_loc if k else np.zeros((n_loc, 0))
+    Qn = np.empty((n_loc, b))
     H = np.zeros((k + b, b))
     r = 0
     for j in range(b):
         v = B[:, j].copy()
         ncur = k + r
-        Qc = Qall[:, :ncur]
         norm0 = None
         for _ in range(2):
             Mv = inner.apply(v).ravel()
             loc = np.empty(ncur + 1)
-            loc[:ncur] = Qc.T @ Mv
+            loc[:k] = Q.T @ Mv
+            loc[k:ncur] = Qn[:, :r].T @ Mv
             loc[ncur] = v @ Mv
             glob = allreduce_sum(loc, comm)
             if norm0 is None:
                 norm0 = np.sqrt(max(glob[ncur], 0.0))
             h = glob[:ncur]
-            v -= Qc @ h
+            v -= Q @ h[:k]
+            if r:
+                v -= Qn[:, :r] @ h[k:]
             H[:ncur, j] += h
         Mv = inner.apply(v).ravel()
         rho = float(np.sqrt(max(allreduce_sum(np.array([v @ Mv]), comm)[0], 0.0)))
         if rho > drop_rtol * norm0 and rho > 0.0:
-            Qall[:, ncur] = v / rho
+            Qn[:, r] = v / rho
             H[ncur, j] = rho
             r += 1
-    return Qall[:, k:k + r].copy(), H[:k], H[k:k + r]
+    return Qn[:, :r].copy(), H[:k], H[k:k + r]
 
 
 # ------------------------------------------------------------------------ methods
