@@ -629,12 +629,11 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         volume = float(_reproducible_colsum_chunks(lambda i0, i1: w[i0:i1, None], G, 1, c)[0])
     check_all(c, volume > 0, "ecm: the quadrature weights sum to zero")
     # One pass over A by blocks that stay in cache: the row norms (per row, hence
-    # position-independent), the weighted column norms (for the constant's scale) and
-    # the single-precision copy the scores use (they only rank candidates, the NNLS
-    # decides the weights in double: half the memory traffic of the one pass over A per
-    # iteration, measured 0.43 -> 0.16 ms at 8448 x 264; still row by row).
+    # position-independent) and the single-precision copy the scores use (they only rank
+    # candidates, the NNLS decides the weights in double: half the memory traffic of the
+    # one pass over A per iteration, measured 0.43 -> 0.16 ms at 8448 x 264; still row by
+    # row).
     rn2 = np.empty(G)
-    norms2 = np.zeros(nc)
     if score_dtype == "float32":
         A_sc = np.empty(A.shape, dtype=np.float32)
     else:
@@ -642,8 +641,6 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
     for i0 in range(0, G, chunk):
         blk = A[i0:i0 + chunk]
         np.einsum("ij,ij->i", blk, blk, out=rn2[i0:i0 + chunk])
-        if add_constant:
-            norms2 += np.einsum("ij,ij,i->j", blk, blk, w[i0:i0 + chunk])
         if A_sc is not A:
             A_sc[i0:i0 + chunk] = blk
     if isinstance(A, PointProducts):
@@ -651,10 +648,10 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
         check_all(c, bool(np.isfinite(rn2).all()), "ecm: A_loc contains NaN or infinite values "
                                                    "(products of the integrand's factors overflow)")
     if add_constant:
-        # weighted column norms by a plain allreduce: only their order of magnitude is
-        # used, rounded to a power of two (partition-independent, exact scaling)
-        c.Allreduce(MPI.IN_PLACE, norms2, op=MPI.SUM)
-        rms = math.sqrt(float(np.mean(norms2)) / volume)
+        # the mean squared weighted column norm, mean_j sum_g w_g A_gj^2 = (w . rn2) / nc,
+        # by a plain allreduce: only its order of magnitude is used, rounded to a power of
+        # two (partition-independent, exact scaling)
+        rms = math.sqrt(c.allreduce(float(w @ rn2), op=MPI.SUM) / nc / volume)
         s = 2.0 ** round(math.log2(rms)) if rms > 0 else 2.0 ** round(-0.5 * math.log2(volume))
         b = np.concatenate([integrals, [s * volume]])
     else:
