@@ -579,6 +579,10 @@ def test_point_products_rows_have_the_same_bits_alone_in_blocks_and_whole():
     # non-contiguous factors (a block of the modes, as the enrichment's new pairs)
     Q = PointProducts(left[:, 2:5], right[:, :, 4:])
     assert np.array_equal(Q[10:20], np.asarray(Q)[10:20]) and np.array_equal(Q[np.array([5])][0], Q[5])
+    # and what contiguous copies of them give (the enrichment's strains are a view of a
+    # buffer with room for more modes)
+    C = PointProducts(np.ascontiguousarray(left[:, 2:5]), np.ascontiguousarray(right[:, :, 4:]))
+    assert np.array_equal(np.asarray(Q), np.asarray(C))
     with pytest.raises(DdromError, match="PointProducts"):
         PointProducts(left, right[:, :5])
 
@@ -622,3 +626,22 @@ def test_ecm_point_products_with_bad_values_raise_on_every_rank(bad):
             rl[-1, 0, :] = 1e300
     with pytest.raises(DdromError, match="NaN or infinite"):
         ecm(PointProducts(ll, rl), wl, gl, COMM, tol=1e-8)
+
+
+@pytest.mark.mpi
+def test_ecm_score_buffer_gives_the_same_rule_and_is_checked():
+    """A caller's ``score_buffer`` (the enrichment's workspace) holds the score copy: the
+    same rule bit for bit, the buffer reusable for the next call; one too small on one rank
+    only is refused on every rank."""
+    A, w, gid = smooth_random(300, 12, seed=4)
+    Al, wl, gl = split(COMM, A, w, gid)
+    ref = ecm(Al, wl, gl, COMM, tol=1e-9)
+    buf = np.full(Al.size + 7, np.nan, dtype=np.float32)
+    for _ in range(2):
+        got = ecm(Al, wl, gl, COMM, tol=1e-9, score_buffer=buf)
+        assert np.array_equal(got.point_gids, ref.point_gids) and np.array_equal(got.weights, ref.weights)
+    small = buf[: Al.size - 1] if COMM.rank == COMM.size - 1 and Al.size else buf
+    with pytest.raises(DdromError, match="score_buffer"):
+        ecm(Al, wl, gl, COMM, tol=1e-9, score_buffer=small)
+    with pytest.raises(DdromError, match="score_buffer"):
+        ecm(Al, wl, gl, COMM, tol=1e-9, score_buffer=buf.astype(np.float64))

@@ -220,3 +220,21 @@ def test_enriched_model_meets_ecm_tolerance_and_keeps_reads(shared_tmp):
         gc.collect()
     ok, msg = comm.bcast((ok, msg), root=0)
     assert ok, msg
+
+
+def test_cache_workspace_is_reused_and_grows():
+    """The update's workspaces: the same memory while the size fits, a new larger one
+    (with room for the next enrichments) when it does not; a changed dtype is a new one."""
+    from ddrom.rom.integrand import IntegrandCache
+
+    cache = IntegrandCache()
+    a = cache.workspace("x", 100)
+    assert a.size == 100 and a.dtype == np.float64
+    b = cache.workspace("x", 110)                 # fits in the quarter of room
+    assert b.size == 110 and np.shares_memory(a, b)
+    c = cache.workspace("x", 200)
+    assert c.size == 200 and not np.shares_memory(b, c)
+    d = cache.workspace("x", 150, np.float32)
+    assert d.dtype == np.float32 and d.size == 150
+    e = cache.workspace("y", 10)
+    assert not np.shares_memory(e, d)

@@ -414,7 +414,8 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
         initial_points: Any = None, zero_weight_points: Any = None,
         nnls: str = "lawson-hanson", max_iterations: int | None = None,
         tie_rtol: float = 1e-6, score_dtype: str = "float32", keep_pool: bool | None = None,
-        integrals: np.ndarray | None = None, batch: int = 1, timers: Timers | None = None) -> ECMResult:
+        integrals: np.ndarray | None = None, batch: int = 1, timers: Timers | None = None,
+        score_buffer: np.ndarray | None = None) -> ECMResult:
     """Empirical cubature: few points and non-negative weights integrating the columns.
 
     Parameters
@@ -457,6 +458,10 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     batch : candidates taken from one pass over ``A`` (module docstring, "Batches"); 1 (the
         default): the classic greedy, one point per pass.
     timers : optional :class:`~ddrom.parallel.Timers` accumulating the stage times.
+    score_buffer : optional 1-D float32 array of at least ``G_local c`` entries to hold the
+        single-precision copy (overwritten), e.g. kept by a caller that runs the ECM again
+        and again (the enrichment): fresh memory of that size costs page faults (about
+        1 s per GB on this project's machine), memory already touched does not.
 
     Returns
     -------
@@ -477,10 +482,16 @@ def ecm(A_loc: np.ndarray, w_loc: np.ndarray, gid_loc: np.ndarray, comm: Any, *,
     A, w, gid, init, zero, known = _validate(A_loc, w_loc, gid_loc, c, tol, max_points,
                                              max_iterations, nnls, initial_points,
                                              zero_weight_points, integrals)
+    if score_buffer is not None:
+        check_all(c, score_dtype == "float32" and isinstance(score_buffer, np.ndarray)
+                  and score_buffer.dtype == np.float32 and score_buffer.ndim == 1
+                  and score_buffer.size >= A.shape[0] * A.shape[1],
+                  "ecm: score_buffer must be a 1-D float32 array of at least G_local x c entries "
+                  "(with score_dtype float32)")
     with _one_blas_thread():
         kw = dict(tol=tol, max_points=max_points, add_constant=add_constant, nnls=nnls,
                   max_iterations=max_iterations, tie_rtol=tie_rtol, score_dtype=score_dtype,
-                  keep_pool=keep_pool, timers=timers, integrals=known)
+                  keep_pool=keep_pool, timers=timers, integrals=known, score_buffer=score_buffer)
         res = _ecm(A, w, gid, init, zero, c, batch=int(batch), **kw)
         if (batch > 1 or init.size) and not res.converged and res.stop_reason == "no_positive_correlation":
             # a warm start or the batches left a support from which the NNLS cannot reach
@@ -606,7 +617,7 @@ def _take_batch(cand, take, go_on, residual_now, A, rownorm, order, gid_sorted, 
 
 
 def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_iterations,
-         tie_rtol, score_dtype, keep_pool, timers, integrals=None, batch=1) -> ECMResult:
+         tie_rtol, score_dtype, keep_pool, timers, integrals=None, batch=1, score_buffer=None) -> ECMResult:
     from mpi4py import MPI
 
     tm: dict[str, float] = {k: 0.0 for k in ("setup", "scores", "argmax_reduce",
@@ -635,7 +646,8 @@ def _ecm(A, w, gid, init, zero, c, *, tol, max_points, add_constant, nnls, max_i
     # row).
     rn2 = np.empty(G)
     if score_dtype == "float32":
-        A_sc = np.empty(A.shape, dtype=np.float32)
+        A_sc = np.empty(A.shape, dtype=np.float32) if score_buffer is None else \
+            score_buffer[:G * nc].reshape(G, nc)
     else:
         A_sc = np.empty(A.shape) if isinstance(A, PointProducts) else A
     for i0 in range(0, G, chunk):

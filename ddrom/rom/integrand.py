@@ -38,7 +38,9 @@ allreduce):
 bases that are not an extension of the cached ones are recomputed from scratch, never
 mixed.
 
-Memory: the strains (``G x N x 6`` doubles per rank) between enrichments; ``B`` is small.
+Memory: the strains (``G x N x 6`` doubles per rank) between enrichments, and the update's
+workspaces (:meth:`IntegrandCache.workspace`: ``Psi L``, ``G x 6 x Ns`` doubles, and the ECM's
+score copy, ``G x N Ns`` singles, each up to a quarter larger); ``B`` is small.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ import numpy as np
 
 from ddrom.parallel import as_mpi
 from ddrom.reduction.ecm import PointProducts
-from ddrom.reduction.exact import _reproducible_colsum_chunks, row_matmul
+from ddrom.reduction.exact import _reproducible_colsum_chunks
 from ddrom.rom.operators import all_mode_strains, mode_values_local
 
 
@@ -82,6 +84,7 @@ class IntegrandCache:
     strains: np.ndarray | None = None
     raw_integrals: np.ndarray | None = None
     _sums: dict = field(default_factory=dict)        # name -> sampled rows of the cached columns
+    _buffers: dict = field(default_factory=dict)     # name -> flat array reused between calls
     stats: dict = field(default_factory=lambda: {"modes_computed": 0, "integrand_columns_computed": 0,
                                                  "recomputed_from_scratch": 0})
 
@@ -97,6 +100,22 @@ class IntegrandCache:
             n = 0
         self._sums[name] = _sample(basis)
         return n
+
+    def workspace(self, name: str, n: int, dtype: Any = float) -> np.ndarray:
+        """A flat array of ``n`` entries (contents undefined) kept for the next call.
+
+        The update's mesh-sized temporaries (the ECM's score copy, ``Psi L``) are the same
+        arrays every enrichment, a little larger each time; fresh memory of that size costs
+        its page faults (about 1 s per GB on this project's machine), memory already
+        touched does not. A buffer grows by a quarter more than asked so that the next
+        enrichments fit in it. Held until the cache is dropped: at most what the update
+        itself needs, through the HF steps between updates.
+        """
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < n or buf.dtype != np.dtype(dtype):
+            buf = self._buffers[name] = None      # the old one freed before the new one is made
+            buf = self._buffers[name] = np.empty(int(1.25 * n) + 1, dtype=dtype)
+        return buf[:n]
 
     # ---------------------------------------------------------------- modes
     def mode_values(self, solver: Any, Phi: np.ndarray) -> tuple[np.ndarray, int]:
@@ -118,13 +137,25 @@ class IntegrandCache:
         """Strains (G, N, 6) of the modes at every local point, the first ``n0`` from the cache."""
         N = modes_local.shape[1]
         if self.strains is None or n0 == 0:
-            E = all_mode_strains(solver, modes_local)
+            new, n0 = all_mode_strains(solver, modes_local), 0
         elif N > n0:
-            E = np.concatenate([self.strains[:, :n0], all_mode_strains(solver, modes_local[:, n0:])], axis=1)
+            new = all_mode_strains(solver, modes_local[:, n0:])
         else:
-            E = self.strains[:, :n0]
-        self.strains = E
-        return E
+            self.strains = self.strains[:, :n0]
+            return self.strains
+        # kept in a buffer with room for more modes (a view of its first N): an enrichment
+        # writes its new modes' strains there instead of copying all of them into a fresh
+        # array (``PointProducts`` gives the same bits for such a view, tested)
+        store = self._buffers.get("strains")
+        if n0 == 0 or store is None or store.shape[1] < N:
+            old = self.strains[:, :n0] if n0 else None
+            self._buffers["strains"] = None
+            store = self._buffers["strains"] = np.empty((new.shape[0], int(1.25 * N) + 1, 6))
+            if n0:
+                store[:, :n0] = old
+        store[:, n0:N] = new
+        self.strains = store[:, :N]
+        return self.strains
 
     # ------------------------------------------------------------ integrand
     def integrand(self, strains: np.ndarray, Psi3: np.ndarray, L: np.ndarray, w: np.ndarray, n0: int,
@@ -132,7 +163,7 @@ class IntegrandCache:
         """``A`` (G, N Ns; as its per-point factors, :class:`~ddrom.reduction.ecm.PointProducts`)
         and its exact integrals ``b`` (N Ns,) (module docstring); ``B`` grown by the new pairs
         only (``n0`` displacement modes cached; the cached stress modes found by their
-        sampled rows)."""
+        sampled rows). ``A``'s stress factor lives in a workspace: valid until the next call."""
         G, N, _ = strains.shape
         Ns = Psi3.shape[-1]
         s0 = self._kept("stress", Psi3.reshape(G * 6, Ns), comm)
@@ -154,7 +185,9 @@ class IntegrandCache:
                                                     comm).reshape(nk, nj)
             self.stats["integrand_columns_computed"] += nk * nj
         self.raw_integrals = B
-        A = PointProducts(strains, row_matmul(Psi3.reshape(G * 6, Ns), L).reshape(G, 6, Ns))
+        PsiL = self.workspace("stress_weighted", G * 6 * Ns).reshape(G * 6, Ns)
+        np.matmul(Psi3.reshape(G * 6, Ns), L, out=PsiL)       # (row_matmul's product: G 6 >= 2 rows)
+        A = PointProducts(strains, PsiL.reshape(G, 6, Ns))
         return A, (B @ L).reshape(-1)
 
 

@@ -362,7 +362,9 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
         modes_local, A, b = _ecm_integrand(solver, Phi, Psi3, stress_gram, cache)
     with timers("ecm"):
         ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial, integrals=b,
-                      batch=ecm_batch)
+                      batch=ecm_batch,
+                      score_buffer=None if cache is None else cache.workspace("ecm_scores", A.shape[0] * A.shape[1],
+                                                                              np.float32))
         del A
     if not ecm_res.converged:
         from ddrom.parallel import get_logger
