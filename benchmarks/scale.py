@@ -33,7 +33,7 @@ Reported (table on rank 0, ``--json PATH``):
   step / Newton iterations; the solver's own timers, read from outside): constitutive
   (strains + return mapping with tangent, every residual evaluation incl. the line search
   and the converged state's), matrix (assembly of the tangent's blocks, done inside the
-  material update, its finish, and with hypre the new AIJ after each solve), residual
+  material update, its finish, and with hypre the new AIJ after each solve; each given apart), residual
   (internal force + ghost sum), solve (with hypre: conversion to hypre's format, set-up,
   Krylov iterations; each given apart), rest (loads, norms, copies) and the total;
 * peak RSS per rank (``ru_maxrss``) and bytes per owned DOF, and the HWM's growth per
@@ -108,14 +108,7 @@ class HWMByStage:
 def hf_step(args, comm) -> dict:
     from petsc4py import PETSc
 
-    from ddrom.hf import assembly as assembly_mod
-    from ddrom.hf.solver import HFSolver
-    from ddrom.materials import from_config
-    from ddrom.mesh.generators import generate_slice
-    from ddrom.mesh.slices import distribute_slices
-    from ddrom.parallel import Timers
-    from ddrom.workflow.build import build_loads, load_case_collectively, sanity_check_regions
-    from ddrom.workflow.options import solver_options
+    from ddrom.workflow.build import load_case_collectively
 
     m = m_for_dofs(args.dofs)
     point = {"S_max": args.s_max, "T_max": args.t_max}
@@ -124,11 +117,34 @@ def hf_step(args, comm) -> dict:
         path = str(write_case(args.workdir, f"scale_m{m}", m, 2, [point], [point]))
     path = comm.bcast(path, root=0)
     case = load_case_collectively(path, comm)
+    from ddrom.hf.solver import HFSolver
+
     opts = PETSc.Options()
-    if args.pc == "hypre":
-        for k, v in HYPRE.items():
-            if not opts.hasName(k):         # the command line / PETSC_OPTIONS win
-                opts.setValue(k, v)
+    # the command line and PETSC_OPTIONS win; values an earlier solver of this process wrote
+    # as its defaults (HFSolver._case_set) do not, and are put back after the step
+    ours = {k: (opts.getString(k) if opts.hasName(k) else None)
+            for k in (HYPRE if args.pc == "hypre" else {}) if not opts.hasName(k) or k in HFSolver._case_set}
+    for k in ours:
+        opts.setValue(k, HYPRE[k])
+    try:
+        return _hf_step(args, comm, case, point, m, opts)
+    finally:
+        for k, old in ours.items():     # read at every hypre re-creation: kept until the step is done
+            if old is None:
+                opts.delValue(k)
+            else:
+                opts.setValue(k, old)
+
+
+def _hf_step(args, comm, case, point, m, opts) -> dict:
+    from ddrom.hf import assembly as assembly_mod
+    from ddrom.hf.solver import HFSolver
+    from ddrom.materials import from_config
+    from ddrom.mesh.generators import generate_slice
+    from ddrom.mesh.slices import distribute_slices
+    from ddrom.parallel import Timers
+    from ddrom.workflow.build import build_loads, sanity_check_regions
+    from ddrom.workflow.options import solver_options
 
     setup, hwm = {}, {}
 
@@ -165,8 +181,9 @@ def hf_step(args, comm) -> dict:
     done("initial_state", t)
 
     acc_cls = assembly_mod.MatrixAssembly
-    orig_finish = acc_cls.finish
-    acc_cls.finish = clock.wrap("matrix_finish", orig_finish)     # counts the matrix assemblies
+    orig_add, orig_finish = acc_cls.add, acc_cls.finish
+    acc_cls.add = clock.wrap("matrix_blocks", orig_add)
+    acc_cls.finish = clock.wrap("matrix_finish", orig_finish)     # also counts the matrix assemblies
     s.asm.strains = clock.wrap("strains", s.asm.strains)
     s.asm.internal_force = clock.wrap("internal_force", s.asm.internal_force)
     ksp = TimedKSP(s.ksp, clock)
@@ -180,7 +197,7 @@ def hf_step(args, comm) -> dict:
         wall = cmax(comm, time.perf_counter() - t0)
     finally:
         Timers.listeners.remove(probe)
-        acc_cls.finish = orig_finish
+        acc_cls.add, acc_cls.finish = orig_add, orig_finish
     hwm["step"] = comm.gather(_status()["VmHWM"], root=0)
 
     mat = s.material
@@ -201,6 +218,10 @@ def hf_step(args, comm) -> dict:
           "solve": cmax(comm, sec["linear_solve"])}
     solve_split = {"setup": cmax(comm, clock.total("setup")), "krylov": cmax(comm, clock.total("solve"))}
     solve_split["conversion_and_rest"] = max(0.0, ph["solve"] - solve_split["setup"] - solve_split["krylov"])
+    # the solver's matrix timer: the blocks added inside the material update, the finish
+    # (off-rank blocks sent, MatAssembly), and with hypre the new AIJ after each solve
+    matrix_split = {"blocks": cmax(comm, clock.total("matrix_blocks")), "finish": cmax(comm, clock.total("matrix_finish"))}
+    matrix_split["new_matrix_and_rest"] = max(0.0, ph["matrix"] - matrix_split["blocks"] - matrix_split["finish"])
     per_it = {k: v / newton for k, v in ph.items()}
     per_it["rest"] = wall / newton - sum(per_it.values())
     per_it["total"] = wall / newton
@@ -219,20 +240,22 @@ def hf_step(args, comm) -> dict:
         "ksp_iterations": list(map(int, ksp.its)),
         "ksp_iterations_per_solve": float(np.mean(ksp.its)) if ksp.its else 0.0,
         "answer": answer, "setup_seconds": setup, "step_seconds": wall,
-        "phase_seconds": ph, "solve_split_seconds": solve_split, "per_iteration_seconds": per_it,
+        "phase_seconds": ph, "solve_split_seconds": solve_split, "matrix_split_seconds": matrix_split, "per_iteration_seconds": per_it,
         "owned_dofs_per_rank": n_owned, "peak_rss_mb_per_rank": peak,
         "hwm_mb_after": hwm, "hwm_growth_mb_by_stage": growth, "stage_of_peak": stage_of_peak,
     }
     if comm.rank == 0:
         row["bytes_per_owned_dof"] = [mb * 2 ** 20 / n for mb, n in zip(peak, n_owned)]
     row = comm.bcast(row, root=0)
-    del s, st, st0, dm
+    ksp._ksp.destroy()            # collectively, not whenever the garbage collector gets to them
+    s.A.destroy()
+    del s, st, st0, dm, ksp
     gc.collect()
     return row
 
 
 def print_hf(r: dict) -> None:
-    pi, sp = r["per_iteration_seconds"], r["solve_split_seconds"]
+    pi, sp, mp = r["per_iteration_seconds"], r["solve_split_seconds"], r["matrix_split_seconds"]
     n = max(1, r["newton_iterations"])
     print(f"\nscale.py hf-step: demo physics (Chaboche, T-dependent), {r['dofs']:,} DOFs "
           f"(m = {r['mesh_index_m']}: {r['mesh_args']}), {r['ranks']} rank(s), KSP {r['ksp_type']} + {r['pc_type']}, "
@@ -251,7 +274,8 @@ def print_hf(r: dict) -> None:
     keys = ["constitutive", "matrix", "residual", "solve", "rest", "total"]
     print("s per Newton iteration: " + ", ".join(f"{k} {pi[k]:.2f}" for k in keys)
           + f"  (solve: set-up {sp['setup'] / n:.2f}, Krylov {sp['krylov'] / n:.2f}, "
-          f"conversion and releases {sp['conversion_and_rest'] / n:.2f})")
+          f"conversion and releases {sp['conversion_and_rest'] / n:.2f}; matrix: blocks {mp['blocks'] / n:.2f}, "
+          f"finish {mp['finish'] / n:.2f}, new AIJ and rest {mp['new_matrix_and_rest'] / n:.2f})")
     print("peak RSS MB per rank: " + " / ".join(f"{x:,.0f}" for x in r["peak_rss_mb_per_rank"])
           + ";  B per owned DOF: " + " / ".join(f"{x:,.0f}" for x in r["bytes_per_owned_dof"])
           + ";  owned DOFs: " + " / ".join(f"{x:,}" for x in r["owned_dofs_per_rank"]))
