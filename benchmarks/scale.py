@@ -226,6 +226,7 @@ def _hf_step(args, comm, case, point, m, opts) -> dict:
     per_it["rest"] = wall / newton - sum(per_it.values())
     per_it["total"] = wall / newton
     n_owned = comm.gather(3 * dm.n_owned, root=0)
+    n_ghost = comm.gather(3 * (dm.n_local_nodes - dm.n_owned), root=0)    # what grows with P at fixed n
     peak = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, root=0)
     growth = comm.gather(dict(probe.growth), root=0)
     stage_of_peak = comm.gather(probe.stage_of_peak, root=0)
@@ -241,7 +242,8 @@ def _hf_step(args, comm, case, point, m, opts) -> dict:
         "ksp_iterations_per_solve": float(np.mean(ksp.its)) if ksp.its else 0.0,
         "answer": answer, "setup_seconds": setup, "step_seconds": wall,
         "phase_seconds": ph, "solve_split_seconds": solve_split, "matrix_split_seconds": matrix_split, "per_iteration_seconds": per_it,
-        "owned_dofs_per_rank": n_owned, "peak_rss_mb_per_rank": peak,
+        "owned_dofs_per_rank": n_owned, "ghost_dofs_per_rank": n_ghost,
+        "cells_per_rank": comm.gather(dm.n_cells, root=0), "peak_rss_mb_per_rank": peak,
         "hwm_mb_after": hwm, "hwm_growth_mb_by_stage": growth, "stage_of_peak": stage_of_peak,
     }
     if comm.rank == 0:
@@ -278,7 +280,8 @@ def print_hf(r: dict) -> None:
           f"finish {mp['finish'] / n:.2f}, new AIJ and rest {mp['new_matrix_and_rest'] / n:.2f})")
     print("peak RSS MB per rank: " + " / ".join(f"{x:,.0f}" for x in r["peak_rss_mb_per_rank"])
           + ";  B per owned DOF: " + " / ".join(f"{x:,.0f}" for x in r["bytes_per_owned_dof"])
-          + ";  owned DOFs: " + " / ".join(f"{x:,}" for x in r["owned_dofs_per_rank"]))
+          + ";  owned DOFs: " + " / ".join(f"{x:,}" for x in r["owned_dofs_per_rank"])
+          + ";  ghost DOFs: " + " / ".join(f"{x:,}" for x in r["ghost_dofs_per_rank"]))
     for rank, (g, where) in enumerate(zip(r["hwm_growth_mb_by_stage"], r["stage_of_peak"])):
         print(f"  rank {rank}: HWM growth during the step by stage (MB): "
               + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(g.items(), key=lambda kv: -kv[1]))

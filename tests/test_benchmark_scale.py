@@ -48,3 +48,15 @@ def test_scale_hf_step_small(shared_tmp):
     assert {k: opts.getString(k) if opts.hasName(k) else None for k in scale.HYPRE} == before
     if comm.rank == 0:
         assert json.loads(out.read_text())["row"]["newton_iterations"] == row["newton_iterations"]
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_scale_pipeline_delegates_to_rom_speedup(shared_tmp):
+    comm = MPI.COMM_WORLD
+    scale = _benchmark("scale")
+    row = scale.main(["--part", "pipeline", "--dofs", "3000", "--steps", "2", "--training", "S_max=100;S_max=140",
+                      "--test", "S_max=120", "--repeat", "1", "--workdir", str(shared_tmp)])
+    assert row["dofs"] == scale.dofs_of(scale.m_for_dofs(3000)) and row["ranks"] == comm.size
+    assert row["steps"] == 2 and len(row["hf_training_runs"]) == 2
+    assert row["speedup_median"] > 1 and row["rel_error_displacement"] < 1e-2
