@@ -61,7 +61,9 @@ def _capture(module, name: str, store: list):
     return fn
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark (``argv``: its command-line arguments, ``sys.argv`` when None);
+    returns the row of the table (every rank)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dofs", type=int, default=300_000, help="minimum number of DOFs (default 300000)")
     ap.add_argument("--steps", type=int, default=6, help="time steps of 5 s (default 6)")
@@ -73,7 +75,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="extra online runs for the median")
     ap.add_argument("--workdir", default="benchmarks/results/rom_speedup")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     comm = MPI.COMM_WORLD
     m = m_for_dofs(args.dofs)
@@ -165,6 +167,7 @@ def main() -> None:
 
             write_json(args.json, {"benchmark": "rom_speedup", "meta": meta, "row": row}, indent=1,
                           default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    return row
 
 
 def best_approximation(path: str, out_dir: Path, context, comm) -> dict[str, float]:
