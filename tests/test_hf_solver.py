@@ -344,6 +344,31 @@ def test_strains_and_forces_without_b_equal_the_b_matrix_formulas(bbar):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("cell_type,bbar", [("hexahedron", False), ("hexahedron", True), ("tetra", False)])
+def test_element_blocks_without_b_equal_b_transpose_d_b(cell_type, bbar):
+    """The element stiffness is computed from dN/dx and the fourth-order tangent, straight
+    in 3x3 node blocks, without forming B: it equals sum_q w B^T D B with the B (or B-bar)
+    matrices to round-off, for a random non-symmetric tangent, block (a, b) column-major."""
+    from ddrom.hf.assembly import Assembler
+
+    def make():
+        m = distort(box(1.0, 0.6, 0.4, 5, 4, 3), 0.05, seed=2)
+        return hex_to_tet(m) if cell_type == "tetra" else m
+
+    dm = distributed(make, MPI.COMM_WORLD)
+    a = Assembler(dm, bbar=bbar, chunk=7)
+    D = np.random.default_rng(5 + MPI.COMM_WORLD.rank).standard_normal((dm.n_cells, dm.n_qp, 6, 6))
+    k = a.k
+    for sl in a._chunks():
+        B = a.b_matrices(sl)
+        Ke = np.einsum("eqmi,eqmn,eqnj,eq->eij", B, D[sl], B, a.wdet[sl])
+        ref = Ke.reshape(-1, k, 3, k, 3).transpose(0, 1, 3, 4, 2)       # [c, a, b, j, i]
+        K = a.element_blocks(D[sl], sl)
+        assert K.shape == ref.shape
+        assert np.abs(K - ref).max() <= 1e-14 * np.abs(ref).max()
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("bbar", [False, True])
 def test_matrix_times_u_is_the_internal_force_of_the_linearized_stress(bbar):
     """The assembled matrix against a computation that shares none of its scatter: with a

@@ -21,6 +21,16 @@ from ddrom.parallel import as_mpi, as_petsc
 
 SQ2 = np.sqrt(2.0)
 _M = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+# Mandel index of the tensor component (i, d); the Mandel factors of a 6x6 tangent's rows
+# and columns (1/sqrt2 on the shear ones), so that C[i, d, j, e] = (_FF * D)[_MP[i, d], _MP[j, e]]
+_MP = np.array([[0, 3, 5], [3, 1, 4], [5, 4, 2]])
+_F6 = np.array([1.0, 1.0, 1.0, 1.0 / SQ2, 1.0 / SQ2, 1.0 / SQ2])
+_FF = np.outer(_F6, _F6)
+# the flat 6x6 index of C[i, d, j, e] stored as [d, e, (j, i)]: one take builds each point's
+# (3, 3, 9) operand of the element-matrix kernel
+_d, _e, _j, _i = np.meshgrid(*(np.arange(3),) * 4, indexing="ij")
+_CT = (6 * _MP[_i, _d] + _MP[_j, _e]).reshape(3, 3, 9)
+del _d, _e, _j, _i
 
 
 def _b_matrices(dN: np.ndarray) -> np.ndarray:
@@ -313,17 +323,49 @@ class Assembler:
         return A
 
     # ----------------------------------------------------------------- stiffness
-    def element_matrices(self, tangent: np.ndarray, sl: slice) -> np.ndarray:
-        """K_e = sum_q w B^T D B for the cells in ``sl`` (``tangent``: their (nc, nq, 6, 6)
-        tangents): (nc, 3k, 3k)."""
-        B = self.b_matrices(sl)
-        nc, nq = B.shape[:2]
-        wDB = np.matmul(tangent, B)                                      # (nc,nq,6,3k)
-        wDB *= self.wdet[sl][:, :, None, None]
-        # One (3k x 6nq) @ (6nq x 3k) product per cell: matmul calls BLAS per cell and is
-        # ~5x faster than the equivalent three-operand einsum (no batched BLAS path).
-        Bt = np.ascontiguousarray(B.reshape(nc, nq * 6, -1).transpose(0, 2, 1))
-        return np.matmul(Bt, wDB.reshape(nc, nq * 6, -1))
+    def element_blocks(self, tangent: np.ndarray, sl: slice) -> np.ndarray:
+        """K_e = sum_q w B^T D B of the cells in ``sl`` (``tangent``: their (nc, nq, 6, 6)
+        tangents) as 3x3 node blocks (nc, k, k, 3, 3): ``[c, a, b, j, i]`` is the entry
+        (3a + i, 3b + j) of cell c's matrix (each block column-major, as PETSc takes them).
+
+        No B matrix is formed: with C the fourth-order tangent (w and the Mandel factors
+        folded in), ``K[a, b, j, i] = sum_q sum_d dN[q, a, d] T[q, d, b, j, i]`` with
+        ``T[q, d, b, j, i] = sum_e C[q, i, d, j, e] dN[q, b, e]``: one small product per
+        point and direction, then one (k x 3nq) @ (3nq x 9k) product per cell whose output
+        is already in block order. Half the flops of B^T (D B) and no B, B^T or block
+        reordering copies (2.7x faster per chunk than the B form, measured on 2,048 cells).
+        B-bar (``B + m r^T / 3`` with ``r = dNbar - dN``) adds its rank-one terms the same
+        way: ``(B^T D m / 3) r^T`` goes into T through r, ``r (m^T D B / 3 + s r^T)``
+        through dN (its dN part) and one outer product of dNbar (its cell-constant part).
+        """
+        dN = self.gradients(sl)                                            # (nc,nq,k,3)
+        nc, nq, k = dN.shape[:3]
+        Dm = tangent * (self.wdet[sl][:, :, None, None] * _FF)             # w D, Mandel factors folded in
+        Ct = np.take(Dm.reshape(nc, nq, 36), _CT, axis=2)                   # (nc,nq,3[d],3[e],9[j,i])
+        if not self.bbar:
+            T = np.matmul(dN[:, :, None], Ct)                               # (nc,nq,3[d],k[b],9[j,i])
+        else:
+            r = self.dNbar[sl][:, None] - dN                                # (nc,nq,k,3)
+            g = Dm[..., :3].sum(axis=-1) / 3.0                              # w D m / 3, Mandel-scaled (nc,nq,6)
+            h = Dm[..., :3, :].sum(axis=-2) / 3.0                           # w D^T m / 3
+            sm = g[..., :3].sum(axis=-1) / 3.0                              # w m^T D m / 9
+            W = np.zeros((nc, nq, 3, 6, 9))
+            W[:, :, :, :3] = Ct
+            Wr = W[:, :, :, 3:].reshape(nc, nq, 3, 3, 3, 3)                # [d, e', j, i] = delta(e', j) G[i, d]
+            Gdi = g[..., _MP].transpose(0, 1, 3, 2)                         # G[i, d] = g[MP[i, d]], as [d, i]
+            for e in range(3):
+                Wr[:, :, :, e, e, :] = Gdi
+            T = np.matmul(np.concatenate([dN, r], axis=-1)[:, :, None], W)  # (nc,nq,3[d],k[b],9[j,i])
+            z = np.matmul(dN, h[..., _MP].transpose(0, 1, 3, 2))           # z[b, j] = sum_e dN[b, e] H[j, e] ...
+            z += sm[:, :, None, None] * r                                   # ... + s r[b, j]
+            T6 = T.reshape(nc, nq, 3, k, 3, 3)
+            for d in range(3):
+                T6[:, :, d, :, :, d] -= z                                  # - delta(d, i) z[b, j]
+        X = dN.transpose(0, 2, 1, 3).reshape(nc, k, 3 * nq)                 # [c, a, (q, d)]
+        K = np.matmul(X, T.reshape(nc, 3 * nq, 9 * k)).reshape(nc, k, k, 3, 3)
+        if self.bbar:
+            K += self.dNbar[sl][:, :, None, None, :] * z.sum(axis=1)[:, None, :, :, None]
+        return K
 
     def matrix_assembly(self, A, fixed_local: np.ndarray | None = None) -> "MatrixAssembly":
         """Start an assembly of ``A`` (zeroed now) fed chunk by chunk: the caller passes
@@ -386,14 +428,15 @@ class MatrixAssembly:
             raise ValueError(f"cells {sl.start}:{sl.stop} are not a chunk of {asm.chunk} cells "
                              "still to be added")
         order, starts, sel_own, csr, sel_send, send_pos = asm._scatter[i]
-        Ke = asm.element_matrices(tangent, sl)
+        K = asm.element_blocks(tangent, sl)                              # (nc, a, b, j, i)
+        nc, k = K.shape[0], asm.k
         if self.fixed is not None:
-            free = ~self.fixed[asm.edofs[sl]]
-            Ke *= free[:, :, None] & free[:, None, :]
-        nc, k = Ke.shape[0], asm.k
-        # (nc, a, i, b, j) -> blocks (nc, a, b) stored column-major: [j, i]
-        blocks = Ke.reshape(nc, k, 3, k, 3).transpose(0, 1, 3, 4, 2).reshape(nc * k * k, 9)
-        del Ke
+            fixed = self.fixed[asm.edofs[sl]]
+            if fixed.any():                                              # rows and columns of fixed DOFs out
+                free = ~fixed.reshape(nc, k, 3)
+                K *= free[:, :, None, None, :] & free[:, None, :, :, None]
+        blocks = K.reshape(nc * k * k, 9)
+        del K
         summed = np.add.reduceat(blocks[order], starts, axis=0)
         del blocks
         if len(sel_send):
