@@ -4,9 +4,11 @@ All element kernels are numpy operations over every cell (in chunks to bound mem
 never Python loops over elements or integration points. The stiffness goes into a
 distributed PETSc AIJ matrix of block size 3 whose exact nonzero pattern is computed
 once (including the contributions other ranks make to this rank's rows); each
-assembly then adds every chunk's summed element blocks straight into PETSc's matrix
-(one ``add.reduceat`` and one ``setValuesBlockedIJV`` per chunk) and exchanges the
-subdomain interface's blocks with one ``Alltoallv``.
+assembly then computes a chunk's element stiffness straight in 3x3 node blocks (from
+dN/dx and the fourth-order tangent, no B matrices), sums them per matrix block (a 0/1
+sparse matrix times the blocks), adds them into PETSc's own value arrays at positions
+computed once from the pattern, and exchanges the subdomain interface's blocks with one
+``Alltoallv``.
 """
 from __future__ import annotations
 
@@ -170,8 +172,9 @@ class Assembler:
         cell, which removes volumetric locking under (nearly) incompressible plastic flow.
         Ignored for tetrahedra (constant strain already).
     chunk : int
-        Cells per vectorized block. It bounds the temporaries of the element kernels (B
-        matrices, D B, element matrices: ~36 KB per hexahedron, 75 MB per 2048 cells) whatever
+        Cells per vectorized block. It bounds the temporaries of the element kernels (the
+        stiffness kernel's tangent operands, products and blocks: ~27 KB per hexahedron,
+        ~44 KB with B-bar, 55-90 MB per 2048 cells) whatever
         the mesh size; larger blocks are not faster (numpy's per-call overhead is paid
         per block, the arithmetic is the same).
     store_gradients : bool
