@@ -460,29 +460,40 @@ class Assembler:
         """
         dN = self.gradients(sl)                                            # (nc,nq,k,3)
         nc, nq, k = dN.shape[:3]
+        # temporaries dropped as soon as used: the chunk's peak is W, [dN r] and T with
+        # B-bar (~27 KB per hexahedron), Ct and T without (~19 KB)
         Dm = tangent * (self.wdet[sl][:, :, None, None] * _FF)             # w D, Mandel factors folded in
         Ct = np.take(Dm.reshape(nc, nq, 36), _CT, axis=2)                   # (nc,nq,3[d],3[e],9[j,i])
         if not self.bbar:
+            del Dm
             T = np.matmul(dN[:, :, None], Ct)                               # (nc,nq,3[d],k[b],9[j,i])
+            del Ct
         else:
-            r = self.dNbar[sl][:, None] - dN                                # (nc,nq,k,3)
             g = Dm[..., :3].sum(axis=-1) / 3.0                              # w D m / 3, Mandel-scaled (nc,nq,6)
             h = Dm[..., :3, :].sum(axis=-2) / 3.0                           # w D^T m / 3
+            del Dm
             sm = g[..., :3].sum(axis=-1) / 3.0                              # w m^T D m / 9
             W = np.zeros((nc, nq, 3, 6, 9))
             W[:, :, :, :3] = Ct
+            del Ct
             Wr = W[:, :, :, 3:].reshape(nc, nq, 3, 3, 3, 3)                # [d, e', j, i] = delta(e', j) G[i, d]
             Gdi = g[..., _MP].transpose(0, 1, 3, 2)                         # G[i, d] = g[MP[i, d]], as [d, i]
             for e in range(3):
                 Wr[:, :, :, e, e, :] = Gdi
+            del Wr, Gdi, g
+            r = self.dNbar[sl][:, None] - dN                                # (nc,nq,k,3)
             T = np.matmul(np.concatenate([dN, r], axis=-1)[:, :, None], W)  # (nc,nq,3[d],k[b],9[j,i])
+            del W
             z = np.matmul(dN, h[..., _MP].transpose(0, 1, 3, 2))           # z[b, j] = sum_e dN[b, e] H[j, e] ...
             z += sm[:, :, None, None] * r                                   # ... + s r[b, j]
+            del r
             T6 = T.reshape(nc, nq, 3, k, 3, 3)
             for d in range(3):
                 T6[:, :, d, :, :, d] -= z                                  # - delta(d, i) z[b, j]
+            del T6
         X = dN.transpose(0, 2, 1, 3).reshape(nc, k, 3 * nq)                 # [c, a, (q, d)]
         K = np.matmul(X, T.reshape(nc, 3 * nq, 9 * k)).reshape(nc, k, k, 3, 3)
+        del T, X
         if self.bbar:
             K += self.dNbar[sl][:, :, None, None, :] * z.sum(axis=1)[:, None, :, :, None]
         return K
