@@ -344,6 +344,62 @@ def test_strains_and_forces_without_b_equal_the_b_matrix_formulas(bbar):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("cell_type,bbar", [("hexahedron", False), ("hexahedron", True), ("tetra", False)])
+def test_element_blocks_without_b_equal_b_transpose_d_b(cell_type, bbar):
+    """The element stiffness is computed from dN/dx and the fourth-order tangent, straight
+    in 3x3 node blocks, without forming B: it equals sum_q w B^T D B with the B (or B-bar)
+    matrices to round-off, for a random non-symmetric tangent, block (a, b) column-major."""
+    from ddrom.hf.assembly import Assembler
+
+    def make():
+        m = distort(box(1.0, 0.6, 0.4, 5, 4, 3), 0.05, seed=2)
+        return hex_to_tet(m) if cell_type == "tetra" else m
+
+    dm = distributed(make, MPI.COMM_WORLD)
+    a = Assembler(dm, bbar=bbar, chunk=7)
+    D = np.random.default_rng(5 + MPI.COMM_WORLD.rank).standard_normal((dm.n_cells, dm.n_qp, 6, 6))
+    k = a.k
+    for sl in a._chunks():
+        B = a.b_matrices(sl)
+        Ke = np.einsum("eqmi,eqmn,eqnj,eq->eij", B, D[sl], B, a.wdet[sl])
+        ref = Ke.reshape(-1, k, 3, k, 3).transpose(0, 1, 3, 4, 2)       # [c, a, b, j, i]
+        K = a.element_blocks(D[sl], sl)
+        assert K.shape == ref.shape
+        assert np.abs(K - ref).max() <= 1e-14 * np.abs(ref).max()
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("cell_type", ["hexahedron", "tetra"])
+def test_blocks_written_into_petsc_arrays_equal_mat_set_values(cell_type):
+    """The summed blocks are added straight into PETSc's local value arrays (diagonal and
+    off-diagonal parts of an MPIAIJ) at positions computed from the pattern: the matrix is
+    the one ``MatSetValuesBlocked`` builds, to the last bit, with Dirichlet rows, on every
+    rank; and the direct path is the one taken."""
+    from petsc4py import PETSc
+
+    from ddrom.hf.assembly import Assembler, _local_values
+
+    def make():
+        m = distort(box(1.0, 0.6, 0.4, 6, 4, 3), 0.05, seed=2)
+        return hex_to_tet(m) if cell_type == "tetra" else m
+
+    dm = distributed(make, MPI.COMM_WORLD)
+    a = Assembler(dm, chunk=7)
+    D = np.random.default_rng(3 + MPI.COMM_WORLD.rank).standard_normal((dm.n_cells, dm.n_qp, 6, 6))
+    fixed = np.zeros(a.n_local_dofs, dtype=bool)
+    fixed[::5] = True
+    A1, A2 = a.create_matrix(), a.create_matrix()
+    with _local_values(A1, (int(a._nnz[0].sum()), int(a._nnz[1].sum()))) as values:
+        assert values is not None
+    a.assemble_matrix(A1, D, fixed)
+    a.write_values_directly = False
+    a.assemble_matrix(A2, D, fixed)
+    assert A1.norm(PETSc.NormType.FROBENIUS) > 0
+    A2.axpy(-1.0, A1)
+    assert A2.norm(PETSc.NormType.INFINITY) == 0.0
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("bbar", [False, True])
 def test_matrix_times_u_is_the_internal_force_of_the_linearized_stress(bbar):
     """The assembled matrix against a computation that shares none of its scatter: with a

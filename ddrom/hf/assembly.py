@@ -4,13 +4,16 @@ All element kernels are numpy operations over every cell (in chunks to bound mem
 never Python loops over elements or integration points. The stiffness goes into a
 distributed PETSc AIJ matrix of block size 3 whose exact nonzero pattern is computed
 once (including the contributions other ranks make to this rank's rows); each
-assembly then adds every chunk's summed element blocks straight into PETSc's matrix
-(one ``add.reduceat`` and one ``setValuesBlockedIJV`` per chunk) and exchanges the
-subdomain interface's blocks with one ``Alltoallv``.
+assembly then computes a chunk's element stiffness straight in 3x3 node blocks (from
+dN/dx and the fourth-order tangent, no B matrices), sums them per matrix block (a 0/1
+sparse matrix times the blocks), adds them into PETSc's own value arrays at positions
+computed once from the pattern, and exchanges the subdomain interface's blocks with one
+``Alltoallv``.
 """
 from __future__ import annotations
 
-from functools import cached_property
+from contextlib import contextmanager, nullcontext
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,16 @@ from ddrom.parallel import as_mpi, as_petsc
 
 SQ2 = np.sqrt(2.0)
 _M = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+# Mandel index of the tensor component (i, d); the Mandel factors of a 6x6 tangent's rows
+# and columns (1/sqrt2 on the shear ones), so that C[i, d, j, e] = (_FF * D)[_MP[i, d], _MP[j, e]]
+_MP = np.array([[0, 3, 5], [3, 1, 4], [5, 4, 2]])
+_F6 = np.array([1.0, 1.0, 1.0, 1.0 / SQ2, 1.0 / SQ2, 1.0 / SQ2])
+_FF = np.outer(_F6, _F6)
+# the flat 6x6 index of C[i, d, j, e] stored as [d, e, (j, i)]: one take builds each point's
+# (3, 3, 9) operand of the element-matrix kernel
+_d, _e, _j, _i = np.meshgrid(*(np.arange(3),) * 4, indexing="ij")
+_CT = (6 * _MP[_i, _d] + _MP[_j, _e]).reshape(3, 3, 9)
+del _d, _e, _j, _i
 
 
 def _b_matrices(dN: np.ndarray) -> np.ndarray:
@@ -50,6 +63,104 @@ def _block_csr(brow: np.ndarray, bcol: np.ndarray) -> tuple[np.ndarray, np.ndarr
             row_ids.astype(PETSc.IntType))
 
 
+class _AIJPositions:
+    """Where a block of the owned rows starts in PETSc's local value arrays (built once with
+    the pattern, then dropped).
+
+    An AIJ matrix with the exact preallocation, every entry set once and assembled, stores
+    each point row contiguously with its columns sorted; an MPIAIJ stores the columns of
+    the owned range (diagonal part) and the others (off-diagonal part, columns in global
+    order) in two such arrays. Entry (3R + i, 3C + j) of block (R, C) is therefore at
+    ``9 first[R] + 3 k + i * 3 n[R] + j`` of its part, with ``n[R]`` the row's blocks in
+    that part, ``first[R]`` those of the rows before and ``k`` the block's rank among the
+    ``n[R]``: ``base + i * stride + j`` with ``base = 6 first[R] + 3 (first[R] + k)``.
+    """
+
+    def __init__(self, own: np.ndarray, inside: np.ndarray, d_nnz: np.ndarray, o_nnz: np.ndarray,
+                 lo: int, ng: int):
+        self.keys = (own[inside], own[~inside])                      # sorted (row, column) keys per part
+        self.first = tuple(np.concatenate([[0], np.cumsum(n)[:-1]]) for n in (d_nnz, o_nnz))
+        self.lo, self.ng = lo, ng
+        self.itype = np.int32 if 9 * max(len(k) for k in self.keys) < 2 ** 31 else np.int64
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        """``base`` of each block given by its key ``row * ng + column`` (owned rows)."""
+        r = keys // self.ng - self.lo
+        col = keys % self.ng
+        hi = self.lo + len(self.first[0])
+        part = (col < self.lo) | (col >= hi)                            # 0: diagonal, 1: off-diagonal
+        base = np.empty(len(keys), dtype=np.int64)
+        for p in (0, 1):
+            sel = part == p
+            base[sel] = 6 * self.first[p][r[sel]] + 3 * np.searchsorted(self.keys[p], keys[sel])
+        return base.astype(self.itype)
+
+
+@lru_cache(maxsize=1)
+def _aij_array_calls():
+    """PETSc's ``MatSeqAIJGetArray`` / ``RestoreArray`` and ``MatMPIAIJGetSeqAIJ`` (not
+    wrapped by petsc4py 3.18), or None where they cannot be found (then the assembly goes
+    through ``MatSetValuesBlocked``)."""
+    import ctypes
+
+    from petsc4py import PETSc
+
+    from ddrom.parallel.memory import loaded_libpetsc
+
+    lib = loaded_libpetsc()
+    if lib is None or np.dtype(PETSc.ScalarType) != np.float64:
+        return None
+    try:
+        get, restore, split = lib.MatSeqAIJGetArray, lib.MatSeqAIJRestoreArray, lib.MatMPIAIJGetSeqAIJ
+    except AttributeError:
+        return None
+    ptr = ctypes.POINTER(ctypes.c_double)
+    for f in (get, restore):
+        f.argtypes, f.restype = [ctypes.c_void_p, ctypes.POINTER(ptr)], ctypes.c_int
+    vp = ctypes.c_void_p
+    split.argtypes = [vp, ctypes.POINTER(vp), ctypes.POINTER(vp), ctypes.POINTER(vp)]
+    split.restype = ctypes.c_int
+    return get, restore, split, ptr
+
+
+@contextmanager
+def _local_values(A, sizes: tuple[int, int]):
+    """PETSc's own value arrays of ``A``'s local rows as numpy views (diagonal part,
+    off-diagonal part), restored on exit (which marks the matrix changed); None when ``A``
+    is not an assembled (MPI/Seq)AIJ of the expected sizes or the calls are not available."""
+    import ctypes
+
+    from petsc4py import PETSc
+
+    calls = _aij_array_calls()
+    kind = A.getType()
+    if (calls is None or kind not in ("seqaij", "mpiaij") or not A.isAssembled()
+            or A.getInfo(PETSc.Mat.InfoType.LOCAL)["nz_used"] != sum(sizes)):
+        yield None
+        return
+    get, restore, split, ptr = calls
+    if kind == "mpiaij":
+        Ad, Ao, colmap = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+        if split(A.handle, ctypes.byref(Ad), ctypes.byref(Ao), ctypes.byref(colmap)):
+            yield None
+            return
+        mats = [Ad.value, Ao.value]
+    else:
+        mats = [A.handle]
+    got = []
+    try:
+        for M in mats:
+            p = ptr()
+            if get(M, ctypes.byref(p)):
+                raise RuntimeError("MatSeqAIJGetArray failed")
+            got.append((M, p))
+        yield [np.ctypeslib.as_array(p, shape=(n,)) if n else np.empty(0)
+               for (_, p), n in zip(got, sizes)] + [np.empty(0)] * (2 - len(got))
+    finally:
+        for M, p in got:
+            restore(M, ctypes.byref(p))
+
+
 class Assembler:
     """Element operators of a :class:`DistributedMesh` for 3-D small-strain solids.
 
@@ -61,8 +172,9 @@ class Assembler:
         cell, which removes volumetric locking under (nearly) incompressible plastic flow.
         Ignored for tetrahedra (constant strain already).
     chunk : int
-        Cells per vectorized block. It bounds the temporaries of the element kernels (B
-        matrices, D B, element matrices: ~36 KB per hexahedron, 75 MB per 2048 cells) whatever
+        Cells per vectorized block. It bounds the temporaries of the element kernels (the
+        stiffness kernel's operands, products and blocks: ~20 KB per hexahedron, ~33 KB
+        with B-bar, 40-70 MB per 2048 cells) whatever
         the mesh size; larger blocks are not faster (numpy's per-call overhead is paid
         per block, the arithmetic is the same).
     store_gradients : bool
@@ -70,6 +182,12 @@ class Assembler:
         DOF on hexahedra) instead of computing each chunk's when a kernel needs them
         (default: computed, ~1 us per hexahedron and kernel call; same bits either way).
     """
+
+    #: Add the summed blocks straight into PETSc's local value arrays (an AIJ matrix, through
+    #: ``MatSeqAIJGetArray``) rather than through ``MatSetValuesBlocked``, which searches every
+    #: entry's column in its row: the same sums in the same order, the same bits. False (or a
+    #: matrix of another type, or no such call found) takes PETSc's calls.
+    write_values_directly: bool = True
 
     def __init__(self, dmesh: DistributedMesh, bbar: bool = True, chunk: int = 2048,
                  store_gradients: bool = False):
@@ -248,13 +366,25 @@ class Assembler:
         recvkeys = np.empty(int(self._recv_counts.sum()), dtype=np.int64)
         c.Alltoallv([ukey[send_blocks], self._send_counts, MPI.INT64_T],
                     [recvkeys, self._recv_counts, MPI.INT64_T])
-        # Per chunk of cells: its entries sorted by matrix block and where each block's run
-        # starts (the scatter-add of element blocks is one add.reduceat per chunk: 2.1x
-        # faster than a bincount over the chunk's block range, measured on 91k cells per
-        # rank); then the chunk's owned blocks as a block CSR added straight into the PETSc
-        # matrix, and the positions of its other blocks in the send buffer. No array of the
-        # size of the matrix exists besides PETSc's own (the two that summed it before
-        # held ~1.3 KB per DOF at the assembly, the peak of a Newton iteration).
+        # The owned rows' blocks, sorted by (row, column): the local matrix's block pattern.
+        own = np.unique(np.concatenate([ukey[~remote], recvkeys]))
+        orow, ocol = own // ng, own % ng
+        inside = (ocol >= lo) & (ocol < hi)
+        nb = hi - lo
+        d_nnz = np.bincount(orow[inside] - lo, minlength=nb)
+        o_nnz = np.bincount(orow[~inside] - lo, minlength=nb)
+        self._nnz = (np.repeat(3 * d_nnz, 3), np.repeat(3 * o_nnz, 3))
+        self._row_nnz = (d_nnz.astype(np.int32), o_nnz.astype(np.int32))    # blocks per block row
+        positions = _AIJPositions(own, inside, d_nnz, o_nnz, lo, ng)
+        del own, orow, ocol, inside
+        # Per chunk of cells: the sum of its element blocks per matrix block as a 0/1 CSR
+        # matrix (one product per chunk: 2.6x faster than add.reduceat over the blocks in
+        # sorted order, itself 2.1x faster than a bincount over the chunk's block range);
+        # then the chunk's owned blocks as a block CSR (for MatSetValuesBlocked) and their
+        # positions in PETSc's value arrays (direct writes), and the positions of its other
+        # blocks in the send buffer. No array of the size of the matrix exists besides
+        # PETSc's own (the two that summed it before held ~1.3 KB per DOF at the assembly,
+        # the peak of a Newton iteration).
         kk = k * k
         self._scatter = []
         for sl in self._chunks():
@@ -266,25 +396,26 @@ class Assembler:
             mine = ~remote[ub]
             sel_own = np.flatnonzero(mine)
             sel_send = np.flatnonzero(~mine)
-            self._scatter.append((order.astype(np.int32), starts.astype(np.int32),
-                                  sel_own.astype(np.int32), _block_csr(brow[ub[sel_own]], bcol[ub[sel_own]]),
-                                  sel_send.astype(np.int32), send_pos[ub[sel_send]]))
+            # the sum as a 0/1 matrix (CSR: a row per summed block, owned ones first, its
+            # entries' element blocks in cell order) applied to the (entries x 9) element blocks
+            rows = np.concatenate([sel_own, sel_send])
+            counts = np.diff(np.append(starts, len(idx)))[rows]
+            indptr = np.concatenate([[0], np.cumsum(counts)])
+            src = np.repeat(starts[rows] - indptr[:-1], counts) + np.arange(len(idx))
+            self._scatter.append((order[src].astype(np.int32), indptr.astype(np.int32), len(sel_own),
+                                  _block_csr(brow[ub[sel_own]], bcol[ub[sel_own]]),
+                                  send_pos[ub[sel_send]], positions(ukey[ub[sel_own]])))
         del blk
+        self._ones = np.ones(max((len(sc[0]) for sc in self._scatter), default=0))
         # The blocks other ranks send, one block CSR per sender: added in rank order after
         # this rank's own sums, so the matrix is the same to the last bit run to run (PETSc's
         # stash would add them in the order the messages arrive: 1.6e-17 differences on a
         # unit-scale matrix at 3 ranks, enough to change Newton's last digits).
         bounds = np.concatenate([[0], np.cumsum(self._recv_counts)])
         self._recv_csr = [(int(bounds[r]), int(bounds[r + 1]),
-                           _block_csr(recvkeys[bounds[r]:bounds[r + 1]] // ng, recvkeys[bounds[r]:bounds[r + 1]] % ng))
+                           _block_csr(recvkeys[bounds[r]:bounds[r + 1]] // ng, recvkeys[bounds[r]:bounds[r + 1]] % ng),
+                           positions(recvkeys[bounds[r]:bounds[r + 1]]))
                           for r in range(c.size) if bounds[r + 1] > bounds[r]]
-        own = np.unique(np.concatenate([ukey[~remote], recvkeys]))
-        orow, ocol = own // ng, own % ng
-        inside = (ocol >= lo) & (ocol < hi)
-        nb = hi - lo
-        d_nnz = np.bincount(orow[inside] - lo, minlength=nb)
-        o_nnz = np.bincount(orow[~inside] - lo, minlength=nb)
-        self._nnz = (np.repeat(3 * d_nnz, 3), np.repeat(3 * o_nnz, 3))
 
     def create_matrix(self):
         """A new distributed AIJ matrix (block size 3) with the exact preallocation."""
@@ -305,25 +436,76 @@ class Assembler:
         # failed material update leaves half done (MatrixAssembly.abandon) would otherwise
         # shrink the pattern for good.
         zeros = PETSc.InsertMode.INSERT_VALUES
-        for _, _, sel_own, (indptr, indices, rowmap), _, _ in self._scatter:
-            A.setValuesBlockedIJV(indptr, indices, np.zeros(9 * len(sel_own)), addv=zeros, rowmap=rowmap)
-        for start, stop, (indptr, indices, rowmap) in self._recv_csr:
+        for _, _, n_own, (indptr, indices, rowmap), _, _ in self._scatter:
+            A.setValuesBlockedIJV(indptr, indices, np.zeros(9 * n_own), addv=zeros, rowmap=rowmap)
+        for start, stop, (indptr, indices, rowmap), _ in self._recv_csr:
             A.setValuesBlockedIJV(indptr, indices, np.zeros(9 * (stop - start)), addv=zeros, rowmap=rowmap)
         A.assemble()
         return A
 
     # ----------------------------------------------------------------- stiffness
-    def element_matrices(self, tangent: np.ndarray, sl: slice) -> np.ndarray:
-        """K_e = sum_q w B^T D B for the cells in ``sl`` (``tangent``: their (nc, nq, 6, 6)
-        tangents): (nc, 3k, 3k)."""
-        B = self.b_matrices(sl)
-        nc, nq = B.shape[:2]
-        wDB = np.matmul(tangent, B)                                      # (nc,nq,6,3k)
-        wDB *= self.wdet[sl][:, :, None, None]
-        # One (3k x 6nq) @ (6nq x 3k) product per cell: matmul calls BLAS per cell and is
-        # ~5x faster than the equivalent three-operand einsum (no batched BLAS path).
-        Bt = np.ascontiguousarray(B.reshape(nc, nq * 6, -1).transpose(0, 2, 1))
-        return np.matmul(Bt, wDB.reshape(nc, nq * 6, -1))
+    def element_blocks(self, tangent: np.ndarray, sl: slice) -> np.ndarray:
+        """K_e = sum_q w B^T D B of the cells in ``sl`` (``tangent``: their (nc, nq, 6, 6)
+        tangents) as 3x3 node blocks (nc, k, k, 3, 3): ``[c, a, b, j, i]`` is the entry
+        (3a + i, 3b + j) of cell c's matrix (each block column-major, as PETSc takes them).
+
+        Without B-bar no B matrix is formed: with C the fourth-order tangent (w and the
+        Mandel factors folded in), ``K[a, b, j, i] = sum_q sum_d dN[q, a, d] T[q, d, b, j, i]``
+        with ``T[q, d, b, j, i] = sum_e C[q, i, d, j, e] dN[q, b, e]``: one small product per
+        point and direction, then one (k x 3nq) @ (3nq x 9k) product per cell whose output is
+        already in block order. Half the flops of B^T (D B) and no B, B^T or block-reordering
+        copies (2.2x faster per chunk than the B form, measured on 2,048 cells). With B-bar
+        the B form (one (3k x 6nq) @ (6nq x 3k) product per cell, then the blocks reordered)
+        is faster than this form plus B-bar's rank-one terms (0.40 against 0.47 s on 27,648
+        cells, CPU time), and is kept.
+        """
+        if self.bbar:
+            B = self.b_matrices(sl)
+            nc, nq = B.shape[:2]
+            k = self.k
+            wDB = np.matmul(tangent, B)                                  # (nc,nq,6,3k)
+            wDB *= self.wdet[sl][:, :, None, None]
+            # one (3k x 6nq) @ (6nq x 3k) product per cell: matmul calls BLAS per cell,
+            # ~5x faster than the equivalent three-operand einsum (no batched BLAS path)
+            Bt = np.ascontiguousarray(B.reshape(nc, nq * 6, -1).transpose(0, 2, 1))
+            del B
+            Ke = np.matmul(Bt, wDB.reshape(nc, nq * 6, -1))
+            del Bt, wDB
+            return np.ascontiguousarray(Ke.reshape(nc, k, 3, k, 3).transpose(0, 1, 3, 4, 2))
+        dN = self.gradients(sl)                                            # (nc,nq,k,3)
+        nc, nq, k = dN.shape[:3]
+        # temporaries dropped as soon as used: the chunk's peak is T, X and K (~20 KB per
+        # hexahedron)
+        Dm = tangent * (self.wdet[sl][:, :, None, None] * _FF)             # w D, Mandel factors folded in
+        Ct = np.take(Dm.reshape(nc, nq, 36), _CT, axis=2)                   # (nc,nq,3[d],3[e],9[j,i])
+        del Dm
+        T = np.matmul(dN[:, :, None], Ct)                                   # (nc,nq,3[d],k[b],9[j,i])
+        del Ct
+        X = dN.transpose(0, 2, 1, 3).reshape(nc, k, 3 * nq)                 # [c, a, (q, d)]
+        return np.matmul(X, T.reshape(nc, 3 * nq, 9 * k)).reshape(nc, k, k, 3, 3)
+
+    def _add_to_values(self, values: list[np.ndarray], csr: tuple, base: np.ndarray, blocks: np.ndarray) -> None:
+        """Add ``blocks`` (n, 9: owned blocks in the order of ``csr``, each column-major) to
+        PETSc's local value arrays at their ``base`` positions (:class:`_AIJPositions`)."""
+        indptr, indices, rowmap = csr
+        lo, hi = self.dm.node_range
+        r = np.repeat(rowmap - lo, np.diff(indptr))
+        off = (indices < lo) | (indices >= hi)
+        parts = ((0, slice(None)),) if not off.any() else ((0, ~off), (1, off))
+        for p, sel in parts:
+            b, stride = base[sel], 3 * self._row_nnz[p][r[sel]]
+            # entry (i, j) of a block at base + i * stride + j, in the blocks' [j, i] order
+            # (filled column by column: a broadcast over trailing axes of 3 is ~5x slower)
+            idx = np.empty((len(b), 3, 3), dtype=b.dtype)
+            for i in range(3):
+                for j in range(3):
+                    np.add(b, j, out=idx[:, j, i])
+                if i < 2:
+                    b = b + stride
+            # unique positions; take/put: ~20 % faster than ``values[p][idx] += ...``
+            x = values[p].take(idx)
+            x += blocks[sel].reshape(-1, 3, 3)
+            values[p].put(idx, x)
 
     def matrix_assembly(self, A, fixed_local: np.ndarray | None = None) -> "MatrixAssembly":
         """Start an assembly of ``A`` (zeroed now) fed chunk by chunk: the caller passes
@@ -372,6 +554,7 @@ class MatrixAssembly:
     def __init__(self, asm: Assembler, A, fixed_local: np.ndarray | None):
         self.asm, self.A, self.fixed = asm, A, fixed_local
         A.zeroEntries()
+        self.sizes = (int(asm._nnz[0].sum()), int(asm._nnz[1].sum()))
         self.send = np.zeros((asm.n_send_blocks, 9))
         self.added = np.zeros(len(asm._scatter), dtype=bool)
 
@@ -379,30 +562,49 @@ class MatrixAssembly:
         """Add the cells of chunk ``sl`` (one of the assembler's chunks, any order) with
         their tangents (nc, nq, 6, 6)."""
         from petsc4py import PETSc
+        from scipy.sparse import csr_matrix
 
         asm = self.asm
         i, rem = divmod(sl.start, asm.chunk)
         if rem or sl.stop != min(sl.start + asm.chunk, asm.dm.n_cells) or self.added[i]:
             raise ValueError(f"cells {sl.start}:{sl.stop} are not a chunk of {asm.chunk} cells "
                              "still to be added")
-        order, starts, sel_own, csr, sel_send, send_pos = asm._scatter[i]
-        Ke = asm.element_matrices(tangent, sl)
+        sum_indices, sum_indptr, n_own, csr, send_pos, base = asm._scatter[i]
+        K = asm.element_blocks(tangent, sl)                              # (nc, a, b, j, i)
+        nc, k = K.shape[0], asm.k
         if self.fixed is not None:
-            free = ~self.fixed[asm.edofs[sl]]
-            Ke *= free[:, :, None] & free[:, None, :]
-        nc, k = Ke.shape[0], asm.k
-        # (nc, a, i, b, j) -> blocks (nc, a, b) stored column-major: [j, i]
-        blocks = Ke.reshape(nc, k, 3, k, 3).transpose(0, 1, 3, 4, 2).reshape(nc * k * k, 9)
-        del Ke
-        summed = np.add.reduceat(blocks[order], starts, axis=0)
+            # rows and columns of fixed DOFs out, in the (few) cells that have some
+            fixed = self.fixed[asm.edofs[sl]]
+            cells = np.flatnonzero(fixed.any(axis=1))
+            if len(cells):
+                free = ~fixed[cells].reshape(-1, k, 3)
+                K[cells] *= free[:, :, None, None, :] & free[:, None, :, :, None]
+        blocks = K.reshape(nc * k * k, 9)
+        del K
+        n = len(blocks)
+        # each summed block = its element blocks added in cell order (scipy's CSR times a
+        # dense block: one pass, no copy of the blocks in sorted order as add.reduceat needed)
+        summed = csr_matrix((asm._ones[:n], sum_indices, sum_indptr), shape=(len(sum_indptr) - 1, n)) @ blocks
         del blocks
-        if len(sel_send):
-            self.send[send_pos] += summed[sel_send]
-        if len(sel_own):
-            indptr, indices, rowmap = csr
-            self.A.setValuesBlockedIJV(indptr, indices, summed[sel_own].ravel(),
-                                       addv=PETSc.InsertMode.ADD_VALUES, rowmap=rowmap)
+        if len(send_pos):
+            self.send[send_pos] += summed[n_own:]
+        if n_own:
+            with self._values() as values:
+                if values is not None:
+                    asm._add_to_values(values, csr, base, summed[:n_own])
+                else:
+                    indptr, indices, rowmap = csr
+                    self.A.setValuesBlockedIJV(indptr, indices, summed[:n_own].ravel(),
+                                               addv=PETSc.InsertMode.ADD_VALUES, rowmap=rowmap)
         self.added[i] = True
+
+    def _values(self):
+        """PETSc's local value arrays to add into directly (the same sums in the same order
+        as ``MatSetValuesBlocked``; 0.20 against 0.32 s on 54,000 cells), or None: then
+        through PETSc's calls."""
+        if not self.asm.write_values_directly:
+            return nullcontext()
+        return _local_values(self.A, self.sizes)
 
     def finish(self) -> None:
         """Sum the interface blocks on their owners, put the Dirichlet diagonal, assemble
@@ -418,8 +620,13 @@ class MatrixAssembly:
         as_mpi(asm.comm).Alltoallv([self.send, 9 * asm._send_counts, MPI.DOUBLE],
                                    [recv, 9 * asm._recv_counts, MPI.DOUBLE])
         self.send = None
-        for start, stop, (indptr, indices, rowmap) in asm._recv_csr:       # senders in rank order
-            A.setValuesBlockedIJV(indptr, indices, recv[start:stop].ravel(), addv=ADD, rowmap=rowmap)
+        with self._values() as values:
+            for start, stop, csr, base in asm._recv_csr:                   # senders in rank order
+                if values is not None:
+                    asm._add_to_values(values, csr, base, recv[start:stop])
+                else:
+                    indptr, indices, rowmap = csr
+                    A.setValuesBlockedIJV(indptr, indices, recv[start:stop].ravel(), addv=ADD, rowmap=rowmap)
         if self.fixed is not None:
             # the diagonal entries of Dirichlet rows are exactly 0 here (masked in add)
             lo = 3 * asm.dm.node_range[0]
