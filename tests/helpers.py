@@ -10,6 +10,21 @@ import ddrom  # noqa: F401  (environment for petsc4py/h5py)
 from ddrom.mesh.scatter import distribute
 
 
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (benchmarks are scripts, not a package; their
+    folder goes on ``sys.path`` for the helpers they import, e.g. ``_rom_case``)."""
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def distributed(make_mesh, comm=MPI.COMM_WORLD, partitioner="ptscotch"):
     """Build the serial mesh on rank 0 only and distribute it."""
     mesh = make_mesh() if comm.rank == 0 else None

@@ -2,33 +2,20 @@
 into plasticity, its phases add up, and it leaves the PETSc options as it found them."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from mpi4py import MPI
 
 import ddrom  # noqa: F401  (PETSC_DIR before petsc4py)
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _benchmark(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+from helpers import load_benchmark
 
 @pytest.mark.mpi
 def test_scale_hf_step_small(shared_tmp):
     from petsc4py import PETSc
 
     comm = MPI.COMM_WORLD
-    scale = _benchmark("scale")
+    scale = load_benchmark("scale")
     opts = PETSc.Options()
     before = {k: opts.getString(k) if opts.hasName(k) else None for k in scale.HYPRE}
     out = shared_tmp / "scale.json"
@@ -54,7 +41,7 @@ def test_scale_hf_step_small(shared_tmp):
 @pytest.mark.slow
 def test_scale_pipeline_delegates_to_rom_speedup(shared_tmp):
     comm = MPI.COMM_WORLD
-    scale = _benchmark("scale")
+    scale = load_benchmark("scale")
     row = scale.main(["--part", "pipeline", "--dofs", "3000", "--steps", "2", "--training", "S_max=100;S_max=140",
                       "--test", "S_max=120", "--repeat", "1", "--workdir", str(shared_tmp)])
     assert row["dofs"] == scale.dofs_of(scale.m_for_dofs(3000)) and row["ranks"] == comm.size

@@ -13,19 +13,16 @@ groups by amplitude instead, so its one-mode local bases must miss whole directi
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
 import ddrom  # noqa: F401
+from helpers import load_benchmark
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CASE = """
 [case]
@@ -61,14 +58,6 @@ values = [{training}]
 """
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "clustering_regimes", ROOT / "benchmarks" / "clustering_regimes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.mpi
 def test_angle_local_bases_beat_euclidean_kmeans_on_load_direction(shared_tmp):
     comm = MPI.COMM_WORLD
@@ -79,7 +68,7 @@ def test_angle_local_bases_beat_euclidean_kmeans_on_load_direction(shared_tmp):
         training = ", ".join(f"{{ theta = {t:.6f}, logA = {a:.3f} }}" for t, a in pts)
         path.write_text(CASE.format(training=training))
     comm.Barrier()
-    bench = _benchmark()
+    bench = load_benchmark("clustering_regimes")
     data = bench.load_gram(str(path), comm)
     C, sims = data["C"], data["sims"]
     assert C.shape == (12, 12) and len(data["names"]) == 6 and data["steps"] == [1, 2]
