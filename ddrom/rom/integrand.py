@@ -57,6 +57,9 @@ from ddrom.rom.operators import all_mode_strains, mode_values_local
 
 #: Every SAMPLE_STRIDE-th row of a cached basis is kept to recognize its columns.
 SAMPLE_STRIDE = 61
+#: A reused buffer is made this much larger than asked, so that the next enrichments (one
+#: more mode, stress mode, ... each) fit in it.
+ROOM = 1.25
 
 
 def _sample(B: np.ndarray) -> np.ndarray:
@@ -107,14 +110,14 @@ class IntegrandCache:
         The update's mesh-sized temporaries (the ECM's score copy, ``Psi L``) are the same
         arrays every enrichment, a little larger each time; fresh memory of that size costs
         its page faults (about 1 s per GB on this project's machine), memory already
-        touched does not. A buffer grows by a quarter more than asked so that the next
+        touched does not. A buffer is made ``ROOM`` times larger than asked so that the next
         enrichments fit in it. Held until the cache is dropped: at most what the update
         itself needs, through the HF steps between updates.
         """
         buf = self._buffers.get(name)
         if buf is None or buf.size < n or buf.dtype != np.dtype(dtype):
             buf = self._buffers[name] = None      # the old one freed before the new one is made
-            buf = self._buffers[name] = np.empty(int(1.25 * n) + 1, dtype=dtype)
+            buf = self._buffers[name] = np.empty(int(ROOM * n) + 1, dtype=dtype)
         return buf[:n]
 
     # ---------------------------------------------------------------- modes
@@ -150,7 +153,7 @@ class IntegrandCache:
         if n0 == 0 or store is None or store.shape[1] < N:
             old = self.strains[:, :n0] if n0 else None
             self._buffers["strains"] = None
-            store = self._buffers["strains"] = np.empty((new.shape[0], int(1.25 * N) + 1, 6))
+            store = self._buffers["strains"] = np.empty((new.shape[0], int(ROOM * N) + 1, 6))
             if n0:
                 store[:, :n0] = old
         store[:, n0:N] = new
