@@ -561,7 +561,6 @@ class MatrixAssembly:
     def add(self, sl: slice, tangent: np.ndarray) -> None:
         """Add the cells of chunk ``sl`` (one of the assembler's chunks, any order) with
         their tangents (nc, nq, 6, 6)."""
-        from petsc4py import PETSc
         from scipy.sparse import csr_matrix
 
         asm = self.asm
@@ -590,13 +589,20 @@ class MatrixAssembly:
             self.send[send_pos] += summed[n_own:]
         if n_own:
             with self._values() as values:
-                if values is not None:
-                    asm._add_to_values(values, csr, base, summed[:n_own])
-                else:
-                    indptr, indices, rowmap = csr
-                    self.A.setValuesBlockedIJV(indptr, indices, summed[:n_own].ravel(),
-                                               addv=PETSc.InsertMode.ADD_VALUES, rowmap=rowmap)
+                self._add_blocks(values, csr, base, summed[:n_own])
         self.added[i] = True
+
+    def _add_blocks(self, values, csr: tuple, base: np.ndarray, blocks: np.ndarray) -> None:
+        """Add owned summed blocks (in the order of ``csr``) into PETSc's value arrays when
+        :meth:`_values` gave them, else through ``MatSetValuesBlocked``."""
+        from petsc4py import PETSc
+
+        if values is not None:
+            self.asm._add_to_values(values, csr, base, blocks)
+        else:
+            indptr, indices, rowmap = csr
+            self.A.setValuesBlockedIJV(indptr, indices, blocks.ravel(), addv=PETSc.InsertMode.ADD_VALUES,
+                                       rowmap=rowmap)
 
     def _values(self):
         """PETSc's local value arrays to add into directly (the same sums in the same order
@@ -622,11 +628,7 @@ class MatrixAssembly:
         self.send = None
         with self._values() as values:
             for start, stop, csr, base in asm._recv_csr:                   # senders in rank order
-                if values is not None:
-                    asm._add_to_values(values, csr, base, recv[start:stop])
-                else:
-                    indptr, indices, rowmap = csr
-                    A.setValuesBlockedIJV(indptr, indices, recv[start:stop].ravel(), addv=ADD, rowmap=rowmap)
+                self._add_blocks(values, csr, base, recv[start:stop])
         if self.fixed is not None:
             # the diagonal entries of Dirichlet rows are exactly 0 here (masked in add)
             lo = 3 * asm.dm.node_range[0]
