@@ -323,9 +323,9 @@ def qdeim_points(Phi_loc: Any, gid_loc: Any, comm: Any = None, ncomp: int = 1,
     chosen: list[int] = list(ex)
     rows: list[np.ndarray] = []            # original rows of the chosen points (replicated)
     Q = np.zeros((N, 0))
-    R3 = P3.copy()                          # deflated local rows
+    R3 = None                               # deflated local rows, formed when phase 1 needs them
 
-    def add_point_rows(B: np.ndarray, tol: float = tol) -> None:
+    def add_point_rows(B: np.ndarray, tol: float = tol, deflate: bool = True) -> None:
         nonlocal Q
         rows.append(B)
         if Q.shape[1] < N:
@@ -333,17 +333,25 @@ def qdeim_points(Phi_loc: Any, gid_loc: Any, comm: Any = None, ncomp: int = 1,
             Qn = Qn[:, :N - Q.shape[1]]     # R^N holds at most N directions
             if Qn.shape[1]:
                 Q = np.hstack([Q, Qn])
-                # deflate the local rows against the new directions (twice is not
-                # needed here: Q is orthonormal to ~eps, and R only ranks points)
-                R = R3.reshape(-1, N)
-                R -= (R @ Qn) @ Qn.T
+                if deflate:
+                    # deflate the local rows against the new directions (twice is not
+                    # needed here: Q is orthonormal to ~eps, and R only ranks points)
+                    R = R3.reshape(-1, N)
+                    R -= (R @ Qn) @ Qn.T
 
     if ex.size:
         B_ex = gather_point_rows(Phi, gid, ex, c, ncomp).reshape(ex.size, ncomp, N)
         _, pos = _local_positions(gid, ex)
         available[pos] = False
+        # the excluded points' directions first, the local rows deflated once afterwards
+        # (Q's columns are orthonormal: the successive projections are one) and only if
+        # phase 1 has directions left to find -- with hundreds of ECM points Q usually
+        # spans R^N and phase 1 never looks at the deflated rows (one O(G_loc ncomp N)
+        # pass per excluded direction saved)
         for B in B_ex:
-            add_point_rows(B, max(tol, EXCLUDED_RANK_TOL * scale))
+            add_point_rows(B, max(tol, EXCLUDED_RANK_TOL * scale), deflate=False)
+    if Q.shape[1] < N:
+        R3 = P3 - ((P3.reshape(-1, N) @ Q) @ Q.T).reshape(P3.shape) if Q.shape[1] else P3.copy()
 
     target = n_avail if n_req is None else n_req
     n_new = 0
