@@ -238,3 +238,33 @@ def test_cache_workspace_is_reused_and_grows():
     assert d.dtype == np.float32 and d.size == 150
     e = cache.workspace("y", 10)
     assert not np.shares_memory(e, d)
+
+
+def test_growing_columns_append_in_place_keeps_earlier_views():
+    """GrowingColumns: [B, Q] equal to np.column_stack, written into the buffer while room
+    remains (no copy of the basis), earlier views untouched, and a basis that is not the
+    latest view (a branch) copied rather than overwriting the latest one's columns."""
+    from ddrom.rom.enrichment import GrowingColumns
+
+    rng = np.random.default_rng(3)
+    B0 = rng.standard_normal((50, 4))
+    room = GrowingColumns()
+    B = room.adopt(B0)
+    assert B.shape == (50, 4) and np.array_equal(B, B0) and not np.shares_memory(B, B0)
+    views, cols = [B], [B0]
+    for i in range(9):
+        Q = rng.standard_normal((50, 1 + i % 2))
+        new = room.append(views[-1], Q)
+        cols.append(Q)
+        assert np.array_equal(new, np.column_stack(cols))
+        views.append(new)
+    # every earlier view still holds its columns
+    for v in views:
+        assert np.array_equal(v, np.column_stack(cols)[:, :v.shape[1]])
+    # in place while room remained: the last two views share one buffer
+    assert np.shares_memory(views[-1], views[-2])
+    # appending to an older view (a branch) must not overwrite the latest view's columns
+    latest = views[-1].copy()
+    branch = room.append(views[2], np.ones((50, 1)))
+    assert np.array_equal(branch[:, -1], np.ones(50)) and np.array_equal(views[-1], latest)
+    assert not np.shares_memory(branch, views[-1])

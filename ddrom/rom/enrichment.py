@@ -46,7 +46,7 @@ from ddrom.hf.solver import HFSolver, State
 from ddrom.hf.stepping import NewtonOptions
 from ddrom.parallel import CollectiveError, Timers, as_mpi
 from ddrom.reduction.inner import allreduce_sum
-from ddrom.rom.integrand import IntegrandCache
+from ddrom.rom.integrand import ROOM, IntegrandCache
 from ddrom.rom.model import ReducedModel
 from ddrom.rom.offline import distributed_bases, hyper_reduce
 from ddrom.rom.operators import all_mode_strains, lifting_fields, values_at_points
@@ -105,8 +105,46 @@ class EnrichmentOptions:
         return out
 
 
+class GrowingColumns:
+    """A row-distributed basis that grows by columns without a copy per column.
+
+    The basis is the view ``buf[:, :k]`` of a C-ordered ``(n, cap)`` buffer with spare
+    columns (:data:`ddrom.rom.integrand.ROOM` of the size when it is (re)allocated): an
+    appended column is written into the buffer, where ``np.column_stack`` copied the whole
+    basis (the stress basis is ``ne nq 6`` rows: ~150 MB per rank at 106k DOFs, and a
+    fresh array's page faults cost about 1 s per GB on this project's machine). Views
+    handed out earlier keep their columns: only columns beyond every handed-out view are
+    written, and a basis that is not the latest view is copied into a new buffer.
+    """
+
+    def __init__(self) -> None:
+        self._buf: np.ndarray | None = None
+        self._used = 0
+
+    def adopt(self, a: np.ndarray, extra: int = 0) -> np.ndarray:
+        """``a`` (n, k) copied into a new buffer with room; returns the view."""
+        a = np.asarray(a, dtype=float)
+        n, k = a.shape
+        self._buf = np.empty((n, max(k + extra + 2, int(math.ceil(ROOM * (k + extra))))))
+        self._buf[:, :k] = a
+        self._used = k
+        return self._buf[:, :k]
+
+    def append(self, B: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """``[B, Q]``: in the buffer when ``B`` is its latest view and room remains."""
+        buf, k, kn = self._buf, B.shape[1], Q.shape[1]
+        latest = (buf is not None and k == self._used and B.shape[0] == buf.shape[0]
+                  and B.strides == buf.strides and (k == 0 or B.ctypes.data == buf.ctypes.data))
+        if not latest or buf.shape[1] < k + kn:
+            self.adopt(B, kn)
+        self._buf[:, k:k + kn] = Q
+        self._used = k + kn
+        return self._buf[:, :k + kn]
+
+
 def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None, comm: Any,
-                       tol: float) -> tuple[np.ndarray, bool, float, np.ndarray]:
+                       tol: float, room: GrowingColumns | None = None
+                       ) -> tuple[np.ndarray, bool, float, np.ndarray]:
     """Append ``x`` to the row-distributed basis ``B`` (orthonormal in ``<a, b> = sum w a b``).
 
     Classical Gram-Schmidt twice (:func:`ddrom.reduction.pod.cgs2`: one allreduce per pass,
@@ -114,6 +152,8 @@ def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None,
     direction is kept when its relative residual ``||r|| / ||x||`` exceeds ``tol``. Returns
     (basis, appended, relative residual, coefficients of ``x`` in the returned basis: the
     two passes' projections, and ``||r||`` on an appended mode since ``x = B c + r``).
+    ``room``: the :class:`GrowingColumns` that holds ``B`` (the column is written into its
+    buffer); None: a new array.
     """
     from ddrom.reduction.inner import Diagonal, Euclidean
     from ddrom.reduction.pod import cgs2
@@ -126,7 +166,8 @@ def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None,
     Q_new, C, R = cgs2(x, inner, comm, Q_loc=B if B.shape[1] else None, drop_rtol=tol)
     c = C[:, 0] if B.shape[1] else np.zeros(0)
     if Q_new.shape[1]:
-        return np.column_stack([B, Q_new]), True, float(R[0, 0]) / nx, np.append(c, R[0, 0])
+        grown = room.append(B, Q_new) if room is not None else np.column_stack([B, Q_new])
+        return grown, True, float(R[0, 0]) / nx, np.append(c, R[0, 0])
     r = x - B @ c                                 # dropped: its (small) residual, for the record
     nr = math.sqrt(max(float(allreduce_sum(np.array([r @ inner.apply(r).ravel()]), comm)[0]), 0.0))
     return B, False, nr / nx, c
@@ -163,12 +204,15 @@ class Enricher:
         self.timers = timers or Timers()
         dm = self.dm
         nown = 3 * dm.n_owned
-        self.Phi = np.array(bases["displacement"], dtype=float)
-        self.Psi = np.array(bases["stress"], dtype=float)
-        self.Phip = np.array(bases["p"], dtype=float) if "p" in bases else None
-        self.PhiT = np.array(bases["temperature"], dtype=float) if "temperature" in bases else None
+        # each basis grows in place (one buffer with spare columns per basis)
+        self._room = {k: GrowingColumns() for k in ("u", "stress", "p", "T")}
+        self.Phi = self._room["u"].adopt(bases["displacement"])
+        self.Psi = self._room["stress"].adopt(bases["stress"])
+        self.Phip = self._room["p"].adopt(bases["p"]) if "p" in bases else None
+        self.PhiT = self._room["T"].adopt(bases["temperature"]) if "temperature" in bases else None
         if self.PhiT is None and model.temperature_data is not None:
-            self.PhiT = np.zeros((dm.n_cells * dm.n_qp, 0))     # no thermal variation in the training
+            # no thermal variation in the training
+            self.PhiT = self._room["T"].adopt(np.zeros((dm.n_cells * dm.n_qp, 0)))
         lifts = lifting_fields(solver)
         self.chi = np.column_stack(lifts)[:nown] if lifts else np.zeros((nown, 0))
         self.fixed = solver.fixed[:nown]
@@ -307,18 +351,19 @@ class Enricher:
             w = new.u[: 3 * dm.n_owned] - self.chi @ np.asarray(v_new, dtype=float)
             w[self.fixed] = 0.0
             # q: the HF displacement's coordinates in the enriched basis (the march resumes there)
-            self.Phi, add_u, res_u, q = orthonormal_append(self.Phi, w, None, self.comm, self.options.basis_tol)
+            self.Phi, add_u, res_u, q = orthonormal_append(self.Phi, w, None, self.comm, self.options.basis_tol,
+                                                           self._room["u"])
             # the new snapshot's coefficients in the enriched stress basis enter the Gram
             # matrix that weighs the ECM columns (offline.stress_column_weights)
             self.Psi, add_s, res_s, c_sig = orthonormal_append(self.Psi, new.stress.reshape(-1),
                                                                np.repeat(self.w_qp, 6), self.comm,
-                                                               self.options.basis_tol)
+                                                               self.options.basis_tol, self._room["stress"])
             self.stress_gram = _gram_update(self.stress_gram, c_sig)
             p = solver.material.cumulated_plastic_strain(new.internal)
             if self.Phip is None:
-                self.Phip = np.zeros((len(p), 0))
+                self.Phip = self._room["p"].adopt(np.zeros((len(p), 0)))
             self.Phip, add_p, res_p, _ = orthonormal_append(self.Phip, p, self.w_qp, self.comm,
-                                                            self.options.basis_tol)
+                                                            self.options.basis_tol, self._room["p"])
             if self.Phip.shape[1] == 0:
                 self.Phip = None
             add_T = False
@@ -327,7 +372,7 @@ class Enricher:
                 td = self.model.temperature_data
                 dT = new.T.reshape(-1) - (td.T_ref if td is not None else 0.0)
                 self.PhiT, add_T, _, _ = orthonormal_append(self.PhiT, dT, self.w_qp, self.comm,
-                                                            self.options.basis_tol)
+                                                            self.options.basis_tol, self._room["T"])
             m = self.model
             ecm_initial = m.point_gids[m.weights > 0]
             split = Timers()
