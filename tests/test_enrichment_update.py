@@ -238,6 +238,14 @@ def test_cache_workspace_is_reused_and_grows():
     assert d.dtype == np.float32 and d.size == 150
     e = cache.workspace("y", 10)
     assert not np.shares_memory(e, d)
+    # the scratch workspace: one memory for the replay's float64 rows and the ECM's float32
+    # score copy, whichever shape and dtype, while it fits
+    s1 = cache.scratch((40, 6, 5))
+    assert s1.shape == (40, 6, 5) and s1.dtype == np.float64
+    s2 = cache.scratch((2000,), np.float32)
+    assert s2.shape == (2000,) and s2.dtype == np.float32 and np.shares_memory(s1, s2)
+    s3 = cache.scratch((4000,), np.float32)        # larger than the room: a new one
+    assert s3.size == 4000 and not np.shares_memory(s2, s3)
 
 
 def test_growing_columns_append_in_place_keeps_earlier_views():

@@ -120,6 +120,15 @@ class IntegrandCache:
             buf = self._buffers[name] = np.empty(int(ROOM * n) + 1, dtype=dtype)
         return buf[:n]
 
+    def scratch(self, shape: tuple[int, ...], dtype: Any = float) -> np.ndarray:
+        """An array of ``shape`` (contents undefined) in the one scratch workspace that the
+        stages of an enrichment which never overlap share: the replay's strain rows (before
+        the HF step) and the ECM's single-precision score copy (after it). Valid until the
+        next call of :meth:`scratch`."""
+        dt = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64))
+        return self.workspace("scratch", n * dt.itemsize, np.uint8).view(dt).reshape(shape)
+
     # ---------------------------------------------------------------- modes
     def mode_values(self, solver: Any, Phi: np.ndarray) -> tuple[np.ndarray, int]:
         """The modes on the local DOFs, and how many of them were cached (the strains and

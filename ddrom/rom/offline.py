@@ -363,8 +363,8 @@ def hyper_reduce(problem: Any, solver: HFSolver, Phi: np.ndarray, Psi: np.ndarra
     with timers("ecm"):
         ecm_res = ecm(A, w_qp, gids, comm, tol=ecm_tol, initial_points=ecm_initial, integrals=b,
                       batch=ecm_batch,
-                      score_buffer=None if cache is None else cache.workspace("ecm_scores", A.shape[0] * A.shape[1],
-                                                                              np.float32))
+                      score_buffer=None if cache is None else cache.scratch((A.shape[0] * A.shape[1],),
+                                                                            np.float32))
         del A
     if not ecm_res.converged:
         from ddrom.parallel import get_logger
