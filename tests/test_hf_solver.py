@@ -664,3 +664,38 @@ def test_element_dof_map_and_material_ids_are_int32():
     asm.edofs = asm.edofs.astype(np.int64)
     assert np.array_equal(eps, asm.strains(u))
     assert np.array_equal(f, asm.internal_force(np.random.default_rng(1).standard_normal((dm.n_cells, dm.n_qp, 6))))
+
+
+@pytest.mark.mpi
+def test_an_inexact_step_reuses_its_preconditioner():
+    """``step(..., rtol=)`` (an enrichment's HF step): the later Newton iterations reuse the
+    preconditioner of the first (``ddrom_inexact_reuse_pc``, default on), and the step
+    converges to its tolerance with the same Newton iterations and the same answer to that
+    tolerance as with a set-up per iteration (the option off)."""
+    from dataclasses import replace
+
+    comm = MPI.COMM_WORLD
+    mat = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 2000.0, "C": 20e3,
+           "gamma": 100.0, "K": 50.0, "N": 5.0}
+    dm = distributed(lambda: box(2.0, 1.0, 0.5, 8, 5, 3), comm)
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 3e-3 * t * (1 + 0.2 * y))])
+    s = HFSolver(dm, from_config(mat), loads, TIGHT)
+    assert s._inexact_reuse_pc
+    st0, _ = s.step(s.initial_state(), 0.5, 0)
+    lagged, i_lag = s.step(st0, 1.0, 1, rtol=1e-8)
+    exact, i_exact = s.step(st0, 1.0, 1)                  # an HF run's step: never reused
+    assert i_exact.pc_reused == 0
+    assert i_lag.newton_iterations >= 2 and i_lag.pc_reused == i_lag.newton_iterations - 1
+    off = replace(TIGHT, petsc_options={**TIGHT.petsc_options, "ddrom_inexact_reuse_pc": False})
+    s2 = HFSolver(dm, from_config(mat), loads, off)
+    assert not s2._inexact_reuse_pc
+    assert HFSolver(dm, from_config(mat), loads, TIGHT)._inexact_reuse_pc      # the default again
+    st0b, _ = s2.step(s2.initial_state(), 0.5, 0)
+    fresh, i_fresh = s2.step(st0b, 1.0, 1, rtol=1e-8)
+    assert i_fresh.pc_reused == 0 and i_fresh.newton_iterations == i_lag.newton_iterations
+    assert i_lag.residual <= 1e-8 and i_fresh.residual <= 1e-8
+    umax = comm.allreduce(float(np.abs(exact.u).max()), op=MPI.MAX)
+    for other in (fresh, exact):
+        du = comm.allreduce(float(np.abs(lagged.u - other.u).max()), op=MPI.MAX)
+        assert du <= 1e-6 * umax

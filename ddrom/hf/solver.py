@@ -57,6 +57,7 @@ class StepInfo:
     cutbacks: int = 0
     line_search_steps: int = 0     # Newton updates shortened by the line search
     residual: float = 0.0
+    pc_reused: int = 0             # linear solves with the step's earlier preconditioner (inexact)
 
 
 # Defaults written into the options database unless the user (command line or case) set them.
@@ -69,11 +70,36 @@ _DEFAULT_PETSC = {
     # only (faster set-ups, ~1.3 KB more per DOF of a rank in parallel) and GMRES's basis
     # across set-ups; see ddrom.parallel.memory.release_product_data, release_krylov_vectors
     "ddrom_gamg_keep_products": "false",
+    # ddrom's own: an inexact Newton (a step with its own tolerance: an enrichment's HF step)
+    # keeps the preconditioner of the step's first iteration for its later ones (HFSolver.
+    # _inexact_solve); "false": a set-up per iteration, as an HF run does
+    "ddrom_inexact_reuse_pc": "true",
 }
 # Not a default, read when set (command line or a case's petsc_options):
 # ``ddrom_hypre_inplace`` (default true): with ``pc_type = hypre`` the operator is converted in
 # place into hypre's format for each set-up and solve instead of being copied by hypre (the
 # memory-lean configuration: benchmarks/README.md, "hypre instead of GAMG").
+
+
+class _PCLag:
+    """The preconditioner of one inexact Newton step: whether its later solves may reuse it
+    (:meth:`HFSolver._inexact_solve`). The decisions use Krylov iteration counts, the same on
+    every rank."""
+
+    #: A lagged solve taking more than this many times the iterations of the solve that set
+    #: the preconditioner up makes the next solve set it up again.
+    GROWTH = 1.5
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.base = 0
+
+    def set_up(self, its: int) -> None:
+        self.ready, self.base = True, max(int(its), 1)
+
+    def solved(self, its: int) -> None:
+        if its > self.GROWTH * self.base:
+            self.ready = False
 
 
 class HFSolver:
@@ -121,6 +147,7 @@ class HFSolver:
         self.ksp.setFromOptions()
         self._release_products = not opts.getBool("ddrom_gamg_keep_products", False)
         self._hypre_inplace = opts.getBool("ddrom_hypre_inplace", True)
+        self._inexact_reuse_pc = opts.getBool("ddrom_inexact_reuse_pc", True)
         # GMRES's basis is freed after each solve (release_krylov_vectors) when nothing but
         # its restart was configured (the rest would be lost by re-creating the method)
         gmres_opts = {k for k in opts.getAll() if k.startswith("ksp_gmres_")} - {"ksp_gmres_restart"}
@@ -348,6 +375,7 @@ class HFSolver:
         resp, r, ref = self._residual(u, old, T, dt, fext, tangent=with_tangent)
         norm = self._norm(r)
         search = LineSearch(opt.line_search)
+        lag = _PCLag() if inexact and self._inexact_reuse_pc else None
         for it in range(opt.max_iterations + 1):
             info.residual = norm / max(ref, 1e-300)
             if not math.isfinite(norm):
@@ -367,7 +395,7 @@ class HFSolver:
             release_free_heap()     # the assembly's and the dropped iterate's blocks
             self.b.array[:] = -r
             if inexact:
-                self._inexact_solve(it, info, (rtol * ref + opt.atol) / norm)
+                self._inexact_solve(it, info, (rtol * ref + opt.atol) / norm, lag)
             else:
                 self._linear_solve(it, info)
             du = self.owned_to_local(self.x.array)
@@ -400,15 +428,41 @@ class HFSolver:
         raise NotConverged(f"no convergence in {opt.max_iterations} iterations "
                            f"(relative residual {norm / max(ref, 1e-300):.3e})")
 
-    def _inexact_solve(self, it: int, info: StepInfo, needed: float) -> None:
+    def _inexact_solve(self, it: int, info: StepInfo, needed: float, lag: "_PCLag | None" = None) -> None:
         """:meth:`_linear_solve` stopped at the relative residual ``0.1 needed`` (within
         [ksp_rtol, 0.1]; ``needed``: the Newton target over the current residual): the
         linearization error then dominates the solve's, and the Newton iterations are those
-        of exact solves (the forcing term of inexact Newton methods, Eisenstat and Walker)."""
+        of exact solves (the forcing term of inexact Newton methods, Eisenstat and Walker).
+
+        ``lag`` (the step's :class:`_PCLag`, option ``ddrom_inexact_reuse_pc``): the later
+        iterations of the step solve with the preconditioner set up at its first one (the
+        operator is the current tangent; only the preconditioner lags, as PETSc's
+        ``-snes_lag_preconditioner``): within one step from the ROM's guess the tangent
+        changes at few points, and a GAMG set-up is about 0.4 of a solve's time. A new set-up
+        when a lagged solve fails (retried at once) or takes more than ``_PCLag.GROWTH`` times
+        the iterations of the solve that set it up. Not with hypre, whose preconditioner is
+        freed after each solve."""
         rtol0, atol0, dtol0, maxit0 = self.ksp.getTolerances()
         self.ksp.setTolerances(rtol=min(0.1, max(rtol0, 0.1 * needed)), atol=atol0, divtol=dtol0, max_it=maxit0)
+        pc = self.ksp.getPC()
+        reuse = lag is not None and lag.ready and pc.getType() != "hypre"
         try:
+            its0 = info.ksp_iterations
+            if reuse:
+                pc.setReusePreconditioner(True)
+                try:
+                    self._linear_solve(it, info)
+                    info.pc_reused += 1
+                    lag.solved(info.ksp_iterations - its0)
+                    return
+                except NotConverged:
+                    lag.ready = False           # a lagged preconditioner failed: set it up again
+                finally:
+                    pc.setReusePreconditioner(False)
+                its0 = info.ksp_iterations
             self._linear_solve(it, info)
+            if lag is not None:
+                lag.set_up(info.ksp_iterations - its0)
         finally:
             self.ksp.setTolerances(rtol=rtol0, atol=atol0, divtol=dtol0, max_it=maxit0)
 

@@ -434,6 +434,7 @@ class Enricher:
             "n_points": int(model.n_points), "n_sample_points": int(len(model.weights)),
             "replayed_steps": int(n_replayed), "replay_elastic_fraction": float(once / n_pts),
             "hf_newton_iterations": int(info.newton_iterations), "hf_ksp_iterations": int(info.ksp_iterations),
+            "hf_pc_reused": int(info.pc_reused),
             "hf_cutbacks": int(info.cutbacks), "seconds_replay": s_replay, "seconds_hf_step": s_hf,
             "seconds_update": s_update, "seconds": time.perf_counter() - t_start,
             "update_split": {k: float(v["seconds"]) for k, v in split.summary(self.comm).items()},
