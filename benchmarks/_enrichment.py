@@ -110,7 +110,8 @@ def events(ev: list[dict]) -> list[dict]:
     """The enrichment events of a run, with their time split (replay, HF step, update and its parts)."""
     keys = ("step", "reason", "modes_added", "stress_modes_added", "p_modes_added", "temperature_modes_added",
             "points_added", "hyper_reduced", "seconds", "seconds_replay", "replay_elastic_fraction",
-            "seconds_hf_step", "seconds_update", "update_split", "hf_newton_iterations", "hf_ksp_iterations")
+            "seconds_hf_step", "seconds_update", "update_split", "hf_newton_iterations", "hf_ksp_iterations",
+            "hf_pc_reused")
     return [{k: x[k] for k in keys if k in x} for x in ev]
 
 
