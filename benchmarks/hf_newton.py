@@ -12,7 +12,7 @@ with the rigid-body near-null space (solver defaults, B-bar on).
 Per size, reported:
 
 * setup (s, max over ranks): serial box on rank 0, distribution (PTScotch), geometry
-  (w detJ; the kernels compute dN/dx chunk by chunk), matrix pattern (``Assembler._pattern``), the rest of the ``HFSolver``
+  (w detJ; the kernels compute the inverse Jacobians chunk by chunk), matrix pattern (``Assembler._pattern``), the rest of the ``HFSolver``
   construction (matrix creation, KSP, loads), the first matrix assembly, the first solve
   (full GAMG set-up; later solves reuse the interpolation; the KSP's set-up, which the
   solver calls before the solve, is counted in the solve);

@@ -42,8 +42,23 @@ def configure_environment() -> None:
     # (plain `ddrom ...`) must write the same collective files.
     os.environ.setdefault("H5PY_ALWAYS_USE_MPI", "1")
     # One BLAS thread per rank unless the user asks otherwise: ranks are the parallelism.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    blas_vars = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    user_threads = any(var in os.environ for var in blas_vars)
+    for var in blas_vars:
         os.environ.setdefault(var, "1")
+    # A BLAS loaded before (``import numpy`` ahead of ``import ddrom``, as most scripts do)
+    # read the variables already and runs one thread per core: set it at run time. Without
+    # this every rank's large products (the kernels' per-chunk matrix products) ran on
+    # 2 threads on a 2-core machine: the idle core of a 1-rank run, twice the threads of the
+    # cores at 2 ranks (measured: threadpoolctl reported 2 OpenBLAS threads in
+    # benchmarks/hf_vs_dolfinx.py).
+    if not user_threads and "numpy" in sys.modules:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1, user_api="blas")
+        except Exception:  # noqa: BLE001 - threadpoolctl absent or a library it cannot drive
+            pass
     # One Scotch thread too: PT-Scotch's multi-threaded algorithms are not deterministic.
     # With its default thread count the partition of one mesh on one number of ranks
     # changed from run to run (measured on the demo mesh: 3 partitions in 4 runs at 2

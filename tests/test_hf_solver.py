@@ -248,10 +248,11 @@ def test_chunked_kernels_equal_one_block(bbar):
 @pytest.mark.mpi
 @pytest.mark.parametrize("cell_type", ["hexahedron", "tetra"])
 def test_gradients_computed_per_chunk_equal_stored_ones(cell_type):
-    """The kernels compute the shape-function gradients chunk by chunk (none kept for the
-    subdomain): the same bits as gradients computed for all cells at once and kept
-    (``store_gradients``), hence the same strains, forces, matrices and B at selected points;
-    and the explicit 3x3 inverse agrees with ``np.linalg.inv`` to round-off."""
+    """The kernels compute the inverse Jacobians (from which they get the shape-function
+    gradients) chunk by chunk, none kept for the subdomain: a cell gets the same bits in
+    any selection of cells, hence the same strains, forces, matrices and B at selected
+    points as with the inverse Jacobians kept (``store_gradients``); and the explicit 3x3
+    inverse agrees with ``np.linalg.inv`` to round-off."""
     from petsc4py import PETSc
 
     from ddrom.hf.assembly import Assembler
@@ -262,15 +263,18 @@ def test_gradients_computed_per_chunk_equal_stored_ones(cell_type):
 
     dm = distributed(make, MPI.COMM_WORLD)
     ne, nq = dm.n_cells, dm.n_qp
-    dN = dm.gradients()
-    for sl in (slice(0, 5), slice(3, ne), slice(ne - 1, ne)):
-        assert np.array_equal(dm.gradients(sl), dN[sl])
+    Ji, dN = dm.inverse_jacobians(), dm.gradients()
+    assert Ji.shape == (3, 3, nq, ne) and dN.shape == (ne, nq, dm.cells.shape[1], 3)
     idx = np.array([ne - 1, 0, 2, 2])
-    assert np.array_equal(dm.gradients(idx), dN[idx])
+    for sel in (slice(0, 5), slice(3, ne), slice(ne - 1, ne), idx):
+        assert np.array_equal(dm.inverse_jacobians(sel), Ji[..., sel])
+        assert np.array_equal(dm.gradients(sel), dN[sel])
     # against the general inverse
     dNr = dm.ref.dshape(dm.ref.qp)
     J = np.einsum("qka,ekb->eqba", dNr, dm.coords[dm.cells])
-    ref = np.einsum("qka,eqab->eqkb", dNr, np.linalg.inv(J))
+    inv = np.linalg.inv(J)                                              # (ne, nq, a, d)
+    assert np.allclose(Ji, inv.transpose(2, 3, 1, 0), rtol=0, atol=1e-13 * np.abs(inv).max())
+    ref = np.einsum("qka,eqab->eqkb", dNr, inv)
     assert np.allclose(dN, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
     assert np.allclose(dm.weights, np.linalg.det(J) * dm.ref.qw, rtol=1e-13, atol=0)
     rng = np.random.default_rng(3)
@@ -283,7 +287,11 @@ def test_gradients_computed_per_chunk_equal_stored_ones(cell_type):
         asm = Assembler(dm, chunk=4, store_gradients=store)
         eps = asm.strains(u)
         f = asm.internal_force(eps)
-        B = asm.b_at(idx, np.minimum([0, nq - 1, 1, 1], nq - 1))
+        qps = np.minimum([0, nq - 1, 1, 1], nq - 1)
+        B = asm.b_at(idx, qps)
+        assert (asm._jinv is not None) == store
+        # B at selected points: the same bits as the chunks' B
+        assert np.array_equal(B, np.concatenate([asm.b_matrices(sl) for sl in asm._chunks()])[idx, qps])
         A = asm.create_matrix()
         asm.assemble_matrix(A, tangent, fixed)
         mats.append((eps, f, B, A))
@@ -321,14 +329,19 @@ def test_two_runs_in_one_process_are_bitwise_equal():
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("bbar", [False, True])
-def test_strains_and_forces_without_b_equal_the_b_matrix_formulas(bbar):
-    """Strains and internal forces are computed from dN/dx without forming B (several times
-    faster); they equal B u and sum_q w B^T sigma with the B (or B-bar) matrices that the
-    element stiffness uses, to round-off, for one field and for several at once."""
+@pytest.mark.parametrize("cell_type,bbar", [("hexahedron", False), ("hexahedron", True), ("tetra", False)])
+def test_strains_and_forces_without_b_equal_the_b_matrix_formulas(cell_type, bbar):
+    """Strains and internal forces are computed from the inverse Jacobians and the
+    reference gradients dN/dxi, without forming B or dN/dx (several times faster); they
+    equal B u and sum_q w B^T sigma with the B (or B-bar) matrices that the element
+    stiffness uses, to round-off, for one field and for several at once."""
     from ddrom.hf.assembly import Assembler
 
-    dm = distributed(lambda: distort(box(1.0, 0.6, 0.4, 6, 4, 3), 0.02), MPI.COMM_WORLD)
+    def make():
+        m = distort(box(1.0, 0.6, 0.4, 6, 4, 3), 0.02)
+        return hex_to_tet(m) if cell_type == "tetra" else m
+
+    dm = distributed(make, MPI.COMM_WORLD)
     a = Assembler(dm, bbar=bbar, chunk=7)
     rng = np.random.default_rng(11)
     u = rng.standard_normal(a.n_local_dofs)

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ddrom.materials.tensors import from_mandel
-from ddrom.mesh.distributed import DistributedMesh
+from ddrom.mesh.distributed import DistributedMesh, _reference_gradients
 from ddrom.parallel import as_mpi, as_petsc
 
 SQ2 = np.sqrt(2.0)
@@ -51,6 +50,19 @@ def _b_matrices(dN: np.ndarray) -> np.ndarray:
     B[..., 5, 0::3] = gz / SQ2
     B[..., 5, 2::3] = gx / SQ2
     return B
+
+
+def _displacement_gradient(G: np.ndarray, Ji: np.ndarray, i: int, d: int, ex: tuple, o: np.ndarray,
+                           t: np.ndarray, add: bool = False) -> None:
+    """``o = H[i, d] = sum_b G[b, :, i] Jinv[b, d]`` (``o +=`` with ``add``) over (points,
+    cells[, fields]) without temporaries (``t``: scratch of ``o``'s shape); ``ex`` broadcasts
+    ``Jinv`` over the fields."""
+    for b in range(3):
+        if b == 0 and not add:
+            np.multiply(G[b, :, i], Ji[b, d][ex], out=o)
+        else:
+            np.multiply(G[b, :, i], Ji[b, d][ex], out=t)
+            np.add(o, t, out=o)
 
 
 def _block_csr(brow: np.ndarray, bcol: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,9 +190,10 @@ class Assembler:
         the mesh size; larger blocks are not faster (numpy's per-call overhead is paid
         per block, the arithmetic is the same).
     store_gradients : bool
-        Keep the shape-function gradients dN/dx of every integration point (~0.5 KB per
-        DOF on hexahedra) instead of computing each chunk's when a kernel needs them
-        (default: computed, ~1 us per hexahedron and kernel call; same bits either way).
+        Keep the inverse Jacobians dxi/dx of every integration point (9 doubles per point,
+        ~0.2 KB per DOF on hexahedra), from which every kernel gets the shape-function
+        gradients, instead of computing each chunk's when a kernel needs them (default:
+        computed, ~0.3 us per hexahedron and kernel call; same bits either way).
     """
 
     #: Add the summed blocks straight into PETSc's local value arrays (an AIJ matrix, through
@@ -195,7 +208,8 @@ class Assembler:
         self.comm = dmesh.comm
         self.chunk = chunk
         self.wdet = dmesh.weights                                 # (ne,nq)
-        self._dN = dmesh.gradients() if store_gradients else None  # (ne,nq,k,3)
+        # per chunk, (3, 3, nq, nc): the same arrays the kernels compute otherwise
+        self._jinv = [dmesh.inverse_jacobians(sl) for sl in self._chunks()] if store_gradients else None
         self.bbar = bool(bbar) and dmesh.cell_type == "hexahedron"
         if self.bbar:
             ne, k = dmesh.cells.shape
@@ -205,6 +219,9 @@ class Assembler:
                 self.dNbar[sl] = np.einsum("eq,eqkd->ekd", self.wdet[sl], self.gradients(sl)) / vol[sl, None, None]
         ne, k = dmesh.cells.shape
         self.k = k
+        # dN/dxi arranged [a, (b, q)] and its transpose, for the kernels' products per chunk
+        self._Rk = _reference_gradients(dmesh.cell_type)[1]
+        self._R = np.ascontiguousarray(self._Rk.T)
         self.n_local_dofs = 3 * dmesh.n_local_nodes
         self.n_owned_dofs = 3 * dmesh.n_owned
         # int32 where the local DOFs fit (always, in practice): half the memory of int64
@@ -214,9 +231,17 @@ class Assembler:
         self._pattern()
 
     # ----------------------------------------------------------------- kinematics
+    def inverse_jacobians(self, sl: slice) -> np.ndarray:
+        """dxi/dx (3, 3, nq, nc) of the cells in ``sl`` (:meth:`DistributedMesh.inverse_jacobians`)."""
+        if self._jinv is not None and sl.start % self.chunk == 0:
+            Ji = self._jinv[sl.start // self.chunk]
+            if Ji.shape[-1] == sl.stop - sl.start:
+                return Ji
+        return self.dm.inverse_jacobians(sl)
+
     def gradients(self, sl: slice) -> np.ndarray:
         """Shape-function gradients dN/dx (nc, nq, k, 3) of the cells in ``sl``."""
-        return self._dN[sl] if self._dN is not None else self.dm.gradients(sl)
+        return self.dm.gradients(jinv=self.inverse_jacobians(sl))
 
     def b_matrices(self, sl: slice) -> np.ndarray:
         """B (or B-bar) matrices (nc, nq, 6, 3k) of the cells in ``sl``."""
@@ -231,8 +256,7 @@ class Assembler:
     def b_at(self, cells: np.ndarray, qps: np.ndarray) -> np.ndarray:
         """B (or B-bar) matrices (K, 6, 3k) at selected integration points (local cell, qp)."""
         cells = np.asarray(cells)
-        dN = (self._dN[cells, qps] if self._dN is not None
-              else self.dm.gradients(cells)[np.arange(len(cells)), qps])
+        dN = self.dm.gradients(cells)[np.arange(len(cells)), qps]
         B = _b_matrices(dN)
         if self.bbar:
             div = dN.reshape(len(cells), 3 * self.k)
@@ -250,50 +274,70 @@ class Assembler:
 
         ``u_local`` may also be (n_local_dofs, m): m fields at once, (ne, nq, 6, m).
 
-        From the displacement gradient ``H = sum_a u_a (x) dN_a`` (no B matrix formed: same
-        result to round-off, several times faster); B-bar replaces the volumetric part by
-        the cell average: ``eps_ii += (tr Hbar - tr H) / 3``.
+        From the displacement gradient ``H = G Jinv`` without B matrices or dN/dx: per
+        chunk, the gradient in reference coordinates ``G[i, b] = sum_a u[a, i] dN/dxi[a, b]``
+        of every point by one matrix product (the constant dN/dxi times the cells' nodal
+        values), then ``H[i, d] = sum_b G[i, b] Jinv[b, d]`` elementwise over (points, cells).
+        B-bar replaces the volumetric part by the cell average: ``eps_ii += (tr Hbar - tr H) / 3``.
         """
         ne, nq, k = self.dm.n_cells, self.dm.n_qp, self.k
-        multi = u_local.ndim == 2
-        out = np.empty((ne, nq, 6) + u_local.shape[1:])
+        tail = u_local.shape[1:]
+        ex = (Ellipsis,) + (None,) * len(tail)                        # broadcast Jinv over the fields
+        R = self._R
+        out = np.empty((ne, nq, 6) + tail)
         for sl in self._chunks():
-            ue = u_local[self.edofs[sl]].reshape((-1, k, 3) + u_local.shape[1:])
-            dN = self.gradients(sl)
-            if multi:
-                H = np.einsum("eqad,eaim->eqidm", dN, ue, optimize=True)
-            else:
-                H = np.matmul(ue.transpose(0, 2, 1)[:, None], dN)          # (nc, nq, 3, 3): H[i, d]
-            o = out[sl]
-            o[:, :, 0], o[:, :, 1], o[:, :, 2] = H[:, :, 0, 0], H[:, :, 1, 1], H[:, :, 2, 2]
-            o[:, :, 3] = (H[:, :, 0, 1] + H[:, :, 1, 0]) / SQ2
-            o[:, :, 4] = (H[:, :, 1, 2] + H[:, :, 2, 1]) / SQ2
-            o[:, :, 5] = (H[:, :, 0, 2] + H[:, :, 2, 0]) / SQ2
+            nc = sl.stop - sl.start
+            Ji = self.inverse_jacobians(sl)                                  # [b, d, q, c]
+            ue = u_local[self.edofs[sl].T]                                   # [(a, i), c, ...]
+            G = (R @ ue.reshape(k, -1)).reshape((3, nq, 3, nc) + tail)       # [b, q, i, c, ...]
+            E = np.moveaxis(out[sl], (0, 1, 2), (2, 1, 0))                  # (6, nq, nc, ...) view of out
+            o, t = np.empty((2, nq, nc) + tail)
+            for i in range(3):
+                _displacement_gradient(G, Ji, i, i, ex, o, t)
+                E[i] = o
+            for m, (i, d) in ((3, (0, 1)), (4, (1, 2)), (5, (0, 2))):
+                _displacement_gradient(G, Ji, i, d, ex, o, t)
+                _displacement_gradient(G, Ji, d, i, ex, o, t, add=True)
+                np.divide(o, SQ2, out=E[m])
             if self.bbar:
-                vol = H[:, :, 0, 0] + H[:, :, 1, 1] + H[:, :, 2, 2]
-                spec = "ekd,ekdm->em" if multi else "ekd,ekd->e"
-                volbar = np.einsum(spec, self.dNbar[sl], ue)[:, None]
-                o[:, :, :3] += ((volbar - vol) / 3.0)[:, :, None]
+                vol = E[0] + E[1] + E[2]                                     # (nq, nc, ...)
+                volbar = np.einsum("ac,ac...->c...", self.dNbar[sl].reshape(nc, 3 * k).T, ue)
+                E[:3] += (volbar - vol) / 3.0
         return out
 
     def internal_force(self, stress: np.ndarray) -> np.ndarray:
         """Local (owned+ghost) contributions of f_int = sum_q w B^T sigma; not yet summed over ranks.
 
-        Without B: ``f_a = sum_q w S dN_a`` with S the stress tensor, plus for B-bar
-        ``(dNbar_a - dN_a) * sum_q w tr(S) / 3``.
+        Without B or dN/dx: with S the stress tensor times w, ``P = Jinv S`` (elementwise over
+        points and cells) and ``f[a, i] = sum_q sum_b dN/dxi[q, a, b] P[q, b, i]`` by one matrix
+        product per chunk. B-bar: ``f = sum_q dN dev(S) + dNbar sum_q tr(S) / 3``.
         """
-        ne, k = self.dm.n_cells, self.k
+        ne, nq, k = self.dm.n_cells, self.dm.n_qp, self.k
         fe = np.empty((ne, k, 3))
         for sl in self._chunks():
-            sg = stress[sl] * self.wdet[sl][:, :, None]                       # w sigma (Mandel)
-            S = from_mandel(sg)
-            dN = self.gradients(sl)
-            f = np.matmul(dN, S).sum(axis=1)                                 # (nc, k, 3): sum_d dN[a,d] S[d,i]
+            nc = sl.stop - sl.start
+            Ji = self.inverse_jacobians(sl)                                  # [b, d, q, c]
+            S = np.empty((6, nq, nc))
+            np.multiply(stress[sl].transpose(2, 1, 0), self.wdet[sl].T, out=S)   # w sigma (Mandel)
             if self.bbar:
-                p = (sg[:, :, 0] + sg[:, :, 1] + sg[:, :, 2]) / 3.0               # (nc, nq): w tr(sigma) / 3
-                f += self.dNbar[sl] * p.sum(axis=1)[:, None, None]
-                f -= np.einsum("eqai,eq->eai", dN, p)
-            fe[sl] = f
+                p = (S[0] + S[1] + S[2]) / 3.0                                # (nq, nc): w tr(sigma) / 3
+                S[:3] -= p
+            S[3:] /= SQ2
+            s = ((S[0], S[3], S[5]), (S[3], S[1], S[4]), (S[5], S[4], S[2]))
+            P = np.empty((3, nq, 3, nc))                                     # [b, q, i, c]
+            t = np.empty((nq, nc))
+            for b in range(3):
+                for i in range(3):
+                    o = P[b, :, i]
+                    np.multiply(Ji[b, 0], s[0][i], out=o)
+                    np.multiply(Ji[b, 1], s[1][i], out=t)
+                    o += t
+                    np.multiply(Ji[b, 2], s[2][i], out=t)
+                    o += t
+            f = (self._Rk @ P.reshape(3 * nq, 3 * nc)).reshape(k, 3, nc)     # [a, i, c]
+            fe[sl] = f.transpose(2, 0, 1)
+            if self.bbar:
+                fe[sl] += self.dNbar[sl] * p.sum(axis=0)[:, None, None]
         return np.bincount(self.edofs.ravel(), fe.ravel(), minlength=self.n_local_dofs)
 
     @cached_property

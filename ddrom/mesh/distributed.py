@@ -13,7 +13,7 @@ Numbering
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -108,7 +108,7 @@ class DistributedMesh:
         ne = self.n_cells
         det = np.empty((ne, self.n_qp))
         for s in range(0, ne, _GEOMETRY_CHUNK):
-            det[s:s + _GEOMETRY_CHUNK] = _inverse(self._jacobians(slice(s, s + _GEOMETRY_CHUNK)))[1]
+            det[s:s + _GEOMETRY_CHUNK] = _inverse(self._jacobians(slice(s, s + _GEOMETRY_CHUNK)))[1].T
         bad = det <= 0
         nbad = int(bad.any(axis=1).sum())
         first = self.cell_natural[bad.any(axis=1)][:5].tolist()
@@ -119,19 +119,35 @@ class DistributedMesh:
         return det * self.ref.qw[None, :]
 
     def _jacobians(self, cells: slice | np.ndarray) -> np.ndarray:
-        """J[b, a] = dx_b/dxi_a (nc, nq, 3, 3) of the selected cells."""
-        dNr = self.ref.dshape(self.ref.qp)                     # (nq, k, 3)
+        """J[i, j] = dx_i/dxi_j of the selected cells' integration points, component-major
+        (3, 3, nq, nc): one (3 x k) @ (k x 3nq) product per cell (the same shape whatever
+        the selection, hence the same bits for a cell in any selection), then transposed so
+        that each component is a contiguous (nq, nc) array."""
+        _, Rk = _reference_gradients(self.cell_type)
         X = self.coords[self.cells[cells]]                     # (nc, k, 3)
-        return np.matmul(X.transpose(0, 2, 1)[:, None], dNr[None])
+        nc, nq = X.shape[0], Rk.shape[1] // 3
+        J = np.matmul(X.transpose(0, 2, 1), Rk)                # (nc, 3[i], 3nq[(j, q)])
+        return np.ascontiguousarray(J.reshape(nc, 3, 3, nq).transpose(1, 2, 3, 0))
 
-    def gradients(self, cells: slice | np.ndarray = slice(None)) -> np.ndarray:
+    def inverse_jacobians(self, cells: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """dxi_a/dx_d (3[a], 3[d], nq, nc) of the integration points of the cells selected by
+        a slice or an index array, component-major: each component a contiguous (nq, nc)
+        array, so that the kernels' per-point 3x3 algebra is elementwise arithmetic on
+        contiguous memory (an explicit adjugate). The shape-function gradients are
+        ``dN/dx[q, a, d] = sum_b dN/dxi[q, a, b] Jinv[b, d, q]``; the kernels contract the
+        constant dN/dxi by one matrix product per chunk instead of forming them. The same
+        cell gives the same bits whatever the selection it is part of. The cells are assumed
+        valid (:attr:`weights` checks them)."""
+        return _inverse(self._jacobians(cells))[0]
+
+    def gradients(self, cells: slice | np.ndarray = slice(None), jinv: np.ndarray | None = None) -> np.ndarray:
         """Shape-function gradients dN/dx (nc, nq, k, 3) of the cells selected by a slice or
-        an index array, from their coordinates (~1 us per hexahedron: an explicit 3x3
-        inverse). The same cell gives the same bits whatever the selection it is part of.
-        The cells are assumed valid (:attr:`weights` checks them)."""
-        dNr = self.ref.dshape(self.ref.qp)                     # (nq, k, 3)
-        Jinv = _inverse(self._jacobians(cells))[0]             # (nc, nq, a, b): dxi_a/dx_b
-        return np.matmul(dNr[None], Jinv)
+        an index array (or from their :meth:`inverse_jacobians` ``jinv``): one (k x 3) @ (3 x 3)
+        product per point. The same cell gives the same bits whatever the selection it is
+        part of. The cells are assumed valid (:attr:`weights` checks them)."""
+        dNr, _ = _reference_gradients(self.cell_type)
+        Ji = self.inverse_jacobians(cells) if jinv is None else jinv
+        return np.matmul(dNr[None], np.ascontiguousarray(Ji.transpose(3, 2, 0, 1)))
 
     def qp_coordinates(self) -> np.ndarray:
         """(ne, nq, 3) physical coordinates of the integration points."""
@@ -252,26 +268,49 @@ class NaturalMap:
         return x.array.copy().reshape((-1,) + tail)
 
 
-#: cells per block when the weights are computed (bounds the temporaries: ~1 KB per hexahedron)
+#: cells per block when the weights are computed (bounds the temporaries: ~1.5 KB per hexahedron)
 _GEOMETRY_CHUNK = 16384
 
 
+@cache
+def _reference_gradients(cell_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """dN/dxi at the integration points of a cell type, (nq, k, 3), and arranged
+    ``[node, (b, q)]`` (k, 3nq) for the kernels' products (read-only)."""
+    ref = CELL_TYPES[cell_type]
+    dNr = ref.dshape(ref.qp)
+    nq, k = dNr.shape[:2]
+    Rk = np.ascontiguousarray(dNr.transpose(1, 2, 0).reshape(k, 3 * nq))
+    dNr.flags.writeable = Rk.flags.writeable = False
+    return dNr, Rk
+
+
 def _inverse(J: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverses and determinants of a stack of 3x3 matrices (..., 3, 3), by the adjugate:
-    elementwise arithmetic, ~20x faster than ``np.linalg.inv`` on small matrices, and each
-    matrix's result independent of the stack it is in."""
-    m = [[J[..., i, j] for j in range(3)] for i in range(3)]
+    """Inverses and determinants of a stack of 3x3 matrices stored component-major
+    (3, 3, ...), by the adjugate: elementwise arithmetic (on contiguous arrays when ``J`` is
+    contiguous), ~20x faster than ``np.linalg.inv`` on small matrices, and each matrix's
+    result independent of the stack it is in."""
+    m = J
     adj = np.empty_like(J)
-    adj[..., 0, 0] = m[1][1] * m[2][2] - m[1][2] * m[2][1]
-    adj[..., 0, 1] = m[0][2] * m[2][1] - m[0][1] * m[2][2]
-    adj[..., 0, 2] = m[0][1] * m[1][2] - m[0][2] * m[1][1]
-    adj[..., 1, 0] = m[1][2] * m[2][0] - m[1][0] * m[2][2]
-    adj[..., 1, 1] = m[0][0] * m[2][2] - m[0][2] * m[2][0]
-    adj[..., 1, 2] = m[0][2] * m[1][0] - m[0][0] * m[1][2]
-    adj[..., 2, 0] = m[1][0] * m[2][1] - m[1][1] * m[2][0]
-    adj[..., 2, 1] = m[0][1] * m[2][0] - m[0][0] * m[2][1]
-    adj[..., 2, 2] = m[0][0] * m[1][1] - m[0][1] * m[1][0]
-    det = m[0][0] * adj[..., 0, 0] + m[0][1] * adj[..., 1, 0] + m[0][2] * adj[..., 2, 0]
+    t = np.empty_like(J[0, 0])
+
+    def cofactor(out, a, b, c, d):                               # a b - c d, without temporaries
+        np.multiply(a, b, out=out)
+        np.multiply(c, d, out=t)
+        out -= t
+    cofactor(adj[0, 0], m[1, 1], m[2, 2], m[1, 2], m[2, 1])
+    cofactor(adj[0, 1], m[0, 2], m[2, 1], m[0, 1], m[2, 2])
+    cofactor(adj[0, 2], m[0, 1], m[1, 2], m[0, 2], m[1, 1])
+    cofactor(adj[1, 0], m[1, 2], m[2, 0], m[1, 0], m[2, 2])
+    cofactor(adj[1, 1], m[0, 0], m[2, 2], m[0, 2], m[2, 0])
+    cofactor(adj[1, 2], m[0, 2], m[1, 0], m[0, 0], m[1, 2])
+    cofactor(adj[2, 0], m[1, 0], m[2, 1], m[1, 1], m[2, 0])
+    cofactor(adj[2, 1], m[0, 1], m[2, 0], m[0, 0], m[2, 1])
+    cofactor(adj[2, 2], m[0, 0], m[1, 1], m[0, 1], m[1, 0])
+    det = m[0, 0] * adj[0, 0]
+    np.multiply(m[0, 1], adj[1, 0], out=t)
+    det += t
+    np.multiply(m[0, 2], adj[2, 0], out=t)
+    det += t
     with np.errstate(divide="ignore", invalid="ignore"):        # degenerate cells: caught by the caller
-        adj /= det[..., None, None]
+        adj /= det
     return adj, det
