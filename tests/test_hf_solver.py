@@ -604,17 +604,24 @@ def test_integration_point_coordinates_are_kept_once():
     assert np.array_equal(ctx.coords, dm.qp_coordinates().reshape(-1, 3))
 
 
+def _viscoplastic_block(comm):
+    """(material, mesh, loads) of a Chaboche block pulled at x = 2 with a y-dependent
+    displacement: a step from t = 0.5 to 1 takes several Newton iterations."""
+    mat = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 2000.0, "C": 20e3,
+           "gamma": 100.0, "K": 50.0, "N": 5.0}
+    dm = distributed(lambda: box(2.0, 1.0, 0.5, 8, 5, 3), comm)
+    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
+                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 3e-3 * t * (1 + 0.2 * y))])
+    return mat, dm, loads
+
+
 @pytest.mark.mpi
 def test_a_step_takes_its_own_residual_tolerance():
     """``step(..., rtol=)`` (an enrichment's HF step): Newton stops at that relative residual
     -- fewer iterations than the options' tolerance from the same start, the same answer to
     about that tolerance -- and the options' tolerance is untouched."""
     comm = MPI.COMM_WORLD
-    mat = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 2000.0, "C": 20e3,
-           "gamma": 100.0, "K": 50.0, "N": 5.0}
-    dm = distributed(lambda: box(2.0, 1.0, 0.5, 8, 5, 3), comm)
-    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
-                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 3e-3 * t * (1 + 0.2 * y))])
+    mat, dm, loads = _viscoplastic_block(comm)
     s = HFSolver(dm, from_config(mat), loads, TIGHT)
     st0, _ = s.step(s.initial_state(), 0.5, 0)
     tight, i_tight = s.step(st0, 1.0, 1)
@@ -688,11 +695,7 @@ def test_an_inexact_step_reuses_its_preconditioner():
     from dataclasses import replace
 
     comm = MPI.COMM_WORLD
-    mat = {"law": "chaboche", "E": 200e3, "nu": 0.3, "sigma_y": 200.0, "H": 2000.0, "C": 20e3,
-           "gamma": 100.0, "K": 50.0, "N": 5.0}
-    dm = distributed(lambda: box(2.0, 1.0, 0.5, 8, 5, 3), comm)
-    loads = Loads(dirichlet=[Dirichlet("xmin", (0,)), Dirichlet("ymin", (1,)), Dirichlet("zmin", (2,)),
-                             Dirichlet("xmax", (0,), lambda x, y, z, t, **k: 3e-3 * t * (1 + 0.2 * y))])
+    mat, dm, loads = _viscoplastic_block(comm)
     s = HFSolver(dm, from_config(mat), loads, TIGHT)
     assert s._inexact_reuse_pc
     st0, _ = s.step(s.initial_state(), 0.5, 0)
