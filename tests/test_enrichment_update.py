@@ -252,7 +252,7 @@ def test_growing_columns_append_in_place_keeps_earlier_views():
     """GrowingColumns: [B, Q] equal to np.column_stack, written into the buffer while room
     remains (no copy of the basis), earlier views untouched, and a basis that is not the
     latest view (a branch) copied rather than overwriting the latest one's columns."""
-    from ddrom.rom.enrichment import GrowingColumns
+    from ddrom.rom.integrand import GrowingColumns
 
     rng = np.random.default_rng(3)
     B0 = rng.standard_normal((50, 4))
@@ -276,3 +276,9 @@ def test_growing_columns_append_in_place_keeps_earlier_views():
     branch = room.append(views[2], np.ones((50, 1)))
     assert np.array_equal(branch[:, -1], np.ones(50)) and np.array_equal(views[-1], latest)
     assert not np.shares_memory(branch, views[-1])
+    # with trailing axes (the modes' strains, (G, N, 6)): the same along the second axis
+    strains = GrowingColumns()
+    E0 = rng.standard_normal((20, 3, 6))
+    E = strains.adopt(E0)
+    E1 = strains.append(E, rng.standard_normal((20, 1, 6)))
+    assert E1.shape == (20, 4, 6) and np.array_equal(E1[:, :3], E0) and np.shares_memory(E, E1)

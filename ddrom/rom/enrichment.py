@@ -46,7 +46,7 @@ from ddrom.hf.solver import HFSolver, State
 from ddrom.hf.stepping import NewtonOptions
 from ddrom.parallel import CollectiveError, Timers, as_mpi
 from ddrom.reduction.inner import allreduce_sum
-from ddrom.rom.integrand import ROOM, IntegrandCache
+from ddrom.rom.integrand import GrowingColumns, IntegrandCache
 from ddrom.rom.model import ReducedModel
 from ddrom.rom.offline import distributed_bases, hyper_reduce
 from ddrom.rom.operators import all_mode_strains, lifting_fields, values_at_points
@@ -103,43 +103,6 @@ class EnrichmentOptions:
         if self.tolerance is not None:
             out["p"] = float(self.tolerance)
         return out
-
-
-class GrowingColumns:
-    """A row-distributed basis that grows by columns without a copy per column.
-
-    The basis is the view ``buf[:, :k]`` of a C-ordered ``(n, cap)`` buffer with spare
-    columns (:data:`ddrom.rom.integrand.ROOM` of the size when it is (re)allocated): an
-    appended column is written into the buffer, where ``np.column_stack`` copied the whole
-    basis (the stress basis is ``ne nq 6`` rows: ~150 MB per rank at 106k DOFs, and a
-    fresh array's page faults cost about 1 s per GB on this project's machine). Views
-    handed out earlier keep their columns: only columns beyond every handed-out view are
-    written, and a basis that is not the latest view is copied into a new buffer.
-    """
-
-    def __init__(self) -> None:
-        self._buf: np.ndarray | None = None
-        self._used = 0
-
-    def adopt(self, a: np.ndarray, extra: int = 0) -> np.ndarray:
-        """``a`` (n, k) copied into a new buffer with room; returns the view."""
-        a = np.asarray(a, dtype=float)
-        n, k = a.shape
-        self._buf = np.empty((n, max(k + extra + 2, int(math.ceil(ROOM * (k + extra))))))
-        self._buf[:, :k] = a
-        self._used = k
-        return self._buf[:, :k]
-
-    def append(self, B: np.ndarray, Q: np.ndarray) -> np.ndarray:
-        """``[B, Q]``: in the buffer when ``B`` is its latest view and room remains."""
-        buf, k, kn = self._buf, B.shape[1], Q.shape[1]
-        latest = (buf is not None and k == self._used and B.shape[0] == buf.shape[0]
-                  and B.strides == buf.strides and (k == 0 or B.ctypes.data == buf.ctypes.data))
-        if not latest or buf.shape[1] < k + kn:
-            self.adopt(B, kn)
-        self._buf[:, k:k + kn] = Q
-        self._used = k + kn
-        return self._buf[:, :k + kn]
 
 
 def orthonormal_append(B: np.ndarray, x: np.ndarray, weights: np.ndarray | None, comm: Any,

@@ -44,6 +44,7 @@ score copy, ``G x N Ns`` singles, each up to a quarter larger); ``B`` is small.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,46 @@ def _sample(B: np.ndarray) -> np.ndarray:
     return np.array(B[::SAMPLE_STRIDE], dtype=float)
 
 
+class GrowingColumns:
+    """A mesh-sized array that grows along its second axis without a copy per growth: an
+    enrichment's bases ``(n, k)`` and the modes' strains ``(G, N, 6)``.
+
+    The array is the view ``buf[:, :k]`` of a C-ordered ``(n, cap, ...)`` buffer with spare
+    room (:data:`ROOM` of the size when it is (re)allocated): appended columns are written
+    into the buffer, where ``np.column_stack`` copied the whole array (the stress basis is
+    ``ne nq 6`` rows: ~150 MB per rank at 106k DOFs, and a fresh array's page faults cost
+    about 1 s per GB on this project's machine). Views handed out earlier keep their
+    columns: only columns beyond every handed-out view are written, and an array that is
+    not the latest view is copied into a new buffer.
+    """
+
+    def __init__(self) -> None:
+        self._buf: np.ndarray | None = None
+        self._used = 0
+
+    def adopt(self, a: np.ndarray, extra: int = 0) -> np.ndarray:
+        """``a`` (n, k, ...) copied into a new buffer with room for ``extra`` columns and more;
+        returns the view."""
+        a = np.asarray(a, dtype=float)
+        n, k = a.shape[:2]
+        self._buf = None                     # the old buffer freed before the new one is made
+        self._buf = np.empty((n, max(k + extra + 2, int(math.ceil(ROOM * (k + extra))))) + a.shape[2:])
+        self._buf[:, :k] = a
+        self._used = k
+        return self._buf[:, :k]
+
+    def append(self, B: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """``[B, Q]``: in the buffer when ``B`` is its latest view and room remains."""
+        buf, k, kn = self._buf, B.shape[1], Q.shape[1]
+        latest = (buf is not None and k == self._used and B.shape[0] == buf.shape[0]
+                  and B.shape[2:] == buf.shape[2:] and B.strides == buf.strides and (k == 0 or B.ctypes.data == buf.ctypes.data))
+        if not latest or buf.shape[1] < k + kn:
+            self.adopt(B, kn)
+        self._buf[:, k:k + kn] = Q
+        self._used = k + kn
+        return self._buf[:, :k + kn]
+
+
 @dataclass
 class IntegrandCache:
     """What :func:`ddrom.rom.offline.hyper_reduce` can reuse when it is called again with
@@ -88,6 +129,7 @@ class IntegrandCache:
     raw_integrals: np.ndarray | None = None
     _sums: dict = field(default_factory=dict)        # name -> sampled rows of the cached columns
     _buffers: dict = field(default_factory=dict)     # name -> flat array reused between calls
+    _strains_room: GrowingColumns = field(default_factory=GrowingColumns)   # the strains' buffer
     stats: dict = field(default_factory=lambda: {"modes_computed": 0, "integrand_columns_computed": 0,
                                                  "recomputed_from_scratch": 0})
 
@@ -158,15 +200,8 @@ class IntegrandCache:
         # kept in a buffer with room for more modes (a view of its first N): an enrichment
         # writes its new modes' strains there instead of copying all of them into a fresh
         # array (``PointProducts`` gives the same bits for such a view, tested)
-        store = self._buffers.get("strains")
-        if n0 == 0 or store is None or store.shape[1] < N:
-            old = self.strains[:, :n0] if n0 else None
-            self._buffers["strains"] = None
-            store = self._buffers["strains"] = np.empty((new.shape[0], int(ROOM * N) + 1, 6))
-            if n0:
-                store[:, :n0] = old
-        store[:, n0:N] = new
-        self.strains = store[:, :N]
+        room = self._strains_room
+        self.strains = room.append(self.strains[:, :n0], new) if n0 else room.adopt(new)
         return self.strains
 
     # ------------------------------------------------------------ integrand
