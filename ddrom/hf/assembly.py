@@ -488,10 +488,18 @@ class Assembler:
         return A
 
     # ----------------------------------------------------------------- stiffness
+    #: Cells per block of the element-stiffness kernel: its operands of a block (T, the
+    #: gathered tangent: ~17 KB per hexahedron) then stay in cache. 578k DOFs, 2 ranks,
+    #: 91k cells per rank: the kernel 0.53 s per assembly with blocks of 2,048 cells,
+    #: 0.38-0.41 s with 128-256, 0.44 s with 64.
+    kernel_block: int = 256
+
     def element_blocks(self, tangent: np.ndarray, sl: slice) -> np.ndarray:
         """K_e = sum_q w B^T D B of the cells in ``sl`` (``tangent``: their (nc, nq, 6, 6)
         tangents) as 3x3 node blocks (nc, k, k, 3, 3): ``[c, a, b, j, i]`` is the entry
         (3a + i, 3b + j) of cell c's matrix (each block column-major, as PETSc takes them).
+        Computed :attr:`kernel_block` cells at a time; a cell's blocks have the same bits
+        whatever the selection it is computed in (products batched per cell).
 
         Without B-bar no B matrix is formed: with C the fourth-order tangent (w and the
         Mandel factors folded in), ``K[a, b, j, i] = sum_q sum_d dN[q, a, d] T[q, d, b, j, i]``
@@ -503,6 +511,16 @@ class Assembler:
         is faster than this form plus B-bar's rank-one terms (0.40 against 0.47 s on 27,648
         cells, CPU time), and is kept.
         """
+        nc, step = sl.stop - sl.start, self.kernel_block
+        if nc <= step:
+            return self._element_blocks(tangent, sl)
+        out = np.empty((nc, self.k, self.k, 3, 3))
+        for s in range(0, nc, step):
+            e = min(s + step, nc)
+            out[s:e] = self._element_blocks(tangent[s:e], slice(sl.start + s, sl.start + e))
+        return out
+
+    def _element_blocks(self, tangent: np.ndarray, sl: slice) -> np.ndarray:
         if self.bbar:
             B = self.b_matrices(sl)
             nc, nq = B.shape[:2]
