@@ -30,6 +30,15 @@ Timed (wall, best of ``--repeat``, max over ranks):
   compilation of the forms (``fem.form``, cached in ~/.cache/fenics, compiled with its
   default ``-O2``) is timed but EXCLUDED from everything else.
 
+Both problems are built first; then each part is timed on both sides in turn, one
+repetition each, the side going first alternating (ABBA...). Run one side after the other
+(``--sequential``, how this script worked until 2026-12-05) and the side run second is
+favoured: the first side's GAMG set-ups fault in ~120,000-150,000 fresh pages per solve at
+578k DOFs on 2 ranks, the second side's reuse the heap the first grew (the same ddrom
+solve took 7.1 s first and 6.7 s second; DOLFINx's 6.8 s first and 6.6 s second). Each
+part runs in a PETSc log stage "<side> <part>": ``-log_view`` shows, per side, where a
+solve's time goes (GAMG's set-up events, the Krylov iterations).
+
 Checks: the two matrices and right-hand sides have the same Frobenius / 2-norms (both are
 invariant under the renumbering), and the solutions agree (mean tip deflection u_z at
 x = 2 and ||u||_2); KSP iterations of both are reported.
@@ -76,8 +85,60 @@ def timed(comm, fn):
     return cmax(comm, time.perf_counter() - t0), out
 
 
-def best(comm, fn, repeat: int) -> float:
-    return min(timed(comm, fn)[0] for _ in range(repeat))
+#: The timed parts, in the order both sides run them.
+PARTS = ("tangent", "assembly", "matrix", "residual", "solve", "step")
+
+
+def drive(comm, sides: dict, repeat: int, interleave: bool) -> dict:
+    """Run the sides' timed parts; return each side's results.
+
+    A side is a generator yielding ``(part, fn)`` and receiving the best wall time of ``fn``
+    over ``repeat`` runs; it returns its results dict. Interleaved (the default), the sides
+    that have a part run it in turn, one repetition each, the first side alternating
+    (ABBA...): both sides' repetitions then see the same process state (glibc's heap grown
+    or not, pages already faulted in), which otherwise favours whichever side runs second
+    (``--sequential``: each side's parts then the next side's, ddrom first). Each part of a
+    side runs in a PETSc log stage "<side> <part>" (``-log_view``).
+    """
+    from petsc4py import PETSc
+
+    def run(name: str, part: str, fn) -> float:
+        st = PETSc.Log.Stage(f"{name} {part}")
+        st.push()
+        try:
+            return timed(comm, fn)[0]
+        finally:
+            st.pop()
+
+    results, cur = {}, {}
+    every = {name: {} for name in sides}        # every repetition's time, in the JSON
+
+    def send(name: str, part: str, times: list) -> bool:
+        every[name][part] = times
+        try:
+            cur[name] = sides[name].send(min(times))
+            return True
+        except StopIteration as stop:
+            results[name] = {**stop.value, "times": every[name]}
+            del cur[name]
+            return False
+
+    for name, gen in sides.items():
+        cur[name] = next(gen)
+        while not interleave:
+            part, fn = cur[name]
+            if not send(name, part, [run(name, part, fn) for _ in range(repeat)]):
+                break
+    while cur:
+        part = min((p for p, _ in cur.values()), key=PARTS.index)
+        names = [k for k, (p, _) in cur.items() if p == part]
+        times = {k: [] for k in names}
+        for i in range(repeat):
+            for k in (names if i % 2 == 0 else names[::-1]):
+                times[k].append(run(k, part, cur[k][1]))
+        for k in names:
+            send(k, part, times[k])
+    return results
 
 
 def tip_and_norm(comm, X_owned: np.ndarray, u_owned: np.ndarray) -> tuple[float, float]:
@@ -88,7 +149,8 @@ def tip_and_norm(comm, X_owned: np.ndarray, u_owned: np.ndarray) -> tuple[float,
 
 
 # ----------------------------------------------------------------------------- ddrom
-def run_ddrom(n: int, rtol: float, repeat: int, comm) -> dict:
+def ddrom_side(n: int, rtol: float, comm):
+    """ddrom's problem, then its timed parts (a generator driven by :func:`drive`)."""
     from petsc4py import PETSc
 
     r = {}
@@ -111,7 +173,7 @@ def run_ddrom(n: int, rtol: float, repeat: int, comm) -> dict:
         eps = asm.strains(u).reshape(ne * nq, 6)
         return s.material.update(eps, st0.internal, st0.T.ravel(), st0.T.ravel(), 1.0, tangent=True)
 
-    r["tangent"] = best(comm, tangent, repeat)
+    r["tangent"] = yield "tangent", tangent
     resp = tangent()
     D = resp.tangent.reshape(ne, nq, 6, 6)
     sig = resp.stress.reshape(ne, nq, 6)
@@ -128,10 +190,10 @@ def run_ddrom(n: int, rtol: float, repeat: int, comm) -> dict:
     def matrix_only():
         asm.assemble_matrix(s.A, D, s.fixed)
 
-    r["assembly"] = best(comm, assembly, repeat)
-    r["matrix"] = best(comm, matrix_only, repeat)
-    r["residual"] = best(comm, lambda: (s.sum_to_owned(asm.internal_force(sig)),
-                                        s.sum_to_owned(s.external_force(1.0))), repeat)
+    r["assembly"] = yield "assembly", assembly
+    r["matrix"] = yield "matrix", matrix_only
+    r["residual"] = yield "residual", lambda: (s.sum_to_owned(asm.internal_force(sig)),
+                                              s.sum_to_owned(s.external_force(1.0)))
     r["A_fro"] = s.A.norm(PETSc.NormType.FROBENIUS)
     s.b.array[:] = -out["r"]
     r["b_norm"] = s.b.norm()
@@ -142,7 +204,7 @@ def run_ddrom(n: int, rtol: float, repeat: int, comm) -> dict:
         s.x.set(0.0)
         s.ksp.solve(s.b, s.x)
 
-    r["solve"] = best(comm, solve, repeat)
+    r["solve"] = yield "solve", solve
     r["ksp_iterations"] = s.ksp.getIterationNumber()
     r["ksp_type"], r["pc_type"] = s.ksp.getType(), s.ksp.getPC().getType()
     r["ksp_reason"] = int(s.ksp.getConvergedReason())
@@ -153,7 +215,7 @@ def run_ddrom(n: int, rtol: float, repeat: int, comm) -> dict:
         s.ksp.setOperators(s.A)
         out["state"], out["info"] = s.step(s.initial_state(), 1.0)
 
-    r["step"] = best(comm, step, repeat)
+    r["step"] = yield "step", step
     r["step_newton_iterations"] = out["info"].newton_iterations
     r["step_tip_uz"], _ = tip_and_norm(comm, dm.coords[: dm.n_owned], out["state"].owned_displacement(dm.n_owned))
     r["dofs"] = 3 * dm.n_nodes_global
@@ -165,7 +227,8 @@ def run_ddrom(n: int, rtol: float, repeat: int, comm) -> dict:
 
 
 # --------------------------------------------------------------------------- dolfinx
-def run_dolfinx(n: int, rtol: float, repeat: int, comm) -> dict:
+def dolfinx_side(n: int, rtol: float, comm):
+    """DOLFINx's problem, then its timed parts (a generator driven by :func:`drive`)."""
     import ufl
     from dolfinx import fem, mesh
     from dolfinx.fem import petsc as fp
@@ -219,9 +282,9 @@ def run_dolfinx(n: int, rtol: float, repeat: int, comm) -> dict:
         fp.set_bc(b, [bc])
 
     matrix(), rhs()                      # warm-up (first calls allocate; JIT already done)
-    r["assembly"] = best(comm, lambda: (matrix(), rhs()), repeat)
-    r["matrix"] = best(comm, matrix, repeat)
-    r["residual"] = best(comm, rhs, repeat)
+    r["assembly"] = yield "assembly", lambda: (matrix(), rhs())
+    r["matrix"] = yield "matrix", matrix
+    r["residual"] = yield "residual", rhs
     r["A_fro"] = A.norm(PETSc.NormType.FROBENIUS)
     r["b_norm"] = b.norm()
 
@@ -246,7 +309,7 @@ def run_dolfinx(n: int, rtol: float, repeat: int, comm) -> dict:
         uh.vector.set(0.0)
         ksp.solve(b, uh.vector)
 
-    r["solve"] = best(comm, solve, repeat)
+    r["solve"] = yield "solve", solve
     uh.x.scatter_forward()
     r["ksp_iterations"] = ksp.getIterationNumber()
     r["ksp_type"], r["pc_type"] = ksp.getType(), ksp.getPC().getType()
@@ -272,13 +335,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="n: the beam has 2n x n x n hexahedra (55: 1.04e6 DOFs)")
     ap.add_argument("--rtol", type=float, default=1e-8, help="ksp_rtol of both solvers")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs of each timed part")
+    ap.add_argument("--sequential", action="store_true",
+                    help="time all of ddrom's parts, then all of DOLFINx's (before 2026-12-05: biased towards "
+                         "the side run second); default: the sides' repetitions interleaved")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args(argv)
     comm = MPI.COMM_WORLD
     rows = []
     for n in sorted(args.sizes):
-        d = run_ddrom(n, args.rtol, args.repeat, comm)
-        f = run_dolfinx(n, args.rtol, args.repeat, comm)
+        res = drive(comm, {"ddrom": ddrom_side(n, args.rtol, comm), "dolfinx": dolfinx_side(n, args.rtol, comm)},
+                    args.repeat, interleave=not args.sequential)
+        d, f = res["ddrom"], res["dolfinx"]
         row = {"n": n, "cells": 2 * n ** 3, "dofs": d["dofs"], "ranks": comm.size, "ddrom": d, "dolfinx": f}
         for k in ("assembly", "matrix", "residual", "solve"):
             row[f"ratio_{k}"] = d[k] / f[k]
@@ -296,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     if comm.rank != 0:
         return
     print(f"\nddrom vs DOLFINx 0.5.2, linear elasticity, {comm.size} rank(s), CG + GAMG rtol {args.rtol:g}; "
-          f"seconds, best of {args.repeat}, max over ranks; DOLFINx JIT excluded")
+          f"seconds, best of {args.repeat}, max over ranks; DOLFINx JIT excluded; "
+          f"{'one side then the other' if args.sequential else 'repetitions interleaved'}")
     print(f"{'DOFs':>9} {'':>8} {'assembly':>9} {'(matrix':>9} {'resid.)':>9} {'solve':>9} {'asm+solve':>9}"
           f" {'tangent':>9} {'step':>9} {'KSP its':>7} {'setup':>8} {'JIT':>6}")
     for r in rows:
@@ -320,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         from petsc4py import PETSc
         meta = {"python": platform.python_version(), "numpy": np.__version__, "dolfinx": dolfinx.__version__,
                 "petsc": ".".join(map(str, PETSc.Sys.getVersion())), "ranks": comm.size, "rtol": args.rtol,
-                "repeat": args.repeat, "machine": platform.machine()}
+                "repeat": args.repeat, "interleaved": not args.sequential, "machine": platform.machine()}
         from ddrom.io.jsonio import write_json  # strict JSON (NaN -> null), atomic
 
         write_json(args.json, {"benchmark": "hf_vs_dolfinx", "meta": meta, "rows": rows}, indent=1)
