@@ -95,9 +95,9 @@ def drive(comm, sides: dict, repeat: int, interleave: bool) -> dict:
     A side is a generator yielding ``(part, fn)`` and receiving the best wall time of ``fn``
     over ``repeat`` runs; it returns its results dict. Interleaved (the default), the sides
     that have a part run it in turn, one repetition each, the first side alternating
-    (ABBA...): both sides' repetitions then see the same process state (glibc's heap grown
-    or not, pages already faulted in), which otherwise favours whichever side runs second
-    (``--sequential``: each side's parts then the next side's, ddrom first). Each part of a
+    (ABBA...): both sides' repetitions then run through the same process states (glibc's
+    heap growing, its pages faulted in, then reused); one side after the other
+    (``--sequential``, ddrom first) favoured whichever side ran second. Each part of a
     side runs in a PETSc log stage "<side> <part>" (``-log_view``).
     """
     from petsc4py import PETSc
