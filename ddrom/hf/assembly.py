@@ -184,11 +184,11 @@ class Assembler:
         cell, which removes volumetric locking under (nearly) incompressible plastic flow.
         Ignored for tetrahedra (constant strain already).
     chunk : int
-        Cells per vectorized block. It bounds the temporaries of the element kernels (the
-        stiffness kernel's operands, products and blocks: ~20 KB per hexahedron, ~33 KB
-        with B-bar, 40-70 MB per 2048 cells) whatever
-        the mesh size; larger blocks are not faster (numpy's per-call overhead is paid
-        per block, the arithmetic is the same).
+        Cells per vectorized block. It bounds the temporaries of the element kernels
+        whatever the mesh size (a chunk's element blocks: 4.6 KB per hexahedron, ~9 MB per
+        2048 cells; the stiffness kernel's operands and products, ~20 KB per hexahedron, ~33
+        KB with B-bar, only for :attr:`kernel_block` cells at a time); larger blocks are not
+        faster (numpy's per-call overhead is paid per block, the arithmetic is the same).
     store_gradients : bool
         Keep the inverse Jacobians dxi/dx of every integration point (9 doubles per point,
         ~0.2 KB per DOF on hexahedra), from which every kernel gets the shape-function
