@@ -113,31 +113,27 @@ def drive(comm, sides: dict, repeat: int, interleave: bool) -> dict:
     results, cur = {}, {}
     every = {name: {} for name in sides}        # every repetition's time, in the JSON
 
-    def send(name: str, part: str, times: list) -> bool:
+    def send(name: str, part: str, times: list) -> None:
         every[name][part] = times
         try:
             cur[name] = sides[name].send(min(times))
-            return True
         except StopIteration as stop:
             results[name] = {**stop.value, "times": every[name]}
             del cur[name]
-            return False
 
-    for name, gen in sides.items():
-        cur[name] = next(gen)
-        while not interleave:
-            part, fn = cur[name]
-            if not send(name, part, [run(name, part, fn) for _ in range(repeat)]):
-                break
-    while cur:
-        part = min((p for p, _ in cur.values()), key=PARTS.index)
-        names = [k for k, (p, _) in cur.items() if p == part]
-        times = {k: [] for k in names}
-        for i in range(repeat):
-            for k in (names if i % 2 == 0 else names[::-1]):
-                times[k].append(run(k, part, cur[k][1]))
-        for k in names:
-            send(k, part, times[k])
+    # sequential: each side is a group of its own, run to its end before the next
+    for group in ([list(sides)] if interleave else [[name] for name in sides]):
+        for name in group:
+            cur[name] = next(sides[name])
+        while cur:
+            part = min((p for p, _ in cur.values()), key=PARTS.index)
+            names = [k for k, (p, _) in cur.items() if p == part]
+            times = {k: [] for k in names}
+            for i in range(repeat):
+                for k in (names if i % 2 == 0 else names[::-1]):
+                    times[k].append(run(k, part, cur[k][1]))
+            for k in names:
+                send(k, part, times[k])
     return results
 
 
